@@ -1,0 +1,425 @@
+//! `gatekeeper.toml`: the source of truth for what the filter enforces.
+//!
+//! Parsing keeps the position of every value so that a bad entry is reported as
+//! `FILE:LINE:COLUMN: message`, the way compilers do, and nothing is attached.
+
+use std::{
+    collections::HashSet,
+    fmt,
+    ops::Range,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Where the daemon and the CLI look for the config when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/gatekeeper/gatekeeper.toml";
+
+/// The SMTP port, protected when the config names no ports.
+pub const DEFAULT_PORT: u16 = 25;
+
+/// How the program is attached to an interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// In the driver, before any socket buffer exists; the fast path. Fails if the driver lacks it.
+    #[default]
+    Native,
+    /// Generic XDP in the kernel stack: works everywhere, much slower.
+    Skb,
+    /// Native where the driver supports it, otherwise skb with a loud warning.
+    Auto,
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            XdpMode::Native => "native",
+            XdpMode::Skb => "skb",
+            XdpMode::Auto => "auto",
+        })
+    }
+}
+
+/// One allowlist entry: a network allowed to open SMTP sessions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllowEntry {
+    pub net: IpNet,
+    pub comment: Option<String>,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub interfaces: Vec<String>,
+    pub xdp_mode: XdpMode,
+    pub protected_ports: Vec<u16>,
+    pub allow: Vec<AllowEntry>,
+}
+
+/// A config that could not be read or is invalid, with the position of the offending value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    interfaces: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    xdp_mode: XdpMode,
+    #[serde(default)]
+    protected_ports: Option<Spanned<Vec<Spanned<u32>>>>,
+    #[serde(default)]
+    allow: Vec<RawAllow>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAllow {
+    cidr: Spanned<String>,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let at = |span: Range<usize>, message: String| {
+            let (line, column) = line_column(text, span.start);
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message,
+            }
+        };
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| at(e.span().unwrap_or(0..0), e.message().to_string()))?;
+
+        let interfaces = validate_interfaces(&raw.interfaces).map_err(|(s, m)| at(s, m))?;
+        let protected_ports = match &raw.protected_ports {
+            None => vec![DEFAULT_PORT],
+            Some(ports) => validate_ports(ports).map_err(|(s, m)| at(s, m))?,
+        };
+        let mut allow = Vec::with_capacity(raw.allow.len());
+        let mut seen = HashSet::new();
+        for entry in &raw.allow {
+            let net = parse_cidr(entry.cidr.get_ref())
+                .map_err(|e| at(entry.cidr.span(), format!("allow entry {e}")))?;
+            if !seen.insert(net) {
+                return Err(at(
+                    entry.cidr.span(),
+                    format!("allow entry \"{net}\" is listed twice"),
+                ));
+            }
+            allow.push(AllowEntry {
+                net,
+                comment: entry.comment.clone(),
+            });
+        }
+        Ok(Config {
+            interfaces,
+            xdp_mode: raw.xdp_mode,
+            protected_ports,
+            allow,
+        })
+    }
+}
+
+type SpannedError = (Range<usize>, String);
+
+fn validate_interfaces(list: &Spanned<Vec<Spanned<String>>>) -> Result<Vec<String>, SpannedError> {
+    if list.get_ref().is_empty() {
+        return Err((
+            list.span(),
+            "interfaces is empty: name at least one interface to protect".into(),
+        ));
+    }
+    let mut names = Vec::new();
+    for name in list.get_ref() {
+        let value = name.get_ref();
+        // IFNAMSIZ is 16 including the terminating NUL.
+        let valid = !value.is_empty()
+            && value.len() <= 15
+            && !value
+                .bytes()
+                .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0);
+        if !valid {
+            return Err((
+                name.span(),
+                format!("interface \"{value}\" is not a valid interface name"),
+            ));
+        }
+        if names.contains(value) {
+            return Err((
+                name.span(),
+                format!("interface \"{value}\" is listed twice"),
+            ));
+        }
+        names.push(value.clone());
+    }
+    Ok(names)
+}
+
+fn validate_ports(list: &Spanned<Vec<Spanned<u32>>>) -> Result<Vec<u16>, SpannedError> {
+    if list.get_ref().is_empty() {
+        return Err((
+            list.span(),
+            "protected_ports is empty: the filter would protect nothing (remove the key for the default, 25)".into(),
+        ));
+    }
+    let mut ports = Vec::new();
+    for port in list.get_ref() {
+        let value = *port.get_ref();
+        let port_u16 = match u16::try_from(value) {
+            Ok(p) if p != 0 => p,
+            _ => {
+                return Err((
+                    port.span(),
+                    format!("protected port {value} is not a TCP port (1-65535)"),
+                ));
+            }
+        };
+        if ports.contains(&port_u16) {
+            return Err((
+                port.span(),
+                format!("protected port {value} is listed twice"),
+            ));
+        }
+        ports.push(port_u16);
+    }
+    Ok(ports)
+}
+
+/// A CIDR that cannot be an allowlist entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("\"{0}\" is not an IPv4 or IPv6 address or CIDR")]
+    Unparsable(String),
+    #[error("\"{given}\" has host bits set; the network is {network}")]
+    HostBits { given: String, network: IpNet },
+}
+
+/// Parses an allowlist entry: a CIDR without host bits, or a bare address (a /32 or /128).
+pub fn parse_cidr(text: &str) -> Result<IpNet, CidrError> {
+    let text = text.trim();
+    let net = match IpNet::from_str(text) {
+        Ok(net) => net,
+        Err(_) => match std::net::IpAddr::from_str(text) {
+            Ok(addr) => IpNet::from(addr),
+            Err(_) => return Err(CidrError::Unparsable(text.to_string())),
+        },
+    };
+    if net.trunc() != net {
+        return Err(CidrError::HostBits {
+            given: text.to_string(),
+            network: net.trunc(),
+        });
+    }
+    Ok(net)
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("gk.toml"))
+    }
+
+    fn error(text: &str) -> String {
+        match parse(text) {
+            Ok(config) => panic!("expected an error, got {config:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let config = parse(
+            r#"
+# DMZ mail host
+interfaces = ["eth0", "eth1"]
+xdp_mode = "auto"
+protected_ports = [25, 587]
+
+[[allow]]
+cidr = "198.51.100.0/24"
+comment = "partner relay"
+
+[[allow]]
+cidr = "2001:db8:25::/48"
+
+[[allow]]
+cidr = "203.0.113.7"
+"#,
+        )
+        .expect("valid config");
+        assert_eq!(config.interfaces, ["eth0", "eth1"]);
+        assert_eq!(config.xdp_mode, XdpMode::Auto);
+        assert_eq!(config.protected_ports, [25, 587]);
+        assert_eq!(config.allow.len(), 3);
+        assert_eq!(
+            config.allow[0].net,
+            "198.51.100.0/24".parse::<IpNet>().unwrap()
+        );
+        assert_eq!(config.allow[0].comment.as_deref(), Some("partner relay"));
+        assert_eq!(
+            config.allow[1].net,
+            "2001:db8:25::/48".parse::<IpNet>().unwrap()
+        );
+        assert_eq!(
+            config.allow[2].net,
+            "203.0.113.7/32".parse::<IpNet>().unwrap()
+        );
+    }
+
+    #[test]
+    fn defaults_are_native_mode_and_port_25() {
+        let config = parse("interfaces = [\"eth0\"]\n").expect("valid config");
+        assert_eq!(config.xdp_mode, XdpMode::Native);
+        assert_eq!(config.protected_ports, [25]);
+        assert!(config.allow.is_empty());
+    }
+
+    #[test]
+    fn host_bits_are_refused_with_position_and_network() {
+        let e = error("interfaces = [\"eth0\"]\n[[allow]]\ncidr = \"198.51.100.7/24\"\n");
+        assert_eq!(
+            e,
+            "gk.toml:3:8: allow entry \"198.51.100.7/24\" has host bits set; the network is 198.51.100.0/24"
+        );
+    }
+
+    #[test]
+    fn unparsable_address_is_refused() {
+        let e = error("interfaces = [\"eth0\"]\n[[allow]]\ncidr = \"198.51.100.300/24\"\n");
+        assert!(e.starts_with("gk.toml:3:8: "), "{e}");
+        assert!(
+            e.contains("\"198.51.100.300/24\" is not an IPv4 or IPv6"),
+            "{e}"
+        );
+        let e = error("interfaces = [\"eth0\"]\n[[allow]]\ncidr = \"2001:db8::/129\"\n");
+        assert!(e.contains("2001:db8::/129"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_position() {
+        let e = error("interfaces = [\"eth0\"]\nprotected_port = [25]\n");
+        assert!(e.starts_with("gk.toml:2:1: "), "{e}");
+        assert!(e.contains("unknown field `protected_port`"), "{e}");
+        let e = error(
+            "interfaces = [\"eth0\"]\n[[allow]]\ncidr = \"192.0.2.0/24\"\ncomentary = \"x\"\n",
+        );
+        assert!(e.starts_with("gk.toml:4:1: "), "{e}");
+        assert!(e.contains("unknown field `comentary`"), "{e}");
+    }
+
+    #[test]
+    fn port_zero_and_out_of_range_ports_are_refused() {
+        let e = error("interfaces = [\"eth0\"]\nprotected_ports = [25, 0]\n");
+        assert_eq!(
+            e,
+            "gk.toml:2:24: protected port 0 is not a TCP port (1-65535)"
+        );
+        let e = error("interfaces = [\"eth0\"]\nprotected_ports = [65536]\n");
+        assert!(e.contains("protected port 65536 is not a TCP port"), "{e}");
+        let e = error("interfaces = [\"eth0\"]\nprotected_ports = []\n");
+        assert!(e.contains("protected_ports is empty"), "{e}");
+        let e = error("interfaces = [\"eth0\"]\nprotected_ports = [25, 25]\n");
+        assert!(e.contains("protected port 25 is listed twice"), "{e}");
+    }
+
+    #[test]
+    fn empty_or_bad_interface_list_is_refused() {
+        let e = error("interfaces = []\n");
+        assert!(e.starts_with("gk.toml:1:14: interfaces is empty"), "{e}");
+        let e = error("xdp_mode = \"skb\"\n");
+        assert!(e.contains("missing field `interfaces`"), "{e}");
+        let e = error("interfaces = [\"a-very-long-interface\"]\n");
+        assert!(e.contains("not a valid interface name"), "{e}");
+        let e = error("interfaces = [\"eth0\", \"eth0\"]\n");
+        assert!(e.contains("listed twice"), "{e}");
+    }
+
+    #[test]
+    fn bad_mode_and_duplicate_entries_are_refused() {
+        let e = error("interfaces = [\"eth0\"]\nxdp_mode = \"turbo\"\n");
+        assert!(e.starts_with("gk.toml:2:12: "), "{e}");
+        let e = error(
+            "interfaces = [\"eth0\"]\n[[allow]]\ncidr = \"192.0.2.0/24\"\n[[allow]]\ncidr = \"192.0.2.0/24\"\n",
+        );
+        assert_eq!(
+            e,
+            "gk.toml:5:8: allow entry \"192.0.2.0/24\" is listed twice"
+        );
+    }
+
+    #[test]
+    fn toml_syntax_error_has_position() {
+        let e = error("interfaces = [\"eth0\"\n");
+        assert!(e.starts_with("gk.toml:"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let e = Config::load(Path::new("/nonexistent/gatekeeper.toml")).expect_err("missing");
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/gatekeeper.toml: cannot read")
+        );
+    }
+
+    #[test]
+    fn parse_cidr_accepts_bare_addresses_and_refuses_host_bits() {
+        assert_eq!(parse_cidr("192.0.2.1"), Ok("192.0.2.1/32".parse().unwrap()));
+        assert_eq!(
+            parse_cidr("2001:db8::1"),
+            Ok("2001:db8::1/128".parse().unwrap())
+        );
+        assert_eq!(parse_cidr("0.0.0.0/0"), Ok("0.0.0.0/0".parse().unwrap()));
+        assert!(matches!(
+            parse_cidr("2001:db8::1/64"),
+            Err(CidrError::HostBits { .. })
+        ));
+        assert!(matches!(
+            parse_cidr("mail.example"),
+            Err(CidrError::Unparsable(_))
+        ));
+    }
+}

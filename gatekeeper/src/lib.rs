@@ -1,0 +1,7 @@
+//! Gatekeeper's controller: loads the XDP program, keeps its maps in line with `gatekeeper.toml`,
+//! and serves the admin CLI. The binary in `main.rs` is a thin shell around this library, which the
+//! end-to-end tests and benchmarks also use.
+
+pub mod capabilities;
+pub mod config;
+pub mod filter;

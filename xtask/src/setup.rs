@@ -1,0 +1,175 @@
+//! `cargo xtask setup`: detect and install the eBPF toolchain. Idempotent; each check is cheap so
+//! a machine that has everything passes through in well under a second.
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+use crate::shell::{self, output, step, succeeds};
+
+/// LLVM major version shared by rustc 1.95, the nightly toolchain and bpf-linker 0.13.
+const LLVM_MAJOR: u32 = 22;
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const NIGHTLY: &str = "nightly";
+
+pub fn run() -> anyhow::Result<()> {
+    step(
+        "setup: checking the eBPF toolchain (nightly + rust-src, LLVM 22, bpf-linker 0.13, iproute2)",
+    );
+    ensure_nightly()?;
+    ensure_rust_src()?;
+    let mut apt = Apt::default();
+    ensure_llvm(&mut apt)?;
+    ensure_bpf_linker()?;
+    ensure_iproute2(&mut apt)?;
+    step("setup: everything is in place");
+    Ok(())
+}
+
+fn ensure_nightly() -> anyhow::Result<()> {
+    if let Some(version) = output(Command::new("rustup").args(["run", NIGHTLY, "rustc", "-V"])) {
+        println!("    ok: nightly toolchain ({})", version.trim());
+        return Ok(());
+    }
+    step("setup: installing the nightly toolchain (builds the eBPF crate only)");
+    shell::run(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        NIGHTLY,
+        "--profile",
+        "minimal",
+    ]))
+    .context("installing the nightly Rust toolchain failed (is rustup on PATH?)")
+}
+
+fn ensure_rust_src() -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        NIGHTLY,
+    ]))
+    .unwrap_or_default();
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        println!("    ok: rust-src for nightly (needed by -Z build-std=core)");
+        return Ok(());
+    }
+    step(
+        "setup: adding rust-src to nightly (bpfel-unknown-none is tier 3: core is built from source)",
+    );
+    shell::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        NIGHTLY,
+    ]))
+    .context("adding the rust-src component to the nightly toolchain failed")
+}
+
+fn llvm_config() -> String {
+    format!("llvm-config-{LLVM_MAJOR}")
+}
+
+fn ensure_llvm(apt: &mut Apt) -> anyhow::Result<()> {
+    let packages = [
+        format!("llvm-{LLVM_MAJOR}-dev"),
+        format!("libclang-{LLVM_MAJOR}-dev"),
+        format!("libpolly-{LLVM_MAJOR}-dev"),
+    ];
+    let missing: Vec<&str> = packages
+        .iter()
+        .map(String::as_str)
+        .filter(|p| !apt.is_installed(p))
+        .collect();
+    if missing.is_empty() {
+        println!("    ok: LLVM {LLVM_MAJOR} development packages");
+        return Ok(());
+    }
+    step(&format!(
+        "setup: installing LLVM {LLVM_MAJOR} development packages (bpf-linker links against them)"
+    ));
+    apt.install(&missing)
+}
+
+fn ensure_bpf_linker() -> anyhow::Result<()> {
+    let version = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if version.contains(BPF_LINKER_VERSION) {
+        println!("    ok: bpf-linker {BPF_LINKER_VERSION}");
+        return Ok(());
+    }
+    step(&format!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR} (about two minutes)"
+    ));
+    let prefix = output(Command::new(llvm_config()).arg("--prefix")).with_context(|| {
+        format!(
+            "`{} --prefix` failed: LLVM {LLVM_MAJOR} is not installed",
+            llvm_config()
+        )
+    })?;
+    // Without LLVM_PREFIX the build finds the system's older llvm-config and fails to link.
+    shell::run(
+        Command::new("cargo")
+            .env("LLVM_PREFIX", prefix.trim())
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{LLVM_MAJOR}"),
+            ]),
+    )
+    .context("building bpf-linker failed (see the cargo output above)")?;
+    if !succeeds(Command::new("bpf-linker").arg("--version")) {
+        bail!("bpf-linker was installed but is not on PATH: add ~/.cargo/bin to PATH");
+    }
+    Ok(())
+}
+
+fn ensure_iproute2(apt: &mut Apt) -> anyhow::Result<()> {
+    if succeeds(Command::new("ip").arg("-V")) {
+        println!("    ok: iproute2 (`ip`, used by the kernel tests and the demo)");
+        return Ok(());
+    }
+    step("setup: installing iproute2 (network namespaces for the kernel tests and the demo)");
+    apt.install(&["iproute2"])
+}
+
+/// Debian package installs; `apt-get update` runs at most once per setup.
+#[derive(Default)]
+struct Apt {
+    updated: bool,
+}
+
+impl Apt {
+    fn is_installed(&self, package: &str) -> bool {
+        output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+            .is_some_and(|s| s.contains("install ok installed"))
+    }
+
+    fn install(&mut self, packages: &[&str]) -> anyhow::Result<()> {
+        if !shell::is_root() {
+            bail!(
+                "missing Debian packages {}: run `cargo xtask setup` as root, or `sudo apt-get install -y {}`",
+                packages.join(", "),
+                packages.join(" ")
+            );
+        }
+        if !self.updated {
+            shell::run(Command::new("apt-get").args(["update", "-qq"]))
+                .context("`apt-get update` failed")?;
+            self.updated = true;
+        }
+        shell::run(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(packages),
+        )
+        .with_context(|| format!("installing {} failed", packages.join(", ")))
+    }
+}
