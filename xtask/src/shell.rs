@@ -24,6 +24,74 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Test counts gathered from `cargo test` output across several runs.
+#[derive(Default, Debug)]
+pub struct TestTally {
+    pub passed: u64,
+    pub failed: u64,
+    pub ignored: u64,
+    pub skipped: u64,
+}
+
+impl TestTally {
+    /// Reads one line of `cargo test` output: a `test result:` summary or a `SKIP` line.
+    fn observe(&mut self, line: &str) {
+        if line.starts_with("SKIP ") {
+            self.skipped += 1;
+        }
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(kind), Some(count)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            match kind {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                "ignored" => self.ignored += count,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs a `cargo test` command, echoing its output live and adding its counts to `tally`.
+pub fn run_tests(cmd: &mut Command, tally: &mut TestTally) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    println!("    $ {}", display(cmd));
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start `{}`", display(cmd)))?;
+    // stderr carries SKIP lines and cargo's progress: echo it from a thread, tally SKIPs.
+    let stderr = child.stderr.take().context("no stderr pipe")?;
+    let skips = std::thread::spawn(move || {
+        let mut tally = TestTally::default();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            tally.observe(&line);
+        }
+        tally.skipped
+    });
+    let stdout = child.stdout.take().context("no stdout pipe")?;
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        println!("{line}");
+        tally.observe(&line);
+    }
+    let status = child.wait()?;
+    tally.skipped += skips.join().unwrap_or(0);
+    if !status.success() {
+        bail!("`{}` failed ({status})", display(cmd));
+    }
+    Ok(())
+}
+
 /// Runs `cmd` quietly and returns whether it succeeded (false if it cannot start).
 pub fn succeeds(cmd: &mut Command) -> bool {
     cmd.stdout(Stdio::null())

@@ -1,6 +1,6 @@
 //! `cargo xtask test`: the whole check a change must pass, in the order that fails fastest.
 
-use crate::shell::{self, step};
+use crate::shell::{self, TestTally, step};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -28,15 +28,29 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             "warnings",
         ]))?;
     }
+    let mut tally = TestTally::default();
+    let result = run_suites(&mut tally, args);
+    // The plain closing line CI reads, also when a suite failed part-way.
+    println!(
+        "xtask test: {} passed, {} failed, {} skipped",
+        tally.passed, tally.failed, tally.skipped
+    );
+    result
+}
+
+fn run_suites(tally: &mut TestTally, args: &Args) -> anyhow::Result<()> {
     step("unit tests: config, CLI, relay (no privileges needed)");
-    shell::run(shell::cargo().args([
-        "test",
-        "--workspace",
-        "--exclude",
-        "gatekeeper-ebpf",
-        "--exclude",
-        "gatekeeper-tests",
-    ]))?;
+    shell::run_tests(
+        shell::cargo().args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "gatekeeper-ebpf",
+            "--exclude",
+            "gatekeeper-tests",
+        ]),
+        tally,
+    )?;
     crate::build::build_binaries(false)?;
     step("kernel tests: BPF_PROG_TEST_RUN on crafted frames, then namespaces with real TCP (root)");
     if !shell::is_root() {
@@ -44,7 +58,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             "    SKIP: not root — each kernel test prints its own SKIP line; run `sudo cargo xtask test`"
         );
     }
-    shell::run(shell::cargo().args(["test", "--package", "gatekeeper-tests"]))?;
+    shell::run_tests(
+        shell::cargo().args(["test", "--package", "gatekeeper-tests"]),
+        tally,
+    )?;
     if args.no_demo {
         return Ok(());
     }
