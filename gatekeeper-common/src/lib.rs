@@ -4,45 +4,169 @@
 //! read by the kernel program and written by userspace through BPF maps.
 #![no_std]
 
-/// Names of the maps in the eBPF object, used by the loader to find them.
+/// Names of the maps in the eBPF object; also their file names when pinned.
 pub mod map_names {
-    pub const ALLOW_V4: &str = "ALLOW_V4";
-    pub const ALLOW_V6: &str = "ALLOW_V6";
-    pub const PORTS: &str = "PORTS";
-    pub const CONFIG: &str = "CONFIG";
+    /// IPv4 allowlist: LPM trie of `[u8; 4]` (network order) -> [`super::AllowValue`].
+    pub const ALLOW_V4: &str = "GK_ALLOW_V4";
+    /// IPv6 allowlist: LPM trie of `[u8; 16]` -> [`super::AllowValue`].
+    pub const ALLOW_V6: &str = "GK_ALLOW_V6";
+    /// Two [`super::FilterConfig`] slots; the program reads the one `CONFIG_SELECTOR` names.
+    pub const CONFIG: &str = "GK_CONFIG";
+    /// One `u32`: index (0 or 1) of the active `CONFIG` slot.
+    pub const CONFIG_SELECTOR: &str = "GK_CONFIG_SEL";
+    /// `ifindex` -> counter slot (1..[`super::MAX_IFACE_SLOTS`]); 0 means "other interfaces".
+    pub const IFACE_SLOTS: &str = "GK_IFACE_SLOTS";
+    /// Per-CPU `u64` counters, indexed by [`super::counter_index`].
+    pub const COUNTERS: &str = "GK_COUNTERS";
+    /// Ring buffer of [`super::DropEvent`].
+    pub const EVENTS: &str = "GK_EVENTS";
+    /// Per-CPU [`super::TokenBucket`] limiting drop events.
+    pub const EVENT_BUCKET: &str = "GK_EVENT_BUCKET";
 }
 
-/// Name of the XDP program in the eBPF object.
+/// Name of the filter program in the eBPF object.
 pub const PROGRAM_NAME: &str = "gatekeeper";
+/// Name of the empty program (returns XDP_PASS) used as the benchmark baseline.
+pub const BASELINE_PROGRAM_NAME: &str = "gatekeeper_baseline";
 
 /// Largest number of entries each allowlist trie can hold.
 pub const ALLOWLIST_CAPACITY: u32 = 1 << 20;
 
-/// Largest number of protected TCP ports.
-pub const MAX_PORTS: u32 = 64;
+/// Interfaces are mapped to counter slots through a direct-indexed array of this many ifindexes;
+/// interfaces with a larger ifindex count in slot 0.
+pub const IFINDEX_LIMIT: u32 = 1 << 14;
+/// Counter slots: slot 0 collects interfaces without a slot of their own.
+pub const MAX_IFACE_SLOTS: u32 = 64;
 
-/// Value stored in the `PORTS` hash map for each protected port (key: port in host byte order).
-pub const PORT_PROTECTED: u8 = 1;
+/// Filter mode: drop what the allowlist refuses.
+pub const MODE_ENFORCE: u32 = 0;
+/// Filter mode: count what would be dropped, pass everything.
+pub const MODE_MONITOR: u32 = 1;
 
-/// Value stored in an allowlist trie for each entry. The value itself is not read by the
-/// program (presence of a matching prefix is what admits a source); it carries the entry's
-/// prefix length so userspace can tell entries apart when listing.
+/// Words in the protected-port bitmap (one bit per TCP port).
+pub const PORT_BITMAP_WORDS: usize = 65536 / 64;
+
+/// The policy the program applies, switched as a whole (see `CONFIG_SELECTOR`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct AllowEntry {
-    pub prefix_len: u32,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FilterConfig {
+    /// [`MODE_ENFORCE`] or [`MODE_MONITOR`].
+    pub mode: u32,
+    /// Drop events each CPU may send in a burst.
+    pub event_burst: u32,
+    /// Nanoseconds between two drop-event tokens on one CPU (0: no events).
+    pub event_interval_ns: u64,
+    /// Bit `port % 64` of word `port / 64` set: the TCP port is protected.
+    pub ports: [u64; PORT_BITMAP_WORDS],
 }
 
-/// IPv6 address as the trie key data: 16 bytes in network byte order.
+impl FilterConfig {
+    /// Enforcing, no protected ports, no events.
+    pub const fn empty() -> Self {
+        FilterConfig {
+            mode: MODE_ENFORCE,
+            event_burst: 0,
+            event_interval_ns: 0,
+            ports: [0; PORT_BITMAP_WORDS],
+        }
+    }
+
+    pub fn protect(&mut self, port: u16) {
+        self.ports[usize::from(port >> 6)] |= 1u64 << (port & 63);
+    }
+
+    pub fn is_protected(&self, port: u16) -> bool {
+        self.ports[usize::from(port >> 6)] & (1u64 << (port & 63)) != 0
+    }
+}
+
+/// Value of an allowlist entry: how many segments it admitted (summed over CPUs atomically).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Ipv6Key {
-    pub addr: [u8; 16],
+pub struct AllowValue {
+    pub hits: u64,
+}
+
+/// Address family index of a counter.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// Not IP (ARP, LLDP, ...), or unknown because the frame was too short.
+    Other = 0,
+    Ipv4 = 1,
+    Ipv6 = 2,
+}
+
+pub const FAMILIES: u32 = 3;
+
+/// What happened to a frame; one counter each (per interface slot and family).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Not IPv4 or IPv6: passed.
+    PassNotIp = 0,
+    /// IP but not TCP: passed.
+    PassNotTcp = 1,
+    /// TCP to a port that is not protected: passed.
+    PassOtherPort = 2,
+    /// A non-first fragment (no ports inside): passed.
+    PassFragment = 3,
+    /// TCP to a protected port from an allowlisted source: passed.
+    Allowed = 4,
+    /// TCP to a protected port from a stranger: dropped (enforce mode).
+    Dropped = 5,
+    /// TCP to a protected port from a stranger: passed and counted (monitor mode).
+    WouldDrop = 6,
+    /// Could carry TCP to a protected port but cannot be judged (too many VLAN tags or
+    /// extension headers, a first fragment too short): dropped in enforce mode, fail closed.
+    Unjudgeable = 7,
+    /// Plainly broken (truncated header, IHL < 5): passed for the kernel to discard.
+    Malformed = 8,
+    /// Drop events sent to userspace.
+    EventSent = 9,
+    /// Drop events not sent: rate limit reached or ring buffer full.
+    EventSuppressed = 10,
+}
+
+/// Counters per (slot, family); a power of two so the index is a shift.
+pub const COUNTERS_PER_FAMILY: u32 = 16;
+pub const COUNTER_COUNT: u32 = 11;
+pub const COUNTER_ENTRIES: u32 = MAX_IFACE_SLOTS * FAMILIES * COUNTERS_PER_FAMILY;
+
+/// Index of a counter in the `COUNTERS` array.
+#[inline(always)]
+pub const fn counter_index(slot: u32, family: Family, counter: Counter) -> u32 {
+    (slot * FAMILIES + family as u32) * COUNTERS_PER_FAMILY + counter as u32
+}
+
+/// A dropped SYN, reported to userspace (rate-limited per CPU inside the kernel).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DropEvent {
+    /// 4 or 6.
+    pub family: u32,
+    pub ifindex: u32,
+    /// Host byte order.
+    pub dest_port: u16,
+    pub _pad: u16,
+    /// Source address; IPv4 in the first 4 bytes (network order).
+    pub source: [u8; 16],
+    pub _pad2: u32,
+}
+
+/// Per-CPU token bucket state for drop events.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TokenBucket {
+    pub last_ns: u64,
+    pub tokens: u64,
 }
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `#[repr(C)]` structs of integers without padding.
-    unsafe impl aya::Pod for super::AllowEntry {}
-    unsafe impl aya::Pod for super::Ipv6Key {}
+    unsafe impl aya::Pod for super::FilterConfig {}
+    unsafe impl aya::Pod for super::AllowValue {}
+    unsafe impl aya::Pod for super::DropEvent {}
+    unsafe impl aya::Pod for super::TokenBucket {}
 }

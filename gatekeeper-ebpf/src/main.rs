@@ -1,165 +1,203 @@
 //! The gatekeeper XDP program.
 //!
 //! Judges exactly one kind of packet: a TCP segment to a protected port. Its source address must be
-//! in the IPv4 or IPv6 allowlist, otherwise the frame is dropped before the kernel allocates
-//! anything for it. Every other frame (ARP, neighbour discovery, UDP, other TCP ports, ...) passes
-//! untouched, so the filter can never cut the host off its network.
+//! in the IPv4 or IPv6 allowlist, otherwise the frame is dropped (enforce mode) or counted (monitor
+//! mode) before the kernel allocates anything for it. Every other frame (ARP, neighbour discovery,
+//! UDP, other TCP ports, ...) passes untouched, so the filter can never cut the host off its
+//! network. Work per packet is bounded: at most two VLAN tags and eight IPv6 extension headers are
+//! walked; a frame that needs more and could be TCP to a protected port is dropped (fail closed).
 #![no_std]
 #![no_main]
+// Atomic add on map values needs BPF inline assembly (core's atomics lack fetch_add here).
+#![feature(asm_experimental_arch)]
+
+mod parse;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    helpers::bpf_ktime_get_ns,
     macros::{map, xdp},
-    maps::{HashMap, LpmTrie, lpm_trie::Key},
+    maps::{Array, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
-use gatekeeper_common::{ALLOWLIST_CAPACITY, AllowEntry, MAX_PORTS};
+use gatekeeper_common::{
+    ALLOWLIST_CAPACITY, COUNTER_ENTRIES, Counter, DropEvent, Family, FilterConfig, IFINDEX_LIMIT,
+    MAX_IFACE_SLOTS, MODE_MONITOR, TokenBucket, counter_index,
+};
+use parse::{Judged, Segment};
 
-#[map(name = "ALLOW_V4")]
-static ALLOW_V4: LpmTrie<[u8; 4], AllowEntry> = LpmTrie::with_max_entries(ALLOWLIST_CAPACITY, 0);
+use gatekeeper_common::AllowValue;
 
-#[map(name = "ALLOW_V6")]
-static ALLOW_V6: LpmTrie<[u8; 16], AllowEntry> = LpmTrie::with_max_entries(ALLOWLIST_CAPACITY, 0);
+#[map(name = "GK_ALLOW_V4")]
+static ALLOW_V4: LpmTrie<[u8; 4], AllowValue> = LpmTrie::with_max_entries(ALLOWLIST_CAPACITY, 0);
 
-/// Protected TCP destination ports (host byte order) -> 1.
-#[map(name = "PORTS")]
-static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
+#[map(name = "GK_ALLOW_V6")]
+static ALLOW_V6: LpmTrie<[u8; 16], AllowValue> = LpmTrie::with_max_entries(ALLOWLIST_CAPACITY, 0);
 
-const ETH_HDR_LEN: usize = 14;
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const IPPROTO_TCP: u8 = 6;
-const IPV4_MIN_HDR_LEN: usize = 20;
-const IPV6_HDR_LEN: usize = 40;
+#[map(name = "GK_CONFIG")]
+static CONFIG: Array<FilterConfig> = Array::with_max_entries(2, 0);
+
+#[map(name = "GK_CONFIG_SEL")]
+static CONFIG_SELECTOR: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map(name = "GK_IFACE_SLOTS")]
+static IFACE_SLOTS: Array<u32> = Array::with_max_entries(IFINDEX_LIMIT, 0);
+
+#[map(name = "GK_COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);
+
+#[map(name = "GK_EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+#[map(name = "GK_EVENT_BUCKET")]
+static EVENT_BUCKET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
 
 #[xdp]
 pub fn gatekeeper(ctx: XdpContext) -> u32 {
-    judge(&ctx)
+    let Some(config) = active_config() else {
+        // Unreachable for array maps; passing keeps the host reachable if it ever happened.
+        return XDP_PASS;
+    };
+    let slot = iface_slot(&ctx);
+    let judged = parse::judge(&ctx, &|port| config.is_protected(port));
+    let (family, counter, action) = decide(&judged, config);
+    count(slot, family, counter);
+    if action == XDP_DROP || counter == Counter::WouldDrop {
+        if let Judged::Segment(segment) = &judged {
+            if segment.syn_only {
+                report_drop(&ctx, segment, config, slot);
+            }
+        }
+    }
+    action
 }
 
-/// What the program decided about one frame.
-enum Verdict {
-    Pass,
-    Drop,
+/// The empty program: the baseline every benchmark figure is a ratio against.
+#[xdp]
+pub fn gatekeeper_baseline(_ctx: XdpContext) -> u32 {
+    XDP_PASS
 }
 
-fn judge(ctx: &XdpContext) -> u32 {
-    match classify(ctx) {
-        Verdict::Pass => XDP_PASS,
-        Verdict::Drop => XDP_DROP,
-    }
-}
-
-fn classify(ctx: &XdpContext) -> Verdict {
-    // A frame too short for an Ethernet header is not ours to judge: the kernel discards it.
-    let Some(ethertype) = read_be16(ctx, 12) else {
-        return Verdict::Pass;
-    };
-    match ethertype {
-        ETH_P_IPV4 => classify_ipv4(ctx, ETH_HDR_LEN),
-        ETH_P_IPV6 => classify_ipv6(ctx, ETH_HDR_LEN),
-        _ => Verdict::Pass,
-    }
-}
-
-fn classify_ipv4(ctx: &XdpContext, l3: usize) -> Verdict {
-    let Some(version_ihl) = read_u8(ctx, l3) else {
-        return Verdict::Pass;
-    };
-    let header_len = usize::from(version_ihl & 0x0f) * 4;
-    if version_ihl >> 4 != 4 || header_len < IPV4_MIN_HDR_LEN {
-        // Malformed: the kernel's IP layer discards it.
-        return Verdict::Pass;
-    }
-    // Each read is checked on its own: combined checks get merged by LLVM into arithmetic on
-    // packet pointers, which the verifier rejects.
-    let Some(protocol) = read_u8(ctx, l3 + 9) else {
-        return Verdict::Pass;
-    };
-    if protocol != IPPROTO_TCP {
-        return Verdict::Pass;
-    }
-    let Some(frag) = read_be16(ctx, l3 + 6) else {
-        return Verdict::Pass;
-    };
-    // Later fragments carry no TCP header, hence no port: they pass, and the kernel cannot
-    // reassemble them into a segment without the first fragment, which is judged below.
-    let more_fragments = frag & 0x2000 != 0;
-    if frag & 0x1fff != 0 {
-        return Verdict::Pass;
-    }
-    let Some(dest_port) = read_be16(ctx, l3 + header_len + 2) else {
-        // A first fragment too short to show its port could be reassembled into a protected
-        // segment: fail closed. An unfragmented truncated segment is discarded by TCP anyway.
-        return if more_fragments {
-            Verdict::Drop
-        } else {
-            Verdict::Pass
-        };
-    };
-    if !is_protected(dest_port) {
-        return Verdict::Pass;
-    }
-    let Some(source) = read_array::<4>(ctx, l3 + 12) else {
-        return Verdict::Pass;
-    };
-    if ALLOW_V4.get(Key::new(32, source)).is_some() {
-        Verdict::Pass
-    } else {
-        Verdict::Drop
+fn decide(judged: &Judged, config: &FilterConfig) -> (Family, Counter, u32) {
+    let enforce = config.mode != MODE_MONITOR;
+    match judged {
+        Judged::Pass(family, counter) => (*family, *counter, XDP_PASS),
+        Judged::Unjudgeable(family) => (
+            *family,
+            Counter::Unjudgeable,
+            if enforce { XDP_DROP } else { XDP_PASS },
+        ),
+        Judged::Segment(segment) => {
+            if allowed(segment) {
+                (segment.family, Counter::Allowed, XDP_PASS)
+            } else if enforce {
+                (segment.family, Counter::Dropped, XDP_DROP)
+            } else {
+                (segment.family, Counter::WouldDrop, XDP_PASS)
+            }
+        }
     }
 }
 
-fn classify_ipv6(ctx: &XdpContext, l3: usize) -> Verdict {
-    let Some(next_header) = read_u8(ctx, l3 + 6) else {
-        return Verdict::Pass;
+/// Looks the source up in its family's allowlist, bumping the matching entry's hit counter.
+fn allowed(segment: &Segment) -> bool {
+    let value = match segment.family {
+        Family::Ipv4 => {
+            let mut v4 = [0u8; 4];
+            v4.copy_from_slice(&segment.source[..4]);
+            ALLOW_V4.get(Key::new(32, v4))
+        }
+        _ => ALLOW_V6.get(Key::new(128, segment.source)),
     };
-    if next_header != IPPROTO_TCP {
-        return Verdict::Pass;
+    match value {
+        Some(value) => {
+            atomic_add(&value.hits, 1);
+            true
+        }
+        None => false,
     }
-    let Some(dest_port) = read_be16(ctx, l3 + IPV6_HDR_LEN + 2) else {
-        return Verdict::Pass;
-    };
-    if !is_protected(dest_port) {
-        return Verdict::Pass;
-    }
-    let Some(source) = read_array::<16>(ctx, l3 + 8) else {
-        return Verdict::Pass;
-    };
-    if ALLOW_V6.get(Key::new(128, source)).is_some() {
-        Verdict::Pass
-    } else {
-        Verdict::Drop
+}
+
+/// `lock *(u64 *)(counter) += n`: the entry is shared by every CPU.
+#[inline(always)]
+fn atomic_add(counter: &u64, n: u64) {
+    // SAFETY: `counter` points into a map value that stays valid for the whole program run; the
+    // BPF atomic add is the kernel's own way to update shared map values.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({ptr} + 0) += {n}",
+            ptr = in(reg) counter as *const u64,
+            n = in(reg) n,
+        );
     }
 }
 
 #[inline(always)]
-fn is_protected(port: u16) -> bool {
-    // SAFETY: the map value is a plain byte that is only read.
-    unsafe { PORTS.get(&port) }.is_some()
+fn active_config() -> Option<&'static FilterConfig> {
+    let selector = *CONFIG_SELECTOR.get(0)?;
+    CONFIG.get(selector & 1)
 }
 
-/// Reads `N` bytes at `offset` from the start of the frame, or `None` past its end.
 #[inline(always)]
-fn read_array<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<[u8; N]> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + N > end {
-        return None;
+fn iface_slot(ctx: &XdpContext) -> u32 {
+    // SAFETY: reading the xdp_md context field the verifier allows for XDP programs.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    match IFACE_SLOTS.get(ifindex) {
+        Some(slot) if *slot < MAX_IFACE_SLOTS => *slot,
+        _ => 0,
     }
-    // SAFETY: the bounds check above keeps the read inside the frame, which the verifier checks
-    // again; the read is unaligned because headers sit at arbitrary offsets.
-    Some(unsafe { core::ptr::read_unaligned((start + offset) as *const [u8; N]) })
 }
 
 #[inline(always)]
-fn read_u8(ctx: &XdpContext, offset: usize) -> Option<u8> {
-    read_array::<1>(ctx, offset).map(|[b]| b)
+fn count(slot: u32, family: Family, counter: Counter) {
+    if let Some(value) = COUNTERS.get_ptr_mut(counter_index(slot, family, counter)) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *value += 1 };
+    }
 }
 
-#[inline(always)]
-fn read_be16(ctx: &XdpContext, offset: usize) -> Option<u16> {
-    read_array::<2>(ctx, offset).map(u16::from_be_bytes)
+/// Sends a drop event if this CPU's token bucket has a token; counts it either way.
+fn report_drop(ctx: &XdpContext, segment: &Segment, config: &FilterConfig, slot: u32) {
+    if !take_token(config) {
+        count(slot, segment.family, Counter::EventSuppressed);
+        return;
+    }
+    let event = DropEvent {
+        family: if segment.family == Family::Ipv4 { 4 } else { 6 },
+        // SAFETY: as in `iface_slot`.
+        ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
+        dest_port: segment.dest_port,
+        _pad: 0,
+        source: segment.source,
+        _pad2: 0,
+    };
+    match EVENTS.output::<DropEvent>(&event, 0) {
+        Ok(()) => count(slot, segment.family, Counter::EventSent),
+        Err(_) => count(slot, segment.family, Counter::EventSuppressed),
+    }
+}
+
+fn take_token(config: &FilterConfig) -> bool {
+    if config.event_interval_ns == 0 {
+        return false;
+    }
+    let Some(bucket) = EVENT_BUCKET.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU value, only this CPU touches it while the program runs.
+    let bucket = unsafe { &mut *bucket };
+    // SAFETY: a helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let earned = now.saturating_sub(bucket.last_ns) / config.event_interval_ns;
+    if earned > 0 {
+        bucket.tokens = (bucket.tokens + earned).min(u64::from(config.event_burst));
+        bucket.last_ns = now;
+    }
+    if bucket.tokens == 0 {
+        return false;
+    }
+    bucket.tokens -= 1;
+    true
 }
 
 #[cfg(not(test))]

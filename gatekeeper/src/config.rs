@@ -15,11 +15,21 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use crate::policy::Mode;
+use crate::policy::Policy;
+
 /// Where the daemon and the CLI look for the config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gatekeeper/gatekeeper.toml";
 
 /// The SMTP port, protected when the config names no ports.
 pub const DEFAULT_PORT: u16 = 25;
+
+/// Where the daemon pins the program's maps (and links) on bpffs.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/gatekeeper";
+
+/// Drop events each CPU may report per second, and in a burst, unless the config says otherwise.
+pub const DEFAULT_DROP_EVENT_RATE: u32 = 10;
+pub const DEFAULT_DROP_EVENT_BURST: u32 = 20;
 
 /// How the program is attached to an interface.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -56,7 +66,11 @@ pub struct AllowEntry {
 pub struct Config {
     pub interfaces: Vec<String>,
     pub xdp_mode: XdpMode,
+    pub mode: Mode,
     pub protected_ports: Vec<u16>,
+    pub pin_dir: PathBuf,
+    pub drop_event_rate: u32,
+    pub drop_event_burst: u32,
     pub allow: Vec<AllowEntry>,
 }
 
@@ -84,7 +98,15 @@ struct RawConfig {
     #[serde(default)]
     xdp_mode: XdpMode,
     #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
     protected_ports: Option<Spanned<Vec<Spanned<u32>>>>,
+    #[serde(default)]
+    pin_dir: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    drop_event_rate: Option<u32>,
+    #[serde(default)]
+    drop_event_burst: Option<u32>,
     #[serde(default)]
     allow: Vec<RawAllow>,
 }
@@ -142,12 +164,41 @@ impl Config {
                 comment: entry.comment.clone(),
             });
         }
+        let pin_dir = match raw.pin_dir {
+            None => PathBuf::from(DEFAULT_PIN_DIR),
+            Some(dir) if dir.get_ref().is_absolute() => dir.into_inner(),
+            Some(dir) => {
+                return Err(at(
+                    dir.span(),
+                    format!(
+                        "pin_dir \"{}\" must be an absolute path on bpffs",
+                        dir.get_ref().display()
+                    ),
+                ));
+            }
+        };
         Ok(Config {
             interfaces,
             xdp_mode: raw.xdp_mode,
+            mode: raw.mode,
             protected_ports,
+            pin_dir,
+            drop_event_rate: raw.drop_event_rate.unwrap_or(DEFAULT_DROP_EVENT_RATE),
+            drop_event_burst: raw.drop_event_burst.unwrap_or(DEFAULT_DROP_EVENT_BURST),
             allow,
         })
+    }
+
+    /// The policy half of the config, as the program applies it.
+    pub fn policy(&self) -> Policy {
+        let mut ports = self.protected_ports.clone();
+        ports.sort_unstable();
+        Policy {
+            mode: self.mode,
+            ports,
+            event_rate: self.drop_event_rate,
+            event_burst: self.drop_event_burst,
+        }
     }
 }
 
@@ -310,11 +361,34 @@ cidr = "203.0.113.7"
     }
 
     #[test]
-    fn defaults_are_native_mode_and_port_25() {
+    fn defaults_are_native_enforce_port_25_and_pinned() {
         let config = parse("interfaces = [\"eth0\"]\n").expect("valid config");
         assert_eq!(config.xdp_mode, XdpMode::Native);
+        assert_eq!(config.mode, Mode::Enforce);
         assert_eq!(config.protected_ports, [25]);
+        assert_eq!(config.pin_dir, Path::new(DEFAULT_PIN_DIR));
+        assert_eq!(config.drop_event_rate, DEFAULT_DROP_EVENT_RATE);
         assert!(config.allow.is_empty());
+    }
+
+    #[test]
+    fn monitor_mode_ports_and_event_limits_make_the_policy() {
+        let config = parse(
+            "interfaces = [\"eth0\"]\nmode = \"monitor\"\nprotected_ports = [587, 25]\ndrop_event_rate = 5\ndrop_event_burst = 7\npin_dir = \"/sys/fs/bpf/gk2\"\n",
+        )
+        .expect("valid config");
+        let policy = config.policy();
+        assert_eq!(policy.mode, Mode::Monitor);
+        assert_eq!(policy.ports, [25, 587]);
+        assert_eq!((policy.event_rate, policy.event_burst), (5, 7));
+        assert_eq!(config.pin_dir, Path::new("/sys/fs/bpf/gk2"));
+        let e = error("interfaces = [\"eth0\"]\npin_dir = \"gk\"\n");
+        assert!(
+            e.starts_with("gk.toml:2:11: pin_dir \"gk\" must be an absolute path"),
+            "{e}"
+        );
+        let e = error("interfaces = [\"eth0\"]\nmode = \"block\"\n");
+        assert!(e.starts_with("gk.toml:2:8: "), "{e}");
     }
 
     #[test]

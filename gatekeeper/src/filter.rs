@@ -1,27 +1,32 @@
-//! The loaded XDP program and its maps.
+//! The loaded XDP program: loading (optionally with pinned maps), attaching, detaching.
 
-use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use aya::{
-    Ebpf,
-    maps::{HashMap, LpmTrie, MapData, lpm_trie::Key},
+    Ebpf, EbpfLoader,
+    maps::{MapData, RingBuf},
     programs::{Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
 };
-use gatekeeper_common::{AllowEntry as MapAllowEntry, PORT_PROTECTED, PROGRAM_NAME, map_names};
-use ipnet::IpNet;
+use gatekeeper_common::{BASELINE_PROGRAM_NAME, PROGRAM_NAME, map_names};
 use tracing::{info, warn};
 
-use crate::config::XdpMode;
+use crate::{
+    config::XdpMode,
+    maps::{FilterMaps, PINNED_MAPS},
+};
 
-/// The compiled XDP program, built by `build.rs` from `gatekeeper-ebpf`.
+/// The compiled XDP object, built by `build.rs` from `gatekeeper-ebpf`.
 pub static PROGRAM_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gatekeeper"));
 
-/// A loaded (verified) gatekeeper program with handles on its maps.
+/// A loaded (verified) gatekeeper program with its maps.
 pub struct Filter {
     ebpf: Ebpf,
+    maps: FilterMaps,
+    events: Option<RingBuf<MapData>>,
     links: Vec<(String, XdpLinkId)>,
+    pin_dir: Option<PathBuf>,
 }
 
 /// How the program ended up attached to one interface.
@@ -41,74 +46,65 @@ impl std::fmt::Display for AttachedMode {
 }
 
 impl Filter {
-    /// Loads the program into the kernel (the verifier runs here) with empty maps.
-    pub fn load() -> anyhow::Result<Filter> {
-        let mut ebpf = Ebpf::load(PROGRAM_OBJECT).context("loading the eBPF object failed")?;
-        let program: &mut Xdp = ebpf
-            .program_mut(PROGRAM_NAME)
-            .context("the eBPF object has no gatekeeper program")?
-            .try_into()
-            .context("the gatekeeper program is not an XDP program")?;
+    /// Loads the program (the verifier runs here). With `pin_dir`, its maps are pinned there, or
+    /// reused from there when an earlier run pinned them, so their state survives this process.
+    pub fn load(pin_dir: Option<&Path>) -> anyhow::Result<Filter> {
+        let mut loader = EbpfLoader::new();
+        let paths: Vec<(&str, PathBuf)> = match pin_dir {
+            Some(dir) => PINNED_MAPS.iter().map(|n| (*n, dir.join(n))).collect(),
+            None => Vec::new(),
+        };
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
+            .load(PROGRAM_OBJECT)
+            .context("loading the eBPF object failed")?;
+        let program = xdp_program(&mut ebpf, PROGRAM_NAME)?;
         program
             .load()
             .context("the kernel refused the XDP program")?;
+        let maps = FilterMaps::take_from(&mut ebpf)?;
+        let events = ebpf
+            .take_map(map_names::EVENTS)
+            .map(RingBuf::try_from)
+            .transpose()
+            .context("the drop-event map is not a ring buffer")?;
         Ok(Filter {
             ebpf,
+            maps,
+            events,
             links: Vec::new(),
+            pin_dir: pin_dir.map(Path::to_path_buf),
         })
     }
 
     /// The program, for `BPF_PROG_TEST_RUN` in tests and benchmarks.
     pub fn program_mut(&mut self) -> anyhow::Result<&mut Xdp> {
-        self.ebpf
-            .program_mut(PROGRAM_NAME)
-            .context("the eBPF object has no gatekeeper program")?
-            .try_into()
-            .context("the gatekeeper program is not an XDP program")
+        xdp_program(&mut self.ebpf, PROGRAM_NAME)
     }
 
-    /// Marks each of `ports` as protected.
-    pub fn protect_ports(&mut self, ports: &[u16]) -> anyhow::Result<()> {
-        let mut map: HashMap<&mut MapData, u16, u8> = HashMap::try_from(
-            self.ebpf
-                .map_mut(map_names::PORTS)
-                .context("the eBPF object has no PORTS map")?,
-        )?;
-        for port in ports {
-            map.insert(port, PORT_PROTECTED, 0)
-                .with_context(|| format!("protecting port {port} failed"))?;
-        }
-        Ok(())
+    /// The maps: policy, allowlists, counters.
+    pub fn maps(&mut self) -> &mut FilterMaps {
+        &mut self.maps
     }
 
-    /// Adds `net` to the allowlist of its address family.
-    pub fn allow(&mut self, net: IpNet) -> anyhow::Result<()> {
-        let value = MapAllowEntry {
-            prefix_len: u32::from(net.prefix_len()),
-        };
-        let result = match net.network() {
-            IpAddr::V4(addr) => {
-                let mut trie: LpmTrie<&mut MapData, [u8; 4], MapAllowEntry> =
-                    LpmTrie::try_from(self.map_mut(map_names::ALLOW_V4)?)?;
-                trie.insert(&Key::new(value.prefix_len, addr.octets()), value, 0)
-            }
-            IpAddr::V6(addr) => {
-                let mut trie: LpmTrie<&mut MapData, [u8; 16], MapAllowEntry> =
-                    LpmTrie::try_from(self.map_mut(map_names::ALLOW_V6)?)?;
-                trie.insert(&Key::new(value.prefix_len, addr.octets()), value, 0)
-            }
-        };
-        result.with_context(|| format!("adding {net} to the allowlist failed"))
-    }
-
-    fn map_mut(&mut self, name: &str) -> anyhow::Result<&mut aya::maps::Map> {
-        self.ebpf
-            .map_mut(name)
-            .with_context(|| format!("the eBPF object has no {name} map"))
+    /// The drop-event ring buffer, once: whoever takes it reads the events.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
     }
 
     /// Attaches the program to `iface` in `mode`; `Auto` falls back from native to skb, loudly.
-    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> anyhow::Result<AttachedMode> {
+    /// Its traffic is counted in counter slot `slot`.
+    pub fn attach(
+        &mut self,
+        iface: &str,
+        mode: XdpMode,
+        slot: u32,
+    ) -> anyhow::Result<AttachedMode> {
+        let ifindex = ifindex(iface)?;
+        // Counting is set up first, so the first packet after attaching is already counted.
+        self.maps.assign_slot(ifindex, slot)?;
         let program = self.program_mut()?;
         let (link, attached) = match mode {
             XdpMode::Native => (
@@ -138,7 +134,7 @@ impl Filter {
                 }
             },
         };
-        info!(iface, mode = %attached, "attached");
+        info!(iface, ifindex, mode = %attached, "attached");
         self.links.push((iface.to_string(), link));
         Ok(attached)
     }
@@ -155,6 +151,57 @@ impl Filter {
         }
         Ok(())
     }
+
+    /// Removes the pinned maps (after detaching, when the filter is meant to stop).
+    pub fn unpin(&self) -> anyhow::Result<()> {
+        let Some(dir) = &self.pin_dir else {
+            return Ok(());
+        };
+        remove_pins(dir)
+    }
+}
+
+/// Removes every pin the filter keeps under `dir`, and `dir` itself once empty.
+pub fn remove_pins(dir: &Path) -> anyhow::Result<()> {
+    for name in PINNED_MAPS {
+        let path = dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err).with_context(|| format!("removing {}", path.display())),
+        }
+    }
+    // Other files (an admin's, a newer version's) keep the directory.
+    let _ = std::fs::remove_dir(dir);
+    Ok(())
+}
+
+/// The empty XDP program (returns XDP_PASS), loaded on its own: the benchmark baseline.
+pub fn load_baseline() -> anyhow::Result<Ebpf> {
+    let mut ebpf = Ebpf::load(PROGRAM_OBJECT).context("loading the eBPF object failed")?;
+    xdp_program(&mut ebpf, BASELINE_PROGRAM_NAME)?
+        .load()
+        .context("the kernel refused the baseline program")?;
+    Ok(ebpf)
+}
+
+/// The XDP program `name` of `ebpf`.
+pub fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("the eBPF object has no {name} program"))?
+        .try_into()
+        .with_context(|| format!("{name} is not an XDP program"))
+}
+
+fn ifindex(iface: &str) -> anyhow::Result<u32> {
+    let name = std::ffi::CString::new(iface)
+        .with_context(|| format!("interface name {iface:?} contains a NUL byte"))?;
+    // SAFETY: a valid NUL-terminated string; if_nametoindex only reads it.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        anyhow::bail!("unknown network interface {iface}");
+    }
+    Ok(index)
 }
 
 fn native_failure(iface: &str) -> String {

@@ -2,6 +2,12 @@
 //! and serves the admin CLI. The binary in `main.rs` is a thin shell around this library, which the
 //! end-to-end tests and benchmarks also use.
 
+pub mod bpffs;
 pub mod capabilities;
 pub mod config;
+pub mod events;
 pub mod filter;
+pub mod maps;
+pub mod policy;
+pub mod stats;
+pub mod sync;

@@ -74,6 +74,14 @@ impl Netns {
         cmd
     }
 
+    /// A command that runs in this namespace's network stack but, unlike `ip netns exec`, keeps
+    /// the host's mounts (so bpffs pins under /sys/fs/bpf are shared with the test).
+    pub fn nsenter(&self) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.name)).arg("--");
+        cmd
+    }
+
     /// Runs `f` on a thread that has entered this namespace. Sockets created there stay in the
     /// namespace for their whole life, wherever they are used afterwards.
     pub fn run<T: Send + 'static>(

@@ -145,3 +145,31 @@ impl Drop for TempDir {
         let _ = fs::remove_dir_all(&self.path);
     }
 }
+
+/// A pin directory for one test under /sys/fs/bpf, removed (with its pins) on drop.
+pub struct PinDir {
+    path: PathBuf,
+}
+
+impl PinDir {
+    pub fn new(tag: &str) -> PinDir {
+        PinDir {
+            path: PathBuf::from(format!("/sys/fs/bpf/{}", crate::unique_name(tag))),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Ok(entries) = fs::read_dir(&self.path) {
+            for entry in entries.flatten() {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        let _ = fs::remove_dir(&self.path);
+    }
+}

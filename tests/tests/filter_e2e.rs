@@ -8,7 +8,7 @@ use std::{
 use gatekeeper_tests::{
     kernel_tests_enabled,
     netns::Link,
-    process::{Daemon, TempDir},
+    process::{Daemon, PinDir, TempDir},
     tcp::{BannerServer, Outcome, connect},
     workspace_binary,
 };
@@ -53,17 +53,19 @@ fn daemon_drops_strangers_smtp_syns_and_nothing_else() -> anyhow::Result<()> {
     assert!(connect(client, ip(STRANGER_V4), smtp_v4, TIMEOUT).is_banner());
 
     let dir = TempDir::new("e2e")?;
+    let pins = PinDir::new("gkf");
     let config = dir.path().join("gatekeeper.toml");
     std::fs::write(
         &config,
         format!(
-            "interfaces = [\"{}\"]\nxdp_mode = \"native\"\nprotected_ports = [25]\n\n\
+            "interfaces = [\"{}\"]\nxdp_mode = \"native\"\nprotected_ports = [25]\npin_dir = \"{}\"\n\n\
              [[allow]]\ncidr = \"{PARTNER_V4}/32\"\ncomment = \"partner\"\n\n\
              [[allow]]\ncidr = \"{PARTNER_V6}/128\"\n",
-            link.left_if
+            link.left_if,
+            pins.path().display()
         ),
     )?;
-    let mut cmd = host.command(&[]);
+    let mut cmd = host.nsenter();
     cmd.arg(workspace_binary("gatekeeper"))
         .args(["run", "--config"])
         .arg(&config);
@@ -99,6 +101,12 @@ fn daemon_drops_strangers_smtp_syns_and_nothing_else() -> anyhow::Result<()> {
     let after = connect(client, ip(STRANGER_V4), smtp_v4, TIMEOUT);
     assert!(after.is_banner(), "after stop: {after:?}");
     assert!(connect(client, ip(STRANGER_V6), smtp_v6, TIMEOUT).is_banner());
+    // A clean stop removes the pins too.
+    assert!(
+        !pins.path().exists(),
+        "pins left behind in {}",
+        pins.path().display()
+    );
     Ok(())
 }
 

@@ -4,7 +4,10 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::programs::{TestRun as _, TestRunOptions};
-use gatekeeper::filter::Filter;
+use gatekeeper::{
+    filter::Filter,
+    policy::{Mode, Policy},
+};
 use gatekeeper_tests::{frames::*, kernel_tests_enabled};
 
 const XDP_DROP: u32 = 1;
@@ -19,14 +22,25 @@ const HOST_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 25);
 
 /// A loaded filter protecting port 25 and allowing 198.51.100.0/24 and 2001:db8:25::/48.
 fn filter() -> Filter {
-    let mut filter = Filter::load().expect("load the XDP program");
-    filter.protect_ports(&[25]).expect("protect port 25");
-    filter
-        .allow("198.51.100.0/24".parse().expect("cidr"))
+    let mut filter = loaded(&[25]);
+    let maps = filter.maps();
+    maps.insert("198.51.100.0/24".parse().expect("cidr"))
         .expect("allow v4");
-    filter
-        .allow("2001:db8:25::/48".parse().expect("cidr"))
+    maps.insert("2001:db8:25::/48".parse().expect("cidr"))
         .expect("allow v6");
+    filter
+}
+
+/// A filter enforcing on `ports` with an empty allowlist.
+fn loaded(ports: &[u16]) -> Filter {
+    let mut filter = Filter::load(None).expect("load the XDP program");
+    let policy = Policy {
+        mode: Mode::Enforce,
+        ports: ports.to_vec(),
+        event_rate: 0,
+        event_burst: 0,
+    };
+    filter.maps().set_policy(&policy).expect("policy");
     filter
 }
 
@@ -169,8 +183,7 @@ fn only_configured_ports_are_protected() {
     if !kernel_tests_enabled("only_configured_ports_are_protected") {
         return;
     }
-    let mut filter = Filter::load().expect("load");
-    filter.protect_ports(&[587, 465]).expect("ports");
+    let mut filter = loaded(&[587, 465]);
     assert_eq!(
         verdict(&mut filter, &tcp_v4(DENIED_V4, HOST_V4, 25, TCP_SYN)),
         XDP_PASS

@@ -35,6 +35,8 @@ const NET_IF: &str = "gkdemo-inet";
 const MAIL_HOST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 25);
 const PARTNER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 const STRANGER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 66);
+/// The demo's own pin directory, so it never touches a real gatekeeper's state.
+const PIN_DIR: &str = "/sys/fs/bpf/gatekeeper-demo";
 const TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -73,7 +75,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let dir = TempDir::new("demo")?;
     let config = dir.path().join("gatekeeper.toml");
     let config_text = format!(
-        "# Who may open SMTP sessions to this host.\ninterfaces = [\"{DMZ_IF}\"]\nxdp_mode = \"native\"\nprotected_ports = [25]\n\n[[allow]]\ncidr = \"198.51.100.0/24\"\ncomment = \"partner relays\"\n"
+        "# Who may open SMTP sessions to this host.\ninterfaces = [\"{DMZ_IF}\"]\nxdp_mode = \"native\"\nprotected_ports = [25]\npin_dir = \"{PIN_DIR}\"\n\n[[allow]]\ncidr = \"198.51.100.0/24\"\ncomment = \"partner relays\"\n"
     );
     std::fs::write(&config, &config_text).context("writing the demo config")?;
     step(&format!("demo 3/7: the allowlist, {}:", config.display()));
@@ -90,7 +92,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     step(&format!(
         "demo 4/7: `gatekeeper run` inside {DMZ_NS} attaches the XDP program to {DMZ_IF}"
     ));
-    let mut cmd = link.left.command(&[]);
+    let mut cmd = link.left.nsenter();
     cmd.arg(&gatekeeper).args(["run", "--config"]).arg(&config);
     let mut daemon = Daemon::start("gatekeeper run", cmd, &dir.path().join("gatekeeper.log"))?;
     daemon.wait_for_log("enforcing", Duration::from_secs(15))?;
@@ -108,8 +110,23 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     println!(
         "    ok: the stranger's SYNs to port 25 were dropped at XDP: no answer within {TIMEOUT:?}, no socket, no log spam on the mail host"
     );
+    daemon.wait_for_log("dropped SYN", Duration::from_secs(5))?;
+    for line in daemon
+        .log()
+        .lines()
+        .filter(|l| l.contains("dropped SYN"))
+        .take(1)
+    {
+        println!("      gatekeeper: {line}");
+    }
     expect_banner("the stranger, on port 8080,", STRANGER, web_addr, &link)?;
     println!("    (only TCP to the protected ports is judged; everything else passes untouched)");
+    println!("    the counters, summed over CPUs (`gatekeeper stats`):");
+    shell::run(
+        Command::new(&gatekeeper)
+            .args(["stats", "--config"])
+            .arg(&config),
+    )?;
 
     step("demo 6/7: stopping the daemon detaches the filter");
     ensure!(

@@ -1,0 +1,262 @@
+//! Walking a frame down to the TCP destination port, with a fixed bound on every loop.
+//!
+//! The userspace reference classifier in `tests/src/reference.rs` implements the same rules; the
+//! differential test holds the two together.
+
+use aya_ebpf::programs::XdpContext;
+use gatekeeper_common::{Counter, Family};
+
+const ETH_HDR_LEN: usize = 14;
+const VLAN_TAG_LEN: usize = 4;
+/// VLAN tags walked: 802.1Q inside 802.1ad is the deepest stacking a DMZ link carries.
+const MAX_VLAN_TAGS: usize = 2;
+/// IPv6 extension headers walked before the frame counts as unjudgeable.
+const MAX_IPV6_EXT_HEADERS: usize = 8;
+/// Extension header chains reaching past this offset are unjudgeable (keeps offsets small for
+/// the verifier; real chains are a few dozen bytes).
+const MAX_L4_OFFSET: usize = 1024;
+
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const ETH_P_QINQ_LEGACY: u16 = 0x9100;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+const IPPROTO_MOBILITY: u8 = 135;
+const IPPROTO_HIP: u8 = 139;
+const IPPROTO_SHIM6: u8 = 140;
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// A TCP segment to a protected port, to be judged against the allowlist.
+pub struct Segment {
+    pub family: Family,
+    /// IPv4 sources use the first four bytes.
+    pub source: [u8; 16],
+    pub dest_port: u16,
+    /// SYN without ACK: a connection attempt (the only kind reported as a drop event).
+    pub syn_only: bool,
+}
+
+/// What parsing found.
+pub enum Judged {
+    /// Not for the allowlist to judge; passes, counted under this counter.
+    Pass(Family, Counter),
+    /// Could be TCP to a protected port but cannot be judged: fail closed.
+    Unjudgeable(Family),
+    Segment(Segment),
+}
+
+const fn malformed(family: Family) -> Judged {
+    Judged::Pass(family, Counter::Malformed)
+}
+
+#[inline(always)]
+pub fn judge<F: Fn(u16) -> bool>(ctx: &XdpContext, protected: &F) -> Judged {
+    let Some(mut ethertype) = read_be16(ctx, 12) else {
+        return malformed(Family::Other);
+    };
+    let mut l3 = ETH_HDR_LEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if !is_vlan(ethertype) {
+            break;
+        }
+        let Some(inner) = read_be16(ctx, l3 + 2) else {
+            return malformed(Family::Other);
+        };
+        ethertype = inner;
+        l3 += VLAN_TAG_LEN;
+    }
+    match ethertype {
+        ETH_P_IPV4 => judge_ipv4(ctx, l3, protected),
+        ETH_P_IPV6 => judge_ipv6(ctx, l3, protected),
+        // More tags than the bound: whatever is inside could be TCP to port 25.
+        t if is_vlan(t) => Judged::Unjudgeable(Family::Other),
+        _ => Judged::Pass(Family::Other, Counter::PassNotIp),
+    }
+}
+
+#[inline(always)]
+fn is_vlan(ethertype: u16) -> bool {
+    ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD || ethertype == ETH_P_QINQ_LEGACY
+}
+
+#[inline(always)]
+fn judge_ipv4<F: Fn(u16) -> bool>(ctx: &XdpContext, l3: usize, protected: &F) -> Judged {
+    const FAMILY: Family = Family::Ipv4;
+    // The fixed header is read in one go before any variable-length check: LLVM drops checks
+    // it can prove redundant from a variable one, which the verifier cannot follow.
+    let Some(header) = read_array::<20>(ctx, l3) else {
+        return malformed(FAMILY);
+    };
+    let header_len = usize::from(header[0] & 0x0f) * 4;
+    if header[0] >> 4 != 4 || header_len < 20 {
+        return malformed(FAMILY);
+    }
+    if header[9] != IPPROTO_TCP {
+        return Judged::Pass(FAMILY, Counter::PassNotTcp);
+    }
+    // Options included, the whole header must be in the frame.
+    if header_len > 20 && read_u8(ctx, l3 + header_len - 1).is_none() {
+        return malformed(FAMILY);
+    }
+    let frag = u16::from_be_bytes([header[6], header[7]]);
+    // Later fragments carry no TCP header, hence no port: they pass, and the kernel cannot
+    // reassemble them into a segment without the first fragment, which is judged below.
+    if frag & 0x1fff != 0 {
+        return Judged::Pass(FAMILY, Counter::PassFragment);
+    }
+    let more_fragments = frag & 0x2000 != 0;
+    let mut source = [0u8; 16];
+    source[..4].copy_from_slice(&header[12..16]);
+    judge_tcp(
+        ctx,
+        l3 + header_len,
+        FAMILY,
+        source,
+        more_fragments,
+        protected,
+    )
+}
+
+#[inline(always)]
+fn judge_ipv6<F: Fn(u16) -> bool>(ctx: &XdpContext, l3: usize, protected: &F) -> Judged {
+    const FAMILY: Family = Family::Ipv6;
+    let Some(header) = read_array::<40>(ctx, l3) else {
+        return malformed(FAMILY);
+    };
+    if header[0] >> 4 != 6 {
+        return malformed(FAMILY);
+    }
+    let mut source = [0u8; 16];
+    source.copy_from_slice(&header[8..24]);
+    let mut next = header[6];
+    let mut offset = l3 + 40;
+    let mut first_fragment = false;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        if next == IPPROTO_TCP {
+            break;
+        }
+        if !is_extension_header(next) {
+            // UDP, ICMPv6, ESP, no-next-header, ...: not TCP.
+            return Judged::Pass(FAMILY, Counter::PassNotTcp);
+        }
+        // Every extension header is at least 8 bytes long.
+        let Some(ext) = read_array::<8>(ctx, offset) else {
+            return truncated(first_fragment);
+        };
+        let header_len = match next {
+            IPPROTO_FRAGMENT => {
+                let frag = u16::from_be_bytes([ext[2], ext[3]]);
+                if frag & 0xfff8 != 0 {
+                    return Judged::Pass(FAMILY, Counter::PassFragment);
+                }
+                if frag & 1 != 0 {
+                    first_fragment = true;
+                }
+                8
+            }
+            IPPROTO_AH => (usize::from(ext[1]) + 2) * 4,
+            _ => (usize::from(ext[1]) + 1) * 8,
+        };
+        next = ext[0];
+        offset += header_len;
+        if offset > MAX_L4_OFFSET {
+            return Judged::Unjudgeable(FAMILY);
+        }
+    }
+    if next != IPPROTO_TCP {
+        // The chain goes on past the bound: it could still end in TCP to port 25.
+        return Judged::Unjudgeable(FAMILY);
+    }
+    judge_tcp(ctx, offset, FAMILY, source, first_fragment, protected)
+}
+
+#[inline(always)]
+fn is_extension_header(next: u8) -> bool {
+    matches!(
+        next,
+        IPPROTO_HOPOPTS
+            | IPPROTO_ROUTING
+            | IPPROTO_FRAGMENT
+            | IPPROTO_AH
+            | IPPROTO_DSTOPTS
+            | IPPROTO_MOBILITY
+            | IPPROTO_HIP
+            | IPPROTO_SHIM6
+    )
+}
+
+/// A header chain cut short: fail closed inside a first fragment (the rest may arrive in the
+/// next fragment), otherwise the kernel discards the frame.
+#[inline(always)]
+fn truncated(first_fragment: bool) -> Judged {
+    if first_fragment {
+        Judged::Unjudgeable(Family::Ipv6)
+    } else {
+        malformed(Family::Ipv6)
+    }
+}
+
+#[inline(always)]
+fn judge_tcp<F: Fn(u16) -> bool>(
+    ctx: &XdpContext,
+    l4: usize,
+    family: Family,
+    source: [u8; 16],
+    fragmented: bool,
+    protected: &F,
+) -> Judged {
+    let Some(dest_port) = read_be16(ctx, l4 + 2) else {
+        // A first fragment too short to show its port could be reassembled into a protected
+        // segment: fail closed. An unfragmented truncated segment is discarded by TCP anyway.
+        return if fragmented {
+            Judged::Unjudgeable(family)
+        } else {
+            malformed(family)
+        };
+    };
+    if !protected(dest_port) {
+        return Judged::Pass(family, Counter::PassOtherPort);
+    }
+    let syn_only = match read_u8(ctx, l4 + 13) {
+        Some(flags) => flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+        None => false,
+    };
+    Judged::Segment(Segment {
+        family,
+        source,
+        dest_port,
+        syn_only,
+    })
+}
+
+/// Reads `N` bytes at `offset` from the start of the frame, or `None` past its end.
+#[inline(always)]
+fn read_array<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<[u8; N]> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + N > end {
+        return None;
+    }
+    // SAFETY: the bounds check above keeps the read inside the frame, which the verifier checks
+    // again; the read is unaligned because headers sit at arbitrary offsets.
+    Some(unsafe { core::ptr::read_unaligned((start + offset) as *const [u8; N]) })
+}
+
+#[inline(always)]
+fn read_u8(ctx: &XdpContext, offset: usize) -> Option<u8> {
+    read_array::<1>(ctx, offset).map(|[b]| b)
+}
+
+#[inline(always)]
+fn read_be16(ctx: &XdpContext, offset: usize) -> Option<u16> {
+    read_array::<2>(ctx, offset).map(u16::from_be_bytes)
+}

@@ -1,0 +1,144 @@
+//! Counter snapshots per interface, for `gatekeeper stats` and the daemon's own reports.
+
+use gatekeeper_common::{Counter, Family};
+
+use crate::{
+    events::interface_name,
+    maps::{FilterMaps, SlotCounters},
+};
+
+/// Counter names in display order, with the counter each shows.
+pub const COUNTERS: [(&str, Counter); 11] = [
+    ("allowed", Counter::Allowed),
+    ("dropped", Counter::Dropped),
+    ("would_drop", Counter::WouldDrop),
+    ("unjudgeable_dropped", Counter::Unjudgeable),
+    ("passed_other_port", Counter::PassOtherPort),
+    ("passed_not_tcp", Counter::PassNotTcp),
+    ("passed_not_ip", Counter::PassNotIp),
+    ("passed_fragment", Counter::PassFragment),
+    ("malformed", Counter::Malformed),
+    ("events_sent", Counter::EventSent),
+    ("events_suppressed", Counter::EventSuppressed),
+];
+
+pub const FAMILIES: [(&str, Family); 3] = [
+    ("ipv4", Family::Ipv4),
+    ("ipv6", Family::Ipv6),
+    ("other", Family::Other),
+];
+
+/// Counters of one interface.
+#[derive(Clone, Debug)]
+pub struct InterfaceStats {
+    pub interface: String,
+    pub ifindex: Option<u32>,
+    /// `family -> counter -> value`, in display order.
+    pub counters: Vec<(String, Vec<(String, u64)>)>,
+}
+
+impl InterfaceStats {
+    pub fn new(interface: String, ifindex: Option<u32>, raw: &SlotCounters) -> InterfaceStats {
+        let counters = FAMILIES
+            .iter()
+            .map(|(fname, family)| {
+                let row = COUNTERS
+                    .iter()
+                    .map(|(cname, counter)| {
+                        (
+                            cname.to_string(),
+                            raw.0[*family as usize][*counter as usize],
+                        )
+                    })
+                    .collect();
+                (fname.to_string(), row)
+            })
+            .collect();
+        InterfaceStats {
+            interface,
+            ifindex,
+            counters,
+        }
+    }
+
+    /// `{"interface": .., "ifindex": .., "counters": {"ipv4": {"allowed": ..}, ..}}`
+    pub fn to_json(&self) -> serde_json::Value {
+        let counters: serde_json::Map<String, serde_json::Value> = self
+            .counters
+            .iter()
+            .map(|(family, row)| {
+                let row: serde_json::Map<String, serde_json::Value> =
+                    row.iter().map(|(n, v)| (n.clone(), (*v).into())).collect();
+                (family.clone(), row.into())
+            })
+            .collect();
+        serde_json::json!({
+            "interface": self.interface,
+            "ifindex": self.ifindex,
+            "counters": counters,
+        })
+    }
+
+    /// One counter summed over families.
+    pub fn total(&self, counter: &str) -> u64 {
+        self.counters
+            .iter()
+            .flat_map(|(_, row)| row.iter())
+            .filter(|(name, _)| name == counter)
+            .map(|(_, v)| *v)
+            .sum()
+    }
+}
+
+/// Counters of every interface with a slot, then slot 0 ("other interfaces") if it counted anything.
+pub fn collect(maps: &FilterMaps) -> anyhow::Result<Vec<InterfaceStats>> {
+    let mut all = Vec::new();
+    for (ifindex, slot) in maps.slots()? {
+        let raw = maps.counters(slot)?;
+        all.push(InterfaceStats::new(
+            interface_name(ifindex),
+            Some(ifindex),
+            &raw,
+        ));
+    }
+    let other = maps.counters(0)?;
+    if other != SlotCounters::default() {
+        all.push(InterfaceStats::new("(other)".into(), None, &other));
+    }
+    Ok(all)
+}
+
+/// A table per interface: one row per counter, one column per family.
+pub fn render(stats: &[InterfaceStats]) -> String {
+    let mut out = String::new();
+    for iface in stats {
+        match iface.ifindex {
+            Some(index) => out.push_str(&format!("{} (ifindex {index})\n", iface.interface)),
+            None => out.push_str(&format!("{}\n", iface.interface)),
+        }
+        out.push_str(&format!(
+            "  {:<22}{:>14}{:>14}{:>14}\n",
+            "", "IPv4", "IPv6", "other"
+        ));
+        for (i, (name, _)) in COUNTERS.iter().enumerate() {
+            let value = |f: usize| {
+                iface
+                    .counters
+                    .get(f)
+                    .and_then(|(_, row)| row.get(i))
+                    .map_or(0, |(_, v)| *v)
+            };
+            out.push_str(&format!(
+                "  {:<22}{:>14}{:>14}{:>14}\n",
+                name,
+                value(0),
+                value(1),
+                value(2)
+            ));
+        }
+    }
+    if stats.is_empty() {
+        out.push_str("no interface has the filter attached\n");
+    }
+    out
+}
