@@ -62,7 +62,8 @@ pub fn gatekeeper(ctx: XdpContext) -> u32 {
     let judged = parse::judge(&ctx, &|port| config.is_protected(port));
     let (family, counter, action) = decide(&judged, config);
     count(slot, family, counter);
-    if action == XDP_DROP || counter == Counter::WouldDrop {
+    // Drop events: dropped (or, in monitor mode, would-be-dropped) SYNs only, if enabled.
+    if (action == XDP_DROP || counter == Counter::WouldDrop) && config.event_interval_ns != 0 {
         if let Judged::Segment(segment) = &judged {
             if segment.syn_only {
                 report_drop(&ctx, segment, config, slot);
@@ -178,9 +179,6 @@ fn report_drop(ctx: &XdpContext, segment: &Segment, config: &FilterConfig, slot:
 }
 
 fn take_token(config: &FilterConfig) -> bool {
-    if config.event_interval_ns == 0 {
-        return false;
-    }
     let Some(bucket) = EVENT_BUCKET.get_ptr_mut(0) else {
         return false;
     };

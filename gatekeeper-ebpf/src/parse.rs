@@ -173,8 +173,11 @@ fn judge_ipv6<F: Fn(u16) -> bool>(ctx: &XdpContext, l3: usize, protected: &F) ->
         }
     }
     if next != IPPROTO_TCP {
-        // The chain goes on past the bound: it could still end in TCP to port 25.
-        return Judged::Unjudgeable(FAMILY);
+        if is_extension_header(next) {
+            // The chain goes on past the bound: it could still end in TCP to port 25.
+            return Judged::Unjudgeable(FAMILY);
+        }
+        return Judged::Pass(FAMILY, Counter::PassNotTcp);
     }
     judge_tcp(ctx, offset, FAMILY, source, first_fragment, protected)
 }

@@ -4,8 +4,10 @@
 
 pub mod cleanup;
 pub mod frames;
+pub mod generate;
 pub mod netns;
 pub mod process;
+pub mod reference;
 pub mod tcp;
 
 use std::path::PathBuf;
