@@ -1,13 +1,123 @@
-//! `smtp-relay`: the SMTP service the peers admitted by the gatekeeper talk to.
+//! `smtp-relay`: thin CLI over the library (see `lib.rs`).
 
-use clap::Parser;
+use std::io::{IsTerminal as _, Read as _};
+use std::path::PathBuf;
 
-/// SMTP relay for the peers the gatekeeper admits.
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use smtp_relay::server::Server;
+
+/// SMTP relay for the peers the gatekeeper admits: ESMTP with TLS, AUTH
+/// only inside TLS, never an open relay, durable spool, audit log.
 #[derive(Parser)]
-#[command(version, about)]
-struct Cli {}
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve SMTP on the configured listeners until SIGINT or SIGTERM.
+    ///
+    /// Logs go to stderr (RUST_LOG selects levels, default "info"); audit
+    /// events use the target "audit". On a bad config nothing listens.
+    Run {
+        /// The relay's TOML config file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a config file (syntax, values, TLS certificate and key,
+    /// password hashes, gatekeeper allowlists) without listening.
+    Check {
+        /// The relay's TOML config file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Print an argon2id hash for a `[[user]]` password_hash entry.
+    ///
+    /// Prompts twice without echo, or reads one line from standard input
+    /// with --stdin (for scripts).
+    HashPassword {
+        /// Read the password from standard input instead of prompting.
+        #[arg(long)]
+        stdin: bool,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn read_password(from_stdin: bool) -> anyhow::Result<String> {
+    let password = if from_stdin {
+        let mut s = String::new();
+        std::io::stdin()
+            .take(4096)
+            .read_to_string(&mut s)
+            .context("reading password from standard input")?;
+        s.lines().next().unwrap_or("").to_owned()
+    } else {
+        let first = rpassword::prompt_password("Password: ").context("reading password")?;
+        let second = rpassword::prompt_password("Again: ").context("reading password")?;
+        anyhow::ensure!(first == second, "passwords do not match");
+        first
+    };
+    anyhow::ensure!(!password.is_empty(), "empty password");
+    Ok(password)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
 
 fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    Ok(())
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => {
+            let prepared = smtp_relay::prepare(&config)?;
+            println!(
+                "{}: OK ({} listener(s), {} user(s))",
+                config.display(),
+                prepared.config.listeners.len(),
+                prepared.config.users.len()
+            );
+            Ok(())
+        }
+        Command::HashPassword { stdin } => {
+            let password = read_password(stdin)?;
+            println!("{}", smtp_relay::auth::hash_password(&password)?);
+            Ok(())
+        }
+        Command::Run { config } => {
+            init_logging();
+            let prepared = smtp_relay::prepare(&config)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(async {
+                let server = Server::bind(prepared)?;
+                server.run(shutdown_signal()).await
+            })
+        }
+    }
 }
