@@ -69,7 +69,7 @@ pub enum Action {
 }
 
 /// After this many bad commands the client is disconnected.
-const MAX_ERRORS: u32 = 10;
+const MAX_ERRORS: u32 = 20;
 /// After this many failed AUTH attempts the client is disconnected.
 const MAX_AUTH_FAILURES: u32 = 3;
 
