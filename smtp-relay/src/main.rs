@@ -2,6 +2,7 @@
 
 use std::io::{IsTerminal as _, Read as _};
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -9,8 +10,13 @@ use smtp_relay::server::Server;
 
 /// SMTP relay for the peers the gatekeeper admits: ESMTP with TLS, AUTH
 /// only inside TLS, never an open relay, durable spool, audit log.
+///
+/// Listener roles: mta (port 25: local domains from anyone admitted,
+/// relaying only after AUTH), submission (587: STARTTLS then AUTH),
+/// submissions (465: implicit TLS, AUTH). See smtp-relay/README.md for the
+/// config reference and examples/smtp-relay.toml for a commented example.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -89,9 +95,20 @@ async fn shutdown_signal() {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    match execute(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line with the whole context chain: file, line, cause.
+            eprintln!("smtp-relay: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Check { config } => {
             let prepared = smtp_relay::prepare(&config)?;
             println!(
