@@ -47,6 +47,9 @@ pub enum CommandError {
     Syntax(&'static str),
     #[error("bad address: {0}")]
     Address(#[from] AddressError),
+    /// Longer than 512 octets; the reader dropped it.
+    #[error("line too long")]
+    LineTooLong,
 }
 
 /// Parses a command line without its line ending.

@@ -268,15 +268,12 @@ async fn serve(
                 return Ok("shutdown");
             }
         };
-        let line = match line {
-            Line::Line(l) => l,
-            Line::TooLong => {
-                conn.queue(&Reply::new(500, "5.5.6", "Line too long"));
-                continue;
-            }
+        let command = match line {
+            Line::Line(l) => crate::command::parse(&l),
+            Line::TooLong => Err(crate::command::CommandError::LineTooLong),
             Line::Eof => return Ok("eof"),
         };
-        let mut action = session.handle(crate::command::parse(&line));
+        let mut action = session.handle(command);
         if let Action::Auth { mechanism, initial } = action {
             action = authenticate(conn, session, mechanism, initial).await?;
         }

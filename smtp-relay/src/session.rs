@@ -205,6 +205,7 @@ impl Session {
         let action = match cmd {
             Ok(cmd) => self.command(cmd),
             Err(CommandError::Unknown) => r(500, "5.5.2", "Command not recognized"),
+            Err(CommandError::LineTooLong) => r(500, "5.5.6", "Line too long"),
             Err(CommandError::Syntax(why)) => {
                 Action::Reply(Reply::new(501, "5.5.4", format!("Syntax error: {why}")))
             }
@@ -555,7 +556,9 @@ mod tests {
     #[test]
     fn too_many_errors_closes() {
         let mut s = session(Role::Mta, false);
-        for _ in 0..MAX_ERRORS - 1 {
+        assert!(matches!(s.handle(Err(CommandError::LineTooLong)),
+            Action::Reply(r) if r.code == 500 && r.enhanced == Some("5.5.6")));
+        for _ in 0..MAX_ERRORS - 2 {
             assert!(matches!(s.handle(parse(b"BOGUS")), Action::Reply(_)));
         }
         assert!(matches!(s.handle(parse(b"BOGUS")), Action::Close(r) if r.code == 421));
