@@ -250,3 +250,78 @@ impl Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connected (server Conn, client socket) pair on loopback.
+    async fn pair() -> (Conn, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (
+            Conn::new(Stream::Plain(server), Duration::from_secs(5)),
+            client,
+        )
+    }
+
+    #[tokio::test]
+    async fn lines_are_bounded_and_pipelined_input_kept() {
+        let (mut conn, mut client) = pair().await;
+        let mut input = b"NOOP\r\nbare lf\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 20_000));
+        input.extend_from_slice(b"\r\nQUIT\r\n");
+        input.extend_from_slice(&[b'y'; 510]);
+        input.extend_from_slice(b"\r\n");
+        input.extend_from_slice(&[b'z'; 511]);
+        input.extend_from_slice(b"\r\npartial");
+        // Fits the loopback socket buffers: all of it is there before we read.
+        client.write_all(&input).await.expect("write");
+        client.shutdown().await.expect("shutdown");
+        assert_eq!(
+            conn.read_line(512).await.expect("read"),
+            Line::Line(b"NOOP".to_vec())
+        );
+        assert!(
+            conn.has_buffered_input(),
+            "pipelined input must stay buffered"
+        );
+        assert_eq!(
+            conn.read_line(512).await.expect("read"),
+            Line::Line(b"bare lf".to_vec())
+        );
+        assert_eq!(conn.read_line(512).await.expect("read"), Line::TooLong);
+        assert_eq!(
+            conn.read_line(512).await.expect("read"),
+            Line::Line(b"QUIT".to_vec())
+        );
+        assert_eq!(
+            conn.read_line(512).await.expect("read"),
+            Line::Line(vec![b'y'; 510])
+        );
+        assert_eq!(conn.read_line(512).await.expect("read"), Line::TooLong);
+        // An unterminated last line is not a command.
+        assert_eq!(conn.read_line(512).await.expect("read"), Line::Eof);
+    }
+
+    #[tokio::test]
+    async fn replies_are_queued_until_input_is_needed() {
+        let (mut conn, mut client) = pair().await;
+        conn.queue(&Reply::new(250, "2.0.0", "one"));
+        conn.queue(&Reply::new(250, "2.0.0", "two"));
+        client.write_all(b"NOOP\r\n").await.expect("write");
+        // Reading flushes the queued replies first.
+        assert_eq!(
+            conn.read_line(512).await.expect("read"),
+            Line::Line(b"NOOP".to_vec())
+        );
+        let mut got = [0u8; 30];
+        client.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"250 2.0.0 one\r\n250 2.0.0 two\r\n");
+    }
+}

@@ -239,4 +239,91 @@ mod tests {
         assert_eq!(out, b"\xc3\xa4\x00\xff\r\n");
         assert!(matches!(o, Some(Outcome::Complete { size: 6 })));
     }
+
+    /// xorshift64*: deterministic pseudo-random bytes without a dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn pick(&mut self, from: &[u8]) -> u8 {
+            from[(self.next() % from.len() as u64) as usize]
+        }
+    }
+
+    /// Where data must end: the first CRLF.CRLF (or .CRLF at the start).
+    fn reference_end(input: &[u8]) -> Option<usize> {
+        if input.starts_with(b".\r\n") {
+            return Some(3);
+        }
+        input
+            .windows(5)
+            .position(|w| w == b"\r\n.\r\n")
+            .map(|p| p + 5)
+    }
+
+    #[test]
+    fn random_inputs_end_exactly_at_crlf_dot_crlf() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for _ in 0..3000 {
+            let len = (rng.next() % 40) as usize;
+            let input: Vec<u8> = (0..len).map(|_| rng.pick(b".\r\na")).collect();
+            let (out, outcome, used) = all_chunkings(&input, 1000);
+            match reference_end(&input) {
+                Some(end) => {
+                    assert_eq!(used, end, "{input:?}");
+                    let body = &input[..end];
+                    let bare = body.windows(2).enumerate().any(|(i, w)| {
+                        (w[0] == b'\r' && w[1] != b'\n')
+                            || (w[1] == b'\n' && w[0] != b'\r')
+                            || (i == 0 && w[0] == b'\n')
+                    });
+                    if bare {
+                        assert_eq!(outcome, Some(Outcome::BareLineEnding), "{input:?}");
+                    } else {
+                        assert!(
+                            matches!(outcome, Some(Outcome::Complete { .. })),
+                            "{input:?}"
+                        );
+                        assert!(out.len() < end);
+                    }
+                }
+                None => assert_eq!((outcome, used), (None, input.len()), "{input:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn random_messages_round_trip_through_dot_stuffing() {
+        let mut rng = Rng(42);
+        for _ in 0..500 {
+            let mut message = Vec::new();
+            for _ in 0..(rng.next() % 8) {
+                for _ in 0..(rng.next() % 6) {
+                    message.push(rng.pick(b"..ab \xff"));
+                }
+                message.extend_from_slice(b"\r\n");
+            }
+            let mut wire = Vec::new();
+            for line in message.split_inclusive(|&b| b == b'\n') {
+                if line.starts_with(b".") {
+                    wire.push(b'.');
+                }
+                wire.extend_from_slice(line);
+            }
+            wire.extend_from_slice(b".\r\n");
+            let (out, outcome, used) = all_chunkings(&wire, 1000);
+            assert_eq!(out, message);
+            assert_eq!(
+                outcome,
+                Some(Outcome::Complete {
+                    size: message.len() as u64
+                })
+            );
+            assert_eq!(used, wire.len());
+        }
+    }
 }
