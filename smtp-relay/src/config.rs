@@ -293,6 +293,16 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
         });
     }
 
+    if users.is_empty()
+        && let Some(l) = listeners.iter().find(|l| l.role.requires_auth())
+    {
+        bail!(
+            "listener {} has role {} but no [[user]] is configured: nobody could send",
+            l.address,
+            l.role
+        );
+    }
+
     Ok(Config {
         path: path.to_owned(),
         hostname: raw.hostname,
@@ -467,6 +477,16 @@ senders = ["alice@Example.org"]
             assert!(e.contains(needle), "expected {needle:?} in: {e}");
             assert!(e.contains("relay.toml"), "{e}");
         }
+    }
+
+    #[test]
+    fn submission_without_users_refused() {
+        let text = good();
+        let cut = text.find("[[user]]").expect("user section");
+        assert!(err(&text[..cut]).contains("no [[user]]"));
+        // An mta-only config needs no users.
+        let mta_only = text[..cut].replace("role = \"submission\"", "role = \"mta\"");
+        parse(&mta_only).expect("mta-only config without users is valid");
     }
 
     #[test]
