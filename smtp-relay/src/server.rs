@@ -245,7 +245,10 @@ async fn handle(
     conn.queue(&session.greeting());
     let reason = match serve(&mut conn, &mut session, shared, &mut stop).await {
         Ok(reason) => reason,
-        Err(e) if e.kind() == io::ErrorKind::TimedOut => "timeout",
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            conn.queue(&Reply::new(421, "4.4.2", "Timeout, closing connection"));
+            "timeout"
+        }
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => "eof_in_data",
         Err(_) => "io_error",
     };

@@ -374,3 +374,16 @@ fn graceful_stop_sends_421_to_idle_sessions() {
     server.stop().expect("server stops cleanly");
     c.read_reply().expect(421, "4.3.2");
 }
+
+#[test]
+fn idle_clients_time_out_with_421() {
+    let config = common::config_text("", 10_000)
+        .replace("command_timeout_secs = 10", "command_timeout_secs = 1");
+    let server = TestServer::start_with("timeout", &config);
+    let started = std::time::Instant::now();
+    let mut c = Client::connect(server.addr(Role::Mta));
+    c.ehlo();
+    c.read_reply().expect(421, "4.4.2");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    assert_eq!(c.read_reply().code, 0, "connection should be closed");
+}
