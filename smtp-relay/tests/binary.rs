@@ -396,3 +396,24 @@ fn hash_password_from_stdin() {
         .expect("run");
     assert!(!out.status.success());
 }
+
+#[test]
+fn refused_peers_are_logged_and_sigint_stops() {
+    let extra =
+        "[[listener]]\naddress = \"127.0.0.1:0\"\nrole = \"mta\"\nallow = [\"192.0.2.0/24\"]\n";
+    let setup = Setup::new("refused", &common::config_text(extra, 10_000));
+    let mut relay = Relay::start(&setup.config, 7);
+    let closed = relay.addrs[6].0;
+    let c = Client::connect(closed);
+    c.greeting.expect(554, "5.7.1");
+    let line = relay.wait_for_log(&["event=\"peer_refused\""]);
+    assert!(line.contains("client=127.0.0.1:"), "{line}");
+    assert!(line.contains(&format!("listener={closed}")), "{line}");
+
+    let pid = i32::try_from(relay.child.id()).expect("pid");
+    // SAFETY: kill(2) on our own child's PID.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let status = relay.wait_exit();
+    assert!(status.success(), "{status}");
+    relay.wait_for_log(&["event=\"shutdown\"", "stopped"]);
+}
