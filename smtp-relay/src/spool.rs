@@ -15,6 +15,7 @@
 
 use std::fs;
 use std::io::{self, Write as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -96,7 +97,12 @@ impl Spool {
     /// Creates the directories if needed and removes stale temp files.
     pub fn open(dir: &Path) -> anyhow::Result<Spool> {
         let tmp = dir.join("tmp");
-        fs::create_dir_all(&tmp)
+        // Mail is private: directories 0700, files 0600 (new ones only; an
+        // existing directory keeps the mode the admin gave it).
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&tmp)
             .with_context(|| format!("creating spool directory {}", tmp.display()))?;
         for entry in fs::read_dir(&tmp).with_context(|| format!("reading {}", tmp.display()))? {
             let path = entry?.path();
@@ -120,6 +126,7 @@ impl Spool {
         let file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&tmp_eml)
             .await?;
         Ok(SpoolWriter {
@@ -211,6 +218,7 @@ impl SpoolWriter {
                 let mut f = fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
+                    .mode(0o600)
                     .open(&tmp_env)?;
                 f.write_all(&json)?;
                 f.sync_all()?;
