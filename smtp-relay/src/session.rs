@@ -358,6 +358,7 @@ impl Session {
                     Ok(_) => {}
                     Err(_) => return r(501, "5.5.4", "Bad SIZE parameter"),
                 },
+                ("SIZE", None) => return r(501, "5.5.4", "SIZE needs a value"),
                 ("BODY", Some(v)) if v.eq_ignore_ascii_case("7BIT") => body = "7BIT",
                 ("BODY", Some(v)) if v.eq_ignore_ascii_case("8BITMIME") => body = "8BITMIME",
                 ("BODY", _) => return r(501, "5.5.4", "Bad BODY parameter"),
@@ -652,6 +653,8 @@ mod tests {
         code(&mut s, "EHLO c.example");
         assert_eq!(code(&mut s, "MAIL FROM:<a@x.example> SIZE=1001"), 552);
         assert_eq!(code(&mut s, "MAIL FROM:<a@x.example> SIZE=abc"), 501);
+        assert_eq!(code(&mut s, "MAIL FROM:<a@x.example> SIZE"), 501);
+        assert_eq!(code(&mut s, "MAIL FROM:<a@x.example> AUTH"), 555);
         assert_eq!(code(&mut s, "MAIL FROM:<a@x.example> BODY=BINARYMIME"), 501);
         assert_eq!(code(&mut s, "MAIL FROM:<a@x.example> SMTPUTF8"), 555);
         assert_eq!(code(&mut s, "MAIL FROM:<a@x.example> FOO=1"), 555);
