@@ -399,10 +399,19 @@ impl Client {
         loop {
             let mut line = String::new();
             match self.r.read_line(&mut line) {
-                Ok(0) | Err(_) => {
-                    return Reply { code: 0, lines };
-                }
+                Ok(0) => return Reply { code: 0, lines },
                 Ok(_) => {}
+                // A silent server is a failure, not a close.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    panic!("timed out waiting for a reply")
+                }
+                // Reset or TLS close without close_notify: closed.
+                Err(_) => return Reply { code: 0, lines },
             }
             assert!(line.ends_with("\r\n"), "reply line without CRLF: {line:?}");
             let line = line.trim_end_matches("\r\n");
