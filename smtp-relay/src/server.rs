@@ -282,6 +282,7 @@ async fn serve(
         }
         match action {
             Action::Reply(reply) => conn.queue(&reply),
+            // `authenticate` never asks for another exchange; answer safely.
             Action::Auth { .. } => conn.queue(&Reply::new(451, "4.3.0", "Internal error")),
             Action::Close(reply) => {
                 conn.queue(&reply);
