@@ -148,7 +148,8 @@ pub struct DropEvent {
     pub ifindex: u32,
     /// Host byte order.
     pub dest_port: u16,
-    pub _pad: u16,
+    /// 1 if the segment was only counted (monitor mode), 0 if it was dropped.
+    pub monitor: u16,
     /// Source address; IPv4 in the first 4 bytes (network order).
     pub source: [u8; 16],
     pub _pad2: u32,

@@ -168,7 +168,7 @@ fn report_drop(ctx: &XdpContext, segment: &Segment, config: &FilterConfig, slot:
         // SAFETY: as in `iface_slot`.
         ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
         dest_port: segment.dest_port,
-        _pad: 0,
+        monitor: u16::from(config.mode == MODE_MONITOR),
         source: segment.source,
         _pad2: 0,
     };

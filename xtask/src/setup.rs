@@ -14,14 +14,14 @@ const NIGHTLY: &str = "nightly";
 
 pub fn run() -> anyhow::Result<()> {
     step(
-        "setup: checking the eBPF toolchain (nightly + rust-src, LLVM 22, bpf-linker 0.13, iproute2, ethtool)",
+        "setup: checking the eBPF toolchain (nightly + rust-src, LLVM 22, bpf-linker 0.13, iproute2)",
     );
     ensure_nightly()?;
     ensure_rust_src()?;
     let mut apt = Apt::default();
     ensure_llvm(&mut apt)?;
     ensure_bpf_linker()?;
-    ensure_net_tools(&mut apt)?;
+    ensure_iproute2(&mut apt)?;
     step("setup: everything is in place");
     Ok(())
 }
@@ -130,20 +130,13 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Network tools the kernel tests and the demo drive: `ip` (namespaces, veth, VLANs) and
-/// `ethtool` (turning VLAN offload off so tags reach the XDP program inside the frame).
-fn ensure_net_tools(apt: &mut Apt) -> anyhow::Result<()> {
-    let missing: Vec<&str> = [("ip", "iproute2"), ("ethtool", "ethtool")]
-        .into_iter()
-        .filter(|(tool, _)| !succeeds(Command::new(tool).arg("--version")) && !succeeds(Command::new(tool).arg("-V")))
-        .map(|(_, package)| package)
-        .collect();
-    if missing.is_empty() {
-        println!("    ok: iproute2 and ethtool (used by the kernel tests and the demo)");
+fn ensure_iproute2(apt: &mut Apt) -> anyhow::Result<()> {
+    if succeeds(Command::new("ip").arg("-V")) {
+        println!("    ok: iproute2 (`ip`, used by the kernel tests and the demo)");
         return Ok(());
     }
-    step("setup: installing network tools for the kernel tests and the demo");
-    apt.install(&missing)
+    step("setup: installing iproute2 (network namespaces for the kernel tests and the demo)");
+    apt.install(&["iproute2"])
 }
 
 /// Debian package installs; `apt-get update` runs at most once per setup.
