@@ -15,7 +15,7 @@ mod parse;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
     maps::{Array, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
@@ -248,8 +248,9 @@ fn take_token(config: &FilterConfig) -> bool {
     };
     // SAFETY: per-CPU value, only this CPU touches it while the program runs.
     let bucket = unsafe { &mut *bucket };
-    // SAFETY: a helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The coarse clock (jiffies resolution) costs a fraction of the precise one, and a rate of
+    // a few events per second needs no better. SAFETY: a helper without preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let earned = now.saturating_sub(bucket.last_ns) / config.event_interval_ns;
     if earned > 0 {
         bucket.tokens = (bucket.tokens + earned).min(u64::from(config.event_burst));
