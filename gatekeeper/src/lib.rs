@@ -5,6 +5,7 @@
 pub mod bpffs;
 pub mod capabilities;
 pub mod config;
+pub mod dir24;
 pub mod events;
 pub mod filter;
 pub mod maps;

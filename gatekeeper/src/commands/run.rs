@@ -4,7 +4,13 @@ use std::{path::Path, time::Duration};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use gatekeeper::{bpffs, capabilities, config::Config, events, filter::Filter, stats, sync};
+use gatekeeper::{
+    bpffs, capabilities,
+    config::Config,
+    events,
+    filter::{Filter, LoadOptions},
+    stats, sync,
+};
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::{info, warn};
 
@@ -21,7 +27,11 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
     capabilities::ensure_can_load()?;
     bpffs::ensure_pin_dir(&config.pin_dir)?;
 
-    let mut filter = Filter::load(Some(&config.pin_dir))?;
+    let mut filter = Filter::load_with(&LoadOptions {
+        pin_dir: Some(&config.pin_dir),
+        ipv4_lookup: config.ipv4_lookup,
+        dir24_blocks: config.ipv4_dir24_blocks,
+    })?;
     // Maps are filled before the program is attached, so it never runs with an empty allowlist.
     sync::apply(filter.maps(), &config)?;
     info!(
@@ -30,6 +40,7 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
         ports = %join_ports(&config.protected_ports),
         entries = config.allow.len(),
         pin_dir = %config.pin_dir.display(),
+        ipv4_lookup = filter.maps().ipv4_lookup(),
         "allowlist loaded"
     );
     for (index, iface) in config.interfaces.iter().enumerate() {
