@@ -126,9 +126,11 @@ impl FilterConfig {
 pub struct AllowValue {
     /// Segments admitted through the trie lookup (bumped atomically from every CPU).
     pub hits: u64,
-    /// The entry's id: its index in `ENTRY_LEN` and `HITS` (IPv4 only; 0 for IPv6).
+    /// The entry's id: its index in the `ENTRY` map (IPv4 with DIR-24-8 only; else 0).
     pub id: u32,
-    pub _reserved: u32,
+    /// The entry's own prefix length: a trie lookup answers with the longest match, and this
+    /// tells whether that is the prefix asked for.
+    pub prefix_len: u32,
 }
 
 /// Address family index of a counter.

@@ -394,7 +394,7 @@ cidr = "203.0.113.7"
         assert_eq!(config.protected_ports, [25]);
         assert_eq!(config.pin_dir, Path::new(DEFAULT_PIN_DIR));
         assert_eq!(config.drop_event_rate, DEFAULT_DROP_EVENT_RATE);
-        assert_eq!(config.ipv4_lookup, Ipv4Lookup::Dir24);
+        assert_eq!(config.ipv4_lookup, Ipv4Lookup::Auto);
         assert!(config.allow.is_empty());
     }
 

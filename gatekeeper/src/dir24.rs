@@ -162,6 +162,15 @@ impl Dir24 {
         bail!("the allowlist is full ({total} entries)")
     }
 
+    /// Entry ids in use: the number of IPv4 entries.
+    pub fn entries_in_use(&self) -> usize {
+        self.entries
+            .cells()
+            .iter()
+            .filter(|c| c.load(Ordering::Relaxed) != 0)
+            .count()
+    }
+
     /// Releases an entry id.
     pub fn free_id(&mut self, id: u32) {
         if let Some(cell) = self.entries.cells().get(id as usize) {

@@ -50,8 +50,11 @@ impl std::fmt::Display for AttachedMode {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Ipv4Lookup {
-    /// DIR-24-8: constant cost per packet, about 64 MiB + 1 KiB per long block of kernel memory.
+    /// Both structures kept; the trie serves lists shorter than
+    /// [`AUTO_DIR24_THRESHOLD`] entries (it stays in cache), DIR-24-8 longer ones.
     #[default]
+    Auto,
+    /// DIR-24-8: constant cost per packet, about 64 MiB + 1 KiB per long block of kernel memory.
     Dir24,
     /// The kernel LPM trie: no fixed memory, cost grows with the list.
     Trie,
@@ -60,11 +63,16 @@ pub enum Ipv4Lookup {
 impl std::fmt::Display for Ipv4Lookup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Ipv4Lookup::Auto => "auto",
             Ipv4Lookup::Dir24 => "dir24",
             Ipv4Lookup::Trie => "trie",
         })
     }
 }
+
+/// IPv4 entries from which `auto` switches from the trie to DIR-24-8 (`cargo xtask bench xdp`
+/// shows the trie ahead for short lists and DIR-24-8 far ahead for long ones).
+pub const AUTO_DIR24_THRESHOLD: usize = 1024;
 
 /// How to load the filter.
 #[derive(Clone, Copy, Debug)]
@@ -80,7 +88,7 @@ impl Default for LoadOptions<'_> {
     fn default() -> Self {
         LoadOptions {
             pin_dir: None,
-            ipv4_lookup: Ipv4Lookup::Dir24,
+            ipv4_lookup: Ipv4Lookup::Auto,
             dir24_blocks: dir24::DEFAULT_LONG_BLOCKS,
         }
     }
@@ -103,7 +111,7 @@ impl Filter {
         let mut loader = EbpfLoader::new();
         // The DIR-24-8 tables shrink to one value each when the trie serves IPv4.
         let (tbl24, long, entries) = match options.ipv4_lookup {
-            Ipv4Lookup::Dir24 => (
+            Ipv4Lookup::Auto | Ipv4Lookup::Dir24 => (
                 dir24::TBL24_ENTRIES / 2,
                 options.dir24_blocks.max(1) * 128,
                 ALLOWLIST_CAPACITY,
@@ -128,7 +136,8 @@ impl Filter {
         program
             .load()
             .context("the kernel refused the XDP program")?;
-        let maps = FilterMaps::take_from(&mut ebpf)?;
+        let mut maps = FilterMaps::take_from(&mut ebpf)?;
+        maps.prefer_ipv4_lookup(options.ipv4_lookup);
         let events = ebpf
             .take_map(map_names::EVENTS)
             .map(RingBuf::try_from)

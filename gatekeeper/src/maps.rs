@@ -17,7 +17,11 @@ use gatekeeper_common::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::{dir24::Dir24, policy::Policy};
+use crate::{
+    dir24::Dir24,
+    filter::{AUTO_DIR24_THRESHOLD, Ipv4Lookup},
+    policy::Policy,
+};
 
 /// Every map the controller writes or reads (the drop-event ring buffer is taken separately).
 pub struct FilterMaps {
@@ -29,6 +33,11 @@ pub struct FilterMaps {
     counters: PerCpuArray<MapData, u64>,
     /// The IPv4 DIR-24-8 tables, when the filter was loaded with them.
     dir24: Option<Dir24>,
+    /// The DIR-24-8 maps' handles: programs of this object loaded later still refer to them by fd.
+    _dir24_maps: [Map; 3],
+    /// How `set_policy` picks the IPv4 lookup; `None` (maps opened from pins by the CLI) keeps
+    /// the running choice.
+    v4_preference: Option<Ipv4Lookup>,
 }
 
 /// An allowlist entry as the kernel holds it.
@@ -114,7 +123,6 @@ impl FilterMaps {
         dir24: [Map; 3],
     ) -> anyhow::Result<FilterMaps> {
         let [tbl24, long, entries] = dir24;
-        // The mappings keep the maps alive after these handles close.
         fn data<'m>(map: &'m Map, name: &str) -> anyhow::Result<&'m MapData> {
             match map {
                 Map::Array(data) => Ok(data),
@@ -128,6 +136,8 @@ impl FilterMaps {
         )?;
         Ok(FilterMaps {
             dir24,
+            _dir24_maps: [tbl24, long, entries],
+            v4_preference: None,
             allow_v4: LpmTrie::try_from(allow_v4).context(map_names::ALLOW_V4)?,
             allow_v6: LpmTrie::try_from(allow_v6).context(map_names::ALLOW_V6)?,
             config: Array::try_from(config).context(map_names::CONFIG)?,
@@ -143,17 +153,38 @@ impl FilterMaps {
         let active = self.active_slot()?;
         let next = active ^ 1;
         let mut config = policy.to_filter_config();
-        config.v4_lookup = if self.dir24.is_some() {
-            LOOKUP_DIR24
-        } else {
-            LOOKUP_TRIE
-        };
+        config.v4_lookup = self.choose_v4_lookup(active)?;
         self.config
             .set(next, config, 0)
             .context("writing the filter policy failed")?;
         self.selector
             .set(0, next, 0)
             .context("switching to the new filter policy failed")
+    }
+
+    /// Sets how `set_policy` picks the IPv4 lookup.
+    pub fn prefer_ipv4_lookup(&mut self, lookup: Ipv4Lookup) {
+        self.v4_preference = Some(lookup);
+    }
+
+    fn choose_v4_lookup(&self, active: u32) -> anyhow::Result<u32> {
+        let Some(dir24) = &self.dir24 else {
+            return Ok(LOOKUP_TRIE);
+        };
+        Ok(match self.v4_preference {
+            Some(Ipv4Lookup::Dir24) => LOOKUP_DIR24,
+            Some(Ipv4Lookup::Trie) => LOOKUP_TRIE,
+            Some(Ipv4Lookup::Auto) if dir24.entries_in_use() >= AUTO_DIR24_THRESHOLD => {
+                LOOKUP_DIR24
+            }
+            Some(Ipv4Lookup::Auto) => LOOKUP_TRIE,
+            None => {
+                self.config
+                    .get(&active, 0)
+                    .context("reading the filter policy failed")?
+                    .v4_lookup
+            }
+        })
     }
 
     /// The policy the program applies now.
@@ -185,12 +216,17 @@ impl FilterMaps {
     }
 
     /// Which IPv4 lookup the program uses.
-    pub fn ipv4_lookup(&self) -> &'static str {
-        if self.dir24.is_some() {
+    pub fn ipv4_lookup(&self) -> anyhow::Result<&'static str> {
+        let active = self.active_slot()?;
+        let config = self
+            .config
+            .get(&active, 0)
+            .context("reading the filter policy failed")?;
+        Ok(if config.v4_lookup == LOOKUP_DIR24 {
             "dir24"
         } else {
             "trie"
-        }
+        })
     }
 
     /// Adds `net` to its family's allowlist; adding an entry that is there already changes
@@ -201,9 +237,11 @@ impl FilterMaps {
         match net {
             IpNet::V6(v6) => {
                 let key = Key::new(u32::from(v6.prefix_len()), v6.network().octets());
-                self.allow_v6
-                    .insert(&key, AllowValue::default(), 0)
-                    .with_context(context)
+                let value = AllowValue {
+                    prefix_len: u32::from(v6.prefix_len()),
+                    ..AllowValue::default()
+                };
+                self.allow_v6.insert(&key, value, 0).with_context(context)
             }
             IpNet::V4(v4) => {
                 if self.v4_entry(v4)?.is_some() {
@@ -217,7 +255,7 @@ impl FilterMaps {
                 let value = AllowValue {
                     hits: 0,
                     id,
-                    _reserved: 0,
+                    prefix_len: u32::from(v4.prefix_len()),
                 };
                 if let Err(err) = self.allow_v4.insert(&key, value, 0) {
                     if let Some(dir24) = &mut self.dir24 {
@@ -372,7 +410,7 @@ impl FilterMaps {
     /// Kernel memory each map takes, as the kernel accounts it (`memlock` in its fdinfo).
     pub fn kernel_memory(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
         use aya::maps::IterableMap;
-        Ok(vec![
+        let fixed = [
             (
                 map_names::ALLOW_V4,
                 memlock(IterableMap::<Key<[u8; 4]>, AllowValue>::map(&self.allow_v4))?,
@@ -397,7 +435,17 @@ impl FilterMaps {
                     &self.counters,
                 ))?,
             ),
-        ])
+        ];
+        let mut all = fixed.to_vec();
+        for (name, map) in [map_names::DIR24, map_names::DIR24_LONG, map_names::ENTRY]
+            .into_iter()
+            .zip(&self._dir24_maps)
+        {
+            if let Map::Array(data) = map {
+                all.push((name, memlock(data)?));
+            }
+        }
+        Ok(all)
     }
 }
 

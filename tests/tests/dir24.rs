@@ -93,3 +93,33 @@ fn dir24_names_the_longest_matching_entry_through_random_edits() {
         }
     }
 }
+
+#[test]
+fn auto_lookup_switches_to_dir24_for_long_lists() {
+    if !kernel_tests_enabled("auto_lookup_switches_to_dir24_for_long_lists") {
+        return;
+    }
+    let policy = gatekeeper::policy::Policy {
+        mode: gatekeeper::policy::Mode::Enforce,
+        ports: vec![25],
+        event_rate: 0,
+        event_burst: 0,
+    };
+    let mut filter = Filter::load(None).expect("load");
+    let mut rng = Rng::new(7);
+    for _ in 0..10 {
+        let net = random_v4_net(&mut rng, &[], false);
+        filter.maps().insert(net).expect("insert");
+    }
+    filter.maps().set_policy(&policy).expect("policy");
+    assert_eq!(filter.maps().ipv4_lookup().expect("lookup"), "trie");
+    let mut added = 0;
+    while added < gatekeeper::filter::AUTO_DIR24_THRESHOLD {
+        let addr = Ipv4Addr::from(0x0a00_0000 + (added as u32) * 256);
+        let net = IpNet::V4(Ipv4Net::new(addr, 24).expect("net"));
+        filter.maps().insert(net).expect("insert");
+        added += 1;
+    }
+    filter.maps().set_policy(&policy).expect("policy");
+    assert_eq!(filter.maps().ipv4_lookup().expect("lookup"), "dir24");
+}

@@ -40,7 +40,7 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
         ports = %join_ports(&config.protected_ports),
         entries = config.allow.len(),
         pin_dir = %config.pin_dir.display(),
-        ipv4_lookup = filter.maps().ipv4_lookup(),
+        ipv4_lookup = filter.maps().ipv4_lookup()?,
         "allowlist loaded"
     );
     for (index, iface) in config.interfaces.iter().enumerate() {
