@@ -306,8 +306,10 @@ fn take_token(config: &FilterConfig) -> bool {
     // The coarse clock (jiffies resolution) costs a fraction of the precise one, and a rate of
     // a few events per second needs no better. SAFETY: a helper without preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let earned = now.saturating_sub(bucket.last_ns) / config.event_interval_ns;
-    if earned > 0 {
+    // Dividing only when at least one token is due keeps the flood path free of divisions.
+    let elapsed = now.saturating_sub(bucket.last_ns);
+    if elapsed >= config.event_interval_ns {
+        let earned = elapsed / config.event_interval_ns;
         bucket.tokens = (bucket.tokens + earned).min(u64::from(config.event_burst));
         bucket.last_ns = now;
     }
