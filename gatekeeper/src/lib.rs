@@ -4,10 +4,14 @@
 
 pub mod bpffs;
 pub mod capabilities;
+pub mod compat;
 pub mod config;
+pub mod edit;
 pub mod events;
 pub mod filter;
+pub mod lock;
 pub mod maps;
+pub mod netlink;
 pub mod policy;
 pub mod stats;
 pub mod sync;
