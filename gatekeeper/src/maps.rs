@@ -66,16 +66,18 @@ impl FilterMaps {
         )
     }
 
-    /// Opens the maps a daemon pinned under `dir`.
+    /// Opens the maps a daemon pinned under `dir`, after checking they fit this build.
     pub fn open_pinned(dir: &Path) -> anyhow::Result<FilterMaps> {
         let open = |name: &str| -> anyhow::Result<MapData> {
             let path = dir.join(name);
-            MapData::from_pin(&path).with_context(|| {
+            let map = MapData::from_pin(&path).with_context(|| {
                 format!(
                     "cannot open the pinned map {} (is the filter loaded? `gatekeeper run` pins it)",
                     path.display()
                 )
-            })
+            })?;
+            crate::compat::check_map(dir, name, &map)?;
+            Ok(map)
         };
         FilterMaps::from_maps(
             Map::LpmTrie(open(map_names::ALLOW_V4)?),
@@ -168,6 +170,20 @@ impl FilterMaps {
         }
     }
 
+    /// Whether the allowlist holds exactly `net` (not just a prefix covering it).
+    pub fn contains(&self, net: IpNet) -> anyhow::Result<bool> {
+        let prefix = u32::from(net.prefix_len());
+        let found = match net.network() {
+            IpAddr::V4(addr) => self.allow_v4.iter().any(|item| {
+                item.is_ok_and(|(k, _)| k.prefix_len() == prefix && k.data() == addr.octets())
+            }),
+            IpAddr::V6(addr) => self.allow_v6.iter().any(|item| {
+                item.is_ok_and(|(k, _)| k.prefix_len() == prefix && k.data() == addr.octets())
+            }),
+        };
+        Ok(found)
+    }
+
     /// Every allowlist entry with its hit counter, IPv4 first.
     pub fn entries(&self) -> anyhow::Result<Vec<LiveEntry>> {
         let mut entries = Vec::new();
@@ -199,6 +215,27 @@ impl FilterMaps {
         self.iface_slots
             .set(ifindex, slot, 0)
             .context("assigning the interface's counter slot failed")
+    }
+
+    /// Gives `ifindex`'s counters back to slot 0 (after detaching from it).
+    pub fn clear_slot(&mut self, ifindex: u32) -> anyhow::Result<()> {
+        if ifindex >= IFINDEX_LIMIT {
+            return Ok(());
+        }
+        self.iface_slots
+            .set(ifindex, 0, 0)
+            .context("clearing the interface's counter slot failed")
+    }
+
+    /// The slot `ifindex` counts in already, or the lowest free one (0 if all are taken).
+    pub fn slot_for(&self, ifindex: u32) -> anyhow::Result<u32> {
+        let slots = self.slots()?;
+        if let Some((_, slot)) = slots.iter().find(|(i, _)| *i == ifindex) {
+            return Ok(*slot);
+        }
+        Ok((1..MAX_IFACE_SLOTS)
+            .find(|s| !slots.iter().any(|(_, used)| used == s))
+            .unwrap_or(0))
     }
 
     /// `(ifindex, slot)` for every interface with a slot of its own.
