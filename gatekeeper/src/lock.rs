@@ -35,8 +35,10 @@ pub fn config_lock_path(config: &Path) -> PathBuf {
 }
 
 /// Takes the exclusive edit lock of `config`, waiting up to `timeout` for another holder.
+/// A symlinked config is locked next to the file it points to.
 pub fn lock_config(config: &Path, timeout: Duration) -> anyhow::Result<Lock> {
-    let path = config_lock_path(config);
+    let real = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
+    let path = config_lock_path(&real);
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -89,6 +89,15 @@ impl FilterMaps {
         )
     }
 
+    /// Opens the pinned maps under `dir` if a daemon pinned them there; `None` if nothing is
+    /// pinned (the filter is not loaded).
+    pub fn open_if_pinned(dir: &Path) -> anyhow::Result<Option<FilterMaps>> {
+        if !dir.join(map_names::ALLOW_V4).exists() {
+            return Ok(None);
+        }
+        FilterMaps::open_pinned(dir).map(Some)
+    }
+
     fn from_maps(
         allow_v4: Map,
         allow_v6: Map,
