@@ -600,3 +600,55 @@ fn pin_foreign_map(path: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The capabilities `examples/gatekeeper.service` grants, as `setpriv --bounding-set` wants them.
+fn unit_bounding_set() -> anyhow::Result<String> {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/gatekeeper.service");
+    let text = std::fs::read_to_string(&unit)?;
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .context("the unit sets no CapabilityBoundingSet")?;
+    let caps: Vec<String> = line
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    Ok(format!("-all,{}", caps.join(",")))
+}
+
+#[test]
+fn the_systemd_units_capabilities_are_enough() -> anyhow::Result<()> {
+    if !kernel_tests_enabled("the_systemd_units_capabilities_are_enough") {
+        return Ok(());
+    }
+    let caps = unit_bounding_set()?;
+    let setup = Setup::new("gcu", "")?;
+    // bpffs is mounted already (as systemd does at boot); the unit has no CAP_SYS_ADMIN to mount it.
+    let as_unit = |args: &[&str]| {
+        let mut cmd = setup.host().nsenter();
+        cmd.args(["setpriv", "--bounding-set", &caps, "--"])
+            .arg(workspace_binary("gatekeeper"))
+            .args(args)
+            .arg("--config")
+            .arg(&setup.config);
+        cmd
+    };
+    let mut daemon = Daemon::start(
+        "gatekeeper run (unit capabilities)",
+        as_unit(&["run"]),
+        &setup.dir.path().join("unit.log"),
+    )?;
+    daemon.wait_for_log("enforcing", Duration::from_secs(20))?;
+    assert!(setup.connect(PARTNER_V4, TIMEOUT).is_banner());
+    assert_eq!(setup.connect(STRANGER_V4, PROBE), Outcome::TimedOut);
+    let out = as_unit(&["allow", "add", STRANGER_V4]).output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(setup.connect(STRANGER_V4, TIMEOUT).is_banner());
+    assert!(daemon.stop_with(libc::SIGTERM, Duration::from_secs(10))?);
+    assert!(!setup.pins.path().exists(), "{}", daemon.log());
+    Ok(())
+}
