@@ -16,7 +16,7 @@ use gatekeeper_tests::{
     netns::{Link, Netns},
     process::{Daemon, PinDir, TempDir},
     tcp::{BannerServer, Outcome, connect},
-    workspace_binary,
+    unique_name, workspace_binary,
 };
 
 const HOST_V4: &str = "192.0.2.25";
@@ -598,6 +598,58 @@ fn pin_foreign_map(path: &Path) -> anyhow::Result<()> {
     if rc != 0 {
         return Err(err).context("BPF_OBJ_PIN");
     }
+    Ok(())
+}
+
+#[test]
+fn a_reload_attaches_added_interfaces_and_detaches_removed_ones() -> anyhow::Result<()> {
+    if !kernel_tests_enabled("a_reload_attaches_added_interfaces_and_detaches_removed_ones") {
+        return Ok(());
+    }
+    let setup = Setup::new("gcf", "")?;
+    let daemon = setup.start_daemon("gatekeeper-run")?;
+    // A second interface on the mail host: a veth pair inside its namespace.
+    let (extra, peer) = (unique_name("gcx"), unique_name("gcy"));
+    setup.host().exec(&[
+        "ip", "link", "add", &extra, "type", "veth", "peer", "name", &peer,
+    ])?;
+    setup.host().exec(&["ip", "link", "set", &extra, "up"])?;
+    setup.host().exec(&["ip", "link", "set", &peer, "up"])?;
+    let with_interfaces = |names: &[&str]| {
+        let list: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+        setup.config_text("", &[]).replace(
+            &format!("interfaces = [\"{}\"]", setup.link.left_if),
+            &format!("interfaces = [{}]", list.join(", ")),
+        )
+    };
+    let reload = |text: String, round: usize| -> anyhow::Result<()> {
+        setup.write_config(&text)?;
+        signal(&daemon, libc::SIGHUP)?;
+        wait_for_count(&daemon, "config reloaded", round)
+    };
+    let attached = |name: &str| -> anyhow::Result<bool> {
+        let status = setup.status()?;
+        Ok(status["interfaces"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|i| i["name"] == name && i["attached"] == true))
+    };
+
+    reload(with_interfaces(&[&setup.link.left_if, &extra]), 1)?;
+    assert!(attached(&extra)?, "{}", daemon.log());
+    assert!(setup.pins.path().join(format!("link-{extra}")).exists());
+
+    // The veth to the clients leaves the config: its filter comes off, the stranger gets through.
+    reload(with_interfaces(&[&extra]), 2)?;
+    assert!(!attached(&setup.link.left_if)?);
+    assert!(setup.connect(STRANGER_V4, TIMEOUT).is_banner());
+
+    reload(with_interfaces(&[&setup.link.left_if]), 3)?;
+    assert!(attached(&setup.link.left_if)?);
+    assert!(!attached(&extra)?);
+    assert_eq!(setup.connect(STRANGER_V4, PROBE), Outcome::TimedOut);
+    assert!(setup.connect(PARTNER_V4, TIMEOUT).is_banner());
     Ok(())
 }
 
