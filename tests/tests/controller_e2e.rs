@@ -294,6 +294,52 @@ fn allow_add_admits_a_stranger_and_remove_blocks_it_again() -> anyhow::Result<()
 }
 
 #[test]
+fn concurrent_admins_do_not_lose_each_others_edits() -> anyhow::Result<()> {
+    if !kernel_tests_enabled("concurrent_admins_do_not_lose_each_others_edits") {
+        return Ok(());
+    }
+    let setup = Setup::new("gcp", "")?;
+    let _daemon = setup.start_daemon("gatekeeper-run")?;
+    let children = (1..=8)
+        .map(|i| {
+            setup
+                .host()
+                .nsenter()
+                .arg(workspace_binary("gatekeeper"))
+                .args(["allow", "add", &format!("198.51.100.{i}"), "--comment"])
+                .arg(format!("admin {i}"))
+                .arg("--config")
+                .arg(&setup.config)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for child in children {
+        let out = child.wait_with_output()?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = setup.read_config();
+    for i in 1..=8 {
+        assert!(
+            text.contains(&format!(
+                "cidr = \"198.51.100.{i}/32\"\ncomment = \"admin {i}\"\n"
+            )),
+            "{text}"
+        );
+    }
+    assert!(text.starts_with("# Gatekeeper test config: keep this comment.\n"));
+    let status = setup.status()?;
+    assert_eq!(status["in_sync"], true, "{status}");
+    assert_eq!(status["live_entries"]["ipv4"], 9, "{status}");
+    Ok(())
+}
+
+#[test]
 fn a_hundred_reloads_leave_no_gap_for_an_allowed_peer() -> anyhow::Result<()> {
     if !kernel_tests_enabled("a_hundred_reloads_leave_no_gap_for_an_allowed_peer") {
         return Ok(());
