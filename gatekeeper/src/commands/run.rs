@@ -33,6 +33,7 @@ use gatekeeper::{
 use tokio::{
     io::{Interest, unix::AsyncFd},
     net::TcpListener,
+    signal::unix::{Signal, SignalKind, signal},
 };
 use tracing::{error, info, warn};
 
@@ -49,6 +50,16 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
     let config = load(path, &ifaces)?;
     capabilities::ensure_can_load()?;
     bpffs::ensure_pin_dir(&config.pin_dir)?;
+    // Signal handlers go in first: a SIGHUP (`systemctl reload`) during start-up must not kill the
+    // daemon with its default action; it is handled as a reload once the daemon serves.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime failed")?;
+    let signals = {
+        let _context = runtime.enter();
+        Signals::install()?
+    };
     let _pin_lock = lock::try_lock_pin_dir(&config.pin_dir)?.ok_or_else(|| {
         anyhow!(
             "another gatekeeper daemon is running with pin_dir {} (stop it first, or give this one its own pin_dir)",
@@ -94,10 +105,6 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
     }
     info!(interfaces = %config.interfaces.join(","), "enforcing; reload with SIGHUP, stop with SIGINT or SIGTERM");
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime failed")?;
     let events = filter.take_events();
     let mut daemon = Daemon {
         path: path.to_path_buf(),
@@ -106,7 +113,7 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
         filter,
         counts: metrics::DaemonCounts::default(),
     };
-    let result = runtime.block_on(daemon.serve(events));
+    let result = runtime.block_on(daemon.serve(signals, events));
     let Daemon {
         mut filter, config, ..
     } = daemon;
@@ -165,6 +172,24 @@ fn attach(filter: &mut Filter, iface: &str, config: &Config) -> anyhow::Result<(
     Ok(())
 }
 
+/// The signals the daemon handles.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    /// Must run inside the runtime's context.
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            hangup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
+        })
+    }
+}
+
 struct Daemon {
     path: PathBuf,
     iface_override: Vec<String>,
@@ -174,12 +199,16 @@ struct Daemon {
 }
 
 impl Daemon {
-    async fn serve(&mut self, events: Option<RingBuf<MapData>>) -> anyhow::Result<()> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-        let mut terminate =
-            signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-        let mut hangup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    async fn serve(
+        &mut self,
+        signals: Signals,
+        events: Option<RingBuf<MapData>>,
+    ) -> anyhow::Result<()> {
+        let Signals {
+            mut interrupt,
+            mut terminate,
+            mut hangup,
+        } = signals;
         let mut events = match events {
             Some(ring) => {
                 // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd
