@@ -28,6 +28,9 @@ pub mod map_names {
 pub const PROGRAM_NAME: &str = "gatekeeper";
 /// Name of the empty program (returns XDP_PASS) used as the benchmark baseline.
 pub const BASELINE_PROGRAM_NAME: &str = "gatekeeper_baseline";
+/// Benchmark-only twins that give every run a new source address (cold lookups).
+pub const BENCH_SPREAD_PROGRAM_NAME: &str = "gatekeeper_bench_spread";
+pub const BASELINE_SPREAD_PROGRAM_NAME: &str = "gatekeeper_baseline_spread";
 
 /// Largest number of entries each allowlist trie can hold.
 pub const ALLOWLIST_CAPACITY: u32 = 1 << 20;
@@ -148,7 +151,8 @@ pub struct DropEvent {
     pub ifindex: u32,
     /// Host byte order.
     pub dest_port: u16,
-    pub _pad: u16,
+    /// 1 if the segment was only counted (monitor mode), 0 if it was dropped.
+    pub monitor: u16,
     /// Source address; IPv4 in the first 4 bytes (network order).
     pub source: [u8; 16],
     pub _pad2: u32,

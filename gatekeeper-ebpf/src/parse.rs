@@ -91,23 +91,27 @@ fn is_vlan(ethertype: u16) -> bool {
 #[inline(always)]
 fn judge_ipv4<F: Fn(u16) -> bool>(ctx: &XdpContext, l3: usize, protected: &F) -> Judged {
     const FAMILY: Family = Family::Ipv4;
-    // The fixed header is read in one go before any variable-length check: LLVM drops checks
-    // it can prove redundant from a variable one, which the verifier cannot follow.
-    let Some(header) = read_array::<20>(ctx, l3) else {
+    // The fixed header is bounds-checked in one go before any variable-length check: LLVM drops
+    // checks it can prove redundant from a variable one, which the verifier cannot follow.
+    let Some(header) = header_at(ctx, l3, 20) else {
         return malformed(FAMILY);
     };
-    let header_len = usize::from(header[0] & 0x0f) * 4;
-    if header[0] >> 4 != 4 || header_len < 20 {
+    // SAFETY (every load below): offsets inside the 20 bytes just checked.
+    let version_ihl = unsafe { load8(header) };
+    let header_len = usize::from(version_ihl & 0x0f) * 4;
+    if version_ihl >> 4 != 4 || header_len < 20 {
         return malformed(FAMILY);
     }
-    if header[9] != IPPROTO_TCP {
+    if unsafe { load8(header + 9) } != IPPROTO_TCP {
         return Judged::Pass(FAMILY, Counter::PassNotTcp);
     }
+    let frag = unsafe { load16(header + 6) };
+    let source_hi = unsafe { load16(header + 12) };
+    let source_lo = unsafe { load16(header + 14) };
     // Options included, the whole header must be in the frame.
     if header_len > 20 && read_u8(ctx, l3 + header_len - 1).is_none() {
         return malformed(FAMILY);
     }
-    let frag = u16::from_be_bytes([header[6], header[7]]);
     // Later fragments carry no TCP header, hence no port: they pass, and the kernel cannot
     // reassemble them into a segment without the first fragment, which is judged below.
     if frag & 0x1fff != 0 {
@@ -115,7 +119,8 @@ fn judge_ipv4<F: Fn(u16) -> bool>(ctx: &XdpContext, l3: usize, protected: &F) ->
     }
     let more_fragments = frag & 0x2000 != 0;
     let mut source = [0u8; 16];
-    source[..4].copy_from_slice(&header[12..16]);
+    source[..2].copy_from_slice(&source_hi.to_be_bytes());
+    source[2..4].copy_from_slice(&source_lo.to_be_bytes());
     judge_tcp(
         ctx,
         l3 + header_len,
@@ -129,15 +134,21 @@ fn judge_ipv4<F: Fn(u16) -> bool>(ctx: &XdpContext, l3: usize, protected: &F) ->
 #[inline(always)]
 fn judge_ipv6<F: Fn(u16) -> bool>(ctx: &XdpContext, l3: usize, protected: &F) -> Judged {
     const FAMILY: Family = Family::Ipv6;
-    let Some(header) = read_array::<40>(ctx, l3) else {
+    let Some(header) = header_at(ctx, l3, 40) else {
         return malformed(FAMILY);
     };
-    if header[0] >> 4 != 6 {
+    // SAFETY (every load below): offsets inside the 40 bytes just checked.
+    if unsafe { load8(header) } >> 4 != 6 {
         return malformed(FAMILY);
     }
     let mut source = [0u8; 16];
-    source.copy_from_slice(&header[8..24]);
-    let mut next = header[6];
+    let mut i = 0;
+    while i < 16 {
+        let word = unsafe { load16(header + 8 + i) };
+        source[i..i + 2].copy_from_slice(&word.to_be_bytes());
+        i += 2;
+    }
+    let mut next = unsafe { load8(header + 6) };
     let mut offset = l3 + 40;
     let mut first_fragment = false;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
@@ -149,12 +160,14 @@ fn judge_ipv6<F: Fn(u16) -> bool>(ctx: &XdpContext, l3: usize, protected: &F) ->
             return Judged::Pass(FAMILY, Counter::PassNotTcp);
         }
         // Every extension header is at least 8 bytes long.
-        let Some(ext) = read_array::<8>(ctx, offset) else {
+        let Some(ext) = header_at(ctx, offset, 8) else {
             return truncated(first_fragment);
         };
+        // SAFETY (every load below): offsets inside the 8 bytes just checked.
+        let (ext_next, ext_len) = unsafe { (load8(ext), load8(ext + 1)) };
         let header_len = match next {
             IPPROTO_FRAGMENT => {
-                let frag = u16::from_be_bytes([ext[2], ext[3]]);
+                let frag = unsafe { load16(ext + 2) };
                 if frag & 0xfff8 != 0 {
                     return Judged::Pass(FAMILY, Counter::PassFragment);
                 }
@@ -163,18 +176,21 @@ fn judge_ipv6<F: Fn(u16) -> bool>(ctx: &XdpContext, l3: usize, protected: &F) ->
                 }
                 8
             }
-            IPPROTO_AH => (usize::from(ext[1]) + 2) * 4,
-            _ => (usize::from(ext[1]) + 1) * 8,
+            IPPROTO_AH => (usize::from(ext_len) + 2) * 4,
+            _ => (usize::from(ext_len) + 1) * 8,
         };
-        next = ext[0];
+        next = ext_next;
         offset += header_len;
         if offset > MAX_L4_OFFSET {
             return Judged::Unjudgeable(FAMILY);
         }
     }
     if next != IPPROTO_TCP {
-        // The chain goes on past the bound: it could still end in TCP to port 25.
-        return Judged::Unjudgeable(FAMILY);
+        if is_extension_header(next) {
+            // The chain goes on past the bound: it could still end in TCP to port 25.
+            return Judged::Unjudgeable(FAMILY);
+        }
+        return Judged::Pass(FAMILY, Counter::PassNotTcp);
     }
     judge_tcp(ctx, offset, FAMILY, source, first_fragment, protected)
 }
@@ -238,25 +254,42 @@ fn judge_tcp<F: Fn(u16) -> bool>(
     })
 }
 
-/// Reads `N` bytes at `offset` from the start of the frame, or `None` past its end.
+/// The address of `len` bytes at `offset` in the frame, or `None` if the frame is shorter.
 #[inline(always)]
-fn read_array<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<[u8; N]> {
+fn header_at(ctx: &XdpContext, offset: usize, len: usize) -> Option<usize> {
     let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + N > end {
+    if start + offset + len > ctx.data_end() {
         return None;
     }
-    // SAFETY: the bounds check above keeps the read inside the frame, which the verifier checks
-    // again; the read is unaligned because headers sit at arbitrary offsets.
-    Some(unsafe { core::ptr::read_unaligned((start + offset) as *const [u8; N]) })
+    Some(start + offset)
+}
+
+/// A byte at `addr`. Safety: `addr` lies inside a range `header_at` returned.
+#[inline(always)]
+unsafe fn load8(addr: usize) -> u8 {
+    // SAFETY: per the caller.
+    unsafe { *(addr as *const u8) }
+}
+
+/// A big-endian u16 at `addr` in one 2-byte load (every field read this way sits at an even
+/// offset from the frame start, and frame data starts aligned). Safety: `addr..addr + 2` lies
+/// inside a range `header_at` returned.
+#[inline(always)]
+unsafe fn load16(addr: usize) -> u16 {
+    // SAFETY: per the caller.
+    u16::from_be(unsafe { core::ptr::read(addr as *const u16) })
 }
 
 #[inline(always)]
 fn read_u8(ctx: &XdpContext, offset: usize) -> Option<u8> {
-    read_array::<1>(ctx, offset).map(|[b]| b)
+    let addr = header_at(ctx, offset, 1)?;
+    // SAFETY: inside the checked range.
+    Some(unsafe { load8(addr) })
 }
 
 #[inline(always)]
 fn read_be16(ctx: &XdpContext, offset: usize) -> Option<u16> {
-    read_array::<2>(ctx, offset).map(u16::from_be_bytes)
+    let addr = header_at(ctx, offset, 2)?;
+    // SAFETY: inside the checked range.
+    Some(unsafe { load16(addr) })
 }

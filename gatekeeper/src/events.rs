@@ -10,6 +10,8 @@ pub struct Drop {
     pub source: IpAddr,
     pub dest_port: u16,
     pub ifindex: u32,
+    /// Only counted (monitor mode), not dropped.
+    pub monitor: bool,
 }
 
 /// Decodes one ring-buffer record; `None` if it is not a whole event.
@@ -33,6 +35,7 @@ pub fn decode(bytes: &[u8]) -> Option<Drop> {
         source,
         dest_port: event.dest_port,
         ifindex: event.ifindex,
+        monitor: event.monitor != 0,
     })
 }
 

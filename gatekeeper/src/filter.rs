@@ -12,7 +12,7 @@ use aya::{
         xdp::{XdpLink, XdpLinkId},
     },
 };
-use gatekeeper_common::{BASELINE_PROGRAM_NAME, PROGRAM_NAME, map_names};
+use gatekeeper_common::{PROGRAM_NAME, map_names};
 use tracing::{info, warn};
 
 use crate::{
@@ -44,6 +44,7 @@ pub struct Filter {
     /// Interfaces whose link this filter pinned or adopted under `pin_dir`.
     pinned_links: Vec<String>,
     pin_dir: Option<PathBuf>,
+    loaded_siblings: Vec<String>,
 }
 
 /// How the program ended up attached to one interface.
@@ -98,12 +99,25 @@ impl Filter {
             links: Vec::new(),
             pinned_links: Vec::new(),
             pin_dir: pin_dir.map(Path::to_path_buf),
+            loaded_siblings: Vec::new(),
         })
     }
 
     /// The program, for `BPF_PROG_TEST_RUN` in tests and benchmarks.
     pub fn program_mut(&mut self) -> anyhow::Result<&mut Xdp> {
         xdp_program(&mut self.ebpf, PROGRAM_NAME)
+    }
+
+    /// Another program of the same object, loaded on first use; it shares this filter's maps.
+    /// Used for the benchmark twins (`BENCH_SPREAD_PROGRAM_NAME`).
+    pub fn sibling_program(&mut self, name: &str) -> anyhow::Result<&mut Xdp> {
+        if !self.loaded_siblings.iter().any(|n| n == name) {
+            xdp_program(&mut self.ebpf, name)?
+                .load()
+                .with_context(|| format!("the kernel refused the {name} program"))?;
+            self.loaded_siblings.push(name.to_string());
+        }
+        xdp_program(&mut self.ebpf, name)
     }
 
     /// The maps: policy, allowlists, counters.
@@ -346,12 +360,13 @@ pub fn remove_pins(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The empty XDP program (returns XDP_PASS), loaded on its own: the benchmark baseline.
-pub fn load_baseline() -> anyhow::Result<Ebpf> {
+/// Loads only the program `name` of the object (for the benchmark baselines, e.g.
+/// `BASELINE_PROGRAM_NAME`, an empty program that returns XDP_PASS).
+pub fn load_standalone(name: &str) -> anyhow::Result<Ebpf> {
     let mut ebpf = Ebpf::load(PROGRAM_OBJECT).context("loading the eBPF object failed")?;
-    xdp_program(&mut ebpf, BASELINE_PROGRAM_NAME)?
+    xdp_program(&mut ebpf, name)?
         .load()
-        .context("the kernel refused the baseline program")?;
+        .with_context(|| format!("the kernel refused the {name} program"))?;
     Ok(ebpf)
 }
 

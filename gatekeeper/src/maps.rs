@@ -277,6 +277,51 @@ impl FilterMaps {
     }
 }
 
+impl FilterMaps {
+    /// Kernel memory each map takes, as the kernel accounts it (`memlock` in its fdinfo).
+    pub fn kernel_memory(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
+        use aya::maps::IterableMap;
+        Ok(vec![
+            (
+                map_names::ALLOW_V4,
+                memlock(IterableMap::<Key<[u8; 4]>, AllowValue>::map(&self.allow_v4))?,
+            ),
+            (
+                map_names::ALLOW_V6,
+                memlock(IterableMap::<Key<[u8; 16]>, AllowValue>::map(
+                    &self.allow_v6,
+                ))?,
+            ),
+            (
+                map_names::CONFIG,
+                memlock(IterableMap::<u32, FilterConfig>::map(&self.config))?,
+            ),
+            (
+                map_names::IFACE_SLOTS,
+                memlock(IterableMap::<u32, u32>::map(&self.iface_slots))?,
+            ),
+            (
+                map_names::COUNTERS,
+                memlock(IterableMap::<u32, aya::maps::PerCpuValues<u64>>::map(
+                    &self.counters,
+                ))?,
+            ),
+        ])
+    }
+}
+
+/// The `memlock:` line of a map's fdinfo: the bytes the kernel charges for it.
+fn memlock(map: &MapData) -> anyhow::Result<u64> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let fd = map.fd().as_fd().as_raw_fd();
+    let path = format!("/proc/self/fdinfo/{fd}");
+    let info = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no memlock line in {path}"))
+}
+
 /// Counters of one interface slot, summed over CPUs, indexed `[family][counter]`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SlotCounters(pub [[u64; COUNTER_COUNT as usize]; FAMILIES as usize]);

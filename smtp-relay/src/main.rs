@@ -1,13 +1,139 @@
-//! `smtp-relay`: the SMTP service the peers admitted by the gatekeeper talk to.
+//! `smtp-relay`: thin CLI over the library (see `lib.rs`).
 
-use clap::Parser;
+use std::io::{IsTerminal as _, Read as _};
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-/// SMTP relay for the peers the gatekeeper admits.
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use smtp_relay::server::Server;
+
+/// SMTP relay for the peers the gatekeeper admits: ESMTP with TLS, AUTH
+/// only inside TLS, never an open relay, durable spool, audit log.
+///
+/// Listener roles: mta (port 25: local domains from anyone admitted,
+/// relaying only after AUTH), submission (587: STARTTLS then AUTH),
+/// submissions (465: implicit TLS, AUTH). See smtp-relay/README.md for the
+/// config reference and examples/smtp-relay.toml for a commented example.
 #[derive(Parser)]
-#[command(version, about)]
-struct Cli {}
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    Ok(())
+#[derive(Subcommand)]
+enum Command {
+    /// Serve SMTP on the configured listeners until SIGINT or SIGTERM.
+    ///
+    /// Logs go to stderr (RUST_LOG selects levels, default "info"); audit
+    /// events use the target "audit". On a bad config nothing listens.
+    Run {
+        /// The relay's TOML config file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a config file (syntax, values, TLS certificate and key,
+    /// password hashes, gatekeeper allowlists) without listening.
+    Check {
+        /// The relay's TOML config file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Print an argon2id hash for a `[[user]]` password_hash entry.
+    ///
+    /// Prompts twice without echo, or reads one line from standard input
+    /// with --stdin (for scripts).
+    HashPassword {
+        /// Read the password from standard input instead of prompting.
+        #[arg(long)]
+        stdin: bool,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn read_password(from_stdin: bool) -> anyhow::Result<String> {
+    let password = if from_stdin {
+        let mut s = String::new();
+        std::io::stdin()
+            .take(4096)
+            .read_to_string(&mut s)
+            .context("reading password from standard input")?;
+        s.lines().next().unwrap_or("").to_owned()
+    } else {
+        let first = rpassword::prompt_password("Password: ").context("reading password")?;
+        let second = rpassword::prompt_password("Again: ").context("reading password")?;
+        anyhow::ensure!(first == second, "passwords do not match");
+        first
+    };
+    anyhow::ensure!(!password.is_empty(), "empty password");
+    Ok(password)
+}
+
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is
+/// called, before any listener is bound, so an early SIGTERM is not fatal.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match execute(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line with the whole context chain: file, line, cause.
+            eprintln!("smtp-relay: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Check { config } => {
+            let prepared = smtp_relay::prepare(&config)?;
+            println!(
+                "{}: OK ({} listener(s), {} user(s))",
+                config.display(),
+                prepared.config.listeners.len(),
+                prepared.config.users.len()
+            );
+            Ok(())
+        }
+        Command::HashPassword { stdin } => {
+            let password = read_password(stdin)?;
+            println!("{}", smtp_relay::auth::hash_password(&password)?);
+            Ok(())
+        }
+        Command::Run { config } => {
+            init_logging();
+            let prepared = smtp_relay::prepare(&config)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(async {
+                let shutdown = shutdown_signal()?;
+                let server = Server::bind(prepared)?;
+                server.run(shutdown).await
+            })
+        }
+    }
 }

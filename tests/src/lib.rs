@@ -4,8 +4,12 @@
 
 pub mod cleanup;
 pub mod frames;
+pub mod generate;
+pub mod gk;
 pub mod netns;
 pub mod process;
+pub mod raw;
+pub mod reference;
 pub mod tcp;
 
 use std::path::PathBuf;

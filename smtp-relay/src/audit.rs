@@ -1,0 +1,98 @@
+//! The audit log: one `tracing` line per event, target `audit`, with the
+//! same grep-able fields everywhere: `event`, `client`, `tls`, `user`
+//! (`none` when not authenticated), and for messages `queue_id`, `sender`,
+//! `recipients`, `size`, `outcome`. Peer-supplied strings are logged with
+//! `Debug` formatting so they cannot forge log lines.
+
+use std::net::SocketAddr;
+
+use tracing::{info, warn};
+
+fn user_or_none(user: Option<&str>) -> &str {
+    user.unwrap_or("none")
+}
+
+pub fn listening(address: SocketAddr, role: &str) {
+    info!(target: "audit", event = "listening", address = %address, role, "listener ready");
+}
+
+pub fn peer_refused(client: SocketAddr, listener: SocketAddr) {
+    warn!(target: "audit", event = "peer_refused", client = %client, listener = %listener,
+        outcome = "554 5.7.1", "peer outside the listener's allowed ranges");
+}
+
+pub fn connect(client: SocketAddr, listener: SocketAddr, role: &str) {
+    info!(target: "audit", event = "connect", client = %client, listener = %listener, role,
+        "connection");
+}
+
+pub fn disconnect(client: SocketAddr, tls: bool, user: Option<&str>, reason: &str) {
+    info!(target: "audit", event = "disconnect", client = %client, tls,
+        user = user_or_none(user), reason, "connection closed");
+}
+
+pub fn too_many_errors(client: SocketAddr, tls: bool, user: Option<&str>) {
+    warn!(target: "audit", event = "too_many_errors", client = %client, tls,
+        user = user_or_none(user), outcome = "421 4.7.0", "too many bad commands");
+}
+
+pub fn tls_started(client: SocketAddr, version: &str) {
+    info!(target: "audit", event = "tls", client = %client, tls = true, version,
+        outcome = "ok", "TLS established");
+}
+
+pub fn tls_failed(client: SocketAddr, error: &str) {
+    warn!(target: "audit", event = "tls", client = %client, tls = false, error,
+        outcome = "failed", "TLS handshake failed");
+}
+
+pub fn starttls_injection(client: SocketAddr) {
+    warn!(target: "audit", event = "starttls_injection", client = %client,
+        "discarded plaintext pipelined after STARTTLS");
+}
+
+pub fn auth_succeeded(client: SocketAddr, user: &str, mechanism: &str) {
+    info!(target: "audit", event = "auth", client = %client, tls = true, user = ?user,
+        mechanism, outcome = "ok", "authenticated");
+}
+
+pub fn auth_failed(client: SocketAddr, attempted_user: Option<&str>, mechanism: &str, why: &str) {
+    warn!(target: "audit", event = "auth", client = %client, tls = true,
+        user = ?attempted_user.unwrap_or(""), mechanism, outcome = "failed", reason = why,
+        "authentication failed");
+}
+
+pub fn sender_refused(client: SocketAddr, user: &str, sender: &str) {
+    warn!(target: "audit", event = "sender_refused", client = %client, user = ?user,
+        sender = ?sender, outcome = "553 5.7.1", "sender not owned by user");
+}
+
+pub fn relay_denied(client: SocketAddr, tls: bool, sender: &str, recipient: &str) {
+    warn!(target: "audit", event = "relay_denied", client = %client, tls, user = "none",
+        sender = ?sender, recipient = ?recipient, outcome = "554 5.7.1", "relay access denied");
+}
+
+/// The end of a DATA phase: queued or refused.
+pub struct MessageEvent<'a> {
+    pub client: SocketAddr,
+    pub tls: bool,
+    pub user: Option<&'a str>,
+    pub queue_id: &'a str,
+    pub sender: &'a str,
+    pub recipients: &'a [String],
+    pub size: u64,
+    pub outcome: &'a str,
+}
+
+pub fn message(e: &MessageEvent<'_>) {
+    let recipients = e.recipients.join(",");
+    if e.outcome.starts_with('2') {
+        info!(target: "audit", event = "message", client = %e.client, tls = e.tls,
+            user = ?user_or_none(e.user), queue_id = e.queue_id, sender = ?e.sender,
+            recipients = ?recipients, size = e.size, outcome = e.outcome, "message queued");
+    } else {
+        warn!(target: "audit", event = "message", client = %e.client, tls = e.tls,
+            user = ?user_or_none(e.user), queue_id = e.queue_id, sender = ?e.sender,
+            recipients = ?recipients, size = e.size, outcome = e.outcome, "message refused");
+    }
+}

@@ -1,0 +1,260 @@
+//! Users, argon2id password hashes and SASL PLAIN/LOGIN (RFC 4954, 4616).
+//!
+//! Hash verification is deliberately slow, so it runs on the blocking pool
+//! ([`tokio::task::spawn_blocking`]), never on the runtime's worker threads.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use anyhow::Context as _;
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use argon2::{Algorithm, Argon2};
+use base64ct::{Base64, Encoding as _};
+
+use crate::config::UserConfig;
+
+/// Checks that `phc` is a well-formed argon2id hash with usable parameters.
+pub fn check_hash(phc: &str) -> anyhow::Result<()> {
+    let hash = PasswordHash::new(phc)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("not a PHC hash string (generate one with `smtp-relay hash-password`)")?;
+    anyhow::ensure!(
+        hash.algorithm == Algorithm::Argon2id.ident(),
+        "algorithm is {}, expected argon2id",
+        hash.algorithm
+    );
+    argon2::Params::try_from(&hash)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("bad argon2 parameters")?;
+    anyhow::ensure!(
+        hash.hash.is_some() && hash.salt.is_some(),
+        "hash or salt missing"
+    );
+    Ok(())
+}
+
+/// Hashes `password` with argon2id and the crate's default (OWASP) parameters.
+pub fn hash_password(password: &str) -> anyhow::Result<String> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow::anyhow!("hashing failed: {e}"))
+}
+
+fn verify_blocking(phc: &str, password: &str) -> bool {
+    match PasswordHash::new(phc) {
+        Ok(hash) => Argon2::default()
+            .verify_password(password.as_bytes(), &hash)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A hash of a random password, verified against for unknown user names so
+/// that they take as long as known ones.
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let salt = SaltString::generate(&mut OsRng);
+        hash_password(salt.as_str()).unwrap_or_default()
+    })
+}
+
+struct User {
+    hash: String,
+    senders: Vec<String>,
+}
+
+/// The configured users.
+pub struct Users {
+    users: HashMap<String, User>,
+}
+
+impl Users {
+    pub fn from_config(users: &[UserConfig]) -> anyhow::Result<Users> {
+        let mut map = HashMap::new();
+        for u in users {
+            check_hash(&u.password_hash).with_context(|| format!("user {:?}", u.name))?;
+            map.insert(
+                u.name.clone(),
+                User {
+                    hash: u.password_hash.clone(),
+                    senders: u.senders.clone(),
+                },
+            );
+        }
+        Ok(Users { users: map })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// Verifies a password on the blocking pool.
+    pub async fn verify(self: &Arc<Self>, name: &str, password: &str) -> bool {
+        let (hash, known) = match self.users.get(name) {
+            Some(u) => (u.hash.clone(), true),
+            None => (dummy_hash().to_owned(), false),
+        };
+        let password = password.to_owned();
+        let ok = tokio::task::spawn_blocking(move || verify_blocking(&hash, &password))
+            .await
+            .unwrap_or(false);
+        ok && known
+    }
+
+    /// Whether `user` may use `sender` (plain form, domain lowercased) in MAIL.
+    pub fn may_send_as(&self, user: &str, sender_plain: &str) -> bool {
+        self.users
+            .get(user)
+            .is_some_and(|u| u.senders.iter().any(|s| s == sender_plain))
+    }
+}
+
+/// SASL mechanisms we offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mechanism {
+    Plain,
+    Login,
+}
+
+impl Mechanism {
+    pub fn from_name(name: &str) -> Option<Mechanism> {
+        match name {
+            "PLAIN" => Some(Mechanism::Plain),
+            "LOGIN" => Some(Mechanism::Login),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::Plain => "PLAIN",
+            Mechanism::Login => "LOGIN",
+        }
+    }
+}
+
+/// A client response that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SaslError {
+    #[error("client cancelled authentication")]
+    Cancelled,
+    #[error("invalid base64")]
+    Base64,
+    #[error("malformed response")]
+    Malformed,
+}
+
+/// Decodes one base64 client response line (`*` cancels, `=` is empty).
+pub fn decode_response(line: &str) -> Result<Vec<u8>, SaslError> {
+    let line = line.trim_end_matches(' ');
+    match line {
+        "*" => Err(SaslError::Cancelled),
+        "=" => Ok(Vec::new()),
+        _ => Base64::decode_vec(line).map_err(|_| SaslError::Base64),
+    }
+}
+
+/// Base64 for server challenges.
+pub fn encode(data: &[u8]) -> String {
+    Base64::encode_string(data)
+}
+
+/// Credentials from a decoded PLAIN response `authzid NUL authcid NUL
+/// passwd`. An authzid other than the authcid (acting as another user) is
+/// refused.
+pub fn parse_plain(decoded: &[u8]) -> Result<(String, String), SaslError> {
+    let mut parts = decoded.split(|&b| b == 0);
+    let (Some(authz), Some(authc), Some(pass), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(SaslError::Malformed);
+    };
+    let authz = std::str::from_utf8(authz).map_err(|_| SaslError::Malformed)?;
+    let authc = std::str::from_utf8(authc).map_err(|_| SaslError::Malformed)?;
+    let pass = std::str::from_utf8(pass).map_err(|_| SaslError::Malformed)?;
+    if authc.is_empty() || (!authz.is_empty() && authz != authc) {
+        return Err(SaslError::Malformed);
+    }
+    Ok((authc.to_owned(), pass.to_owned()))
+}
+
+/// A LOGIN username or password: UTF-8 text.
+pub fn parse_login_field(decoded: Vec<u8>) -> Result<String, SaslError> {
+    String::from_utf8(decoded).map_err(|_| SaslError::Malformed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Cheap parameters: tests must not spend seconds per hash.
+    pub(crate) fn cheap_hash(password: &str) -> String {
+        let salt = SaltString::generate(&mut OsRng);
+        let params = argon2::Params::new(64, 1, 1, None).expect("params");
+        Argon2::new(Algorithm::Argon2id, argon2::Version::V0x13, params)
+            .hash_password(password.as_bytes(), &salt)
+            .expect("hash")
+            .to_string()
+    }
+
+    fn users() -> Arc<Users> {
+        Arc::new(
+            Users::from_config(&[UserConfig {
+                name: "alice".into(),
+                password_hash: cheap_hash("s3cret"),
+                senders: vec!["alice@example.org".into()],
+            }])
+            .expect("users"),
+        )
+    }
+
+    #[tokio::test]
+    async fn verify_right_and_wrong() {
+        let u = users();
+        assert!(u.verify("alice", "s3cret").await);
+        assert!(!u.verify("alice", "wrong").await);
+        assert!(!u.verify("mallory", "s3cret").await);
+        assert!(u.may_send_as("alice", "alice@example.org"));
+        assert!(!u.may_send_as("alice", "bob@example.org"));
+        assert!(!u.may_send_as("bob", "alice@example.org"));
+    }
+
+    #[test]
+    fn hash_password_produces_checkable_argon2id() {
+        let h = hash_password("pw").expect("hash");
+        assert!(h.starts_with("$argon2id$"), "{h}");
+        check_hash(&h).expect("valid");
+        assert!(verify_blocking(&h, "pw"));
+        assert!(!verify_blocking(&h, "pW"));
+    }
+
+    #[test]
+    fn check_hash_refuses_junk() {
+        assert!(check_hash("secret").is_err());
+        assert!(
+            check_hash("$argon2i$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$Hl5xgeqfV3fP1s/UVQcaVQ").is_err()
+        );
+        assert!(check_hash("$argon2id$v=19$m=64,t=1,p=1").is_err());
+        check_hash(&cheap_hash("x")).expect("cheap hash valid");
+    }
+
+    #[test]
+    fn sasl_plain_decoding() {
+        let ok = encode(b"\0alice\0s3cret");
+        let d = decode_response(&ok).expect("b64");
+        assert_eq!(parse_plain(&d), Ok(("alice".into(), "s3cret".into())));
+        let d = decode_response(&encode(b"alice\0alice\0pw")).expect("b64");
+        assert_eq!(parse_plain(&d), Ok(("alice".into(), "pw".into())));
+        let d = decode_response(&encode(b"bob\0alice\0pw")).expect("b64");
+        assert_eq!(parse_plain(&d), Err(SaslError::Malformed));
+        let d = decode_response(&encode(b"alice\0pw")).expect("b64");
+        assert_eq!(parse_plain(&d), Err(SaslError::Malformed));
+        assert_eq!(decode_response("*"), Err(SaslError::Cancelled));
+        assert_eq!(decode_response("not base64!"), Err(SaslError::Base64));
+        assert_eq!(decode_response("="), Ok(Vec::new()));
+    }
+}

@@ -1,0 +1,62 @@
+//! `smtp-relay`: the SMTP service for the peers the gatekeeper admits.
+//!
+//! The crate is a library so that later work (delivery queue, fuzzing,
+//! hardening) can reuse its parts; `main.rs` is a thin CLI over [`prepare`]
+//! and [`server::Server`].
+//!
+//! Module map, one job each:
+//! - [`config`]: the TOML config, validated into typed values.
+//! - [`address`]: RFC 5321 paths and the local/external classification.
+//! - [`command`]: one SMTP command line into a [`command::Command`].
+//! - [`reply`]: SMTP replies with enhanced status codes.
+//! - [`session`]: the per-connection state machine (no I/O).
+//! - [`data`]: the DATA decoder (dot-unstuffing, bare CR/LF, size limit).
+//! - [`spool`]: durable message storage for the delivery worker.
+//! - [`tls`]: rustls server config from PEM files.
+//! - [`auth`]: users, argon2id hashes, SASL PLAIN/LOGIN decoding.
+//! - [`audit`]: the audit log lines.
+//! - [`conn`]: bounded line/DATA reading over plain or TLS streams.
+//! - [`server`]: listeners, access ranges, the connection loop.
+//! - [`clock`]: UTC timestamps for headers and the spool.
+
+pub mod address;
+pub mod audit;
+pub mod auth;
+pub mod clock;
+pub mod command;
+pub mod config;
+pub mod conn;
+pub mod data;
+pub mod reply;
+pub mod server;
+pub mod session;
+pub mod spool;
+pub mod tls;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+/// Everything `run` needs, loaded and checked. `check` stops here, so the two
+/// commands can never disagree about whether a config is valid.
+pub struct Prepared {
+    pub config: config::Config,
+    pub tls: tokio_rustls::TlsAcceptor,
+    pub users: Arc<auth::Users>,
+}
+
+/// Loads and validates the config, the TLS certificate and key and the user
+/// table. Errors name the file (and line/column for TOML syntax errors).
+pub fn prepare(config_path: &Path) -> anyhow::Result<Prepared> {
+    let config = config::Config::load(config_path)?;
+    let tls = tls::load_acceptor(&config.tls_cert, &config.tls_key)
+        .with_context(|| format!("{}: TLS settings", config.path.display()))?;
+    let users = auth::Users::from_config(&config.users)
+        .with_context(|| format!("{}: users", config.path.display()))?;
+    Ok(Prepared {
+        config,
+        tls,
+        users: Arc::new(users),
+    })
+}

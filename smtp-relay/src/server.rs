@@ -1,0 +1,514 @@
+//! Listeners and the per-connection loop: access ranges at accept, TLS
+//! (implicit or STARTTLS), SASL exchanges, DATA into the spool, graceful
+//! shutdown.
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use crate::auth::{self, Mechanism, SaslError};
+use crate::config::{ListenerConfig, Role};
+use crate::conn::{Conn, Line, Stream};
+use crate::data::{Decoder, Outcome};
+use crate::reply::Reply;
+use crate::session::{Action, Policy, Session};
+use crate::spool::{Envelope, Spool};
+use crate::{Prepared, audit};
+
+/// RFC 5321 4.5.3.1.4: command lines are at most 512 octets with CRLF.
+pub const COMMAND_LINE_LIMIT: usize = 512;
+/// SASL responses may be longer (RFC 4954 4: 12288 octets allowed).
+const AUTH_LINE_LIMIT: usize = 12_288;
+/// How long a stopping server waits for sessions in progress.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+struct Shared {
+    policy: Arc<Policy>,
+    tls: tokio_rustls::TlsAcceptor,
+    spool: Spool,
+    timeout: Duration,
+    connections: Arc<Semaphore>,
+}
+
+/// Bound listeners, ready to serve.
+pub struct Server {
+    listeners: Vec<(TcpListener, ListenerConfig)>,
+    shared: Arc<Shared>,
+}
+
+/// Binds one listening socket. IPv6 sockets are V6ONLY so `[::]:25` and
+/// `0.0.0.0:25` can both be configured.
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+impl Server {
+    /// Opens the spool and binds every listener; on any error nothing
+    /// listens (already bound sockets are dropped). Needs a Tokio runtime.
+    pub fn bind(prepared: Prepared) -> anyhow::Result<Server> {
+        let config = &prepared.config;
+        let spool = Spool::open(&config.spool_dir)
+            .with_context(|| format!("{}: spool_dir", config.path.display()))?;
+        let mut listeners = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let listener = bind(l.address).with_context(|| {
+                format!(
+                    "{}: listener #{} ({}, {}): cannot listen",
+                    config.path.display(),
+                    i + 1,
+                    l.address,
+                    l.role
+                )
+            })?;
+            let mut l = l.clone();
+            // Port 0 means "any": record the port we actually got.
+            l.address = listener.local_addr()?;
+            listeners.push((listener, l));
+        }
+        Ok(Server {
+            listeners,
+            shared: Arc::new(Shared {
+                policy: Arc::new(Policy::from_config(config, prepared.users.clone())),
+                tls: prepared.tls,
+                spool,
+                timeout: config.command_timeout,
+                connections: Arc::new(Semaphore::new(config.max_connections)),
+            }),
+        })
+    }
+
+    /// The bound addresses and their roles, in config order.
+    pub fn local_addrs(&self) -> Vec<(SocketAddr, Role)> {
+        self.listeners
+            .iter()
+            .map(|(_, l)| (l.address, l.role))
+            .collect()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets idle
+    /// sessions go with 421 and waits (bounded) for the others.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        for (listener, config) in self.listeners {
+            audit::listening(config.address, config.role.as_str());
+            tasks.spawn(accept_loop(
+                listener,
+                config,
+                self.shared.clone(),
+                stop_rx.clone(),
+            ));
+        }
+        shutdown.await;
+        info!(
+            event = "shutdown",
+            "stopping: no new connections, finishing sessions"
+        );
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                event = "shutdown",
+                "grace period over, aborting remaining sessions"
+            );
+            tasks.abort_all();
+        }
+        info!(event = "shutdown", "stopped");
+        Ok(())
+    }
+}
+
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    config: ListenerConfig,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let config = Arc::new(config);
+    let mut sessions = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = stopped(&mut stop) => break,
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // E.g. out of file descriptors: back off, keep serving.
+                        warn!(event = "accept_error", listener = %config.address, error = %e);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                if !config.admits(peer.ip()) {
+                    audit::peer_refused(peer, config.address);
+                    sessions.spawn(refuse(tcp, config.role, shared.policy.hostname.clone()));
+                    continue;
+                }
+                let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+                    warn!(event = "too_many_connections", client = %peer, listener = %config.address);
+                    sessions.spawn(busy(tcp, config.role));
+                    continue;
+                };
+                let (config, shared, stop) = (config.clone(), shared.clone(), stop.clone());
+                sessions.spawn(async move {
+                    handle(tcp, peer, &config, &shared, stop).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+    while sessions.join_next().await.is_some() {}
+}
+
+/// `554 5.7.1` for a peer outside the ranges. On 465 the client expects a
+/// TLS handshake and could not read a plaintext reply; there we close
+/// without exposing the TLS stack to unadmitted peers.
+async fn refuse(mut tcp: TcpStream, role: Role, hostname: String) {
+    if role != Role::Submissions {
+        let reply = Reply::new(554, "5.7.1", format!("{hostname} access denied"));
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            tcp.write_all(reply.to_wire().as_bytes()),
+        )
+        .await;
+    }
+    let _ = tcp.shutdown().await;
+}
+
+async fn busy(mut tcp: TcpStream, role: Role) {
+    if role != Role::Submissions {
+        let reply = Reply::new(421, "4.7.0", "Too many connections, try later");
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            tcp.write_all(reply.to_wire().as_bytes()),
+        )
+        .await;
+    }
+    let _ = tcp.shutdown().await;
+}
+
+async fn handle(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    config: &ListenerConfig,
+    shared: &Shared,
+    mut stop: watch::Receiver<bool>,
+) {
+    audit::connect(peer, config.address, config.role.as_str());
+    let _ = tcp.set_nodelay(true);
+    let mut conn = Conn::new(Stream::Plain(tcp), shared.timeout);
+    let implicit_tls = config.role == Role::Submissions;
+    if implicit_tls {
+        if let Err(e) = conn.start_tls(&shared.tls).await {
+            audit::tls_failed(peer, &e.to_string());
+            audit::disconnect(peer, false, None, "tls_failed");
+            return;
+        }
+        audit::tls_started(peer, conn.tls_version().as_deref().unwrap_or("unknown"));
+    }
+    let mut session = Session::new(
+        shared.policy.clone(),
+        config.role,
+        config.address,
+        peer,
+        implicit_tls,
+    );
+    conn.queue(&session.greeting());
+    let reason = match serve(&mut conn, &mut session, shared, &mut stop).await {
+        Ok(reason) => reason,
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            conn.queue(&Reply::new(421, "4.4.2", "Timeout, closing connection"));
+            "timeout"
+        }
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => "eof_in_data",
+        Err(_) => "io_error",
+    };
+    conn.close().await;
+    audit::disconnect(peer, session.tls(), session.user(), reason);
+}
+
+/// The command loop. Returns why the session ended.
+async fn serve(
+    conn: &mut Conn,
+    session: &mut Session,
+    shared: &Shared,
+    stop: &mut watch::Receiver<bool>,
+) -> io::Result<&'static str> {
+    loop {
+        let line = tokio::select! {
+            line = conn.read_line(COMMAND_LINE_LIMIT) => line?,
+            () = stopped(stop) => {
+                conn.queue(&Reply::new(421, "4.3.2", "Service shutting down, try later"));
+                return Ok("shutdown");
+            }
+        };
+        let command = match line {
+            Line::Line(l) => crate::command::parse(&l),
+            Line::TooLong => Err(crate::command::CommandError::LineTooLong),
+            Line::Eof => return Ok("eof"),
+        };
+        let mut action = session.handle(command);
+        if let Action::Auth { mechanism, initial } = action {
+            action = authenticate(conn, session, mechanism, initial).await?;
+        }
+        match action {
+            Action::Reply(reply) => conn.queue(&reply),
+            // `authenticate` never asks for another exchange; answer safely.
+            Action::Auth { .. } => conn.queue(&Reply::new(451, "4.3.0", "Internal error")),
+            Action::Close(reply) => {
+                conn.queue(&reply);
+                return Ok("closed");
+            }
+            Action::StartTls(reply) => {
+                conn.queue(&reply);
+                if conn.has_buffered_input() {
+                    audit::starttls_injection(session.client());
+                }
+                if let Err(e) = conn.start_tls(&shared.tls).await {
+                    audit::tls_failed(session.client(), &e.to_string());
+                    return Ok("tls_failed");
+                }
+                audit::tls_started(
+                    session.client(),
+                    conn.tls_version().as_deref().unwrap_or("unknown"),
+                );
+                session.tls_started();
+            }
+            Action::Data(reply, envelope) => {
+                receive(conn, session, shared, reply, *envelope).await?;
+            }
+        }
+    }
+}
+
+/// Runs a SASL exchange and verifies the credentials; returns the action
+/// for the final reply.
+async fn authenticate(
+    conn: &mut Conn,
+    session: &mut Session,
+    mechanism: Mechanism,
+    initial: Option<String>,
+) -> io::Result<Action> {
+    let client = session.client();
+    let credentials = match mechanism {
+        Mechanism::Plain => {
+            let response = match initial {
+                Some(r) => Ok(r),
+                None => challenge(conn, "").await?,
+            };
+            response.and_then(|r| auth::parse_plain(&auth::decode_response(&r)?))
+        }
+        Mechanism::Login => {
+            let user = match initial {
+                Some(r) => Ok(r),
+                None => challenge(conn, "Username:").await?,
+            }
+            .and_then(|r| auth::parse_login_field(auth::decode_response(&r)?));
+            match user {
+                Ok(user) => challenge(conn, "Password:")
+                    .await?
+                    .and_then(|r| auth::parse_login_field(auth::decode_response(&r)?))
+                    .map(|pass| (user, pass)),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    let (user, password) = match credentials {
+        Ok(c) => c,
+        Err(SaslError::Cancelled) => {
+            audit::auth_failed(client, None, mechanism.name(), "cancelled");
+            return Ok(Action::Reply(Reply::new(
+                501,
+                "5.7.0",
+                "Authentication cancelled",
+            )));
+        }
+        Err(e) => {
+            audit::auth_failed(client, None, mechanism.name(), &e.to_string());
+            return Ok(session.auth_failed());
+        }
+    };
+    if session.users().verify(&user, &password).await {
+        audit::auth_succeeded(client, &user, mechanism.name());
+        Ok(Action::Reply(session.auth_succeeded(user)))
+    } else {
+        audit::auth_failed(client, Some(&user), mechanism.name(), "bad credentials");
+        Ok(session.auth_failed())
+    }
+}
+
+/// Sends a 334 challenge and reads the response line. A too-long line is
+/// a malformed response.
+async fn challenge(conn: &mut Conn, prompt: &str) -> io::Result<Result<String, SaslError>> {
+    conn.queue(&Reply::bare(334, vec![auth::encode(prompt.as_bytes())]));
+    match conn.read_line(AUTH_LINE_LIMIT).await? {
+        Line::Line(l) => Ok(String::from_utf8(l).map_err(|_| SaslError::Base64)),
+        Line::TooLong => Ok(Err(SaslError::Malformed)),
+        Line::Eof => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed during AUTH",
+        )),
+    }
+}
+
+/// `[192.0.2.1]` or `[IPv6:2001:db8::1]`.
+fn address_literal(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => format!("[{v4}]"),
+        IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
+    }
+}
+
+/// Keeps a string safe inside a header comment.
+fn comment_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-@+".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The trace header we prepend (RFC 5321 4.4, RFC 3848 protocol names).
+pub fn received_header(
+    session: &Session,
+    queue_id: &str,
+    tls_version: Option<&str>,
+    now: u64,
+) -> String {
+    let mut comment = Vec::new();
+    if let Some(v) = tls_version {
+        comment.push(format!("using {}", comment_safe(v)));
+    }
+    if let Some(user) = session.user() {
+        comment.push(format!("authenticated user {}", comment_safe(user)));
+    }
+    let comment = if comment.is_empty() {
+        String::new()
+    } else {
+        format!("\r\n\t({})", comment.join("; "))
+    };
+    format!(
+        "Received: from {} ({})\r\n\tby {} (smtp-relay) with {} id {}{};\r\n\t{}\r\n",
+        session.helo().unwrap_or("unknown"),
+        address_literal(session.client().ip()),
+        session.hostname(),
+        session.protocol(),
+        queue_id,
+        comment,
+        crate::clock::rfc5322(now)
+    )
+}
+
+/// The DATA phase: 354, read to the real end into the spool, then 250 with
+/// the queue id only once the message is durable.
+async fn receive(
+    conn: &mut Conn,
+    session: &mut Session,
+    shared: &Shared,
+    go_ahead: Reply,
+    envelope: Envelope,
+) -> io::Result<()> {
+    session.data_done();
+    let mut writer = match shared.spool.begin().await {
+        Ok(w) => w,
+        Err(e) => {
+            error!(event = "spool_error", client = %session.client(), error = %e);
+            conn.queue(&Reply::new(
+                451,
+                "4.3.0",
+                "Local error in processing, try later",
+            ));
+            return Ok(());
+        }
+    };
+    let id = writer.id().to_owned();
+    let header = received_header(
+        session,
+        &id,
+        conn.tls_version().as_deref(),
+        envelope.received_at,
+    );
+    let header_written = writer.write(header.as_bytes()).await;
+    conn.queue(&go_ahead);
+    let mut decoder = Decoder::new(shared.policy.max_message_size);
+    let (outcome, sink) = conn.read_data(&mut decoder, &mut writer).await?;
+    let sink = header_written.and(sink);
+    let size = match outcome {
+        Outcome::Complete { size } => size,
+        _ => 0,
+    };
+    let reply = match (outcome, sink) {
+        (Outcome::TooBig, _) => Reply::new(
+            552,
+            "5.3.4",
+            "Message size exceeds fixed maximum message size",
+        ),
+        (Outcome::BareLineEnding, _) => Reply::new(
+            550,
+            "5.6.0",
+            "Bare CR or LF in message data not allowed; use CRLF line endings",
+        ),
+        (Outcome::Complete { .. }, Err(e)) => {
+            error!(event = "spool_error", client = %session.client(), queue_id = %id, error = %e);
+            Reply::new(451, "4.3.0", "Local error in processing, try later")
+        }
+        (Outcome::Complete { .. }, Ok(())) => match writer.commit(envelope.clone()).await {
+            Ok(()) => Reply::new(250, "2.0.0", format!("Ok: queued as {id}")),
+            Err(e) => {
+                error!(event = "spool_error", client = %session.client(), queue_id = %id, error = %e);
+                Reply::new(451, "4.3.0", "Local error in processing, try later")
+            }
+        },
+    };
+    let recipients: Vec<String> = envelope
+        .recipients
+        .iter()
+        .map(|r| r.address.clone())
+        .collect();
+    let outcome = format!("{} {}", reply.code, reply.enhanced.unwrap_or(""));
+    audit::message(&audit::MessageEvent {
+        client: session.client(),
+        tls: session.tls(),
+        user: session.user(),
+        queue_id: &id,
+        sender: &envelope.sender,
+        recipients: &recipients,
+        size,
+        outcome: &outcome,
+    });
+    conn.queue(&reply);
+    Ok(())
+}

@@ -1,0 +1,360 @@
+//! The spool: where accepted messages wait for the delivery worker.
+//!
+//! Layout of `spool_dir`:
+//! - `tmp/`: files being written; anything here after a crash is garbage
+//!   and is removed when the spool is opened.
+//! - `<id>.eml`: the message as stored (our `Received:` header, then the
+//!   client's bytes after dot-unstuffing, CRLF line endings).
+//! - `<id>.env`: the JSON [`Envelope`]. It is written last, so a message is
+//!   queued exactly when its `.env` exists; an `.eml` without `.env` is an
+//!   incomplete leftover.
+//!
+//! Each file is written under `tmp/`, fsynced, renamed into place, and the
+//! directory fsynced, before the next step. Only then does the client get
+//! `250`, so a `250` survives a crash or power loss.
+
+use std::fs;
+use std::io::{self, Write as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt as _;
+
+/// Current envelope format version; bump on incompatible changes.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+/// One recipient. `local` tells the delivery worker whether the address is
+/// in one of our local domains; it will add per-recipient delivery state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    pub address: String,
+    pub local: bool,
+}
+
+/// The JSON envelope stored as `<id>.env`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub version: u32,
+    pub id: String,
+    /// Reverse-path; empty for the null sender `<>`.
+    pub sender: String,
+    pub recipients: Vec<Recipient>,
+    /// Client `ip:port` as seen by the listener.
+    pub client_addr: String,
+    pub helo: String,
+    /// Listener address and role that accepted the message.
+    pub listener: String,
+    pub role: String,
+    pub tls: bool,
+    /// Authenticated user, if any.
+    pub user: Option<String>,
+    /// Unix seconds and the same instant in RFC 3339.
+    pub received_at: u64,
+    pub received_at_rfc3339: String,
+    /// Size of `<id>.eml` in octets.
+    pub size: u64,
+    /// `7BIT` or `8BITMIME`, as declared by MAIL BODY=.
+    pub body: String,
+}
+
+/// A spool directory.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    dir: PathBuf,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh queue id: microseconds, process id and a counter, in hex. Unique
+/// per host; files are also created with `create_new` so a clash fails
+/// instead of overwriting.
+fn new_id() -> String {
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{micros:X}{:05X}{:04X}",
+        std::process::id() & 0xF_FFFF,
+        n & 0xFFFF
+    )
+}
+
+fn is_valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+impl Spool {
+    /// Creates the directories if needed and removes stale temp files.
+    pub fn open(dir: &Path) -> anyhow::Result<Spool> {
+        let tmp = dir.join("tmp");
+        // Mail is private: directories 0700, files 0600 (new ones only; an
+        // existing directory keeps the mode the admin gave it).
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&tmp)
+            .with_context(|| format!("creating spool directory {}", tmp.display()))?;
+        for entry in fs::read_dir(&tmp).with_context(|| format!("reading {}", tmp.display()))? {
+            let path = entry?.path();
+            fs::remove_file(&path)
+                .with_context(|| format!("removing stale spool file {}", path.display()))?;
+        }
+        sync_dir(dir).with_context(|| format!("syncing {}", dir.display()))?;
+        Ok(Spool {
+            dir: dir.to_owned(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Starts a new message; the returned writer takes the message bytes.
+    pub async fn begin(&self) -> io::Result<SpoolWriter> {
+        let id = new_id();
+        let tmp_eml = self.dir.join("tmp").join(format!("{id}.eml"));
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp_eml)
+            .await?;
+        Ok(SpoolWriter {
+            id,
+            dir: self.dir.clone(),
+            tmp_eml: Some(tmp_eml),
+            file: tokio::io::BufWriter::with_capacity(64 * 1024, file),
+            size: 0,
+        })
+    }
+
+    /// Ids of the queued (complete) messages, sorted.
+    pub fn queued_ids(&self) -> io::Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".env"))
+                && is_valid_id(id)
+            {
+                ids.push(id.to_owned());
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Reads a queued message: envelope and message bytes.
+    pub fn read(&self, id: &str) -> anyhow::Result<(Envelope, Vec<u8>)> {
+        anyhow::ensure!(is_valid_id(id), "invalid queue id {id:?}");
+        let env_path = self.dir.join(format!("{id}.env"));
+        let eml_path = self.dir.join(format!("{id}.eml"));
+        let env: Envelope = serde_json::from_slice(
+            &fs::read(&env_path).with_context(|| format!("reading {}", env_path.display()))?,
+        )
+        .with_context(|| format!("parsing {}", env_path.display()))?;
+        let eml = fs::read(&eml_path).with_context(|| format!("reading {}", eml_path.display()))?;
+        anyhow::ensure!(
+            env.size == eml.len() as u64,
+            "{}: size {} does not match envelope size {}",
+            eml_path.display(),
+            eml.len(),
+            env.size
+        );
+        Ok((env, eml))
+    }
+}
+
+/// A message being written. Dropping it without [`SpoolWriter::commit`]
+/// removes the temp file, so an aborted DATA leaves nothing behind.
+pub struct SpoolWriter {
+    id: String,
+    dir: PathBuf,
+    tmp_eml: Option<PathBuf>,
+    file: tokio::io::BufWriter<tokio::fs::File>,
+    size: u64,
+}
+
+impl SpoolWriter {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes).await?;
+        self.size += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Makes the message durable: message file first, envelope last, each
+    /// fsynced and renamed into place with the directory fsynced after.
+    /// `env.size` and `env.id` are filled in here.
+    pub async fn commit(mut self, mut env: Envelope) -> io::Result<()> {
+        self.file.flush().await?;
+        self.file.get_ref().sync_all().await?;
+        env.id = self.id.clone();
+        env.size = self.size;
+        let tmp_eml = self
+            .tmp_eml
+            .take()
+            .ok_or_else(|| io::Error::other("already committed"))?;
+        let dir = self.dir.clone();
+        let id = self.id.clone();
+        let result = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let outcome = (|| {
+                fs::rename(&tmp_eml, dir.join(format!("{id}.eml")))?;
+                sync_dir(&dir)?;
+                let json = serde_json::to_vec_pretty(&env).map_err(io::Error::other)?;
+                let tmp_env = dir.join("tmp").join(format!("{id}.env"));
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp_env)?;
+                f.write_all(&json)?;
+                f.sync_all()?;
+                fs::rename(&tmp_env, dir.join(format!("{id}.env")))?;
+                sync_dir(&dir)
+            })();
+            if outcome.is_err() {
+                // Leave no half-queued message behind.
+                let _ = fs::remove_file(dir.join("tmp").join(format!("{id}.env")));
+                let _ = fs::remove_file(dir.join(format!("{id}.env")));
+                let _ = fs::remove_file(&tmp_eml);
+                let _ = fs::remove_file(dir.join(format!("{id}.eml")));
+            }
+            outcome
+        })
+        .await;
+        result.map_err(io::Error::other)?
+    }
+}
+
+impl Drop for SpoolWriter {
+    fn drop(&mut self) {
+        if let Some(path) = self.tmp_eml.take() {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let p = std::env::temp_dir().join(format!("smtp-relay-spool-{tag}-{}", new_id()));
+            fs::create_dir_all(&p).expect("create temp dir");
+            TempDir(p)
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn envelope() -> Envelope {
+        Envelope {
+            version: ENVELOPE_VERSION,
+            id: String::new(),
+            sender: "a@example.org".into(),
+            recipients: vec![Recipient {
+                address: "b@example.net".into(),
+                local: false,
+            }],
+            client_addr: "127.0.0.1:1234".into(),
+            helo: "client.example".into(),
+            listener: "127.0.0.1:25".into(),
+            role: "mta".into(),
+            tls: true,
+            user: Some("alice".into()),
+            received_at: 1,
+            received_at_rfc3339: "1970-01-01T00:00:01Z".into(),
+            size: 0,
+            body: "8BITMIME".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn write_commit_read_roundtrip() {
+        let tmp = TempDir::new("rt");
+        let spool = Spool::open(&tmp.0).expect("open");
+        let mut w = spool.begin().await.expect("begin");
+        let id = w.id().to_owned();
+        w.write(b"Subject: hi\r\n\r\n").await.expect("write");
+        w.write(b"body\r\n").await.expect("write");
+        // Not queued before commit.
+        assert!(spool.queued_ids().expect("list").is_empty());
+        w.commit(envelope()).await.expect("commit");
+        assert_eq!(spool.queued_ids().expect("list"), vec![id.clone()]);
+        let (env, eml) = spool.read(&id).expect("read");
+        assert_eq!(eml, b"Subject: hi\r\n\r\nbody\r\n");
+        assert_eq!(env.size, eml.len() as u64);
+        assert_eq!(env.id, id);
+        assert_eq!(env.user.as_deref(), Some("alice"));
+        assert!(
+            fs::read_dir(tmp.0.join("tmp"))
+                .expect("tmp")
+                .next()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn dropped_writer_leaves_nothing() {
+        let tmp = TempDir::new("drop");
+        let spool = Spool::open(&tmp.0).expect("open");
+        let mut w = spool.begin().await.expect("begin");
+        w.write(b"partial").await.expect("write");
+        drop(w);
+        assert!(spool.queued_ids().expect("list").is_empty());
+        assert!(
+            fs::read_dir(tmp.0.join("tmp"))
+                .expect("tmp")
+                .next()
+                .is_none()
+        );
+        assert_eq!(fs::read_dir(&tmp.0).expect("dir").count(), 1);
+    }
+
+    #[tokio::test]
+    async fn open_removes_stale_temp_files_and_ids_are_unique() {
+        let tmp = TempDir::new("stale");
+        fs::create_dir_all(tmp.0.join("tmp")).expect("mkdir");
+        fs::write(tmp.0.join("tmp/OLD.eml"), b"x").expect("write");
+        let spool = Spool::open(&tmp.0).expect("open");
+        assert!(!tmp.0.join("tmp/OLD.eml").exists());
+        let a = spool.begin().await.expect("a");
+        let b = spool.begin().await.expect("b");
+        assert_ne!(a.id(), b.id());
+        assert!(is_valid_id(a.id()));
+    }
+
+    #[test]
+    fn read_rejects_bad_ids_and_size_mismatch() {
+        let tmp = TempDir::new("bad");
+        let spool = Spool::open(&tmp.0).expect("open");
+        assert!(spool.read("../etc/passwd").is_err());
+        let mut env = envelope();
+        env.size = 99;
+        fs::write(
+            tmp.0.join("X1.env"),
+            serde_json::to_vec(&env).expect("json"),
+        )
+        .expect("w");
+        fs::write(tmp.0.join("X1.eml"), b"short").expect("w");
+        assert!(spool.read("X1").is_err());
+    }
+}

@@ -1,0 +1,419 @@
+//! Tests of the real `smtp-relay` binary: durability across SIGKILL,
+//! graceful SIGTERM, `check` on good and bad configs (including the shipped
+//! example), `hash-password`, and the audit log lines.
+
+mod common;
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Client, PASSWORD, Setup, queue_id, split_received};
+
+const BIN: &str = env!("CARGO_BIN_EXE_smtp-relay");
+
+/// The relay as a child process; killed by PID on drop.
+struct Relay {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    /// (address, role) from the `listening` audit lines.
+    addrs: Vec<(SocketAddr, String)>,
+}
+
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let start = line.find(&format!(" {name}="))? + name.len() + 2;
+    let rest = &line[start..];
+    Some(rest.split(' ').next().unwrap_or(rest).trim_matches('"'))
+}
+
+impl Relay {
+    fn start(config: &Path, listeners: usize) -> Relay {
+        let mut child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start smtp-relay");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("relay: {line}");
+                sink.lock().expect("log lock").push(line);
+            }
+        });
+        let mut relay = Relay {
+            child,
+            log,
+            addrs: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while relay.addrs.len() < listeners {
+            assert!(Instant::now() < deadline, "relay did not start listening");
+            if let Ok(Some(status)) = relay.child.try_wait() {
+                panic!("relay exited early: {status}");
+            }
+            relay.addrs = relay
+                .lines()
+                .iter()
+                .filter(|l| l.contains("event=\"listening\""))
+                .filter_map(|l| {
+                    Some((
+                        field(l, "address")?.parse().ok()?,
+                        field(l, "role")?.to_owned(),
+                    ))
+                })
+                .collect();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        relay
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    fn addr(&self, role: &str, ipv4: bool) -> SocketAddr {
+        self.addrs
+            .iter()
+            .find(|(a, r)| r == role && a.is_ipv4() == ipv4)
+            .map(|(a, _)| *a)
+            .expect("listener for role")
+    }
+
+    /// Waits until a log line contains all `needles`; returns it.
+    fn wait_for_log(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(l) = self
+                .lines()
+                .into_iter()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+            {
+                return l;
+            }
+            assert!(Instant::now() < deadline, "no log line with {needles:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "relay did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // Child::kill sends SIGKILL to this PID only.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const MESSAGE: &[u8] = b"Subject: durable\r\n\r\n.dot\r\nline\r\n";
+
+#[test]
+fn message_answered_250_survives_sigkill() {
+    let setup = Setup::new("kill9", &common::config_text("", 10_000));
+    let mut relay = Relay::start(&setup.config, 6);
+    let mut c = Client::connect(relay.addr("mta", true));
+    c.ehlo();
+    let r = c.send_mail("someone@sender.example", &["alice@example.org"], MESSAGE);
+    let local_id = queue_id(&r);
+    // An authenticated relay over implicit TLS on ::1 too.
+    let mut c6 = Client::connect_tls(relay.addr("submissions", false), &setup.ca());
+    c6.ehlo();
+    c6.auth_plain("alice", PASSWORD).expect(235, "2.7.0");
+    let r = c6.send_mail("alice@example.org", &["friend@other.example"], MESSAGE);
+    let relay_id = queue_id(&r);
+
+    let line = relay.wait_for_log(&["event=\"message\"", &format!("queue_id=\"{local_id}\"")]);
+    for needle in [
+        "client=127.0.0.1:",
+        "tls=false",
+        "user=\"none\"",
+        "sender=\"someone@sender.example\"",
+        "recipients=\"alice@example.org\"",
+        "size=",
+        "outcome=\"250 2.0.0\"",
+    ] {
+        assert!(line.contains(needle), "{needle} missing in {line}");
+    }
+    let line = relay.wait_for_log(&["event=\"message\"", &format!("queue_id=\"{relay_id}\"")]);
+    assert!(
+        line.contains("user=\"alice\"") && line.contains("tls=true"),
+        "{line}"
+    );
+    assert!(line.contains("client=[::1]:"), "{line}");
+
+    // kill -9, no chance to flush anything.
+    relay.child.kill().expect("SIGKILL");
+    relay.wait_exit();
+    let spool = setup.spool();
+    for id in [&local_id, &relay_id] {
+        let (env, eml) = spool.read(id).expect("message in spool after SIGKILL");
+        assert_eq!(split_received(&eml).1, MESSAGE);
+        assert_eq!(env.id, *id);
+    }
+}
+
+#[test]
+fn sigterm_stops_gracefully_and_auth_failures_are_logged() {
+    let setup = Setup::new("term", &common::config_text("", 10_000));
+    let mut relay = Relay::start(&setup.config, 6);
+    let mut c = Client::connect(relay.addr("submission", true));
+    c.ehlo();
+    c.starttls(&setup.ca());
+    c.ehlo();
+    c.auth_plain("mallory", "guess").expect(535, "5.7.8");
+    let line = relay.wait_for_log(&["event=\"auth\"", "outcome=\"failed\""]);
+    assert!(line.contains("user=\"mallory\""), "{line}");
+    assert!(line.contains("client=127.0.0.1:"), "{line}");
+
+    let pid = i32::try_from(relay.child.id()).expect("pid");
+    // SAFETY: kill(2) on our own child's PID.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    c.read_reply().expect(421, "4.3.2");
+    let status = relay.wait_exit();
+    assert!(status.success(), "{status}");
+}
+
+fn check(config: &Path) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .expect("run check");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn example_config_passes_check() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/smtp-relay.toml");
+    let text = std::fs::read_to_string(&example).expect("examples/smtp-relay.toml");
+    let dir = common::TempDir::new("example");
+    let root = dir.path();
+    // The example names absolute production paths; recreate them under a
+    // temp dir so `check` really reads a certificate, key and gatekeeper file.
+    std::fs::create_dir_all(root.join("tls")).expect("mkdir");
+    common::write_certs(&root.join("tls"));
+    std::fs::rename(root.join("tls/cert.pem"), root.join("tls/fullchain.pem")).expect("mv");
+    std::fs::rename(root.join("tls/key.pem"), root.join("tls/privkey.pem")).expect("mv");
+    std::fs::write(
+        root.join("gatekeeper.toml"),
+        "interfaces = [\"eth0\"]\nprotected_ports = [25]\n\n[[allow]]\ncidr = \"198.51.100.0/24\"\ncomment = \"partner\"\n",
+    )
+    .expect("gk");
+    let root_s = root.display().to_string();
+    let replacements = [
+        ("/etc/smtp-relay/tls/", format!("{root_s}/tls/")),
+        (
+            "/etc/gatekeeper/gatekeeper.toml",
+            format!("{root_s}/gatekeeper.toml"),
+        ),
+        ("/var/spool/smtp-relay", format!("{root_s}/spool")),
+    ];
+    let mut text = text;
+    for (from, to) in &replacements {
+        assert!(text.contains(from), "example no longer mentions {from}");
+        text = text.replace(from, to);
+    }
+    let config = root.join("smtp-relay.toml");
+    std::fs::write(&config, &text).expect("write");
+    let (ok, out) = check(&config);
+    assert!(ok, "example config fails check: {out}");
+    assert!(out.contains("OK (5 listener(s), 1 user(s))"), "{out}");
+    // The same code path, in-process.
+    let prepared = smtp_relay::prepare(&config).expect("example valid");
+    assert_eq!(
+        prepared.config.local_domains,
+        vec!["example.org", "example.net"]
+    );
+    assert!(prepared.config.listeners[0].admits("198.51.100.9".parse().expect("ip")));
+    assert!(!prepared.config.listeners[0].admits("203.0.113.9".parse().expect("ip")));
+    // And the check is real: without the certificate it fails.
+    std::fs::remove_file(root.join("tls/fullchain.pem")).expect("rm");
+    let (ok, out) = check(&config);
+    assert!(!ok && out.contains("fullchain.pem"), "{out}");
+}
+
+#[test]
+fn bad_configs_fail_with_a_clear_error() {
+    let good = common::config_text("", 10_000);
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            good.replace(
+                "command_timeout_secs = 10",
+                "command_timeout_secs = 10\nrelay_everything = true",
+            ),
+            vec!["relay.toml", "relay_everything", "line 7, column 1"],
+        ),
+        (
+            good.replace("cert = \"cert.pem\"", "cert = \"missing.pem\""),
+            vec!["missing.pem"],
+        ),
+        (
+            good.replace("key = \"key.pem\"", "key = \"ca.pem\""),
+            vec!["ca.pem"],
+        ),
+        (
+            good.replacen(
+                "password_hash = \"$argon2id$",
+                "password_hash = \"$argon2id$x",
+                1,
+            ),
+            vec!["relay.toml", "alice", "password_hash"],
+        ),
+        (
+            good.replace(
+                "address = \"[::1]:0\"\nrole = \"mta\"",
+                "address = \"[::1]:2525\"\nrole = \"mta\"",
+            )
+            .replace(
+                "address = \"[::1]:0\"\nrole = \"submission\"",
+                "address = \"[::]:2525\"\nrole = \"submission\"",
+            ),
+            vec!["relay.toml", "clashes"],
+        ),
+    ];
+    for (text, needles) in cases {
+        let setup = Setup::new("bad", &text);
+        let (ok, out) = check(&setup.config);
+        assert!(!ok, "bad config accepted: {out}");
+        for n in needles {
+            assert!(out.contains(n), "{n:?} missing in: {out}");
+        }
+        // `run` refuses it the same way, before listening.
+        let out = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&setup.config)
+            .output()
+            .expect("run");
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("relay.toml"));
+    }
+}
+
+#[test]
+fn port_in_use_at_run_fails_and_nothing_listens() {
+    let busy = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy_port = busy.local_addr().expect("addr").port();
+    let free_port = {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let text = common::config_text("", 10_000)
+        .replacen(
+            "address = \"127.0.0.1:0\"",
+            &format!("address = \"127.0.0.1:{free_port}\""),
+            1,
+        )
+        .replacen(
+            "address = \"127.0.0.1:0\"",
+            &format!("address = \"127.0.0.1:{busy_port}\""),
+            1,
+        );
+    let setup = Setup::new("busy", &text);
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&setup.config)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("relay.toml"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{busy_port}")),
+        "{stderr}"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", free_port)).is_err(),
+        "first listener still accepting after a failed start"
+    );
+    drop(busy);
+}
+
+#[test]
+fn hash_password_from_stdin() {
+    let mut child = Command::new(BIN)
+        .args(["hash-password", "--stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"s3cret pass\n")
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).expect("utf8");
+    let hash = hash.trim();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    smtp_relay::auth::check_hash(hash).expect("valid hash");
+    use argon2::PasswordVerifier as _;
+    let parsed = argon2::PasswordHash::new(hash).expect("phc");
+    assert!(
+        argon2::Argon2::default()
+            .verify_password(b"s3cret pass", &parsed)
+            .is_ok()
+    );
+    assert!(
+        argon2::Argon2::default()
+            .verify_password(b"s3cret pass\n", &parsed)
+            .is_err()
+    );
+    // Empty input is refused.
+    let out = Command::new(BIN)
+        .args(["hash-password", "--stdin"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+}
+
+#[test]
+fn refused_peers_are_logged_and_sigint_stops() {
+    let extra =
+        "[[listener]]\naddress = \"127.0.0.1:0\"\nrole = \"mta\"\nallow = [\"192.0.2.0/24\"]\n";
+    let setup = Setup::new("refused", &common::config_text(extra, 10_000));
+    let mut relay = Relay::start(&setup.config, 7);
+    let closed = relay.addrs[6].0;
+    let c = Client::connect(closed);
+    c.greeting.expect(554, "5.7.1");
+    let line = relay.wait_for_log(&["event=\"peer_refused\""]);
+    assert!(line.contains("client=127.0.0.1:"), "{line}");
+    assert!(line.contains(&format!("listener={closed}")), "{line}");
+
+    let pid = i32::try_from(relay.child.id()).expect("pid");
+    // SAFETY: kill(2) on our own child's PID.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let status = relay.wait_exit();
+    assert!(status.success(), "{status}");
+    relay.wait_for_log(&["event=\"shutdown\"", "stopped"]);
+}

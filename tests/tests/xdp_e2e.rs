@@ -1,0 +1,183 @@
+//! The XDP program on a real veth: VLAN and QinQ traffic, monitor mode, drop events and their
+//! in-kernel rate limit. The daemon is the real binary; connections are real TCP.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::Duration,
+};
+
+use gatekeeper_tests::{
+    frames::{TCP_SYN, tcp_v4},
+    gk, kernel_tests_enabled,
+    netns::Link,
+    process::{PinDir, TempDir},
+    raw::{push_vlan, send_frames},
+    tcp::{BannerServer, connect},
+};
+
+const TIMEOUT: Duration = Duration::from_millis(1500);
+
+fn v4(s: &str) -> IpAddr {
+    s.parse().expect("address")
+}
+
+/// VLAN-tagged frames on the real veth path. This kernel has no 802.1Q devices
+/// (CONFIG_VLAN_8021Q is off), so the frames are written tag and all with an AF_PACKET socket and
+/// the counters show how the attached program judged each one.
+#[test]
+fn vlan_and_qinq_frames_are_judged_on_the_wire() -> anyhow::Result<()> {
+    if !kernel_tests_enabled("vlan_and_qinq_frames_are_judged_on_the_wire") {
+        return Ok(());
+    }
+    let link = Link::new("gkv")?;
+    let (host, client) = (&link.left, &link.right);
+    host.add_addr(&link.left_if, "192.0.2.25/24")?;
+    let dir = TempDir::new("vlan")?;
+    let pins = PinDir::new("gkv");
+    let config = dir.path().join("gatekeeper.toml");
+    std::fs::write(
+        &config,
+        gk::config_text(&link.left_if, &pins, "", &["198.51.100.0/24"]),
+    )?;
+    let _daemon = gk::start_daemon(host, &config, &dir.path().join("gk.log"))?;
+
+    let host_addr = Ipv4Addr::new(192, 0, 2, 25);
+    let stranger = tcp_v4(Ipv4Addr::new(203, 0, 113, 9), host_addr, 25, TCP_SYN);
+    let partner = tcp_v4(Ipv4Addr::new(198, 51, 100, 9), host_addr, 25, TCP_SYN);
+    let other_port = tcp_v4(Ipv4Addr::new(203, 0, 113, 9), host_addr, 80, TCP_SYN);
+    let q = |f: &[u8]| push_vlan(f, 0x8100, 100);
+    let qinq = |f: &[u8]| push_vlan(&push_vlan(f, 0x8100, 20), 0x88a8, 10);
+    let frames = vec![
+        q(&stranger),
+        qinq(&stranger),
+        push_vlan(&qinq(&stranger), 0x9100, 7), // a third tag: beyond the bound, fail closed
+        q(&partner),
+        qinq(&partner),
+        q(&other_port),
+        qinq(&other_port),
+    ];
+    let before = gk::stats(host, &config)?;
+    send_frames(client, &link.right_if, frames)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let after = gk::stats(host, &config)?;
+    let delta = |family: &str, name: &str| {
+        gk::counter(&after, &link.left_if, family, name)
+            - gk::counter(&before, &link.left_if, family, name)
+    };
+    assert_eq!(delta("ipv4", "dropped"), 2, "{after:#}");
+    assert_eq!(delta("other", "unjudgeable_dropped"), 1, "{after:#}");
+    assert_eq!(delta("ipv4", "allowed"), 2, "{after:#}");
+    assert_eq!(delta("ipv4", "passed_other_port"), 2, "{after:#}");
+    Ok(())
+}
+
+#[test]
+fn monitor_mode_counts_and_passes() -> anyhow::Result<()> {
+    if !kernel_tests_enabled("monitor_mode_counts_and_passes") {
+        return Ok(());
+    }
+    let link = Link::new("gkm")?;
+    let (host, client) = (&link.left, &link.right);
+    host.add_addr(&link.left_if, "192.0.2.25/24")?;
+    client.add_addr(&link.right_if, "192.0.2.66/24")?;
+    let smtp = BannerServer::start(host, "0.0.0.0:25".parse()?, "mail")?;
+    let dest = SocketAddr::new(v4("192.0.2.25"), smtp.addr().port());
+
+    let dir = TempDir::new("monitor")?;
+    let pins = PinDir::new("gkm");
+    let config = dir.path().join("gatekeeper.toml");
+    std::fs::write(
+        &config,
+        gk::config_text(
+            &link.left_if,
+            &pins,
+            "mode = \"monitor\"",
+            &["198.51.100.0/24"],
+        ),
+    )?;
+    let mut daemon = gk::start_daemon(host, &config, &dir.path().join("gk.log"))?;
+
+    // A stranger gets the banner in monitor mode; the counter and the log show what would happen.
+    let outcome = connect(client, v4("192.0.2.66"), dest, TIMEOUT);
+    assert!(outcome.is_banner(), "{outcome:?}");
+    let stats = gk::stats(host, &config)?;
+    assert!(
+        gk::counter(&stats, &link.left_if, "ipv4", "would_drop") >= 1,
+        "{stats:#}"
+    );
+    assert_eq!(
+        gk::counter(&stats, &link.left_if, "ipv4", "dropped"),
+        0,
+        "{stats:#}"
+    );
+    daemon.wait_for_log(
+        "would drop SYN from a source outside the allowlist (monitor mode, passed) source=192.0.2.66 dest_port=25",
+        Duration::from_secs(5),
+    )?;
+    Ok(())
+}
+
+#[test]
+fn drop_events_are_logged_and_rate_limited_in_the_kernel() -> anyhow::Result<()> {
+    if !kernel_tests_enabled("drop_events_are_logged_and_rate_limited_in_the_kernel") {
+        return Ok(());
+    }
+    let link = Link::new("gke")?;
+    let (host, client) = (&link.left, &link.right);
+    host.add_addr(&link.left_if, "192.0.2.25/24")?;
+    client.add_addr(&link.right_if, "192.0.2.66/24")?;
+
+    let dir = TempDir::new("events")?;
+    let pins = PinDir::new("gke");
+    let config = dir.path().join("gatekeeper.toml");
+    std::fs::write(
+        &config,
+        gk::config_text(
+            &link.left_if,
+            &pins,
+            "drop_event_rate = 1\ndrop_event_burst = 5",
+            &["198.51.100.0/24"],
+        ),
+    )?;
+    let mut daemon = gk::start_daemon(host, &config, &dir.path().join("gk.log"))?;
+
+    // A flood of 2,000 SYNs from 2,000 sources in a fraction of a second.
+    let frames: Vec<Vec<u8>> = (0..2000u32)
+        .map(|i| {
+            let source = Ipv4Addr::from(u32::from(Ipv4Addr::new(203, 0, 113, 0)) + (i % 250) + 1);
+            tcp_v4(source, Ipv4Addr::new(192, 0, 2, 25), 25, TCP_SYN)
+        })
+        .collect();
+    send_frames(client, &link.right_if, frames)?;
+    daemon.wait_for_log(
+        "dropped SYN from a source outside the allowlist source=203.0.113.",
+        Duration::from_secs(5),
+    )?;
+    std::thread::sleep(Duration::from_millis(300));
+
+    let stats = gk::stats(host, &config)?;
+    let dropped = gk::counter(&stats, &link.left_if, "ipv4", "dropped");
+    let sent = gk::counter(&stats, &link.left_if, "ipv4", "events_sent");
+    let suppressed = gk::counter(&stats, &link.left_if, "ipv4", "events_suppressed");
+    assert!(dropped >= 2000, "{stats:#}");
+    // Each CPU may send its burst plus what the rate earns while the flood lasts (≈ 1 s at most).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    assert!(
+        sent >= 5 && sent <= cpus * (5 + 3),
+        "events sent {sent} on {cpus} CPUs: {stats:#}"
+    );
+    assert_eq!(
+        sent + suppressed,
+        dropped,
+        "every dropped SYN is either reported or counted as suppressed"
+    );
+    let logged = daemon
+        .log()
+        .matches("dropped SYN from a source outside the allowlist")
+        .count() as u64;
+    assert!(
+        logged <= sent,
+        "the daemon logged {logged} events but the kernel sent {sent}"
+    );
+    Ok(())
+}
