@@ -699,6 +699,52 @@ fn a_reload_attaches_added_interfaces_and_detaches_removed_ones() -> anyhow::Res
     Ok(())
 }
 
+#[test]
+fn a_stale_pinned_link_is_replaced_when_the_interface_was_recreated() -> anyhow::Result<()> {
+    if !kernel_tests_enabled("a_stale_pinned_link_is_replaced_when_the_interface_was_recreated") {
+        return Ok(());
+    }
+    let setup = Setup::new("gcl", "keep_attached_on_exit = true")?;
+    let mut first = setup.start_daemon("gatekeeper-run-1")?;
+    assert!(first.stop_with(libc::SIGTERM, Duration::from_secs(10))?);
+    // The interface goes away with its program (a driver reload, a re-created veth) and comes
+    // back under the same name: the pinned link now points at nothing.
+    let (left, right) = (&setup.link.left, &setup.link.right);
+    left.exec(&["ip", "link", "del", &setup.link.left_if])?;
+    gatekeeper_tests::netns::ip(&[
+        "link",
+        "add",
+        &setup.link.left_if,
+        "netns",
+        left.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &setup.link.right_if,
+        "netns",
+        right.name(),
+    ])?;
+    left.exec(&["ip", "link", "set", &setup.link.left_if, "up"])?;
+    right.exec(&["ip", "link", "set", &setup.link.right_if, "up"])?;
+    left.add_addr(&setup.link.left_if, &format!("{HOST_V4}/24"))?;
+    for addr in [PARTNER_V4, STRANGER_V4] {
+        right.add_addr(&setup.link.right_if, &format!("{addr}/24"))?;
+    }
+    assert!(
+        setup.connect(STRANGER_V4, TIMEOUT).is_banner(),
+        "no filter on the new interface"
+    );
+    let second = setup.start_daemon("gatekeeper-run-2")?;
+    assert!(second.log().contains("stale"), "{}", second.log());
+    assert_eq!(setup.connect(STRANGER_V4, PROBE), Outcome::TimedOut);
+    assert!(setup.connect(PARTNER_V4, TIMEOUT).is_banner());
+    assert_eq!(setup.status()?["interfaces"][0]["attached"], true);
+    drop(second);
+    setup.cli_ok(&["detach"])?;
+    Ok(())
+}
+
 /// The capabilities `examples/gatekeeper.service` grants, as `setpriv --bounding-set` wants them.
 fn unit_bounding_set() -> anyhow::Result<String> {
     let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/gatekeeper.service");

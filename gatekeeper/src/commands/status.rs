@@ -126,7 +126,7 @@ fn interface(dir: &Path, iface: &str, config: &Config) -> Value {
 fn render(report: &Value, config: &Config, live_policy: Option<&Policy>) -> String {
     let mut out = String::new();
     let s = |v: &Value| v.as_str().unwrap_or("").to_string();
-    out.push_str(&format!("config:   {}\n", s(&report["config"])));
+    out.push_str(&format!("file:     {}\n", s(&report["config"])));
     out.push_str(&format!(
         "pin_dir:  {} ({}; daemon {})\n",
         s(&report["pin_dir"]),
