@@ -1,4 +1,5 @@
-//! The loaded XDP program: loading (optionally with pinned maps), attaching, detaching.
+//! The loaded XDP program: loading (optionally with pinned maps), attaching with pinned links,
+//! adopting the links an earlier daemon pinned, detaching.
 
 use std::path::{Path, PathBuf};
 
