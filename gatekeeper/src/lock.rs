@@ -39,12 +39,18 @@ pub fn config_lock_path(config: &Path) -> PathBuf {
 pub fn lock_config(config: &Path, timeout: Duration) -> anyhow::Result<Lock> {
     let real = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
     let path = config_lock_path(&real);
-    let file = OpenOptions::new()
+    // flock needs no write access: an existing lock file in a read-only directory still works.
+    let file = match OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .with_context(|| format!("opening the lock file {}", path.display()))?;
+    {
+        Ok(file) => file,
+        Err(err) => File::open(&path)
+            .map_err(|_| err)
+            .with_context(|| format!("opening the lock file {}", path.display()))?,
+    };
     let deadline = Instant::now() + timeout;
     loop {
         if try_flock(&file)? {

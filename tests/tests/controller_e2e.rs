@@ -285,6 +285,26 @@ fn allow_add_admits_a_stranger_and_remove_blocks_it_again() -> anyhow::Result<()
         "{metrics}"
     );
 
+    // A config that cannot be written: the live change is undone, both stay as they were.
+    setup.cli_ok(&["allow", "add", "198.51.100.99", "--comment", "undone"])?;
+    let before_failed_edits = setup.read_config();
+    for args in [
+        ["allow", "add", "203.0.113.7"],
+        ["allow", "remove", "198.51.100.99"],
+    ] {
+        let out = read_only_config_dir(&setup, &args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{args:?} succeeded on a read-only directory"
+        );
+        assert!(stderr.contains("not changed"), "{args:?}: {stderr}");
+        assert_eq!(setup.read_config(), before_failed_edits);
+        let status = setup.status()?;
+        assert_eq!(status["in_sync"], true, "{args:?}: {status}");
+    }
+    setup.cli_ok(&["allow", "remove", "198.51.100.99"])?;
+
     let out = setup.cli_ok(&["allow", "remove", STRANGER_V4])?;
     assert!(out.contains("from the live filter"), "{out}");
     assert_eq!(setup.connect(STRANGER_V4, PROBE), Outcome::TimedOut);
@@ -337,6 +357,29 @@ fn concurrent_admins_do_not_lose_each_others_edits() -> anyhow::Result<()> {
     assert_eq!(status["in_sync"], true, "{status}");
     assert_eq!(status["live_entries"]["ipv4"], 9, "{status}");
     Ok(())
+}
+
+/// Runs `gatekeeper ARGS --config FILE` in a private mount namespace where the config's
+/// directory is bind-mounted read-only (so writing the file fails, even for root).
+fn read_only_config_dir(setup: &Setup, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    let script = "mount --bind -o ro \"$0\" \"$0\" && shift && exec \"$@\"";
+    Ok(std::process::Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .arg(setup.dir.path())
+        .arg("unused")
+        .arg(workspace_binary("gatekeeper"))
+        .args(args)
+        .arg("--config")
+        .arg(&setup.config)
+        .output()?)
 }
 
 #[test]
