@@ -69,11 +69,13 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
 
     let mut filter = Filter::load(Some(&config.pin_dir))?;
     // Maps are filled before the program is attached, so it never runs with an empty allowlist.
-    {
+    let report = {
         let _edit = edit_lock(path);
-        sync::apply(filter.maps(), &config)?;
-    }
+        sync::apply(filter.maps(), &config)?
+    };
     info!(
+        added = report.added.len(),
+        removed = report.removed.len(),
         config = %path.display(),
         mode = %config.mode,
         ports = %join_ports(&config.protected_ports),
@@ -351,6 +353,8 @@ impl Daemon {
             added = report.added.len(),
             removed = report.removed.len(),
             policy_changed = report.policy_changed,
+            mode = %new.mode,
+            ports = %join_ports(&new.protected_ports),
             entries = new.allow.len(),
             interfaces = %new.interfaces.join(","),
             "config reloaded"
