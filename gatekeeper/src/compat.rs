@@ -7,7 +7,12 @@ use std::{path::Path, sync::OnceLock};
 use anyhow::{Context as _, bail};
 use aya::maps::MapData;
 
+use gatekeeper_common::map_names;
+
 use crate::{filter::PROGRAM_OBJECT, maps::PINNED_MAPS};
+
+/// Maps whose capacity the loader sets from the config rather than taking from the object.
+const SIZED_AT_LOAD: [&str; 3] = [map_names::DIR24, map_names::DIR24_LONG, map_names::ENTRY];
 
 /// The shape of one map: what must match for pinned state to be reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,7 +69,12 @@ pub fn check_map(dir: &Path, name: &str, map: &MapData) -> anyhow::Result<()> {
         bail!("this build's eBPF object has no map {name}");
     };
     let got = shape_of(map)?;
-    if let Some(problem) = difference(&got, want) {
+    let mut want = *want;
+    if SIZED_AT_LOAD.contains(&name) {
+        // Chosen by the config (ipv4_lookup, ipv4_dir24_blocks), not by the object.
+        want.max_entries = got.max_entries;
+    }
+    if let Some(problem) = difference(&got, &want) {
         bail!(
             "pinned state in {} is from an incompatible version of gatekeeper: map {name} {problem}; \
              run `gatekeeper detach --config FILE` (it removes the old program and its pins) and start again",

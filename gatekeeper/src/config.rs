@@ -16,8 +16,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use crate::policy::Mode;
 use crate::policy::Policy;
+pub use crate::{filter::Ipv4Lookup, policy::Mode};
 
 /// Where the daemon and the CLI look for the config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gatekeeper/gatekeeper.toml";
@@ -27,6 +27,9 @@ pub const DEFAULT_PORT: u16 = 25;
 
 /// Where the daemon pins the program's maps (and links) on bpffs.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/gatekeeper";
+
+/// Upper bound for `ipv4_dir24_blocks` (1 GiB of second-level blocks).
+pub const MAX_DIR24_BLOCKS: u32 = 1 << 20;
 
 /// Drop events each CPU may report per second, and in a burst, unless the config says otherwise.
 pub const DEFAULT_DROP_EVENT_RATE: u32 = 10;
@@ -77,6 +80,8 @@ pub struct Config {
     pub keep_attached_on_exit: bool,
     /// Where the daemon serves Prometheus metrics (`GET /metrics`); off when `None`.
     pub metrics_listen: Option<SocketAddr>,
+    pub ipv4_lookup: Ipv4Lookup,
+    pub ipv4_dir24_blocks: u32,
     pub allow: Vec<AllowEntry>,
 }
 
@@ -119,6 +124,10 @@ struct RawConfig {
     keep_attached_on_exit: bool,
     #[serde(default)]
     metrics_listen: Option<Spanned<String>>,
+    #[serde(default)]
+    ipv4_lookup: Ipv4Lookup,
+    #[serde(default)]
+    ipv4_dir24_blocks: Option<Spanned<u32>>,
     #[serde(default)]
     allow: Vec<RawAllow>,
 }
@@ -176,6 +185,21 @@ impl Config {
                 comment: entry.comment.clone(),
             });
         }
+        let ipv4_dir24_blocks = match raw.ipv4_dir24_blocks {
+            None => gatekeeper_common::dir24::DEFAULT_LONG_BLOCKS,
+            Some(blocks) if (1..=MAX_DIR24_BLOCKS).contains(blocks.get_ref()) => {
+                blocks.into_inner()
+            }
+            Some(blocks) => {
+                return Err(at(
+                    blocks.span(),
+                    format!(
+                        "ipv4_dir24_blocks {} is out of range (1-{MAX_DIR24_BLOCKS}; each block is 1 KiB of kernel memory)",
+                        blocks.get_ref()
+                    ),
+                ));
+            }
+        };
         let pin_dir = match raw.pin_dir {
             None => PathBuf::from(DEFAULT_PIN_DIR),
             Some(dir) if dir.get_ref().is_absolute() => dir.into_inner(),
@@ -211,6 +235,8 @@ impl Config {
             drop_event_burst: raw.drop_event_burst.unwrap_or(DEFAULT_DROP_EVENT_BURST),
             keep_attached_on_exit: raw.keep_attached_on_exit,
             metrics_listen,
+            ipv4_lookup: raw.ipv4_lookup,
+            ipv4_dir24_blocks,
             allow,
         })
     }
@@ -394,6 +420,7 @@ cidr = "203.0.113.7"
         assert_eq!(config.protected_ports, [25]);
         assert_eq!(config.pin_dir, Path::new(DEFAULT_PIN_DIR));
         assert_eq!(config.drop_event_rate, DEFAULT_DROP_EVENT_RATE);
+        assert_eq!(config.ipv4_lookup, Ipv4Lookup::Dir24);
         assert!(config.allow.is_empty());
     }
 
@@ -413,6 +440,20 @@ cidr = "203.0.113.7"
             e.starts_with("gk.toml:2:11: pin_dir \"gk\" must be an absolute path"),
             "{e}"
         );
+        let config =
+            parse("interfaces = [\"eth0\"]\nipv4_lookup = \"trie\"\nipv4_dir24_blocks = 100\n")
+                .expect("valid config");
+        assert_eq!(
+            (config.ipv4_lookup, config.ipv4_dir24_blocks),
+            (Ipv4Lookup::Trie, 100)
+        );
+        let e = error("interfaces = [\"eth0\"]\nipv4_dir24_blocks = 0\n");
+        assert!(
+            e.starts_with("gk.toml:2:21: ipv4_dir24_blocks 0 is out of range"),
+            "{e}"
+        );
+        let e = error("interfaces = [\"eth0\"]\nipv4_lookup = \"hash\"\n");
+        assert!(e.starts_with("gk.toml:2:15: "), "{e}");
         let e = error("interfaces = [\"eth0\"]\nmode = \"block\"\n");
         assert!(e.starts_with("gk.toml:2:8: "), "{e}");
     }

@@ -13,7 +13,7 @@ use aya::{
         xdp::{XdpLink, XdpLinkId},
     },
 };
-use gatekeeper_common::{PROGRAM_NAME, map_names};
+use gatekeeper_common::{ALLOWLIST_CAPACITY, PROGRAM_NAME, dir24, map_names};
 use tracing::{info, warn};
 
 use crate::{
@@ -64,15 +64,78 @@ impl std::fmt::Display for AttachedMode {
     }
 }
 
+/// How the IPv4 allowlist is looked up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ipv4Lookup {
+    /// DIR-24-8: constant cost per packet, about 64 MiB + 1 KiB per long block of kernel memory.
+    #[default]
+    Dir24,
+    /// The kernel LPM trie: no fixed memory, cost grows with the list.
+    Trie,
+}
+
+impl std::fmt::Display for Ipv4Lookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Ipv4Lookup::Dir24 => "dir24",
+            Ipv4Lookup::Trie => "trie",
+        })
+    }
+}
+
+/// How to load the filter.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions<'a> {
+    /// Pin (or reuse pinned) maps here.
+    pub pin_dir: Option<&'a Path>,
+    pub ipv4_lookup: Ipv4Lookup,
+    /// Second-level DIR-24-8 blocks (one per /24 holding prefixes longer than /24).
+    pub dir24_blocks: u32,
+}
+
+impl Default for LoadOptions<'_> {
+    fn default() -> Self {
+        LoadOptions {
+            pin_dir: None,
+            ipv4_lookup: Ipv4Lookup::Dir24,
+            dir24_blocks: dir24::DEFAULT_LONG_BLOCKS,
+        }
+    }
+}
+
 impl Filter {
-    /// Loads the program (the verifier runs here). With `pin_dir`, its maps are pinned there, or
-    /// reused from there when an earlier run pinned them, so their state survives this process.
-    /// Pinned maps whose shape does not fit this build's program are refused with a clear message.
+    /// Loads the program with the default IPv4 lookup (the verifier runs here). With `pin_dir`,
+    /// its maps are pinned there, or reused from there when an earlier run pinned them, so their
+    /// state survives this process.
     pub fn load(pin_dir: Option<&Path>) -> anyhow::Result<Filter> {
+        Filter::load_with(&LoadOptions {
+            pin_dir,
+            ..LoadOptions::default()
+        })
+    }
+
+    /// Loads the program as `options` say. Pinned maps whose shape does not fit this build's
+    /// program are refused with a clear message.
+    pub fn load_with(options: &LoadOptions<'_>) -> anyhow::Result<Filter> {
+        let pin_dir = options.pin_dir;
         if let Some(dir) = pin_dir {
             compat::check_pin_dir(dir)?;
         }
         let mut loader = EbpfLoader::new();
+        // The DIR-24-8 tables shrink to one value each when the trie serves IPv4.
+        let (tbl24, long, entries) = match options.ipv4_lookup {
+            Ipv4Lookup::Dir24 => (
+                dir24::TBL24_ENTRIES / 2,
+                options.dir24_blocks.max(1) * 128,
+                ALLOWLIST_CAPACITY,
+            ),
+            Ipv4Lookup::Trie => (1, 1, 1),
+        };
+        loader
+            .map_max_entries(map_names::DIR24, tbl24)
+            .map_max_entries(map_names::DIR24_LONG, long)
+            .map_max_entries(map_names::ENTRY, entries);
         let paths: Vec<(&str, PathBuf)> = match pin_dir {
             Some(dir) => PINNED_MAPS.iter().map(|n| (*n, dir.join(n))).collect(),
             None => Vec::new(),

@@ -6,6 +6,7 @@ pub mod bpffs;
 pub mod capabilities;
 pub mod compat;
 pub mod config;
+pub mod dir24;
 pub mod edit;
 pub mod events;
 pub mod filter;

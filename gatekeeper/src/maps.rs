@@ -2,7 +2,7 @@
 //! the admin CLI works the same whether or not the daemon runs.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{Ipv4Addr, Ipv6Addr},
     path::Path,
 };
 
@@ -13,11 +13,11 @@ use aya::{
 };
 use gatekeeper_common::{
     AllowValue, COUNTER_COUNT, COUNTERS_PER_FAMILY, FAMILIES, FilterConfig, IFINDEX_LIMIT,
-    MAX_IFACE_SLOTS, map_names,
+    LOOKUP_DIR24, LOOKUP_TRIE, MAX_IFACE_SLOTS, dir24::NONE, map_names,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::policy::Policy;
+use crate::{dir24::Dir24, policy::Policy};
 
 /// Every map the controller writes or reads (the drop-event ring buffer is taken separately).
 pub struct FilterMaps {
@@ -27,6 +27,8 @@ pub struct FilterMaps {
     selector: Array<MapData, u32>,
     iface_slots: Array<MapData, u32>,
     counters: PerCpuArray<MapData, u64>,
+    /// The IPv4 DIR-24-8 tables, when the filter was loaded with them.
+    dir24: Option<Dir24>,
 }
 
 /// An allowlist entry as the kernel holds it.
@@ -38,7 +40,10 @@ pub struct LiveEntry {
 }
 
 /// The names of every map the controller pins, in a stable order.
-pub const PINNED_MAPS: [&str; 8] = [
+pub const PINNED_MAPS: [&str; 11] = [
+    map_names::DIR24,
+    map_names::DIR24_LONG,
+    map_names::ENTRY,
     map_names::ALLOW_V4,
     map_names::ALLOW_V6,
     map_names::CONFIG,
@@ -56,6 +61,11 @@ impl FilterMaps {
             ebpf.take_map(name)
                 .with_context(|| format!("the eBPF object has no {name} map"))
         };
+        let dir24 = [
+            take(map_names::DIR24)?,
+            take(map_names::DIR24_LONG)?,
+            take(map_names::ENTRY)?,
+        ];
         FilterMaps::from_maps(
             take(map_names::ALLOW_V4)?,
             take(map_names::ALLOW_V6)?,
@@ -63,22 +73,27 @@ impl FilterMaps {
             take(map_names::CONFIG_SELECTOR)?,
             take(map_names::IFACE_SLOTS)?,
             take(map_names::COUNTERS)?,
+            dir24,
         )
     }
 
     /// Opens the maps a daemon pinned under `dir`, after checking they fit this build.
     pub fn open_pinned(dir: &Path) -> anyhow::Result<FilterMaps> {
+        crate::compat::check_pin_dir(dir)?;
         let open = |name: &str| -> anyhow::Result<MapData> {
             let path = dir.join(name);
-            let map = MapData::from_pin(&path).with_context(|| {
+            MapData::from_pin(&path).with_context(|| {
                 format!(
                     "cannot open the pinned map {} (is the filter loaded? `gatekeeper run` pins it)",
                     path.display()
                 )
-            })?;
-            crate::compat::check_map(dir, name, &map)?;
-            Ok(map)
+            })
         };
+        let dir24 = [
+            Map::Array(open(map_names::DIR24)?),
+            Map::Array(open(map_names::DIR24_LONG)?),
+            Map::Array(open(map_names::ENTRY)?),
+        ];
         FilterMaps::from_maps(
             Map::LpmTrie(open(map_names::ALLOW_V4)?),
             Map::LpmTrie(open(map_names::ALLOW_V6)?),
@@ -86,6 +101,7 @@ impl FilterMaps {
             Map::Array(open(map_names::CONFIG_SELECTOR)?),
             Map::Array(open(map_names::IFACE_SLOTS)?),
             Map::PerCpuArray(open(map_names::COUNTERS)?),
+            dir24,
         )
     }
 
@@ -105,8 +121,23 @@ impl FilterMaps {
         selector: Map,
         iface_slots: Map,
         counters: Map,
+        dir24: [Map; 3],
     ) -> anyhow::Result<FilterMaps> {
+        let [tbl24, long, entries] = dir24;
+        // The mappings keep the maps alive after these handles close.
+        fn data<'m>(map: &'m Map, name: &str) -> anyhow::Result<&'m MapData> {
+            match map {
+                Map::Array(data) => Ok(data),
+                _ => anyhow::bail!("{name} is not an array map"),
+            }
+        }
+        let dir24 = Dir24::open(
+            data(&tbl24, map_names::DIR24)?,
+            data(&long, map_names::DIR24_LONG)?,
+            data(&entries, map_names::ENTRY)?,
+        )?;
         Ok(FilterMaps {
+            dir24,
             allow_v4: LpmTrie::try_from(allow_v4).context(map_names::ALLOW_V4)?,
             allow_v6: LpmTrie::try_from(allow_v6).context(map_names::ALLOW_V6)?,
             config: Array::try_from(config).context(map_names::CONFIG)?,
@@ -121,8 +152,14 @@ impl FilterMaps {
     pub fn set_policy(&mut self, policy: &Policy) -> anyhow::Result<()> {
         let active = self.active_slot()?;
         let next = active ^ 1;
+        let mut config = policy.to_filter_config();
+        config.v4_lookup = if self.dir24.is_some() {
+            LOOKUP_DIR24
+        } else {
+            LOOKUP_TRIE
+        };
         self.config
-            .set(next, policy.to_filter_config(), 0)
+            .set(next, config, 0)
             .context("writing the filter policy failed")?;
         self.selector
             .set(0, next, 0)
@@ -147,50 +184,149 @@ impl FilterMaps {
             & 1)
     }
 
-    /// Adds `net` to its family's allowlist (replacing an entry for the same prefix resets its
-    /// hit counter).
-    pub fn insert(&mut self, net: IpNet) -> anyhow::Result<()> {
-        let value = AllowValue::default();
-        let prefix = u32::from(net.prefix_len());
-        match net.network() {
-            IpAddr::V4(addr) => self
-                .allow_v4
-                .insert(&Key::new(prefix, addr.octets()), value, 0),
-            IpAddr::V6(addr) => self
-                .allow_v6
-                .insert(&Key::new(prefix, addr.octets()), value, 0),
+    /// The DIR-24-8 tables, when the filter has them.
+    pub fn dir24(&self) -> Option<&Dir24> {
+        self.dir24.as_ref()
+    }
+
+    /// The entry id the trie holds for exactly `net` (IPv4).
+    pub fn entry_id(&self, net: Ipv4Net) -> anyhow::Result<Option<u32>> {
+        Ok(self.v4_entry(net)?.map(|v| v.id))
+    }
+
+    /// Which IPv4 lookup the program uses.
+    pub fn ipv4_lookup(&self) -> &'static str {
+        if self.dir24.is_some() {
+            "dir24"
+        } else {
+            "trie"
         }
-        .with_context(|| format!("adding {net} to the allowlist failed (is it full?)"))
+    }
+
+    /// Adds `net` to its family's allowlist; adding an entry that is there already changes
+    /// nothing. IPv4 entries go into the trie (the registry every tool reads) and, when the
+    /// filter has them, into the DIR-24-8 tables the program reads.
+    pub fn insert(&mut self, net: IpNet) -> anyhow::Result<()> {
+        let context = || format!("adding {net} to the allowlist failed");
+        match net {
+            IpNet::V6(v6) => {
+                let key = Key::new(u32::from(v6.prefix_len()), v6.network().octets());
+                self.allow_v6
+                    .insert(&key, AllowValue::default(), 0)
+                    .with_context(context)
+            }
+            IpNet::V4(v4) => {
+                if self.v4_entry(v4)?.is_some() {
+                    return Ok(());
+                }
+                let key = Key::new(u32::from(v4.prefix_len()), v4.network().octets());
+                let id = match &mut self.dir24 {
+                    Some(dir24) => dir24.alloc_id(v4.prefix_len())?,
+                    None => 0,
+                };
+                let value = AllowValue {
+                    hits: 0,
+                    id,
+                    _reserved: 0,
+                };
+                if let Err(err) = self.allow_v4.insert(&key, value, 0) {
+                    if let Some(dir24) = &mut self.dir24 {
+                        dir24.free_id(id);
+                    }
+                    return Err(err).with_context(context);
+                }
+                if let Some(dir24) = &mut self.dir24
+                    && let Err(err) = dir24.add(v4, id)
+                {
+                    // Nothing half-applied: take the entry back out of the registry.
+                    let _ = self.allow_v4.remove(&key);
+                    dir24.free_id(id);
+                    return Err(err);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The trie's value for exactly `net`, if it is an entry.
+    fn v4_entry(&self, net: Ipv4Net) -> anyhow::Result<Option<AllowValue>> {
+        let key = Key::new(u32::from(net.prefix_len()), net.network().octets());
+        match self.allow_v4.get(&key, 0) {
+            Ok(value) => {
+                // The trie answers with the longest prefix up to this length: it is `net`
+                // itself only if the lengths agree (two prefixes of one length that contain
+                // the same address are the same prefix).
+                let exact = match &self.dir24 {
+                    Some(dir24) => dir24.prefix_len(value.id) == Some(net.prefix_len()),
+                    None => self.allow_v4.keys().any(|k| {
+                        k.is_ok_and(|k| {
+                            k.prefix_len() == key.prefix_len() && k.data() == key.data()
+                        })
+                    }),
+                };
+                Ok(exact.then_some(value))
+            }
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(err) => Err(err).context("reading the IPv4 allowlist failed"),
+        }
     }
 
     /// Removes `net` from its family's allowlist; false if it was not there.
     pub fn remove(&mut self, net: IpNet) -> anyhow::Result<bool> {
-        let prefix = u32::from(net.prefix_len());
-        let result = match net.network() {
-            IpAddr::V4(addr) => self.allow_v4.remove(&Key::new(prefix, addr.octets())),
-            IpAddr::V6(addr) => self.allow_v6.remove(&Key::new(prefix, addr.octets())),
-        };
-        match result {
-            Ok(()) => Ok(true),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
-            Err(err) => {
-                Err(err).with_context(|| format!("removing {net} from the allowlist failed"))
+        let context = || format!("removing {net} from the allowlist failed");
+        match net {
+            IpNet::V6(v6) => {
+                let key = Key::new(u32::from(v6.prefix_len()), v6.network().octets());
+                match self.allow_v6.remove(&key) {
+                    Ok(()) => Ok(true),
+                    Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+                    Err(err) => Err(err).with_context(context),
+                }
+            }
+            IpNet::V4(v4) => {
+                let Some(value) = self.v4_entry(v4)? else {
+                    return Ok(false);
+                };
+                let key = Key::new(u32::from(v4.prefix_len()), v4.network().octets());
+                if self.dir24.is_some() {
+                    // Its addresses go to the longest remaining entry that contains it.
+                    let replacement = match v4.prefix_len() {
+                        0 => NONE,
+                        len => {
+                            let parent = Key::new(u32::from(len) - 1, v4.network().octets());
+                            match self.allow_v4.get(&parent, 0) {
+                                Ok(ancestor) => ancestor.id + 1,
+                                Err(aya::maps::MapError::KeyNotFound) => NONE,
+                                Err(err) => return Err(err).with_context(context),
+                            }
+                        }
+                    };
+                    if let Some(dir24) = &mut self.dir24 {
+                        dir24.remove(v4, value.id, replacement);
+                    }
+                }
+                self.allow_v4.remove(&key).with_context(context)?;
+                if let Some(dir24) = &mut self.dir24 {
+                    dir24.free_id(value.id);
+                }
+                Ok(true)
             }
         }
     }
 
     /// Whether the allowlist holds exactly `net` (not just a prefix covering it).
     pub fn contains(&self, net: IpNet) -> anyhow::Result<bool> {
-        let prefix = u32::from(net.prefix_len());
-        let found = match net.network() {
-            IpAddr::V4(addr) => self.allow_v4.iter().any(|item| {
-                item.is_ok_and(|(k, _)| k.prefix_len() == prefix && k.data() == addr.octets())
-            }),
-            IpAddr::V6(addr) => self.allow_v6.iter().any(|item| {
-                item.is_ok_and(|(k, _)| k.prefix_len() == prefix && k.data() == addr.octets())
-            }),
-        };
-        Ok(found)
+        match net {
+            IpNet::V4(v4) => Ok(self.v4_entry(v4)?.is_some()),
+            IpNet::V6(v6) => {
+                let prefix = u32::from(v6.prefix_len());
+                let octets = v6.network().octets();
+                Ok(self
+                    .allow_v6
+                    .keys()
+                    .any(|k| k.is_ok_and(|k| k.prefix_len() == prefix && k.data() == octets)))
+            }
+        }
     }
 
     /// Every allowlist entry with its hit counter, IPv4 first.
@@ -199,9 +335,10 @@ impl FilterMaps {
         for item in self.allow_v4.iter() {
             let (key, value) = item.context("reading the IPv4 allowlist failed")?;
             let net = Ipv4Net::new(Ipv4Addr::from(key.data()), prefix_u8(key.prefix_len())?)?;
+            let dir24_hits = self.dir24.as_ref().map_or(0, |d| d.hits(value.id));
             entries.push(LiveEntry {
                 net: IpNet::V4(net),
-                hits: value.hits,
+                hits: value.hits + dir24_hits,
             });
         }
         for item in self.allow_v6.iter() {

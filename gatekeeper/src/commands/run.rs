@@ -26,7 +26,7 @@ use gatekeeper::{
     bpffs, capabilities,
     config::Config,
     events,
-    filter::{self, Filter},
+    filter::{self, Filter, LoadOptions},
     lock, metrics, stats, sync,
     watch::FileStamp,
 };
@@ -67,7 +67,11 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
         )
     })?;
 
-    let mut filter = Filter::load(Some(&config.pin_dir))?;
+    let mut filter = Filter::load_with(&LoadOptions {
+        pin_dir: Some(&config.pin_dir),
+        ipv4_lookup: config.ipv4_lookup,
+        dir24_blocks: config.ipv4_dir24_blocks,
+    })?;
     // Maps are filled before the program is attached, so it never runs with an empty allowlist.
     let report = {
         let _edit = edit_lock(path);
@@ -81,6 +85,7 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
         ports = %join_ports(&config.protected_ports),
         entries = config.allow.len(),
         pin_dir = %config.pin_dir.display(),
+        ipv4_lookup = filter.maps().ipv4_lookup(),
         "allowlist loaded"
     );
     // Links an earlier daemon pinned for interfaces no longer configured.
