@@ -359,6 +359,71 @@ fn concurrent_admins_do_not_lose_each_others_edits() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[test]
+fn cli_and_daemon_edits_share_the_ipv4_tables() -> anyhow::Result<()> {
+    if !kernel_tests_enabled("cli_and_daemon_edits_share_the_ipv4_tables") {
+        return Ok(());
+    }
+    // The partner's /32 makes the daemon take a second-level DIR-24-8 block at start-up; the CLI
+    // takes another for 203.0.113.7/32; a reload then needs a third for 198.51.100.7/32. Each must
+    // get its own block, or one /24's lookups land in another's.
+    let setup = Setup::new("gct", "")?;
+    let (cli_peer, reload_peer) = ("203.0.113.7", "198.51.100.7");
+    for (addr, net) in [
+        (cli_peer, "203.0.113.0/24"),
+        (reload_peer, "198.51.100.0/24"),
+    ] {
+        setup
+            .client()
+            .add_addr(&setup.link.right_if, &format!("{addr}/24"))?;
+        setup
+            .host()
+            .exec(&["ip", "route", "add", net, "dev", &setup.link.left_if])?;
+    }
+    let daemon = setup.start_daemon("gatekeeper-run")?;
+    assert_eq!(setup.connect(cli_peer, PROBE), Outcome::TimedOut);
+    setup.cli_ok(&["allow", "add", cli_peer])?;
+    assert!(setup.connect(cli_peer, TIMEOUT).is_banner());
+
+    let text = setup.read_config() + &format!("\n[[allow]]\ncidr = \"{reload_peer}/32\"\n");
+    setup.write_config(&text)?;
+    signal(&daemon, libc::SIGHUP)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !setup.connect(reload_peer, PROBE).is_banner() {
+        assert!(
+            Instant::now() < deadline,
+            "reload never admitted {reload_peer}:\n{}",
+            daemon.log()
+        );
+    }
+    let hits_before = hits(&setup, reload_peer)?;
+    assert!(setup.connect(cli_peer, TIMEOUT).is_banner());
+    assert_eq!(
+        hits(&setup, reload_peer)?,
+        hits_before,
+        "{cli_peer}'s connection was counted for {reload_peer}: the two /24s share a block"
+    );
+    setup.cli_ok(&["allow", "remove", cli_peer])?;
+    assert_eq!(setup.connect(cli_peer, PROBE), Outcome::TimedOut);
+    assert!(setup.connect(reload_peer, TIMEOUT).is_banner());
+    assert!(setup.connect(PARTNER_V4, TIMEOUT).is_banner());
+    Ok(())
+}
+
+/// The live hit counter of the allowlist entry for `addr`/32.
+fn hits(setup: &Setup, addr: &str) -> anyhow::Result<u64> {
+    let list: serde_json::Value =
+        serde_json::from_str(&setup.cli_ok(&["allow", "list", "--json"])?)?;
+    list["entries"]
+        .as_array()
+        .and_then(|e| {
+            e.iter()
+                .find(|x| x["cidr"] == format!("{addr}/32").as_str())
+        })
+        .and_then(|x| x["hits"].as_u64())
+        .with_context(|| format!("no live entry for {addr}: {list}"))
+}
+
 /// Runs `gatekeeper ARGS --config FILE` in a private mount namespace where the config's
 /// directory is bind-mounted read-only (so writing the file fails, even for root).
 fn read_only_config_dir(setup: &Setup, args: &[&str]) -> anyhow::Result<std::process::Output> {

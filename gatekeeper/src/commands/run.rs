@@ -27,7 +27,9 @@ use gatekeeper::{
     config::Config,
     events,
     filter::{self, Filter, LoadOptions},
-    lock, metrics, stats, sync,
+    lock,
+    maps::FilterMaps,
+    metrics, stats, sync,
     watch::FileStamp,
 };
 use tokio::{
@@ -331,7 +333,13 @@ impl Daemon {
                 new.pin_dir.display()
             );
         }
-        let report = sync::apply(self.filter.maps(), &new)?;
+        // Fresh handles on the pinned maps: the CLI may have edited them since the last sync, and
+        // the DIR-24-8 writer's idea of which second-level blocks are free is per process (built
+        // from the tables when first needed), so a long-lived one would hand out a block the CLI
+        // took. Opened under the edit lock, its picture is current.
+        let mut maps = FilterMaps::open_pinned(&self.config.pin_dir)
+            .context("opening the pinned maps for the reload")?;
+        let report = sync::apply(&mut maps, &new)?;
         // New interfaces get the new allowlist right away; removed ones come off last.
         let attached = self.filter.attached();
         for iface in new.interfaces.iter().filter(|i| !attached.contains(i)) {
