@@ -74,6 +74,14 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
         ipv4_lookup: config.ipv4_lookup,
         dir24_blocks: config.ipv4_dir24_blocks,
     })?;
+    let pinned_lookup = filter.maps().ipv4_lookup();
+    if pinned_lookup != config.ipv4_lookup.to_string() {
+        warn!(
+            pinned = pinned_lookup,
+            configured = %config.ipv4_lookup,
+            "the pinned maps were made for another ipv4_lookup and are kept (no gap); to switch, stop, `gatekeeper detach`, start"
+        );
+    }
     // Maps are filled before the program is attached, so it never runs with an empty allowlist.
     let report = {
         let _edit = edit_lock(path);
@@ -358,6 +366,13 @@ impl Daemon {
         }
         if new.xdp_mode != self.config.xdp_mode {
             warn!(from = %self.config.xdp_mode, to = %new.xdp_mode, "xdp_mode changed: applies to interfaces attached from now on; restart after `gatekeeper detach` to switch the others");
+        }
+        if (new.ipv4_lookup, new.ipv4_dir24_blocks)
+            != (self.config.ipv4_lookup, self.config.ipv4_dir24_blocks)
+        {
+            warn!(
+                "ipv4_lookup or ipv4_dir24_blocks changed: the pinned maps keep their shape; to switch, stop, `gatekeeper detach`, start"
+            );
         }
         if new.metrics_listen != self.config.metrics_listen {
             warn!("metrics_listen changed: takes effect when the daemon restarts");
