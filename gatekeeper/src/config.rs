@@ -6,6 +6,7 @@
 use std::{
     collections::HashSet,
     fmt,
+    net::SocketAddr,
     ops::Range,
     path::{Path, PathBuf},
     str::FromStr,
@@ -74,6 +75,11 @@ pub struct Config {
     pub pin_dir: PathBuf,
     pub drop_event_rate: u32,
     pub drop_event_burst: u32,
+    /// On SIGTERM/SIGINT, leave the pinned program attached (enforcing) instead of detaching it,
+    /// so a restarted daemon adopts it without a moment unfiltered.
+    pub keep_attached_on_exit: bool,
+    /// Where the daemon serves Prometheus metrics (`GET /metrics`); off when `None`.
+    pub metrics_listen: Option<SocketAddr>,
     pub ipv4_lookup: Ipv4Lookup,
     pub ipv4_dir24_blocks: u32,
     pub allow: Vec<AllowEntry>,
@@ -82,10 +88,12 @@ pub struct Config {
 /// A config that could not be read or is invalid, with the position of the offending value.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read: {source}")]
+    // The io::Error is part of the message and deliberately not a `source`, so `{:#}` does not
+    // print it twice.
+    #[error("{path}: cannot read: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}:{line}:{column}: {message}")]
     Invalid {
@@ -113,6 +121,10 @@ struct RawConfig {
     #[serde(default)]
     drop_event_burst: Option<u32>,
     #[serde(default)]
+    keep_attached_on_exit: bool,
+    #[serde(default)]
+    metrics_listen: Option<Spanned<String>>,
+    #[serde(default)]
     ipv4_lookup: Ipv4Lookup,
     #[serde(default)]
     ipv4_dir24_blocks: Option<Spanned<u32>>,
@@ -131,9 +143,9 @@ struct RawAllow {
 impl Config {
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Config::parse(&text, path)
     }
@@ -201,6 +213,18 @@ impl Config {
                 ));
             }
         };
+        let metrics_listen = match &raw.metrics_listen {
+            None => None,
+            Some(addr) => Some(SocketAddr::from_str(addr.get_ref().trim()).map_err(|_| {
+                at(
+                    addr.span(),
+                    format!(
+                        "metrics_listen \"{}\" is not an address and port (e.g. \"127.0.0.1:9725\")",
+                        addr.get_ref()
+                    ),
+                )
+            })?),
+        };
         Ok(Config {
             interfaces,
             xdp_mode: raw.xdp_mode,
@@ -209,6 +233,8 @@ impl Config {
             pin_dir,
             drop_event_rate: raw.drop_event_rate.unwrap_or(DEFAULT_DROP_EVENT_RATE),
             drop_event_burst: raw.drop_event_burst.unwrap_or(DEFAULT_DROP_EVENT_BURST),
+            keep_attached_on_exit: raw.keep_attached_on_exit,
+            metrics_listen,
             ipv4_lookup: raw.ipv4_lookup,
             ipv4_dir24_blocks,
             allow,
@@ -430,6 +456,27 @@ cidr = "203.0.113.7"
         assert!(e.starts_with("gk.toml:2:15: "), "{e}");
         let e = error("interfaces = [\"eth0\"]\nmode = \"block\"\n");
         assert!(e.starts_with("gk.toml:2:8: "), "{e}");
+    }
+
+    #[test]
+    fn keep_attached_and_metrics_listen() {
+        let config = parse("interfaces = [\"eth0\"]\n").expect("valid config");
+        assert!(!config.keep_attached_on_exit);
+        assert_eq!(config.metrics_listen, None);
+        let config = parse(
+            "interfaces = [\"eth0\"]\nkeep_attached_on_exit = true\nmetrics_listen = \"127.0.0.1:9725\"\n",
+        )
+        .expect("valid config");
+        assert!(config.keep_attached_on_exit);
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:9725".parse().unwrap())
+        );
+        let e = error("interfaces = [\"eth0\"]\nmetrics_listen = \"localhost\"\n");
+        assert!(
+            e.starts_with("gk.toml:2:18: metrics_listen \"localhost\" is not an address"),
+            "{e}"
+        );
     }
 
     #[test]

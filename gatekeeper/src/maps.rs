@@ -86,8 +86,9 @@ impl FilterMaps {
         )
     }
 
-    /// Opens the maps a daemon pinned under `dir`.
+    /// Opens the maps a daemon pinned under `dir`, after checking they fit this build.
     pub fn open_pinned(dir: &Path) -> anyhow::Result<FilterMaps> {
+        crate::compat::check_pin_dir(dir)?;
         let open = |name: &str| -> anyhow::Result<MapData> {
             let path = dir.join(name);
             MapData::from_pin(&path).with_context(|| {
@@ -111,6 +112,15 @@ impl FilterMaps {
             Map::PerCpuArray(open(map_names::COUNTERS)?),
             dir24,
         )
+    }
+
+    /// Opens the pinned maps under `dir` if a daemon pinned them there; `None` if nothing is
+    /// pinned (the filter is not loaded).
+    pub fn open_if_pinned(dir: &Path) -> anyhow::Result<Option<FilterMaps>> {
+        if !dir.join(map_names::ALLOW_V4).exists() {
+            return Ok(None);
+        }
+        FilterMaps::open_pinned(dir).map(Some)
     }
 
     fn from_maps(
@@ -342,6 +352,21 @@ impl FilterMaps {
         }
     }
 
+    /// Whether the allowlist holds exactly `net` (not just a prefix covering it).
+    pub fn contains(&self, net: IpNet) -> anyhow::Result<bool> {
+        match net {
+            IpNet::V4(v4) => Ok(self.v4_entry(v4)?.is_some()),
+            IpNet::V6(v6) => {
+                let prefix = u32::from(v6.prefix_len());
+                let octets = v6.network().octets();
+                Ok(self
+                    .allow_v6
+                    .keys()
+                    .any(|k| k.is_ok_and(|k| k.prefix_len() == prefix && k.data() == octets)))
+            }
+        }
+    }
+
     /// Every allowlist entry with its hit counter, IPv4 first.
     pub fn entries(&self) -> anyhow::Result<Vec<LiveEntry>> {
         let mut entries = Vec::new();
@@ -374,6 +399,27 @@ impl FilterMaps {
         self.iface_slots
             .set(ifindex, slot, 0)
             .context("assigning the interface's counter slot failed")
+    }
+
+    /// Gives `ifindex`'s counters back to slot 0 (after detaching from it).
+    pub fn clear_slot(&mut self, ifindex: u32) -> anyhow::Result<()> {
+        if ifindex >= IFINDEX_LIMIT {
+            return Ok(());
+        }
+        self.iface_slots
+            .set(ifindex, 0, 0)
+            .context("clearing the interface's counter slot failed")
+    }
+
+    /// The slot `ifindex` counts in already, or the lowest free one (0 if all are taken).
+    pub fn slot_for(&self, ifindex: u32) -> anyhow::Result<u32> {
+        let slots = self.slots()?;
+        if let Some((_, slot)) = slots.iter().find(|(i, _)| *i == ifindex) {
+            return Ok(*slot);
+        }
+        Ok((1..MAX_IFACE_SLOTS)
+            .find(|s| !slots.iter().any(|(_, used)| used == s))
+            .unwrap_or(0))
     }
 
     /// `(ifindex, slot)` for every interface with a slot of its own.
