@@ -96,7 +96,12 @@ pub struct Dir24 {
     tbl24: Mapped<u32>,
     long: Mapped<u32>,
     entries: Mapped<u64>,
-    /// Blocks in use, found by one scan of the first level when first needed.
+    /// Blocks in use, found by one scan of the first level when first needed. Valid for one
+    /// edit session: writers open the tables afresh under the config's edit lock (the daemon for
+    /// each reload, the CLI per command), so no other writer changes them meanwhile. A block
+    /// another process retired is reused at the earliest a process start later, far beyond the
+    /// nanoseconds a program run that read the old pointer can take (XDP runs with preemption
+    /// off).
     used_blocks: Option<Vec<bool>>,
     /// Where the search for a free entry id resumes.
     next_id: usize,

@@ -74,10 +74,10 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
         ipv4_lookup: config.ipv4_lookup,
         dir24_blocks: config.ipv4_dir24_blocks,
     })?;
-    let pinned_lookup = filter.maps().ipv4_lookup();
-    if pinned_lookup != config.ipv4_lookup.to_string() {
+    let wants_tables = config.ipv4_lookup != gatekeeper::filter::Ipv4Lookup::Trie;
+    if filter.maps().dir24().is_some() != wants_tables {
         warn!(
-            pinned = pinned_lookup,
+            pinned_dir24_tables = filter.maps().dir24().is_some(),
             configured = %config.ipv4_lookup,
             "the pinned maps were made for another ipv4_lookup and are kept (no gap); to switch, stop, `gatekeeper detach`, start"
         );
