@@ -8,7 +8,7 @@ use gatekeeper::config::DEFAULT_CONFIG_PATH;
 /// Keeps strangers off your SMTP port: an XDP filter that drops TCP segments to the protected
 /// ports from any source outside an allowlist, before the kernel spends anything on them.
 #[derive(Parser)]
-#[command(name = "gatekeeper", version, about, long_about = None)]
+#[command(name = "gatekeeper", version)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -24,6 +24,15 @@ pub struct ConfigArg {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Print a shell completion script (e.g. `gatekeeper completions bash >
+    /// /etc/bash_completion.d/gatekeeper`).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) for gatekeeper and its subcommands, e.g.
+    /// `gatekeeper man | man -l -`.
+    Man,
     /// Load the filter, attach it, fill its maps from the config and enforce until SIGINT/SIGTERM.
     Run {
         #[command(flatten)]

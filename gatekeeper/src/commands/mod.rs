@@ -3,6 +3,7 @@
 mod allow;
 mod check;
 mod detach;
+mod docs;
 mod run;
 mod stats;
 mod status;
@@ -11,6 +12,8 @@ use crate::cli::{AllowAction, Cli, Command};
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Completions { shell } => docs::completions(shell),
+        Command::Man => docs::man(),
         Command::Run { config, ifaces } => run::run(&config.config, ifaces),
         Command::Check { config } => check::check(&config.config),
         Command::Stats { config, json } => stats::stats(&config.config, json),
