@@ -294,14 +294,7 @@ impl FilterMaps {
                 // The trie answers with the longest prefix up to this length: it is `net`
                 // itself only if the lengths agree (two prefixes of one length that contain
                 // the same address are the same prefix).
-                let exact = match &self.dir24 {
-                    Some(dir24) => dir24.prefix_len(value.id) == Some(net.prefix_len()),
-                    None => self.allow_v4.keys().any(|k| {
-                        k.is_ok_and(|k| {
-                            k.prefix_len() == key.prefix_len() && k.data() == key.data()
-                        })
-                    }),
-                };
+                let exact = value.prefix_len == u32::from(net.prefix_len());
                 Ok(exact.then_some(value))
             }
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
