@@ -174,7 +174,11 @@ fn read_data(reader: &mut BufReader<TcpStream>) -> std::io::Result<Vec<u8>> {
         if line == b".\r\n" {
             return Ok(data);
         }
-        let unstuffed = if line.starts_with(b"..") { &line[1..] } else { &line[..] };
+        let unstuffed = if line.starts_with(b"..") {
+            &line[1..]
+        } else {
+            &line[..]
+        };
         data.extend_from_slice(unstuffed);
     }
 }
