@@ -447,12 +447,16 @@ fn read_only_config_dir(setup: &Setup, args: &[&str]) -> anyhow::Result<std::pro
         .output()?)
 }
 
+const DIR24: &str = "ipv4_lookup = \"dir24\"";
+
 #[test]
 fn a_hundred_reloads_leave_no_gap_for_an_allowed_peer() -> anyhow::Result<()> {
     if !kernel_tests_enabled("a_hundred_reloads_leave_no_gap_for_an_allowed_peer") {
         return Ok(());
     }
-    let setup = Setup::new("gcr", "")?;
+    // DIR-24-8 explicitly (a short list would get the trie): the /32s around the partner's share
+    // its /24's second-level block, so reloads rewrite, retire and reallocate blocks under load.
+    let setup = Setup::new("gcr", DIR24)?;
     let daemon = setup.start_daemon("gatekeeper-run")?;
     let stop = AtomicBool::new(false);
     let attempts = AtomicUsize::new(0);
@@ -477,7 +481,8 @@ fn a_hundred_reloads_leave_no_gap_for_an_allowed_peer() -> anyhow::Result<()> {
                     .chain((round % 2 == 0).then(|| "203.0.113.0/24".to_string()))
                     .collect();
                 let ports = if round % 2 == 0 { "[25]" } else { "[587, 25]" };
-                let text = setup.config_text(&format!("protected_ports = {ports}"), &extra);
+                let text =
+                    setup.config_text(&format!("{DIR24}\nprotected_ports = {ports}"), &extra);
                 setup.write_config(&text)?;
                 let before = count(&daemon.log(), "config reloaded");
                 signal(&daemon, libc::SIGHUP)?;
