@@ -18,6 +18,9 @@
 //! - [`conn`]: bounded line/DATA reading over plain or TLS streams.
 //! - [`server`]: listeners, access ranges, the connection loop.
 //! - [`clock`]: UTC timestamps for headers and the spool.
+//! - [`delivery`]: the queue: routes, MX, SMTP client, retries, bounces.
+//! - [`control`]: operator commands on the queue of a running relay.
+//! - [`metrics`]: counters and the Prometheus endpoint.
 
 pub mod address;
 pub mod audit;
@@ -26,7 +29,10 @@ pub mod clock;
 pub mod command;
 pub mod config;
 pub mod conn;
+pub mod control;
 pub mod data;
+pub mod delivery;
+pub mod metrics;
 pub mod reply;
 pub mod server;
 pub mod session;

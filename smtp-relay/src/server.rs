@@ -19,6 +19,7 @@ use crate::auth::{self, Mechanism, SaslError};
 use crate::config::{ListenerConfig, Role};
 use crate::conn::{Conn, Line, Stream};
 use crate::data::{Decoder, Outcome};
+use crate::delivery::Queue;
 use crate::reply::Reply;
 use crate::session::{Action, Policy, Session};
 use crate::spool::{Envelope, Spool};
@@ -37,12 +38,18 @@ struct Shared {
     spool: Spool,
     timeout: Duration,
     connections: Arc<Semaphore>,
+    /// The delivery queue; `None` without a `[delivery]` table.
+    pub(crate) queue: Option<Queue>,
 }
 
 /// Bound listeners, ready to serve.
 pub struct Server {
     listeners: Vec<(TcpListener, ListenerConfig)>,
     shared: Arc<Shared>,
+    metrics: Option<TcpListener>,
+    control: Option<tokio::net::UnixListener>,
+    /// The spool's lock, held while we run.
+    _lock: std::fs::File,
 }
 
 /// Binds one listening socket. IPv6 sockets are V6ONLY so `[::]:25` and
@@ -63,12 +70,22 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// A plain listening socket for the metrics endpoint.
+fn bind_plain(addr: SocketAddr) -> io::Result<TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    info!(event = "metrics_listening", address = %l.local_addr()?);
+    TcpListener::from_std(l)
+}
+
 impl Server {
     /// Opens the spool and binds every listener; on any error nothing
     /// listens (already bound sockets are dropped). Needs a Tokio runtime.
     pub fn bind(prepared: Prepared) -> anyhow::Result<Server> {
         let config = &prepared.config;
         let spool = Spool::open(&config.spool_dir)
+            .with_context(|| format!("{}: spool_dir", config.path.display()))?;
+        let lock = crate::control::lock_spool(&config.spool_dir)
             .with_context(|| format!("{}: spool_dir", config.path.display()))?;
         let mut listeners = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
@@ -86,7 +103,28 @@ impl Server {
             l.address = listener.local_addr()?;
             listeners.push((listener, l));
         }
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(bind_plain(addr).with_context(|| {
+                format!("{}: metrics_listen {addr}: cannot listen", config.path.display())
+            })?),
+            None => None,
+        };
+        let (queue, control) = match &config.delivery {
+            Some(d) => {
+                let queue = Queue::new(spool.clone(), d.clone(), &config.hostname, &config.local_domains)
+                    .with_context(|| format!("{}: [delivery]", config.path.display()))?;
+                let control = crate::control::bind(&config.spool_dir)?;
+                (Some(queue), Some(control))
+            }
+            None => {
+                warn!(event = "no_delivery", "no [delivery] configured: accepted mail stays in the spool");
+                (None, None)
+            }
+        };
         Ok(Server {
+            metrics,
+            control,
+            _lock: lock,
             listeners,
             shared: Arc::new(Shared {
                 policy: Arc::new(Policy::from_config(config, prepared.users.clone())),
@@ -94,8 +132,14 @@ impl Server {
                 spool,
                 timeout: config.command_timeout,
                 connections: Arc::new(Semaphore::new(config.max_connections)),
+                queue,
             }),
         })
+    }
+
+    /// The metrics endpoint's bound address, if configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The bound addresses and their roles, in config order.
@@ -110,6 +154,16 @@ impl Server {
     /// sessions go with 421 and waits (bounded) for the others.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
+        let mut helpers = JoinSet::new();
+        if let Some(l) = self.metrics {
+            helpers.spawn(crate::metrics::serve(l));
+        }
+        let queue_task = self.shared.queue.clone().map(|queue| {
+            if let Some(control) = self.control {
+                helpers.spawn(crate::control::serve(control, queue.clone()));
+            }
+            tokio::spawn(queue.run(stop_rx.clone(), SHUTDOWN_GRACE))
+        });
         let mut tasks = JoinSet::new();
         for (listener, config) in self.listeners {
             audit::listening(config.address, config.role.as_str());
@@ -137,6 +191,10 @@ impl Server {
             );
             tasks.abort_all();
         }
+        if let Some(q) = queue_task {
+            let _ = q.await;
+        }
+        helpers.abort_all();
         info!(event = "shutdown", "stopped");
         Ok(())
     }
@@ -175,6 +233,7 @@ async fn accept_loop(
                 }
                 let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
                     warn!(event = "too_many_connections", client = %peer, listener = %config.address);
+                    crate::metrics::refused("too_many_connections");
                     sessions.spawn(busy(tcp, config.role));
                     continue;
                 };
@@ -486,7 +545,15 @@ async fn receive(
             Reply::new(451, "4.3.0", "Local error in processing, try later")
         }
         (Outcome::Complete { .. }, Ok(())) => match writer.commit(envelope.clone()).await {
-            Ok(()) => Reply::new(250, "2.0.0", format!("Ok: queued as {id}")),
+            Ok(()) => {
+                if envelope.recipients.iter().any(|r| !r.local) {
+                    crate::metrics::RELAYED.inc();
+                }
+                if let Some(queue) = &shared.queue {
+                    queue.enqueued(&id, envelope.received_at);
+                }
+                Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))
+            }
             Err(e) => {
                 error!(event = "spool_error", client = %session.client(), queue_id = %id, error = %e);
                 Reply::new(451, "4.3.0", "Local error in processing, try later")

@@ -419,7 +419,7 @@ impl Session {
             audit::relay_denied(self.client, self.tls, &tx.sender, &address);
             return r(554, "5.7.1", "Relay access denied");
         }
-        tx.recipients.push(Recipient { address, local });
+        tx.recipients.push(Recipient::new(address, local));
         r(250, "2.1.5", "Recipient OK")
     }
 
@@ -446,6 +446,9 @@ impl Session {
             received_at_rfc3339: crate::clock::rfc3339(now),
             size: 0,
             body: tx.body.to_owned(),
+            attempts: 0,
+            next_attempt: 0,
+            is_bounce: false,
         };
         Action::Data(
             Reply::bare(354, vec!["End data with <CR><LF>.<CR><LF>".to_owned()]),
@@ -611,8 +614,8 @@ mod tests {
         assert_eq!(code(&mut s, "RCPT TO:<Postmaster>"), 250);
         assert!(matches!(s.handle(parse(b"DATA")), Action::Data(_, env)
             if env.recipients == vec![
-                Recipient { address: "u@EXAMPLE.org".into(), local: true },
-                Recipient { address: "postmaster@example.org".into(), local: true },
+                Recipient::new("u@EXAMPLE.org".into(), true),
+                Recipient::new("postmaster@example.org".into(), true),
             ] && env.user.is_none() && env.sender == "x@sender.example"));
     }
 

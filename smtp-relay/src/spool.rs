@@ -27,12 +27,48 @@ use tokio::io::AsyncWriteExt as _;
 /// Current envelope format version; bump on incompatible changes.
 pub const ENVELOPE_VERSION: u32 = 1;
 
-/// One recipient. `local` tells the delivery worker whether the address is
-/// in one of our local domains; it will add per-recipient delivery state.
+/// Where one recipient stands. A message leaves the spool once no
+/// recipient is `pending`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RcptStatus {
+    /// Not yet accepted by a next hop; retried.
+    #[default]
+    Pending,
+    /// The next hop said `250` for it (after DATA).
+    Delivered,
+    /// Refused permanently or expired; bounced to the sender.
+    Failed,
+}
+
+/// One recipient. `local` tells whether the address is in one of our local
+/// domains; `status`, `reply` and `next_hop` are the delivery state, written
+/// back atomically after every attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recipient {
     pub address: String,
     pub local: bool,
+    #[serde(default)]
+    pub status: RcptStatus,
+    /// The last reply about this recipient (ours or the next hop's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<String>,
+    /// The host that gave `reply`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_hop: Option<String>,
+}
+
+impl Recipient {
+    /// A new, pending recipient.
+    pub fn new(address: String, local: bool) -> Recipient {
+        Recipient {
+            address,
+            local,
+            status: RcptStatus::Pending,
+            reply: None,
+            next_hop: None,
+        }
+    }
 }
 
 /// The JSON envelope stored as `<id>.env`.
@@ -59,6 +95,29 @@ pub struct Envelope {
     pub size: u64,
     /// `7BIT` or `8BITMIME`, as declared by MAIL BODY=.
     pub body: String,
+    /// Delivery attempts so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Unix seconds of the next attempt (0: as soon as possible).
+    #[serde(default)]
+    pub next_attempt: u64,
+    /// Set on bounces we generate, so that the queue can tell them apart.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub is_bounce: bool,
+}
+
+impl Envelope {
+    /// Whether the sender is the null reverse-path `<>`.
+    pub fn null_sender(&self) -> bool {
+        self.sender.is_empty()
+    }
+
+    /// Whether some recipient still waits for delivery.
+    pub fn has_pending(&self) -> bool {
+        self.recipients
+            .iter()
+            .any(|r| r.status == RcptStatus::Pending)
+    }
 }
 
 /// A spool directory.
@@ -85,7 +144,9 @@ fn new_id() -> String {
     )
 }
 
-fn is_valid_id(id: &str) -> bool {
+/// Whether `id` has the form of a queue id (also keeps paths inside the
+/// spool: no separators, no dots).
+pub fn is_valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
@@ -113,6 +174,14 @@ impl Spool {
         Ok(Spool {
             dir: dir.to_owned(),
         })
+    }
+
+    /// A spool handle for reading only (no directories created, no temp
+    /// files removed): for the `queue` commands next to a running relay.
+    pub fn at(dir: &Path) -> Spool {
+        Spool {
+            dir: dir.to_owned(),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -171,6 +240,91 @@ impl Spool {
             env.size
         );
         Ok((env, eml))
+    }
+
+    /// Reads only the envelope of a queued message.
+    pub fn read_envelope(&self, id: &str) -> anyhow::Result<Envelope> {
+        anyhow::ensure!(is_valid_id(id), "invalid queue id {id:?}");
+        let env_path = self.dir.join(format!("{id}.env"));
+        serde_json::from_slice(
+            &fs::read(&env_path).with_context(|| format!("reading {}", env_path.display()))?,
+        )
+        .with_context(|| format!("parsing {}", env_path.display()))
+    }
+
+    /// Replaces `<id>.env` atomically: temp file, fsync, rename, fsync of
+    /// the directory. A crash leaves either the old or the new envelope.
+    pub fn update(&self, env: &Envelope) -> io::Result<()> {
+        if !is_valid_id(&env.id) {
+            return Err(io::Error::other(format!("invalid queue id {:?}", env.id)));
+        }
+        let json = serde_json::to_vec_pretty(env).map_err(io::Error::other)?;
+        let tmp = self.dir.join("tmp").join(format!("{}.env.new", env.id));
+        let result = (|| {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&json)?;
+            f.sync_all()?;
+            fs::rename(&tmp, self.dir.join(format!("{}.env", env.id)))?;
+            sync_dir(&self.dir)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Takes a message out of the queue: envelope first (so it is no
+    /// longer queued), then the message file, then fsync of the directory.
+    pub fn remove(&self, id: &str) -> io::Result<()> {
+        if !is_valid_id(id) {
+            return Err(io::Error::other(format!("invalid queue id {id:?}")));
+        }
+        match fs::remove_file(self.dir.join(format!("{id}.env"))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        match fs::remove_file(self.dir.join(format!("{id}.eml"))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Removes message files without an envelope: leftovers of a crash
+    /// before the `250` (never acknowledged, so nobody expects them).
+    pub fn remove_orphans(&self) -> io::Result<Vec<String>> {
+        let mut removed = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".eml"))
+                && is_valid_id(id)
+                && !self.dir.join(format!("{id}.env")).exists()
+            {
+                fs::remove_file(self.dir.join(name.as_os_str()))?;
+                removed.push(id.to_owned());
+            }
+        }
+        if !removed.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        Ok(removed)
+    }
+
+    /// Queues a message we generate ourselves (a bounce), durably, and
+    /// returns its id.
+    pub async fn enqueue(&self, env: Envelope, message: &[u8]) -> io::Result<String> {
+        let mut writer = self.begin().await?;
+        let id = writer.id().to_owned();
+        writer.write(message).await?;
+        writer.commit(env).await?;
+        Ok(id)
     }
 }
 
@@ -270,10 +424,7 @@ mod tests {
             version: ENVELOPE_VERSION,
             id: String::new(),
             sender: "a@example.org".into(),
-            recipients: vec![Recipient {
-                address: "b@example.net".into(),
-                local: false,
-            }],
+            recipients: vec![Recipient::new("b@example.net".into(), false)],
             client_addr: "127.0.0.1:1234".into(),
             helo: "client.example".into(),
             listener: "127.0.0.1:25".into(),
@@ -284,7 +435,37 @@ mod tests {
             received_at_rfc3339: "1970-01-01T00:00:01Z".into(),
             size: 0,
             body: "8BITMIME".into(),
+            attempts: 0,
+            next_attempt: 0,
+            is_bounce: false,
         }
+    }
+
+    #[tokio::test]
+    async fn update_replaces_envelope_and_remove_takes_both_files() {
+        let tmp = TempDir::new("upd");
+        let spool = Spool::open(&tmp.0).expect("open");
+        let id = spool
+            .enqueue(envelope(), b"Subject: x\r\n\r\nhi\r\n")
+            .await
+            .expect("enqueue");
+        let mut env = spool.read_envelope(&id).expect("env");
+        assert_eq!(env.recipients[0].status, RcptStatus::Pending);
+        env.recipients[0].status = RcptStatus::Delivered;
+        env.recipients[0].reply = Some("250 ok".into());
+        env.attempts = 1;
+        spool.update(&env).expect("update");
+        let again = spool.read_envelope(&id).expect("env");
+        assert_eq!(again, env);
+        assert!(!again.has_pending());
+        // An orphan .eml (crash before 250) is removed, queued ones are not.
+        fs::write(tmp.0.join("ORPHAN1.eml"), b"x").expect("w");
+        assert_eq!(spool.remove_orphans().expect("orphans"), vec!["ORPHAN1"]);
+        assert!(tmp.0.join(format!("{id}.eml")).exists());
+        spool.remove(&id).expect("remove");
+        assert!(spool.queued_ids().expect("list").is_empty());
+        assert!(!tmp.0.join(format!("{id}.eml")).exists());
+        assert!(spool.update(&Envelope { id: "../x".into(), ..env }).is_err());
     }
 
     #[tokio::test]
