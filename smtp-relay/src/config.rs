@@ -495,7 +495,10 @@ fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
 fn validate_hop(raw: RawHop, base: &Path) -> anyhow::Result<HopConfig> {
     let host_ok = address::is_host_name(&raw.host) || raw.host.parse::<IpAddr>().is_ok();
     if !host_ok {
-        bail!("host {:?} is neither a host name nor an IP address", raw.host);
+        bail!(
+            "host {:?} is neither a host name nor an IP address",
+            raw.host
+        );
     }
     if raw.port == 0 {
         bail!("port must not be 0");
@@ -559,7 +562,9 @@ fn validate_delivery(raw: RawDelivery, base: &Path) -> anyhow::Result<DeliveryCo
         || raw.connect_timeout_secs == 0
         || raw.reply_timeout_secs == 0
     {
-        bail!("max_queue_lifetime_secs, connect_timeout_secs and reply_timeout_secs must be positive");
+        bail!(
+            "max_queue_lifetime_secs, connect_timeout_secs and reply_timeout_secs must be positive"
+        );
     }
     let retry_initial = secs("retry_initial_secs", raw.retry_initial_secs)?;
     let retry_max = secs("retry_max_secs", raw.retry_max_secs)?;
@@ -789,9 +794,17 @@ tls = "none"
         for (from, to, needle) in [
             ("tls = \"none\"", "tls = \"sometimes\"", "sometimes"),
             ("port = 10025", "port = 0", "port"),
-            ("retry_initial_secs = 0.5", "retry_initial_secs = -1.0", "retry_initial"),
+            (
+                "retry_initial_secs = 0.5",
+                "retry_initial_secs = -1.0",
+                "retry_initial",
+            ),
             ("host = \"127.0.0.1\"", "host = \"bad host\"", "host"),
-            ("tls = \"required\"", "tls = \"required\"\nauth_user = \"u\"", "auth_password_file"),
+            (
+                "tls = \"required\"",
+                "tls = \"required\"\nauth_user = \"u\"",
+                "auth_password_file",
+            ),
             ("mx_port = 2525", "mx_port = 2525\nbogus = 1", "bogus"),
         ] {
             let e = err(&text.replacen(from, to, 1));

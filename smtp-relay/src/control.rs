@@ -91,7 +91,6 @@ pub async fn serve(listener: UnixListener, queue: Queue) {
     }
 }
 
-
 fn handle(queue: &Queue, line: &str) -> String {
     let mut words = line.split(' ');
     match (words.next(), words.next(), words.next()) {

@@ -105,19 +105,30 @@ impl Server {
         }
         let metrics = match config.metrics_listen {
             Some(addr) => Some(bind_plain(addr).with_context(|| {
-                format!("{}: metrics_listen {addr}: cannot listen", config.path.display())
+                format!(
+                    "{}: metrics_listen {addr}: cannot listen",
+                    config.path.display()
+                )
             })?),
             None => None,
         };
         let (queue, control) = match &config.delivery {
             Some(d) => {
-                let queue = Queue::new(spool.clone(), d.clone(), &config.hostname, &config.local_domains)
-                    .with_context(|| format!("{}: [delivery]", config.path.display()))?;
+                let queue = Queue::new(
+                    spool.clone(),
+                    d.clone(),
+                    &config.hostname,
+                    &config.local_domains,
+                )
+                .with_context(|| format!("{}: [delivery]", config.path.display()))?;
                 let control = crate::control::bind(&config.spool_dir)?;
                 (Some(queue), Some(control))
             }
             None => {
-                warn!(event = "no_delivery", "no [delivery] configured: accepted mail stays in the spool");
+                warn!(
+                    event = "no_delivery",
+                    "no [delivery] configured: accepted mail stays in the spool"
+                );
                 (None, None)
             }
         };

@@ -465,7 +465,14 @@ mod tests {
         spool.remove(&id).expect("remove");
         assert!(spool.queued_ids().expect("list").is_empty());
         assert!(!tmp.0.join(format!("{id}.eml")).exists());
-        assert!(spool.update(&Envelope { id: "../x".into(), ..env }).is_err());
+        assert!(
+            spool
+                .update(&Envelope {
+                    id: "../x".into(),
+                    ..env
+                })
+                .is_err()
+        );
     }
 
     #[tokio::test]

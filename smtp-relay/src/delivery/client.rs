@@ -44,7 +44,9 @@ impl ServerReply {
         let word = first.split(' ').next()?;
         let parts: Vec<&str> = word.split('.').collect();
         let ok = parts.len() == 3
-            && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
             && matches!(parts[0], "2" | "4" | "5");
         ok.then_some(word)
     }
@@ -57,7 +59,13 @@ impl fmt::Display for ServerReply {
             .lines
             .join(" ")
             .chars()
-            .map(|c| if c.is_control() || !c.is_ascii() { '?' } else { c })
+            .map(|c| {
+                if c.is_control() || !c.is_ascii() {
+                    '?'
+                } else {
+                    c
+                }
+            })
             .take(900)
             .collect();
         write!(f, "{} {}", self.code, text)
@@ -291,7 +299,9 @@ impl SmtpClient {
         let reply = self.command("STARTTLS", "STARTTLS").await?;
         if reply.code != 220 {
             if mode == TlsMode::Required {
-                return Err(ClientError::TlsRequired(format!("STARTTLS refused: {reply}")));
+                return Err(ClientError::TlsRequired(format!(
+                    "STARTTLS refused: {reply}"
+                )));
             }
             return Ok(());
         }

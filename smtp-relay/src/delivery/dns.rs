@@ -122,7 +122,9 @@ impl Dns {
         };
         match resolver.lookup_ip(fqdn(host)).await {
             Ok(ips) => Ok(ips.iter().collect()),
-            Err(e) if e.is_nx_domain() => Err(DnsError::Permanent(format!("host {host} not found"))),
+            Err(e) if e.is_nx_domain() => {
+                Err(DnsError::Permanent(format!("host {host} not found")))
+            }
             Err(e) if e.is_no_records_found() => Ok(Vec::new()),
             Err(e) => Err(DnsError::Temporary(format!("{host}: {e}"))),
         }

@@ -85,11 +85,7 @@ pub fn bounce(
     let mut per_rcpt = String::new();
     for r in &failed {
         let reply = r.reply.as_deref().unwrap_or("5.0.0 delivery failed");
-        human.push_str(&format!(
-            "<{}>: {}\r\n",
-            field(&r.address),
-            field(reply)
-        ));
+        human.push_str(&format!("<{}>: {}\r\n", field(&r.address), field(reply)));
         per_rcpt.push_str(&format!(
             "\r\nFinal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\n",
             field(&r.address),
@@ -100,7 +96,10 @@ pub fn bounce(
         {
             per_rcpt.push_str(&format!("Remote-MTA: dns; {}\r\n", field(hop)));
         }
-        if reply.get(..3).is_some_and(|c| c.bytes().all(|b| b.is_ascii_digit())) {
+        if reply
+            .get(..3)
+            .is_some_and(|c| c.bytes().all(|b| b.is_ascii_digit()))
+        {
             per_rcpt.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", field(reply)));
         } else {
             per_rcpt.push_str(&format!("Diagnostic-Code: x-local; {}\r\n", field(reply)));

@@ -171,12 +171,7 @@ impl Pool {
         }
     }
 
-    async fn run_job(
-        &self,
-        hop: &NextHop,
-        conn: &mut Option<SmtpClient>,
-        job: &Job,
-    ) -> JobResult {
+    async fn run_job(&self, hop: &NextHop, conn: &mut Option<SmtpClient>, job: &Job) -> JobResult {
         if let Some(c) = conn.as_mut()
             && c.rset().await.is_err()
         {
@@ -326,6 +321,9 @@ mod tests {
             rcpts: vec![r(250, "ok")],
             data: Some(r(554, "5.6.0 no")),
         };
-        assert_eq!(outcomes(&tx, 1), vec![Outcome::Failed("554 5.6.0 no".into())]);
+        assert_eq!(
+            outcomes(&tx, 1),
+            vec![Outcome::Failed("554 5.6.0 no".into())]
+        );
     }
 }

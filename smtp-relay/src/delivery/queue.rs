@@ -71,10 +71,7 @@ fn now_secs_f64() -> f64 {
 /// Delay before attempt `attempts + 1`: initial, doubled each time, capped.
 pub fn backoff(config: &DeliveryConfig, attempts: u32) -> Duration {
     let factor = 2f64.powi(attempts.saturating_sub(1).min(30) as i32);
-    config
-        .retry_initial
-        .mul_f64(factor)
-        .min(config.retry_max)
+    config.retry_initial.mul_f64(factor).min(config.retry_max)
 }
 
 impl Queue {
@@ -216,19 +213,25 @@ impl Queue {
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         }
-        let drained = tokio::time::timeout(grace, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
+        let drained =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
-            warn!(event = "queue_stop", "delivery attempts still running; aborted (they will be retried)");
+            warn!(
+                event = "queue_stop",
+                "delivery attempts still running; aborted (they will be retried)"
+            );
             tasks.abort_all();
         }
     }
 
     /// Due messages with a delivery slot each, and the next due time among
     /// those left waiting.
-    fn take_due(&self) -> (Vec<(String, tokio::sync::OwnedSemaphorePermit)>, Option<Instant>) {
+    fn take_due(
+        &self,
+    ) -> (
+        Vec<(String, tokio::sync::OwnedSemaphorePermit)>,
+        Option<Instant>,
+    ) {
         let now = Instant::now();
         let mut s = lock(&self.inner.state);
         let mut ready: Vec<(Instant, String)> = s
@@ -271,18 +274,30 @@ impl Queue {
         };
         let message = Arc::new(message);
         let now = crate::clock::unix_now();
-        let expired = now.saturating_sub(env.received_at) >= inner.config.max_queue_lifetime.as_secs();
+        let expired =
+            now.saturating_sub(env.received_at) >= inner.config.max_queue_lifetime.as_secs();
         if expired {
             for i in 0..env.recipients.len() {
                 let r = &mut env.recipients[i];
                 if r.status != RcptStatus::Pending {
                     continue;
                 }
-                let last = r.reply.take().unwrap_or_else(|| "no attempt succeeded".into());
-                r.reply = Some(format!("4.4.7 message expired in the queue; last reply: {last}"));
+                let last = r
+                    .reply
+                    .take()
+                    .unwrap_or_else(|| "no attempt succeeded".into());
+                r.reply = Some(format!(
+                    "4.4.7 message expired in the queue; last reply: {last}"
+                ));
                 r.status = RcptStatus::Failed;
                 let r = &env.recipients[i];
-                log_attempt(&env, &r.address, r.next_hop.as_deref().unwrap_or("none"), r.reply.as_deref().unwrap_or(""), "expired");
+                log_attempt(
+                    &env,
+                    &r.address,
+                    r.next_hop.as_deref().unwrap_or("none"),
+                    r.reply.as_deref().unwrap_or(""),
+                    "expired",
+                );
                 metrics::BOUNCED.inc();
             }
         } else {
@@ -292,7 +307,9 @@ impl Queue {
         let removal_asked = lock(&inner.state).remove.remove(id);
         if removal_asked {
             match inner.spool.remove(id) {
-                Ok(()) => info!(event = "removed", queue_id = %id, outcome = "removed", "removed by operator after the attempt"),
+                Ok(()) => {
+                    info!(event = "removed", queue_id = %id, outcome = "removed", "removed by operator after the attempt")
+                }
                 Err(e) => error!(event = "queue_error", queue_id = %id, error = %e),
             }
             self.finish(id, None);
@@ -309,7 +326,9 @@ impl Queue {
             return;
         }
         // Every recipient is final: bounce the failed ones, then let go.
-        if let Some((benv, bytes)) = dsn::bounce(&inner.hostname, &inner.local_domains, &env, &message, now) {
+        if let Some((benv, bytes)) =
+            dsn::bounce(&inner.hostname, &inner.local_domains, &env, &message, now)
+        {
             match inner.spool.enqueue(benv.clone(), &bytes).await {
                 Ok(bid) => {
                     info!(event = "bounce", queue_id = %id, bounce_id = %bid, sender = ?env.sender, outcome = "queued", "delivery status notification queued");
@@ -324,13 +343,20 @@ impl Queue {
                 }
             }
         } else if env.null_sender()
-            && env.recipients.iter().any(|r| r.status == RcptStatus::Failed)
+            && env
+                .recipients
+                .iter()
+                .any(|r| r.status == RcptStatus::Failed)
         {
             warn!(event = "bounce", queue_id = %id, sender = "<>", outcome = "dropped", "failed message with null sender: not bounced");
         }
         match inner.spool.remove(id) {
-            Ok(()) => info!(event = "done", queue_id = %id, attempts = env.attempts, "removed from the queue"),
-            Err(e) => error!(event = "queue_error", queue_id = %id, error = %e, "cannot remove finished message"),
+            Ok(()) => {
+                info!(event = "done", queue_id = %id, attempts = env.attempts, "removed from the queue")
+            }
+            Err(e) => {
+                error!(event = "queue_error", queue_id = %id, error = %e, "cannot remove finished message")
+            }
         }
         self.finish(id, None);
     }
@@ -357,7 +383,10 @@ impl Queue {
                 &hop,
                 Job {
                     sender: env.sender.clone(),
-                    recipients: indices.iter().map(|&i| env.recipients[i].address.clone()).collect(),
+                    recipients: indices
+                        .iter()
+                        .map(|&i| env.recipients[i].address.clone())
+                        .collect(),
                     eight_bit: env.body == "8BITMIME",
                     message: message.clone(),
                     reply: tx,
@@ -384,11 +413,20 @@ impl Queue {
                     RcptStatus::Pending => metrics::DEFERRED.inc(),
                     RcptStatus::Failed => metrics::BOUNCED.inc(),
                 }
-                log_attempt(env, &env.recipients[i].address, &result.next_hop, reply, word);
+                log_attempt(
+                    env,
+                    &env.recipients[i].address,
+                    &result.next_hop,
+                    reply,
+                    word,
+                );
             }
             // Record the answer now: a crash after this point must not send
             // the message again to recipients that already have it.
-            if result.outcomes.iter().any(|o| !matches!(o, Outcome::Deferred(_)))
+            if result
+                .outcomes
+                .iter()
+                .any(|o| !matches!(o, Outcome::Deferred(_)))
                 && let Err(e) = inner.spool.update(env)
             {
                 error!(event = "queue_error", queue_id = %env.id, error = %e, "cannot record delivery state");

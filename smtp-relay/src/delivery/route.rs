@@ -142,9 +142,8 @@ pub async fn resolve(dns: &Dns, targets: &Targets) -> Result<Vec<Target>, DnsErr
         }
     }
     if out.is_empty() {
-        return Err(last_error.unwrap_or_else(|| {
-            DnsError::Temporary(format!("no address found for {targets:?}"))
-        }));
+        return Err(last_error
+            .unwrap_or_else(|| DnsError::Temporary(format!("no address found for {targets:?}"))));
     }
     Ok(out)
 }

@@ -5,6 +5,11 @@
 
 #![allow(dead_code)]
 
+pub mod aiosmtpd;
+pub mod dns;
+pub mod logs;
+pub mod nexthop;
+
 use std::io::{BufRead as _, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -42,6 +47,9 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        if self.0.as_os_str().is_empty() {
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -160,6 +168,12 @@ senders = ["bob@example.org"]
     )
 }
 
+/// The standard test config with `top` keys (before any table) and a
+/// `[delivery]` section (or anything else) appended.
+pub fn config_with(top: &str, tail: &str) -> String {
+    format!("{top}\n{}\n{tail}\n", config_text("", 10_000))
+}
+
 /// Certificates and a config file in a fresh temp dir.
 pub struct Setup {
     pub dir: TempDir,
@@ -182,12 +196,18 @@ impl Setup {
     pub fn ca(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
     }
+
+    /// Rewrites the config file (same certificates and spool).
+    pub fn rewrite(&self, config: &str) {
+        std::fs::write(&self.config, config).expect("write config");
+    }
 }
 
 /// The relay running in-process on its own runtime; stopped on drop.
 pub struct TestServer {
     pub setup: Setup,
     pub addrs: Vec<(SocketAddr, Role)>,
+    pub metrics: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     runtime: Option<tokio::runtime::Runtime>,
     done: Option<std::sync::mpsc::Receiver<anyhow::Result<()>>>,
@@ -199,7 +219,27 @@ impl TestServer {
     }
 
     pub fn start_with(tag: &str, config: &str) -> TestServer {
-        let setup = Setup::new(tag, config);
+        Self::start_in(Setup::new(tag, config))
+    }
+
+    /// Stops this server and starts a new one on the same directory (and
+    /// spool) with `config`. Listener ports change.
+    pub fn restart(mut self, config: &str) -> TestServer {
+        self.stop().expect("clean stop");
+        let setup = std::mem::replace(
+            &mut self.setup,
+            Setup {
+                dir: TempDir(PathBuf::new()),
+                config: PathBuf::new(),
+            },
+        );
+        setup.rewrite(config);
+        drop(self);
+        Self::start_in(setup)
+    }
+
+    pub fn start_in(setup: Setup) -> TestServer {
+        logs::init();
         let prepared = smtp_relay::prepare(&setup.config).expect("config valid");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -210,6 +250,7 @@ impl TestServer {
             .block_on(async { Server::bind(prepared) })
             .expect("bind");
         let addrs = server.local_addrs();
+        let metrics = server.metrics_addr();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         runtime.spawn(async move {
@@ -223,6 +264,7 @@ impl TestServer {
         TestServer {
             setup,
             addrs,
+            metrics,
             stop: Some(stop_tx),
             runtime: Some(runtime),
             done: Some(done_rx),
