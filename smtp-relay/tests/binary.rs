@@ -11,6 +11,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::nexthop::{NextHop, Script};
 use common::{Client, PASSWORD, Setup, queue_id, split_received};
 
 const BIN: &str = env!("CARGO_BIN_EXE_smtp-relay");
@@ -128,8 +129,22 @@ impl Drop for Relay {
 const MESSAGE: &[u8] = b"Subject: durable\r\n\r\n.dot\r\nline\r\n";
 
 #[test]
-fn message_answered_250_survives_sigkill() {
-    let setup = Setup::new("kill9", &common::config_text("", 10_000));
+fn message_answered_250_survives_sigkill_and_is_delivered_once_after_restart() {
+    // The next hop is down while the first relay runs, so the messages are
+    // still queued (with failed attempts recorded) when it is killed.
+    let hop = NextHop::start(
+        "127.0.0.1:0",
+        Script {
+            down: true,
+            ..Script::default()
+        },
+    );
+    let routes = [
+        ("example.org", hop.addr, "none"),
+        ("other.example", hop.addr, "none"),
+    ];
+    let config = common::config_with("", &common::delivery_section(&routes, ""));
+    let setup = Setup::new("kill9", &config);
     let mut relay = Relay::start(&setup.config, 6);
     let mut c = Client::connect(relay.addr("mta", true));
     c.ehlo();
@@ -169,6 +184,24 @@ fn message_answered_250_survives_sigkill() {
         let (env, eml) = spool.read(id).expect("message in spool after SIGKILL");
         assert_eq!(split_received(&eml).1, MESSAGE);
         assert_eq!(env.id, *id);
+    }
+    // Restarted with the next hop back: each message arrives once.
+    hop.script().down = false;
+    let _relay = Relay::start(&setup.config, 6);
+    let got = hop.wait_for(2, Duration::from_secs(15));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !spool.queued_ids().expect("list").is_empty() {
+        assert!(Instant::now() < deadline, "queue not emptied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        hop.messages().len(),
+        2,
+        "duplicates after SIGKILL and restart"
+    );
+    for m in &got {
+        assert_eq!(split_received(&m.data).1, MESSAGE);
     }
 }
 

@@ -25,19 +25,8 @@ last line\r\n";
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// A `[delivery]` section: fast retries, and `routes` as (domain, hop, tls).
 fn delivery(routes: &[(&str, SocketAddr, &str)], extra: &str) -> String {
-    let mut s = format!(
-        "[delivery]\nretry_initial_secs = 0.3\nretry_max_secs = 2.0\nconnect_timeout_secs = 5\nreply_timeout_secs = 10\nconnection_idle_secs = 2.0\n{extra}\n"
-    );
-    for (domain, hop, tls) in routes {
-        s.push_str(&format!(
-            "[[delivery.route]]\ndomain = \"{domain}\"\nhost = \"{}\"\nport = {}\ntls = \"{tls}\"\n\n",
-            hop.ip(),
-            hop.port()
-        ));
-    }
-    s
+    common::delivery_section(routes, extra)
 }
 
 fn submit_authenticated(server: &TestServer, from: &str, to: &[&str], msg: &[u8]) -> String {

@@ -174,6 +174,22 @@ pub fn config_with(top: &str, tail: &str) -> String {
     format!("{top}\n{}\n{tail}\n", config_text("", 10_000))
 }
 
+/// A `[delivery]` section with fast retries and `routes` as
+/// (domain, next hop, tls mode); `extra` goes into the table.
+pub fn delivery_section(routes: &[(&str, SocketAddr, &str)], extra: &str) -> String {
+    let mut s = format!(
+        "[delivery]\nretry_initial_secs = 0.3\nretry_max_secs = 2.0\nconnect_timeout_secs = 5\nreply_timeout_secs = 10\nconnection_idle_secs = 2.0\n{extra}\n"
+    );
+    for (domain, hop, tls) in routes {
+        s.push_str(&format!(
+            "[[delivery.route]]\ndomain = \"{domain}\"\nhost = \"{}\"\nport = {}\ntls = \"{tls}\"\n\n",
+            hop.ip(),
+            hop.port()
+        ));
+    }
+    s
+}
+
 /// Certificates and a config file in a fresh temp dir.
 pub struct Setup {
     pub dir: TempDir,
