@@ -41,6 +41,25 @@ pub fn too_many_errors(client: SocketAddr, tls: bool, user: Option<&str>) {
         user = user_or_none(user), outcome = "421 4.7.0", "too many bad commands");
 }
 
+pub fn too_many_commands(client: SocketAddr, tls: bool, user: Option<&str>) {
+    metrics::refused("too_many_commands");
+    warn!(target: "audit", event = "too_many_commands", client = %client, tls,
+        user = user_or_none(user), outcome = "421 4.7.0", "command limit reached");
+}
+
+pub fn too_many_from_client(client: SocketAddr, listener: SocketAddr) {
+    metrics::refused("too_many_connections");
+    warn!(target: "audit", event = "too_many_from_client", client = %client,
+        listener = %listener, outcome = "421 4.7.0", "per-client session limit reached");
+}
+
+pub fn auth_throttled(client: SocketAddr, attempted_user: Option<&str>) {
+    metrics::refused("auth_throttled");
+    warn!(target: "audit", event = "auth", client = %client, tls = true,
+        user = ?attempted_user.unwrap_or(""), outcome = "throttled",
+        reason = "too many failures", "authentication refused for now (454 4.7.0)");
+}
+
 pub fn tls_started(client: SocketAddr, version: &str) {
     info!(target: "audit", event = "tls", client = %client, tls = true, version,
         outcome = "ok", "TLS established");
@@ -98,6 +117,7 @@ pub fn message(e: &MessageEvent<'_>) {
         Some("250") => metrics::ACCEPTED.inc(),
         Some("552") => metrics::refused("message_too_big"),
         Some("550") => metrics::refused("bare_line_ending"),
+        Some("500") => metrics::refused("line_too_long"),
         _ => metrics::refused("local_error"),
     }
     if e.outcome.starts_with('2') {

@@ -65,6 +65,26 @@ struct RawConfig {
     max_connections: usize,
     #[serde(default)]
     trusted_networks: Vec<IpNet>,
+    #[serde(default = "default_command_line")]
+    max_command_line: usize,
+    #[serde(default = "default_text_line")]
+    max_text_line: usize,
+    #[serde(default = "default_max_errors")]
+    max_errors: u32,
+    #[serde(default = "default_max_commands")]
+    max_commands: u32,
+    #[serde(default = "default_per_client")]
+    max_connections_per_client: usize,
+    #[serde(default = "default_handshake")]
+    tls_handshake_timeout_secs: u64,
+    #[serde(default = "default_command_timeout")]
+    data_timeout_secs: u64,
+    #[serde(default = "default_auth_delay")]
+    auth_failure_delay_ms: u64,
+    #[serde(default = "default_auth_max")]
+    auth_max_failures: u32,
+    #[serde(default = "default_auth_window")]
+    auth_failure_window_secs: u64,
     tls: RawTls,
     #[serde(rename = "listener")]
     listeners: Vec<RawListener>,
@@ -203,6 +223,33 @@ fn default_command_timeout() -> u64 {
 fn default_max_connections() -> usize {
     200
 }
+fn default_command_line() -> usize {
+    512
+}
+fn default_text_line() -> usize {
+    1000
+}
+fn default_max_errors() -> u32 {
+    20
+}
+fn default_max_commands() -> u32 {
+    1000
+}
+fn default_per_client() -> usize {
+    20
+}
+fn default_handshake() -> u64 {
+    30
+}
+fn default_auth_delay() -> u64 {
+    500
+}
+fn default_auth_max() -> u32 {
+    10
+}
+fn default_auth_window() -> u64 {
+    900
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -306,6 +353,47 @@ pub struct UserConfig {
     pub senders: Vec<String>,
 }
 
+/// Protocol limits beyond size and recipients (see the README table).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Command line, CRLF included (RFC 5321 4.5.3.1.4: at least 512).
+    pub command_line: usize,
+    /// Text line in DATA, CRLF included (RFC 5321 4.5.3.1.6: at least 1000).
+    pub text_line: usize,
+    /// Error replies before the session is closed.
+    pub errors: u32,
+    /// Commands per session.
+    pub commands: u32,
+    /// Concurrent sessions per client address.
+    pub per_client: usize,
+    pub tls_handshake: Duration,
+    /// Each wait for message data (RFC 5321 4.5.3.2).
+    pub data_timeout: Duration,
+    /// AUTH brute-force throttle: base delay after a failure, failures
+    /// (per client address or per user) before `454 4.7.0`, and the window
+    /// in which failures count.
+    pub auth_delay: Duration,
+    pub auth_max_failures: u32,
+    pub auth_window: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            command_line: default_command_line(),
+            text_line: default_text_line(),
+            errors: default_max_errors(),
+            commands: default_max_commands(),
+            per_client: default_per_client(),
+            tls_handshake: Duration::from_secs(default_handshake()),
+            data_timeout: Duration::from_secs(default_command_timeout()),
+            auth_delay: Duration::from_millis(default_auth_delay()),
+            auth_max_failures: default_auth_max(),
+            auth_window: Duration::from_secs(default_auth_window()),
+        }
+    }
+}
+
 /// The validated config.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -320,6 +408,7 @@ pub struct Config {
     pub command_timeout: Duration,
     pub max_connections: usize,
     pub trusted_networks: Vec<IpNet>,
+    pub limits: Limits,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
     pub listeners: Vec<ListenerConfig>,
@@ -376,6 +465,38 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
     if raw.max_recipients == 0 || raw.command_timeout_secs == 0 || raw.max_connections == 0 {
         bail!("max_recipients, command_timeout_secs and max_connections must be positive");
     }
+
+    if !(512..=16_384).contains(&raw.max_command_line) {
+        bail!("max_command_line must be between 512 (RFC 5321) and 16384");
+    }
+    if !(1000..=16_384).contains(&raw.max_text_line) {
+        bail!("max_text_line must be between 1000 (RFC 5321) and 16384");
+    }
+    if raw.max_errors == 0
+        || raw.max_commands == 0
+        || raw.max_connections_per_client == 0
+        || raw.tls_handshake_timeout_secs == 0
+        || raw.data_timeout_secs == 0
+        || raw.auth_max_failures == 0
+        || raw.auth_failure_window_secs == 0
+    {
+        bail!(
+            "max_errors, max_commands, max_connections_per_client, tls_handshake_timeout_secs, \
+             data_timeout_secs, auth_max_failures and auth_failure_window_secs must be positive"
+        );
+    }
+    let limits = Limits {
+        command_line: raw.max_command_line,
+        text_line: raw.max_text_line,
+        errors: raw.max_errors,
+        commands: raw.max_commands,
+        per_client: raw.max_connections_per_client,
+        tls_handshake: Duration::from_secs(raw.tls_handshake_timeout_secs),
+        data_timeout: Duration::from_secs(raw.data_timeout_secs),
+        auth_delay: Duration::from_millis(raw.auth_failure_delay_ms),
+        auth_max_failures: raw.auth_max_failures,
+        auth_window: Duration::from_secs(raw.auth_failure_window_secs),
+    };
 
     if raw.listeners.is_empty() {
         bail!("no [[listener]] configured");
@@ -476,6 +597,7 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
         command_timeout: Duration::from_secs(raw.command_timeout_secs),
         max_connections: raw.max_connections,
         trusted_networks: raw.trusted_networks,
+        limits,
         tls_cert: resolve(&base, &raw.tls.cert),
         tls_key: resolve(&base, &raw.tls.key),
         listeners,

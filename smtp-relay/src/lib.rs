@@ -21,6 +21,7 @@
 //! - [`delivery`]: the queue: routes, MX, SMTP client, retries, bounces.
 //! - [`control`]: operator commands on the queue of a running relay.
 //! - [`metrics`]: counters and the Prometheus endpoint.
+//! - [`throttle`]: AUTH brute-force delays and lockout.
 
 pub mod address;
 pub mod audit;
@@ -37,6 +38,7 @@ pub mod reply;
 pub mod server;
 pub mod session;
 pub mod spool;
+pub mod throttle;
 pub mod tls;
 
 use std::path::Path;

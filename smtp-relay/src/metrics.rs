@@ -48,7 +48,7 @@ pub static QUEUE_DEPTH: Counter = Counter::new();
 pub static OLDEST_RECEIVED_AT: Counter = Counter::new();
 
 /// Refusals by reason; the label values are fixed here.
-pub const REFUSAL_REASONS: [&str; 8] = [
+pub const REFUSAL_REASONS: [&str; 12] = [
     "peer_not_allowed",
     "too_many_connections",
     "relay_denied",
@@ -57,8 +57,12 @@ pub const REFUSAL_REASONS: [&str; 8] = [
     "bare_line_ending",
     "too_many_errors",
     "local_error",
+    "too_many_commands",
+    "line_too_long",
+    "auth_throttled",
+    "timeout",
 ];
-static REFUSED: [Counter; 8] = [const { Counter::new() }; 8];
+static REFUSED: [Counter; 12] = [const { Counter::new() }; 12];
 
 /// Counts a refusal; `reason` must be one of [`REFUSAL_REASONS`].
 pub fn refused(reason: &str) {

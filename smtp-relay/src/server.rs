@@ -16,17 +16,16 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::auth::{self, Mechanism, SaslError};
-use crate::config::{ListenerConfig, Role};
+use crate::config::{Limits, ListenerConfig, Role};
 use crate::conn::{Conn, Line, Stream};
 use crate::data::{Decoder, Outcome};
 use crate::delivery::Queue;
 use crate::reply::Reply;
 use crate::session::{Action, Policy, Session};
 use crate::spool::{Envelope, Spool};
+use crate::throttle::AuthThrottle;
 use crate::{Prepared, audit};
 
-/// RFC 5321 4.5.3.1.4: command lines are at most 512 octets with CRLF.
-pub const COMMAND_LINE_LIMIT: usize = 512;
 /// SASL responses may be longer (RFC 4954 4: 12288 octets allowed).
 const AUTH_LINE_LIMIT: usize = 12_288;
 /// How long a stopping server waits for sessions in progress.
@@ -38,6 +37,10 @@ struct Shared {
     spool: Spool,
     timeout: Duration,
     connections: Arc<Semaphore>,
+    limits: Limits,
+    /// Sessions per client address.
+    per_client: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+    throttle: AuthThrottle,
     /// The delivery queue; `None` without a `[delivery]` table.
     pub(crate) queue: Option<Queue>,
 }
@@ -143,6 +146,13 @@ impl Server {
                 spool,
                 timeout: config.command_timeout,
                 connections: Arc::new(Semaphore::new(config.max_connections)),
+                limits: config.limits.clone(),
+                per_client: std::sync::Mutex::new(std::collections::HashMap::new()),
+                throttle: AuthThrottle::new(
+                    config.limits.auth_delay,
+                    config.limits.auth_max_failures,
+                    config.limits.auth_window,
+                ),
                 queue,
             }),
         })
@@ -248,15 +258,63 @@ async fn accept_loop(
                     sessions.spawn(busy(tcp, config.role));
                     continue;
                 };
+                let Some(slot) = ClientSlot::take(&shared, peer.ip()) else {
+                    audit::too_many_from_client(peer, config.address);
+                    drop(permit);
+                    sessions.spawn(busy(tcp, config.role));
+                    continue;
+                };
                 let (config, shared, stop) = (config.clone(), shared.clone(), stop.clone());
                 sessions.spawn(async move {
                     handle(tcp, peer, &config, &shared, stop).await;
+                    drop(slot);
                     drop(permit);
                 });
             }
         }
     }
     while sessions.join_next().await.is_some() {}
+}
+
+/// One session counted against its client address; released on drop.
+struct ClientSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl ClientSlot {
+    fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<ClientSlot> {
+        let ip = ip.to_canonical();
+        let mut map = shared
+            .per_client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = map.entry(ip).or_insert(0);
+        if *n >= shared.limits.per_client {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            shared: shared.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .shared
+            .per_client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// `554 5.7.1` for a peer outside the ranges. On 465 the client expects a
@@ -298,7 +356,10 @@ async fn handle(
     let mut conn = Conn::new(Stream::Plain(tcp), shared.timeout);
     let implicit_tls = config.role == Role::Submissions;
     if implicit_tls {
-        if let Err(e) = conn.start_tls(&shared.tls).await {
+        if let Err(e) = conn
+            .start_tls(&shared.tls, shared.limits.tls_handshake)
+            .await
+        {
             audit::tls_failed(peer, &e.to_string());
             audit::disconnect(peer, false, None, "tls_failed");
             return;
@@ -335,7 +396,7 @@ async fn serve(
 ) -> io::Result<&'static str> {
     loop {
         let line = tokio::select! {
-            line = conn.read_line(COMMAND_LINE_LIMIT) => line?,
+            line = conn.read_line(shared.limits.command_line) => line?,
             () = stopped(stop) => {
                 conn.queue(&Reply::new(421, "4.3.2", "Service shutting down, try later"));
                 return Ok("shutdown");
@@ -348,7 +409,7 @@ async fn serve(
         };
         let mut action = session.handle(command);
         if let Action::Auth { mechanism, initial } = action {
-            action = authenticate(conn, session, mechanism, initial).await?;
+            action = authenticate(conn, session, shared, mechanism, initial).await?;
         }
         match action {
             Action::Reply(reply) => conn.queue(&reply),
@@ -363,7 +424,10 @@ async fn serve(
                 if conn.has_buffered_input() {
                     audit::starttls_injection(session.client());
                 }
-                if let Err(e) = conn.start_tls(&shared.tls).await {
+                if let Err(e) = conn
+                    .start_tls(&shared.tls, shared.limits.tls_handshake)
+                    .await
+                {
                     audit::tls_failed(session.client(), &e.to_string());
                     return Ok("tls_failed");
                 }
@@ -385,6 +449,7 @@ async fn serve(
 async fn authenticate(
     conn: &mut Conn,
     session: &mut Session,
+    shared: &Shared,
     mechanism: Mechanism,
     initial: Option<String>,
 ) -> io::Result<Action> {
@@ -427,11 +492,24 @@ async fn authenticate(
             return Ok(session.auth_failed());
         }
     };
+    // Brute force: no password check while the address or the name has
+    // too many recent failures; the same answer whether the user exists.
+    if shared.throttle.blocked(client.ip(), &user) {
+        audit::auth_throttled(client, Some(&user));
+        return Ok(Action::Reply(Reply::new(
+            454,
+            "4.7.0",
+            "Temporary authentication failure, try again later",
+        )));
+    }
     if session.users().verify(&user, &password).await {
+        shared.throttle.succeeded(client.ip(), &user);
         audit::auth_succeeded(client, &user, mechanism.name());
         Ok(Action::Reply(session.auth_succeeded(user)))
     } else {
+        let delay = shared.throttle.failed(client.ip(), &user);
         audit::auth_failed(client, Some(&user), mechanism.name(), "bad credentials");
+        tokio::time::sleep(delay).await;
         Ok(session.auth_failed())
     }
 }
@@ -533,8 +611,13 @@ async fn receive(
     );
     let header_written = writer.write(header.as_bytes()).await;
     conn.queue(&go_ahead);
-    let mut decoder = Decoder::new(shared.policy.max_message_size);
-    let (outcome, sink) = conn.read_data(&mut decoder, &mut writer).await?;
+    let mut decoder =
+        Decoder::with_line_limit(shared.policy.max_message_size, shared.limits.text_line);
+    let command_timeout = conn.timeout();
+    conn.set_timeout(shared.limits.data_timeout);
+    let read = conn.read_data(&mut decoder, &mut writer).await;
+    conn.set_timeout(command_timeout);
+    let (outcome, sink) = read?;
     let sink = header_written.and(sink);
     let size = match outcome {
         Outcome::Complete { size } => size,
@@ -545,6 +628,14 @@ async fn receive(
             552,
             "5.3.4",
             "Message size exceeds fixed maximum message size",
+        ),
+        (Outcome::LineTooLong, _) => Reply::new(
+            500,
+            "5.5.6",
+            format!(
+                "Line too long (at most {} octets with CRLF)",
+                shared.limits.text_line
+            ),
         ),
         (Outcome::BareLineEnding, _) => Reply::new(
             550,

@@ -119,6 +119,7 @@ spool_dir = "spool"
 local_domains = ["example.org", "Example.NET"]
 max_message_size = {max_size}
 command_timeout_secs = 10
+auth_failure_delay_ms = 20
 
 [tls]
 cert = "cert.pem"
@@ -417,6 +418,33 @@ impl Client {
         tcp.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
         tcp
+    }
+
+    /// Connects in plaintext from the local address `source` (e.g.
+    /// 127.0.0.2, to act as another client) and reads the greeting.
+    pub fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> Client {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .expect("socket");
+        socket
+            .bind(&SocketAddr::new(source, 0).into())
+            .expect("bind source");
+        socket.connect(&addr.into()).expect("connect");
+        let tcp: TcpStream = socket.into();
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut c = Client {
+            r: BufReader::new(Stream::Plain(tcp)),
+            greeting: Reply {
+                code: 0,
+                lines: vec![],
+            },
+        };
+        c.greeting = c.read_reply();
+        c
     }
 
     /// Connects in plaintext and reads the greeting.
