@@ -21,6 +21,7 @@
 //! - [`delivery`]: the queue: routes, MX, SMTP client, retries, bounces.
 //! - [`control`]: operator commands on the queue of a running relay.
 //! - [`metrics`]: counters and the Prometheus endpoint.
+//! - [`fuzz`]: bounded mutation fuzzing of the parsers.
 //! - [`throttle`]: AUTH brute-force delays and lockout.
 
 pub mod address;
@@ -33,6 +34,7 @@ pub mod conn;
 pub mod control;
 pub mod data;
 pub mod delivery;
+pub mod fuzz;
 pub mod metrics;
 pub mod reply;
 pub mod server;

@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod setup;
 mod shell;
 mod test;
@@ -32,6 +33,8 @@ enum Command {
     Demo(demo::Args),
     /// Measure the XDP program through BPF_PROG_TEST_RUN against an empty program (root).
     Bench(bench::Args),
+    /// Fuzz the SMTP relay's parsers for a bounded time (stable Rust, in-process).
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -135,7 +135,10 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
 fn ensure_net_tools(apt: &mut Apt) -> anyhow::Result<()> {
     let missing: Vec<&str> = [("ip", "iproute2"), ("ethtool", "ethtool")]
         .into_iter()
-        .filter(|(tool, _)| !succeeds(Command::new(tool).arg("--version")) && !succeeds(Command::new(tool).arg("-V")))
+        .filter(|(tool, _)| {
+            !succeeds(Command::new(tool).arg("--version"))
+                && !succeeds(Command::new(tool).arg("-V"))
+        })
         .map(|(_, package)| package)
         .collect();
     if missing.is_empty() {
