@@ -306,7 +306,7 @@ impl Queue {
         env.attempts += 1;
         let removal_asked = lock(&inner.state).remove.remove(id);
         if removal_asked {
-            match inner.spool.remove(id) {
+            match self.remove_blocking(id).await {
                 Ok(()) => {
                     info!(event = "removed", queue_id = %id, outcome = "removed", "removed by operator after the attempt")
                 }
@@ -318,7 +318,7 @@ impl Queue {
         if env.has_pending() {
             let delay = backoff(&inner.config, env.attempts);
             env.next_attempt = now + delay.as_secs();
-            if let Err(e) = inner.spool.update(&env) {
+            if let Err(e) = self.update_blocking(&env).await {
                 error!(event = "queue_error", queue_id = %id, error = %e, "cannot record delivery state");
             }
             info!(event = "retry", queue_id = %id, attempts = env.attempts, retry_in = delay.as_secs_f64(), "deferred");
@@ -337,7 +337,7 @@ impl Queue {
                 Err(e) => {
                     error!(event = "queue_error", queue_id = %id, error = %e, "cannot queue the bounce; retrying later");
                     let delay = backoff(&inner.config, env.attempts);
-                    let _ = inner.spool.update(&env);
+                    let _ = self.update_blocking(&env).await;
                     self.finish(id, Some(Instant::now() + delay));
                     return;
                 }
@@ -350,7 +350,7 @@ impl Queue {
         {
             warn!(event = "bounce", queue_id = %id, sender = "<>", outcome = "dropped", "failed message with null sender: not bounced");
         }
-        match inner.spool.remove(id) {
+        match self.remove_blocking(id).await {
             Ok(()) => {
                 info!(event = "done", queue_id = %id, attempts = env.attempts, "removed from the queue")
             }
@@ -422,16 +422,38 @@ impl Queue {
                 );
             }
             // Record the answer now: a crash after this point must not send
-            // the message again to recipients that already have it.
-            if result
-                .outcomes
+            // the message again to recipients that already have it. When
+            // every recipient is delivered, removing the envelope (next, in
+            // `attempt`) records it sooner than a rewrite would.
+            let all_delivered = env
+                .recipients
                 .iter()
-                .any(|o| !matches!(o, Outcome::Deferred(_)))
-                && let Err(e) = inner.spool.update(env)
+                .all(|r| r.status == RcptStatus::Delivered);
+            if !all_delivered
+                && result
+                    .outcomes
+                    .iter()
+                    .any(|o| !matches!(o, Outcome::Deferred(_)))
+                && let Err(e) = self.update_blocking(env).await
             {
                 error!(event = "queue_error", queue_id = %env.id, error = %e, "cannot record delivery state");
             }
         }
+    }
+
+    /// Spool writes end in fsync: off the async worker threads.
+    async fn update_blocking(&self, env: &Envelope) -> std::io::Result<()> {
+        let (spool, env) = (self.inner.spool.clone(), env.clone());
+        tokio::task::spawn_blocking(move || spool.update(&env))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    async fn remove_blocking(&self, id: &str) -> std::io::Result<()> {
+        let (spool, id) = (self.inner.spool.clone(), id.to_owned());
+        tokio::task::spawn_blocking(move || spool.remove(&id))
+            .await
+            .map_err(std::io::Error::other)?
     }
 
     fn finish(&self, id: &str, again_at: Option<Instant>) {

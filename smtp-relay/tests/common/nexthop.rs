@@ -190,8 +190,7 @@ impl Write for Stream {
 
 fn say(r: &mut BufReader<Stream>, line: &str) -> std::io::Result<()> {
     let s = r.get_mut();
-    s.write_all(line.as_bytes())?;
-    s.write_all(b"\r\n")?;
+    s.write_all(format!("{line}\r\n").as_bytes())?;
     s.flush()
 }
 
@@ -211,6 +210,7 @@ fn angle(arg: &str) -> String {
 
 fn session(tcp: TcpStream, s: &Shared, n: usize) -> std::io::Result<()> {
     tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
+    tcp.set_nodelay(true)?;
     let mut r = BufReader::new(Stream::Plain(tcp));
     if s.script.lock().expect("lock").down {
         say(&mut r, "421 4.3.2 next hop is down for the test")?;
@@ -244,9 +244,8 @@ fn session(tcp: TcpStream, s: &Shared, n: usize) -> std::io::Result<()> {
                 lines.push("250-AUTH PLAIN".into());
             }
             lines.push("250 ENHANCEDSTATUSCODES".into());
-            for l in lines {
-                r.get_mut().write_all(format!("{l}\r\n").as_bytes())?;
-            }
+            let all: String = lines.iter().map(|l| format!("{l}\r\n")).collect();
+            r.get_mut().write_all(all.as_bytes())?;
             r.get_mut().flush()?;
         } else if upper.starts_with("HELO") {
             say(&mut r, "250 nexthop.test")?;
