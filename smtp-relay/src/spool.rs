@@ -124,6 +124,113 @@ impl Envelope {
 #[derive(Debug, Clone)]
 pub struct Spool {
     dir: PathBuf,
+    /// Group commit; `None` for read-only handles ([`Spool::at`]).
+    committer: Option<std::sync::Arc<Committer>>,
+}
+
+/// One message waiting for the group commit.
+struct CommitRequest {
+    id: String,
+    env_json: Vec<u8>,
+    done: tokio::sync::oneshot::Sender<io::Result<()>>,
+}
+
+/// Group commit: a thread takes every commit waiting, writes their
+/// envelopes to `tmp/`, makes all of the batch's files durable with one
+/// `syncfs` (one journal commit instead of several fsyncs per message),
+/// renames them into place (message first, envelope last), fsyncs the
+/// directory once, and only then answers every message of the batch.
+struct Committer {
+    tx: std::sync::Mutex<std::sync::mpsc::Sender<CommitRequest>>,
+}
+
+impl std::fmt::Debug for Committer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Committer")
+    }
+}
+
+/// Most messages in one group commit.
+const MAX_BATCH: usize = 256;
+
+impl Committer {
+    fn start(dir: PathBuf) -> io::Result<Committer> {
+        let (tx, rx) = std::sync::mpsc::channel::<CommitRequest>();
+        std::thread::Builder::new()
+            .name("spool-commit".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(r) => batch.push(r),
+                            Err(_) => break,
+                        }
+                    }
+                    let result = commit_batch(&dir, &batch);
+                    for r in batch {
+                        let answer = match &result {
+                            Ok(()) => Ok(()),
+                            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                        };
+                        let _ = r.done.send(answer);
+                    }
+                }
+            })?;
+        Ok(Committer {
+            tx: std::sync::Mutex::new(tx),
+        })
+    }
+}
+
+/// `syncfs(2)` on the spool's filesystem: writes back and waits for every
+/// dirty file there, and commits the journal.
+fn syncfs(dir: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let f = fs::File::open(dir)?;
+    // SAFETY: the descriptor is valid for the duration of the call.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn commit_batch(dir: &Path, batch: &[CommitRequest]) -> io::Result<()> {
+    let result = (|| {
+        for r in batch {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(dir.join("tmp").join(format!("{}.env", r.id)))?;
+            f.write_all(&r.env_json)?;
+        }
+        syncfs(dir)?;
+        for r in batch {
+            fs::rename(
+                dir.join("tmp").join(format!("{}.eml", r.id)),
+                dir.join(format!("{}.eml", r.id)),
+            )?;
+        }
+        for r in batch {
+            fs::rename(
+                dir.join("tmp").join(format!("{}.env", r.id)),
+                dir.join(format!("{}.env", r.id)),
+            )?;
+        }
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        // Leave no half-queued message behind: nobody got a 250.
+        for r in batch {
+            let _ = fs::remove_file(dir.join(format!("{}.env", r.id)));
+            let _ = fs::remove_file(dir.join("tmp").join(format!("{}.env", r.id)));
+            let _ = fs::remove_file(dir.join(format!("{}.eml", r.id)));
+            let _ = fs::remove_file(dir.join("tmp").join(format!("{}.eml", r.id)));
+        }
+    }
+    result
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -171,8 +278,11 @@ impl Spool {
                 .with_context(|| format!("removing stale spool file {}", path.display()))?;
         }
         sync_dir(dir).with_context(|| format!("syncing {}", dir.display()))?;
+        let committer = Committer::start(dir.to_owned())
+            .with_context(|| format!("starting the commit thread for {}", dir.display()))?;
         Ok(Spool {
             dir: dir.to_owned(),
+            committer: Some(std::sync::Arc::new(committer)),
         })
     }
 
@@ -181,6 +291,7 @@ impl Spool {
     pub fn at(dir: &Path) -> Spool {
         Spool {
             dir: dir.to_owned(),
+            committer: None,
         }
     }
 
@@ -201,6 +312,7 @@ impl Spool {
         Ok(SpoolWriter {
             id,
             dir: self.dir.clone(),
+            committer: self.committer.clone(),
             tmp_eml: Some(tmp_eml),
             file: tokio::io::BufWriter::with_capacity(64 * 1024, file),
             size: 0,
@@ -333,6 +445,7 @@ impl Spool {
 pub struct SpoolWriter {
     id: String,
     dir: PathBuf,
+    committer: Option<std::sync::Arc<Committer>>,
     tmp_eml: Option<PathBuf>,
     file: tokio::io::BufWriter<tokio::fs::File>,
     size: u64,
@@ -354,9 +467,29 @@ impl SpoolWriter {
     /// `env.size` and `env.id` are filled in here.
     pub async fn commit(mut self, mut env: Envelope) -> io::Result<()> {
         self.file.flush().await?;
-        self.file.get_ref().sync_all().await?;
         env.id = self.id.clone();
         env.size = self.size;
+        if let Some(committer) = self.committer.clone() {
+            let env_json = serde_json::to_vec_pretty(&env).map_err(io::Error::other)?;
+            let (done, wait) = tokio::sync::oneshot::channel();
+            let request = CommitRequest {
+                id: self.id.clone(),
+                env_json,
+                done,
+            };
+            committer
+                .tx
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .send(request)
+                .map_err(|_| io::Error::other("spool commit thread is gone"))?;
+            // From here the commit thread owns the temp file.
+            self.tmp_eml = None;
+            return wait
+                .await
+                .map_err(|_| io::Error::other("spool commit thread is gone"))?;
+        }
+        self.file.get_ref().sync_all().await?;
         let tmp_eml = self
             .tmp_eml
             .take()
