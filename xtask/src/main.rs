@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's workflow. Each subcommand says what it does before it does it.
 
 mod bench;
+mod bench_relay;
 mod build;
 mod demo;
 mod fuzz;
