@@ -9,9 +9,10 @@
 //!   queued exactly when its `.env` exists; an `.eml` without `.env` is an
 //!   incomplete leftover.
 //!
-//! Each file is written under `tmp/`, fsynced, renamed into place, and the
-//! directory fsynced, before the next step. Only then does the client get
-//! `250`, so a `250` survives a crash or power loss.
+//! Each file is written under `tmp/`; a commit thread makes a whole batch
+//! of waiting messages durable at once (group commit: one `syncfs`, the
+//! renames, message before envelope, one directory fsync). Only then do
+//! their clients get `250`, so a `250` survives a crash or power loss.
 
 use std::fs;
 use std::io::{self, Write as _};
