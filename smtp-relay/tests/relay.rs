@@ -459,6 +459,29 @@ fn starttls_command_injection_is_discarded() {
     c.cmd("RCPT TO:<alice@example.org>").expect(503, "5.5.1");
 }
 
+/// RFC 3207: after the handshake the session starts over: no EHLO, no
+/// transaction, and the EHLO reply changes (no STARTTLS, AUTH offered).
+#[test]
+fn session_is_reset_after_the_tls_handshake() {
+    let server = TestServer::start("tlsreset");
+    let ca = server.setup.ca();
+    let mut c = Client::connect(server.addr(Role::Mta));
+    let before = c.ehlo().text();
+    assert!(
+        before.contains("STARTTLS") && !before.contains("AUTH"),
+        "{before}"
+    );
+    c.starttls(&ca);
+    c.cmd("MAIL FROM:<a@sender.example>").expect(503, "5.5.1");
+    let after = c.ehlo().text();
+    assert!(
+        !after.contains("STARTTLS") && after.contains("AUTH PLAIN LOGIN"),
+        "{after}"
+    );
+    c.cmd("MAIL FROM:<a@sender.example>").expect(250, "2.1.0");
+    c.cmd("STARTTLS").expect(503, "5.5.1");
+}
+
 #[test]
 fn graceful_stop_sends_421_to_idle_sessions() {
     let mut server = TestServer::start("stop");

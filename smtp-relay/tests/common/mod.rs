@@ -207,8 +207,10 @@ impl Setup {
         Setup { dir, config: path }
     }
 
+    /// The spool, read-only: opening it for writing would clear `tmp/`
+    /// under a running relay.
     pub fn spool(&self) -> Spool {
-        Spool::open(&self.dir.path().join("spool")).expect("open spool")
+        Spool::at(&self.dir.path().join("spool"))
     }
 
     pub fn ca(&self) -> PathBuf {
