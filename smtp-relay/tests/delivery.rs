@@ -541,3 +541,46 @@ fn operator_commands_and_metrics() {
     value("smtp_relay_oldest_message_age_seconds ");
     assert!(get("/other").starts_with("HTTP/1.1 404"));
 }
+
+/// A message the next hop never takes expires after
+/// `max_queue_lifetime_secs`: the sender gets a DSN with status 4.4.7.
+#[test]
+fn expired_message_bounces_with_4_4_7() {
+    let down = NextHop::start(
+        "127.0.0.1:0",
+        Script {
+            down: true,
+            ..Script::default()
+        },
+    );
+    let senders = NextHop::start("127.0.0.1:0", Script::default());
+    let tail = delivery(
+        &[
+            ("partner.example", down.addr, "none"),
+            ("example.org", senders.addr, "none"),
+        ],
+        "max_queue_lifetime_secs = 2",
+    );
+    let server = TestServer::start_with("expire", &config_with("", &tail));
+    let id = submit_authenticated(
+        &server,
+        "alice@example.org",
+        &["bob@partner.example"],
+        MESSAGE,
+    );
+    let got = senders.wait_for(1, WAIT);
+    wait_until("an empty queue", WAIT, || spool_empty(&server));
+    let bounce = &got[0];
+    assert!(bounce.from.is_empty());
+    assert_eq!(bounce.rcpts, vec!["alice@example.org"]);
+    let text = String::from_utf8_lossy(&bounce.data);
+    assert!(
+        text.contains("Final-Recipient: rfc822; bob@partner.example"),
+        "{text}"
+    );
+    assert!(text.contains("Status: 4.4.7"), "{text}");
+    assert!(text.contains("expired"), "{text}");
+    assert!(text.contains("421"), "last reply of the next hop: {text}");
+    assert!(!down.connect_times().is_empty());
+    assert_eq!(logs::lines_with(&[&id, "outcome=\"expired\""]).len(), 1);
+}

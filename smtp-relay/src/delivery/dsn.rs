@@ -24,25 +24,28 @@ fn field(s: &str) -> String {
 /// The RFC 3463 status for a failure reply: its enhanced code when it has
 /// one, else `5.0.0` (or `4.4.7` for an expired message).
 fn status(reply: &str) -> String {
-    let mut words = reply.split(' ');
-    let _code = words.next();
-    if let Some(word) = words.next() {
+    let is_code = |word: &str| {
         let parts: Vec<&str> = word.split('.').collect();
-        if parts.len() == 3
+        parts.len() == 3
             && matches!(parts[0], "4" | "5")
             && parts[1..]
                 .iter()
                 .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
-        {
-            // A temporary code that led to a failure means expiry.
-            return if parts[0] == "4" {
-                "4.4.7".into()
-            } else {
-                word.to_owned()
-            };
-        }
+    };
+    // "550 5.1.1 ..." from a next hop, or "4.4.7 ..." from us.
+    let mut words = reply.split(' ');
+    let first = words.next().unwrap_or("");
+    let word = if is_code(first) {
+        Some(first)
+    } else {
+        words.next().filter(|w| is_code(w))
+    };
+    match word {
+        // A temporary code that led to a failure means expiry.
+        Some(w) if w.starts_with('4') => "4.4.7".into(),
+        Some(w) => w.to_owned(),
+        None => "5.0.0".into(),
     }
-    "5.0.0".into()
 }
 
 /// The header block of a message (up to the first empty line).
@@ -233,5 +236,7 @@ mod tests {
         assert!(bounce("h", &[], &null, msg, 0).is_none());
         assert_eq!(status("451 4.4.1 timeout"), "4.4.7");
         assert_eq!(status("no code"), "5.0.0");
+        assert_eq!(status("4.4.7 message expired in the queue"), "4.4.7");
+        assert_eq!(status("554 5.7.1 <x>: relay denied"), "5.7.1");
     }
 }
