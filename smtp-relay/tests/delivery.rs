@@ -584,3 +584,40 @@ fn expired_message_bounces_with_4_4_7() {
     assert!(!down.connect_times().is_empty());
     assert_eq!(logs::lines_with(&[&id, "outcome=\"expired\""]).len(), 1);
 }
+
+/// `tls = "opportunistic"`: STARTTLS when offered, without a CA to check
+/// against (RFC 7435); plaintext to a hop that does not offer it.
+#[test]
+fn opportunistic_tls_encrypts_when_offered() {
+    let setup = Setup::new("opportunistic", "");
+    let tls_hop = NextHop::start(
+        "127.0.0.1:0",
+        Script {
+            tls: Some(tls_config(setup.dir.path())),
+            ..Script::default()
+        },
+    );
+    let plain_hop = NextHop::start("127.0.0.1:0", Script::default());
+    let tail = delivery(
+        &[
+            ("example.org", tls_hop.addr, "opportunistic"),
+            ("partner.example", plain_hop.addr, "opportunistic"),
+        ],
+        "",
+    );
+    setup.rewrite(&config_with("", &tail));
+    let server = TestServer::start_in(setup);
+    submit_authenticated(
+        &server,
+        "alice@example.org",
+        &["bob@example.org", "carol@partner.example"],
+        MESSAGE,
+    );
+    let encrypted = tls_hop.wait_for(1, WAIT);
+    let plain = plain_hop.wait_for(1, WAIT);
+    assert!(encrypted[0].tls, "STARTTLS was offered but not used");
+    assert!(!plain[0].tls);
+    assert_eq!(split_received(&encrypted[0].data).1, MESSAGE);
+    assert_eq!(split_received(&plain[0].data).1, MESSAGE);
+    wait_until("an empty queue", WAIT, || spool_empty(&server));
+}
