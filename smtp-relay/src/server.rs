@@ -377,6 +377,7 @@ async fn handle(
     let reason = match serve(&mut conn, &mut session, shared, &mut stop).await {
         Ok(reason) => reason,
         Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            crate::metrics::refused("timeout");
             conn.queue(&Reply::new(421, "4.4.2", "Timeout, closing connection"));
             "timeout"
         }
