@@ -64,6 +64,11 @@ pub fn prepare(config_path: &Path) -> anyhow::Result<Prepared> {
         .with_context(|| format!("{}: TLS settings", config.path.display()))?;
     let users = auth::Users::from_config(&config.users)
         .with_context(|| format!("{}: users", config.path.display()))?;
+    if let Some(d) = &config.delivery {
+        // The CA file for next hops must be usable before we accept mail.
+        delivery::tls::clients(d.ca_file.as_deref())
+            .with_context(|| format!("{}: [delivery] ca_file", config.path.display()))?;
+    }
     Ok(Prepared {
         config,
         tls,

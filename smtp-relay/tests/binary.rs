@@ -220,6 +220,21 @@ fn bad_configs_fail_with_a_clear_error() {
             ),
             vec!["relay.toml", "clashes"],
         ),
+        (
+            // A CA file without a certificate in it.
+            format!("{good}\n[delivery]\nca_file = \"key.pem\"\n"),
+            vec!["relay.toml", "ca_file", "key.pem"],
+        ),
+        (
+            format!("{good}\n[delivery]\nca_file = \"nowhere.pem\"\n"),
+            vec!["relay.toml", "nowhere.pem"],
+        ),
+        (
+            format!(
+                "{good}\n[delivery.smarthost]\nhost = \"relay.internal\"\nauth_user = \"u\"\nauth_password_file = \"key.pem\"\n"
+            ),
+            vec!["relay.toml", "tls = \"required\""],
+        ),
     ];
     for (text, needles) in cases {
         let setup = Setup::new("bad", &text);
