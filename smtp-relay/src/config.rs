@@ -65,11 +65,150 @@ struct RawConfig {
     max_connections: usize,
     #[serde(default)]
     trusted_networks: Vec<IpNet>,
+    #[serde(default = "default_command_line")]
+    max_command_line: usize,
+    #[serde(default = "default_text_line")]
+    max_text_line: usize,
+    #[serde(default = "default_max_errors")]
+    max_errors: u32,
+    #[serde(default = "default_max_commands")]
+    max_commands: u32,
+    #[serde(default = "default_per_client")]
+    max_connections_per_client: usize,
+    #[serde(default = "default_handshake")]
+    tls_handshake_timeout_secs: u64,
+    #[serde(default = "default_command_timeout")]
+    data_timeout_secs: u64,
+    #[serde(default = "default_auth_delay")]
+    auth_failure_delay_ms: u64,
+    #[serde(default = "default_auth_max")]
+    auth_max_failures: u32,
+    #[serde(default = "default_auth_window")]
+    auth_failure_window_secs: u64,
     tls: RawTls,
     #[serde(rename = "listener")]
     listeners: Vec<RawListener>,
     #[serde(default, rename = "user")]
     users: Vec<RawUser>,
+    /// Prometheus text endpoint (`GET /metrics`), off when absent.
+    #[serde(default)]
+    metrics_listen: Option<SocketAddr>,
+    #[serde(default)]
+    delivery: Option<RawDelivery>,
+}
+
+/// TLS towards a next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// STARTTLS when the next hop offers it, certificate not verified
+    /// (RFC 7435); plaintext when it is not offered or the handshake fails.
+    Opportunistic,
+    /// STARTTLS must be offered and the certificate must verify against
+    /// `ca_file` for the next hop's name; otherwise the attempt is deferred.
+    Required,
+    /// Never STARTTLS.
+    None,
+}
+
+impl TlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Opportunistic => "opportunistic",
+            TlsMode::Required => "required",
+            TlsMode::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    #[serde(default)]
+    smarthost: Option<RawHop>,
+    #[serde(default, rename = "route")]
+    routes: Vec<RawRoute>,
+    #[serde(default)]
+    nameservers: Vec<SocketAddr>,
+    #[serde(default = "default_mx_port")]
+    mx_port: u16,
+    #[serde(default = "default_tls_mode")]
+    mx_tls: TlsMode,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default = "default_per_destination")]
+    connections_per_destination: usize,
+    #[serde(default = "default_max_deliveries")]
+    max_deliveries: usize,
+    #[serde(default = "default_retry_initial")]
+    retry_initial_secs: f64,
+    #[serde(default = "default_retry_max")]
+    retry_max_secs: f64,
+    #[serde(default = "default_lifetime")]
+    max_queue_lifetime_secs: u64,
+    #[serde(default = "default_connect_timeout")]
+    connect_timeout_secs: u64,
+    #[serde(default = "default_command_timeout")]
+    reply_timeout_secs: u64,
+    #[serde(default = "default_idle")]
+    connection_idle_secs: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHop {
+    host: String,
+    #[serde(default = "default_mx_port")]
+    port: u16,
+    #[serde(default = "default_tls_mode")]
+    tls: TlsMode,
+    #[serde(default)]
+    auth_user: Option<String>,
+    #[serde(default)]
+    auth_password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    domain: String,
+    host: String,
+    #[serde(default = "default_mx_port")]
+    port: u16,
+    #[serde(default = "default_tls_mode")]
+    tls: TlsMode,
+    #[serde(default)]
+    auth_user: Option<String>,
+    #[serde(default)]
+    auth_password_file: Option<PathBuf>,
+}
+
+fn default_mx_port() -> u16 {
+    25
+}
+fn default_tls_mode() -> TlsMode {
+    TlsMode::Opportunistic
+}
+fn default_per_destination() -> usize {
+    4
+}
+fn default_max_deliveries() -> usize {
+    20
+}
+fn default_retry_initial() -> f64 {
+    60.0
+}
+fn default_retry_max() -> f64 {
+    3600.0
+}
+fn default_lifetime() -> u64 {
+    5 * 24 * 3600
+}
+fn default_connect_timeout() -> u64 {
+    30
+}
+fn default_idle() -> f64 {
+    5.0
 }
 
 fn default_max_message_size() -> u64 {
@@ -83,6 +222,33 @@ fn default_command_timeout() -> u64 {
 }
 fn default_max_connections() -> usize {
     200
+}
+fn default_command_line() -> usize {
+    512
+}
+fn default_text_line() -> usize {
+    1000
+}
+fn default_max_errors() -> u32 {
+    20
+}
+fn default_max_commands() -> u32 {
+    1000
+}
+fn default_per_client() -> usize {
+    20
+}
+fn default_handshake() -> u64 {
+    30
+}
+fn default_auth_delay() -> u64 {
+    500
+}
+fn default_auth_max() -> u32 {
+    10
+}
+fn default_auth_window() -> u64 {
+    900
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,6 +308,42 @@ impl ListenerConfig {
     }
 }
 
+/// A validated next hop: a host name or IP literal and a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HopConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    /// AUTH PLAIN credentials (user, password) for this hop, sent only
+    /// inside TLS.
+    pub auth: Option<(String, String)>,
+}
+
+/// Where mail goes, and how hard we try.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Per-domain routes (domain lowercased).
+    pub routes: Vec<(String, HopConfig)>,
+    /// Everything without a route, when set; otherwise MX lookup.
+    pub smarthost: Option<HopConfig>,
+    /// DNS servers for MX and address lookups (never the system resolver
+    /// when set).
+    pub nameservers: Vec<SocketAddr>,
+    /// Port used for MX hosts: 25; other values are for tests and labs.
+    pub mx_port: u16,
+    pub mx_tls: TlsMode,
+    /// CA certificates for `tls = "required"`; default the system bundle.
+    pub ca_file: Option<PathBuf>,
+    pub connections_per_destination: usize,
+    pub max_deliveries: usize,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    pub max_queue_lifetime: Duration,
+    pub connect_timeout: Duration,
+    pub reply_timeout: Duration,
+    pub connection_idle: Duration,
+}
+
 /// A validated user.
 #[derive(Debug, Clone)]
 pub struct UserConfig {
@@ -149,6 +351,47 @@ pub struct UserConfig {
     pub password_hash: String,
     /// Plain-form addresses (domain lowercased) this user may use in MAIL.
     pub senders: Vec<String>,
+}
+
+/// Protocol limits beyond size and recipients (see the README table).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Command line, CRLF included (RFC 5321 4.5.3.1.4: at least 512).
+    pub command_line: usize,
+    /// Text line in DATA, CRLF included (RFC 5321 4.5.3.1.6: at least 1000).
+    pub text_line: usize,
+    /// Error replies before the session is closed.
+    pub errors: u32,
+    /// Commands per session.
+    pub commands: u32,
+    /// Concurrent sessions per client address.
+    pub per_client: usize,
+    pub tls_handshake: Duration,
+    /// Each wait for message data (RFC 5321 4.5.3.2).
+    pub data_timeout: Duration,
+    /// AUTH brute-force throttle: base delay after a failure, failures
+    /// (per client address or per user) before `454 4.7.0`, and the window
+    /// in which failures count.
+    pub auth_delay: Duration,
+    pub auth_max_failures: u32,
+    pub auth_window: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            command_line: default_command_line(),
+            text_line: default_text_line(),
+            errors: default_max_errors(),
+            commands: default_max_commands(),
+            per_client: default_per_client(),
+            tls_handshake: Duration::from_secs(default_handshake()),
+            data_timeout: Duration::from_secs(default_command_timeout()),
+            auth_delay: Duration::from_millis(default_auth_delay()),
+            auth_max_failures: default_auth_max(),
+            auth_window: Duration::from_secs(default_auth_window()),
+        }
+    }
 }
 
 /// The validated config.
@@ -165,10 +408,14 @@ pub struct Config {
     pub command_timeout: Duration,
     pub max_connections: usize,
     pub trusted_networks: Vec<IpNet>,
+    pub limits: Limits,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
     pub listeners: Vec<ListenerConfig>,
     pub users: Vec<UserConfig>,
+    pub metrics_listen: Option<SocketAddr>,
+    /// `None`: no `[delivery]` table; mail is held in the spool.
+    pub delivery: Option<DeliveryConfig>,
 }
 
 impl Config {
@@ -218,6 +465,38 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
     if raw.max_recipients == 0 || raw.command_timeout_secs == 0 || raw.max_connections == 0 {
         bail!("max_recipients, command_timeout_secs and max_connections must be positive");
     }
+
+    if !(512..=16_384).contains(&raw.max_command_line) {
+        bail!("max_command_line must be between 512 (RFC 5321) and 16384");
+    }
+    if !(1000..=16_384).contains(&raw.max_text_line) {
+        bail!("max_text_line must be between 1000 (RFC 5321) and 16384");
+    }
+    if raw.max_errors == 0
+        || raw.max_commands == 0
+        || raw.max_connections_per_client == 0
+        || raw.tls_handshake_timeout_secs == 0
+        || raw.data_timeout_secs == 0
+        || raw.auth_max_failures == 0
+        || raw.auth_failure_window_secs == 0
+    {
+        bail!(
+            "max_errors, max_commands, max_connections_per_client, tls_handshake_timeout_secs, \
+             data_timeout_secs, auth_max_failures and auth_failure_window_secs must be positive"
+        );
+    }
+    let limits = Limits {
+        command_line: raw.max_command_line,
+        text_line: raw.max_text_line,
+        errors: raw.max_errors,
+        commands: raw.max_commands,
+        per_client: raw.max_connections_per_client,
+        tls_handshake: Duration::from_secs(raw.tls_handshake_timeout_secs),
+        data_timeout: Duration::from_secs(raw.data_timeout_secs),
+        auth_delay: Duration::from_millis(raw.auth_failure_delay_ms),
+        auth_max_failures: raw.auth_max_failures,
+        auth_window: Duration::from_secs(raw.auth_failure_window_secs),
+    };
 
     if raw.listeners.is_empty() {
         bail!("no [[listener]] configured");
@@ -303,6 +582,11 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
         );
     }
 
+    let delivery = match raw.delivery {
+        Some(d) => Some(validate_delivery(d, &base).context("[delivery]")?),
+        None => None,
+    };
+
     Ok(Config {
         path: path.to_owned(),
         hostname: raw.hostname,
@@ -313,10 +597,121 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
         command_timeout: Duration::from_secs(raw.command_timeout_secs),
         max_connections: raw.max_connections,
         trusted_networks: raw.trusted_networks,
+        limits,
         tls_cert: resolve(&base, &raw.tls.cert),
         tls_key: resolve(&base, &raw.tls.key),
         listeners,
         users,
+        metrics_listen: raw.metrics_listen,
+        delivery,
+    })
+}
+
+fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(v)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("{name} must be a positive number of seconds"))
+}
+
+fn validate_hop(raw: RawHop, base: &Path) -> anyhow::Result<HopConfig> {
+    let host_ok = address::is_host_name(&raw.host) || raw.host.parse::<IpAddr>().is_ok();
+    if !host_ok {
+        bail!(
+            "host {:?} is neither a host name nor an IP address",
+            raw.host
+        );
+    }
+    if raw.port == 0 {
+        bail!("port must not be 0");
+    }
+    let auth = match (raw.auth_user, raw.auth_password_file) {
+        (None, None) => None,
+        (Some(user), Some(file)) => {
+            if raw.tls != TlsMode::Required {
+                bail!("auth_user needs tls = \"required\": the password travels only inside TLS");
+            }
+            let file = resolve(base, &file);
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading auth_password_file {}", file.display()))?;
+            let password = text.lines().next().unwrap_or("").to_owned();
+            if password.is_empty() {
+                bail!("auth_password_file {} is empty", file.display());
+            }
+            Some((user, password))
+        }
+        _ => bail!("auth_user and auth_password_file go together"),
+    };
+    Ok(HopConfig {
+        host: raw.host,
+        port: raw.port,
+        tls: raw.tls,
+        auth,
+    })
+}
+
+fn validate_delivery(raw: RawDelivery, base: &Path) -> anyhow::Result<DeliveryConfig> {
+    let mut routes: Vec<(String, HopConfig)> = Vec::new();
+    for r in raw.routes {
+        let domain = r.domain.to_ascii_lowercase();
+        if !address::is_host_name(&domain) {
+            bail!("route: {:?} is not a valid domain", r.domain);
+        }
+        if routes.iter().any(|(d, _)| *d == domain) {
+            bail!("route for {domain:?} is defined twice");
+        }
+        let raw_hop = RawHop {
+            host: r.host,
+            port: r.port,
+            tls: r.tls,
+            auth_user: r.auth_user,
+            auth_password_file: r.auth_password_file,
+        };
+        let hop = validate_hop(raw_hop, base).with_context(|| format!("route {domain:?}"))?;
+        routes.push((domain, hop));
+    }
+    let smarthost = match raw.smarthost {
+        Some(h) => Some(validate_hop(h, base).context("smarthost")?),
+        None => None,
+    };
+    if raw.mx_port == 0 {
+        bail!("mx_port must not be 0");
+    }
+    if raw.connections_per_destination == 0 || raw.max_deliveries == 0 {
+        bail!("connections_per_destination and max_deliveries must be positive");
+    }
+    if raw.max_queue_lifetime_secs == 0
+        || raw.connect_timeout_secs == 0
+        || raw.reply_timeout_secs == 0
+    {
+        bail!(
+            "max_queue_lifetime_secs, connect_timeout_secs and reply_timeout_secs must be positive"
+        );
+    }
+    let retry_initial = secs("retry_initial_secs", raw.retry_initial_secs)?;
+    let retry_max = secs("retry_max_secs", raw.retry_max_secs)?;
+    if retry_max < retry_initial {
+        bail!("retry_max_secs is smaller than retry_initial_secs");
+    }
+    let ca_file = raw.ca_file.map(|p| resolve(base, &p));
+    if let Some(ca) = &ca_file {
+        std::fs::metadata(ca).with_context(|| format!("ca_file {}", ca.display()))?;
+    }
+    Ok(DeliveryConfig {
+        routes,
+        smarthost,
+        nameservers: raw.nameservers,
+        mx_port: raw.mx_port,
+        mx_tls: raw.mx_tls,
+        ca_file,
+        connections_per_destination: raw.connections_per_destination,
+        max_deliveries: raw.max_deliveries,
+        retry_initial,
+        retry_max,
+        max_queue_lifetime: Duration::from_secs(raw.max_queue_lifetime_secs),
+        connect_timeout: Duration::from_secs(raw.connect_timeout_secs),
+        reply_timeout: Duration::from_secs(raw.reply_timeout_secs),
+        connection_idle: secs("connection_idle_secs", raw.connection_idle_secs)?,
     })
 }
 
@@ -487,6 +882,56 @@ senders = ["alice@Example.org"]
         // An mta-only config needs no users.
         let mta_only = text[..cut].replace("role = \"submission\"", "role = \"mta\"");
         parse(&mta_only).expect("mta-only config without users is valid");
+    }
+
+    #[test]
+    fn delivery_section() {
+        let mut text = good();
+        text.push_str(
+            r#"
+[delivery]
+nameservers = ["127.0.0.1:5353"]
+mx_port = 2525
+retry_initial_secs = 0.5
+
+[delivery.smarthost]
+host = "relay.internal"
+port = 587
+tls = "required"
+
+[[delivery.route]]
+domain = "Example.ORG"
+host = "127.0.0.1"
+port = 10025
+tls = "none"
+"#,
+        );
+        let c = parse(&text).expect("valid");
+        let d = c.delivery.expect("delivery");
+        assert_eq!(d.routes[0].0, "example.org");
+        assert_eq!(d.routes[0].1.tls, TlsMode::None);
+        assert_eq!(d.smarthost.as_ref().map(|h| h.port), Some(587));
+        assert_eq!(d.retry_initial, Duration::from_millis(500));
+        assert_eq!(d.max_queue_lifetime, Duration::from_secs(432_000));
+        for (from, to, needle) in [
+            ("tls = \"none\"", "tls = \"sometimes\"", "sometimes"),
+            ("port = 10025", "port = 0", "port"),
+            (
+                "retry_initial_secs = 0.5",
+                "retry_initial_secs = -1.0",
+                "retry_initial",
+            ),
+            ("host = \"127.0.0.1\"", "host = \"bad host\"", "host"),
+            (
+                "tls = \"required\"",
+                "tls = \"required\"\nauth_user = \"u\"",
+                "auth_password_file",
+            ),
+            ("mx_port = 2525", "mx_port = 2525\nbogus = 1", "bogus"),
+        ] {
+            let e = err(&text.replacen(from, to, 1));
+            assert!(e.contains(needle), "expected {needle:?} in: {e}");
+        }
     }
 
     #[test]

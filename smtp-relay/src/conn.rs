@@ -109,6 +109,15 @@ impl Conn {
         }
     }
 
+    /// Changes the bound on each wait for the peer (e.g. for DATA).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Whether unread input is waiting in our buffer.
     pub fn has_buffered_input(&self) -> bool {
         self.start < self.end
@@ -197,13 +206,17 @@ impl Conn {
     }
 
     /// Switches to TLS (after the 220 to STARTTLS, or at connect for 465).
-    pub async fn start_tls(&mut self, acceptor: &tokio_rustls::TlsAcceptor) -> io::Result<()> {
+    pub async fn start_tls(
+        &mut self,
+        acceptor: &tokio_rustls::TlsAcceptor,
+        handshake_timeout: Duration,
+    ) -> io::Result<()> {
         self.flush().await?;
         self.discard_input();
         let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Switching) else {
             return Err(io::Error::other("TLS already active"));
         };
-        let tls = tokio::time::timeout(self.timeout, acceptor.accept(tcp))
+        let tls = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
         self.stream = Stream::Tls(Box::new(tls));

@@ -19,6 +19,8 @@ pub enum Outcome {
     TooBig,
     /// A CR not followed by LF, or an LF not preceded by CR.
     BareLineEnding,
+    /// A line longer than the text line limit (CRLF included).
+    LineTooLong,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,17 +44,30 @@ pub struct Decoder {
     size: u64,
     too_big: bool,
     bare: bool,
+    max_line: usize,
+    line_len: usize,
+    line_too_long: bool,
 }
 
 impl Decoder {
     /// `limit` is the largest accepted decoded size in octets.
+    /// Lines may be of any length.
     pub fn new(limit: u64) -> Self {
+        Self::with_line_limit(limit, usize::MAX)
+    }
+
+    /// `max_line` is the longest accepted line as sent, CRLF included
+    /// (RFC 5321 4.5.3.1.6: 1000).
+    pub fn with_line_limit(limit: u64, max_line: usize) -> Self {
         Decoder {
             state: State::LineStart,
             limit,
             size: 0,
             too_big: false,
             bare: false,
+            max_line,
+            line_len: 0,
+            line_too_long: false,
         }
     }
 
@@ -61,12 +76,17 @@ impl Decoder {
     /// outcome. Once the outcome is known the decoder must not be fed again.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, Option<Outcome>) {
         for (i, &b) in input.iter().enumerate() {
+            self.line_len += 1;
+            if self.line_len > self.max_line {
+                self.line_too_long = true;
+            }
             match (self.state, b) {
                 (State::LineStart, b'.') => self.state = State::Dot,
                 (State::LineStart | State::Middle, b'\r') => self.state = State::Cr,
                 (State::Cr, b'\n') => {
                     self.emit(b"\r\n", out);
                     self.state = State::LineStart;
+                    self.line_len = 0;
                 }
                 (State::Cr, b'\r') => {
                     // The first CR was bare; this one may still start a CRLF.
@@ -104,7 +124,7 @@ impl Decoder {
     }
 
     fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
-        if self.too_big || self.bare {
+        if self.too_big || self.bare || self.line_too_long {
             // The message will be refused; stop storing, keep scanning.
             return;
         }
@@ -121,6 +141,8 @@ impl Decoder {
             Outcome::BareLineEnding
         } else if self.too_big {
             Outcome::TooBig
+        } else if self.line_too_long {
+            Outcome::LineTooLong
         } else {
             Outcome::Complete { size: self.size }
         }
@@ -130,6 +152,26 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_line_limit_counts_crlf_and_stuffing_dot() {
+        let feed = |input: &[u8]| {
+            let mut d = Decoder::with_line_limit(1_000_000, 10);
+            let mut out = Vec::new();
+            d.feed(input, &mut out).1
+        };
+        assert_eq!(
+            feed(b"12345678\r\n.\r\n"),
+            Some(Outcome::Complete { size: 10 })
+        );
+        assert_eq!(feed(b"123456789\r\n.\r\n"), Some(Outcome::LineTooLong));
+        assert_eq!(feed(b"..2345678\r\n.\r\n"), Some(Outcome::LineTooLong));
+        // Bare line endings win over the line limit.
+        assert_eq!(
+            feed(b"123456789012\n\r\n.\r\n"),
+            Some(Outcome::BareLineEnding)
+        );
+    }
 
     /// Feeds `input` in chunks of `chunk` bytes; returns decoded bytes,
     /// outcome and the number of bytes consumed.

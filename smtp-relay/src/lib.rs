@@ -18,6 +18,11 @@
 //! - [`conn`]: bounded line/DATA reading over plain or TLS streams.
 //! - [`server`]: listeners, access ranges, the connection loop.
 //! - [`clock`]: UTC timestamps for headers and the spool.
+//! - [`delivery`]: the queue: routes, MX, SMTP client, retries, bounces.
+//! - [`control`]: operator commands on the queue of a running relay.
+//! - [`metrics`]: counters and the Prometheus endpoint.
+//! - [`fuzz`]: bounded mutation fuzzing of the parsers.
+//! - [`throttle`]: AUTH brute-force delays and lockout.
 
 pub mod address;
 pub mod audit;
@@ -26,11 +31,16 @@ pub mod clock;
 pub mod command;
 pub mod config;
 pub mod conn;
+pub mod control;
 pub mod data;
+pub mod delivery;
+pub mod fuzz;
+pub mod metrics;
 pub mod reply;
 pub mod server;
 pub mod session;
 pub mod spool;
+pub mod throttle;
 pub mod tls;
 
 use std::path::Path;
@@ -54,6 +64,11 @@ pub fn prepare(config_path: &Path) -> anyhow::Result<Prepared> {
         .with_context(|| format!("{}: TLS settings", config.path.display()))?;
     let users = auth::Users::from_config(&config.users)
         .with_context(|| format!("{}: users", config.path.display()))?;
+    if let Some(d) = &config.delivery {
+        // The CA file for next hops must be usable before we accept mail.
+        delivery::tls::clients(d.ca_file.as_deref())
+            .with_context(|| format!("{}: [delivery] ca_file", config.path.display()))?;
+    }
     Ok(Prepared {
         config,
         tls,

@@ -40,6 +40,18 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Inspect and steer the delivery queue (also while the relay runs).
+    ///
+    /// flush and remove go through the running relay's control socket
+    /// (spool_dir/control.sock); without a running relay they work on the
+    /// spool directly under its lock. list and show only read.
+    Queue {
+        /// The relay's TOML config file (for spool_dir).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: QueueAction,
+    },
     /// Print an argon2id hash for a `[[user]]` password_hash entry.
     ///
     /// Prompts twice without echo, or reads one line from standard input
@@ -49,6 +61,23 @@ enum Command {
         #[arg(long)]
         stdin: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// List queued messages: id, size, age, attempts, sender, pending
+    /// recipients, last reply.
+    List {
+        /// One JSON array instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one message: its envelope with delivery state and its headers.
+    Show { id: String },
+    /// Try every queued message now.
+    Flush,
+    /// Delete a message from the queue without delivering it.
+    Remove { id: String },
 }
 
 fn init_logging() {
@@ -115,6 +144,33 @@ fn execute(command: Command) -> anyhow::Result<()> {
                 prepared.config.listeners.len(),
                 prepared.config.users.len()
             );
+            Ok(())
+        }
+        Command::Queue { config, action } => {
+            let config = smtp_relay::config::Config::load(&config)?;
+            let dir = &config.spool_dir;
+            match action {
+                QueueAction::List { json } => {
+                    let items = smtp_relay::control::list(dir)?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&items)?);
+                    } else {
+                        print!("{}", smtp_relay::control::format_list(&items));
+                    }
+                }
+                QueueAction::Show { id } => println!("{}", smtp_relay::control::show(dir, &id)?),
+                QueueAction::Flush => println!("{}", smtp_relay::control::command(dir, "flush")?),
+                QueueAction::Remove { id } => {
+                    anyhow::ensure!(
+                        smtp_relay::spool::is_valid_id(&id),
+                        "invalid queue id {id:?}"
+                    );
+                    println!(
+                        "{}",
+                        smtp_relay::control::command(dir, &format!("remove {id}"))?
+                    );
+                }
+            }
             Ok(())
         }
         Command::HashPassword { stdin } => {

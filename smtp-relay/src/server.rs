@@ -16,16 +16,16 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::auth::{self, Mechanism, SaslError};
-use crate::config::{ListenerConfig, Role};
+use crate::config::{Limits, ListenerConfig, Role};
 use crate::conn::{Conn, Line, Stream};
 use crate::data::{Decoder, Outcome};
+use crate::delivery::Queue;
 use crate::reply::Reply;
 use crate::session::{Action, Policy, Session};
 use crate::spool::{Envelope, Spool};
+use crate::throttle::AuthThrottle;
 use crate::{Prepared, audit};
 
-/// RFC 5321 4.5.3.1.4: command lines are at most 512 octets with CRLF.
-pub const COMMAND_LINE_LIMIT: usize = 512;
 /// SASL responses may be longer (RFC 4954 4: 12288 octets allowed).
 const AUTH_LINE_LIMIT: usize = 12_288;
 /// How long a stopping server waits for sessions in progress.
@@ -37,12 +37,22 @@ struct Shared {
     spool: Spool,
     timeout: Duration,
     connections: Arc<Semaphore>,
+    limits: Limits,
+    /// Sessions per client address.
+    per_client: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+    throttle: AuthThrottle,
+    /// The delivery queue; `None` without a `[delivery]` table.
+    pub(crate) queue: Option<Queue>,
 }
 
 /// Bound listeners, ready to serve.
 pub struct Server {
     listeners: Vec<(TcpListener, ListenerConfig)>,
     shared: Arc<Shared>,
+    metrics: Option<TcpListener>,
+    control: Option<tokio::net::UnixListener>,
+    /// The spool's lock, held while we run.
+    _lock: std::fs::File,
 }
 
 /// Binds one listening socket. IPv6 sockets are V6ONLY so `[::]:25` and
@@ -63,12 +73,22 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// A plain listening socket for the metrics endpoint.
+fn bind_plain(addr: SocketAddr) -> io::Result<TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    info!(event = "metrics_listening", address = %l.local_addr()?);
+    TcpListener::from_std(l)
+}
+
 impl Server {
     /// Opens the spool and binds every listener; on any error nothing
     /// listens (already bound sockets are dropped). Needs a Tokio runtime.
     pub fn bind(prepared: Prepared) -> anyhow::Result<Server> {
         let config = &prepared.config;
         let spool = Spool::open(&config.spool_dir)
+            .with_context(|| format!("{}: spool_dir", config.path.display()))?;
+        let lock = crate::control::lock_spool(&config.spool_dir)
             .with_context(|| format!("{}: spool_dir", config.path.display()))?;
         let mut listeners = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
@@ -86,7 +106,39 @@ impl Server {
             l.address = listener.local_addr()?;
             listeners.push((listener, l));
         }
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(bind_plain(addr).with_context(|| {
+                format!(
+                    "{}: metrics_listen {addr}: cannot listen",
+                    config.path.display()
+                )
+            })?),
+            None => None,
+        };
+        let (queue, control) = match &config.delivery {
+            Some(d) => {
+                let queue = Queue::new(
+                    spool.clone(),
+                    d.clone(),
+                    &config.hostname,
+                    &config.local_domains,
+                )
+                .with_context(|| format!("{}: [delivery]", config.path.display()))?;
+                let control = crate::control::bind(&config.spool_dir)?;
+                (Some(queue), Some(control))
+            }
+            None => {
+                warn!(
+                    event = "no_delivery",
+                    "no [delivery] configured: accepted mail stays in the spool"
+                );
+                (None, None)
+            }
+        };
         Ok(Server {
+            metrics,
+            control,
+            _lock: lock,
             listeners,
             shared: Arc::new(Shared {
                 policy: Arc::new(Policy::from_config(config, prepared.users.clone())),
@@ -94,8 +146,21 @@ impl Server {
                 spool,
                 timeout: config.command_timeout,
                 connections: Arc::new(Semaphore::new(config.max_connections)),
+                limits: config.limits.clone(),
+                per_client: std::sync::Mutex::new(std::collections::HashMap::new()),
+                throttle: AuthThrottle::new(
+                    config.limits.auth_delay,
+                    config.limits.auth_max_failures,
+                    config.limits.auth_window,
+                ),
+                queue,
             }),
         })
+    }
+
+    /// The metrics endpoint's bound address, if configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The bound addresses and their roles, in config order.
@@ -110,6 +175,16 @@ impl Server {
     /// sessions go with 421 and waits (bounded) for the others.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
+        let mut helpers = JoinSet::new();
+        if let Some(l) = self.metrics {
+            helpers.spawn(crate::metrics::serve(l));
+        }
+        let queue_task = self.shared.queue.clone().map(|queue| {
+            if let Some(control) = self.control {
+                helpers.spawn(crate::control::serve(control, queue.clone()));
+            }
+            tokio::spawn(queue.run(stop_rx.clone(), SHUTDOWN_GRACE))
+        });
         let mut tasks = JoinSet::new();
         for (listener, config) in self.listeners {
             audit::listening(config.address, config.role.as_str());
@@ -137,6 +212,10 @@ impl Server {
             );
             tasks.abort_all();
         }
+        if let Some(q) = queue_task {
+            let _ = q.await;
+        }
+        helpers.abort_all();
         info!(event = "shutdown", "stopped");
         Ok(())
     }
@@ -175,18 +254,67 @@ async fn accept_loop(
                 }
                 let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
                     warn!(event = "too_many_connections", client = %peer, listener = %config.address);
+                    crate::metrics::refused("too_many_connections");
+                    sessions.spawn(busy(tcp, config.role));
+                    continue;
+                };
+                let Some(slot) = ClientSlot::take(&shared, peer.ip()) else {
+                    audit::too_many_from_client(peer, config.address);
+                    drop(permit);
                     sessions.spawn(busy(tcp, config.role));
                     continue;
                 };
                 let (config, shared, stop) = (config.clone(), shared.clone(), stop.clone());
                 sessions.spawn(async move {
                     handle(tcp, peer, &config, &shared, stop).await;
+                    drop(slot);
                     drop(permit);
                 });
             }
         }
     }
     while sessions.join_next().await.is_some() {}
+}
+
+/// One session counted against its client address; released on drop.
+struct ClientSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl ClientSlot {
+    fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<ClientSlot> {
+        let ip = ip.to_canonical();
+        let mut map = shared
+            .per_client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = map.entry(ip).or_insert(0);
+        if *n >= shared.limits.per_client {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            shared: shared.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .shared
+            .per_client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// `554 5.7.1` for a peer outside the ranges. On 465 the client expects a
@@ -228,7 +356,10 @@ async fn handle(
     let mut conn = Conn::new(Stream::Plain(tcp), shared.timeout);
     let implicit_tls = config.role == Role::Submissions;
     if implicit_tls {
-        if let Err(e) = conn.start_tls(&shared.tls).await {
+        if let Err(e) = conn
+            .start_tls(&shared.tls, shared.limits.tls_handshake)
+            .await
+        {
             audit::tls_failed(peer, &e.to_string());
             audit::disconnect(peer, false, None, "tls_failed");
             return;
@@ -246,6 +377,7 @@ async fn handle(
     let reason = match serve(&mut conn, &mut session, shared, &mut stop).await {
         Ok(reason) => reason,
         Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            crate::metrics::refused("timeout");
             conn.queue(&Reply::new(421, "4.4.2", "Timeout, closing connection"));
             "timeout"
         }
@@ -265,7 +397,7 @@ async fn serve(
 ) -> io::Result<&'static str> {
     loop {
         let line = tokio::select! {
-            line = conn.read_line(COMMAND_LINE_LIMIT) => line?,
+            line = conn.read_line(shared.limits.command_line) => line?,
             () = stopped(stop) => {
                 conn.queue(&Reply::new(421, "4.3.2", "Service shutting down, try later"));
                 return Ok("shutdown");
@@ -278,7 +410,7 @@ async fn serve(
         };
         let mut action = session.handle(command);
         if let Action::Auth { mechanism, initial } = action {
-            action = authenticate(conn, session, mechanism, initial).await?;
+            action = authenticate(conn, session, shared, mechanism, initial).await?;
         }
         match action {
             Action::Reply(reply) => conn.queue(&reply),
@@ -293,7 +425,10 @@ async fn serve(
                 if conn.has_buffered_input() {
                     audit::starttls_injection(session.client());
                 }
-                if let Err(e) = conn.start_tls(&shared.tls).await {
+                if let Err(e) = conn
+                    .start_tls(&shared.tls, shared.limits.tls_handshake)
+                    .await
+                {
                     audit::tls_failed(session.client(), &e.to_string());
                     return Ok("tls_failed");
                 }
@@ -315,6 +450,7 @@ async fn serve(
 async fn authenticate(
     conn: &mut Conn,
     session: &mut Session,
+    shared: &Shared,
     mechanism: Mechanism,
     initial: Option<String>,
 ) -> io::Result<Action> {
@@ -357,11 +493,24 @@ async fn authenticate(
             return Ok(session.auth_failed());
         }
     };
+    // Brute force: no password check while the address or the name has
+    // too many recent failures; the same answer whether the user exists.
+    if shared.throttle.blocked(client.ip(), &user) {
+        audit::auth_throttled(client, Some(&user));
+        return Ok(Action::Reply(Reply::new(
+            454,
+            "4.7.0",
+            "Temporary authentication failure, try again later",
+        )));
+    }
     if session.users().verify(&user, &password).await {
+        shared.throttle.succeeded(client.ip(), &user);
         audit::auth_succeeded(client, &user, mechanism.name());
         Ok(Action::Reply(session.auth_succeeded(user)))
     } else {
+        let delay = shared.throttle.failed(client.ip(), &user);
         audit::auth_failed(client, Some(&user), mechanism.name(), "bad credentials");
+        tokio::time::sleep(delay).await;
         Ok(session.auth_failed())
     }
 }
@@ -463,8 +612,13 @@ async fn receive(
     );
     let header_written = writer.write(header.as_bytes()).await;
     conn.queue(&go_ahead);
-    let mut decoder = Decoder::new(shared.policy.max_message_size);
-    let (outcome, sink) = conn.read_data(&mut decoder, &mut writer).await?;
+    let mut decoder =
+        Decoder::with_line_limit(shared.policy.max_message_size, shared.limits.text_line);
+    let command_timeout = conn.timeout();
+    conn.set_timeout(shared.limits.data_timeout);
+    let read = conn.read_data(&mut decoder, &mut writer).await;
+    conn.set_timeout(command_timeout);
+    let (outcome, sink) = read?;
     let sink = header_written.and(sink);
     let size = match outcome {
         Outcome::Complete { size } => size,
@@ -476,6 +630,14 @@ async fn receive(
             "5.3.4",
             "Message size exceeds fixed maximum message size",
         ),
+        (Outcome::LineTooLong, _) => Reply::new(
+            500,
+            "5.5.6",
+            format!(
+                "Line too long (at most {} octets with CRLF)",
+                shared.limits.text_line
+            ),
+        ),
         (Outcome::BareLineEnding, _) => Reply::new(
             550,
             "5.6.0",
@@ -486,7 +648,15 @@ async fn receive(
             Reply::new(451, "4.3.0", "Local error in processing, try later")
         }
         (Outcome::Complete { .. }, Ok(())) => match writer.commit(envelope.clone()).await {
-            Ok(()) => Reply::new(250, "2.0.0", format!("Ok: queued as {id}")),
+            Ok(()) => {
+                if envelope.recipients.iter().any(|r| !r.local) {
+                    crate::metrics::RELAYED.inc();
+                }
+                if let Some(queue) = &shared.queue {
+                    queue.enqueued(&id, envelope.received_at);
+                }
+                Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))
+            }
             Err(e) => {
                 error!(event = "spool_error", client = %session.client(), queue_id = %id, error = %e);
                 Reply::new(451, "4.3.0", "Local error in processing, try later")

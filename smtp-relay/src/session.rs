@@ -24,6 +24,10 @@ pub struct Policy {
     pub max_recipients: usize,
     pub trusted_networks: Vec<IpNet>,
     pub users: Arc<Users>,
+    /// Error replies before the session is closed.
+    pub max_errors: u32,
+    /// Commands per session.
+    pub max_commands: u32,
 }
 
 impl Policy {
@@ -35,6 +39,8 @@ impl Policy {
             max_recipients: config.max_recipients,
             trusted_networks: config.trusted_networks.clone(),
             users,
+            max_errors: config.limits.errors,
+            max_commands: config.limits.commands,
         }
     }
 
@@ -68,8 +74,6 @@ pub enum Action {
     Data(Reply, Box<Envelope>),
 }
 
-/// After this many bad commands the client is disconnected.
-const MAX_ERRORS: u32 = 20;
 /// After this many failed AUTH attempts the client is disconnected.
 const MAX_AUTH_FAILURES: u32 = 3;
 
@@ -93,6 +97,7 @@ pub struct Session {
     trusted: bool,
     transaction: Option<Transaction>,
     errors: u32,
+    commands: u32,
     auth_failures: u32,
 }
 
@@ -127,6 +132,7 @@ impl Session {
             trusted,
             transaction: None,
             errors: 0,
+            commands: 0,
             auth_failures: 0,
         }
     }
@@ -202,6 +208,11 @@ impl Session {
 
     /// Handles one command (or parse error).
     pub fn handle(&mut self, cmd: Result<Command, CommandError>) -> Action {
+        self.commands += 1;
+        if self.commands > self.policy.max_commands {
+            audit::too_many_commands(self.client, self.tls, self.user.as_deref());
+            return Action::Close(Reply::new(421, "4.7.0", "Too many commands, closing"));
+        }
         let action = match cmd {
             Ok(cmd) => self.command(cmd),
             Err(CommandError::Unknown) => r(500, "5.5.2", "Command not recognized"),
@@ -222,7 +233,7 @@ impl Session {
             && reply.code >= 500
         {
             self.errors += 1;
-            if self.errors >= MAX_ERRORS {
+            if self.errors >= self.policy.max_errors {
                 audit::too_many_errors(self.client, self.tls, self.user.as_deref());
                 return Action::Close(Reply::new(421, "4.7.0", "Too many errors, closing"));
             }
@@ -419,7 +430,7 @@ impl Session {
             audit::relay_denied(self.client, self.tls, &tx.sender, &address);
             return r(554, "5.7.1", "Relay access denied");
         }
-        tx.recipients.push(Recipient { address, local });
+        tx.recipients.push(Recipient::new(address, local));
         r(250, "2.1.5", "Recipient OK")
     }
 
@@ -446,6 +457,9 @@ impl Session {
             received_at_rfc3339: crate::clock::rfc3339(now),
             size: 0,
             body: tx.body.to_owned(),
+            attempts: 0,
+            next_attempt: 0,
+            is_bounce: false,
         };
         Action::Data(
             Reply::bare(354, vec!["End data with <CR><LF>.<CR><LF>".to_owned()]),
@@ -490,6 +504,8 @@ mod tests {
             max_recipients: 3,
             trusted_networks: trusted,
             users: Arc::new(users),
+            max_errors: 20,
+            max_commands: 1000,
         })
     }
 
@@ -559,7 +575,7 @@ mod tests {
         let mut s = session(Role::Mta, false);
         assert!(matches!(s.handle(Err(CommandError::LineTooLong)),
             Action::Reply(r) if r.code == 500 && r.enhanced == Some("5.5.6")));
-        for _ in 0..MAX_ERRORS - 2 {
+        for _ in 0..20 - 2 {
             assert!(matches!(s.handle(parse(b"BOGUS")), Action::Reply(_)));
         }
         assert!(matches!(s.handle(parse(b"BOGUS")), Action::Close(r) if r.code == 421));
@@ -611,8 +627,8 @@ mod tests {
         assert_eq!(code(&mut s, "RCPT TO:<Postmaster>"), 250);
         assert!(matches!(s.handle(parse(b"DATA")), Action::Data(_, env)
             if env.recipients == vec![
-                Recipient { address: "u@EXAMPLE.org".into(), local: true },
-                Recipient { address: "postmaster@example.org".into(), local: true },
+                Recipient::new("u@EXAMPLE.org".into(), true),
+                Recipient::new("postmaster@example.org".into(), true),
             ] && env.user.is_none() && env.sender == "x@sender.example"));
     }
 

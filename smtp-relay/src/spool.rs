@@ -9,9 +9,10 @@
 //!   queued exactly when its `.env` exists; an `.eml` without `.env` is an
 //!   incomplete leftover.
 //!
-//! Each file is written under `tmp/`, fsynced, renamed into place, and the
-//! directory fsynced, before the next step. Only then does the client get
-//! `250`, so a `250` survives a crash or power loss.
+//! Each file is written under `tmp/`; a commit thread makes a whole batch
+//! of waiting messages durable at once (group commit: one `syncfs`, the
+//! renames, message before envelope, one directory fsync). Only then do
+//! their clients get `250`, so a `250` survives a crash or power loss.
 
 use std::fs;
 use std::io::{self, Write as _};
@@ -27,12 +28,48 @@ use tokio::io::AsyncWriteExt as _;
 /// Current envelope format version; bump on incompatible changes.
 pub const ENVELOPE_VERSION: u32 = 1;
 
-/// One recipient. `local` tells the delivery worker whether the address is
-/// in one of our local domains; it will add per-recipient delivery state.
+/// Where one recipient stands. A message leaves the spool once no
+/// recipient is `pending`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RcptStatus {
+    /// Not yet accepted by a next hop; retried.
+    #[default]
+    Pending,
+    /// The next hop said `250` for it (after DATA).
+    Delivered,
+    /// Refused permanently or expired; bounced to the sender.
+    Failed,
+}
+
+/// One recipient. `local` tells whether the address is in one of our local
+/// domains; `status`, `reply` and `next_hop` are the delivery state, written
+/// back atomically after every attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recipient {
     pub address: String,
     pub local: bool,
+    #[serde(default)]
+    pub status: RcptStatus,
+    /// The last reply about this recipient (ours or the next hop's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<String>,
+    /// The host that gave `reply`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_hop: Option<String>,
+}
+
+impl Recipient {
+    /// A new, pending recipient.
+    pub fn new(address: String, local: bool) -> Recipient {
+        Recipient {
+            address,
+            local,
+            status: RcptStatus::Pending,
+            reply: None,
+            next_hop: None,
+        }
+    }
 }
 
 /// The JSON envelope stored as `<id>.env`.
@@ -59,12 +96,142 @@ pub struct Envelope {
     pub size: u64,
     /// `7BIT` or `8BITMIME`, as declared by MAIL BODY=.
     pub body: String,
+    /// Delivery attempts so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Unix seconds of the next attempt (0: as soon as possible).
+    #[serde(default)]
+    pub next_attempt: u64,
+    /// Set on bounces we generate, so that the queue can tell them apart.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub is_bounce: bool,
+}
+
+impl Envelope {
+    /// Whether the sender is the null reverse-path `<>`.
+    pub fn null_sender(&self) -> bool {
+        self.sender.is_empty()
+    }
+
+    /// Whether some recipient still waits for delivery.
+    pub fn has_pending(&self) -> bool {
+        self.recipients
+            .iter()
+            .any(|r| r.status == RcptStatus::Pending)
+    }
 }
 
 /// A spool directory.
 #[derive(Debug, Clone)]
 pub struct Spool {
     dir: PathBuf,
+    /// Group commit; `None` for read-only handles ([`Spool::at`]).
+    committer: Option<std::sync::Arc<Committer>>,
+}
+
+/// One message waiting for the group commit.
+struct CommitRequest {
+    id: String,
+    env_json: Vec<u8>,
+    done: tokio::sync::oneshot::Sender<io::Result<()>>,
+}
+
+/// Group commit: a thread takes every commit waiting, writes their
+/// envelopes to `tmp/`, makes all of the batch's files durable with one
+/// `syncfs` (one journal commit instead of several fsyncs per message),
+/// renames them into place (message first, envelope last), fsyncs the
+/// directory once, and only then answers every message of the batch.
+struct Committer {
+    tx: std::sync::Mutex<std::sync::mpsc::Sender<CommitRequest>>,
+}
+
+impl std::fmt::Debug for Committer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Committer")
+    }
+}
+
+/// Most messages in one group commit.
+const MAX_BATCH: usize = 256;
+
+impl Committer {
+    fn start(dir: PathBuf) -> io::Result<Committer> {
+        let (tx, rx) = std::sync::mpsc::channel::<CommitRequest>();
+        std::thread::Builder::new()
+            .name("spool-commit".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(r) => batch.push(r),
+                            Err(_) => break,
+                        }
+                    }
+                    let result = commit_batch(&dir, &batch);
+                    for r in batch {
+                        let answer = match &result {
+                            Ok(()) => Ok(()),
+                            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                        };
+                        let _ = r.done.send(answer);
+                    }
+                }
+            })?;
+        Ok(Committer {
+            tx: std::sync::Mutex::new(tx),
+        })
+    }
+}
+
+/// `syncfs(2)` on the spool's filesystem: writes back and waits for every
+/// dirty file there, and commits the journal.
+fn syncfs(dir: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let f = fs::File::open(dir)?;
+    // SAFETY: the descriptor is valid for the duration of the call.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn commit_batch(dir: &Path, batch: &[CommitRequest]) -> io::Result<()> {
+    let result = (|| {
+        for r in batch {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(dir.join("tmp").join(format!("{}.env", r.id)))?;
+            f.write_all(&r.env_json)?;
+        }
+        syncfs(dir)?;
+        for r in batch {
+            fs::rename(
+                dir.join("tmp").join(format!("{}.eml", r.id)),
+                dir.join(format!("{}.eml", r.id)),
+            )?;
+        }
+        for r in batch {
+            fs::rename(
+                dir.join("tmp").join(format!("{}.env", r.id)),
+                dir.join(format!("{}.env", r.id)),
+            )?;
+        }
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        // Leave no half-queued message behind: nobody got a 250.
+        for r in batch {
+            let _ = fs::remove_file(dir.join(format!("{}.env", r.id)));
+            let _ = fs::remove_file(dir.join("tmp").join(format!("{}.env", r.id)));
+            let _ = fs::remove_file(dir.join(format!("{}.eml", r.id)));
+            let _ = fs::remove_file(dir.join("tmp").join(format!("{}.eml", r.id)));
+        }
+    }
+    result
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -85,7 +252,9 @@ fn new_id() -> String {
     )
 }
 
-fn is_valid_id(id: &str) -> bool {
+/// Whether `id` has the form of a queue id (also keeps paths inside the
+/// spool: no separators, no dots).
+pub fn is_valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
@@ -110,9 +279,21 @@ impl Spool {
                 .with_context(|| format!("removing stale spool file {}", path.display()))?;
         }
         sync_dir(dir).with_context(|| format!("syncing {}", dir.display()))?;
+        let committer = Committer::start(dir.to_owned())
+            .with_context(|| format!("starting the commit thread for {}", dir.display()))?;
         Ok(Spool {
             dir: dir.to_owned(),
+            committer: Some(std::sync::Arc::new(committer)),
         })
+    }
+
+    /// A spool handle for reading only (no directories created, no temp
+    /// files removed): for the `queue` commands next to a running relay.
+    pub fn at(dir: &Path) -> Spool {
+        Spool {
+            dir: dir.to_owned(),
+            committer: None,
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -132,6 +313,7 @@ impl Spool {
         Ok(SpoolWriter {
             id,
             dir: self.dir.clone(),
+            committer: self.committer.clone(),
             tmp_eml: Some(tmp_eml),
             file: tokio::io::BufWriter::with_capacity(64 * 1024, file),
             size: 0,
@@ -172,6 +354,91 @@ impl Spool {
         );
         Ok((env, eml))
     }
+
+    /// Reads only the envelope of a queued message.
+    pub fn read_envelope(&self, id: &str) -> anyhow::Result<Envelope> {
+        anyhow::ensure!(is_valid_id(id), "invalid queue id {id:?}");
+        let env_path = self.dir.join(format!("{id}.env"));
+        serde_json::from_slice(
+            &fs::read(&env_path).with_context(|| format!("reading {}", env_path.display()))?,
+        )
+        .with_context(|| format!("parsing {}", env_path.display()))
+    }
+
+    /// Replaces `<id>.env` atomically: temp file, fsync, rename, fsync of
+    /// the directory. A crash leaves either the old or the new envelope.
+    pub fn update(&self, env: &Envelope) -> io::Result<()> {
+        if !is_valid_id(&env.id) {
+            return Err(io::Error::other(format!("invalid queue id {:?}", env.id)));
+        }
+        let json = serde_json::to_vec_pretty(env).map_err(io::Error::other)?;
+        let tmp = self.dir.join("tmp").join(format!("{}.env.new", env.id));
+        let result = (|| {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&json)?;
+            f.sync_all()?;
+            fs::rename(&tmp, self.dir.join(format!("{}.env", env.id)))?;
+            sync_dir(&self.dir)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Takes a message out of the queue: envelope first (so it is no
+    /// longer queued), then the message file, then fsync of the directory.
+    pub fn remove(&self, id: &str) -> io::Result<()> {
+        if !is_valid_id(id) {
+            return Err(io::Error::other(format!("invalid queue id {id:?}")));
+        }
+        match fs::remove_file(self.dir.join(format!("{id}.env"))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        match fs::remove_file(self.dir.join(format!("{id}.eml"))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Removes message files without an envelope: leftovers of a crash
+    /// before the `250` (never acknowledged, so nobody expects them).
+    pub fn remove_orphans(&self) -> io::Result<Vec<String>> {
+        let mut removed = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".eml"))
+                && is_valid_id(id)
+                && !self.dir.join(format!("{id}.env")).exists()
+            {
+                fs::remove_file(self.dir.join(name.as_os_str()))?;
+                removed.push(id.to_owned());
+            }
+        }
+        if !removed.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        Ok(removed)
+    }
+
+    /// Queues a message we generate ourselves (a bounce), durably, and
+    /// returns its id.
+    pub async fn enqueue(&self, env: Envelope, message: &[u8]) -> io::Result<String> {
+        let mut writer = self.begin().await?;
+        let id = writer.id().to_owned();
+        writer.write(message).await?;
+        writer.commit(env).await?;
+        Ok(id)
+    }
 }
 
 /// A message being written. Dropping it without [`SpoolWriter::commit`]
@@ -179,6 +446,7 @@ impl Spool {
 pub struct SpoolWriter {
     id: String,
     dir: PathBuf,
+    committer: Option<std::sync::Arc<Committer>>,
     tmp_eml: Option<PathBuf>,
     file: tokio::io::BufWriter<tokio::fs::File>,
     size: u64,
@@ -200,9 +468,29 @@ impl SpoolWriter {
     /// `env.size` and `env.id` are filled in here.
     pub async fn commit(mut self, mut env: Envelope) -> io::Result<()> {
         self.file.flush().await?;
-        self.file.get_ref().sync_all().await?;
         env.id = self.id.clone();
         env.size = self.size;
+        if let Some(committer) = self.committer.clone() {
+            let env_json = serde_json::to_vec_pretty(&env).map_err(io::Error::other)?;
+            let (done, wait) = tokio::sync::oneshot::channel();
+            let request = CommitRequest {
+                id: self.id.clone(),
+                env_json,
+                done,
+            };
+            committer
+                .tx
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .send(request)
+                .map_err(|_| io::Error::other("spool commit thread is gone"))?;
+            // From here the commit thread owns the temp file.
+            self.tmp_eml = None;
+            return wait
+                .await
+                .map_err(|_| io::Error::other("spool commit thread is gone"))?;
+        }
+        self.file.get_ref().sync_all().await?;
         let tmp_eml = self
             .tmp_eml
             .take()
@@ -270,10 +558,7 @@ mod tests {
             version: ENVELOPE_VERSION,
             id: String::new(),
             sender: "a@example.org".into(),
-            recipients: vec![Recipient {
-                address: "b@example.net".into(),
-                local: false,
-            }],
+            recipients: vec![Recipient::new("b@example.net".into(), false)],
             client_addr: "127.0.0.1:1234".into(),
             helo: "client.example".into(),
             listener: "127.0.0.1:25".into(),
@@ -284,7 +569,44 @@ mod tests {
             received_at_rfc3339: "1970-01-01T00:00:01Z".into(),
             size: 0,
             body: "8BITMIME".into(),
+            attempts: 0,
+            next_attempt: 0,
+            is_bounce: false,
         }
+    }
+
+    #[tokio::test]
+    async fn update_replaces_envelope_and_remove_takes_both_files() {
+        let tmp = TempDir::new("upd");
+        let spool = Spool::open(&tmp.0).expect("open");
+        let id = spool
+            .enqueue(envelope(), b"Subject: x\r\n\r\nhi\r\n")
+            .await
+            .expect("enqueue");
+        let mut env = spool.read_envelope(&id).expect("env");
+        assert_eq!(env.recipients[0].status, RcptStatus::Pending);
+        env.recipients[0].status = RcptStatus::Delivered;
+        env.recipients[0].reply = Some("250 ok".into());
+        env.attempts = 1;
+        spool.update(&env).expect("update");
+        let again = spool.read_envelope(&id).expect("env");
+        assert_eq!(again, env);
+        assert!(!again.has_pending());
+        // An orphan .eml (crash before 250) is removed, queued ones are not.
+        fs::write(tmp.0.join("ORPHAN1.eml"), b"x").expect("w");
+        assert_eq!(spool.remove_orphans().expect("orphans"), vec!["ORPHAN1"]);
+        assert!(tmp.0.join(format!("{id}.eml")).exists());
+        spool.remove(&id).expect("remove");
+        assert!(spool.queued_ids().expect("list").is_empty());
+        assert!(!tmp.0.join(format!("{id}.eml")).exists());
+        assert!(
+            spool
+                .update(&Envelope {
+                    id: "../x".into(),
+                    ..env
+                })
+                .is_err()
+        );
     }
 
     #[tokio::test]

@@ -4,133 +4,38 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader, Write as _};
-use std::net::{SocketAddr, TcpListener};
+use std::io::Write as _;
+use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::nexthop::{NextHop, Script};
+use common::process::Relay;
 use common::{Client, PASSWORD, Setup, queue_id, split_received};
 
 const BIN: &str = env!("CARGO_BIN_EXE_smtp-relay");
 
-/// The relay as a child process; killed by PID on drop.
-struct Relay {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-    /// (address, role) from the `listening` audit lines.
-    addrs: Vec<(SocketAddr, String)>,
-}
-
-fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
-    let start = line.find(&format!(" {name}="))? + name.len() + 2;
-    let rest = &line[start..];
-    Some(rest.split(' ').next().unwrap_or(rest).trim_matches('"'))
-}
-
-impl Relay {
-    fn start(config: &Path, listeners: usize) -> Relay {
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start smtp-relay");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("relay: {line}");
-                sink.lock().expect("log lock").push(line);
-            }
-        });
-        let mut relay = Relay {
-            child,
-            log,
-            addrs: Vec::new(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while relay.addrs.len() < listeners {
-            assert!(Instant::now() < deadline, "relay did not start listening");
-            if let Ok(Some(status)) = relay.child.try_wait() {
-                panic!("relay exited early: {status}");
-            }
-            relay.addrs = relay
-                .lines()
-                .iter()
-                .filter(|l| l.contains("event=\"listening\""))
-                .filter_map(|l| {
-                    Some((
-                        field(l, "address")?.parse().ok()?,
-                        field(l, "role")?.to_owned(),
-                    ))
-                })
-                .collect();
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        relay
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.log.lock().expect("log lock").clone()
-    }
-
-    fn addr(&self, role: &str, ipv4: bool) -> SocketAddr {
-        self.addrs
-            .iter()
-            .find(|(a, r)| r == role && a.is_ipv4() == ipv4)
-            .map(|(a, _)| *a)
-            .expect("listener for role")
-    }
-
-    /// Waits until a log line contains all `needles`; returns it.
-    fn wait_for_log(&self, needles: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(l) = self
-                .lines()
-                .into_iter()
-                .find(|l| needles.iter().all(|n| l.contains(n)))
-            {
-                return l;
-            }
-            assert!(Instant::now() < deadline, "no log line with {needles:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(40);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "relay did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        // Child::kill sends SIGKILL to this PID only.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 const MESSAGE: &[u8] = b"Subject: durable\r\n\r\n.dot\r\nline\r\n";
 
 #[test]
-fn message_answered_250_survives_sigkill() {
-    let setup = Setup::new("kill9", &common::config_text("", 10_000));
-    let mut relay = Relay::start(&setup.config, 6);
+fn message_answered_250_survives_sigkill_and_is_delivered_once_after_restart() {
+    // The next hop is down while the first relay runs, so the messages are
+    // still queued (with failed attempts recorded) when it is killed.
+    let hop = NextHop::start(
+        "127.0.0.1:0",
+        Script {
+            down: true,
+            ..Script::default()
+        },
+    );
+    let routes = [
+        ("example.org", hop.addr, "none"),
+        ("other.example", hop.addr, "none"),
+    ];
+    let config = common::config_with("", &common::delivery_section(&routes, ""));
+    let setup = Setup::new("kill9", &config);
+    let mut relay = Relay::start(BIN, &setup.config, 6);
     let mut c = Client::connect(relay.addr("mta", true));
     c.ehlo();
     let r = c.send_mail("someone@sender.example", &["alice@example.org"], MESSAGE);
@@ -170,12 +75,30 @@ fn message_answered_250_survives_sigkill() {
         assert_eq!(split_received(&eml).1, MESSAGE);
         assert_eq!(env.id, *id);
     }
+    // Restarted with the next hop back: each message arrives once.
+    hop.script().down = false;
+    let _relay = Relay::start(BIN, &setup.config, 6);
+    let got = hop.wait_for(2, Duration::from_secs(15));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !spool.queued_ids().expect("list").is_empty() {
+        assert!(Instant::now() < deadline, "queue not emptied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        hop.messages().len(),
+        2,
+        "duplicates after SIGKILL and restart"
+    );
+    for m in &got {
+        assert_eq!(split_received(&m.data).1, MESSAGE);
+    }
 }
 
 #[test]
 fn sigterm_stops_gracefully_and_auth_failures_are_logged() {
     let setup = Setup::new("term", &common::config_text("", 10_000));
-    let mut relay = Relay::start(&setup.config, 6);
+    let mut relay = Relay::start(BIN, &setup.config, 6);
     let mut c = Client::connect(relay.addr("submission", true));
     c.ehlo();
     c.starttls(&setup.ca());
@@ -297,6 +220,21 @@ fn bad_configs_fail_with_a_clear_error() {
             ),
             vec!["relay.toml", "clashes"],
         ),
+        (
+            // A CA file without a certificate in it.
+            format!("{good}\n[delivery]\nca_file = \"key.pem\"\n"),
+            vec!["relay.toml", "ca_file", "key.pem"],
+        ),
+        (
+            format!("{good}\n[delivery]\nca_file = \"nowhere.pem\"\n"),
+            vec!["relay.toml", "nowhere.pem"],
+        ),
+        (
+            format!(
+                "{good}\n[delivery.smarthost]\nhost = \"relay.internal\"\nauth_user = \"u\"\nauth_password_file = \"key.pem\"\n"
+            ),
+            vec!["relay.toml", "tls = \"required\""],
+        ),
     ];
     for (text, needles) in cases {
         let setup = Setup::new("bad", &text);
@@ -402,7 +340,7 @@ fn refused_peers_are_logged_and_sigint_stops() {
     let extra =
         "[[listener]]\naddress = \"127.0.0.1:0\"\nrole = \"mta\"\nallow = [\"192.0.2.0/24\"]\n";
     let setup = Setup::new("refused", &common::config_text(extra, 10_000));
-    let mut relay = Relay::start(&setup.config, 7);
+    let mut relay = Relay::start(BIN, &setup.config, 7);
     let closed = relay.addrs[6].0;
     let c = Client::connect(closed);
     c.greeting.expect(554, "5.7.1");

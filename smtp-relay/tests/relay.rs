@@ -3,7 +3,23 @@
 
 mod common;
 
-use common::{Client, PASSWORD, TestServer, queue_id, split_received};
+use std::time::Duration;
+
+use common::nexthop::{NextHop, Script};
+use common::{
+    Client, PASSWORD, TestServer, config_with, delivery_section, queue_id, split_received,
+};
+
+/// A next hop that is down (421) until the test has looked at the spool.
+fn down_hop() -> NextHop {
+    NextHop::start(
+        "127.0.0.1:0",
+        Script {
+            down: true,
+            ..Script::default()
+        },
+    )
+}
 use smtp_relay::config::Role;
 
 const MESSAGE: &[u8] = b"From: someone@sender.example\r\n\
@@ -79,9 +95,15 @@ fn unauthenticated_relay_is_refused_on_every_listener() {
 }
 
 #[test]
-fn local_mail_from_anyone_is_stored_byte_identical() {
-    let server = TestServer::start("local");
+fn local_mail_from_anyone_is_stored_and_forwarded_byte_identical() {
+    let hop = down_hop();
+    let routes = [
+        ("example.org", hop.addr, "none"),
+        ("example.net", hop.addr, "none"),
+    ];
+    let server = TestServer::start_with("local", &config_with("", &delivery_section(&routes, "")));
     let spool = server.setup.spool();
+    let mut ids = Vec::new();
     for addr in server.listeners(Role::Mta) {
         let mut c = Client::connect(addr);
         c.ehlo();
@@ -122,8 +144,32 @@ fn local_mail_from_anyone_is_stored_byte_identical() {
         assert_eq!(env.role, "mta");
         assert_eq!(env.size, eml.len() as u64);
         c.cmd("QUIT").expect(221, "2.0.0");
+        ids.push(id);
     }
     assert_eq!(spool.queued_ids().expect("list").len(), 2);
+    // The next hop comes back: each message arrives once, unchanged apart
+    // from our Received header, for all three recipients.
+    hop.script().down = false;
+    let got = hop.wait_for(2, Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(hop.messages().len(), 2, "duplicates at the next hop");
+    for m in &got {
+        let (received, body) = split_received(&m.data);
+        assert_eq!(body, MESSAGE, "message altered on the way");
+        assert!(
+            ids.iter().any(|id| received.contains(&format!("id {id}"))),
+            "{received}"
+        );
+        assert_eq!(m.from, "someone@sender.example");
+        assert_eq!(
+            m.rcpts,
+            vec![
+                "alice@example.org",
+                "Bob@EXAMPLE.net",
+                "postmaster@example.org"
+            ]
+        );
+    }
 }
 
 #[test]
@@ -175,8 +221,16 @@ fn auth_is_offered_only_inside_tls_and_checks_passwords() {
 }
 
 #[test]
-fn authenticated_relay_is_accepted_and_sender_bound() {
-    let server = TestServer::start("authrelay");
+fn authenticated_relay_is_accepted_sender_bound_and_forwarded() {
+    let hop = down_hop();
+    let routes = [
+        ("example.org", hop.addr, "none"),
+        ("other.example", hop.addr, "none"),
+    ];
+    let server = TestServer::start_with(
+        "authrelay",
+        &config_with("", &delivery_section(&routes, "")),
+    );
     let ca = server.setup.ca();
     let spool = server.setup.spool();
     let mut ids = Vec::new();
@@ -227,6 +281,31 @@ fn authenticated_relay_is_accepted_and_sender_bound() {
     queued.sort();
     ids.sort();
     assert_eq!(queued, ids);
+    hop.script().down = false;
+    let got = hop.wait_for(5, Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(hop.messages().len(), 5, "duplicates at the next hop");
+    let mut arrived: Vec<String> = got
+        .iter()
+        .map(|m| {
+            assert_eq!(m.from, "alice.smith@EXAMPLE.NET");
+            assert_eq!(
+                m.rcpts,
+                vec!["friend@other.example", "user%host@example.org"]
+            );
+            let (received, body) = split_received(&m.data);
+            assert_eq!(body, MESSAGE);
+            received
+                .split_whitespace()
+                .skip_while(|w| *w != "id")
+                .nth(1)
+                .expect("id in Received")
+                .trim_end_matches(';')
+                .to_owned()
+        })
+        .collect();
+    arrived.sort();
+    assert_eq!(arrived, ids);
 }
 
 #[test]
@@ -269,7 +348,13 @@ fn peers_outside_the_ranges_get_554_at_connect() {
 
 #[test]
 fn smuggling_bare_lf_and_size_limits() {
-    let server = TestServer::start("smuggle");
+    let hop = NextHop::start("127.0.0.1:0", Script::default());
+    let routes = [
+        ("example.org", hop.addr, "none"),
+        ("other.example", hop.addr, "none"),
+    ];
+    let server =
+        TestServer::start_with("smuggle", &config_with("", &delivery_section(&routes, "")));
     let spool = server.setup.spool();
     let mut c = Client::connect(server.addr(Role::Mta));
     c.ehlo();
@@ -315,6 +400,10 @@ fn smuggling_bare_lf_and_size_limits() {
             .is_none(),
         "refused messages left temp files"
     );
+    // Nothing, smuggled or not, reached the next hop.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(hop.messages().is_empty(), "{:?}", hop.messages());
+    assert!(hop.connect_times().is_empty());
 }
 
 #[test]
@@ -368,6 +457,29 @@ fn starttls_command_injection_is_discarded() {
     c.cmd("NOOP").expect(250, "2.0.0");
     c.ehlo();
     c.cmd("RCPT TO:<alice@example.org>").expect(503, "5.5.1");
+}
+
+/// RFC 3207: after the handshake the session starts over: no EHLO, no
+/// transaction, and the EHLO reply changes (no STARTTLS, AUTH offered).
+#[test]
+fn session_is_reset_after_the_tls_handshake() {
+    let server = TestServer::start("tlsreset");
+    let ca = server.setup.ca();
+    let mut c = Client::connect(server.addr(Role::Mta));
+    let before = c.ehlo().text();
+    assert!(
+        before.contains("STARTTLS") && !before.contains("AUTH"),
+        "{before}"
+    );
+    c.starttls(&ca);
+    c.cmd("MAIL FROM:<a@sender.example>").expect(503, "5.5.1");
+    let after = c.ehlo().text();
+    assert!(
+        !after.contains("STARTTLS") && after.contains("AUTH PLAIN LOGIN"),
+        "{after}"
+    );
+    c.cmd("MAIL FROM:<a@sender.example>").expect(250, "2.1.0");
+    c.cmd("STARTTLS").expect(503, "5.5.1");
 }
 
 #[test]

@@ -21,6 +21,8 @@ pub enum Suite {
     /// The XDP program through BPF_PROG_TEST_RUN against an empty program: per packet class,
     /// per allowlist size, hot and with many sources; load time and kernel memory.
     Xdp,
+    /// The SMTP relay: messages per second, latency, RSS, beside Postfix when installed.
+    Relay,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -48,5 +50,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             }
             shell::run(&mut cmd)
         }
+        Suite::Relay => crate::bench_relay::run(),
     }
 }

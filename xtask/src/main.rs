@@ -1,8 +1,10 @@
 //! `cargo xtask`: the project's workflow. Each subcommand says what it does before it does it.
 
 mod bench;
+mod bench_relay;
 mod build;
 mod demo;
+mod fuzz;
 mod setup;
 mod shell;
 mod test;
@@ -32,6 +34,8 @@ enum Command {
     Demo(demo::Args),
     /// Measure the XDP program through BPF_PROG_TEST_RUN against an empty program (root).
     Bench(bench::Args),
+    /// Fuzz the SMTP relay's parsers for a bounded time (stable Rust, in-process).
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,12 @@
 
 #![allow(dead_code)]
 
+pub mod aiosmtpd;
+pub mod dns;
+pub mod logs;
+pub mod nexthop;
+pub mod process;
+
 use std::io::{BufRead as _, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -42,6 +48,9 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        if self.0.as_os_str().is_empty() {
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -111,6 +120,7 @@ spool_dir = "spool"
 local_domains = ["example.org", "Example.NET"]
 max_message_size = {max_size}
 command_timeout_secs = 10
+auth_failure_delay_ms = 20
 
 [tls]
 cert = "cert.pem"
@@ -160,6 +170,28 @@ senders = ["bob@example.org"]
     )
 }
 
+/// The standard test config with `top` keys (before any table) and a
+/// `[delivery]` section (or anything else) appended.
+pub fn config_with(top: &str, tail: &str) -> String {
+    format!("{top}\n{}\n{tail}\n", config_text("", 10_000))
+}
+
+/// A `[delivery]` section with fast retries and `routes` as
+/// (domain, next hop, tls mode); `extra` goes into the table.
+pub fn delivery_section(routes: &[(&str, SocketAddr, &str)], extra: &str) -> String {
+    let mut s = format!(
+        "[delivery]\nretry_initial_secs = 0.3\nretry_max_secs = 2.0\nconnect_timeout_secs = 5\nreply_timeout_secs = 10\nconnection_idle_secs = 2.0\n{extra}\n"
+    );
+    for (domain, hop, tls) in routes {
+        s.push_str(&format!(
+            "[[delivery.route]]\ndomain = \"{domain}\"\nhost = \"{}\"\nport = {}\ntls = \"{tls}\"\n\n",
+            hop.ip(),
+            hop.port()
+        ));
+    }
+    s
+}
+
 /// Certificates and a config file in a fresh temp dir.
 pub struct Setup {
     pub dir: TempDir,
@@ -175,12 +207,19 @@ impl Setup {
         Setup { dir, config: path }
     }
 
+    /// The spool, read-only: opening it for writing would clear `tmp/`
+    /// under a running relay.
     pub fn spool(&self) -> Spool {
-        Spool::open(&self.dir.path().join("spool")).expect("open spool")
+        Spool::at(&self.dir.path().join("spool"))
     }
 
     pub fn ca(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
+    }
+
+    /// Rewrites the config file (same certificates and spool).
+    pub fn rewrite(&self, config: &str) {
+        std::fs::write(&self.config, config).expect("write config");
     }
 }
 
@@ -188,6 +227,7 @@ impl Setup {
 pub struct TestServer {
     pub setup: Setup,
     pub addrs: Vec<(SocketAddr, Role)>,
+    pub metrics: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     runtime: Option<tokio::runtime::Runtime>,
     done: Option<std::sync::mpsc::Receiver<anyhow::Result<()>>>,
@@ -199,7 +239,27 @@ impl TestServer {
     }
 
     pub fn start_with(tag: &str, config: &str) -> TestServer {
-        let setup = Setup::new(tag, config);
+        Self::start_in(Setup::new(tag, config))
+    }
+
+    /// Stops this server and starts a new one on the same directory (and
+    /// spool) with `config`. Listener ports change.
+    pub fn restart(mut self, config: &str) -> TestServer {
+        self.stop().expect("clean stop");
+        let setup = std::mem::replace(
+            &mut self.setup,
+            Setup {
+                dir: TempDir(PathBuf::new()),
+                config: PathBuf::new(),
+            },
+        );
+        setup.rewrite(config);
+        drop(self);
+        Self::start_in(setup)
+    }
+
+    pub fn start_in(setup: Setup) -> TestServer {
+        logs::init();
         let prepared = smtp_relay::prepare(&setup.config).expect("config valid");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -210,6 +270,7 @@ impl TestServer {
             .block_on(async { Server::bind(prepared) })
             .expect("bind");
         let addrs = server.local_addrs();
+        let metrics = server.metrics_addr();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         runtime.spawn(async move {
@@ -223,6 +284,7 @@ impl TestServer {
         TestServer {
             setup,
             addrs,
+            metrics,
             stop: Some(stop_tx),
             runtime: Some(runtime),
             done: Some(done_rx),
@@ -359,6 +421,33 @@ impl Client {
         tcp.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
         tcp
+    }
+
+    /// Connects in plaintext from the local address `source` (e.g.
+    /// 127.0.0.2, to act as another client) and reads the greeting.
+    pub fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> Client {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .expect("socket");
+        socket
+            .bind(&SocketAddr::new(source, 0).into())
+            .expect("bind source");
+        socket.connect(&addr.into()).expect("connect");
+        let tcp: TcpStream = socket.into();
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut c = Client {
+            r: BufReader::new(Stream::Plain(tcp)),
+            greeting: Reply {
+                code: 0,
+                lines: vec![],
+            },
+        };
+        c.greeting = c.read_reply();
+        c
     }
 
     /// Connects in plaintext and reads the greeting.

@@ -1,0 +1,374 @@
+//! `cargo xtask bench relay`: throughput, latency and memory of the relay
+//! binary with durable queueing, forwarding to a sink on loopback.
+//!
+//! usage: bench_relay --relay PATH [--messages N] [--sessions N]
+//!        bench_relay --mta ADDR --sink-port P [--messages N]
+//!
+//! The second form measures another MTA (e.g. Postfix) already listening on
+//! ADDR and relaying `example.org` to 127.0.0.1:P, where this program runs
+//! the sink; the 1000-session phase is skipped then.
+//!
+//! Phases: 10 and 50 concurrent clients, one 4 KB message per connection
+//! (messages/second and p50/p99 from the end of DATA to the 250), then
+//! `--sessions` (1000) sessions open at once (peak RSS of the relay). Every
+//! accepted message must reach the sink.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A next hop that takes everything: 250 to each command, counts messages.
+async fn sink(listener: TcpListener, count: Arc<AtomicU64>) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let count = count.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let (r, mut w) = tcp.into_split();
+            let mut r = BufReader::new(r);
+            if w.write_all(b"220 sink\r\n").await.is_err() {
+                return;
+            }
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match r.read_until(b'\n', &mut line).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                let upper = line.to_ascii_uppercase();
+                let reply: &[u8] = if upper.starts_with(b"EHLO") {
+                    b"250-sink\r\n250-8BITMIME\r\n250 SIZE 100000000\r\n"
+                } else if upper.starts_with(b"DATA") {
+                    if w.write_all(b"354 go\r\n").await.is_err() {
+                        return;
+                    }
+                    loop {
+                        line.clear();
+                        match r.read_until(b'\n', &mut line).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        if line == b".\r\n" {
+                            break;
+                        }
+                    }
+                    count.fetch_add(1, Ordering::Relaxed);
+                    b"250 2.0.0 sunk\r\n"
+                } else if upper.starts_with(b"QUIT") {
+                    let _ = w.write_all(b"221 bye\r\n").await;
+                    return;
+                } else {
+                    b"250 2.0.0 ok\r\n"
+                };
+                if w.write_all(reply).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+async fn reply(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> anyhow::Result<u16> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).await? == 0 {
+            bail!("connection closed");
+        }
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return Ok(line.get(..3).unwrap_or("").parse()?);
+        }
+    }
+}
+
+/// One session: one message; returns the time from end of DATA to 250.
+async fn send_one(
+    addr: SocketAddr,
+    body: &[u8],
+    hold: Option<Arc<tokio::sync::Barrier>>,
+) -> anyhow::Result<Duration> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let (r, mut w) = tcp.into_split();
+    let mut r = BufReader::new(r);
+    anyhow::ensure!(reply(&mut r).await? == 220, "no greeting");
+    if let Some(b) = hold {
+        b.wait().await;
+    }
+    w.write_all(b"EHLO bench.example\r\n").await?;
+    anyhow::ensure!(reply(&mut r).await? == 250, "EHLO");
+    w.write_all(b"MAIL FROM:<bench@sender.example>\r\n").await?;
+    anyhow::ensure!(reply(&mut r).await? == 250, "MAIL");
+    w.write_all(b"RCPT TO:<sink@example.org>\r\n").await?;
+    anyhow::ensure!(reply(&mut r).await? == 250, "RCPT");
+    w.write_all(b"DATA\r\n").await?;
+    anyhow::ensure!(reply(&mut r).await? == 354, "DATA");
+    w.write_all(body).await?;
+    let t = Instant::now();
+    w.write_all(b".\r\n").await?;
+    let code = reply(&mut r).await?;
+    let latency = t.elapsed();
+    anyhow::ensure!(code == 250, "end of data: {code}");
+    w.write_all(b"QUIT\r\n").await?;
+    let _ = reply(&mut r).await;
+    Ok(latency)
+}
+
+fn body() -> Vec<u8> {
+    let mut b =
+        b"From: bench@sender.example\r\nTo: sink@example.org\r\nSubject: bench\r\n\r\n".to_vec();
+    while b.len() < 4096 - 80 {
+        b.extend_from_slice(
+            b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ab\r\n",
+        );
+    }
+    b
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn rss_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+struct Relay(Child);
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn write_certs(dir: &Path) -> anyhow::Result<()> {
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?.self_signed(&key)?;
+    std::fs::write(dir.join("cert.pem"), cert.pem())?;
+    std::fs::write(dir.join("key.pem"), key.serialize_pem())?;
+    Ok(())
+}
+
+/// Starts the relay and returns it with its mta port (from the log).
+fn start_relay(bin: &Path, config: &Path) -> anyhow::Result<(Relay, SocketAddr)> {
+    use std::io::BufRead as _;
+    let mut child = Command::new(bin)
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn,audit=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let relay = Relay(child);
+    let addr = loop {
+        let line = lines.next().context("relay exited before listening")??;
+        if line.contains("event=\"listening\"")
+            && let Some(a) = line
+                .split(" address=")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+        {
+            break a.parse::<SocketAddr>()?;
+        }
+    };
+    // Keep draining the log so the relay never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    Ok((relay, addr))
+}
+
+async fn phase(
+    addr: SocketAddr,
+    clients: usize,
+    total: usize,
+    body: Arc<Vec<u8>>,
+) -> anyhow::Result<(f64, Vec<Duration>)> {
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (next, body) = (next.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < total as u64 {
+                lat.push(send_one(addr, &body, None).await?);
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let rate = all.len() as f64 / started.elapsed().as_secs_f64();
+    all.sort();
+    Ok((rate, all))
+}
+
+async fn wait_count(count: &AtomicU64, n: u64, limit: Duration) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    while count.load(Ordering::Relaxed) < n {
+        if started.elapsed() > limit {
+            bail!("sink got {} of {n} messages", count.load(Ordering::Relaxed));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(started.elapsed())
+}
+
+/// The 10- and 50-client phases; returns how many messages were sent.
+async fn measure(
+    addr: SocketAddr,
+    messages: usize,
+    count: &AtomicU64,
+    what: &str,
+) -> anyhow::Result<u64> {
+    let body = Arc::new(body());
+    println!("bench: {what}: 4 KB messages, one per connection, forwarded to a sink on loopback");
+    let mut sent = 0u64;
+    for clients in [10usize, 50] {
+        // Warm-up, not measured.
+        phase(addr, clients, clients * 2, body.clone()).await?;
+        sent += (clients * 2) as u64;
+        let (rate, lat) = phase(addr, clients, messages, body.clone()).await?;
+        sent += messages as u64;
+        println!(
+            "  {clients:>2} clients: {:>7.1} msg/s accepted   end-of-DATA->250 p50 {:>6.2} ms  p99 {:>6.2} ms   ({} messages)",
+            rate,
+            percentile(&lat, 0.50).as_secs_f64() * 1000.0,
+            percentile(&lat, 0.99).as_secs_f64() * 1000.0,
+            lat.len()
+        );
+    }
+    let waited = wait_count(count, sent, Duration::from_secs(300)).await?;
+    println!(
+        "  all {sent} messages reached the sink ({:.1}s after the last 250)",
+        waited.as_secs_f64()
+    );
+    Ok(sent)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut relay_bin: Option<PathBuf> = None;
+    let mut mta: Option<SocketAddr> = None;
+    let mut sink_port = 0u16;
+    let mut messages = 3000usize;
+    let mut sessions = 1000usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let v = args.next().context("missing value")?;
+        match a.as_str() {
+            "--relay" => relay_bin = Some(PathBuf::from(v)),
+            "--mta" => mta = Some(v.parse()?),
+            "--sink-port" => sink_port = v.parse()?,
+            "--messages" => messages = v.parse()?,
+            "--sessions" => sessions = v.parse()?,
+            _ => bail!("usage: bench_relay --relay PATH [--messages N] [--sessions N]"),
+        }
+    }
+    if let Some(addr) = mta {
+        let count = Arc::new(AtomicU64::new(0));
+        let sink_listener = TcpListener::bind(("127.0.0.1", sink_port)).await?;
+        tokio::spawn(sink(sink_listener, count.clone()));
+        return measure(addr, messages, &count, "the MTA at --mta")
+            .await
+            .map(|_| ());
+    }
+    let relay_bin = relay_bin.context("--relay PATH (or --mta ADDR) is required")?;
+    let dir = std::env::temp_dir().join(format!("smtp-relay-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    write_certs(&dir)?;
+    let count = Arc::new(AtomicU64::new(0));
+    let sink_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let sink_addr = sink_listener.local_addr()?;
+    tokio::spawn(sink(sink_listener, count.clone()));
+    let config = dir.join("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "hostname = \"bench.example\"\nspool_dir = \"spool\"\nlocal_domains = [\"example.org\"]\n\
+             max_connections = {}\nmax_connections_per_client = {}\n\n\
+             [tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\n\
+             [[listener]]\naddress = \"127.0.0.1:0\"\nrole = \"mta\"\nallow = [\"127.0.0.0/8\"]\n\n\
+             [delivery]\nconnections_per_destination = 8\nmax_deliveries = 64\nretry_initial_secs = 1.0\n\n\
+             [[delivery.route]]\ndomain = \"example.org\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n",
+            sessions + 100,
+            sessions + 100,
+            sink_addr.port()
+        ),
+    )?;
+    let (relay, addr) = start_relay(&relay_bin, &config)?;
+    let pid = relay.0.id();
+    let mut sent = measure(
+        addr,
+        messages,
+        &count,
+        "smtp-relay, durable queue (synced before 250)",
+    )
+    .await?;
+    let body = Arc::new(body());
+
+    // Many sessions at once: all greeted, then all send.
+    let barrier = Arc::new(tokio::sync::Barrier::new(sessions + 1));
+    let mut tasks = Vec::new();
+    for _ in 0..sessions {
+        let (b, body) = (barrier.clone(), body.clone());
+        tasks.push(tokio::spawn(
+            async move { send_one(addr, &body, Some(b)).await },
+        ));
+    }
+    barrier.wait().await;
+    let rss_open = rss_kb(pid, "VmRSS:");
+    let mut errors = 0;
+    for t in tasks {
+        if !matches!(t.await, Ok(Ok(_))) {
+            errors += 1;
+        }
+    }
+    sent += (sessions - errors) as u64;
+    wait_count(&count, sent, Duration::from_secs(120)).await?;
+    let peak = rss_kb(pid, "VmHWM:");
+    println!(
+        "  {sessions} concurrent sessions: {} errors; relay RSS with all open {:.1} MB, peak RSS (VmHWM) {:.1} MB",
+        errors,
+        rss_open as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+    drop(relay);
+    anyhow::ensure!(errors == 0, "{errors} sessions failed");
+    Ok(())
+}

@@ -1,0 +1,582 @@
+//! The SMTP client side: one connection to a next hop, EHLO (HELO as a
+//! fallback), STARTTLS per the hop's [`TlsMode`], AUTH PLAIN inside TLS,
+//! and transactions (MAIL, RCPT..., DATA with dot-stuffing), reusable with
+//! RSET. Replies are read with bounded lines and RFC 5321 4.5.3.2 waits.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::config::TlsMode;
+
+/// Longest reply line we accept (RFC 5321 says 512; be lenient).
+const MAX_REPLY_LINE: usize = 4096;
+/// Most lines in one multi-line reply.
+const MAX_REPLY_LINES: usize = 100;
+/// RFC 5321 4.5.3.2.6: wait up to 10 minutes for the reply to the final dot.
+const DATA_END_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A reply from the next hop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerReply {
+    pub code: u16,
+    /// The text of every line, without the code.
+    pub lines: Vec<String>,
+}
+
+impl ServerReply {
+    pub fn is_positive(&self) -> bool {
+        (200..400).contains(&self.code)
+    }
+    pub fn is_permanent(&self) -> bool {
+        self.code >= 500
+    }
+    /// `d.d.d` if the first line starts with an enhanced status code.
+    pub fn enhanced(&self) -> Option<&str> {
+        let first = self.lines.first()?;
+        let word = first.split(' ').next()?;
+        let parts: Vec<&str> = word.split('.').collect();
+        let ok = parts.len() == 3
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            && matches!(parts[0], "2" | "4" | "5");
+        ok.then_some(word)
+    }
+}
+
+impl fmt::Display for ServerReply {
+    /// One line: code and the lines joined, control characters replaced.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text: String = self
+            .lines
+            .join(" ")
+            .chars()
+            .map(|c| {
+                if c.is_control() || !c.is_ascii() {
+                    '?'
+                } else {
+                    c
+                }
+            })
+            .take(900)
+            .collect();
+        write!(f, "{} {}", self.code, text)
+    }
+}
+
+/// Why a connection or transaction failed before the next hop could give
+/// an answer about the recipients. All of these are temporary except a
+/// permanent greeting or EHLO refusal, which [`ClientError::permanent`] tells.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connect to {0}: {1}")]
+    Connect(SocketAddr, io::Error),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("{stage} refused: {reply}")]
+    Refused {
+        stage: &'static str,
+        reply: ServerReply,
+    },
+    #[error("TLS required but {0}")]
+    TlsRequired(String),
+    #[error("TLS handshake failed: {0}")]
+    TlsHandshake(io::Error),
+}
+
+impl ClientError {
+    /// Only an explicit 5xx reply is permanent.
+    pub fn permanent(&self) -> bool {
+        matches!(self, ClientError::Refused { reply, .. } if reply.is_permanent())
+    }
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Switching,
+}
+
+fn switching() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "stream is switching to TLS")
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Switching => Poll::Ready(Err(switching())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Switching => Poll::Ready(Err(switching())),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+            Stream::Switching => Poll::Ready(Err(switching())),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Switching => Poll::Ready(Err(switching())),
+        }
+    }
+}
+
+/// What the next hop announced in its EHLO reply.
+#[derive(Debug, Default, Clone)]
+pub struct Extensions {
+    pub starttls: bool,
+    pub eight_bit: bool,
+    pub size: bool,
+    pub auth_plain: bool,
+}
+
+impl Extensions {
+    fn parse(reply: &ServerReply) -> Extensions {
+        let mut e = Extensions::default();
+        for line in reply.lines.iter().skip(1) {
+            let upper = line.to_ascii_uppercase();
+            let mut words = upper.split_ascii_whitespace();
+            match words.next() {
+                Some("STARTTLS") => e.starttls = true,
+                Some("8BITMIME") => e.eight_bit = true,
+                Some("SIZE") => e.size = true,
+                Some("AUTH") => e.auth_plain = words.any(|w| w == "PLAIN"),
+                _ => {}
+            }
+        }
+        e
+    }
+}
+
+/// Per-connection settings.
+pub struct ConnectOptions<'a> {
+    /// Our name for EHLO.
+    pub helo: &'a str,
+    /// The next hop's name, for certificate checks with `TlsMode::Required`.
+    pub server_name: &'a str,
+    pub tls: TlsMode,
+    pub auth: Option<&'a (String, String)>,
+    pub connect_timeout: Duration,
+    pub reply_timeout: Duration,
+    /// Verifying and non-verifying TLS client configs.
+    pub tls_configs: &'a TlsClients,
+}
+
+/// The two TLS client configs: one verifying certificates against the CA
+/// file, one that only encrypts (opportunistic TLS, RFC 7435).
+#[derive(Clone)]
+pub struct TlsClients {
+    pub verified: Arc<rustls::ClientConfig>,
+    pub unverified: Arc<rustls::ClientConfig>,
+}
+
+/// The replies of one transaction: MAIL, each RCPT in order, and the end
+/// of DATA (or the DATA command's refusal); `data` is `None` when no
+/// recipient was accepted.
+#[derive(Debug)]
+pub struct Transaction {
+    pub mail: ServerReply,
+    pub rcpts: Vec<ServerReply>,
+    pub data: Option<ServerReply>,
+}
+
+/// One open, greeted connection to a next hop.
+pub struct SmtpClient {
+    stream: Stream,
+    buf: Vec<u8>,
+    peer: SocketAddr,
+    ext: Extensions,
+    reply_timeout: Duration,
+    tls: bool,
+}
+
+impl SmtpClient {
+    /// Connects, reads the greeting, says EHLO, runs STARTTLS and AUTH as
+    /// configured.
+    pub async fn connect(
+        addr: SocketAddr,
+        opts: &ConnectOptions<'_>,
+    ) -> Result<SmtpClient, ClientError> {
+        let tcp = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ClientError::Timeout("connect"))?
+            .map_err(|e| ClientError::Connect(addr, e))?;
+        let _ = tcp.set_nodelay(true);
+        let mut c = SmtpClient {
+            stream: Stream::Plain(tcp),
+            buf: Vec::with_capacity(1024),
+            peer: addr,
+            ext: Extensions::default(),
+            reply_timeout: opts.reply_timeout,
+            tls: false,
+        };
+        let greeting = c.read_reply("greeting", opts.reply_timeout).await?;
+        if greeting.code != 220 {
+            return Err(ClientError::Refused {
+                stage: "greeting",
+                reply: greeting,
+            });
+        }
+        c.hello(opts.helo).await?;
+        match opts.tls {
+            TlsMode::None => {}
+            TlsMode::Opportunistic if !c.ext.starttls => {}
+            TlsMode::Required if !c.ext.starttls => {
+                return Err(ClientError::TlsRequired("STARTTLS not offered".into()));
+            }
+            mode => c.starttls(opts, mode).await?,
+        }
+        if let Some((user, password)) = opts.auth {
+            c.auth_plain(user, password).await?;
+        }
+        Ok(c)
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    async fn hello(&mut self, helo: &str) -> Result<(), ClientError> {
+        let reply = self.command(&format!("EHLO {helo}"), "EHLO").await?;
+        if reply.code == 250 {
+            self.ext = Extensions::parse(&reply);
+            return Ok(());
+        }
+        let reply = self.command(&format!("HELO {helo}"), "HELO").await?;
+        if reply.code != 250 {
+            return Err(ClientError::Refused {
+                stage: "HELO",
+                reply,
+            });
+        }
+        self.ext = Extensions::default();
+        Ok(())
+    }
+
+    async fn starttls(
+        &mut self,
+        opts: &ConnectOptions<'_>,
+        mode: TlsMode,
+    ) -> Result<(), ClientError> {
+        let reply = self.command("STARTTLS", "STARTTLS").await?;
+        if reply.code != 220 {
+            if mode == TlsMode::Required {
+                return Err(ClientError::TlsRequired(format!(
+                    "STARTTLS refused: {reply}"
+                )));
+            }
+            return Ok(());
+        }
+        if !self.buf.is_empty() {
+            return Err(ClientError::Protocol(
+                "data pipelined after the 220 to STARTTLS".into(),
+            ));
+        }
+        let (config, name) = match mode {
+            TlsMode::Required => (
+                opts.tls_configs.verified.clone(),
+                rustls::pki_types::ServerName::try_from(opts.server_name.to_owned()).map_err(
+                    |_| ClientError::TlsRequired(format!("bad server name {:?}", opts.server_name)),
+                )?,
+            ),
+            _ => (
+                opts.tls_configs.unverified.clone(),
+                rustls::pki_types::ServerName::try_from(opts.server_name.to_owned())
+                    .unwrap_or_else(|_| {
+                        rustls::pki_types::ServerName::IpAddress(self.peer.ip().into())
+                    }),
+            ),
+        };
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Switching) else {
+            return Err(ClientError::Protocol("TLS already active".into()));
+        };
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let tls = tokio::time::timeout(self.reply_timeout, connector.connect(name, tcp))
+            .await
+            .map_err(|_| ClientError::Timeout("TLS handshake"))?
+            .map_err(ClientError::TlsHandshake)?;
+        self.stream = Stream::Tls(Box::new(tls));
+        self.tls = true;
+        self.hello(opts.helo).await
+    }
+
+    async fn auth_plain(&mut self, user: &str, password: &str) -> Result<(), ClientError> {
+        if !self.tls {
+            return Err(ClientError::TlsRequired(
+                "AUTH configured and the session is not encrypted".into(),
+            ));
+        }
+        if !self.ext.auth_plain {
+            return Err(ClientError::Protocol("AUTH PLAIN not offered".into()));
+        }
+        let token = crate::auth::encode(format!("\0{user}\0{password}").as_bytes());
+        let reply = self.command(&format!("AUTH PLAIN {token}"), "AUTH").await?;
+        if reply.code != 235 {
+            return Err(ClientError::Refused {
+                stage: "AUTH",
+                reply,
+            });
+        }
+        Ok(())
+    }
+
+    /// One transaction. `message` has CRLF line endings; it is dot-stuffed
+    /// here. Network trouble is `Err`; replies (good or bad) are `Ok`.
+    pub async fn send(
+        &mut self,
+        sender: &str,
+        recipients: &[&str],
+        eight_bit: bool,
+        message: &[u8],
+    ) -> Result<Transaction, ClientError> {
+        let mut mail = format!("MAIL FROM:<{sender}>");
+        if self.ext.size {
+            mail.push_str(&format!(" SIZE={}", message.len()));
+        }
+        if eight_bit && self.ext.eight_bit {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        let mail = self.command(&mail, "MAIL").await?;
+        if mail.code != 250 {
+            return Ok(Transaction {
+                mail,
+                rcpts: Vec::new(),
+                data: None,
+            });
+        }
+        let mut rcpts = Vec::with_capacity(recipients.len());
+        for r in recipients {
+            rcpts.push(self.command(&format!("RCPT TO:<{r}>"), "RCPT").await?);
+        }
+        if !rcpts.iter().any(|r| r.code == 250 || r.code == 251) {
+            return Ok(Transaction {
+                mail,
+                rcpts,
+                data: None,
+            });
+        }
+        let go = self.command("DATA", "DATA").await?;
+        if go.code != 354 {
+            return Ok(Transaction {
+                mail,
+                rcpts,
+                data: Some(go),
+            });
+        }
+        let wire = dot_stuff(message);
+        self.write(&wire).await?;
+        let end = self.read_reply("end of data", DATA_END_TIMEOUT).await?;
+        Ok(Transaction {
+            mail,
+            rcpts,
+            data: Some(end),
+        })
+    }
+
+    /// RSET before reusing the connection; `Err` means do not reuse it.
+    pub async fn rset(&mut self) -> Result<(), ClientError> {
+        let reply = self.command("RSET", "RSET").await?;
+        if reply.code != 250 {
+            return Err(ClientError::Refused {
+                stage: "RSET",
+                reply,
+            });
+        }
+        Ok(())
+    }
+
+    /// QUIT and close, best effort.
+    pub async fn quit(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            if self.write(b"QUIT\r\n").await.is_ok() {
+                let _ = self.read_reply("QUIT", Duration::from_secs(5)).await;
+            }
+            let _ = self.stream.shutdown().await;
+        })
+        .await;
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        tokio::time::timeout(self.reply_timeout, async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        })
+        .await
+        .map_err(|_| ClientError::Timeout("write"))??;
+        Ok(())
+    }
+
+    async fn command(
+        &mut self,
+        line: &str,
+        stage: &'static str,
+    ) -> Result<ServerReply, ClientError> {
+        self.write(format!("{line}\r\n").as_bytes()).await?;
+        self.read_reply(stage, self.reply_timeout).await
+    }
+
+    async fn read_line(&mut self) -> Result<String, ClientError> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Ok(String::from_utf8_lossy(&line).into_owned());
+            }
+            if self.buf.len() > MAX_REPLY_LINE {
+                return Err(ClientError::Protocol("reply line too long".into()));
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(ClientError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed by the next hop",
+                )));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    async fn read_reply(
+        &mut self,
+        stage: &'static str,
+        wait: Duration,
+    ) -> Result<ServerReply, ClientError> {
+        tokio::time::timeout(wait, async {
+            let mut lines = Vec::new();
+            loop {
+                let line = self.read_line().await?;
+                let code = line
+                    .get(..3)
+                    .filter(|c| c.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|c| c.parse::<u16>().ok())
+                    .filter(|c| (200..600).contains(c))
+                    .ok_or_else(|| ClientError::Protocol(format!("bad reply line {line:?}")))?;
+                let sep = line.as_bytes().get(3).copied();
+                lines.push(line.get(4..).unwrap_or("").to_owned());
+                if lines.len() > MAX_REPLY_LINES {
+                    return Err(ClientError::Protocol("reply has too many lines".into()));
+                }
+                match sep {
+                    Some(b'-') => continue,
+                    None | Some(b' ') => return Ok(ServerReply { code, lines }),
+                    Some(_) => {
+                        return Err(ClientError::Protocol(format!("bad reply line {line:?}")));
+                    }
+                }
+            }
+        })
+        .await
+        .map_err(|_| ClientError::Timeout(stage))?
+    }
+}
+
+/// RFC 5321 4.5.2 transparency plus the terminating `.CRLF`. The stored
+/// message uses CRLF line endings; a missing final CRLF is added.
+pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 8);
+    let mut at_line_start = true;
+    let mut rest = message;
+    while !rest.is_empty() {
+        if at_line_start && rest[0] == b'.' {
+            out.push(b'.');
+        }
+        match rest.windows(2).position(|w| w == b"\r\n") {
+            Some(pos) => {
+                out.extend_from_slice(&rest[..pos + 2]);
+                rest = &rest[pos + 2..];
+                at_line_start = true;
+            }
+            None => {
+                out.extend_from_slice(rest);
+                out.extend_from_slice(b"\r\n");
+                rest = &[];
+            }
+        }
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_stuffing() {
+        assert_eq!(dot_stuff(b""), b".\r\n");
+        assert_eq!(dot_stuff(b"a\r\n.b\r\n..\r\n"), b"a\r\n..b\r\n...\r\n.\r\n");
+        assert_eq!(dot_stuff(b".\r\nx"), b"..\r\nx\r\n.\r\n");
+        // A dot not at a line start is left alone.
+        assert_eq!(dot_stuff(b"a.b\r\n"), b"a.b\r\n.\r\n");
+    }
+
+    #[test]
+    fn extensions_and_enhanced_codes() {
+        let r = ServerReply {
+            code: 250,
+            lines: vec![
+                "mx.example".into(),
+                "STARTTLS".into(),
+                "auth login plain".into(),
+                "SIZE 1000".into(),
+                "8BITMIME".into(),
+            ],
+        };
+        let e = Extensions::parse(&r);
+        assert!(e.starttls && e.auth_plain && e.size && e.eight_bit);
+        let r = ServerReply {
+            code: 550,
+            lines: vec!["5.1.1 no such user".into()],
+        };
+        assert_eq!(r.enhanced(), Some("5.1.1"));
+        assert_eq!(r.to_string(), "550 5.1.1 no such user");
+        let r = ServerReply {
+            code: 550,
+            lines: vec!["no\x1b such user 1.2".into()],
+        };
+        assert_eq!(r.enhanced(), None);
+        assert_eq!(r.to_string(), "550 no? such user 1.2");
+    }
+}

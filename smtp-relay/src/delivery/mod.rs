@@ -1,0 +1,19 @@
+//! Delivery: the queue that forwards spooled mail to next hops.
+//!
+//! - [`queue`]: scheduling, attempts, per-recipient state, bounces, retries.
+//! - [`pool`]: bounded, reused connections per destination.
+//! - [`client`]: the SMTP client (STARTTLS, AUTH, transactions).
+//! - [`route`]: routes, smarthost, MX.
+//! - [`dns`]: MX and address lookups through the configured nameservers.
+//! - [`dsn`]: RFC 3464 bounces.
+//! - [`tls`]: TLS client configs (verifying, opportunistic).
+
+pub mod client;
+pub mod dns;
+pub mod dsn;
+pub mod pool;
+pub mod queue;
+pub mod route;
+pub mod tls;
+
+pub use queue::{Queue, Removal};

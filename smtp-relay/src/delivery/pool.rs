@@ -1,0 +1,329 @@
+//! Connections per destination: each destination has a job channel and at
+//! most `connections_per_destination` worker tasks, each owning one SMTP
+//! connection that it reuses (RSET between messages) while jobs keep
+//! coming and closes after `connection_idle` without work.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+
+use super::client::{ClientError, ConnectOptions, ServerReply, SmtpClient, TlsClients};
+use super::dns::{Dns, DnsError};
+use super::route::{self, NextHop};
+use crate::config::TlsMode;
+
+/// What happened to one recipient in one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered(String),
+    Deferred(String),
+    Failed(String),
+}
+
+impl Outcome {
+    fn from_reply(reply: &ServerReply) -> Outcome {
+        let text = reply.to_string();
+        if reply.is_positive() {
+            Outcome::Delivered(text)
+        } else if reply.is_permanent() {
+            Outcome::Failed(text)
+        } else {
+            Outcome::Deferred(text)
+        }
+    }
+}
+
+/// A message for one destination: the recipients (indices into the
+/// envelope) still to deliver there.
+pub struct Job {
+    pub sender: String,
+    pub recipients: Vec<String>,
+    pub eight_bit: bool,
+    pub message: Arc<Vec<u8>>,
+    pub reply: oneshot::Sender<JobResult>,
+}
+
+/// The attempt's outcome per recipient (same order as `Job::recipients`)
+/// and the host that answered (`none` if no host was reached).
+#[derive(Debug)]
+pub struct JobResult {
+    pub next_hop: String,
+    pub outcomes: Vec<Outcome>,
+}
+
+/// Settings every connection needs.
+pub struct Settings {
+    pub helo: String,
+    pub per_destination: usize,
+    pub connect_timeout: Duration,
+    pub reply_timeout: Duration,
+    pub idle: Duration,
+    pub tls: TlsClients,
+}
+
+#[derive(Default)]
+struct Counts {
+    workers: usize,
+    /// Jobs sent and not yet taken by a worker.
+    queued: usize,
+    /// Workers waiting for a job.
+    idle: usize,
+}
+
+struct Destination {
+    hop: NextHop,
+    tx: mpsc::UnboundedSender<Job>,
+    rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Job>>,
+    counts: Mutex<Counts>,
+}
+
+pub struct Pool {
+    settings: Arc<Settings>,
+    dns: Arc<Dns>,
+    destinations: Mutex<HashMap<String, Arc<Destination>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Pool {
+    pub fn new(settings: Settings, dns: Arc<Dns>) -> Arc<Pool> {
+        Arc::new(Pool {
+            settings: Arc::new(settings),
+            dns,
+            destinations: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Hands `job` to the destination's workers, starting one if every
+    /// worker is busy and the limit allows.
+    pub fn submit(self: &Arc<Self>, hop: &NextHop, job: Job) {
+        let dest = {
+            let mut map = lock(&self.destinations);
+            map.entry(hop.key.clone())
+                .or_insert_with(|| {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    Arc::new(Destination {
+                        hop: hop.clone(),
+                        tx,
+                        rx: tokio::sync::Mutex::new(rx),
+                        counts: Mutex::new(Counts::default()),
+                    })
+                })
+                .clone()
+        };
+        let mut counts = lock(&dest.counts);
+        if dest.tx.send(job).is_err() {
+            // The receiver lives in `dest`, so this cannot happen.
+            return;
+        }
+        counts.queued += 1;
+        if counts.queued > counts.idle && counts.workers < self.settings.per_destination {
+            counts.workers += 1;
+            let (pool, dest) = (self.clone(), dest.clone());
+            tokio::spawn(async move { pool.worker(dest).await });
+        }
+    }
+
+    async fn worker(self: Arc<Self>, dest: Arc<Destination>) {
+        let mut conn: Option<SmtpClient> = None;
+        loop {
+            let job = {
+                lock(&dest.counts).idle += 1;
+                let mut rx = dest.rx.lock().await;
+                let job = match tokio::time::timeout(self.settings.idle, rx.recv()).await {
+                    Ok(Some(job)) => Some(job),
+                    Ok(None) | Err(_) => None,
+                };
+                let job = {
+                    let mut counts = lock(&dest.counts);
+                    counts.idle -= 1;
+                    // Re-check under the counts lock so a job sent while we
+                    // decided to stop is not left without a worker.
+                    match job.or_else(|| rx.try_recv().ok()) {
+                        Some(job) => {
+                            counts.queued = counts.queued.saturating_sub(1);
+                            Some(job)
+                        }
+                        None => {
+                            counts.workers -= 1;
+                            None
+                        }
+                    }
+                };
+                drop(rx);
+                match job {
+                    Some(job) => job,
+                    None => {
+                        if let Some(c) = conn.take() {
+                            c.quit().await;
+                        }
+                        return;
+                    }
+                }
+            };
+            let result = self.run_job(&dest.hop, &mut conn, &job).await;
+            let _ = job.reply.send(result);
+        }
+    }
+
+    async fn run_job(&self, hop: &NextHop, conn: &mut Option<SmtpClient>, job: &Job) -> JobResult {
+        if let Some(c) = conn.as_mut()
+            && c.rset().await.is_err()
+        {
+            *conn = None;
+        }
+        if conn.is_none() {
+            match self.connect(hop).await {
+                Ok(c) => *conn = Some(c),
+                Err(outcome) => {
+                    return JobResult {
+                        next_hop: "none".into(),
+                        outcomes: vec![outcome; job.recipients.len()],
+                    };
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else {
+            return JobResult {
+                next_hop: "none".into(),
+                outcomes: vec![Outcome::Deferred("no connection".into()); job.recipients.len()],
+            };
+        };
+        let next_hop = c.peer().to_string();
+        let recipients: Vec<&str> = job.recipients.iter().map(String::as_str).collect();
+        match c
+            .send(&job.sender, &recipients, job.eight_bit, &job.message)
+            .await
+        {
+            Ok(tx) => JobResult {
+                next_hop,
+                outcomes: outcomes(&tx, job.recipients.len()),
+            },
+            Err(e) => {
+                *conn = None;
+                JobResult {
+                    next_hop,
+                    outcomes: vec![
+                        Outcome::Deferred(format!("lost connection: {e}"));
+                        job.recipients.len()
+                    ],
+                }
+            }
+        }
+    }
+
+    /// Tries the hop's addresses in order; the first that greets us wins.
+    /// On failure, the outcome every recipient gets.
+    async fn connect(&self, hop: &NextHop) -> Result<SmtpClient, Outcome> {
+        let targets = match route::resolve(&self.dns, &hop.targets).await {
+            Ok(t) => t,
+            Err(DnsError::Permanent(e)) => return Err(Outcome::Failed(format!("5.1.2 {e}"))),
+            Err(e @ DnsError::Temporary(_)) => return Err(Outcome::Deferred(format!("4.4.3 {e}"))),
+        };
+        let mut last = Outcome::Deferred("4.4.1 no next hop reachable".into());
+        for target in &targets {
+            let mut tls = hop.tls;
+            loop {
+                let opts = ConnectOptions {
+                    helo: &self.settings.helo,
+                    server_name: &target.name,
+                    tls,
+                    auth: hop.auth.as_ref(),
+                    connect_timeout: self.settings.connect_timeout,
+                    reply_timeout: self.settings.reply_timeout,
+                    tls_configs: &self.settings.tls,
+                };
+                match SmtpClient::connect(target.addr, &opts).await {
+                    Ok(c) => return Ok(c),
+                    // Opportunistic TLS that fails: this host in plaintext.
+                    Err(ClientError::TlsHandshake(e)) if tls == TlsMode::Opportunistic => {
+                        debug!(event = "tls_fallback", next_hop = %target.addr, error = %e);
+                        tls = TlsMode::None;
+                    }
+                    Err(e) => {
+                        debug!(event = "connect_failed", next_hop = %target.addr, error = %e);
+                        // A 5xx greeting from one MX is no reason to give up
+                        // on the others; only the last word counts.
+                        last = Outcome::Deferred(format!("4.4.1 {}: {e}", target.addr));
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Per-recipient outcomes of a transaction: a MAIL refusal applies to all;
+/// otherwise each RCPT's refusal, else the end-of-DATA reply.
+fn outcomes(tx: &super::client::Transaction, n: usize) -> Vec<Outcome> {
+    if !tx.mail.is_positive() {
+        return vec![Outcome::from_reply(&tx.mail); n];
+    }
+    (0..n)
+        .map(|i| match tx.rcpts.get(i) {
+            Some(r) if !r.is_positive() => Outcome::from_reply(r),
+            Some(_) => match &tx.data {
+                Some(d) if d.code == 354 => {
+                    Outcome::Deferred(format!("unexpected reply after DATA: {d}"))
+                }
+                Some(d) => Outcome::from_reply(d),
+                None => Outcome::Deferred("no DATA reply".into()),
+            },
+            None => Outcome::Deferred("no RCPT reply".into()),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::client::Transaction;
+    use super::*;
+
+    fn r(code: u16, text: &str) -> ServerReply {
+        ServerReply {
+            code,
+            lines: vec![text.into()],
+        }
+    }
+
+    #[test]
+    fn outcome_mapping() {
+        let tx = Transaction {
+            mail: r(250, "ok"),
+            rcpts: vec![r(250, "ok"), r(550, "5.1.1 unknown"), r(450, "4.2.0 busy")],
+            data: Some(r(250, "2.0.0 queued")),
+        };
+        assert_eq!(
+            outcomes(&tx, 3),
+            vec![
+                Outcome::Delivered("250 2.0.0 queued".into()),
+                Outcome::Failed("550 5.1.1 unknown".into()),
+                Outcome::Deferred("450 4.2.0 busy".into()),
+            ]
+        );
+        let tx = Transaction {
+            mail: r(452, "4.3.1 full"),
+            rcpts: vec![],
+            data: None,
+        };
+        assert_eq!(
+            outcomes(&tx, 2),
+            vec![Outcome::Deferred("452 4.3.1 full".into()); 2]
+        );
+        let tx = Transaction {
+            mail: r(250, "ok"),
+            rcpts: vec![r(250, "ok")],
+            data: Some(r(554, "5.6.0 no")),
+        };
+        assert_eq!(
+            outcomes(&tx, 1),
+            vec![Outcome::Failed("554 5.6.0 no".into())]
+        );
+    }
+}
