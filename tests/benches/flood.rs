@@ -5,14 +5,17 @@
 //! - `nftables`: an empty XDP_PASS program (so the veth receives exactly as in the other cases)
 //!   and an nftables rule in the earliest hook nftables has, netdev ingress, dropping the same
 //!   traffic with the same allowlist as an interval set;
-//! - `none`: the empty XDP_PASS program alone; the kernel's TCP answers every SYN;
+//! - `none`: the empty XDP_PASS program alone; the kernel's TCP answers every SYN (a listener is
+//!   on port 25, so with SYN-ACKs / SYN cookies);
 //! - `floor`: an empty XDP_DROP program, the cheapest a receiver can discard.
 //!
 //! The flood comes from `FloodGenerator` (an XDP program run through BPF_PROG_TEST_RUN in
-//! live-frames mode, XDP_TX into the attacker's veth) on the last CPU; the host veth's NAPI
-//! runs as a thread (threaded NAPI) pinned to CPU 0, so the receive side has a CPU of its own and
-//! its cost can be read off that CPU. While the flood runs, an allowed peer on the attacker's side
-//! of the same link opens real TCP connections to port 25 and times them.
+//! live-frames mode, XDP_TX into the attacker's veth), pinned to the last CPU. Each case runs in
+//! two placements (see `Placement`): `shared`, where the veth's NAPI runs in softirq on the
+//! generator's CPU and /proc/stat tells the receiver's time (softirq) from the generator's
+//! (system), and `split`, where threaded NAPI runs on CPU 0 and the generator overruns the veth
+//! ring as a flood overruns a NIC. While the flood runs, an allowed peer on the attacker's side of
+//! the same link opens real TCP connections to port 25 and times them.
 //!
 //! Figures are ratios against the other cases of the same run. No timing is asserted anywhere.
 
@@ -30,9 +33,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::Ebpf;
 use gatekeeper::{
-    bench_objects::{
-        DEFAULT_BATCH, DROP_PROGRAM_NAME, FloodGenerator, load_bench_program, syn_frame,
-    },
+    bench_objects::{DROP_PROGRAM_NAME, FloodGenerator, load_bench_program, syn_frame},
     config::XdpMode,
     filter::{Filter, load_standalone, xdp_program},
     policy::{Mode, Policy},
@@ -54,6 +55,10 @@ const SMTP_PORT: u16 = 25;
 const NFT_TABLE: &str = "gkbench";
 /// Frames per BPF_PROG_TEST_RUN call: short enough to stop promptly.
 const FRAMES_PER_CALL: u32 = 1 << 18;
+/// Long enough for two SYN retransmissions (after 1 s and 3 s).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Frames per live-frames batch: the kernel's maximum, fewest flushes per frame.
+const BATCH: u32 = 256;
 
 struct Options {
     seconds: f64,
@@ -130,6 +135,17 @@ fn pin(pid: i32, cpu: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Gives `pid` SCHED_FIFO priority 50: the NAPI thread then preempts ordinary tasks the way
+/// softirq processing does when NAPI is not threaded (this machine is shared with builds).
+fn realtime(pid: i32) -> anyhow::Result<()> {
+    let param = libc::sched_param { sched_priority: 50 };
+    // SAFETY: a valid sched_param for SCHED_FIFO.
+    if unsafe { libc::sched_setscheduler(pid, libc::SCHED_FIFO, &param) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("SCHED_FIFO for the NAPI thread");
+    }
+    Ok(())
+}
+
 fn ifindex(name: &str) -> anyhow::Result<u32> {
     let c = std::ffi::CString::new(name)?;
     // SAFETY: NUL-terminated name.
@@ -171,8 +187,9 @@ fn rx_packets(ns: &Netns, iface: &str) -> anyhow::Result<u64> {
     bail!("{iface} not in /proc/net/dev")
 }
 
-/// Kernel-side time of `cpu` (system + irq + softirq), in nanoseconds, and its total time.
-fn cpu_times(cpu: usize) -> anyhow::Result<(u64, u64)> {
+/// Time `cpu` spent in system (process context, kernel) and in softirq, in nanoseconds
+/// (/proc/stat; without IRQ_TIME_ACCOUNTING these are sampled at each tick).
+fn cpu_times(cpu: usize) -> anyhow::Result<CpuTimes> {
     let text = std::fs::read_to_string("/proc/stat")?;
     let label = format!("cpu{cpu}");
     let line = text
@@ -186,12 +203,17 @@ fn cpu_times(cpu: usize) -> anyhow::Result<(u64, u64)> {
         .collect();
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let ns = |ticks: u64| ticks * 1_000_000_000 / hz;
-    let kernel = fields.get(2).copied().unwrap_or(0)
-        + fields.get(5).copied().unwrap_or(0)
-        + fields.get(6).copied().unwrap_or(0);
-    let total: u64 = fields.iter().take(8).sum();
-    Ok((ns(kernel), ns(total)))
+    let ns = |i: usize| fields.get(i).copied().unwrap_or(0) * 1_000_000_000 / hz;
+    Ok(CpuTimes {
+        system: ns(2),
+        softirq: ns(6),
+    })
+}
+
+#[derive(Clone, Copy)]
+struct CpuTimes {
+    system: u64,
+    softirq: u64,
 }
 
 /// The thread running `iface`'s NAPI poll (threaded NAPI), by its name `napi/<iface>-<id>`.
@@ -288,7 +310,7 @@ impl Drop for NftTable<'_> {
 
 /// What is attached to the host veth for one case.
 enum Receiver<'a> {
-    Xdp(Filter),
+    Xdp(Box<Filter>),
     Nft(Ebpf, NftTable<'a>),
     Pass(Ebpf),
     Floor(Ebpf),
@@ -359,7 +381,7 @@ fn receiver<'a>(
                 filter.maps().insert(net.parse()?)?;
             }
             in_netns(host, || filter.attach(iface, XdpMode::Native, 0))??;
-            Receiver::Xdp(filter)
+            Receiver::Xdp(Box::new(filter))
         }
         "nftables" => {
             let ebpf = load_standalone(BASELINE_PROGRAM_NAME)?;
@@ -466,13 +488,39 @@ fn setup() -> anyhow::Result<Setup> {
 struct Window {
     pps: f64,
     offered_pps: f64,
-    kernel_ns_per_packet: f64,
-    napi_ns_per_packet: f64,
-    rx_cpu_busy: f64,
+    /// Receive-side CPU time per packet: softirq time of the shared CPU (`shared`), or the NAPI
+    /// thread's run time (`split`).
+    receive_ns: f64,
+    /// Generator CPU time per frame offered (system time of its CPU), `shared` only.
+    generator_ns: f64,
+    /// Fraction of wall time the receive side was busy.
+    receive_busy: f64,
+}
+
+/// How the receive work is placed. `Shared`: veth NAPI as the kernel does it by default, in
+/// softirq on the CPU that scheduled it, i.e. the generator's; the generator then can never
+/// outrun the receiver (every batch is received before the next is made) and the two are told
+/// apart by /proc/stat: the generator runs in system time, the receiver in softirq time.
+/// `Split`: threaded NAPI, its kernel thread pinned to another CPU (SCHED_FIFO); the generator
+/// runs freely, the veth ring (256 frames) overflows as a NIC's ring does under overload.
+#[derive(Clone, Copy, PartialEq)]
+enum Placement {
+    Shared,
+    Split,
+}
+
+impl Placement {
+    fn name(self) -> &'static str {
+        match self {
+            Placement::Shared => "shared",
+            Placement::Split => "split",
+        }
+    }
 }
 
 fn measure_case(
     case: &str,
+    placement: Placement,
     setup: &Setup,
     generator: &FloodGenerator,
     options: &Options,
@@ -481,18 +529,23 @@ fn measure_case(
     let link = &setup.link;
     let (attacker, host) = (&link.left, &link.right);
     let mut receiver = receiver(case, host, &link.right_if, allow)?;
-    // Threaded NAPI: the veth's receive work runs in a kernel thread we can pin and time.
+    let threaded = if placement == Placement::Split { 1 } else { 0 };
     host.exec(&[
         "sh",
         "-c",
-        &format!("echo 1 > /sys/class/net/{}/threaded", link.right_if),
+        &format!(
+            "echo {threaded} > /sys/class/net/{}/threaded",
+            link.right_if
+        ),
     ])?;
-    let napi = napi_thread(&link.right_if);
-    if let Some(pid) = napi
-        && setup.rx_cpu != setup.gen_cpu
-    {
+    let napi = if placement == Placement::Split {
+        let pid = napi_thread(&link.right_if).context("no NAPI thread for the host veth")?;
         pin(pid, setup.rx_cpu)?;
-    }
+        realtime(pid)?;
+        Some(pid)
+    } else {
+        None
+    };
     let dropped_before = receiver.dropped();
 
     let stop = AtomicBool::new(false);
@@ -501,12 +554,7 @@ fn measure_case(
             pin(0, setup.gen_cpu)?;
             in_netns(attacker, || -> anyhow::Result<()> {
                 while !stop.load(Ordering::Relaxed) {
-                    generator.send(
-                        setup.attacker_ifindex,
-                        &setup.frame,
-                        FRAMES_PER_CALL,
-                        DEFAULT_BATCH,
-                    )?;
+                    generator.send(setup.attacker_ifindex, &setup.frame, FRAMES_PER_CALL, BATCH)?;
                 }
                 Ok(())
             })?
@@ -517,42 +565,52 @@ fn measure_case(
             for _ in 0..options.rounds {
                 let rx0 = rx_packets(host, &link.right_if)?;
                 let gen0 = generator.produced()?;
-                let (k0, t0) = cpu_times(setup.rx_cpu)?;
+                let c0 = cpu_times(setup.gen_cpu)?;
                 let n0 = napi.map_or(0, run_time);
                 let started = Instant::now();
                 thread::sleep(Duration::from_secs_f64(options.seconds));
                 let rx1 = rx_packets(host, &link.right_if)?;
                 let gen1 = generator.produced()?;
-                let (k1, t1) = cpu_times(setup.rx_cpu)?;
+                let c1 = cpu_times(setup.gen_cpu)?;
                 let n1 = napi.map_or(0, run_time);
                 let wall = started.elapsed().as_secs_f64();
                 let packets = (rx1 - rx0).max(1) as f64;
+                let frames = (gen1 - gen0).max(1) as f64;
+                let receive = match placement {
+                    Placement::Shared => (c1.softirq - c0.softirq) as f64,
+                    Placement::Split => (n1 - n0) as f64,
+                };
                 windows.push(Window {
                     pps: (rx1 - rx0) as f64 / wall,
                     offered_pps: (gen1 - gen0) as f64 / wall,
-                    kernel_ns_per_packet: (k1 - k0) as f64 / packets,
-                    napi_ns_per_packet: (n1 - n0) as f64 / packets,
-                    rx_cpu_busy: (k1 - k0) as f64 / (t1 - t0).max(1) as f64,
+                    receive_ns: receive / packets,
+                    generator_ns: (c1.system - c0.system) as f64 / frames,
+                    receive_busy: receive / (wall * 1e9),
                 });
             }
             let mut latencies = Vec::new();
-            for _ in 0..options.probes {
-                latencies.push(probe(attacker, Duration::from_secs(3)));
+            // The floor drops every frame, the partner's too: nothing to connect to.
+            let probes = if case == "floor" { 0 } else { options.probes };
+            for _ in 0..probes {
+                latencies.push(probe(attacker, PROBE_TIMEOUT));
                 thread::sleep(Duration::from_millis(100));
             }
             let pick =
                 |f: fn(&Window) -> f64| median(&mut windows.iter().map(f).collect::<Vec<_>>());
             let connected: Vec<f64> = latencies.iter().flatten().copied().collect();
+            let receive_ns = pick(|w| w.receive_ns);
             Ok(json!({
                 "pps": pick(|w| w.pps),
                 "pps_samples": windows.iter().map(|w| w.pps).collect::<Vec<_>>(),
                 "offered_pps": pick(|w| w.offered_pps),
-                "kernel_ns_per_packet": pick(|w| w.kernel_ns_per_packet),
-                "napi_thread_ns_per_packet": pick(|w| w.napi_ns_per_packet),
-                "rx_cpu_busy": pick(|w| w.rx_cpu_busy),
+                "receive_ns_per_packet": receive_ns,
+                "receive_ns_samples": windows.iter().map(|w| w.receive_ns).collect::<Vec<_>>(),
+                "generator_ns_per_frame": if placement == Placement::Shared { json!(pick(|w| w.generator_ns)) } else { Value::Null },
+                "receive_busy": pick(|w| w.receive_busy),
+                "receive_capacity_pps": 1e9 / receive_ns,
                 "connects": latencies.len(),
                 "connected": connected.len(),
-                "connect_ms_median": median(&mut connected.clone()),
+                "connect_ms_median": if connected.is_empty() { Value::Null } else { json!(median(&mut connected.clone())) },
                 "connect_ms": latencies,
             }))
         })();
@@ -568,7 +626,8 @@ fn measure_case(
     if let (Some(before), Some(after)) = (dropped_before, receiver.dropped()) {
         result["receiver_dropped"] = json!(after - before);
     }
-    result["napi_thread_pinned"] = json!(napi.is_some() && setup.rx_cpu != setup.gen_cpu);
+    result["case"] = json!(case);
+    result["placement"] = json!(placement.name());
     receiver.detach()?;
     // Let the ring drain before the next case.
     thread::sleep(Duration::from_millis(200));
@@ -619,6 +678,11 @@ fn main() -> anyhow::Result<()> {
     gatekeeper_tests::cleanup::on_interrupt_clean_up()?;
     let allow = allowlist(options.entries);
     let setup = setup()?;
+    // This thread and the probes it starts stay off the generator's CPU (the generator thread
+    // pins itself); in `split` they share CPU 0 with the NAPI thread, which preempts them.
+    if setup.rx_cpu != setup.gen_cpu {
+        pin(0, setup.rx_cpu)?;
+    }
     let generator = FloodGenerator::load(FIRST_SOURCE, SOURCES)?;
     println!(
         "flood: generator on CPU {}, host veth NAPI thread on CPU {}, {} allowlist entries, {} s x {} rounds per case",
@@ -638,51 +702,62 @@ fn main() -> anyhow::Result<()> {
     println!("idle connect from the allowed peer: {idle:.3} ms");
 
     let mut cases = Vec::new();
-    println!(
-        "\n{:<10}{:>12}{:>12}{:>14}{:>10}{:>12}{:>14}",
-        "case", "pps", "offered", "kernel ns/pkt", "rx busy", "connects", "connect ms"
-    );
-    for (case, label) in CASES {
-        let mut r = measure_case(case, &setup, &generator, &options, &allow)
-            .with_context(|| format!("case {case}"))?;
+    for placement in [Placement::Shared, Placement::Split] {
         println!(
-            "{case:<10}{:>12.0}{:>12.0}{:>14.1}{:>9.0}%{:>9}/{:<2}{:>14.2}",
-            r["pps"].as_f64().unwrap_or(0.0),
-            r["offered_pps"].as_f64().unwrap_or(0.0),
-            r["kernel_ns_per_packet"].as_f64().unwrap_or(0.0),
-            r["rx_cpu_busy"].as_f64().unwrap_or(0.0) * 100.0,
-            r["connected"],
-            r["connects"],
-            r["connect_ms_median"].as_f64().unwrap_or(f64::NAN),
+            "\n[{}] {:<10}{:>12}{:>12}{:>13}{:>9}{:>12}{:>12}",
+            placement.name(),
+            "case",
+            "pps",
+            "offered",
+            "recv ns/pkt",
+            "busy",
+            "connects",
+            "connect ms"
         );
-        r["case"] = json!(case);
-        r["label"] = json!(label);
-        cases.push(r);
+        for (case, label) in CASES {
+            let mut r = measure_case(case, placement, &setup, &generator, &options, &allow)
+                .with_context(|| format!("case {case} ({})", placement.name()))?;
+            println!(
+                "[{}] {case:<10}{:>12.0}{:>12.0}{:>13.1}{:>8.0}%{:>9}/{:<2}{:>12.2}",
+                placement.name(),
+                r["pps"].as_f64().unwrap_or(0.0),
+                r["offered_pps"].as_f64().unwrap_or(0.0),
+                r["receive_ns_per_packet"].as_f64().unwrap_or(0.0),
+                r["receive_busy"].as_f64().unwrap_or(0.0) * 100.0,
+                r["connected"],
+                r["connects"],
+                r["connect_ms_median"].as_f64().unwrap_or(f64::NAN),
+            );
+            r["label"] = json!(label);
+            cases.push(r);
+        }
     }
     drop(listener);
 
-    let get = |name: &str, field: &str| {
+    let get = |placement: &str, name: &str, field: &str| {
         cases
             .iter()
-            .find(|c| c["case"] == name)
+            .find(|c| c["case"] == name && c["placement"] == placement)
             .and_then(|c| c[field].as_f64())
             .unwrap_or(f64::NAN)
     };
     let ratios = json!({
-        "xdp_pps_over_nftables_pps": get("xdp", "pps") / get("nftables", "pps"),
-        "xdp_pps_over_none_pps": get("xdp", "pps") / get("none", "pps"),
-        "xdp_pps_over_floor_pps": get("xdp", "pps") / get("floor", "pps"),
-        "nftables_ns_per_packet_over_xdp": get("nftables", "kernel_ns_per_packet") / get("xdp", "kernel_ns_per_packet"),
-        "none_ns_per_packet_over_xdp": get("none", "kernel_ns_per_packet") / get("xdp", "kernel_ns_per_packet"),
-        "xdp_ns_per_packet_over_floor": get("xdp", "kernel_ns_per_packet") / get("floor", "kernel_ns_per_packet"),
-        "xdp_connect_over_idle": get("xdp", "connect_ms_median") / idle,
+        "xdp_pps_over_nftables": get("shared", "xdp", "pps") / get("shared", "nftables", "pps"),
+        "xdp_pps_over_none": get("shared", "xdp", "pps") / get("shared", "none", "pps"),
+        "xdp_pps_over_floor": get("shared", "xdp", "pps") / get("shared", "floor", "pps"),
+        "nftables_receive_ns_over_xdp": get("shared", "nftables", "receive_ns_per_packet") / get("shared", "xdp", "receive_ns_per_packet"),
+        "none_receive_ns_over_xdp": get("shared", "none", "receive_ns_per_packet") / get("shared", "xdp", "receive_ns_per_packet"),
+        "xdp_receive_ns_over_floor": get("shared", "xdp", "receive_ns_per_packet") / get("shared", "floor", "receive_ns_per_packet"),
+        "split_xdp_pps_over_nftables": get("split", "xdp", "pps") / get("split", "nftables", "pps"),
+        "split_xdp_connect_over_idle": get("split", "xdp", "connect_ms_median") / idle,
     });
     println!(
-        "\nXDP drops {:.1}x the packets per second nftables drops; {:.2}x the floor (empty XDP_DROP)",
-        ratios["xdp_pps_over_nftables_pps"]
+        "\nshared CPU: XDP drops {:.1}x the packets per second nftables drops, each dropped packet costs the receive side {:.1}x less CPU; XDP costs {:.2}x the floor (empty XDP_DROP) per packet",
+        ratios["xdp_pps_over_nftables"].as_f64().unwrap_or(f64::NAN),
+        ratios["nftables_receive_ns_over_xdp"]
             .as_f64()
             .unwrap_or(f64::NAN),
-        ratios["xdp_pps_over_floor_pps"]
+        ratios["xdp_receive_ns_over_floor"]
             .as_f64()
             .unwrap_or(f64::NAN),
     );
@@ -691,11 +766,11 @@ fn main() -> anyhow::Result<()> {
         "machine": machine(),
         "generator": {
             "kind": "XDP program via BPF_PROG_TEST_RUN, live-frames mode, XDP_TX",
-            "batch": DEFAULT_BATCH,
+            "batch": BATCH,
             "sources": format!("{FIRST_SOURCE}/24 x source ports 1024-65535"),
             "cpu": setup.gen_cpu,
         },
-        "receive_cpu": setup.rx_cpu,
+        "split_receive_cpu": setup.rx_cpu,
         "allowlist_entries": options.entries,
         "seconds": options.seconds,
         "rounds": options.rounds,
