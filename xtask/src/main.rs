@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod demo;
+mod report;
 mod setup;
 mod shell;
 mod test;
@@ -30,7 +31,7 @@ enum Command {
     Test(test::Args),
     /// Play the end-to-end scenario in network namespaces, narrated step by step (root).
     Demo(demo::Args),
-    /// Measure the XDP program through BPF_PROG_TEST_RUN against an empty program (root).
+    /// Measure the XDP program, a SYN flood against XDP and nftables, and write the report (root).
     Bench(bench::Args),
 }
 
