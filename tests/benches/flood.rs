@@ -240,18 +240,28 @@ fn run_time(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
-/// The allowlist both filters get: the partner's /24 and `entries - 1` other /24s (none covering
-/// 203.0.113.0/24, where the flood comes from).
+/// The allowlist both filters get: the partner's /24, the flood's neighbours (every other /24
+/// of 203.0.0.0/16, so a lookup for a flood source walks as deep as a /24 goes, not off a short
+/// branch), then other /24s up to `entries`. None covers 203.0.113.0/24, where the flood comes
+/// from. These are only list entries: no traffic uses them.
 fn allowlist(entries: usize) -> Vec<String> {
     let mut nets = vec!["198.51.100.0/24".to_string()];
-    for i in 0..entries.saturating_sub(1) {
+    nets.extend(
+        (0..=255u32)
+            .filter(|third| *third != 113)
+            .map(|third| format!("203.0.{third}.0/24")),
+    );
+    let mut i = 0usize;
+    while nets.len() < entries {
         nets.push(format!(
             "{}.{}.{}.0/24",
             10 + i / 65536,
             (i / 256) % 256,
             i % 256
         ));
+        i += 1;
     }
+    nets.truncate(entries.max(1));
     nets
 }
 
@@ -772,6 +782,7 @@ fn main() -> anyhow::Result<()> {
         },
         "split_receive_cpu": setup.rx_cpu,
         "allowlist_entries": options.entries,
+        "allowlist": "198.51.100.0/24 (the allowed peer), every 203.0.X.0/24 but the flood's 203.0.113.0/24, then 10.X.Y.0/24s",
         "seconds": options.seconds,
         "rounds": options.rounds,
         "idle_connect_ms": idle,
