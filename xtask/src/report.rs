@@ -200,12 +200,13 @@ fn flood_section(
         md,
         "A flood of TCP SYNs to port 25 from {} (a new source port each pass, so every SYN is a \
          new connection) crosses a veth pair between two network namespaces into a protected \
-         host whose allowlist holds {} prefixes (the same list in both filters). Four receivers, \
-         measured in the same run:\n",
+         host whose allowlist holds {} prefixes, the same list in both filters ({}). Four \
+         receivers, measured in the same run:\n",
         flood["generator"]["sources"]
             .as_str()
             .unwrap_or("many denied sources"),
         thousands(f(&flood["allowlist_entries"])),
+        flood["allowlist"].as_str().unwrap_or("see flood.json"),
     );
     let _ = writeln!(
         md,
