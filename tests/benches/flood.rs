@@ -70,7 +70,7 @@ struct Options {
 
 fn options() -> anyhow::Result<Options> {
     let mut options = Options {
-        seconds: 2.0,
+        seconds: 3.0,
         rounds: 3,
         probes: 5,
         entries: 10_000,
