@@ -57,6 +57,13 @@ const NFT_TABLE: &str = "gkbench";
 const FRAMES_PER_CALL: u32 = 1 << 18;
 /// Long enough for two SYN retransmissions (after 1 s and 3 s).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// `split` runs three kinds of threads SCHED_FIFO so that the other work on this shared machine
+/// neither pauses the flood nor delays its receiver or the measurements: the generator (CPU 1),
+/// the veth's NAPI thread (CPU 0), and above both this process's main thread with the probes it
+/// starts (CPU 0; they sleep nearly all the time).
+const GENERATOR_PRIORITY: i32 = 40;
+const NAPI_PRIORITY: i32 = 50;
+const MEASURE_PRIORITY: i32 = 60;
 /// Frames per live-frames batch: the kernel's maximum, fewest flushes per frame.
 const BATCH: u32 = 256;
 
@@ -135,13 +142,20 @@ fn pin(pid: i32, cpu: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Gives `pid` SCHED_FIFO priority 50: the NAPI thread then preempts ordinary tasks the way
-/// softirq processing does when NAPI is not threaded (this machine is shared with builds).
-fn realtime(pid: i32) -> anyhow::Result<()> {
-    let param = libc::sched_param { sched_priority: 50 };
-    // SAFETY: a valid sched_param for SCHED_FIFO.
-    if unsafe { libc::sched_setscheduler(pid, libc::SCHED_FIFO, &param) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("SCHED_FIFO for the NAPI thread");
+/// Gives thread `pid` (0: the caller) SCHED_FIFO at `priority`, or back SCHED_OTHER with 0.
+fn realtime(pid: i32, priority: i32) -> anyhow::Result<()> {
+    let policy = if priority > 0 {
+        libc::SCHED_FIFO
+    } else {
+        libc::SCHED_OTHER
+    };
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: a valid sched_param for the policy.
+    if unsafe { libc::sched_setscheduler(pid, policy, &param) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("scheduling policy of {pid}"));
     }
     Ok(())
 }
@@ -551,7 +565,7 @@ fn measure_case(
     let napi = if placement == Placement::Split {
         let pid = napi_thread(&link.right_if).context("no NAPI thread for the host veth")?;
         pin(pid, setup.rx_cpu)?;
-        realtime(pid)?;
+        realtime(pid, NAPI_PRIORITY)?;
         Some(pid)
     } else {
         None
@@ -562,6 +576,9 @@ fn measure_case(
     let result = thread::scope(|scope| -> anyhow::Result<Value> {
         let flood = scope.spawn(|| -> anyhow::Result<()> {
             pin(0, setup.gen_cpu)?;
+            if placement == Placement::Split {
+                realtime(0, GENERATOR_PRIORITY)?;
+            }
             in_netns(attacker, || -> anyhow::Result<()> {
                 while !stop.load(Ordering::Relaxed) {
                     generator.send(setup.attacker_ifindex, &setup.frame, FRAMES_PER_CALL, BATCH)?;
@@ -713,6 +730,9 @@ fn main() -> anyhow::Result<()> {
 
     let mut cases = Vec::new();
     for placement in [Placement::Shared, Placement::Split] {
+        if placement == Placement::Split && setup.rx_cpu != setup.gen_cpu {
+            realtime(0, MEASURE_PRIORITY)?;
+        }
         println!(
             "\n[{}] {:<10}{:>12}{:>12}{:>13}{:>9}{:>12}{:>12}",
             placement.name(),
@@ -742,6 +762,7 @@ fn main() -> anyhow::Result<()> {
             cases.push(r);
         }
     }
+    realtime(0, 0)?;
     drop(listener);
 
     let get = |placement: &str, name: &str, field: &str| {

@@ -244,14 +244,17 @@ fn flood_section(
          handled, dropped or not). **Capacity** = 1 s ÷ that: the packets per second one core \
          can receive that way. This is the fair \"same core\" comparison; the sustained pps of \
          this placement also includes the generator's own cost on the same core.\n\
-         - **split**: threaded NAPI, its kernel thread pinned to CPU {} with SCHED_FIFO (so that \
-         the builds sharing this machine do not delay it, as softirq would not be delayed); the \
-         generator on the other CPU runs freely and overruns the veth's 256-frame ring as a \
-         flood overruns a NIC's ring. Receive CPU per packet = the NAPI thread's run time \
-         (`/proc/PID/schedstat`) ÷ packets. Caveat measured here: under this load the veth's \
-         NAPI thread sleeps much of the time even while its ring overflows (it ran only about \
-         a third to a half of the wall time), so this placement shows frames lost before any \
-         filter sees them, not the receivers' capacity.\n",
+         - **split**: threaded NAPI, its kernel thread pinned to CPU {} and the generator on \
+         the other CPU, both SCHED_FIFO (so that the builds sharing this machine neither pause \
+         the flood nor delay its receiver, as they could not delay softirq); the benchmark's own \
+         measuring thread and probes run SCHED_FIFO above both and sleep nearly all the time. \
+         The generator runs freely and overruns the veth's 256-frame ring as a flood overruns a \
+         NIC's ring. Receive CPU = the NAPI thread's run time (`/proc/PID/schedstat`). Measured \
+         here: the NAPI thread does not reach 100% busy even while its ring overflows (the \
+         veth's hand-over of 256-frame batches and thread wake-ups limit it before the CPU \
+         does), and its time per packet is higher than in softirq; so this placement shows the \
+         flood overrunning the link and what the allowed peer sees meanwhile, and the per-core \
+         capacities come from the shared placement.\n",
         flood["split_receive_cpu"],
     );
     let _ = writeln!(
