@@ -328,11 +328,12 @@ fn flood_section(
          what one CPU does running both the generator and the receiver, and that CPU is shared \
          with other work on this machine, whose share changes from window to window; the CPU \
          time per packet does not depend on that share. The generator's own time per frame \
-         (system time of the CPU ÷ frames) rises when frames become socket buffers (nftables, \
-         none), most likely because their pages then leave the live-frames page pool's fast \
-         recycling and the generator has to allocate new ones: that cost is caused by the \
-         receiver but counted on the generator's side, so the capacity ratios above favour \
-         nftables and no filter, not XDP.\n"
+         (system time of that CPU ÷ frames) is shown for completeness: where it is higher in \
+         the nftables and none cases, that is work the socket buffers cause (their pages leave \
+         the live-frames page pool's fast recycling) counted on the generator's side, so the \
+         capacity ratios never overstate XDP's advantage. Across runs on this shared machine \
+         the capacity ratio of XDP to nftables has moved by about ±20%; compare figures within \
+         one report.\n"
     );
     let name = format!("{prefix}flood-capacity.svg");
     charts.push((
@@ -361,12 +362,12 @@ fn flood_section(
         md,
         "Here the generator runs on its own CPU and offers more than the receivers take; the \
          excess is lost at the veth's ring before any filter sees it (the veth counts these as \
-         `xdp_xmit_errors` on the sending side). The allowed peer's packets take the veth's \
-         ordinary transmit path, which waits for room in the ring rather than dropping, so on \
-         this link the peer does not suffer the ring loss the flood suffers (a NIC's ring would \
-         drop its SYNs at the same rate as the flood's): its connect figures here show the \
-         receiver's queueing, and the shared table above shows them with the receive CPU as \
-         the bottleneck.\n"
+         `xdp_xmit_errors` on the sending side). The allowed peer's packets share that ring with \
+         the flood, so its SYN can be lost there too, and TCP sends it again after 1 s (then \
+         after 3 s more): a connect of about a second or more means a lost SYN or SYN-ACK. No \
+         filter can save a frame lost before it runs; what XDP changes is how large a flood the \
+         host absorbs before that happens (the capacities above), and that what it does receive \
+         costs little.\n"
     );
     let _ = writeln!(
         md,
