@@ -331,9 +331,8 @@ fn flood_section(
          (system time of that CPU ÷ frames) is shown for completeness: where it is higher in \
          the nftables and none cases, that is work the socket buffers cause (their pages leave \
          the live-frames page pool's fast recycling) counted on the generator's side, so the \
-         capacity ratios never overstate XDP's advantage. Across runs on this shared machine \
-         the capacity ratio of XDP to nftables has moved by about ±20%; compare figures within \
-         one report.\n"
+         capacity ratios never overstate XDP's advantage. On a shared machine the figures move \
+         from run to run; compare them within one report.\n"
     );
     let name = format!("{prefix}flood-capacity.svg");
     charts.push((
