@@ -22,6 +22,14 @@ pub mod map_names {
     pub const EVENTS: &str = "GK_EVENTS";
     /// Per-CPU [`super::TokenBucket`] limiting drop events.
     pub const EVENT_BUCKET: &str = "GK_EVENT_BUCKET";
+    /// DIR-24-8 first level: one `u32` per /24 of the IPv4 space (see [`super::dir24`]).
+    pub const DIR24: &str = "GK_DIR24";
+    /// DIR-24-8 second level: blocks of 256 `u32`, one per address of a /24.
+    pub const DIR24_LONG: &str = "GK_DIR24_LONG";
+    /// Entry id -> `u64`: bits 56..64 hold the prefix length + 1 (0: the id is free; how
+    /// DIR-24-8 updates know which prefix covers an address), bits 0..56 count the segments
+    /// admitted through the DIR-24-8 lookup (the program adds 1 atomically).
+    pub const ENTRY: &str = "GK_ENTRY";
 }
 
 /// Name of the filter program in the eBPF object.
@@ -32,8 +40,32 @@ pub const BASELINE_PROGRAM_NAME: &str = "gatekeeper_baseline";
 pub const BENCH_SPREAD_PROGRAM_NAME: &str = "gatekeeper_bench_spread";
 pub const BASELINE_SPREAD_PROGRAM_NAME: &str = "gatekeeper_baseline_spread";
 
-/// Largest number of entries each allowlist trie can hold.
+/// Largest number of entries each allowlist trie can hold (and of entry ids).
 pub const ALLOWLIST_CAPACITY: u32 = 1 << 20;
+
+/// The DIR-24-8 IPv4 lookup: a flat table indexed by the top 24 bits of the address, whose
+/// entries either name the allowlist entry covering the whole /24 or point to a block of 256
+/// entries for /24s that hold longer prefixes. Two array reads per lookup, whatever the list size.
+pub mod dir24 {
+    /// Entries of the first level: 2^24.
+    pub const TBL24_ENTRIES: u32 = 1 << 24;
+    /// Second-level blocks allocated by default (each 256 entries, 1 KiB): one is needed per /24
+    /// that holds prefixes longer than /24.
+    pub const DEFAULT_LONG_BLOCKS: u32 = 1 << 14;
+    /// Set in a first-level entry whose low bits are a block index.
+    pub const LONG_FLAG: u32 = 1 << 31;
+    /// `0` means "no entry covers this address"; otherwise `id + 1`.
+    pub const NONE: u32 = 0;
+    /// In an `ENTRY` value: where the prefix length + 1 starts.
+    pub const ENTRY_LEN_SHIFT: u32 = 56;
+    /// In an `ENTRY` value: the hit counter bits.
+    pub const ENTRY_HITS_MASK: u64 = (1 << ENTRY_LEN_SHIFT) - 1;
+}
+
+/// IPv4 lookup: the kernel LPM trie (no extra memory; cost grows with the list).
+pub const LOOKUP_TRIE: u32 = 0;
+/// IPv4 lookup: DIR-24-8 (constant cost; 64 MiB + 1 KiB per long block of kernel memory).
+pub const LOOKUP_DIR24: u32 = 1;
 
 /// Interfaces are mapped to counter slots through a direct-indexed array of this many ifindexes;
 /// interfaces with a larger ifindex count in slot 0.
@@ -59,6 +91,9 @@ pub struct FilterConfig {
     pub event_burst: u32,
     /// Nanoseconds between two drop-event tokens on one CPU (0: no events).
     pub event_interval_ns: u64,
+    /// [`LOOKUP_TRIE`] or [`LOOKUP_DIR24`] for IPv4 sources.
+    pub v4_lookup: u32,
+    pub _reserved: u32,
     /// Bit `port % 64` of word `port / 64` set: the TCP port is protected.
     pub ports: [u64; PORT_BITMAP_WORDS],
 }
@@ -70,6 +105,8 @@ impl FilterConfig {
             mode: MODE_ENFORCE,
             event_burst: 0,
             event_interval_ns: 0,
+            v4_lookup: LOOKUP_TRIE,
+            _reserved: 0,
             ports: [0; PORT_BITMAP_WORDS],
         }
     }
@@ -83,11 +120,17 @@ impl FilterConfig {
     }
 }
 
-/// Value of an allowlist entry: how many segments it admitted (summed over CPUs atomically).
+/// Value of an allowlist entry in the tries.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct AllowValue {
+    /// Segments admitted through the trie lookup (bumped atomically from every CPU).
     pub hits: u64,
+    /// The entry's id: its index in the `ENTRY` map (IPv4 with DIR-24-8 only; else 0).
+    pub id: u32,
+    /// The entry's own prefix length: a trie lookup answers with the longest match, and this
+    /// tells whether that is the prefix asked for.
+    pub prefix_len: u32,
 }
 
 /// Address family index of a counter.

@@ -14,7 +14,10 @@
 mod parse;
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    bindings::{
+        BPF_F_MMAPABLE,
+        xdp_action::{XDP_DROP, XDP_PASS},
+    },
     helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
     maps::{Array, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
@@ -22,7 +25,7 @@ use aya_ebpf::{
 };
 use gatekeeper_common::{
     ALLOWLIST_CAPACITY, COUNTER_ENTRIES, Counter, DropEvent, Family, FilterConfig, IFINDEX_LIMIT,
-    MAX_IFACE_SLOTS, MODE_MONITOR, TokenBucket, counter_index,
+    LOOKUP_DIR24, MAX_IFACE_SLOTS, MODE_MONITOR, TokenBucket, counter_index, dir24,
 };
 use parse::{Judged, Segment};
 
@@ -33,6 +36,20 @@ static ALLOW_V4: LpmTrie<[u8; 4], AllowValue> = LpmTrie::with_max_entries(ALLOWL
 
 #[map(name = "GK_ALLOW_V6")]
 static ALLOW_V6: LpmTrie<[u8; 16], AllowValue> = LpmTrie::with_max_entries(ALLOWLIST_CAPACITY, 0);
+
+// DIR-24-8 (see gatekeeper_common::dir24). Userspace sizes these at load time (one entry each when
+// the trie serves IPv4) and fills them through mmap. Array values sit 8 bytes apart, so each
+// `u64` holds two `u32` table entries: the even one in the low half.
+#[map(name = "GK_DIR24")]
+static DIR24: Array<u64> = Array::with_max_entries(dir24::TBL24_ENTRIES / 2, BPF_F_MMAPABLE);
+
+#[map(name = "GK_DIR24_LONG")]
+static DIR24_LONG: Array<u64> =
+    Array::with_max_entries(dir24::DEFAULT_LONG_BLOCKS * 128, BPF_F_MMAPABLE);
+
+/// Entry id -> prefix length and DIR-24-8 hit counter (see `map_names::ENTRY`).
+#[map(name = "GK_ENTRY")]
+static ENTRY: Array<u64> = Array::with_max_entries(ALLOWLIST_CAPACITY, BPF_F_MMAPABLE);
 
 #[map(name = "GK_CONFIG")]
 static CONFIG: Array<FilterConfig> = Array::with_max_entries(2, 0);
@@ -150,7 +167,7 @@ fn decide(judged: &Judged, config: &FilterConfig) -> (Family, Counter, u32) {
             if enforce { XDP_DROP } else { XDP_PASS },
         ),
         Judged::Segment(segment) => {
-            if allowed(segment) {
+            if allowed(segment, config) {
                 (segment.family, Counter::Allowed, XDP_PASS)
             } else if enforce {
                 (segment.family, Counter::Dropped, XDP_DROP)
@@ -163,11 +180,14 @@ fn decide(judged: &Judged, config: &FilterConfig) -> (Family, Counter, u32) {
 
 /// Looks the source up in its family's allowlist, bumping the matching entry's hit counter.
 #[inline(always)]
-fn allowed(segment: &Segment) -> bool {
+fn allowed(segment: &Segment, config: &FilterConfig) -> bool {
     let value = match segment.family {
         Family::Ipv4 => {
             let mut v4 = [0u8; 4];
             v4.copy_from_slice(&segment.source[..4]);
+            if config.v4_lookup == LOOKUP_DIR24 {
+                return dir24_allowed(u32::from_be_bytes(v4));
+            }
             ALLOW_V4.get(Key::new(32, v4))
         }
         _ => ALLOW_V6.get(Key::new(128, segment.source)),
@@ -179,6 +199,41 @@ fn allowed(segment: &Segment) -> bool {
         }
         None => false,
     }
+}
+
+/// DIR-24-8: the /24's entry, then for /24s holding longer prefixes the address's entry in its
+/// block. Two inlined array reads whatever the list size.
+#[inline(always)]
+fn dir24_allowed(addr: u32) -> bool {
+    let Some(first) = table_entry(&DIR24, addr >> 8) else {
+        return false;
+    };
+    let mut entry = first;
+    if entry & dir24::LONG_FLAG != 0 {
+        let index = ((entry & !dir24::LONG_FLAG) << 8) | (addr & 0xff);
+        let Some(second) = table_entry(&DIR24_LONG, index) else {
+            return false;
+        };
+        entry = second;
+    }
+    if entry == dir24::NONE {
+        return false;
+    }
+    if let Some(counter) = ENTRY.get(entry - 1) {
+        atomic_add(counter, 1);
+    }
+    true
+}
+
+/// Entry `index` of a table stored two `u32` per `u64` map value.
+#[inline(always)]
+fn table_entry(table: &Array<u64>, index: u32) -> Option<u32> {
+    let pair = *table.get(index >> 1)?;
+    Some(if index & 1 == 0 {
+        pair as u32
+    } else {
+        (pair >> 32) as u32
+    })
 }
 
 /// `lock *(u64 *)(counter) += n`: the entry is shared by every CPU.
@@ -251,8 +306,10 @@ fn take_token(config: &FilterConfig) -> bool {
     // The coarse clock (jiffies resolution) costs a fraction of the precise one, and a rate of
     // a few events per second needs no better. SAFETY: a helper without preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let earned = now.saturating_sub(bucket.last_ns) / config.event_interval_ns;
-    if earned > 0 {
+    // Dividing only when at least one token is due keeps the flood path free of divisions.
+    let elapsed = now.saturating_sub(bucket.last_ns);
+    if elapsed >= config.event_interval_ns {
+        let earned = elapsed / config.event_interval_ns;
         bucket.tokens = (bucket.tokens + earned).min(u64::from(config.event_burst));
         bucket.last_ns = now;
     }

@@ -106,8 +106,6 @@ fn judge_ipv4<F: Fn(u16) -> bool>(ctx: &XdpContext, l3: usize, protected: &F) ->
         return Judged::Pass(FAMILY, Counter::PassNotTcp);
     }
     let frag = unsafe { load16(header + 6) };
-    let source_hi = unsafe { load16(header + 12) };
-    let source_lo = unsafe { load16(header + 14) };
     // Options included, the whole header must be in the frame.
     if header_len > 20 && read_u8(ctx, l3 + header_len - 1).is_none() {
         return malformed(FAMILY);
@@ -118,14 +116,11 @@ fn judge_ipv4<F: Fn(u16) -> bool>(ctx: &XdpContext, l3: usize, protected: &F) ->
         return Judged::Pass(FAMILY, Counter::PassFragment);
     }
     let more_fragments = frag & 0x2000 != 0;
-    let mut source = [0u8; 16];
-    source[..2].copy_from_slice(&source_hi.to_be_bytes());
-    source[2..4].copy_from_slice(&source_lo.to_be_bytes());
     judge_tcp(
         ctx,
         l3 + header_len,
         FAMILY,
-        source,
+        header + 12,
         more_fragments,
         protected,
     )
@@ -140,13 +135,6 @@ fn judge_ipv6<F: Fn(u16) -> bool>(ctx: &XdpContext, l3: usize, protected: &F) ->
     // SAFETY (every load below): offsets inside the 40 bytes just checked.
     if unsafe { load8(header) } >> 4 != 6 {
         return malformed(FAMILY);
-    }
-    let mut source = [0u8; 16];
-    let mut i = 0;
-    while i < 16 {
-        let word = unsafe { load16(header + 8 + i) };
-        source[i..i + 2].copy_from_slice(&word.to_be_bytes());
-        i += 2;
     }
     let mut next = unsafe { load8(header + 6) };
     let mut offset = l3 + 40;
@@ -192,7 +180,7 @@ fn judge_ipv6<F: Fn(u16) -> bool>(ctx: &XdpContext, l3: usize, protected: &F) ->
         }
         return Judged::Pass(FAMILY, Counter::PassNotTcp);
     }
-    judge_tcp(ctx, offset, FAMILY, source, first_fragment, protected)
+    judge_tcp(ctx, offset, FAMILY, header + 8, first_fragment, protected)
 }
 
 #[inline(always)]
@@ -222,11 +210,13 @@ fn truncated(first_fragment: bool) -> Judged {
 }
 
 #[inline(always)]
+/// `source_at` is the address of the source field inside an IP header already bounds-checked;
+/// it is read only for segments to a protected port, the only ones that need it.
 fn judge_tcp<F: Fn(u16) -> bool>(
     ctx: &XdpContext,
     l4: usize,
     family: Family,
-    source: [u8; 16],
+    source_at: usize,
     fragmented: bool,
     protected: &F,
 ) -> Judged {
@@ -246,6 +236,15 @@ fn judge_tcp<F: Fn(u16) -> bool>(
         Some(flags) => flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
         None => false,
     };
+    let mut source = [0u8; 16];
+    let words = if family == Family::Ipv4 { 2 } else { 8 };
+    for i in 0..8 {
+        if i < words {
+            // SAFETY: inside the IP header checked by the caller (4 or 16 bytes of source).
+            let word = unsafe { load16(source_at + 2 * i) };
+            source[2 * i..2 * i + 2].copy_from_slice(&word.to_be_bytes());
+        }
+    }
     Judged::Segment(Segment {
         family,
         source,

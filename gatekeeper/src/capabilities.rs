@@ -3,11 +3,12 @@
 
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// What loading and attaching the filter requires, as told to the user.
 pub const REQUIREMENT: &str =
-    "loading the XDP filter needs root, or the capabilities CAP_BPF and CAP_NET_ADMIN";
+    "loading the XDP filter needs root, or the capabilities CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN";
 
 /// Fails with [`REQUIREMENT`] if the effective capabilities cannot load and attach XDP programs.
 pub fn ensure_can_load() -> anyhow::Result<()> {
@@ -15,7 +16,8 @@ pub fn ensure_can_load() -> anyhow::Result<()> {
     let effective = parse_cap_eff(&status)
         .ok_or_else(|| anyhow::anyhow!("cannot read CapEff from /proc/self/status"))?;
     let has = |cap: u32| effective & (1u64 << cap) != 0;
-    if (has(CAP_BPF) || has(CAP_SYS_ADMIN)) && has(CAP_NET_ADMIN) {
+    // The kernel refuses the program (EACCES) with CAP_BPF alone: the verifier wants CAP_PERFMON.
+    if (has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))) && has(CAP_NET_ADMIN) {
         Ok(())
     } else {
         anyhow::bail!("{REQUIREMENT} (run it as root or under the systemd unit)")

@@ -8,7 +8,7 @@ use gatekeeper::config::DEFAULT_CONFIG_PATH;
 /// Keeps strangers off your SMTP port: an XDP filter that drops TCP segments to the protected
 /// ports from any source outside an allowlist, before the kernel spends anything on them.
 #[derive(Parser)]
-#[command(name = "gatekeeper", version, about, long_about = None)]
+#[command(name = "gatekeeper", version)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -24,6 +24,15 @@ pub struct ConfigArg {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Print a shell completion script (e.g. `gatekeeper completions bash >
+    /// /etc/bash_completion.d/gatekeeper`).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) for gatekeeper and its subcommands, e.g.
+    /// `gatekeeper man | man -l -`.
+    Man,
     /// Load the filter, attach it, fill its maps from the config and enforce until SIGINT/SIGTERM.
     Run {
         #[command(flatten)]
@@ -45,4 +54,134 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Edit or list the allowlist: live in the pinned maps and, atomically, in the config file.
+    Allow {
+        #[command(subcommand)]
+        action: AllowAction,
+    },
+    /// Show interfaces, attachment mode, policy, entry counts, and whether the live maps match
+    /// the config file.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take the filter off the interface(s); once none is left, remove its pinned state.
+    Detach {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this interface (repeatable); default: every interface with a pinned link.
+        #[arg(long = "iface", value_name = "IF")]
+        ifaces: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AllowAction {
+    /// Allow a network (CIDR, or a single address) to reach the protected ports.
+    Add {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// IPv4 or IPv6 network without host bits, e.g. 198.51.100.0/24, or an address.
+        #[arg(value_name = "CIDR")]
+        cidr: String,
+        /// Who the entry is for; stored next to it in the config file.
+        #[arg(long, value_name = "TEXT")]
+        comment: Option<String>,
+    },
+    /// Remove a network from the allowlist.
+    Remove {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(value_name = "CIDR")]
+        cidr: String,
+    },
+    /// List the entries with their hit counters (live, when the filter is loaded).
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("gatekeeper").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn allow_add_takes_a_cidr_a_comment_and_a_config() {
+        let cli = parse(&[
+            "allow",
+            "add",
+            "192.0.2.0/24",
+            "--comment",
+            "partner relay",
+            "-c",
+            "/tmp/gk.toml",
+        ])
+        .expect("parses");
+        let Command::Allow {
+            action:
+                AllowAction::Add {
+                    config,
+                    cidr,
+                    comment,
+                },
+        } = cli.command
+        else {
+            panic!("not allow add");
+        };
+        assert_eq!(cidr, "192.0.2.0/24");
+        assert_eq!(comment.as_deref(), Some("partner relay"));
+        assert_eq!(config.config, PathBuf::from("/tmp/gk.toml"));
+    }
+
+    #[test]
+    fn allow_remove_list_status_detach_parse() {
+        assert!(matches!(
+            parse(&["allow", "remove", "2001:db8::/32"])
+                .expect("parses")
+                .command,
+            Command::Allow {
+                action: AllowAction::Remove { .. }
+            }
+        ));
+        assert!(matches!(
+            parse(&["allow", "list", "--json"]).expect("parses").command,
+            Command::Allow {
+                action: AllowAction::List { json: true, .. }
+            }
+        ));
+        assert!(matches!(
+            parse(&["status", "--json"]).expect("parses").command,
+            Command::Status { json: true, .. }
+        ));
+        let Command::Detach { ifaces, config } =
+            parse(&["detach", "--iface", "eth0", "--iface", "eth1"])
+                .expect("parses")
+                .command
+        else {
+            panic!("not detach");
+        };
+        assert_eq!(ifaces, ["eth0", "eth1"]);
+        assert_eq!(config.config, PathBuf::from(DEFAULT_CONFIG_PATH));
+    }
+
+    #[test]
+    fn missing_or_extra_arguments_are_errors() {
+        assert!(parse(&["allow", "add"]).is_err());
+        assert!(parse(&["allow", "remove"]).is_err());
+        assert!(parse(&["allow", "add", "192.0.2.1", "198.51.100.1"]).is_err());
+        assert!(parse(&["allow", "frobnicate"]).is_err());
+    }
 }

@@ -6,6 +6,7 @@
 use std::{
     collections::HashSet,
     fmt,
+    net::SocketAddr,
     ops::Range,
     path::{Path, PathBuf},
     str::FromStr,
@@ -15,8 +16,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use crate::policy::Mode;
 use crate::policy::Policy;
+pub use crate::{filter::Ipv4Lookup, policy::Mode};
 
 /// Where the daemon and the CLI look for the config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gatekeeper/gatekeeper.toml";
@@ -26,6 +27,9 @@ pub const DEFAULT_PORT: u16 = 25;
 
 /// Where the daemon pins the program's maps (and links) on bpffs.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/gatekeeper";
+
+/// Upper bound for `ipv4_dir24_blocks` (1 GiB of second-level blocks).
+pub const MAX_DIR24_BLOCKS: u32 = 1 << 20;
 
 /// Drop events each CPU may report per second, and in a burst, unless the config says otherwise.
 pub const DEFAULT_DROP_EVENT_RATE: u32 = 10;
@@ -71,16 +75,25 @@ pub struct Config {
     pub pin_dir: PathBuf,
     pub drop_event_rate: u32,
     pub drop_event_burst: u32,
+    /// On SIGTERM/SIGINT, leave the pinned program attached (enforcing) instead of detaching it,
+    /// so a restarted daemon adopts it without a moment unfiltered.
+    pub keep_attached_on_exit: bool,
+    /// Where the daemon serves Prometheus metrics (`GET /metrics`); off when `None`.
+    pub metrics_listen: Option<SocketAddr>,
+    pub ipv4_lookup: Ipv4Lookup,
+    pub ipv4_dir24_blocks: u32,
     pub allow: Vec<AllowEntry>,
 }
 
 /// A config that could not be read or is invalid, with the position of the offending value.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read: {source}")]
+    // The io::Error is part of the message and deliberately not a `source`, so `{:#}` does not
+    // print it twice.
+    #[error("{path}: cannot read: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}:{line}:{column}: {message}")]
     Invalid {
@@ -108,6 +121,14 @@ struct RawConfig {
     #[serde(default)]
     drop_event_burst: Option<u32>,
     #[serde(default)]
+    keep_attached_on_exit: bool,
+    #[serde(default)]
+    metrics_listen: Option<Spanned<String>>,
+    #[serde(default)]
+    ipv4_lookup: Ipv4Lookup,
+    #[serde(default)]
+    ipv4_dir24_blocks: Option<Spanned<u32>>,
+    #[serde(default)]
     allow: Vec<RawAllow>,
 }
 
@@ -122,9 +143,9 @@ struct RawAllow {
 impl Config {
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Config::parse(&text, path)
     }
@@ -164,6 +185,21 @@ impl Config {
                 comment: entry.comment.clone(),
             });
         }
+        let ipv4_dir24_blocks = match raw.ipv4_dir24_blocks {
+            None => gatekeeper_common::dir24::DEFAULT_LONG_BLOCKS,
+            Some(blocks) if (1..=MAX_DIR24_BLOCKS).contains(blocks.get_ref()) => {
+                blocks.into_inner()
+            }
+            Some(blocks) => {
+                return Err(at(
+                    blocks.span(),
+                    format!(
+                        "ipv4_dir24_blocks {} is out of range (1-{MAX_DIR24_BLOCKS}; each block is 1 KiB of kernel memory)",
+                        blocks.get_ref()
+                    ),
+                ));
+            }
+        };
         let pin_dir = match raw.pin_dir {
             None => PathBuf::from(DEFAULT_PIN_DIR),
             Some(dir) if dir.get_ref().is_absolute() => dir.into_inner(),
@@ -177,6 +213,18 @@ impl Config {
                 ));
             }
         };
+        let metrics_listen = match &raw.metrics_listen {
+            None => None,
+            Some(addr) => Some(SocketAddr::from_str(addr.get_ref().trim()).map_err(|_| {
+                at(
+                    addr.span(),
+                    format!(
+                        "metrics_listen \"{}\" is not an address and port (e.g. \"127.0.0.1:9725\")",
+                        addr.get_ref()
+                    ),
+                )
+            })?),
+        };
         Ok(Config {
             interfaces,
             xdp_mode: raw.xdp_mode,
@@ -185,6 +233,10 @@ impl Config {
             pin_dir,
             drop_event_rate: raw.drop_event_rate.unwrap_or(DEFAULT_DROP_EVENT_RATE),
             drop_event_burst: raw.drop_event_burst.unwrap_or(DEFAULT_DROP_EVENT_BURST),
+            keep_attached_on_exit: raw.keep_attached_on_exit,
+            metrics_listen,
+            ipv4_lookup: raw.ipv4_lookup,
+            ipv4_dir24_blocks,
             allow,
         })
     }
@@ -368,6 +420,7 @@ cidr = "203.0.113.7"
         assert_eq!(config.protected_ports, [25]);
         assert_eq!(config.pin_dir, Path::new(DEFAULT_PIN_DIR));
         assert_eq!(config.drop_event_rate, DEFAULT_DROP_EVENT_RATE);
+        assert_eq!(config.ipv4_lookup, Ipv4Lookup::Auto);
         assert!(config.allow.is_empty());
     }
 
@@ -387,8 +440,43 @@ cidr = "203.0.113.7"
             e.starts_with("gk.toml:2:11: pin_dir \"gk\" must be an absolute path"),
             "{e}"
         );
+        let config =
+            parse("interfaces = [\"eth0\"]\nipv4_lookup = \"trie\"\nipv4_dir24_blocks = 100\n")
+                .expect("valid config");
+        assert_eq!(
+            (config.ipv4_lookup, config.ipv4_dir24_blocks),
+            (Ipv4Lookup::Trie, 100)
+        );
+        let e = error("interfaces = [\"eth0\"]\nipv4_dir24_blocks = 0\n");
+        assert!(
+            e.starts_with("gk.toml:2:21: ipv4_dir24_blocks 0 is out of range"),
+            "{e}"
+        );
+        let e = error("interfaces = [\"eth0\"]\nipv4_lookup = \"hash\"\n");
+        assert!(e.starts_with("gk.toml:2:15: "), "{e}");
         let e = error("interfaces = [\"eth0\"]\nmode = \"block\"\n");
         assert!(e.starts_with("gk.toml:2:8: "), "{e}");
+    }
+
+    #[test]
+    fn keep_attached_and_metrics_listen() {
+        let config = parse("interfaces = [\"eth0\"]\n").expect("valid config");
+        assert!(!config.keep_attached_on_exit);
+        assert_eq!(config.metrics_listen, None);
+        let config = parse(
+            "interfaces = [\"eth0\"]\nkeep_attached_on_exit = true\nmetrics_listen = \"127.0.0.1:9725\"\n",
+        )
+        .expect("valid config");
+        assert!(config.keep_attached_on_exit);
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:9725".parse().unwrap())
+        );
+        let e = error("interfaces = [\"eth0\"]\nmetrics_listen = \"localhost\"\n");
+        assert!(
+            e.starts_with("gk.toml:2:18: metrics_listen \"localhost\" is not an address"),
+            "{e}"
+        );
     }
 
     #[test]

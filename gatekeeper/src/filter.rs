@@ -1,4 +1,5 @@
-//! The loaded XDP program: loading (optionally with pinned maps), attaching, detaching.
+//! The loaded XDP program: loading (optionally with pinned maps), attaching with pinned links,
+//! adopting the links an earlier daemon pinned, detaching.
 
 use std::path::{Path, PathBuf};
 
@@ -6,15 +7,29 @@ use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, RingBuf},
-    programs::{Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId},
+    programs::{
+        Xdp, XdpMode as AyaXdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
-use gatekeeper_common::{PROGRAM_NAME, map_names};
+use gatekeeper_common::{ALLOWLIST_CAPACITY, PROGRAM_NAME, dir24, map_names};
 use tracing::{info, warn};
 
 use crate::{
+    compat,
     config::XdpMode,
     maps::{FilterMaps, PINNED_MAPS},
+    netlink,
 };
+
+/// Pinned XDP links are named `link-<interface>` in the pin directory.
+pub const LINK_PIN_PREFIX: &str = "link-";
+
+/// Where the XDP link of `iface` is pinned under `dir`.
+pub fn link_pin_path(dir: &Path, iface: &str) -> PathBuf {
+    dir.join(format!("{LINK_PIN_PREFIX}{iface}"))
+}
 
 /// The compiled XDP object, built by `build.rs` from `gatekeeper-ebpf`.
 pub static PROGRAM_OBJECT: &[u8] =
@@ -25,7 +40,10 @@ pub struct Filter {
     ebpf: Ebpf,
     maps: FilterMaps,
     events: Option<RingBuf<MapData>>,
+    /// Links this process owns (without a pin directory): detached when dropped.
     links: Vec<(String, XdpLinkId)>,
+    /// Interfaces whose link this filter pinned or adopted under `pin_dir`.
+    pinned_links: Vec<String>,
     pin_dir: Option<PathBuf>,
     loaded_siblings: Vec<String>,
 }
@@ -46,11 +64,86 @@ impl std::fmt::Display for AttachedMode {
     }
 }
 
+/// How the IPv4 allowlist is looked up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ipv4Lookup {
+    /// Both structures kept; the trie serves lists shorter than
+    /// [`AUTO_DIR24_THRESHOLD`] entries (it stays in cache), DIR-24-8 longer ones.
+    #[default]
+    Auto,
+    /// DIR-24-8: constant cost per packet, about 64 MiB + 1 KiB per long block of kernel memory.
+    Dir24,
+    /// The kernel LPM trie: no fixed memory, cost grows with the list.
+    Trie,
+}
+
+impl std::fmt::Display for Ipv4Lookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Ipv4Lookup::Auto => "auto",
+            Ipv4Lookup::Dir24 => "dir24",
+            Ipv4Lookup::Trie => "trie",
+        })
+    }
+}
+
+/// IPv4 entries from which `auto` switches from the trie to DIR-24-8 (`cargo xtask bench xdp`
+/// shows the trie ahead for short lists and DIR-24-8 far ahead for long ones).
+pub const AUTO_DIR24_THRESHOLD: usize = 1024;
+
+/// How to load the filter.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions<'a> {
+    /// Pin (or reuse pinned) maps here.
+    pub pin_dir: Option<&'a Path>,
+    pub ipv4_lookup: Ipv4Lookup,
+    /// Second-level DIR-24-8 blocks (one per /24 holding prefixes longer than /24).
+    pub dir24_blocks: u32,
+}
+
+impl Default for LoadOptions<'_> {
+    fn default() -> Self {
+        LoadOptions {
+            pin_dir: None,
+            ipv4_lookup: Ipv4Lookup::Auto,
+            dir24_blocks: dir24::DEFAULT_LONG_BLOCKS,
+        }
+    }
+}
+
 impl Filter {
-    /// Loads the program (the verifier runs here). With `pin_dir`, its maps are pinned there, or
-    /// reused from there when an earlier run pinned them, so their state survives this process.
+    /// Loads the program with the default IPv4 lookup (the verifier runs here). With `pin_dir`,
+    /// its maps are pinned there, or reused from there when an earlier run pinned them, so their
+    /// state survives this process.
     pub fn load(pin_dir: Option<&Path>) -> anyhow::Result<Filter> {
+        Filter::load_with(&LoadOptions {
+            pin_dir,
+            ..LoadOptions::default()
+        })
+    }
+
+    /// Loads the program as `options` say. Pinned maps whose shape does not fit this build's
+    /// program are refused with a clear message.
+    pub fn load_with(options: &LoadOptions<'_>) -> anyhow::Result<Filter> {
+        let pin_dir = options.pin_dir;
+        if let Some(dir) = pin_dir {
+            compat::check_pin_dir(dir)?;
+        }
         let mut loader = EbpfLoader::new();
+        // The DIR-24-8 tables shrink to one value each when the trie serves IPv4.
+        let (tbl24, long, entries) = match options.ipv4_lookup {
+            Ipv4Lookup::Auto | Ipv4Lookup::Dir24 => (
+                dir24::TBL24_ENTRIES / 2,
+                options.dir24_blocks.max(1) * 128,
+                ALLOWLIST_CAPACITY,
+            ),
+            Ipv4Lookup::Trie => (1, 1, 1),
+        };
+        loader
+            .map_max_entries(map_names::DIR24, tbl24)
+            .map_max_entries(map_names::DIR24_LONG, long)
+            .map_max_entries(map_names::ENTRY, entries);
         let paths: Vec<(&str, PathBuf)> = match pin_dir {
             Some(dir) => PINNED_MAPS.iter().map(|n| (*n, dir.join(n))).collect(),
             None => Vec::new(),
@@ -65,7 +158,8 @@ impl Filter {
         program
             .load()
             .context("the kernel refused the XDP program")?;
-        let maps = FilterMaps::take_from(&mut ebpf)?;
+        let mut maps = FilterMaps::take_from(&mut ebpf)?;
+        maps.prefer_ipv4_lookup(options.ipv4_lookup);
         let events = ebpf
             .take_map(map_names::EVENTS)
             .map(RingBuf::try_from)
@@ -76,6 +170,7 @@ impl Filter {
             maps,
             events,
             links: Vec::new(),
+            pinned_links: Vec::new(),
             pin_dir: pin_dir.map(Path::to_path_buf),
             loaded_siblings: Vec::new(),
         })
@@ -109,7 +204,8 @@ impl Filter {
     }
 
     /// Attaches the program to `iface` in `mode`; `Auto` falls back from native to skb, loudly.
-    /// Its traffic is counted in counter slot `slot`.
+    /// Its traffic is counted in counter slot `slot`. With a pin directory the link is pinned as
+    /// `link-<iface>` there and outlives this process (until `detach` or a clean stop unpins it).
     pub fn attach(
         &mut self,
         iface: &str,
@@ -148,12 +244,91 @@ impl Filter {
                 }
             },
         };
+        match self.pin_dir.clone() {
+            Some(dir) => {
+                let path = link_pin_path(&dir, iface);
+                let pinned = self.pin_link(link, &path);
+                if let Err(err) = pinned {
+                    // Not pinned means not persistent: take it off again rather than pretend.
+                    let _ = std::fs::remove_file(&path);
+                    return Err(err);
+                }
+                self.pinned_links.push(iface.to_string());
+            }
+            None => self.links.push((iface.to_string(), link)),
+        }
         info!(iface, ifindex, mode = %attached, "attached");
-        self.links.push((iface.to_string(), link));
         Ok(attached)
     }
 
-    /// Detaches the program from every interface it was attached to.
+    fn pin_link(&mut self, link: XdpLinkId, path: &Path) -> anyhow::Result<()> {
+        let program = self.program_mut()?;
+        let link = program
+            .take_link(link)
+            .context("taking the new XDP link failed")?;
+        let fd_link = FdLink::try_from(link).context(
+            "the kernel attached the program without a BPF link (netlink fallback), which cannot be pinned",
+        )?;
+        // The pin holds the link from now on; closing our fd leaves it attached.
+        fd_link
+            .pin(path)
+            .with_context(|| format!("pinning the XDP link at {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Takes over the link an earlier daemon pinned for `iface`, if there is one: this program
+    /// atomically replaces the old one inside the link (`BPF_LINK_UPDATE`), so the interface is
+    /// never without a filter. Returns the mode the link runs in, or `None` if there was no usable
+    /// pinned link (a stale one, whose interface has gone, is removed).
+    pub fn adopt(
+        &mut self,
+        iface: &str,
+        slot: u32,
+    ) -> anyhow::Result<Option<netlink::XdpAttachment>> {
+        let Some(dir) = self.pin_dir.clone() else {
+            return Ok(None);
+        };
+        let path = link_pin_path(&dir, iface);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let ifindex = ifindex(iface).ok();
+        let pinned = PinnedLink::from_pin(&path)
+            .with_context(|| format!("opening the pinned link {}", path.display()))?;
+        let fd_link = FdLink::from(pinned);
+        let link_prog = fd_link.info().map(|i| i.program_id()).ok();
+        let state = match ifindex {
+            Some(index) => netlink::xdp_state(index)?,
+            None => None,
+        };
+        let (Some(ifindex), Some(state)) = (ifindex, state) else {
+            warn!(iface, pin = %path.display(), "pinned link is stale (interface gone or without XDP): removing it");
+            drop(fd_link);
+            remove_file_if_exists(&path)?;
+            return Ok(None);
+        };
+        if link_prog != Some(state.prog_id) {
+            warn!(iface, pin = %path.display(), link_prog = ?link_prog, iface_prog = state.prog_id,
+                "pinned link does not hold the program attached to the interface: removing the stale pin");
+            drop(fd_link);
+            remove_file_if_exists(&path)?;
+            return Ok(None);
+        }
+        self.maps.assign_slot(ifindex, slot)?;
+        let xdp_link = XdpLink::try_from(fd_link)
+            .with_context(|| format!("{} is not an XDP link", path.display()))?;
+        let program = self.program_mut()?;
+        let id = program.attach_to_link(xdp_link).with_context(|| {
+            format!("replacing the program in the pinned link of {iface} failed")
+        })?;
+        // The pin keeps the link; this process keeps no fd of it.
+        drop(program.take_link(id));
+        self.pinned_links.push(iface.to_string());
+        info!(iface, ifindex, mode = %state.mode, "adopted the pinned link: this program replaced the old one without a gap");
+        Ok(Some(state.mode))
+    }
+
+    /// Detaches the program from every interface this filter attached to or adopted.
     pub fn detach_all(&mut self) -> anyhow::Result<()> {
         let links = std::mem::take(&mut self.links);
         let program = self.program_mut()?;
@@ -163,7 +338,40 @@ impl Filter {
                 .with_context(|| format!("detaching from {iface} failed"))?;
             info!(iface, "detached");
         }
+        if let Some(dir) = self.pin_dir.clone() {
+            for iface in std::mem::take(&mut self.pinned_links) {
+                detach_pinned(&dir, &iface)?;
+                info!(iface, "detached");
+            }
+        }
         Ok(())
+    }
+
+    /// Detaches the program from `iface` (only a link this filter pinned or adopted).
+    pub fn detach(&mut self, iface: &str) -> anyhow::Result<()> {
+        if let Some(at) = self.links.iter().position(|(i, _)| i == iface) {
+            let (_, link) = self.links.remove(at);
+            self.program_mut()?
+                .detach(link)
+                .with_context(|| format!("detaching from {iface} failed"))?;
+        }
+        if let Some(at) = self.pinned_links.iter().position(|i| i == iface)
+            && let Some(dir) = self.pin_dir.clone()
+        {
+            self.pinned_links.remove(at);
+            detach_pinned(&dir, iface)?;
+        }
+        info!(iface, "detached");
+        Ok(())
+    }
+
+    /// Interfaces the program is attached to through this filter.
+    pub fn attached(&self) -> Vec<String> {
+        self.links
+            .iter()
+            .map(|(i, _)| i.clone())
+            .chain(self.pinned_links.iter().cloned())
+            .collect()
     }
 
     /// Removes the pinned maps (after detaching, when the filter is meant to stop).
@@ -175,15 +383,50 @@ impl Filter {
     }
 }
 
-/// Removes every pin the filter keeps under `dir`, and `dir` itself once empty.
-pub fn remove_pins(dir: &Path) -> anyhow::Result<()> {
-    for name in PINNED_MAPS {
-        let path = dir.join(name);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => return Err(err).with_context(|| format!("removing {}", path.display())),
+/// Detaches the program from `iface` by removing its pinned link (the pin is the link's only
+/// holder, so the kernel takes the program off the interface at once). False if none was pinned.
+pub fn detach_pinned(dir: &Path, iface: &str) -> anyhow::Result<bool> {
+    remove_file_if_exists(&link_pin_path(dir, iface))
+}
+
+/// Interfaces with a pinned link under `dir`.
+pub fn pinned_link_ifaces(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err).with_context(|| format!("listing {}", dir.display())),
+    };
+    let mut ifaces = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        if let Some(iface) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_prefix(LINK_PIN_PREFIX))
+        {
+            ifaces.push(iface.to_string());
         }
+    }
+    ifaces.sort();
+    Ok(ifaces)
+}
+
+fn remove_file_if_exists(path: &Path) -> anyhow::Result<bool> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(err).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+/// Removes every pin the filter keeps under `dir` (links first, so the program comes off its
+/// interfaces, then the maps), and `dir` itself once empty.
+pub fn remove_pins(dir: &Path) -> anyhow::Result<()> {
+    for iface in pinned_link_ifaces(dir)? {
+        detach_pinned(dir, &iface)?;
+    }
+    for name in PINNED_MAPS {
+        remove_file_if_exists(&dir.join(name))?;
     }
     // Other files (an admin's, a newer version's) keep the directory.
     let _ = std::fs::remove_dir(dir);
@@ -208,7 +451,8 @@ pub fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut
         .with_context(|| format!("{name} is not an XDP program"))
 }
 
-fn ifindex(iface: &str) -> anyhow::Result<u32> {
+/// The index of network interface `iface` in this namespace.
+pub fn ifindex(iface: &str) -> anyhow::Result<u32> {
     let name = std::ffi::CString::new(iface)
         .with_context(|| format!("interface name {iface:?} contains a NUL byte"))?;
     // SAFETY: a valid NUL-terminated string; if_nametoindex only reads it.

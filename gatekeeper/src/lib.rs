@@ -5,10 +5,17 @@
 pub mod bench_objects;
 pub mod bpffs;
 pub mod capabilities;
+pub mod compat;
 pub mod config;
+pub mod dir24;
+pub mod edit;
 pub mod events;
 pub mod filter;
+pub mod lock;
 pub mod maps;
+pub mod metrics;
+pub mod netlink;
 pub mod policy;
 pub mod stats;
 pub mod sync;
+pub mod watch;

@@ -2,7 +2,7 @@
 //! the admin CLI works the same whether or not the daemon runs.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{Ipv4Addr, Ipv6Addr},
     path::Path,
 };
 
@@ -13,11 +13,15 @@ use aya::{
 };
 use gatekeeper_common::{
     AllowValue, COUNTER_COUNT, COUNTERS_PER_FAMILY, FAMILIES, FilterConfig, IFINDEX_LIMIT,
-    MAX_IFACE_SLOTS, map_names,
+    LOOKUP_DIR24, LOOKUP_TRIE, MAX_IFACE_SLOTS, dir24::NONE, map_names,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::policy::Policy;
+use crate::{
+    dir24::Dir24,
+    filter::{AUTO_DIR24_THRESHOLD, Ipv4Lookup},
+    policy::Policy,
+};
 
 /// Every map the controller writes or reads (the drop-event ring buffer is taken separately).
 pub struct FilterMaps {
@@ -27,6 +31,13 @@ pub struct FilterMaps {
     selector: Array<MapData, u32>,
     iface_slots: Array<MapData, u32>,
     counters: PerCpuArray<MapData, u64>,
+    /// The IPv4 DIR-24-8 tables, when the filter was loaded with them.
+    dir24: Option<Dir24>,
+    /// The DIR-24-8 maps' handles: programs of this object loaded later still refer to them by fd.
+    _dir24_maps: [Map; 3],
+    /// How `set_policy` picks the IPv4 lookup; `None` (maps opened from pins by the CLI) keeps
+    /// the running choice.
+    v4_preference: Option<Ipv4Lookup>,
 }
 
 /// An allowlist entry as the kernel holds it.
@@ -38,7 +49,10 @@ pub struct LiveEntry {
 }
 
 /// The names of every map the controller pins, in a stable order.
-pub const PINNED_MAPS: [&str; 8] = [
+pub const PINNED_MAPS: [&str; 11] = [
+    map_names::DIR24,
+    map_names::DIR24_LONG,
+    map_names::ENTRY,
     map_names::ALLOW_V4,
     map_names::ALLOW_V6,
     map_names::CONFIG,
@@ -56,6 +70,11 @@ impl FilterMaps {
             ebpf.take_map(name)
                 .with_context(|| format!("the eBPF object has no {name} map"))
         };
+        let dir24 = [
+            take(map_names::DIR24)?,
+            take(map_names::DIR24_LONG)?,
+            take(map_names::ENTRY)?,
+        ];
         FilterMaps::from_maps(
             take(map_names::ALLOW_V4)?,
             take(map_names::ALLOW_V6)?,
@@ -63,11 +82,13 @@ impl FilterMaps {
             take(map_names::CONFIG_SELECTOR)?,
             take(map_names::IFACE_SLOTS)?,
             take(map_names::COUNTERS)?,
+            dir24,
         )
     }
 
-    /// Opens the maps a daemon pinned under `dir`.
+    /// Opens the maps a daemon pinned under `dir`, after checking they fit this build.
     pub fn open_pinned(dir: &Path) -> anyhow::Result<FilterMaps> {
+        crate::compat::check_pin_dir(dir)?;
         let open = |name: &str| -> anyhow::Result<MapData> {
             let path = dir.join(name);
             MapData::from_pin(&path).with_context(|| {
@@ -77,6 +98,11 @@ impl FilterMaps {
                 )
             })
         };
+        let dir24 = [
+            Map::Array(open(map_names::DIR24)?),
+            Map::Array(open(map_names::DIR24_LONG)?),
+            Map::Array(open(map_names::ENTRY)?),
+        ];
         FilterMaps::from_maps(
             Map::LpmTrie(open(map_names::ALLOW_V4)?),
             Map::LpmTrie(open(map_names::ALLOW_V6)?),
@@ -84,7 +110,17 @@ impl FilterMaps {
             Map::Array(open(map_names::CONFIG_SELECTOR)?),
             Map::Array(open(map_names::IFACE_SLOTS)?),
             Map::PerCpuArray(open(map_names::COUNTERS)?),
+            dir24,
         )
+    }
+
+    /// Opens the pinned maps under `dir` if a daemon pinned them there; `None` if nothing is
+    /// pinned (the filter is not loaded).
+    pub fn open_if_pinned(dir: &Path) -> anyhow::Result<Option<FilterMaps>> {
+        if !dir.join(map_names::ALLOW_V4).exists() {
+            return Ok(None);
+        }
+        FilterMaps::open_pinned(dir).map(Some)
     }
 
     fn from_maps(
@@ -94,8 +130,24 @@ impl FilterMaps {
         selector: Map,
         iface_slots: Map,
         counters: Map,
+        dir24: [Map; 3],
     ) -> anyhow::Result<FilterMaps> {
+        let [tbl24, long, entries] = dir24;
+        fn data<'m>(map: &'m Map, name: &str) -> anyhow::Result<&'m MapData> {
+            match map {
+                Map::Array(data) => Ok(data),
+                _ => anyhow::bail!("{name} is not an array map"),
+            }
+        }
+        let dir24 = Dir24::open(
+            data(&tbl24, map_names::DIR24)?,
+            data(&long, map_names::DIR24_LONG)?,
+            data(&entries, map_names::ENTRY)?,
+        )?;
         Ok(FilterMaps {
+            dir24,
+            _dir24_maps: [tbl24, long, entries],
+            v4_preference: None,
             allow_v4: LpmTrie::try_from(allow_v4).context(map_names::ALLOW_V4)?,
             allow_v6: LpmTrie::try_from(allow_v6).context(map_names::ALLOW_V6)?,
             config: Array::try_from(config).context(map_names::CONFIG)?,
@@ -110,12 +162,39 @@ impl FilterMaps {
     pub fn set_policy(&mut self, policy: &Policy) -> anyhow::Result<()> {
         let active = self.active_slot()?;
         let next = active ^ 1;
+        let mut config = policy.to_filter_config();
+        config.v4_lookup = self.choose_v4_lookup(active)?;
         self.config
-            .set(next, policy.to_filter_config(), 0)
+            .set(next, config, 0)
             .context("writing the filter policy failed")?;
         self.selector
             .set(0, next, 0)
             .context("switching to the new filter policy failed")
+    }
+
+    /// Sets how `set_policy` picks the IPv4 lookup.
+    pub fn prefer_ipv4_lookup(&mut self, lookup: Ipv4Lookup) {
+        self.v4_preference = Some(lookup);
+    }
+
+    fn choose_v4_lookup(&self, active: u32) -> anyhow::Result<u32> {
+        let Some(dir24) = &self.dir24 else {
+            return Ok(LOOKUP_TRIE);
+        };
+        Ok(match self.v4_preference {
+            Some(Ipv4Lookup::Dir24) => LOOKUP_DIR24,
+            Some(Ipv4Lookup::Trie) => LOOKUP_TRIE,
+            Some(Ipv4Lookup::Auto) if dir24.entries_in_use() >= AUTO_DIR24_THRESHOLD => {
+                LOOKUP_DIR24
+            }
+            Some(Ipv4Lookup::Auto) => LOOKUP_TRIE,
+            None => {
+                self.config
+                    .get(&active, 0)
+                    .context("reading the filter policy failed")?
+                    .v4_lookup
+            }
+        })
     }
 
     /// The policy the program applies now.
@@ -136,34 +215,147 @@ impl FilterMaps {
             & 1)
     }
 
-    /// Adds `net` to its family's allowlist (replacing an entry for the same prefix resets its
-    /// hit counter).
+    /// The DIR-24-8 tables, when the filter has them.
+    pub fn dir24(&self) -> Option<&Dir24> {
+        self.dir24.as_ref()
+    }
+
+    /// The entry id the trie holds for exactly `net` (IPv4).
+    pub fn entry_id(&self, net: Ipv4Net) -> anyhow::Result<Option<u32>> {
+        Ok(self.v4_entry(net)?.map(|v| v.id))
+    }
+
+    /// Which IPv4 lookup the program uses.
+    pub fn ipv4_lookup(&self) -> anyhow::Result<&'static str> {
+        let active = self.active_slot()?;
+        let config = self
+            .config
+            .get(&active, 0)
+            .context("reading the filter policy failed")?;
+        Ok(if config.v4_lookup == LOOKUP_DIR24 {
+            "dir24"
+        } else {
+            "trie"
+        })
+    }
+
+    /// Adds `net` to its family's allowlist; adding an entry that is there already changes
+    /// nothing. IPv4 entries go into the trie (the registry every tool reads) and, when the
+    /// filter has them, into the DIR-24-8 tables the program reads.
     pub fn insert(&mut self, net: IpNet) -> anyhow::Result<()> {
-        let value = AllowValue::default();
-        let prefix = u32::from(net.prefix_len());
-        match net.network() {
-            IpAddr::V4(addr) => self
-                .allow_v4
-                .insert(&Key::new(prefix, addr.octets()), value, 0),
-            IpAddr::V6(addr) => self
-                .allow_v6
-                .insert(&Key::new(prefix, addr.octets()), value, 0),
+        let context = || format!("adding {net} to the allowlist failed");
+        match net {
+            IpNet::V6(v6) => {
+                let key = Key::new(u32::from(v6.prefix_len()), v6.network().octets());
+                let value = AllowValue {
+                    prefix_len: u32::from(v6.prefix_len()),
+                    ..AllowValue::default()
+                };
+                self.allow_v6.insert(&key, value, 0).with_context(context)
+            }
+            IpNet::V4(v4) => {
+                if self.v4_entry(v4)?.is_some() {
+                    return Ok(());
+                }
+                let key = Key::new(u32::from(v4.prefix_len()), v4.network().octets());
+                let id = match &mut self.dir24 {
+                    Some(dir24) => dir24.alloc_id(v4.prefix_len())?,
+                    None => 0,
+                };
+                let value = AllowValue {
+                    hits: 0,
+                    id,
+                    prefix_len: u32::from(v4.prefix_len()),
+                };
+                if let Err(err) = self.allow_v4.insert(&key, value, 0) {
+                    if let Some(dir24) = &mut self.dir24 {
+                        dir24.free_id(id);
+                    }
+                    return Err(err).with_context(context);
+                }
+                if let Some(dir24) = &mut self.dir24
+                    && let Err(err) = dir24.add(v4, id)
+                {
+                    // Nothing half-applied: take the entry back out of the registry.
+                    let _ = self.allow_v4.remove(&key);
+                    dir24.free_id(id);
+                    return Err(err);
+                }
+                Ok(())
+            }
         }
-        .with_context(|| format!("adding {net} to the allowlist failed (is it full?)"))
+    }
+
+    /// The trie's value for exactly `net`, if it is an entry.
+    fn v4_entry(&self, net: Ipv4Net) -> anyhow::Result<Option<AllowValue>> {
+        let key = Key::new(u32::from(net.prefix_len()), net.network().octets());
+        match self.allow_v4.get(&key, 0) {
+            Ok(value) => {
+                // The trie answers with the longest prefix up to this length: it is `net`
+                // itself only if the lengths agree (two prefixes of one length that contain
+                // the same address are the same prefix).
+                let exact = value.prefix_len == u32::from(net.prefix_len());
+                Ok(exact.then_some(value))
+            }
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(err) => Err(err).context("reading the IPv4 allowlist failed"),
+        }
     }
 
     /// Removes `net` from its family's allowlist; false if it was not there.
     pub fn remove(&mut self, net: IpNet) -> anyhow::Result<bool> {
-        let prefix = u32::from(net.prefix_len());
-        let result = match net.network() {
-            IpAddr::V4(addr) => self.allow_v4.remove(&Key::new(prefix, addr.octets())),
-            IpAddr::V6(addr) => self.allow_v6.remove(&Key::new(prefix, addr.octets())),
-        };
-        match result {
-            Ok(()) => Ok(true),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
-            Err(err) => {
-                Err(err).with_context(|| format!("removing {net} from the allowlist failed"))
+        let context = || format!("removing {net} from the allowlist failed");
+        match net {
+            IpNet::V6(v6) => {
+                let key = Key::new(u32::from(v6.prefix_len()), v6.network().octets());
+                match self.allow_v6.remove(&key) {
+                    Ok(()) => Ok(true),
+                    Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+                    Err(err) => Err(err).with_context(context),
+                }
+            }
+            IpNet::V4(v4) => {
+                let Some(value) = self.v4_entry(v4)? else {
+                    return Ok(false);
+                };
+                let key = Key::new(u32::from(v4.prefix_len()), v4.network().octets());
+                if self.dir24.is_some() {
+                    // Its addresses go to the longest remaining entry that contains it.
+                    let replacement = match v4.prefix_len() {
+                        0 => NONE,
+                        len => {
+                            let parent = Key::new(u32::from(len) - 1, v4.network().octets());
+                            match self.allow_v4.get(&parent, 0) {
+                                Ok(ancestor) => ancestor.id + 1,
+                                Err(aya::maps::MapError::KeyNotFound) => NONE,
+                                Err(err) => return Err(err).with_context(context),
+                            }
+                        }
+                    };
+                    if let Some(dir24) = &mut self.dir24 {
+                        dir24.remove(v4, value.id, replacement);
+                    }
+                }
+                self.allow_v4.remove(&key).with_context(context)?;
+                if let Some(dir24) = &mut self.dir24 {
+                    dir24.free_id(value.id);
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// Whether the allowlist holds exactly `net` (not just a prefix covering it).
+    pub fn contains(&self, net: IpNet) -> anyhow::Result<bool> {
+        match net {
+            IpNet::V4(v4) => Ok(self.v4_entry(v4)?.is_some()),
+            IpNet::V6(v6) => {
+                let prefix = u32::from(v6.prefix_len());
+                let octets = v6.network().octets();
+                Ok(self
+                    .allow_v6
+                    .keys()
+                    .any(|k| k.is_ok_and(|k| k.prefix_len() == prefix && k.data() == octets)))
             }
         }
     }
@@ -174,9 +366,10 @@ impl FilterMaps {
         for item in self.allow_v4.iter() {
             let (key, value) = item.context("reading the IPv4 allowlist failed")?;
             let net = Ipv4Net::new(Ipv4Addr::from(key.data()), prefix_u8(key.prefix_len())?)?;
+            let dir24_hits = self.dir24.as_ref().map_or(0, |d| d.hits(value.id));
             entries.push(LiveEntry {
                 net: IpNet::V4(net),
-                hits: value.hits,
+                hits: value.hits + dir24_hits,
             });
         }
         for item in self.allow_v6.iter() {
@@ -199,6 +392,27 @@ impl FilterMaps {
         self.iface_slots
             .set(ifindex, slot, 0)
             .context("assigning the interface's counter slot failed")
+    }
+
+    /// Gives `ifindex`'s counters back to slot 0 (after detaching from it).
+    pub fn clear_slot(&mut self, ifindex: u32) -> anyhow::Result<()> {
+        if ifindex >= IFINDEX_LIMIT {
+            return Ok(());
+        }
+        self.iface_slots
+            .set(ifindex, 0, 0)
+            .context("clearing the interface's counter slot failed")
+    }
+
+    /// The slot `ifindex` counts in already, or the lowest free one (0 if all are taken).
+    pub fn slot_for(&self, ifindex: u32) -> anyhow::Result<u32> {
+        let slots = self.slots()?;
+        if let Some((_, slot)) = slots.iter().find(|(i, _)| *i == ifindex) {
+            return Ok(*slot);
+        }
+        Ok((1..MAX_IFACE_SLOTS)
+            .find(|s| !slots.iter().any(|(_, used)| used == s))
+            .unwrap_or(0))
     }
 
     /// `(ifindex, slot)` for every interface with a slot of its own.
@@ -235,7 +449,7 @@ impl FilterMaps {
     /// Kernel memory each map takes, as the kernel accounts it (`memlock` in its fdinfo).
     pub fn kernel_memory(&self) -> anyhow::Result<Vec<(&'static str, u64)>> {
         use aya::maps::IterableMap;
-        Ok(vec![
+        let fixed = [
             (
                 map_names::ALLOW_V4,
                 memlock(IterableMap::<Key<[u8; 4]>, AllowValue>::map(&self.allow_v4))?,
@@ -260,7 +474,17 @@ impl FilterMaps {
                     &self.counters,
                 ))?,
             ),
-        ])
+        ];
+        let mut all = fixed.to_vec();
+        for (name, map) in [map_names::DIR24, map_names::DIR24_LONG, map_names::ENTRY]
+            .into_iter()
+            .zip(&self._dir24_maps)
+        {
+            if let Map::Array(data) = map {
+                all.push((name, memlock(data)?));
+            }
+        }
+        Ok(all)
     }
 }
 

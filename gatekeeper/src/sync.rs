@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use ipnet::IpNet;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::{config::Config, maps::FilterMaps};
 
@@ -22,8 +22,9 @@ impl SyncReport {
     }
 }
 
-/// Makes the maps enforce `config`. If an insert fails (the allowlist is full), the entries this
-/// call added are taken out again and the maps stay as they were.
+/// Makes the maps enforce `config`; the caller logs the report (one line per event). If an insert
+/// fails (the allowlist is full), the entries this call added are taken out again and the maps
+/// stay as they were.
 pub fn apply(maps: &mut FilterMaps, config: &Config) -> anyhow::Result<SyncReport> {
     let live: BTreeSet<IpNet> = maps.entries()?.into_iter().map(|e| e.net).collect();
     let wanted: BTreeSet<IpNet> = config.allow.iter().map(|e| e.net).collect();
@@ -48,17 +49,6 @@ pub fn apply(maps: &mut FilterMaps, config: &Config) -> anyhow::Result<SyncRepor
     for net in live.difference(&wanted) {
         maps.remove(*net)?;
         report.removed.push(*net);
-    }
-    if !report.is_empty() {
-        info!(
-            added = report.added.len(),
-            removed = report.removed.len(),
-            policy_changed = report.policy_changed,
-            mode = %policy.mode,
-            ports = ?policy.ports,
-            entries = wanted.len(),
-            "maps in line with the config"
-        );
     }
     Ok(report)
 }

@@ -10,6 +10,7 @@ pub mod netns;
 pub mod process;
 pub mod raw;
 pub mod reference;
+pub mod smtp_sink;
 pub mod tcp;
 
 use std::path::PathBuf;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use gatekeeper::{
-    filter::Filter,
+    filter::{Filter, Ipv4Lookup, LoadOptions},
     policy::{Mode, Policy},
 };
 use gatekeeper_common::{Counter, Family};
@@ -29,13 +29,17 @@ fn seed() -> u64 {
         .unwrap_or(0x6a7e_4ee9)
 }
 
-fn run(mode: Mode, frames: usize, batch: usize) {
+fn run(mode: Mode, lookup: Ipv4Lookup, frames: usize, batch: usize) {
     let seed = seed();
     eprintln!(
-        "differential: mode {mode}, {frames} frames, seed {seed} (set GATEKEEPER_SEED to replay)"
+        "differential: mode {mode}, IPv4 lookup {lookup}, {frames} frames, seed {seed} (set GATEKEEPER_SEED to replay)"
     );
     let mut rng = Rng::new(seed ^ (mode as u64));
-    let mut filter = Filter::load(None).expect("load");
+    let mut filter = Filter::load_with(&LoadOptions {
+        ipv4_lookup: lookup,
+        ..LoadOptions::default()
+    })
+    .expect("load");
     let policy = Policy {
         mode,
         ports: PORTS.to_vec(),
@@ -191,11 +195,19 @@ fn verdict(filter: &mut Filter, frame: &[u8]) -> u32 {
 }
 
 #[test]
-fn enforce_mode_matches_the_reference_on_100k_frames() {
-    if !kernel_tests_enabled("enforce_mode_matches_the_reference_on_100k_frames") {
+fn enforce_mode_matches_the_reference_on_100k_frames_with_dir24() {
+    if !kernel_tests_enabled("enforce_mode_matches_the_reference_on_100k_frames_with_dir24") {
         return;
     }
-    run(Mode::Enforce, 100_000, 5_000);
+    run(Mode::Enforce, Ipv4Lookup::Dir24, 100_000, 2_000);
+}
+
+#[test]
+fn enforce_mode_matches_the_reference_on_100k_frames_with_the_trie() {
+    if !kernel_tests_enabled("enforce_mode_matches_the_reference_on_100k_frames_with_the_trie") {
+        return;
+    }
+    run(Mode::Enforce, Ipv4Lookup::Trie, 100_000, 5_000);
 }
 
 #[test]
@@ -203,5 +215,5 @@ fn monitor_mode_matches_the_reference_and_never_drops() {
     if !kernel_tests_enabled("monitor_mode_matches_the_reference_and_never_drops") {
         return;
     }
-    run(Mode::Monitor, 20_000, 5_000);
+    run(Mode::Monitor, Ipv4Lookup::Dir24, 20_000, 5_000);
 }

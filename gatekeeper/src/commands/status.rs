@@ -1,0 +1,211 @@
+//! `gatekeeper status [--json]`: what is attached where and how, the policy and allowlist in
+//! force, and whether the live maps match the config file (with the difference if not).
+
+use std::{collections::BTreeSet, path::Path};
+
+use aya::programs::links::{FdLink, PinnedLink};
+use gatekeeper::{
+    config::Config,
+    filter::{self, link_pin_path},
+    lock,
+    maps::FilterMaps,
+    netlink,
+    policy::Policy,
+};
+use ipnet::IpNet;
+use serde_json::{Value, json};
+
+use super::join_ports;
+
+pub fn status(path: &Path, json_out: bool) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let dir = &config.pin_dir;
+    let daemon_running = dir.exists() && lock::try_lock_pin_dir(dir)?.is_none();
+    let maps = FilterMaps::open_if_pinned(dir)?;
+
+    let mut names: Vec<String> = config.interfaces.clone();
+    for iface in filter::pinned_link_ifaces(dir)? {
+        if !names.contains(&iface) {
+            names.push(iface);
+        }
+    }
+    let interfaces: Vec<Value> = names.iter().map(|i| interface(dir, i, &config)).collect();
+
+    let wanted_policy = config.policy();
+    let wanted: BTreeSet<IpNet> = config.allow.iter().map(|e| e.net).collect();
+    let live = match &maps {
+        Some(maps) => {
+            let entries: BTreeSet<IpNet> = maps.entries()?.into_iter().map(|e| e.net).collect();
+            Some((maps.policy()?, entries))
+        }
+        None => None,
+    };
+    let counts = |set: &BTreeSet<IpNet>| {
+        let v4 = set.iter().filter(|n| n.addr().is_ipv4()).count();
+        json!({ "ipv4": v4, "ipv6": set.len() - v4 })
+    };
+    let (in_sync, difference) = match &live {
+        None => (Value::Null, Value::Null),
+        Some((policy, entries)) => {
+            let missing: Vec<String> = wanted.difference(entries).map(|n| n.to_string()).collect();
+            let extra: Vec<String> = entries.difference(&wanted).map(|n| n.to_string()).collect();
+            let policy_differs = !same_policy(policy, &wanted_policy);
+            (
+                Value::Bool(missing.is_empty() && extra.is_empty() && !policy_differs),
+                json!({
+                    "missing_from_live": missing,
+                    "live_not_in_config": extra,
+                    "policy_differs": policy_differs,
+                }),
+            )
+        }
+    };
+    let report = json!({
+        "config": path.display().to_string(),
+        "pin_dir": dir.display().to_string(),
+        "loaded": maps.is_some(),
+        "daemon_running": daemon_running,
+        "interfaces": interfaces,
+        "config_policy": { "mode": wanted_policy.mode.to_string(), "ports": wanted_policy.ports },
+        "live_policy": live.as_ref().map(|(p, _)| json!({ "mode": p.mode.to_string(), "ports": p.ports })),
+        "config_entries": counts(&wanted),
+        "live_entries": live.as_ref().map(|(_, e)| counts(e)),
+        "in_sync": in_sync,
+        "difference": difference,
+    });
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!(
+            "{}",
+            render(&report, &config, live.as_ref().map(|(p, _)| p))
+        );
+    }
+    Ok(())
+}
+
+fn same_policy(a: &Policy, b: &Policy) -> bool {
+    a.mode == b.mode && a.ports == b.ports
+}
+
+/// One interface: present here? XDP program and mode (from the kernel), pinned link, ours?
+fn interface(dir: &Path, iface: &str, config: &Config) -> Value {
+    let configured = config.interfaces.iter().any(|i| i == iface);
+    let link_path = link_pin_path(dir, iface);
+    let link_prog = link_path
+        .exists()
+        .then(|| PinnedLink::from_pin(&link_path).ok())
+        .flatten()
+        .and_then(|l| FdLink::from(l).info().ok())
+        .map(|i| i.program_id());
+    let (ifindex, xdp, error) = match filter::ifindex(iface) {
+        Err(_) => (
+            None,
+            None,
+            Some("no such interface in this network namespace".to_string()),
+        ),
+        Ok(index) => match netlink::xdp_state(index) {
+            Ok(state) => (Some(index), state, None),
+            Err(err) => (Some(index), None, Some(format!("{err:#}"))),
+        },
+    };
+    let attached = matches!((xdp, link_prog), (Some(x), Some(p)) if x.prog_id == p);
+    json!({
+        "name": iface,
+        "configured": configured,
+        "ifindex": ifindex,
+        "attached": attached,
+        "mode": xdp.map(|x| x.mode.to_string()),
+        "prog_id": xdp.map(|x| x.prog_id),
+        "pinned_link": link_prog.is_some(),
+        "foreign_program": xdp.is_some() && !attached,
+        "error": error,
+    })
+}
+
+fn render(report: &Value, config: &Config, live_policy: Option<&Policy>) -> String {
+    let mut out = String::new();
+    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+    out.push_str(&format!("file:     {}\n", s(&report["config"])));
+    out.push_str(&format!(
+        "pin_dir:  {} ({}; daemon {})\n",
+        s(&report["pin_dir"]),
+        if report["loaded"] == true {
+            "filter loaded"
+        } else {
+            "nothing pinned"
+        },
+        if report["daemon_running"] == true {
+            "running"
+        } else {
+            "not running"
+        },
+    ));
+    out.push_str("interfaces:\n");
+    for iface in report["interfaces"].as_array().into_iter().flatten() {
+        let name = s(&iface["name"]);
+        let state = if iface["attached"] == true {
+            format!(
+                "attached, {} mode, prog id {}",
+                s(&iface["mode"]),
+                iface["prog_id"]
+            )
+        } else if iface["foreign_program"] == true {
+            format!(
+                "NOT attached: another XDP program (id {}) runs there in {} mode",
+                iface["prog_id"],
+                s(&iface["mode"])
+            )
+        } else if !iface["error"].is_null() {
+            format!("NOT attached: {}", s(&iface["error"]))
+        } else {
+            "NOT attached".to_string()
+        };
+        let note = if iface["configured"] == false {
+            " (not in the config)"
+        } else {
+            ""
+        };
+        out.push_str(&format!("  {name:<16} {state}{note}\n"));
+    }
+    out.push_str(&format!(
+        "config:   mode {}, ports {}, {} entries\n",
+        config.mode,
+        join_ports(&config.protected_ports),
+        config.allow.len()
+    ));
+    match live_policy {
+        Some(policy) => out.push_str(&format!(
+            "live:     mode {}, ports {}, {} IPv4 + {} IPv6 entries\n",
+            policy.mode,
+            join_ports(&policy.ports),
+            report["live_entries"]["ipv4"],
+            report["live_entries"]["ipv6"]
+        )),
+        None => out.push_str("live:     the filter is not loaded\n"),
+    }
+    match &report["in_sync"] {
+        Value::Bool(true) => out.push_str("in sync:  yes, the live maps match the config file\n"),
+        Value::Bool(false) => {
+            out.push_str("in sync:  NO\n");
+            let diff = &report["difference"];
+            for (key, text) in [
+                ("missing_from_live", "in the config, not live"),
+                ("live_not_in_config", "live, not in the config"),
+            ] {
+                let list: Vec<String> = diff[key].as_array().into_iter().flatten().map(s).collect();
+                if !list.is_empty() {
+                    out.push_str(&format!("  {text}: {}\n", list.join(", ")));
+                }
+            }
+            if diff["policy_differs"] == true {
+                out.push_str("  mode or ports differ\n");
+            }
+            out.push_str(
+                "  (a running daemon applies the file on SIGHUP or when the file changes)\n",
+            );
+        }
+        _ => {}
+    }
+    out
+}

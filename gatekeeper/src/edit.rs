@@ -1,0 +1,370 @@
+//! Edits of `gatekeeper.toml` made by the admin CLI: allowlist entries added and removed with
+//! `toml_edit`, so comments and layout survive, and the result written back atomically.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::Write as _,
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+use ipnet::IpNet;
+use toml_edit::{Array, ArrayOfTables, DocumentMut, InlineTable, Item, Table, Value, value};
+
+use crate::config::parse_cidr;
+
+/// An edit that cannot be made; nothing was changed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EditError {
+    #[error("{net} is already in the allowlist of {path}")]
+    Duplicate { net: IpNet, path: PathBuf },
+    #[error("{net} is not in the allowlist of {path} (see `gatekeeper allow list`)")]
+    Missing { net: IpNet, path: PathBuf },
+    #[error("{path}: `allow` is not a list of [[allow]] tables; edit the file by hand")]
+    Layout { path: PathBuf },
+    #[error("{path}: cannot parse as TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+}
+
+/// The config file as a comment-preserving document.
+pub struct ConfigDocument {
+    path: PathBuf,
+    doc: DocumentMut,
+}
+
+impl ConfigDocument {
+    /// Parses `text`, read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<ConfigDocument, EditError> {
+        let doc = text.parse::<DocumentMut>().map_err(|e| EditError::Syntax {
+            path: path.to_path_buf(),
+            message: e.message().to_string(),
+        })?;
+        Ok(ConfigDocument {
+            path: path.to_path_buf(),
+            doc,
+        })
+    }
+
+    /// The document as text.
+    pub fn text(&self) -> String {
+        self.doc.to_string()
+    }
+
+    /// Appends `[[allow]] cidr = NET, comment = TEXT` after the last entry.
+    pub fn add(&mut self, net: IpNet, comment: Option<&str>) -> Result<(), EditError> {
+        if self.position(net)?.is_some() {
+            return Err(EditError::Duplicate {
+                net,
+                path: self.path.clone(),
+            });
+        }
+        let layout = EditError::Layout {
+            path: self.path.clone(),
+        };
+        let root = self.doc.as_table_mut();
+        if !root.contains_key("allow") {
+            root.insert("allow", Item::ArrayOfTables(ArrayOfTables::new()));
+        }
+        match root.get_mut("allow") {
+            Some(Item::ArrayOfTables(tables)) => {
+                let mut table = Table::new();
+                table.insert("cidr", value(net.to_string()));
+                if let Some(comment) = comment {
+                    table.insert("comment", value(comment));
+                }
+                // A blank line before each entry, as in the example config.
+                table.decor_mut().set_prefix("\n");
+                tables.push(table);
+                Ok(())
+            }
+            Some(Item::Value(Value::Array(array))) => {
+                let mut table = InlineTable::new();
+                table.insert("cidr", net.to_string().into());
+                if let Some(comment) = comment {
+                    table.insert("comment", comment.into());
+                }
+                array.push(table);
+                Ok(())
+            }
+            _ => Err(layout),
+        }
+    }
+
+    /// Removes the entry for `net` (written either as a CIDR or, for a single host, as a bare
+    /// address). Comment lines above the removed entry are kept: they move to the next entry (or
+    /// the end of the file), since they may describe the whole list.
+    pub fn remove(&mut self, net: IpNet) -> Result<(), EditError> {
+        let Some(index) = self.position(net)? else {
+            return Err(EditError::Missing {
+                net,
+                path: self.path.clone(),
+            });
+        };
+        let mut orphaned: Option<String> = None;
+        match self.doc.as_table_mut().get_mut("allow") {
+            Some(Item::ArrayOfTables(tables)) => {
+                let prefix = tables
+                    .get(index)
+                    .and_then(|t| t.decor().prefix())
+                    .and_then(|p| p.as_str())
+                    .map(str::to_string)
+                    .unwrap_or_default();
+                tables.remove(index);
+                if prefix.contains('#') {
+                    match tables.get_mut(index) {
+                        Some(next) => {
+                            let next_prefix = next
+                                .decor()
+                                .prefix()
+                                .and_then(|p| p.as_str())
+                                .unwrap_or("")
+                                .to_string();
+                            next.decor_mut().set_prefix(format!(
+                                "{prefix}{}",
+                                next_prefix.trim_start_matches('\n')
+                            ));
+                        }
+                        None => orphaned = Some(prefix),
+                    }
+                }
+            }
+            Some(Item::Value(Value::Array(array))) => {
+                array.remove(index);
+            }
+            _ => {
+                return Err(EditError::Layout {
+                    path: self.path.clone(),
+                });
+            }
+        }
+        if let Some(lines) = orphaned {
+            let trailing = self.doc.trailing().as_str().unwrap_or("").to_string();
+            self.doc.set_trailing(format!("{lines}{trailing}"));
+        }
+        if let Some(Item::ArrayOfTables(tables)) = self.doc.get("allow")
+            && tables.is_empty()
+        {
+            self.doc.as_table_mut().remove("allow");
+        }
+        Ok(())
+    }
+
+    /// Index of the entry for `net`, if present.
+    fn position(&self, net: IpNet) -> Result<Option<usize>, EditError> {
+        let same = |cidr: Option<&str>| cidr.and_then(|c| parse_cidr(c).ok()) == Some(net);
+        match self.doc.get("allow") {
+            None => Ok(None),
+            Some(Item::ArrayOfTables(tables)) => Ok(tables
+                .iter()
+                .position(|t| same(t.get("cidr").and_then(Item::as_str)))),
+            Some(Item::Value(Value::Array(array))) => Ok(inline_position(array, same)),
+            Some(_) => Err(EditError::Layout {
+                path: self.path.clone(),
+            }),
+        }
+    }
+}
+
+fn inline_position(array: &Array, same: impl Fn(Option<&str>) -> bool) -> Option<usize> {
+    array.iter().position(|v| {
+        same(
+            v.as_inline_table()
+                .and_then(|t| t.get("cidr"))
+                .and_then(Value::as_str),
+        )
+    })
+}
+
+/// The file a path names, following symlinks, so an atomic replace writes the real file and
+/// keeps the link.
+pub fn resolve(path: &Path) -> anyhow::Result<PathBuf> {
+    fs::canonicalize(path).with_context(|| format!("{}: cannot resolve", path.display()))
+}
+
+/// Replaces `path` with `text` atomically: a temp file in the same directory, fsync, rename over
+/// the original, fsync the directory. The file keeps its permission bits. Readers see either the
+/// old or the new file, never a mix; after a crash it is one or the other.
+pub fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} names no file", path.display()))?;
+    let mode = fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o644);
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let result = (|| -> anyhow::Result<()> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .with_context(|| format!("setting the mode of {}", tmp.display()))?;
+        file.write_all(text.as_bytes())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        file.sync_all()
+            .with_context(|| format!("fsync {}", tmp.display()))?;
+        fs::rename(&tmp, path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("fsync the directory {}", dir.display()))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = "# gatekeeper.toml: who may talk SMTP to us\n\
+interfaces = [\"eth0\"] # the DMZ side\n\
+\n\
+# Allowlist: partners only.\n\
+[[allow]]\n\
+cidr = \"198.51.100.0/24\"\n\
+comment = \"partner\"\n\
+\n\
+[[allow]]\n\
+cidr = \"203.0.113.25\" # backup MX\n";
+
+    fn doc(text: &str) -> ConfigDocument {
+        ConfigDocument::parse(text, Path::new("gk.toml")).expect("parses")
+    }
+
+    fn net(s: &str) -> IpNet {
+        parse_cidr(s).expect("cidr")
+    }
+
+    #[test]
+    fn add_appends_an_entry_and_keeps_comments_and_layout() {
+        let mut d = doc(EXAMPLE);
+        d.add(net("192.0.2.0/24"), Some("new partner \"quoted\""))
+            .expect("added");
+        let text = d.text();
+        assert!(text.starts_with(EXAMPLE), "{text}");
+        assert_eq!(
+            &text[EXAMPLE.len()..],
+            "\n[[allow]]\ncidr = \"192.0.2.0/24\"\ncomment = 'new partner \"quoted\"'\n"
+        );
+        let config = crate::config::Config::parse(&text, Path::new("gk.toml")).expect("valid");
+        assert_eq!(config.allow.len(), 3);
+        assert_eq!(
+            config.allow[2].comment.as_deref(),
+            Some("new partner \"quoted\"")
+        );
+    }
+
+    #[test]
+    fn add_to_a_file_without_entries() {
+        let mut d = doc("interfaces = [\"eth0\"]\n");
+        d.add(net("2001:db8::/32"), None).expect("added");
+        assert_eq!(
+            d.text(),
+            "interfaces = [\"eth0\"]\n\n[[allow]]\ncidr = \"2001:db8::/32\"\n"
+        );
+        let mut d = doc("interfaces = [\"eth0\"]\nallow = [{ cidr = \"192.0.2.1\" }]\n");
+        d.add(net("192.0.2.2"), Some("x")).expect("added inline");
+        let config = crate::config::Config::parse(&d.text(), Path::new("gk.toml")).expect("valid");
+        assert_eq!(config.allow.len(), 2);
+    }
+
+    #[test]
+    fn duplicates_are_refused_also_in_another_spelling() {
+        let mut d = doc(EXAMPLE);
+        let err = d.add(net("203.0.113.25/32"), None).expect_err("duplicate");
+        assert_eq!(
+            err.to_string(),
+            "203.0.113.25/32 is already in the allowlist of gk.toml"
+        );
+        assert_eq!(d.text(), EXAMPLE);
+    }
+
+    #[test]
+    fn remove_takes_the_entry_and_keeps_other_comments() {
+        let mut d = doc(EXAMPLE);
+        d.remove(net("198.51.100.0/24")).expect("removed");
+        let text = d.text();
+        assert!(
+            text.contains("# gatekeeper.toml: who may talk SMTP to us\n"),
+            "{text}"
+        );
+        assert!(text.contains("# the DMZ side"), "{text}");
+        assert!(
+            text.contains(
+                "# Allowlist: partners only.\n[[allow]]\ncidr = \"203.0.113.25\" # backup MX"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("198.51.100.0"), "{text}");
+        // The bare address matches its /32.
+        d.remove(net("203.0.113.25/32")).expect("removed");
+        let text = d.text();
+        assert!(text.contains("# Allowlist: partners only."), "{text}");
+        let config = crate::config::Config::parse(&text, Path::new("gk.toml")).expect("valid");
+        assert!(config.allow.is_empty());
+    }
+
+    #[test]
+    fn removing_a_missing_entry_is_an_error_and_changes_nothing() {
+        let mut d = doc(EXAMPLE);
+        let err = d.remove(net("192.0.2.0/24")).expect_err("missing");
+        assert!(matches!(err, EditError::Missing { .. }));
+        assert!(
+            err.to_string()
+                .starts_with("192.0.2.0/24 is not in the allowlist of gk.toml")
+        );
+        assert_eq!(d.text(), EXAMPLE);
+    }
+
+    #[test]
+    fn odd_layouts_are_refused() {
+        let mut d = doc("interfaces = [\"eth0\"]\nallow = 3\n");
+        assert!(matches!(
+            d.add(net("192.0.2.0/24"), None),
+            Err(EditError::Layout { .. })
+        ));
+        assert!(matches!(
+            ConfigDocument::parse("interfaces = [", Path::new("gk.toml")),
+            Err(EditError::Syntax { .. })
+        ));
+    }
+
+    #[test]
+    fn atomic_write_replaces_the_file_and_keeps_its_mode() {
+        let dir = std::env::temp_dir().join(format!("gk-edit-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("gatekeeper.toml");
+        fs::write(&path, "old\n").expect("write");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).expect("chmod");
+        write_atomic(&path, "new\n").expect("atomic write");
+        assert_eq!(fs::read_to_string(&path).expect("read"), "new\n");
+        let mode = fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+        // No temp file is left behind.
+        let names: Vec<_> = fs::read_dir(&dir)
+            .expect("list")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("gatekeeper.toml")]);
+        // A directory that cannot take the temp file: an error, the old file untouched.
+        let err = write_atomic(&dir.join("missing").join("gatekeeper.toml"), "x")
+            .expect_err("no directory");
+        assert!(format!("{err:#}").contains("creating"), "{err:#}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
