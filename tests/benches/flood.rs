@@ -357,6 +357,14 @@ impl Receiver<'_> {
         }
     }
 
+    /// The IPv4 lookup the gatekeeper program uses (xdp case only).
+    fn lookup(&mut self) -> Option<&'static str> {
+        match self {
+            Receiver::Xdp(filter) => filter.maps().ipv4_lookup().ok(),
+            _ => None,
+        }
+    }
+
     /// Frames the receiver itself counted as dropped (for the table's cross-check).
     fn dropped(&mut self) -> Option<u64> {
         match self {
@@ -394,16 +402,18 @@ fn receiver<'a>(
 ) -> anyhow::Result<Receiver<'a>> {
     Ok(match case {
         "xdp" => {
+            // Default options (IPv4 lookup `auto`, as the daemon's default config); the policy
+            // goes in after the list, as the daemon does, so `auto` sees the list's size.
             let mut filter = Filter::load(None)?;
+            for net in allow {
+                filter.maps().insert(net.parse()?)?;
+            }
             filter.maps().set_policy(&Policy {
                 mode: Mode::Enforce,
                 ports: vec![SMTP_PORT],
                 event_rate: gatekeeper::config::DEFAULT_DROP_EVENT_RATE,
                 event_burst: gatekeeper::config::DEFAULT_DROP_EVENT_BURST,
             })?;
-            for net in allow {
-                filter.maps().insert(net.parse()?)?;
-            }
             in_netns(host, || filter.attach(iface, XdpMode::Native, 0))??;
             Receiver::Xdp(Box::new(filter))
         }
@@ -571,6 +581,7 @@ fn measure_case(
         None
     };
     let dropped_before = receiver.dropped();
+    let lookup = receiver.lookup();
 
     let stop = AtomicBool::new(false);
     let result = thread::scope(|scope| -> anyhow::Result<Value> {
@@ -652,6 +663,9 @@ fn measure_case(
     let mut result = result?;
     if let (Some(before), Some(after)) = (dropped_before, receiver.dropped()) {
         result["receiver_dropped"] = json!(after - before);
+    }
+    if let Some(lookup) = lookup {
+        result["ipv4_lookup"] = json!(lookup);
     }
     result["case"] = json!(case);
     result["placement"] = json!(placement.name());

@@ -11,11 +11,14 @@ use gatekeeper::{
     policy::{Mode, Policy},
 };
 use gatekeeper_common::{Counter, Family};
-use gatekeeper_tests::{kernel_tests_enabled, netns::Link};
+use gatekeeper_tests::{
+    kernel_tests_enabled,
+    netns::{Link, Netns},
+};
 
 const FRAMES: u32 = 300;
 
-fn mac(ns: &gatekeeper_tests::netns::Netns, iface: &str) -> anyhow::Result<[u8; 6]> {
+fn mac(ns: &Netns, iface: &str) -> anyhow::Result<[u8; 6]> {
     let out = ns
         .command(&["cat", &format!("/sys/class/net/{iface}/address")])
         .output()?;
@@ -30,6 +33,24 @@ fn mac(ns: &gatekeeper_tests::netns::Netns, iface: &str) -> anyhow::Result<[u8; 
         .map_err(|_| anyhow::anyhow!("odd MAC address {text:?}"))
 }
 
+/// Runs `f` on this thread inside `ns`, then returns the thread to its own namespace.
+fn in_netns<T>(ns: &Netns, f: impl FnOnce() -> T) -> anyhow::Result<T> {
+    use std::os::fd::AsRawFd as _;
+    let home = std::fs::File::open("/proc/thread-self/ns/net")?;
+    let target = std::fs::File::open(format!("/run/netns/{}", ns.name()))?;
+    let enter = |file: &std::fs::File| -> anyhow::Result<()> {
+        // SAFETY: setns on a valid namespace fd only changes this thread's network namespace.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(())
+    };
+    enter(&target)?;
+    let result = f();
+    enter(&home)?;
+    Ok(result)
+}
+
 #[test]
 fn flood_generator_frames_reach_the_gatekeeper_and_are_dropped() -> anyhow::Result<()> {
     if !kernel_tests_enabled("flood_generator_frames_reach_the_gatekeeper_and_are_dropped") {
@@ -38,18 +59,18 @@ fn flood_generator_frames_reach_the_gatekeeper_and_are_dropped() -> anyhow::Resu
     let link = Link::new("gkf")?;
     let (attacker, host) = (&link.left, &link.right);
     host.add_addr(&link.right_if, "192.0.2.25/24")?;
-    let host_if = link.right_if.clone();
-    let mut filter = host.run(move || -> anyhow::Result<Filter> {
-        let mut filter = Filter::load(None)?;
-        filter.maps().set_policy(&Policy {
-            mode: Mode::Enforce,
-            ports: vec![25],
-            event_rate: 0,
-            event_burst: 0,
-        })?;
-        filter.maps().insert("198.51.100.0/24".parse()?)?;
-        filter.attach(&host_if, gatekeeper::config::XdpMode::Native, 0)?;
-        Ok(filter)
+    let mut filter = Filter::load(None)?;
+    filter.maps().set_policy(&Policy {
+        mode: Mode::Enforce,
+        ports: vec![25],
+        event_rate: 0,
+        event_burst: 0,
+    })?;
+    filter.maps().insert("198.51.100.0/24".parse()?)?;
+    // The filter stays on this thread; only the attach (an interface name lookup) needs the
+    // host's namespace.
+    in_netns(host, || {
+        filter.attach(&link.right_if, gatekeeper::config::XdpMode::Native, 0)
     })??;
 
     let frame = syn_frame(

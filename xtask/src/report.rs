@@ -210,8 +210,8 @@ fn flood_section(
     );
     let _ = writeln!(
         md,
-        "- **xdp**: the gatekeeper's XDP program (`Filter::load`, enforce mode, port 25), attached \
-         in native mode to the host's veth.\n\
+        "- **xdp**: the gatekeeper's XDP program (`Filter::load` with default options, enforce \
+         mode, port 25; IPv4 lookup: {}), attached in native mode to the host's veth.\n\
          - **nftables**: an empty XDP_PASS program on the veth (so the frames become socket buffers \
          as without XDP) and the equivalent nftables rule in the earliest hook nftables offers, \
          `netdev` ingress on that veth: `tcp dport 25 ip saddr != @allow4 drop` with the allowlist \
@@ -220,6 +220,10 @@ fn flood_section(
          listener is on port 25 for the allowed peer, so the answers are SYN-ACKs with SYN \
          cookies rather than RSTs).\n\
          - **floor**: an empty XDP_DROP program, the least a receiver can do per frame.\n"
+        cases
+            .iter()
+            .find_map(|c| c["ipv4_lookup"].as_str())
+            .unwrap_or("not recorded"),
     );
     let _ = writeln!(
         md,
@@ -439,32 +443,33 @@ fn xdp_section(
         .collect();
     sizes.sort_unstable();
     sizes.dedup();
-    let mut classes: Vec<(String, String)> = Vec::new();
+    // Results may also differ by IPv4 lookup structure (`lookup`); older files have none.
+    let text = |r: &Value, key: &str| r[key].as_str().unwrap_or("").to_string();
+    let mut classes: Vec<(String, String, String)> = Vec::new();
     for r in &results {
-        let key = (
-            r["class"].as_str().unwrap_or("?").to_string(),
-            r["mode"].as_str().unwrap_or("?").to_string(),
-        );
+        let key = (text(r, "class"), text(r, "mode"), text(r, "lookup"));
         if !classes.contains(&key) {
             classes.push(key);
         }
     }
-    let _ = write!(md, "| class | mode |");
+    let _ = write!(md, "| class | mode | lookup |");
     for s in &sizes {
         let _ = write!(md, " {} entries |", thousands(*s as f64));
     }
-    let _ = write!(md, "\n|---|---|");
+    let _ = write!(md, "\n|---|---|---|");
     for _ in &sizes {
         let _ = write!(md, "---:|");
     }
     let _ = writeln!(md);
     let mut bars = Vec::new();
-    for (class, mode) in &classes {
-        let _ = write!(md, "| {class} | {mode} |");
+    for (class, mode, lookup) in &classes {
+        let shown = if lookup.is_empty() { "–" } else { lookup };
+        let _ = write!(md, "| {class} | {mode} | {shown} |");
         for s in &sizes {
             let cell = results.iter().find(|r| {
-                r["class"] == class.as_str()
-                    && r["mode"] == mode.as_str()
+                text(r, "class") == *class
+                    && text(r, "mode") == *mode
+                    && text(r, "lookup") == *lookup
                     && r["entries"].as_u64() == Some(*s)
             });
             match cell {
@@ -476,8 +481,17 @@ fn xdp_section(
                         fixed(f(&r["ns"]), 1)
                     );
                     if class.contains("denied, IPv4") || mode == "spread" {
+                        let lookup = if lookup.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{lookup}, ")
+                        };
                         bars.push((
-                            format!("{} entries, {}", thousands(*s as f64), short(class, mode)),
+                            format!(
+                                "{} entries, {lookup}{}",
+                                thousands(*s as f64),
+                                short(class, mode)
+                            ),
                             f(&r["ratio"]),
                             format!("{}x", fixed(f(&r["ratio"]), 2)),
                         ));
@@ -502,13 +516,14 @@ fn xdp_section(
     if let Some(loads) = xdp["loads"].as_array() {
         let _ = writeln!(
             md,
-            "| allowlist entries | filled in (s) | allowlist maps, kernel memory | all maps |\n|---:|---:|---:|---:|"
+            "| allowlist entries | lookup | filled in (s) | allowlist maps, kernel memory | all maps |\n|---:|---|---:|---:|---:|"
         );
         for l in loads {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} MiB | {} MiB |",
+                "| {} | {} | {} | {} MiB | {} MiB |",
                 thousands(f(&l["entries"])),
+                l["lookup"].as_str().unwrap_or("–"),
                 fixed(f(&l["load_seconds"]), 2),
                 fixed(f(&l["allowlist_memory_bytes"]) / 1048576.0, 1),
                 fixed(f(&l["kernel_memory_bytes"]) / 1048576.0, 1),
