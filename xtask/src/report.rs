@@ -219,7 +219,7 @@ fn flood_section(
          - **none**: the empty XDP_PASS program alone; the kernel's TCP answers each SYN (a \
          listener is on port 25 for the allowed peer, so the answers are SYN-ACKs with SYN \
          cookies rather than RSTs).\n\
-         - **floor**: an empty XDP_DROP program, the least a receiver can do per frame.\n"
+         - **floor**: an empty XDP_DROP program, the least a receiver can do per frame.\n",
         cases
             .iter()
             .find_map(|c| c["ipv4_lookup"].as_str())
