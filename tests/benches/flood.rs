@@ -201,6 +201,31 @@ fn rx_packets(ns: &Netns, iface: &str) -> anyhow::Result<u64> {
     bail!("{iface} not in /proc/net/dev")
 }
 
+/// The host's TCP counters that show what reached TCP: segments in, checksum errors, SYN
+/// cookies sent (/proc/net/snmp and /proc/net/netstat as the namespace sees them).
+fn tcp_counters(ns: &Netns) -> anyhow::Result<[u64; 3]> {
+    let read = |file: &str| in_netns(ns, || std::fs::read_to_string(file));
+    let snmp = read("/proc/thread-self/net/snmp")??;
+    let netstat = read("/proc/thread-self/net/netstat")??;
+    let field = |text: &str, prefix: &str, name: &str| -> u64 {
+        let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+        let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+            return 0;
+        };
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok([
+        field(&snmp, "Tcp:", "InSegs"),
+        field(&snmp, "Tcp:", "InCsumErrors"),
+        field(&netstat, "TcpExt:", "SyncookiesSent"),
+    ])
+}
+
 /// Time `cpu` spent in system (process context, kernel) and in softirq, in nanoseconds
 /// (/proc/stat; without IRQ_TIME_ACCOUNTING these are sampled at each tick).
 fn cpu_times(cpu: usize) -> anyhow::Result<CpuTimes> {
@@ -581,6 +606,7 @@ fn measure_case(
         None
     };
     let dropped_before = receiver.dropped();
+    let tcp_before = tcp_counters(host)?;
     let lookup = receiver.lookup();
 
     let stop = AtomicBool::new(false);
@@ -667,6 +693,12 @@ fn measure_case(
     if let Some(lookup) = lookup {
         result["ipv4_lookup"] = json!(lookup);
     }
+    let tcp_after = tcp_counters(host)?;
+    result["host_tcp"] = json!({
+        "in_segments": tcp_after[0] - tcp_before[0],
+        "checksum_errors": tcp_after[1] - tcp_before[1],
+        "syn_cookies_sent": tcp_after[2] - tcp_before[2],
+    });
     result["case"] = json!(case);
     result["placement"] = json!(placement.name());
     receiver.detach()?;

@@ -338,6 +338,33 @@ fn flood_section(
          capacity ratios never overstate XDP's advantage. On a shared machine the figures move \
          from run to run; compare them within one report.\n"
     );
+    if let Some(none) = shared.iter().find(|c| c["case"] == "none") {
+        let tcp = &none["host_tcp"];
+        if tcp.is_object() {
+            let _ = writeln!(
+                md,
+                "The flood's frames are valid SYNs: in the none case the host's TCP took in {} \
+                 segments during the case ({} checksum errors) and answered with {} SYN \
+                 cookies; with XDP or nftables dropping, TCP saw {} and {} segments (the allowed \
+                 peer's).\n",
+                thousands(f(&tcp["in_segments"])),
+                thousands(f(&tcp["checksum_errors"])),
+                thousands(f(&tcp["syn_cookies_sent"])),
+                thousands(
+                    shared
+                        .iter()
+                        .find(|c| c["case"] == "xdp")
+                        .map_or(f64::NAN, |c| f(&c["host_tcp"]["in_segments"]))
+                ),
+                thousands(
+                    shared
+                        .iter()
+                        .find(|c| c["case"] == "nftables")
+                        .map_or(f64::NAN, |c| f(&c["host_tcp"]["in_segments"]))
+                ),
+            );
+        }
+    }
     let name = format!("{prefix}flood-capacity.svg");
     charts.push((
         name.clone(),
