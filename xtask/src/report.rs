@@ -256,7 +256,7 @@ fn flood_section(
          NIC's ring. Receive CPU = the NAPI thread's run time (`/proc/PID/schedstat`). Measured \
          here: the NAPI thread does not reach 100% busy even while its ring overflows (the \
          veth's hand-over of 256-frame batches and thread wake-ups limit it before the CPU \
-         does), and its time per packet is higher than in softirq; so this placement shows the \
+         does); so this placement shows the \
          flood overrunning the link and what the allowed peer sees meanwhile, and the per-core \
          capacities come from the shared placement.\n",
         flood["split_receive_cpu"],
