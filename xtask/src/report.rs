@@ -231,7 +231,9 @@ fn flood_section(
          through `BPF_PROG_TEST_RUN` in live-frames mode (batches of {}): per frame it rewrites the \
          source address and port from a per-CPU counter, patches the IPv4 and TCP checksums and \
          returns XDP_TX, which hands the frame to the veth's peer like a NIC hands frames to \
-         XDP, with no socket buffer on the sending side. Its thread is pinned to CPU {}.\n",
+         XDP, with no socket buffer on the sending side. Its thread is pinned to CPU {} with \
+         `sched_setaffinity` (XDP test runs accept no `BPF_F_TEST_RUN_ON_CPU`; the kernel runs \
+         them on the calling thread's CPU).\n",
         flood["generator"]["batch"], flood["generator"]["cpu"],
     );
     let _ = writeln!(
