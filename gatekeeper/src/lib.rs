@@ -2,6 +2,7 @@
 //! and serves the admin CLI. The binary in `main.rs` is a thin shell around this library, which the
 //! end-to-end tests and benchmarks also use.
 
+pub mod bench_objects;
 pub mod bpffs;
 pub mod capabilities;
 pub mod compat;

@@ -1,55 +1,128 @@
 //! `cargo xtask bench`: performance figures, always as ratios against a baseline measured in the
-//! same run. Results go to `target/bench/*.json` beside the printed tables.
+//! same run. Results go to `target/bench/*.json` beside the printed tables; `all` (the default)
+//! also writes the report `target/bench/report.md` with its SVG charts.
 
-use crate::shell::{self, step};
+use std::process::Command;
+
+use anyhow::Context as _;
+
+use crate::shell::{self, step, succeeds};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// What to measure.
-    #[arg(value_enum, default_value_t = Suite::Xdp)]
+    #[arg(value_enum, default_value_t = Suite::All)]
     pub suite: Suite,
     /// Fewer repetitions: a quick look, not figures to publish.
     #[arg(long)]
     pub quick: bool,
-    /// Allowlist sizes for `xdp`, comma-separated (default 10,10000,1000000).
+    /// Allowlist sizes for `xdp`, comma-separated (default 10,10000,1000000; 10,10000,100000,1000000
+    /// under `all`).
     #[arg(long, value_name = "LIST")]
     pub sizes: Option<String>,
+    /// Also write the report to docs/benchmarks.md and its charts to docs/ (with `all` or
+    /// `report`).
+    #[arg(long)]
+    pub publish: bool,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Suite {
     /// The XDP program through BPF_PROG_TEST_RUN against an empty program: per packet class,
     /// per allowlist size, hot and with many sources; load time and kernel memory.
     Xdp,
+    /// A SYN flood over a veth from an in-kernel generator, dropped by the gatekeeper's XDP
+    /// program, by nftables (netdev ingress), by nothing, and by an empty XDP_DROP program.
+    Flood,
     /// The SMTP relay: messages per second, latency, RSS, beside Postfix when installed.
     Relay,
+    /// xdp (sizes up to 1,000,000), flood, then the report (with relay.json if present).
+    All,
+    /// Only the report, from the JSON files already under target/bench/.
+    Report,
 }
 
+/// Allowlist sizes of the `xdp` part of `all`.
+const ALL_SIZES: &str = "10,10000,100000,1000000";
+
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    if args.suite == Suite::Report {
+        return crate::report::write(args.publish);
+    }
     if !shell::is_root() {
         anyhow::bail!("benchmarks load BPF programs: run as root (`sudo -E cargo xtask bench`)");
     }
     crate::setup::run()?;
     match args.suite {
-        Suite::Xdp => {
-            step("bench xdp: ns per packet through BPF_PROG_TEST_RUN, beside an empty XDP program");
-            let mut cmd = shell::cargo();
-            cmd.args([
-                "bench",
-                "--package",
-                "gatekeeper-tests",
-                "--bench",
-                "xdp",
-                "--",
-            ]);
-            if args.quick {
-                cmd.arg("--quick");
-            }
-            if let Some(sizes) = &args.sizes {
-                cmd.args(["--sizes", sizes]);
-            }
-            shell::run(&mut cmd)
-        }
+        Suite::Xdp => xdp(args, args.sizes.as_deref()),
+        Suite::Flood => flood(args),
         Suite::Relay => crate::bench_relay::run(),
+        Suite::All => {
+            xdp(args, Some(args.sizes.as_deref().unwrap_or(ALL_SIZES)))?;
+            flood(args)?;
+            crate::report::write(args.publish)
+        }
+        Suite::Report => unreachable!("handled above"),
     }
+}
+
+fn xdp(args: &Args, sizes: Option<&str>) -> anyhow::Result<()> {
+    step("bench xdp: ns per packet through BPF_PROG_TEST_RUN, beside an empty XDP program");
+    let mut cmd = bench_command("xdp");
+    if args.quick {
+        cmd.arg("--quick");
+    }
+    if let Some(sizes) = sizes {
+        cmd.args(["--sizes", sizes]);
+    }
+    shell::run(&mut cmd)
+}
+
+fn flood(args: &Args) -> anyhow::Result<()> {
+    ensure_nftables()?;
+    step(
+        "bench flood: a SYN flood over a veth against XDP, nftables, no filter and an empty XDP_DROP",
+    );
+    let mut cmd = bench_command("flood");
+    if args.quick {
+        cmd.arg("--quick");
+    }
+    shell::run(&mut cmd)
+}
+
+fn bench_command(bench: &str) -> Command {
+    let mut cmd = shell::cargo();
+    cmd.args([
+        "bench",
+        "--package",
+        "gatekeeper-tests",
+        "--bench",
+        bench,
+        "--",
+    ]);
+    cmd
+}
+
+/// The flood benchmark's nftables baseline needs `nft`: installed from Debian when missing.
+fn ensure_nftables() -> anyhow::Result<()> {
+    if succeeds(Command::new("nft").arg("--version")) {
+        println!("    ok: nftables (`nft`, the flood benchmark's baseline filter)");
+        return Ok(());
+    }
+    step("bench: installing nftables from Debian (the flood benchmark compares XDP with it)");
+    let install = |cmd: &mut Command| {
+        shell::run(cmd.env("DEBIAN_FRONTEND", "noninteractive").args([
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            "nftables",
+        ]))
+    };
+    if install(&mut Command::new("apt-get")).is_err() {
+        shell::run(Command::new("apt-get").args(["update", "-qq"]))
+            .context("`apt-get update` failed")?;
+        install(&mut Command::new("apt-get")).context("installing nftables failed")?;
+    }
+    Ok(())
 }

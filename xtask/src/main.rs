@@ -5,6 +5,7 @@ mod bench_relay;
 mod build;
 mod demo;
 mod fuzz;
+mod report;
 mod setup;
 mod shell;
 mod test;
@@ -32,7 +33,7 @@ enum Command {
     Test(test::Args),
     /// Play the end-to-end scenario in network namespaces, narrated step by step (root).
     Demo(demo::Args),
-    /// Measure the XDP program through BPF_PROG_TEST_RUN against an empty program (root).
+    /// Measure the XDP program, a SYN flood against XDP and nftables, and write the report (root).
     Bench(bench::Args),
     /// Fuzz the SMTP relay's parsers for a bounded time (stable Rust, in-process).
     Fuzz(fuzz::Args),
