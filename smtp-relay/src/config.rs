@@ -295,13 +295,19 @@ struct GatekeeperAllow {
 pub struct ListenerConfig {
     pub address: SocketAddr,
     pub role: Role,
-    /// Admitted peer ranges: `allow` plus every gatekeeper file's `[[allow]]`.
+    /// Admitted peer ranges at load: `allow` plus every gatekeeper file's
+    /// `[[allow]]`. The running server follows the files' changes with
+    /// [`crate::admission::Admission`].
     pub allow: Vec<IpNet>,
+    /// The listener's own `allow` CIDRs.
+    pub fixed_allow: Vec<IpNet>,
+    /// The gatekeeper configs named in `allow_gatekeeper`, resolved.
+    pub gatekeeper_files: Vec<PathBuf>,
 }
 
 impl ListenerConfig {
-    /// Whether `peer` may talk to this listener. IPv4-mapped IPv6 peers are
-    /// matched as IPv4, so a v4 range also covers them.
+    /// Whether `peer` is in the ranges read at load. IPv4-mapped IPv6 peers
+    /// are matched as IPv4, so a v4 range also covers them.
     pub fn admits(&self, peer: IpAddr) -> bool {
         let peer = peer.to_canonical();
         self.allow.iter().any(|net| net.contains(&peer))
@@ -513,9 +519,11 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
                 );
             }
         }
-        let mut allow = l.allow;
+        let mut allow = l.allow.clone();
+        let mut gatekeeper_files = Vec::new();
         for gk in &l.allow_gatekeeper {
             let gk = resolve(&base, gk);
+            gatekeeper_files.push(gk.clone());
             allow.extend(
                 load_gatekeeper_allow(&gk)
                     .with_context(|| format!("listener #{n} ({}): allow_gatekeeper", l.address))?,
@@ -532,6 +540,8 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
             address: l.address,
             role: l.role,
             allow,
+            fixed_allow: l.allow,
+            gatekeeper_files,
         });
     }
 

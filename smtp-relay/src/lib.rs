@@ -6,6 +6,7 @@
 //!
 //! Module map, one job each:
 //! - [`config`]: the TOML config, validated into typed values.
+//! - [`admission`]: listener ranges, following the gatekeeper config.
 //! - [`address`]: RFC 5321 paths and the local/external classification.
 //! - [`command`]: one SMTP command line into a [`command::Command`].
 //! - [`reply`]: SMTP replies with enhanced status codes.
@@ -25,6 +26,7 @@
 //! - [`throttle`]: AUTH brute-force delays and lockout.
 
 pub mod address;
+pub mod admission;
 pub mod audit;
 pub mod auth;
 pub mod clock;

@@ -15,6 +15,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use crate::admission::Admission;
 use crate::auth::{self, Mechanism, SaslError};
 use crate::config::{Limits, ListenerConfig, Role};
 use crate::conn::{Conn, Line, Stream};
@@ -231,6 +232,7 @@ async fn accept_loop(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut admission = Admission::new(&config);
     let config = Arc::new(config);
     let mut sessions = JoinSet::new();
     loop {
@@ -247,7 +249,7 @@ async fn accept_loop(
                         continue;
                     }
                 };
-                if !config.admits(peer.ip()) {
+                if !admission.admits(peer.ip()) {
                     audit::peer_refused(peer, config.address);
                     sessions.spawn(refuse(tcp, config.role, shared.policy.hostname.clone()));
                     continue;

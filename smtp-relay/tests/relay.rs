@@ -346,6 +346,44 @@ fn peers_outside_the_ranges_get_554_at_connect() {
     }
 }
 
+/// `gatekeeper allow add` rewrites the gatekeeper config (a new file renamed
+/// over the old); the running relay admits the new peer from the next
+/// connection on, and refuses it again once removed, without a restart.
+#[test]
+fn gatekeeper_allowlist_changes_apply_to_the_running_relay() {
+    let dir = common::TempDir::new("gk-live");
+    let gk = dir.path().join("gatekeeper.toml");
+    let write = |text: &str| {
+        let tmp = dir.path().join("gatekeeper.toml.new");
+        std::fs::write(&tmp, text).expect("write gk");
+        std::fs::rename(&tmp, &gk).expect("rename gk");
+    };
+    let partner = "[[allow]]\ncidr = \"198.51.100.0/24\"\ncomment = \"partner\"\n";
+    write(partner);
+    let extra = format!(
+        "[[listener]]\naddress = \"[::1]:0\"\nrole = \"mta\"\nallow_gatekeeper = [{gk:?}]\n"
+    );
+    let server = TestServer::start_with("gk-live", &common::config_text(&extra, 10_000));
+    let addr = server.addrs[6].0;
+
+    Client::connect(addr).greeting.expect(554, "5.7.1");
+
+    write(&format!(
+        "{partner}\n[[allow]]\ncidr = \"::1/128\"\ncomment = \"added\"\n"
+    ));
+    let mut c = Client::connect(addr);
+    assert_eq!(c.greeting.code, 220, "{}", c.greeting.text());
+    c.ehlo();
+    c.cmd("QUIT");
+
+    // A broken file keeps the ranges in force rather than locking peers out.
+    write("[[allow]]\ncidr = \"not a network\"\n");
+    assert_eq!(Client::connect(addr).greeting.code, 220);
+
+    write(partner);
+    Client::connect(addr).greeting.expect(554, "5.7.1");
+}
+
 #[test]
 fn smuggling_bare_lf_and_size_limits() {
     let hop = NextHop::start("127.0.0.1:0", Script::default());

@@ -1,0 +1,247 @@
+//! Which peers a listener admits, kept in step with the gatekeeper config.
+//!
+//! A listener's ranges are its own `allow` CIDRs plus the `[[allow]]` tables
+//! of the gatekeeper configs named in `allow_gatekeeper`. Those files change
+//! while we run (`gatekeeper allow add` rewrites them), and the relay must
+//! admit a new partner as soon as the XDP filter does. So before judging a
+//! connection we `stat` the files (one syscall each, far cheaper than the TLS
+//! handshake that follows) and re-read them when their identity, size or
+//! modification time changed. A file that cannot be read or parsed leaves the
+//! previous list in force — a half-written or broken file must not lock every
+//! partner out — and is logged once per change.
+
+use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use ipnet::IpNet;
+use tracing::{info, warn};
+
+use crate::config::{ListenerConfig, load_gatekeeper_allow};
+
+/// What identifies one version of a file: an atomic rewrite (rename) gets a
+/// new inode, an in-place edit a new size or modification time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl Stamp {
+    /// `None` when the file is missing or unreadable; that too is a state we
+    /// notice a change from.
+    fn of(path: &Path) -> Option<Stamp> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    }
+}
+
+/// One listener's admitted ranges, refreshed from the gatekeeper files.
+/// Owned by the listener's accept loop, so it needs no lock.
+#[derive(Debug)]
+pub struct Admission {
+    listener: std::net::SocketAddr,
+    fixed: Vec<IpNet>,
+    files: Vec<PathBuf>,
+    stamps: Vec<Option<Stamp>>,
+    ranges: Vec<IpNet>,
+}
+
+impl Admission {
+    /// Starts from the ranges validated at config load and stamps the files
+    /// as they are now, re-reading them if they changed since the load.
+    pub fn new(config: &ListenerConfig) -> Admission {
+        let mut admission = Admission {
+            listener: config.address,
+            fixed: config.fixed_allow.clone(),
+            files: config.gatekeeper_files.clone(),
+            stamps: config.gatekeeper_files.iter().map(|_| None).collect(),
+            ranges: config.allow.clone(),
+        };
+        // Stamp first, then read: a change after the stamp is seen next time.
+        admission.stamps = admission.files.iter().map(|f| Stamp::of(f)).collect();
+        if let Ok(ranges) = admission.read_all() {
+            admission.ranges = ranges;
+        }
+        admission
+    }
+
+    /// Whether `peer` may talk to this listener, after picking up any change
+    /// to the gatekeeper files. IPv4-mapped IPv6 peers are matched as IPv4.
+    pub fn admits(&mut self, peer: IpAddr) -> bool {
+        self.refresh();
+        let peer = peer.to_canonical();
+        self.ranges.iter().any(|net| net.contains(&peer))
+    }
+
+    /// The ranges in force now.
+    pub fn ranges(&self) -> &[IpNet] {
+        &self.ranges
+    }
+
+    /// Re-reads the files if any of them changed since the last look.
+    pub fn refresh(&mut self) {
+        if self.files.is_empty() {
+            return;
+        }
+        let now: Vec<Option<Stamp>> = self.files.iter().map(|f| Stamp::of(f)).collect();
+        if now == self.stamps {
+            return;
+        }
+        self.stamps = now;
+        match self.read_all() {
+            Ok(ranges) => {
+                if ranges != self.ranges {
+                    info!(event = "allowlist_reloaded", listener = %self.listener,
+                        ranges = ranges.len(), previous = self.ranges.len(),
+                        "admitted ranges changed with the gatekeeper config");
+                    if ranges.is_empty() {
+                        warn!(event = "allowlist_empty", listener = %self.listener,
+                            "the listener now admits no peer");
+                    }
+                    self.ranges = ranges;
+                }
+            }
+            Err(e) => {
+                warn!(event = "allowlist_reload_failed", listener = %self.listener,
+                    ranges = self.ranges.len(), error = format!("{e:#}"),
+                    "keeping the previous ranges");
+            }
+        }
+    }
+
+    fn read_all(&self) -> anyhow::Result<Vec<IpNet>> {
+        let mut ranges = self.fixed.clone();
+        for file in &self.files {
+            ranges.extend(load_gatekeeper_allow(file)?);
+        }
+        Ok(ranges)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory of its own per test, removed afterwards.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new() -> Scratch {
+            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir = std::env::temp_dir()
+                .join(format!("smtp-relay-admission-{}-{n}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            Scratch(dir)
+        }
+
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn listener(dir: &Path, fixed: &[&str]) -> ListenerConfig {
+        let file = dir.join("gatekeeper.toml");
+        let fixed: Vec<IpNet> = fixed.iter().map(|n| n.parse().expect("net")).collect();
+        let mut allow = fixed.clone();
+        allow.extend(load_gatekeeper_allow(&file).expect("initial file"));
+        ListenerConfig {
+            address: "127.0.0.1:25".parse().expect("addr"),
+            role: crate::config::Role::Mta,
+            allow,
+            fixed_allow: fixed,
+            gatekeeper_files: vec![file],
+        }
+    }
+
+    /// Writes like `gatekeeper allow add` does: a new file renamed over the old.
+    fn write_atomically(dir: &Path, text: &str) {
+        let tmp = dir.join("gatekeeper.toml.tmp");
+        std::fs::write(&tmp, text).expect("write");
+        std::fs::rename(&tmp, dir.join("gatekeeper.toml")).expect("rename");
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    const ONE: &str = "[[allow]]\ncidr = \"198.51.100.0/24\"\n";
+    const TWO: &str =
+        "[[allow]]\ncidr = \"198.51.100.0/24\"\n[[allow]]\ncidr = \"203.0.113.66/32\"\n";
+
+    #[test]
+    fn picks_up_additions_and_removals() {
+        let dir = Scratch::new();
+        write_atomically(dir.path(), ONE);
+        let mut a = Admission::new(&listener(dir.path(), &["127.0.0.0/8"]));
+        assert!(a.admits(ip("198.51.100.9")));
+        assert!(a.admits(ip("127.0.0.1")));
+        assert!(!a.admits(ip("203.0.113.66")));
+
+        write_atomically(dir.path(), TWO);
+        assert!(a.admits(ip("203.0.113.66")));
+        assert!(a.admits(ip("::ffff:203.0.113.66")));
+
+        write_atomically(dir.path(), "");
+        assert!(!a.admits(ip("203.0.113.66")));
+        assert!(!a.admits(ip("198.51.100.9")));
+        assert!(a.admits(ip("127.0.0.1")), "fixed ranges stay");
+    }
+
+    #[test]
+    fn in_place_append_is_noticed() {
+        let dir = Scratch::new();
+        write_atomically(dir.path(), ONE);
+        let mut a = Admission::new(&listener(dir.path(), &[]));
+        assert!(!a.admits(ip("203.0.113.66")));
+        let path = dir.path().join("gatekeeper.toml");
+        let mut text = std::fs::read_to_string(&path).expect("read");
+        text.push_str("[[allow]]\ncidr = \"203.0.113.66/32\"\n");
+        std::fs::write(&path, text).expect("append");
+        assert!(a.admits(ip("203.0.113.66")));
+    }
+
+    #[test]
+    fn broken_or_missing_file_keeps_previous_ranges() {
+        let dir = Scratch::new();
+        write_atomically(dir.path(), TWO);
+        let mut a = Admission::new(&listener(dir.path(), &[]));
+        assert!(a.admits(ip("203.0.113.66")));
+
+        write_atomically(dir.path(), "[[allow]]\ncidr = \"not a network\"\n");
+        assert!(a.admits(ip("203.0.113.66")), "broken file: old ranges");
+
+        std::fs::remove_file(dir.path().join("gatekeeper.toml")).expect("rm");
+        assert!(a.admits(ip("198.51.100.1")), "missing file: old ranges");
+
+        write_atomically(dir.path(), ONE);
+        assert!(!a.admits(ip("203.0.113.66")), "fixed file applies again");
+        assert!(a.admits(ip("198.51.100.1")));
+    }
+
+    #[test]
+    fn unchanged_files_are_not_reread() {
+        let dir = Scratch::new();
+        write_atomically(dir.path(), ONE);
+        let mut a = Admission::new(&listener(dir.path(), &[]));
+        let before = a.stamps.clone();
+        assert!(a.admits(ip("198.51.100.1")));
+        assert_eq!(a.stamps, before);
+        assert_eq!(a.ranges().len(), 1);
+    }
+}
