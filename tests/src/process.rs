@@ -132,6 +132,7 @@ impl TempDir {
             crate::unique_name("")
         ));
         fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        crate::cleanup::add_dir(&path);
         Ok(TempDir { path })
     }
 
@@ -143,6 +144,7 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.path);
+        crate::cleanup::remove_dir(&self.path);
     }
 }
 
@@ -153,9 +155,16 @@ pub struct PinDir {
 
 impl PinDir {
     pub fn new(tag: &str) -> PinDir {
-        PinDir {
-            path: PathBuf::from(format!("/sys/fs/bpf/{}", crate::unique_name(tag))),
-        }
+        PinDir::at(PathBuf::from(format!(
+            "/sys/fs/bpf/{}",
+            crate::unique_name(tag)
+        )))
+    }
+
+    /// A fixed pin directory (the demo's), swept on drop whatever left pins in it.
+    pub fn at(path: PathBuf) -> PinDir {
+        crate::cleanup::add_dir(&path);
+        PinDir { path }
     }
 
     pub fn path(&self) -> &Path {
@@ -171,5 +180,6 @@ impl Drop for PinDir {
             }
         }
         let _ = fs::remove_dir(&self.path);
+        crate::cleanup::remove_dir(&self.path);
     }
 }

@@ -1,12 +1,17 @@
-//! `cargo xtask demo`: the whole story in network namespaces, told step by step.
+//! `cargo xtask demo`: the whole product in network namespaces, told step by step.
 //!
-//! Two namespaces stand for the mail host in the DMZ and the Internet. On the Internet side a
-//! partner mail server (198.51.100.10) and a stranger (203.0.113.66) both try to open an SMTP
-//! session to the mail host (192.0.2.25). The gatekeeper admits the partner and drops the
-//! stranger's SYNs at XDP, without touching any other traffic.
+//! Two namespaces stand for the mail host in the DMZ (192.0.2.25) and the Internet. The mail host
+//! runs the gatekeeper (allowlist: the partner network 198.51.100.0/24), the smtp-relay (a
+//! certificate made on the spot, one user) and, on its loopback, a capturing next hop standing
+//! for the internal mail server. On the Internet side a partner mail server (198.51.100.10) and a
+//! stranger (203.0.113.66) try their luck.
+//!
+//! Every step checks what it shows; the demo exits 0 only when all of them behaved as expected.
+//! Namespaces, daemons and pins are removed on success, failure and Ctrl-C alike.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::Path,
     process::Command,
     time::Duration,
 };
@@ -15,7 +20,8 @@ use anyhow::{Context as _, bail, ensure};
 use gatekeeper_tests::{
     cleanup,
     netns::Link,
-    process::{Daemon, TempDir},
+    process::{Daemon, PinDir, TempDir},
+    smtp_sink::SmtpSink,
     tcp::{BannerServer, Outcome, connect},
 };
 
@@ -23,7 +29,8 @@ use crate::shell::{self, step};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Leave the namespaces up afterwards for exploring (`ip netns exec gk-demo-dmz ...`).
+    /// Leave the namespaces and daemons up afterwards for exploring (`ip netns exec gk-demo-dmz
+    /// ...`); stop them with Ctrl-C.
     #[arg(long)]
     pub keep: bool,
 }
@@ -37,7 +44,45 @@ const PARTNER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 const STRANGER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 66);
 /// The demo's own pin directory, so it never touches a real gatekeeper's state.
 const PIN_DIR: &str = "/sys/fs/bpf/gatekeeper-demo";
+/// The internal mail server the relay forwards to, on the mail host's loopback.
+const NEXT_HOP: &str = "127.0.0.1:2525";
+const USER: &str = "partner-relay";
+const PASSWORD: &str = "demo-password-only";
 const TIMEOUT: Duration = Duration::from_secs(2);
+const STEPS: usize = 9;
+
+/// The SMTP client the partner and the stranger use: Python's smtplib, a client not written here.
+const CLIENT: &str = r#"
+import smtplib, ssl, sys
+source, host, port, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+context = ssl.create_default_context()
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE  # the demo's certificate is self-signed
+message = (
+    "From: partner@example.net\r\nTo: bob@elsewhere.example\r\n"
+    "Subject: quarterly report\r\n\r\nHello Bob,\r\n.a line starting with a dot\r\nBye\r\n"
+)
+class Client(smtplib.SMTP):
+    def connect(self, *args, **kwargs):
+        code, banner = super().connect(*args, **kwargs)
+        print("    smtp:", code, banner.decode())
+        return code, banner
+with Client(host, port, source_address=(source, 0), timeout=10) as smtp:
+    smtp.ehlo("mx.example.net")
+    smtp.starttls(context=context)
+    print("    smtp: STARTTLS done:", smtp.sock.version())
+    smtp.ehlo("mx.example.net")
+    if mode == "auth":
+        smtp.login(sys.argv[5], sys.argv[6])
+        print("    smtp: AUTH PLAIN inside TLS accepted for", sys.argv[5])
+    try:
+        smtp.sendmail("partner@example.net", ["bob@elsewhere.example"], message)
+        print("    smtp: 250: accepted for relaying to bob@elsewhere.example")
+    except smtplib.SMTPRecipientsRefused as refused:
+        code, text = refused.recipients["bob@elsewhere.example"]
+        print("    smtp: RCPT TO:<bob@elsewhere.example> refused:", code, text.decode())
+        sys.exit(3)
+"#;
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     if !shell::is_root() {
@@ -48,9 +93,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     crate::setup::run()?;
     crate::build::build_binaries(false)?;
     cleanup::on_interrupt_clean_up()?;
+    let gatekeeper = gatekeeper_tests::workspace_binary("gatekeeper");
+    let relay = gatekeeper_tests::workspace_binary("smtp-relay");
 
     step(&format!(
-        "demo 1/7: two network namespaces joined by a veth cable: {DMZ_NS} (the mail host, {MAIL_HOST}) and {NET_NS} (the Internet: partner {PARTNER}, stranger {STRANGER})"
+        "demo 1/{STEPS}: two network namespaces joined by a veth cable: {DMZ_NS} (the mail host, {MAIL_HOST}) and {NET_NS} (the Internet: partner {PARTNER}, stranger {STRANGER})"
     ));
     let link = Link::create(DMZ_NS, DMZ_IF, NET_NS, NET_IF)?;
     link.left.add_addr(DMZ_IF, &format!("{MAIL_HOST}/24"))?;
@@ -63,104 +110,367 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     link.right
         .exec(&["ip", "route", "add", "192.0.2.0/24", "dev", NET_IF])?;
 
-    step(
-        "demo 2/7: an SMTP listener on the mail host, port 25 (and a web server on 8080 for contrast)",
-    );
-    let smtp = BannerServer::start(&link.left, "0.0.0.0:25".parse()?, "mail.example.org")?;
-    let web = BannerServer::start(&link.left, "0.0.0.0:8080".parse()?, "web")?;
-    let smtp_addr = SocketAddr::new(IpAddr::V4(MAIL_HOST), smtp.addr().port());
-    let web_addr = SocketAddr::new(IpAddr::V4(MAIL_HOST), web.addr().port());
-    expect_banner("without a filter, the stranger", STRANGER, smtp_addr, &link)?;
-
     let dir = TempDir::new("demo")?;
-    let config = dir.path().join("gatekeeper.toml");
-    let config_text = format!(
-        "# Who may open SMTP sessions to this host.\ninterfaces = [\"{DMZ_IF}\"]\nxdp_mode = \"native\"\nprotected_ports = [25]\npin_dir = \"{PIN_DIR}\"\n\n[[allow]]\ncidr = \"198.51.100.0/24\"\ncomment = \"partner relays\"\n"
+    // Whatever happens, no demo pins outlive the demo.
+    let _pins = PinDir::at(PIN_DIR.into());
+    let client = dir.path().join("smtp-client.py");
+    std::fs::write(&client, CLIENT).context("writing the demo's SMTP client")?;
+    step(&format!(
+        "demo 2/{STEPS}: the mail host's configuration: a TLS certificate made on the spot, a user for the partner, the allowlist"
+    ));
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    shell::run(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args([
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=mx.example.org",
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(std::process::Stdio::null()),
+    )
+    .context("making the demo certificate with openssl")?;
+    let hash = hash_password(&relay, PASSWORD)?;
+    let gk_config = dir.path().join("gatekeeper.toml");
+    let gk_text = format!(
+        "# Who may open SMTP sessions to this host.\ninterfaces = [\"{DMZ_IF}\"]\nxdp_mode = \"native\"\nprotected_ports = [25, 587]\npin_dir = \"{PIN_DIR}\"\n\n[[allow]]\ncidr = \"198.51.100.0/24\"\ncomment = \"partner relays\"\n"
     );
-    std::fs::write(&config, &config_text).context("writing the demo config")?;
-    step(&format!("demo 3/7: the allowlist, {}:", config.display()));
-    for line in config_text.lines() {
+    std::fs::write(&gk_config, &gk_text).context("writing the demo gatekeeper config")?;
+    let relay_config = dir.path().join("smtp-relay.toml");
+    std::fs::write(&relay_config, relay_text(&dir, &hash)).context("writing the relay config")?;
+    println!("    {}:", gk_config.display());
+    for line in gk_text.lines() {
         println!("      | {line}");
     }
-    let gatekeeper = gatekeeper_tests::workspace_binary("gatekeeper");
     shell::run(
         Command::new(&gatekeeper)
             .args(["check", "--config"])
-            .arg(&config),
+            .arg(&gk_config),
+    )?;
+    shell::run(
+        Command::new(&relay)
+            .args(["check", "--config"])
+            .arg(&relay_config),
     )?;
 
     step(&format!(
-        "demo 4/7: `gatekeeper run` inside {DMZ_NS} attaches the XDP program to {DMZ_IF}"
+        "demo 3/{STEPS}: the mail host starts its internal mail server (a capture on {NEXT_HOP}), smtp-relay on ports 25 and 587, and the gatekeeper on {DMZ_IF}"
     ));
-    let mut cmd = link.left.nsenter();
-    cmd.arg(&gatekeeper).args(["run", "--config"]).arg(&config);
-    let mut daemon = Daemon::start("gatekeeper run", cmd, &dir.path().join("gatekeeper.log"))?;
-    daemon.wait_for_log("enforcing", Duration::from_secs(15))?;
-    for line in daemon.log().lines() {
+    let sink = SmtpSink::start(&link.left, NEXT_HOP.parse()?)?;
+    // Something else the host serves, to show that the filter leaves it alone.
+    let web = BannerServer::start(&link.left, "0.0.0.0:8080".parse()?, "web")?;
+    let mut relay_cmd = link.left.nsenter();
+    relay_cmd
+        .arg(&relay)
+        .args(["run", "--config"])
+        .arg(&relay_config);
+    let mut relay_daemon = Daemon::start("smtp-relay", relay_cmd, &dir.path().join("relay.log"))?;
+    wait_for_port(
+        &link,
+        SocketAddr::new(IpAddr::V4(MAIL_HOST), 25),
+        &mut relay_daemon,
+    )?;
+    let mut gk_cmd = link.left.nsenter();
+    gk_cmd
+        .arg(&gatekeeper)
+        .args(["run", "--config"])
+        .arg(&gk_config);
+    let mut gk_daemon =
+        Daemon::start("gatekeeper run", gk_cmd, &dir.path().join("gatekeeper.log"))?;
+    gk_daemon.wait_for_log("enforcing", Duration::from_secs(15))?;
+    for line in gk_daemon.log().lines() {
         println!("      gatekeeper: {line}");
     }
 
-    step("demo 5/7: the partner connects to port 25 and the stranger tries the same");
-    expect_banner("the partner", PARTNER, smtp_addr, &link)?;
-    let outcome = connect(&link.right, IpAddr::V4(STRANGER), smtp_addr, TIMEOUT);
+    step(&format!(
+        "demo 4/{STEPS}: the partner sends a message for an outside domain on port 587: STARTTLS, AUTH, relayed, delivered"
+    ));
+    python_client(&link, &client, PARTNER, 587, &["auth", USER, PASSWORD])?;
+    let delivered = sink.wait_for(1, Duration::from_secs(20))?;
+    let message = String::from_utf8_lossy(&delivered[0].data);
+    println!(
+        "    ok: the next hop received it: MAIL FROM:<{}> RCPT TO:<{}>",
+        delivered[0].from,
+        delivered[0].to.join(">,<")
+    );
+    if let Some(received) = message.lines().find(|l| l.starts_with("Received:")) {
+        println!("      | {received}");
+    }
+    for line in message
+        .lines()
+        .skip_while(|l| !l.starts_with("Received:"))
+        .skip(1)
+        .take(3)
+    {
+        println!("      | {line}");
+    }
+    show_log("smtp-relay", &relay_daemon, "event=\"message\"")?;
+
+    step(&format!(
+        "demo 5/{STEPS}: the partner tries to relay on port 25 without AUTH: never an open relay"
+    ));
+    let refused = python_client_status(&link, &client, PARTNER, 25, &["noauth"])?;
+    ensure!(
+        refused == Some(3),
+        "the unauthenticated relay attempt was not refused (client exit {refused:?})"
+    );
+    show_log("smtp-relay", &relay_daemon, "event=\"relay_denied\"")?;
+    ensure!(
+        sink.messages().len() == 1,
+        "the refused message reached the next hop"
+    );
+    println!("    ok: refused with 554 5.7.1; the next hop still holds one message");
+
+    step(&format!(
+        "demo 6/{STEPS}: the stranger tries port 25: its SYNs are dropped at XDP"
+    ));
+    let smtp = SocketAddr::new(IpAddr::V4(MAIL_HOST), 25);
+    let outcome = connect(&link.right, IpAddr::V4(STRANGER), smtp, TIMEOUT);
     ensure!(
         outcome == Outcome::TimedOut,
         "the stranger should have been dropped, got {outcome:?}"
     );
     println!(
-        "    ok: the stranger's SYNs to port 25 were dropped at XDP: no answer within {TIMEOUT:?}, no socket, no log spam on the mail host"
+        "    ok: no answer within {TIMEOUT:?}: no socket, no TLS handshake, no relay process woken"
     );
-    daemon.wait_for_log("dropped SYN", Duration::from_secs(5))?;
-    for line in daemon
-        .log()
-        .lines()
-        .filter(|l| l.contains("dropped SYN"))
-        .take(1)
-    {
-        println!("      gatekeeper: {line}");
+    gk_daemon.wait_for_log("dropped SYN", Duration::from_secs(5))?;
+    show_log("gatekeeper", &gk_daemon, "dropped SYN")?;
+    let web_addr = SocketAddr::new(IpAddr::V4(MAIL_HOST), web.addr().port());
+    match connect(&link.right, IpAddr::V4(STRANGER), web_addr, TIMEOUT) {
+        Outcome::Banner(_) => println!(
+            "    ok: the stranger still reaches the web server on port {}: only TCP to the SMTP ports is judged",
+            web_addr.port()
+        ),
+        other => bail!("traffic to port 8080 must pass untouched, got {other:?}"),
     }
-    expect_banner("the stranger, on port 8080,", STRANGER, web_addr, &link)?;
-    println!("    (only TCP to the protected ports is judged; everything else passes untouched)");
-    println!("    the counters, summed over CPUs (`gatekeeper stats`):");
-    shell::run(
-        Command::new(&gatekeeper)
-            .args(["stats", "--config"])
-            .arg(&config),
-    )?;
 
-    step("demo 6/7: stopping the daemon detaches the filter");
-    ensure!(
-        daemon.stop_with(libc::SIGTERM, Duration::from_secs(10))?,
-        "gatekeeper did not exit cleanly:\n{}",
-        daemon.log()
-    );
-    expect_banner(
-        "with the filter gone, the stranger",
-        STRANGER,
-        smtp_addr,
-        &link,
+    step(&format!(
+        "demo 7/{STEPS}: the admin allows the stranger with the CLI (live and written to the config)"
+    ));
+    shell::run(
+        link.left
+            .nsenter()
+            .arg(&gatekeeper)
+            .args([
+                "allow",
+                "add",
+                &STRANGER.to_string(),
+                "--comment",
+                "new partner, ticket 4711",
+                "--config",
+            ])
+            .arg(&gk_config),
+    )?;
+    match connect(&link.right, IpAddr::V4(STRANGER), smtp, TIMEOUT) {
+        Outcome::Banner(line) if line.starts_with("220 ") => {
+            println!("    ok: the stranger now gets the relay's banner: {line:?}");
+        }
+        other => bail!("after `allow add` the stranger should get the banner, got {other:?}"),
+    }
+    show_log("smtp-relay", &relay_daemon, "event=\"allowlist_reloaded\"")?;
+    let written = std::fs::read_to_string(&gk_config)?;
+    for line in written
+        .lines()
+        .skip_while(|l| !l.contains(&STRANGER.to_string()))
+        .take(2)
+    {
+        println!("      | {line}");
+    }
+
+    step(&format!(
+        "demo 8/{STEPS}: the allowlist and the counters (`gatekeeper allow list`, `gatekeeper stats`)"
+    ));
+    shell::run(
+        link.left
+            .nsenter()
+            .arg(&gatekeeper)
+            .args(["allow", "list", "--config"])
+            .arg(&gk_config),
+    )?;
+    shell::run(
+        link.left
+            .nsenter()
+            .arg(&gatekeeper)
+            .args(["stats", "--config"])
+            .arg(&gk_config),
     )?;
 
     if args.keep {
-        step("demo 7/7: keeping the namespaces for you to explore");
-        println!("    ip netns exec {DMZ_NS} ip -d link show {DMZ_IF}");
-        println!("    ip netns exec {NET_NS} ping -c1 {MAIL_HOST}");
-        println!("    clean up with: ip netns del {DMZ_NS}; ip netns del {NET_NS}");
-        link.keep();
-    } else {
-        step("demo 7/7: cleaning up the namespaces");
-        drop(link);
+        step(&format!(
+            "demo 9/{STEPS}: keeping everything up for you to explore (Ctrl-C ends it)"
+        ));
+        let (gk, gk_conf, d) = (
+            gatekeeper.display(),
+            gk_config.display(),
+            dir.path().display(),
+        );
+        println!(
+            "    (nsenter rather than `ip netns exec`, which mounts a fresh /sys and so hides the pins in /sys/fs/bpf)"
+        );
+        println!("    what the gatekeeper enforces, and its counters:");
+        println!("      nsenter --net=/run/netns/{DMZ_NS} {gk} status --config {gk_conf}");
+        println!("      nsenter --net=/run/netns/{DMZ_NS} {gk} stats --config {gk_conf}");
+        println!("    take the stranger off the allowlist again, then knock:");
+        println!(
+            "      nsenter --net=/run/netns/{DMZ_NS} {gk} allow remove {STRANGER}/32 --config {gk_conf}"
+        );
+        println!(
+            "      ip netns exec {NET_NS} python3 {d}/smtp-client.py {STRANGER} {MAIL_HOST} 25 noauth"
+        );
+        println!("    the partner, with its password:");
+        println!(
+            "      ip netns exec {NET_NS} python3 {d}/smtp-client.py {PARTNER} {MAIL_HOST} 587 auth {USER} {PASSWORD}"
+        );
+        println!("    the daemons' logs: {d}/gatekeeper.log, {d}/relay.log");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
     }
+    step(&format!(
+        "demo 9/{STEPS}: stopping the daemons (the gatekeeper detaches) and removing the namespaces"
+    ));
+    ensure!(
+        gk_daemon.stop_with(libc::SIGTERM, Duration::from_secs(10))?,
+        "gatekeeper did not exit cleanly:\n{}",
+        gk_daemon.log()
+    );
+    ensure!(
+        relay_daemon.stop_with(libc::SIGTERM, Duration::from_secs(40))?,
+        "smtp-relay did not exit cleanly:\n{}",
+        relay_daemon.log()
+    );
+    drop(sink);
+    drop(link);
     println!("\nDemo complete: every step behaved as expected.");
     Ok(())
 }
 
-fn expect_banner(who: &str, source: Ipv4Addr, dest: SocketAddr, link: &Link) -> anyhow::Result<()> {
-    match connect(&link.right, IpAddr::V4(source), dest, TIMEOUT) {
-        Outcome::Banner(line) if line.starts_with("220 ") => {
-            println!("    ok: {who} ({source}) connected to {dest} and got the banner: {line:?}");
-            Ok(())
-        }
-        other => bail!("{who} ({source}) should have reached {dest}, got {other:?}"),
+fn relay_text(dir: &TempDir, hash: &str) -> String {
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    format!(
+        r#"hostname = "mx.example.org"
+spool_dir = "{spool}"
+local_domains = ["example.org"]
+
+[tls]
+cert = "{cert}"
+key = "{key}"
+
+# Port 25 admits exactly the peers the gatekeeper admits (defence in depth).
+[[listener]]
+address = "{MAIL_HOST}:25"
+role = "mta"
+allow_gatekeeper = ["{gatekeeper}"]
+
+[[listener]]
+address = "{MAIL_HOST}:587"
+role = "submission"
+allow_gatekeeper = ["{gatekeeper}"]
+
+[[user]]
+name = "{USER}"
+password_hash = "{hash}"
+senders = ["partner@example.net"]
+
+[delivery]
+retry_initial_secs = 1.0
+
+[[delivery.route]]
+domain = "example.org"
+host = "127.0.0.1"
+port = 2525
+tls = "none"
+
+[delivery.smarthost]
+host = "127.0.0.1"
+port = 2525
+tls = "none"
+"#,
+        spool = path("spool"),
+        cert = path("cert.pem"),
+        key = path("key.pem"),
+        gatekeeper = path("gatekeeper.toml"),
+    )
+}
+
+fn hash_password(relay: &Path, password: &str) -> anyhow::Result<String> {
+    use std::io::Write as _;
+    let mut child = Command::new(relay)
+        .args(["hash-password", "--stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running smtp-relay hash-password")?;
+    child
+        .stdin
+        .take()
+        .context("no stdin")?
+        .write_all(format!("{password}\n").as_bytes())?;
+    let out = child.wait_with_output()?;
+    ensure!(out.status.success(), "smtp-relay hash-password failed");
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn python_client(
+    link: &Link,
+    script: &Path,
+    source: Ipv4Addr,
+    port: u16,
+    rest: &[&str],
+) -> anyhow::Result<()> {
+    match python_client_status(link, script, source, port, rest)? {
+        Some(0) => Ok(()),
+        other => bail!("the SMTP client failed ({other:?})"),
     }
+}
+
+/// Runs the smtplib client in the Internet namespace; `Some(3)` means the relay refused the
+/// recipient.
+fn python_client_status(
+    link: &Link,
+    script: &Path,
+    source: Ipv4Addr,
+    port: u16,
+    rest: &[&str],
+) -> anyhow::Result<Option<i32>> {
+    let mut cmd = link.right.command(&["python3"]);
+    cmd.arg(script)
+        .args([source.to_string(), MAIL_HOST.to_string(), port.to_string()])
+        .args(rest);
+    println!("    $ {}", shell::display(&cmd));
+    Ok(cmd.status().context("running python3")?.code())
+}
+
+/// Prints the first log line of `daemon` that contains `needle`; its absence is a failure.
+fn show_log(name: &str, daemon: &Daemon, needle: &str) -> anyhow::Result<()> {
+    let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains(needle))
+        .with_context(|| format!("{name} logged no line with {needle:?}:\n{log}"))?;
+    println!("      {name}: {}", line.trim());
+    Ok(())
+}
+
+fn wait_for_port(link: &Link, addr: SocketAddr, daemon: &mut Daemon) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        if let Outcome::Banner(_) = connect(&link.left, IpAddr::V4(MAIL_HOST), addr, TIMEOUT) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("smtp-relay did not listen on {addr}:\n{}", daemon.log())
 }

@@ -14,14 +14,14 @@ const NIGHTLY: &str = "nightly";
 
 pub fn run() -> anyhow::Result<()> {
     step(
-        "setup: checking the eBPF toolchain (nightly + rust-src, LLVM 22, bpf-linker 0.13, iproute2)",
+        "setup: checking the toolchain (nightly + rust-src, LLVM 22, bpf-linker 0.13, iproute2, openssl, python3)",
     );
     ensure_nightly()?;
     ensure_rust_src()?;
     let mut apt = Apt::default();
     ensure_llvm(&mut apt)?;
     ensure_bpf_linker()?;
-    ensure_iproute2(&mut apt)?;
+    ensure_tools(&mut apt)?;
     step("setup: everything is in place");
     Ok(())
 }
@@ -130,13 +130,38 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ensure_iproute2(apt: &mut Apt) -> anyhow::Result<()> {
-    if succeeds(Command::new("ip").arg("-V")) {
-        println!("    ok: iproute2 (`ip`, used by the kernel tests and the demo)");
-        return Ok(());
+/// Command-line tools the tests and the demo run, with the Debian package that provides each.
+const TOOLS: &[(&str, &[&str], &str, &str)] = &[
+    (
+        "ip",
+        &["-V"],
+        "iproute2",
+        "network namespaces for the kernel tests and the demo",
+    ),
+    (
+        "openssl",
+        &["version"],
+        "openssl",
+        "the demo's TLS certificate",
+    ),
+    (
+        "python3",
+        &["-V"],
+        "python3",
+        "smtplib, an independent SMTP client for the tests and the demo",
+    ),
+];
+
+fn ensure_tools(apt: &mut Apt) -> anyhow::Result<()> {
+    for (tool, version_args, package, why) in TOOLS {
+        if succeeds(Command::new(tool).args(*version_args)) {
+            println!("    ok: {tool} ({why})");
+            continue;
+        }
+        step(&format!("setup: installing {package} ({why})"));
+        apt.install(&[package])?;
     }
-    step("setup: installing iproute2 (network namespaces for the kernel tests and the demo)");
-    apt.install(&["iproute2"])
+    Ok(())
 }
 
 /// Debian package installs; `apt-get update` runs at most once per setup.

@@ -108,7 +108,8 @@ pub fn output(cmd: &mut Command) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn display(cmd: &Command) -> String {
+/// A command as a shell line, for showing what runs.
+pub fn display(cmd: &Command) -> String {
     let mut parts = Vec::new();
     for (key, value) in cmd.get_envs() {
         if let Some(value) = value {
@@ -120,8 +121,18 @@ fn display(cmd: &Command) -> String {
         }
     }
     parts.push(cmd.get_program().to_string_lossy().into_owned());
-    parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+    parts.extend(cmd.get_args().map(|a| quote(&a.to_string_lossy())));
     parts.join(" ")
+}
+
+/// Quotes an argument for display so that a printed command can be pasted into a shell.
+fn quote(arg: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,@+%".contains(c);
+    if !arg.is_empty() && arg.chars().all(plain) {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
+    }
 }
 
 /// The workspace root (the parent of this crate's directory).
