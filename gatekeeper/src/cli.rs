@@ -61,6 +61,11 @@ pub enum Command {
     },
     /// Show interfaces, attachment mode, policy, entry counts, and whether the live maps match
     /// the config file.
+    ///
+    /// Exit status, for monitoring: 0 when the filter is loaded, attached to every configured
+    /// interface and in sync with the file; 2 when it is loaded but differs (an entry, the mode or
+    /// the ports, or a configured interface without it); 3 when it is not loaded at all; 1 on
+    /// errors (e.g. an invalid config).
     Status {
         #[command(flatten)]
         config: ConfigArg,

@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     init_logging();
     match commands::dispatch(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("gatekeeper: error: {err:#}");
             ExitCode::FAILURE

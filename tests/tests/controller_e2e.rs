@@ -138,8 +138,35 @@ impl Setup {
         Ok(stdout)
     }
 
+    /// `status --json`, checking that its exit status says what its `health` says.
     fn status(&self) -> anyhow::Result<serde_json::Value> {
-        Ok(serde_json::from_str(&self.cli_ok(&["status", "--json"])?)?)
+        let out = self
+            .host()
+            .nsenter()
+            .arg(workspace_binary("gatekeeper"))
+            .args(["status", "--json", "--config"])
+            .arg(&self.config)
+            .output()
+            .context("running gatekeeper status")?;
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "gatekeeper status ({}) printed no JSON:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+        let expected = match report["health"].as_str() {
+            Some("as_configured") => 0,
+            Some("differs") => 2,
+            Some("not_loaded") => 3,
+            other => bail!("unknown health {other:?}: {report}"),
+        };
+        anyhow::ensure!(
+            out.status.code() == Some(expected),
+            "status exited {} for {report}",
+            out.status
+        );
+        Ok(report)
     }
 
     fn read_config(&self) -> String {
@@ -259,6 +286,7 @@ fn allow_add_admits_a_stranger_and_remove_blocks_it_again() -> anyhow::Result<()
 
     let status = setup.status()?;
     assert_eq!(status["in_sync"], true, "{status}");
+    assert_eq!(status["health"], "as_configured", "{status}");
     assert_eq!(status["daemon_running"], true, "{status}");
     assert_eq!(status["interfaces"][0]["attached"], true, "{status}");
     assert_eq!(status["interfaces"][0]["mode"], "native", "{status}");
@@ -651,6 +679,7 @@ fn cli_edits_work_with_the_daemon_stopped_and_the_program_pinned() -> anyhow::Re
     setup.write_config(&hand)?;
     let status = setup.status()?;
     assert_eq!(status["in_sync"], false, "{status}");
+    assert_eq!(status["health"], "differs", "{status}");
     assert_eq!(
         status["difference"]["missing_from_live"][0], "203.0.113.0/24",
         "{status}"
@@ -664,6 +693,7 @@ fn cli_edits_work_with_the_daemon_stopped_and_the_program_pinned() -> anyhow::Re
     );
     assert!(setup.connect(STRANGER_V4, TIMEOUT).is_banner());
     assert!(!setup.pins.path().exists(), "pins left behind");
+    assert_eq!(setup.status()?["health"], "not_loaded");
     // With nothing pinned, edits go to the file only.
     let out = setup.cli_ok(&["allow", "add", "2001:db8::/32"])?;
     assert!(out.contains("the filter is not loaded"), "{out}");

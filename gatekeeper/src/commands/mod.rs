@@ -8,10 +8,16 @@ mod run;
 mod stats;
 mod status;
 
+use std::process::ExitCode;
+
 use crate::cli::{AllowAction, Cli, Command};
 
-pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+/// Runs one command; `status` alone reports through its exit code as well.
+pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let done = match cli.command {
+        Command::Status { config, json } => {
+            return Ok(status::status(&config.config, json)?.exit_code());
+        }
         Command::Completions { shell } => docs::completions(shell),
         Command::Man => docs::man(),
         Command::Run { config, ifaces } => run::run(&config.config, ifaces),
@@ -26,9 +32,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             AllowAction::Remove { config, cidr } => allow::remove(&config.config, &cidr),
             AllowAction::List { config, json } => allow::list(&config.config, json),
         },
-        Command::Status { config, json } => status::status(&config.config, json),
         Command::Detach { config, ifaces } => detach::detach(&config.config, &ifaces),
-    }
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }
 
 /// `25,587`

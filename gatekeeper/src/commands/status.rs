@@ -17,7 +17,36 @@ use serde_json::{Value, json};
 
 use super::join_ports;
 
-pub fn status(path: &Path, json_out: bool) -> anyhow::Result<()> {
+/// What `status` found, as monitoring wants it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Loaded, attached everywhere the config says, live maps match the file.
+    AsConfigured,
+    /// Loaded, but not what the file says.
+    Differs,
+    /// Nothing pinned: no filter.
+    NotLoaded,
+}
+
+impl Health {
+    pub fn exit_code(self) -> std::process::ExitCode {
+        std::process::ExitCode::from(match self {
+            Health::AsConfigured => 0,
+            Health::Differs => 2,
+            Health::NotLoaded => 3,
+        })
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Health::AsConfigured => "as_configured",
+            Health::Differs => "differs",
+            Health::NotLoaded => "not_loaded",
+        }
+    }
+}
+
+pub fn status(path: &Path, json_out: bool) -> anyhow::Result<Health> {
     let config = Config::load(path)?;
     let dir = &config.pin_dir;
     let daemon_running = dir.exists() && lock::try_lock_pin_dir(dir)?.is_none();
@@ -60,7 +89,17 @@ pub fn status(path: &Path, json_out: bool) -> anyhow::Result<()> {
             )
         }
     };
+    let all_attached = interfaces
+        .iter()
+        .filter(|i| i["configured"] == true)
+        .all(|i| i["attached"] == true);
+    let health = match &in_sync {
+        Value::Null => Health::NotLoaded,
+        Value::Bool(true) if all_attached => Health::AsConfigured,
+        _ => Health::Differs,
+    };
     let report = json!({
+        "health": health.as_str(),
         "config": path.display().to_string(),
         "pin_dir": dir.display().to_string(),
         "loaded": maps.is_some(),
@@ -81,7 +120,7 @@ pub fn status(path: &Path, json_out: bool) -> anyhow::Result<()> {
             render(&report, &config, live.as_ref().map(|(p, _)| p))
         );
     }
-    Ok(())
+    Ok(health)
 }
 
 fn same_policy(a: &Policy, b: &Policy) -> bool {
