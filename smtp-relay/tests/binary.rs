@@ -157,7 +157,7 @@ fn example_config_passes_check() {
             "/etc/gatekeeper/gatekeeper.toml",
             format!("{root_s}/gatekeeper.toml"),
         ),
-        ("/var/spool/smtp-relay", format!("{root_s}/spool")),
+        ("/var/lib/smtp-relay", format!("{root_s}/spool")),
     ];
     let mut text = text;
     for (from, to) in &replacements {
