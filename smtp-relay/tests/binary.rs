@@ -1,6 +1,7 @@
 //! Tests of the real `smtp-relay` binary: durability across SIGKILL,
 //! graceful SIGTERM, `check` on good and bad configs (including the shipped
-//! example), `hash-password`, and the audit log lines.
+//! example), `hash-password`, the audit log lines, and the generated shell
+//! completions and man page.
 
 mod common;
 
@@ -156,7 +157,7 @@ fn example_config_passes_check() {
             "/etc/gatekeeper/gatekeeper.toml",
             format!("{root_s}/gatekeeper.toml"),
         ),
-        ("/var/spool/smtp-relay", format!("{root_s}/spool")),
+        ("/var/lib/smtp-relay", format!("{root_s}/spool")),
     ];
     let mut text = text;
     for (from, to) in &replacements {
@@ -354,4 +355,151 @@ fn refused_peers_are_logged_and_sigint_stops() {
     let status = relay.wait_exit();
     assert!(status.success(), "{status}");
     relay.wait_for_log(&["event=\"shutdown\"", "stopped"]);
+}
+
+/// Every top-level subcommand, as a user types it.
+const SUBCOMMANDS: [&str; 6] = [
+    "run",
+    "check",
+    "queue",
+    "hash-password",
+    "completions",
+    "man",
+];
+
+fn completion_script(shell: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["completions", shell])
+        .output()
+        .expect("run smtp-relay completions");
+    assert!(
+        out.status.success(),
+        "{shell}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8 script")
+}
+
+#[test]
+fn completions_name_every_subcommand() {
+    for shell in ["bash", "zsh", "fish"] {
+        let script = completion_script(shell);
+        assert!(!script.trim().is_empty(), "{shell}: empty script");
+        assert!(script.contains("smtp-relay"), "{shell}: {script}");
+        for verb in SUBCOMMANDS
+            .iter()
+            .chain(&["list", "show", "flush", "remove"])
+        {
+            assert!(script.contains(verb), "{shell} completion lacks {verb}");
+        }
+    }
+}
+
+/// What bash offers after `words` (the last one is being completed), using
+/// the function the script registers for `smtp-relay`.
+fn bash_complete(script: &Path, words: &[&str]) -> Vec<String> {
+    const DRIVER: &str = r#"
+source "$1" || exit 1
+spec=$(complete -p smtp-relay) || exit 1
+fn=${spec#*-F }
+fn=${fn%% *}
+shift
+COMP_WORDS=("$@")
+COMP_CWORD=$(( $# - 1 ))
+"$fn" smtp-relay "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
+printf '%s\n' "${COMPREPLY[@]}"
+"#;
+    let out = Command::new("bash")
+        .args(["--norc", "--noprofile", "-c", DRIVER, "bash"])
+        .arg(script)
+        .args(words)
+        .output()
+        .expect("run bash");
+    assert!(
+        out.status.success(),
+        "{words:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn bash_completion_is_valid_and_completes_subcommands_and_their_arguments() {
+    let dir = common::TempDir::new("bash-completion");
+    let path = dir.path().join("smtp-relay.bash");
+    std::fs::write(&path, completion_script("bash")).expect("write script");
+    let out = Command::new("bash")
+        .arg("-n")
+        .arg(&path)
+        .output()
+        .expect("run bash -n");
+    assert!(
+        out.status.success(),
+        "bash -n: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let top = bash_complete(&path, &["smtp-relay", ""]);
+    for verb in SUBCOMMANDS {
+        assert!(top.iter().any(|w| w == verb), "{verb} not offered: {top:?}");
+    }
+    // Past the subcommand too: clap_complete alone gets this wrong for a
+    // hyphenated name (see fix_bash_states in main.rs).
+    let queue = bash_complete(&path, &["smtp-relay", "queue", "--config", "r.toml", ""]);
+    for verb in ["list", "show", "flush", "remove"] {
+        assert!(
+            queue.iter().any(|w| w == verb),
+            "{verb} not offered: {queue:?}"
+        );
+    }
+    let shells = bash_complete(&path, &["smtp-relay", "completions", ""]);
+    for shell in ["bash", "zsh", "fish"] {
+        assert!(shells.iter().any(|w| w == shell), "{shell}: {shells:?}");
+    }
+    let run = bash_complete(&path, &["smtp-relay", "run", "--"]);
+    assert!(run.iter().any(|w| w == "--config"), "{run:?}");
+}
+
+#[test]
+fn completions_for_an_unknown_shell_fail_naming_the_choices() {
+    let out = Command::new(BIN)
+        .args(["completions", "tcsh"])
+        .output()
+        .expect("run smtp-relay completions");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(out.stdout.is_empty(), "a script for an unknown shell");
+    assert!(stderr.contains("invalid value 'tcsh'"), "{stderr}");
+    assert!(
+        stderr.contains("possible values: bash, elvish, fish, powershell, zsh"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn man_page_is_roff_with_a_page_per_subcommand() {
+    let out = Command::new(BIN)
+        .arg("man")
+        .output()
+        .expect("run smtp-relay man");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = String::from_utf8(out.stdout).expect("utf8 page");
+    assert!(page.starts_with('.'), "not roff: {page}");
+    assert!(page.contains("\n.TH smtp-relay 1"), "{page}");
+    assert!(page.contains("\n.SH SYNOPSIS"), "{page}");
+    for verb in SUBCOMMANDS {
+        assert!(
+            page.contains(&format!("\n.TH smtp-relay-{verb} 1")),
+            "no page for {verb}"
+        );
+    }
+    // The text comes from the CLI's doc comments.
+    assert!(page.contains("never an open relay"), "{page}");
+    assert!(page.contains("control socket"), "{page}");
 }

@@ -39,7 +39,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 fn run_suites(tally: &mut TestTally, args: &Args) -> anyhow::Result<()> {
-    step("unit tests: config, CLI, relay (no privileges needed)");
+    step(
+        "unit and relay tests: config, CLI, SMTP sessions, delivery (the relay's systemd-unit test needs root)",
+    );
     shell::run_tests(
         shell::cargo().args([
             "test",

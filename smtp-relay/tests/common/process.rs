@@ -26,9 +26,15 @@ fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
 impl Relay {
     /// Starts `bin run --config config` and waits for `listeners` listening lines.
     pub fn start(bin: &str, config: &Path, listeners: usize) -> Relay {
-        let mut child = Command::new(bin)
-            .args(["run", "--config"])
-            .arg(config)
+        let mut command = Command::new(bin);
+        command.args(["run", "--config"]).arg(config);
+        Self::spawn(command, listeners)
+    }
+
+    /// Starts `command` (a `run`, possibly behind wrappers that exec it) and
+    /// waits for `listeners` listening lines.
+    pub fn spawn(mut command: Command, listeners: usize) -> Relay {
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
