@@ -113,12 +113,12 @@ fn filter(ctx: &XdpContext) -> u32 {
     let (family, counter, action) = decide(&judged, config);
     count(slot, family, counter);
     // Drop events: dropped (or, in monitor mode, would-be-dropped) SYNs only, if enabled.
-    if (action == XDP_DROP || counter == Counter::WouldDrop) && config.event_interval_ns != 0 {
-        if let Judged::Segment(segment) = &judged {
-            if segment.syn_only {
-                report_drop(ctx, segment, config, slot);
-            }
-        }
+    if (action == XDP_DROP || counter == Counter::WouldDrop)
+        && config.event_interval_ns != 0
+        && let Judged::Segment(segment) = &judged
+        && segment.syn_only
+    {
+        report_drop(ctx, segment, config, slot);
     }
     action
 }

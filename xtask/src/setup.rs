@@ -10,7 +10,7 @@ use crate::shell::{self, output, step, succeeds};
 /// LLVM major version shared by rustc 1.95, the nightly toolchain and bpf-linker 0.13.
 const LLVM_MAJOR: u32 = 22;
 const BPF_LINKER_VERSION: &str = "0.13.0";
-const NIGHTLY: &str = "nightly";
+pub const NIGHTLY: &str = "nightly";
 
 pub fn run() -> anyhow::Result<()> {
     step(

@@ -27,6 +27,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             "-D",
             "warnings",
         ]))?;
+        lint_ebpf()?;
     }
     let mut tally = TestTally::default();
     let result = run_suites(&mut tally, args);
@@ -36,6 +37,26 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         tally.passed, tally.failed, tally.skipped
     );
     result
+}
+
+/// Clippy on the eBPF crate, which only builds with nightly for `bpfel-unknown-none`. Its own
+/// target directory keeps these flags from invalidating the aya-build output.
+fn lint_ebpf() -> anyhow::Result<()> {
+    let mut cmd = std::process::Command::new("rustup");
+    cmd.current_dir(shell::workspace_root())
+        .args(["run", crate::setup::NIGHTLY, "cargo", "clippy"])
+        .args(["--package", "gatekeeper-ebpf", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--", "-D", "warnings"])
+        // The stable toolchain's variables would pin the nightly cargo to stable tools.
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .env_remove("CARGO")
+        .env(
+            "CARGO_TARGET_DIR",
+            shell::workspace_root().join("target/ebpf-clippy"),
+        );
+    shell::run(&mut cmd)
 }
 
 fn run_suites(tally: &mut TestTally, args: &Args) -> anyhow::Result<()> {
