@@ -138,6 +138,28 @@ pub fn request(spool_dir: &Path, line: &str) -> anyhow::Result<Option<String>> {
     Ok(Some(answer.trim_end().to_owned()))
 }
 
+/// With no relay running, the commands write the spool themselves. Files
+/// written by another user (typically root, while the relay runs as
+/// `smtp-relay`) would be unreadable to the relay at its next start, and a
+/// root-owned `lock` file would keep it from starting at all; so only the
+/// spool directory's owner may do that.
+fn ensure_spool_owner(spool_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let owner = fs::metadata(spool_dir)
+        .with_context(|| format!("reading {}", spool_dir.display()))?
+        .uid();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    anyhow::ensure!(
+        owner == me,
+        "no relay is running, so this would write the spool {} directly, but it belongs to uid \
+         {owner} and this runs as uid {me}: run it as the spool's owner, e.g. \
+         `runuser -u smtp-relay -- smtp-relay queue ...`, so the relay can still read what it writes",
+        spool_dir.display()
+    );
+    Ok(())
+}
+
 /// `flush` or `remove ID`, through the relay if it runs, else directly on
 /// the spool under its lock. Returns the message to print.
 pub fn command(spool_dir: &Path, line: &str) -> anyhow::Result<String> {
@@ -147,6 +169,7 @@ pub fn command(spool_dir: &Path, line: &str) -> anyhow::Result<String> {
             None => anyhow::bail!("{}", answer.strip_prefix("error ").unwrap_or(&answer)),
         };
     }
+    ensure_spool_owner(spool_dir)?;
     let _lock = lock_spool(spool_dir).context("the relay's control socket does not answer")?;
     let spool = Spool::open(spool_dir)?;
     let mut words = line.split(' ');

@@ -503,3 +503,44 @@ fn man_page_is_roff_with_a_page_per_subcommand() {
     assert!(page.contains("never an open relay"), "{page}");
     assert!(page.contains("control socket"), "{page}");
 }
+
+/// With no relay running, `queue flush|remove` write the spool themselves:
+/// fine for the spool's owner; anyone else (root, while the relay runs as
+/// `smtp-relay`) is refused before touching it, since the relay could not
+/// read those files, nor open a root-owned `lock`, at its next start.
+#[test]
+fn queue_commands_without_a_relay_write_the_spool_only_as_its_owner() {
+    use std::os::unix::fs::MetadataExt as _;
+    let setup = Setup::new("qowner", &common::config_with("", ""));
+    let spool = setup.dir.path().join("spool");
+    std::fs::create_dir_all(&spool).expect("mkdir spool");
+    let flush = || {
+        Command::new(BIN)
+            .args(["queue", "--config"])
+            .arg(&setup.config)
+            .arg("flush")
+            .output()
+            .expect("run queue flush")
+    };
+    let out = flush();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("as soon as the relay starts"));
+
+    let test = "queue_commands_without_a_relay_write_the_spool_only_as_its_owner";
+    if !common::root_tests_enabled(test, "giving the spool another owner") {
+        return;
+    }
+    std::fs::remove_file(spool.join("lock")).expect("rm lock");
+    std::os::unix::fs::chown(&spool, Some(65534), Some(65534)).expect("chown spool");
+    let out = flush();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "root wrote a spool it does not own");
+    assert!(stderr.contains("belongs to uid 65534"), "{stderr}");
+    assert!(stderr.contains("runuser -u smtp-relay"), "{stderr}");
+    assert!(!spool.join("lock").exists(), "a root-owned lock was left");
+    assert_eq!(std::fs::metadata(&spool).expect("stat").uid(), 65534);
+}

@@ -175,21 +175,6 @@ fn unit_and_example_config_agree() {
     assert!(gatekeeper.words("Before").contains(&"smtp-relay.service"));
 }
 
-/// Whether a test that needs root can run. Without root it prints a
-/// visible SKIP line, except in CI (which runs as root) where it fails.
-fn root_tests_enabled(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    let reason = "needs root (setpriv to another user, a network namespace)";
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("{test}: {reason}, and CI must run every root test");
-    }
-    eprintln!("SKIP {test}: {reason}; run `sudo -E cargo test -p smtp-relay`");
-    false
-}
-
 /// Where the relay's 127.0.0.1:25 lives.
 #[derive(Clone, Copy, PartialEq)]
 enum Net {
@@ -352,7 +337,7 @@ fn proc_status(pid: u32, key: &str) -> String {
 #[test]
 fn the_units_capability_is_enough_and_needed_to_serve_port_25_unprivileged() {
     let test = "the_units_capability_is_enough_and_needed_to_serve_port_25_unprivileged";
-    if !root_tests_enabled(test) {
+    if !common::root_tests_enabled(test, "setpriv to another user, a network namespace") {
         return;
     }
     let unit = Unit::read("smtp-relay.service");

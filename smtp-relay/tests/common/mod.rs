@@ -628,3 +628,20 @@ pub fn split_received(eml: &[u8]) -> (String, Vec<u8>) {
         eml[end..].to_vec(),
     )
 }
+
+/// Whether a test that needs root may run: as root yes; otherwise it says
+/// SKIP with the reason (the line `cargo xtask test` counts), and under CI
+/// (`CI=true`), where every root test must run, it fails instead.
+#[allow(dead_code)] // not every test binary has a root test
+pub fn root_tests_enabled(test: &str, why: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let reason = format!("needs root ({why})");
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{test}: {reason}, and CI must run every root test");
+    }
+    eprintln!("SKIP {test}: {reason}; run `sudo -E cargo test -p smtp-relay`");
+    false
+}
