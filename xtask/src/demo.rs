@@ -167,22 +167,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     )?;
 
     step(&format!(
-        "demo 3/{STEPS}: the mail host starts its internal mail server (a capture on {NEXT_HOP}), smtp-relay on ports 25 and 587, and the gatekeeper on {DMZ_IF}"
+        "demo 3/{STEPS}: the mail host starts its internal mail server (a capture on {NEXT_HOP}), the gatekeeper on {DMZ_IF}, then smtp-relay on ports 25 and 587"
     ));
     let sink = SmtpSink::start(&link.left, NEXT_HOP.parse()?)?;
     // Something else the host serves, to show that the filter leaves it alone.
     let web = BannerServer::start(&link.left, "0.0.0.0:8080".parse()?, "web")?;
-    let mut relay_cmd = link.left.nsenter();
-    relay_cmd
-        .arg(&relay)
-        .args(["run", "--config"])
-        .arg(&relay_config);
-    let mut relay_daemon = Daemon::start("smtp-relay", relay_cmd, &dir.path().join("relay.log"))?;
-    wait_for_port(
-        &link,
-        SocketAddr::new(IpAddr::V4(MAIL_HOST), 25),
-        &mut relay_daemon,
-    )?;
+    // The filter first, so the SMTP ports are guarded before anything listens on them.
     let mut gk_cmd = link.left.nsenter();
     gk_cmd
         .arg(&gatekeeper)
@@ -194,6 +184,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     for line in gk_daemon.log().lines() {
         println!("      gatekeeper: {line}");
     }
+    let mut relay_cmd = link.left.nsenter();
+    relay_cmd
+        .arg(&relay)
+        .args(["run", "--config"])
+        .arg(&relay_config);
+    let mut relay_daemon = Daemon::start("smtp-relay", relay_cmd, &dir.path().join("relay.log"))?;
+    // It binds every listener before serving any, then logs each.
+    relay_daemon.wait_for_log(&format!("address={MAIL_HOST}:587"), Duration::from_secs(15))?;
+    show_log("smtp-relay", &relay_daemon, "event=\"listening\"")?;
 
     step(&format!(
         "demo 4/{STEPS}: the partner sends a message for an outside domain on port 587: STARTTLS, AUTH, relayed, delivered"
@@ -248,6 +247,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     );
     gk_daemon.wait_for_log("dropped SYN", Duration::from_secs(5))?;
     show_log("gatekeeper", &gk_daemon, "dropped SYN")?;
+    let dropped = dropped_ipv4(&link, &gatekeeper, &gk_config)?;
+    ensure!(
+        dropped >= 1,
+        "`gatekeeper stats` counts no dropped IPv4 frame"
+    );
+    println!("    ok: `gatekeeper stats` counts {dropped} dropped IPv4 frame(s) on {DMZ_IF}");
     let web_addr = SocketAddr::new(IpAddr::V4(MAIL_HOST), web.addr().port());
     match connect(&link.right, IpAddr::V4(STRANGER), web_addr, TIMEOUT) {
         Outcome::Banner(_) => println!(
@@ -454,23 +459,42 @@ fn python_client_status(
     Ok(cmd.status().context("running python3")?.code())
 }
 
-/// Prints the first log line of `daemon` that contains `needle`; its absence is a failure.
-fn show_log(name: &str, daemon: &Daemon, needle: &str) -> anyhow::Result<()> {
-    let log = daemon.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains(needle))
-        .with_context(|| format!("{name} logged no line with {needle:?}:\n{log}"))?;
-    println!("      {name}: {}", line.trim());
-    Ok(())
+/// The `dropped` IPv4 counter of the demo interface, from `gatekeeper stats --json`.
+fn dropped_ipv4(link: &Link, gatekeeper: &Path, config: &Path) -> anyhow::Result<u64> {
+    let out = link
+        .left
+        .nsenter()
+        .arg(gatekeeper)
+        .args(["stats", "--json", "--config"])
+        .arg(config)
+        .output()
+        .context("running gatekeeper stats")?;
+    ensure!(
+        out.status.success(),
+        "gatekeeper stats failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("gatekeeper stats --json printed no JSON")?;
+    stats["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i["interface"] == DMZ_IF)
+        .and_then(|i| i["counters"]["ipv4"]["dropped"].as_u64())
+        .with_context(|| format!("no IPv4 dropped counter for {DMZ_IF} in {stats}"))
 }
 
-fn wait_for_port(link: &Link, addr: SocketAddr, daemon: &mut Daemon) -> anyhow::Result<()> {
-    for _ in 0..100 {
-        if let Outcome::Banner(_) = connect(&link.left, IpAddr::V4(MAIL_HOST), addr, TIMEOUT) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
+/// Prints the log lines of `daemon` that contain `needle`; none is a failure.
+fn show_log(name: &str, daemon: &Daemon, needle: &str) -> anyhow::Result<()> {
+    let log = daemon.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(needle)).collect();
+    ensure!(
+        !lines.is_empty(),
+        "{name} logged no line with {needle:?}:\n{log}"
+    );
+    for line in lines {
+        println!("      {name}: {}", line.trim());
     }
-    bail!("smtp-relay did not listen on {addr}:\n{}", daemon.log())
+    Ok(())
 }
