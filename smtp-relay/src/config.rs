@@ -287,7 +287,20 @@ struct GatekeeperFile {
 
 #[derive(Debug, Deserialize)]
 struct GatekeeperAllow {
+    #[serde(deserialize_with = "gatekeeper_cidr")]
     cidr: IpNet,
+}
+
+/// An `[[allow]]` cidr as the gatekeeper reads it: a CIDR, or a bare address
+/// (a /32 or /128), as in examples/gatekeeper.toml.
+fn gatekeeper_cidr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<IpNet, D::Error> {
+    let text = String::deserialize(d)?;
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| {
+            serde::de::Error::custom(format!("\"{text}\" is not an IPv4 or IPv6 address or CIDR"))
+        })
 }
 
 /// A validated listener.
@@ -981,6 +994,10 @@ comment = "partner MX"
 
 [[allow]]
 cidr = "2001:db8::/32"
+
+[[allow]]
+cidr = "203.0.113.25"
+comment = "a bare address, as the gatekeeper accepts"
 "#,
         )
         .expect("write");
@@ -992,6 +1009,8 @@ cidr = "2001:db8::/32"
         let l = &c.listeners[2];
         assert!(l.admits("198.51.100.7".parse().expect("ip")));
         assert!(l.admits("2001:db8::5".parse().expect("ip")));
+        assert!(l.admits("203.0.113.25".parse().expect("ip")));
+        assert!(!l.admits("203.0.113.26".parse().expect("ip")));
         assert!(!l.admits("127.0.0.1".parse().expect("ip")));
         // A broken gatekeeper file is an error naming that file.
         std::fs::write(&gk, "[[allow]]\ncidr = \"nonsense\"\n").expect("write");
