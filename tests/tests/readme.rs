@@ -169,11 +169,9 @@ const PLACEHOLDERS: &[(&str, &str)] = &[
 /// written.
 const REWRITTEN: &[&str] = &["/etc/", "/var/", "/usr/local/sbin/"];
 
-/// TEMP — remove once the branch adding `smtp-relay completions` and `smtp-relay man` is merged:
-/// the README already shows them, this branch's binary lacks them. Such a line is skipped, with a
-/// loud `TEMP SKIP` line, only while the binary really lacks the subcommand.
-const TEMP_NOT_YET_MERGED: &[(&str, &str)] =
-    &[("smtp-relay", "completions"), ("smtp-relay", "man")];
+/// Files the admin brings (not in the repository): the certificate chain and key from their
+/// ACME client or CA. The sandbox makes stand-ins with openssl.
+const ADMIN_FILES: &[&str] = &["fullchain.pem", "privkey.pem"];
 
 const HOST_IF: &str = "eth0";
 const HOST_V4: &str = "192.0.2.25";
@@ -200,11 +198,14 @@ struct Line {
     separators: Vec<&'static str>,
 }
 
-/// One command of a line: a pipeline stage or a `&&`/`;` part, without a leading `sudo`.
+/// One command of a line: a pipeline stage or a `&&`/`;` part, without a leading `sudo` or
+/// `runuser -u USER --`.
 #[derive(Clone, Debug)]
 struct Segment {
     text: String,
     words: Vec<String>,
+    /// The service user a `runuser -u USER --` prefix named; the sandbox runs it as root.
+    run_as: Option<String>,
 }
 
 impl Line {
@@ -213,11 +214,12 @@ impl Line {
         let segments = parts
             .iter()
             .map(|part| {
-                let text = strip_sudo(part).to_string();
+                let (text, run_as) = strip_privilege(part);
                 ensure!(!text.is_empty(), "an empty command");
                 Ok(Segment {
-                    words: words(&text)?,
-                    text,
+                    words: words(text)?,
+                    text: text.to_string(),
+                    run_as,
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -365,16 +367,24 @@ fn split_segments(text: &str) -> anyhow::Result<(Vec<String>, Vec<&'static str>)
     Ok((parts, separators))
 }
 
-/// The command without a leading `sudo` or `sudo -E`: the sandbox already runs as root.
-fn strip_sudo(mut text: &str) -> &str {
+/// The command without a leading `sudo`, `sudo -E` or `runuser -u USER --` (and USER): the
+/// sandbox already runs as root; the user must be a shipped unit's `User=` (checked statically).
+fn strip_privilege(mut text: &str) -> (&str, Option<String>) {
+    let mut run_as = None;
     loop {
         text = text.trim();
         if let Some(rest) = text.strip_prefix("sudo -E ") {
             text = rest;
         } else if let Some(rest) = text.strip_prefix("sudo ") {
             text = rest;
+        } else if let Some((user, rest)) = text
+            .strip_prefix("runuser -u ")
+            .and_then(|rest| rest.split_once(" -- "))
+        {
+            run_as = Some(user.trim().to_string());
+            text = rest;
         } else {
-            return text;
+            return (text, run_as);
         }
     }
 }
@@ -700,17 +710,27 @@ fn check_tool(program: &str, words: &[String]) -> anyhow::Result<()> {
     match program {
         "install" => {
             let mut operands = Vec::new();
+            let mut directories = false;
             let mut args = words[1..].iter();
             while let Some(word) = args.next() {
                 if matches!(word.as_str(), "-m" | "-g" | "-o") {
                     args.next();
+                } else if word == "-d" {
+                    directories = true;
                 } else if !word.starts_with('-') {
                     operands.push(word);
                 }
             }
+            if directories {
+                // `install -d`: every operand is a directory to create, nothing of ours to find.
+                ensure!(!operands.is_empty(), "install -d without a directory");
+                return Ok(());
+            }
             ensure!(operands.len() >= 2, "install needs a source and a target");
             for source in &operands[..operands.len() - 1] {
-                if let Some(name) = source.strip_prefix("target/release/") {
+                if ADMIN_FILES.contains(&source.as_str()) {
+                    continue;
+                } else if let Some(name) = source.strip_prefix("target/release/") {
                     let ours = PROGRAMS
                         .iter()
                         .any(|(p, coverage, _)| *p == name && *coverage == Coverage::Run);
@@ -744,20 +764,22 @@ fn check_tool(program: &str, words: &[String]) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        "useradd" => {
-            let user = words.last().context("useradd without a name")?;
-            let shipped = fs::read_dir(repo_root().join("examples"))?
-                .flatten()
-                .filter(|e| e.path().extension().is_some_and(|x| x == "service"))
-                .any(|e| {
-                    fs::read_to_string(e.path())
-                        .is_ok_and(|t| t.lines().any(|l| l.trim() == format!("User={user}")))
-                });
-            ensure!(shipped, "no unit in examples/ runs as User={user}");
-            Ok(())
-        }
+        "useradd" => unit_runs_as(words.last().context("useradd without a name")?),
         _ => Ok(()),
     }
+}
+
+/// A user named in the README must be the one a shipped unit runs as.
+fn unit_runs_as(user: &str) -> anyhow::Result<()> {
+    let shipped = fs::read_dir(repo_root().join("examples"))?
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "service"))
+        .any(|e| {
+            fs::read_to_string(e.path())
+                .is_ok_and(|t| t.lines().any(|l| l.trim() == format!("User={user}")))
+        });
+    ensure!(shipped, "no unit in examples/ runs as User={user}");
+    Ok(())
 }
 
 /// `.ci/run` runs `cargo xtask test`, and (for the demo) xtask/src/test.rs runs the demo.
@@ -803,7 +825,11 @@ fn check_static(planned: &[Planned]) -> anyhow::Result<()> {
     let mut errors = Vec::new();
     for p in planned {
         for (kind, segment) in p.kinds.iter().zip(&p.line.segments) {
-            let result = match kind {
+            let result = match (&segment.run_as, kind) {
+                (Some(user), _) => unit_runs_as(user),
+                _ => Ok(()),
+            }
+            .and_then(|()| match kind {
                 Kind::Ours { .. } => Ok(()),
                 Kind::Xtask {
                     subcommand,
@@ -811,7 +837,7 @@ fn check_static(planned: &[Planned]) -> anyhow::Result<()> {
                 } => check_ci_runs(subcommand).and_then(|()| check_xtask_parses(&segment.words)),
                 Kind::Xtask { .. } => check_xtask_parses(&segment.words),
                 Kind::Tool { program } => check_tool(program, &segment.words),
-            };
+            });
             if let Err(err) = result {
                 errors.push(format!("{}\n    {err:#}", p.line.location()));
             }
@@ -1218,13 +1244,6 @@ impl Sandbox {
         let Some((program, subcommand, _)) = planned.ours() else {
             return Ok(());
         };
-        if TEMP_NOT_YET_MERGED.contains(&(program, subcommand)) && !supports(program, subcommand) {
-            eprintln!(
-                "TEMP SKIP {}: this branch's {program} has no `{subcommand}` yet",
-                planned.line.location()
-            );
-            return Ok(());
-        }
         for variant in variants(&planned.line.shell_text()) {
             if planned.line.segments.iter().any(|s| s.words[0] == "man") {
                 let _ = fs::remove_file(self.man_capture());
@@ -1489,16 +1508,6 @@ fn wait(child: &mut Child, timeout: Duration) -> anyhow::Result<ExitStatus> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Whether `program` has the subcommand (for the TEMP skip only).
-fn supports(program: &str, subcommand: &str) -> bool {
-    Command::new(workspace_binary(program))
-        .args([subcommand, "--help"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// A tiny SMTP client, run inside the peer namespace: queues one message from the example
