@@ -59,15 +59,14 @@ impl Admission {
     /// Starts from the ranges validated at config load and stamps the files
     /// as they are now, re-reading them if they changed since the load.
     pub fn new(config: &ListenerConfig) -> Admission {
+        // Stamp first, then read: a change after the stamp is seen next time.
         let mut admission = Admission {
             listener: config.address,
             fixed: config.fixed_allow.clone(),
             files: config.gatekeeper_files.clone(),
-            stamps: config.gatekeeper_files.iter().map(|_| None).collect(),
+            stamps: config.gatekeeper_files.iter().map(|f| Stamp::of(f)).collect(),
             ranges: config.allow.clone(),
         };
-        // Stamp first, then read: a change after the stamp is seen next time.
-        admission.stamps = admission.files.iter().map(|f| Stamp::of(f)).collect();
         if let Ok(ranges) = admission.read_all() {
             admission.ranges = ranges;
         }
