@@ -64,7 +64,11 @@ impl Admission {
             listener: config.address,
             fixed: config.fixed_allow.clone(),
             files: config.gatekeeper_files.clone(),
-            stamps: config.gatekeeper_files.iter().map(|f| Stamp::of(f)).collect(),
+            stamps: config
+                .gatekeeper_files
+                .iter()
+                .map(|f| Stamp::of(f))
+                .collect(),
             ranges: config.allow.clone(),
         };
         if let Ok(ranges) = admission.read_all() {

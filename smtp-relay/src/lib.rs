@@ -13,7 +13,7 @@
 //! - [`session`]: the per-connection state machine (no I/O).
 //! - [`data`]: the DATA decoder (dot-unstuffing, bare CR/LF, size limit).
 //! - [`spool`]: durable message storage for the delivery worker.
-//! - [`tls`]: rustls server config from PEM files.
+//! - [`tls`]: rustls server config from PEM files, reloaded when they change.
 //! - [`auth`]: users, argon2id hashes, SASL PLAIN/LOGIN decoding.
 //! - [`audit`]: the audit log lines.
 //! - [`conn`]: bounded line/DATA reading over plain or TLS streams.
@@ -54,7 +54,7 @@ use anyhow::Context as _;
 /// commands can never disagree about whether a config is valid.
 pub struct Prepared {
     pub config: config::Config,
-    pub tls: tokio_rustls::TlsAcceptor,
+    pub tls: tls::TlsStore,
     pub users: Arc<auth::Users>,
 }
 
@@ -62,7 +62,7 @@ pub struct Prepared {
 /// table. Errors name the file (and line/column for TOML syntax errors).
 pub fn prepare(config_path: &Path) -> anyhow::Result<Prepared> {
     let config = config::Config::load(config_path)?;
-    let tls = tls::load_acceptor(&config.tls_cert, &config.tls_key)
+    let tls = tls::TlsStore::load(&config.tls_cert, &config.tls_key)
         .with_context(|| format!("{}: TLS settings", config.path.display()))?;
     let users = auth::Users::from_config(&config.users)
         .with_context(|| format!("{}: users", config.path.display()))?;

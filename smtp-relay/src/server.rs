@@ -34,7 +34,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 struct Shared {
     policy: Arc<Policy>,
-    tls: tokio_rustls::TlsAcceptor,
+    tls: crate::tls::TlsStore,
     spool: Spool,
     timeout: Duration,
     connections: Arc<Semaphore>,
@@ -180,6 +180,7 @@ impl Server {
         if let Some(l) = self.metrics {
             helpers.spawn(crate::metrics::serve(l));
         }
+        helpers.spawn(reload_on_sighup(self.shared.clone()));
         let queue_task = self.shared.queue.clone().map(|queue| {
             if let Some(control) = self.control {
                 helpers.spawn(crate::control::serve(control, queue.clone()));
@@ -219,6 +220,28 @@ impl Server {
         helpers.abort_all();
         info!(event = "shutdown", "stopped");
         Ok(())
+    }
+}
+
+/// SIGHUP (`systemctl reload`): check the certificate and key now rather
+/// than at the next handshake, so a deploy hook sees the outcome in the log.
+/// Without this handler SIGHUP would end the process.
+async fn reload_on_sighup(shared: Arc<Shared>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(hup) => hup,
+        Err(e) => {
+            warn!(event = "reload", error = %e, "cannot install the SIGHUP handler");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        let _ = shared.tls.acceptor();
+        info!(
+            event = "reload",
+            "SIGHUP: certificate and key checked (gatekeeper allowlists are followed anyway); \
+             other settings take effect on restart"
+        );
     }
 }
 
@@ -359,7 +382,7 @@ async fn handle(
     let implicit_tls = config.role == Role::Submissions;
     if implicit_tls {
         if let Err(e) = conn
-            .start_tls(&shared.tls, shared.limits.tls_handshake)
+            .start_tls(&shared.tls.acceptor(), shared.limits.tls_handshake)
             .await
         {
             audit::tls_failed(peer, &e.to_string());
@@ -428,7 +451,7 @@ async fn serve(
                     audit::starttls_injection(session.client());
                 }
                 if let Err(e) = conn
-                    .start_tls(&shared.tls, shared.limits.tls_handshake)
+                    .start_tls(&shared.tls.acceptor(), shared.limits.tls_handshake)
                     .await
                 {
                     audit::tls_failed(session.client(), &e.to_string());

@@ -544,3 +544,54 @@ fn queue_commands_without_a_relay_write_the_spool_only_as_its_owner() {
     assert!(!spool.join("lock").exists(), "a root-owned lock was left");
     assert_eq!(std::fs::metadata(&spool).expect("stat").uid(), 65534);
 }
+
+/// A renewed certificate (files replaced by rename, as ACME clients do) is
+/// served from the next handshake on without a restart; a half-renewed pair
+/// (new certificate, old key) keeps the previous one in service; SIGHUP
+/// checks at once and no longer ends the process.
+#[test]
+fn renewed_certificate_is_served_without_a_restart() {
+    let setup = Setup::new("renew", &common::config_text("", 10_000));
+    let mut relay = Relay::start(BIN, &setup.config, 6);
+    let implicit = relay.addr("submissions", true);
+    let ehlo_over_tls = |ca: &Path| {
+        let mut c = Client::connect_tls(implicit, ca);
+        c.greeting.expect(220, "");
+        c.ehlo();
+        c.cmd("QUIT");
+    };
+    ehlo_over_tls(&setup.ca());
+
+    // A new CA and leaf: a client trusting only the new CA succeeds only if
+    // the relay serves the new leaf.
+    let renewed = common::TempDir::new("renewed");
+    common::write_certs(renewed.path());
+    let replace = |from: &Path, name: &str| {
+        let tmp = setup.dir.path().join(format!("{name}.new"));
+        std::fs::copy(from.join(name), &tmp).expect("copy");
+        std::fs::rename(&tmp, setup.dir.path().join(name)).expect("rename");
+    };
+    replace(renewed.path(), "key.pem");
+    replace(renewed.path(), "cert.pem");
+    let new_ca = renewed.path().join("ca.pem");
+    ehlo_over_tls(&new_ca);
+    relay.wait_for_log(&["event=\"tls_reloaded\""]);
+
+    // Only the certificate of a third pair arrives: it does not match the
+    // key in place, so the renewed pair stays in service.
+    let third = common::TempDir::new("third");
+    common::write_certs(third.path());
+    replace(third.path(), "cert.pem");
+    ehlo_over_tls(&new_ca);
+    let line = relay.wait_for_log(&["event=\"tls_reload_failed\""]);
+    assert!(line.contains("does not match its key"), "{line}");
+
+    let pid = i32::try_from(relay.child.id()).expect("pid");
+    // SAFETY: kill(2) on our own child's PID.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    relay.wait_for_log(&["event=\"reload\""]);
+    ehlo_over_tls(&new_ca);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    assert!(relay.wait_exit().success());
+}
