@@ -5,7 +5,7 @@ use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::TempDir;
 
@@ -107,19 +107,7 @@ impl Aiosmtpd {
 
     #[track_caller]
     pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Stored> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let m = self.messages();
-            if m.len() >= n {
-                return m;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "aiosmtpd got {} message(s), expected {n}",
-                m.len()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        super::wait_for_items("aiosmtpd", n, timeout, || self.messages())
     }
 }
 

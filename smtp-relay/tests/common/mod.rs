@@ -352,13 +352,20 @@ impl Reply {
     }
 }
 
-enum Stream {
+/// A test connection, plain or TLS; `C` is rustls' client or server
+/// connection, so the client here and the next hop share it.
+pub enum Stream<C> {
     Plain(TcpStream),
-    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    Tls(Box<rustls::StreamOwned<C, TcpStream>>),
+    /// Taken apart for a TLS upgrade.
     Gone,
 }
 
-impl Read for Stream {
+impl<C, S> Read for Stream<C>
+where
+    C: std::ops::DerefMut + std::ops::Deref<Target = rustls::ConnectionCommon<S>>,
+    S: rustls::SideData,
+{
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
             Stream::Plain(s) => s.read(buf),
@@ -368,7 +375,11 @@ impl Read for Stream {
     }
 }
 
-impl Write for Stream {
+impl<C, S> Write for Stream<C>
+where
+    C: std::ops::DerefMut + std::ops::Deref<Target = rustls::ConnectionCommon<S>>,
+    S: rustls::SideData,
+{
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self {
             Stream::Plain(s) => s.write(buf),
@@ -382,6 +393,31 @@ impl Write for Stream {
             Stream::Tls(s) => s.flush(),
             Stream::Gone => Ok(()),
         }
+    }
+}
+
+/// Polls `items` until it holds at least `n` (panics after `timeout`,
+/// naming `what`).
+#[track_caller]
+#[allow(dead_code)] // not every test binary waits for a next hop
+pub fn wait_for_items<T>(
+    what: &str,
+    n: usize,
+    timeout: Duration,
+    items: impl Fn() -> Vec<T>,
+) -> Vec<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let m = items();
+        if m.len() >= n {
+            return m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} got {} message(s), expected {n}",
+            m.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -403,7 +439,7 @@ fn tls_client(ca: &Path) -> Arc<rustls::ClientConfig> {
     )
 }
 
-fn tls_wrap(tcp: TcpStream, ca: &Path) -> Stream {
+fn tls_wrap(tcp: TcpStream, ca: &Path) -> Stream<rustls::ClientConnection> {
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
     let conn = rustls::ClientConnection::new(tls_client(ca), name).expect("tls client");
     Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp)))
@@ -411,7 +447,7 @@ fn tls_wrap(tcp: TcpStream, ca: &Path) -> Stream {
 
 /// A minimal blocking SMTP client.
 pub struct Client {
-    r: BufReader<Stream>,
+    r: BufReader<Stream<rustls::ClientConnection>>,
     pub greeting: Reply,
 }
 

@@ -4,11 +4,14 @@
 //! every message it took with `250`.
 
 use std::collections::VecDeque;
-use std::io::{BufRead as _, BufReader, Read, Write};
+use std::io::{BufRead as _, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// The next hop's side of a connection.
+type Stream = super::Stream<rustls::ServerConnection>;
 
 /// One message taken with 250.
 #[derive(Debug, Clone)]
@@ -129,19 +132,7 @@ impl NextHop {
     /// Waits until at least `n` messages arrived (panics after `timeout`).
     #[track_caller]
     pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Captured> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let m = self.messages();
-            if m.len() >= n {
-                return m;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "next hop got {} message(s), expected {n}",
-                m.len()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        super::wait_for_items("next hop", n, timeout, || self.messages())
     }
 }
 
@@ -151,39 +142,6 @@ impl Drop for NextHop {
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
         if let Some(t) = self.thread.take() {
             let _ = t.join();
-        }
-    }
-}
-
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
-    Gone,
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.read(buf),
-            Stream::Tls(s) => s.read(buf),
-            Stream::Gone => Err(std::io::Error::other("gone")),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.write(buf),
-            Stream::Tls(s) => s.write(buf),
-            Stream::Gone => Err(std::io::Error::other("gone")),
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Stream::Plain(s) => s.flush(),
-            Stream::Tls(s) => s.flush(),
-            Stream::Gone => Ok(()),
         }
     }
 }
