@@ -9,8 +9,6 @@ use std::{
 use gatekeeper_tests::{
     frames::{TCP_SYN, tcp_v4},
     gk, kernel_tests_enabled,
-    netns::Link,
-    process::{PinDir, TempDir},
     raw::{push_vlan, send_frames},
     tcp::{BannerServer, connect},
 };
@@ -29,17 +27,7 @@ fn vlan_and_qinq_frames_are_judged_on_the_wire() -> anyhow::Result<()> {
     if !kernel_tests_enabled("vlan_and_qinq_frames_are_judged_on_the_wire") {
         return Ok(());
     }
-    let link = Link::new("gkv")?;
-    let (host, client) = (&link.left, &link.right);
-    host.add_addr(&link.left_if, "192.0.2.25/24")?;
-    let dir = TempDir::new("vlan")?;
-    let pins = PinDir::new("gkv");
-    let config = dir.path().join("gatekeeper.toml");
-    std::fs::write(
-        &config,
-        gk::config_text(&link.left_if, &pins, "", &["198.51.100.0/24"]),
-    )?;
-    let _daemon = gk::start_daemon(host, &config, &dir.path().join("gk.log"))?;
+    let gk = gk::Attached::start("gkv", "", &["198.51.100.0/24"])?;
 
     let host_addr = Ipv4Addr::new(192, 0, 2, 25);
     let stranger = tcp_v4(Ipv4Addr::new(203, 0, 113, 9), host_addr, 25, TCP_SYN);
@@ -56,13 +44,12 @@ fn vlan_and_qinq_frames_are_judged_on_the_wire() -> anyhow::Result<()> {
         q(&other_port),
         qinq(&other_port),
     ];
-    let before = gk::stats(host, &config)?;
-    send_frames(client, &link.right_if, frames)?;
+    let before = gk.stats()?;
+    send_frames(&gk.link.right, &gk.link.right_if, frames)?;
     std::thread::sleep(Duration::from_millis(200));
-    let after = gk::stats(host, &config)?;
+    let after = gk.stats()?;
     let delta = |family: &str, name: &str| {
-        gk::counter(&after, &link.left_if, family, name)
-            - gk::counter(&before, &link.left_if, family, name)
+        gk.counter(&after, family, name) - gk.counter(&before, family, name)
     };
     assert_eq!(delta("ipv4", "dropped"), 2, "{after:#}");
     assert_eq!(delta("other", "unjudgeable_dropped"), 1, "{after:#}");
@@ -76,41 +63,19 @@ fn monitor_mode_counts_and_passes() -> anyhow::Result<()> {
     if !kernel_tests_enabled("monitor_mode_counts_and_passes") {
         return Ok(());
     }
-    let link = Link::new("gkm")?;
-    let (host, client) = (&link.left, &link.right);
-    host.add_addr(&link.left_if, "192.0.2.25/24")?;
-    client.add_addr(&link.right_if, "192.0.2.66/24")?;
-    let smtp = BannerServer::start(host, "0.0.0.0:25".parse()?, "mail")?;
-    let dest = SocketAddr::new(v4("192.0.2.25"), smtp.addr().port());
-
-    let dir = TempDir::new("monitor")?;
-    let pins = PinDir::new("gkm");
-    let config = dir.path().join("gatekeeper.toml");
-    std::fs::write(
-        &config,
-        gk::config_text(
-            &link.left_if,
-            &pins,
-            "mode = \"monitor\"",
-            &["198.51.100.0/24"],
-        ),
-    )?;
-    let mut daemon = gk::start_daemon(host, &config, &dir.path().join("gk.log"))?;
+    let mut gk = gk::Attached::start("gkm", "mode = \"monitor\"", &["198.51.100.0/24"])?;
+    let client = &gk.link.right;
+    client.add_addr(&gk.link.right_if, "192.0.2.66/24")?;
+    let smtp = BannerServer::start(&gk.link.left, "0.0.0.0:25".parse()?, "mail")?;
+    let dest = SocketAddr::new(v4(gk::HOST_V4), smtp.addr().port());
 
     // A stranger gets the banner in monitor mode; the counter and the log show what would happen.
     let outcome = connect(client, v4("192.0.2.66"), dest, TIMEOUT);
     assert!(outcome.is_banner(), "{outcome:?}");
-    let stats = gk::stats(host, &config)?;
-    assert!(
-        gk::counter(&stats, &link.left_if, "ipv4", "would_drop") >= 1,
-        "{stats:#}"
-    );
-    assert_eq!(
-        gk::counter(&stats, &link.left_if, "ipv4", "dropped"),
-        0,
-        "{stats:#}"
-    );
-    daemon.wait_for_log(
+    let stats = gk.stats()?;
+    assert!(gk.counter(&stats, "ipv4", "would_drop") >= 1, "{stats:#}");
+    assert_eq!(gk.counter(&stats, "ipv4", "dropped"), 0, "{stats:#}");
+    gk.daemon.wait_for_log(
         "would drop SYN from a source outside the allowlist (monitor mode, passed) source=192.0.2.66 dest_port=25",
         Duration::from_secs(5),
     )?;
@@ -122,24 +87,12 @@ fn drop_events_are_logged_and_rate_limited_in_the_kernel() -> anyhow::Result<()>
     if !kernel_tests_enabled("drop_events_are_logged_and_rate_limited_in_the_kernel") {
         return Ok(());
     }
-    let link = Link::new("gke")?;
-    let (host, client) = (&link.left, &link.right);
-    host.add_addr(&link.left_if, "192.0.2.25/24")?;
-    client.add_addr(&link.right_if, "192.0.2.66/24")?;
-
-    let dir = TempDir::new("events")?;
-    let pins = PinDir::new("gke");
-    let config = dir.path().join("gatekeeper.toml");
-    std::fs::write(
-        &config,
-        gk::config_text(
-            &link.left_if,
-            &pins,
-            "drop_event_rate = 1\ndrop_event_burst = 5",
-            &["198.51.100.0/24"],
-        ),
+    let mut gk = gk::Attached::start(
+        "gke",
+        "drop_event_rate = 1\ndrop_event_burst = 5",
+        &["198.51.100.0/24"],
     )?;
-    let mut daemon = gk::start_daemon(host, &config, &dir.path().join("gk.log"))?;
+    gk.link.right.add_addr(&gk.link.right_if, "192.0.2.66/24")?;
 
     // A flood of 2,000 SYNs from 2,000 sources in a fraction of a second.
     let frames: Vec<Vec<u8>> = (0..2000u32)
@@ -148,17 +101,17 @@ fn drop_events_are_logged_and_rate_limited_in_the_kernel() -> anyhow::Result<()>
             tcp_v4(source, Ipv4Addr::new(192, 0, 2, 25), 25, TCP_SYN)
         })
         .collect();
-    send_frames(client, &link.right_if, frames)?;
-    daemon.wait_for_log(
+    send_frames(&gk.link.right, &gk.link.right_if, frames)?;
+    gk.daemon.wait_for_log(
         "dropped SYN from a source outside the allowlist source=203.0.113.",
         Duration::from_secs(5),
     )?;
     std::thread::sleep(Duration::from_millis(300));
 
-    let stats = gk::stats(host, &config)?;
-    let dropped = gk::counter(&stats, &link.left_if, "ipv4", "dropped");
-    let sent = gk::counter(&stats, &link.left_if, "ipv4", "events_sent");
-    let suppressed = gk::counter(&stats, &link.left_if, "ipv4", "events_suppressed");
+    let stats = gk.stats()?;
+    let dropped = gk.counter(&stats, "ipv4", "dropped");
+    let sent = gk.counter(&stats, "ipv4", "events_sent");
+    let suppressed = gk.counter(&stats, "ipv4", "events_suppressed");
     assert!(dropped >= 2000, "{stats:#}");
     // Each CPU may send its burst plus what the rate earns while the flood lasts (≈ 1 s at most).
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
@@ -171,7 +124,8 @@ fn drop_events_are_logged_and_rate_limited_in_the_kernel() -> anyhow::Result<()>
         dropped,
         "every dropped SYN is either reported or counted as suppressed"
     );
-    let logged = daemon
+    let logged = gk
+        .daemon
         .log()
         .matches("dropped SYN from a source outside the allowlist")
         .count() as u64;
