@@ -1,16 +1,17 @@
 //! `cargo xtask demo`: the whole product in network namespaces, told step by step.
 //!
-//! Two namespaces stand for the mail host in the DMZ (192.0.2.25) and the Internet. The mail host
-//! runs the gatekeeper (allowlist: the partner network 198.51.100.0/24), the smtp-relay (a
-//! certificate made on the spot, one user) and, on its loopback, a capturing next hop standing
-//! for the internal mail server. On the Internet side a partner mail server (198.51.100.10) and a
-//! stranger (203.0.113.66) try their luck.
+//! Two namespaces stand for the mail host in the DMZ (192.0.2.25, 2001:db8::25) and the Internet.
+//! The mail host runs the gatekeeper (allowlist: the partner networks 198.51.100.0/24 and
+//! 2001:db8:100::/48), the smtp-relay (a certificate made on the spot, one user) and, on its
+//! loopback, a capturing next hop standing for the internal mail server. On the Internet side a
+//! partner mail server (198.51.100.10, 2001:db8:100::10) and a stranger (203.0.113.66,
+//! 2001:db8:6600::66) try their luck.
 //!
 //! Every step checks what it shows; the demo exits 0 only when all of them behaved as expected.
 //! Namespaces, daemons and pins are removed on success, failure and Ctrl-C alike.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::Path,
     process::Command,
     time::Duration,
@@ -42,6 +43,10 @@ const NET_IF: &str = "gkdemo-inet";
 const MAIL_HOST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 25);
 const PARTNER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 const STRANGER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 66);
+// The same three over IPv6, all on one /32 of the documentation prefix, so no routes are needed.
+const MAIL_HOST_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x25);
+const PARTNER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x10);
+const STRANGER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x6600, 0, 0, 0, 0, 0x66);
 /// The demo's own pin directory, so it never touches a real gatekeeper's state.
 const PIN_DIR: &str = "/sys/fs/bpf/gatekeeper-demo";
 /// The internal mail server the relay forwards to, on the mail host's loopback.
@@ -97,12 +102,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let relay = gatekeeper_tests::workspace_binary("smtp-relay");
 
     step(&format!(
-        "demo 1/{STEPS}: two network namespaces joined by a veth cable: {DMZ_NS} (the mail host, {MAIL_HOST}) and {NET_NS} (the Internet: partner {PARTNER}, stranger {STRANGER})"
+        "demo 1/{STEPS}: two network namespaces joined by a veth cable: {DMZ_NS} (the mail host, {MAIL_HOST}) and {NET_NS} (the Internet: partner {PARTNER} and {PARTNER_V6}, stranger {STRANGER} and {STRANGER_V6})"
     ));
     let link = Link::create(DMZ_NS, DMZ_IF, NET_NS, NET_IF)?;
     link.left.add_addr(DMZ_IF, &format!("{MAIL_HOST}/24"))?;
     link.right.add_addr(NET_IF, &format!("{PARTNER}/24"))?;
     link.right.add_addr(NET_IF, &format!("{STRANGER}/24"))?;
+    link.left.add_addr(DMZ_IF, &format!("{MAIL_HOST_V6}/32"))?;
+    link.right.add_addr(NET_IF, &format!("{PARTNER_V6}/32"))?;
+    link.right.add_addr(NET_IF, &format!("{STRANGER_V6}/32"))?;
     link.left
         .exec(&["ip", "route", "add", "198.51.100.0/24", "dev", DMZ_IF])?;
     link.left
@@ -146,7 +154,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let hash = hash_password(&relay, PASSWORD)?;
     let gk_config = dir.path().join("gatekeeper.toml");
     let gk_text = format!(
-        "# Who may open SMTP sessions to this host.\ninterfaces = [\"{DMZ_IF}\"]\nxdp_mode = \"native\"\nprotected_ports = [25, 587]\npin_dir = \"{PIN_DIR}\"\n\n[[allow]]\ncidr = \"198.51.100.0/24\"\ncomment = \"partner relays\"\n"
+        "# Who may open SMTP sessions to this host.\ninterfaces = [\"{DMZ_IF}\"]\nxdp_mode = \"native\"\nprotected_ports = [25, 587]\npin_dir = \"{PIN_DIR}\"\n\n[[allow]]\ncidr = \"198.51.100.0/24\"\ncomment = \"partner relays\"\n\n[[allow]]\ncidr = \"2001:db8:100::/48\"\ncomment = \"partner relays, IPv6\"\n"
     );
     std::fs::write(&gk_config, &gk_text).context("writing the demo gatekeeper config")?;
     let relay_config = dir.path().join("smtp-relay.toml");
@@ -167,7 +175,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     )?;
 
     step(&format!(
-        "demo 3/{STEPS}: the mail host starts its internal mail server (a capture on {NEXT_HOP}), the gatekeeper on {DMZ_IF}, then smtp-relay on ports 25 and 587"
+        "demo 3/{STEPS}: the mail host starts its internal mail server (a capture on {NEXT_HOP}), the gatekeeper on {DMZ_IF}, then smtp-relay on ports 25 (IPv4 and IPv6) and 587"
     ));
     let sink = SmtpSink::start(&link.left, NEXT_HOP.parse()?)?;
     // Something else the host serves, to show that the filter leaves it alone.
@@ -234,7 +242,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     println!("    ok: refused with 554 5.7.1; the next hop still holds one message");
 
     step(&format!(
-        "demo 6/{STEPS}: the stranger tries port 25: its SYNs are dropped at XDP"
+        "demo 6/{STEPS}: the stranger tries port 25, over IPv4 and IPv6: its SYNs are dropped at XDP"
     ));
     let smtp = SocketAddr::new(IpAddr::V4(MAIL_HOST), 25);
     let outcome = connect(&link.right, IpAddr::V4(STRANGER), smtp, TIMEOUT);
@@ -242,17 +250,33 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         outcome == Outcome::TimedOut,
         "the stranger should have been dropped, got {outcome:?}"
     );
-    println!(
-        "    ok: no answer within {TIMEOUT:?}: no socket, no TLS handshake, no relay process woken"
-    );
-    gk_daemon.wait_for_log("dropped SYN", Duration::from_secs(5))?;
-    show_log("gatekeeper", &gk_daemon, "dropped SYN")?;
-    let dropped = dropped_ipv4(&link, &gatekeeper, &gk_config)?;
+    let smtp_v6 = SocketAddr::new(IpAddr::V6(MAIL_HOST_V6), 25);
+    let outcome = connect(&link.right, IpAddr::V6(STRANGER_V6), smtp_v6, TIMEOUT);
     ensure!(
-        dropped >= 1,
-        "`gatekeeper stats` counts no dropped IPv4 frame"
+        outcome == Outcome::TimedOut,
+        "the stranger's IPv6 address should have been dropped, got {outcome:?}"
     );
-    println!("    ok: `gatekeeper stats` counts {dropped} dropped IPv4 frame(s) on {DMZ_IF}");
+    println!(
+        "    ok: no answer within {TIMEOUT:?} on either address: no socket, no TLS handshake, no relay process woken"
+    );
+    gk_daemon.wait_for_log(&format!("source={STRANGER_V6}"), Duration::from_secs(5))?;
+    show_log("gatekeeper", &gk_daemon, "dropped SYN")?;
+    for family in ["ipv4", "ipv6"] {
+        let dropped = dropped_count(&link, &gatekeeper, &gk_config, family)?;
+        ensure!(
+            dropped >= 1,
+            "`gatekeeper stats` counts no dropped {family} frame"
+        );
+        println!(
+            "    ok: `gatekeeper stats` counts {dropped} dropped {family} frame(s) on {DMZ_IF}"
+        );
+    }
+    match connect(&link.right, IpAddr::V6(PARTNER_V6), smtp_v6, TIMEOUT) {
+        Outcome::Banner(line) if line.starts_with("220 ") => println!(
+            "    ok: the partner's IPv6 server ({PARTNER_V6}) gets the banner on {smtp_v6}: {line:?}"
+        ),
+        other => bail!("the partner's IPv6 address should reach the relay, got {other:?}"),
+    }
     let web_addr = SocketAddr::new(IpAddr::V4(MAIL_HOST), web.addr().port());
     match connect(&link.right, IpAddr::V4(STRANGER), web_addr, TIMEOUT) {
         Outcome::Banner(_) => println!(
@@ -381,6 +405,11 @@ role = "mta"
 allow_gatekeeper = ["{gatekeeper}"]
 
 [[listener]]
+address = "[{MAIL_HOST_V6}]:25"
+role = "mta"
+allow_gatekeeper = ["{gatekeeper}"]
+
+[[listener]]
 address = "{MAIL_HOST}:587"
 role = "submission"
 allow_gatekeeper = ["{gatekeeper}"]
@@ -459,8 +488,14 @@ fn python_client_status(
     Ok(cmd.status().context("running python3")?.code())
 }
 
-/// The `dropped` IPv4 counter of the demo interface, from `gatekeeper stats --json`.
-fn dropped_ipv4(link: &Link, gatekeeper: &Path, config: &Path) -> anyhow::Result<u64> {
+/// The `dropped` counter of one family (`ipv4`, `ipv6`) on the demo interface, from
+/// `gatekeeper stats --json`.
+fn dropped_count(
+    link: &Link,
+    gatekeeper: &Path,
+    config: &Path,
+    family: &str,
+) -> anyhow::Result<u64> {
     let out = link
         .left
         .nsenter()
@@ -481,8 +516,8 @@ fn dropped_ipv4(link: &Link, gatekeeper: &Path, config: &Path) -> anyhow::Result
         .into_iter()
         .flatten()
         .find(|i| i["interface"] == DMZ_IF)
-        .and_then(|i| i["counters"]["ipv4"]["dropped"].as_u64())
-        .with_context(|| format!("no IPv4 dropped counter for {DMZ_IF} in {stats}"))
+        .and_then(|i| i["counters"][family]["dropped"].as_u64())
+        .with_context(|| format!("no {family} dropped counter for {DMZ_IF} in {stats}"))
 }
 
 /// Prints the log lines of `daemon` that contain `needle`; none is a failure.
