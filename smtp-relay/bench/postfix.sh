@@ -82,4 +82,6 @@ for _ in $(seq 50); do
     sleep 0.2
 done
 echo "postfix $(postconf -d -h mail_version) on 127.0.0.1:$PF_PORT, relaying to the sink on 127.0.0.1:$SINK_PORT"
-"$BENCH" --mta "127.0.0.1:$PF_PORT" --sink-port "$SINK_PORT" --messages "$MESSAGES"
+# BENCH_JSON=FILE: also write the figures there (cargo xtask bench relay does).
+"$BENCH" --mta "127.0.0.1:$PF_PORT" --sink-port "$SINK_PORT" --messages "$MESSAGES" \
+    --name "postfix $(postconf -d -h mail_version)" ${BENCH_JSON:+--json "$BENCH_JSON"}

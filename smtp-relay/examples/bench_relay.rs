@@ -1,8 +1,8 @@
 //! `cargo xtask bench relay`: throughput, latency and memory of the relay
 //! binary with durable queueing, forwarding to a sink on loopback.
 //!
-//! usage: bench_relay --relay PATH [--messages N] [--sessions N]
-//!        bench_relay --mta ADDR --sink-port P [--messages N]
+//! usage: bench_relay --relay PATH [--messages N] [--sessions N] [--json FILE]
+//!        bench_relay --mta ADDR --sink-port P [--messages N] [--name NAME] [--json FILE]
 //!
 //! The second form measures another MTA (e.g. Postfix) already listening on
 //! ADDR and relaying `example.org` to 127.0.0.1:P, where this program runs
@@ -11,7 +11,8 @@
 //! Phases: 10 and 50 concurrent clients, one 4 KB message per connection
 //! (messages/second and p50/p99 from the end of DATA to the 250), then
 //! `--sessions` (1000) sessions open at once (peak RSS of the relay). Every
-//! accepted message must reach the sink.
+//! accepted message must reach the sink. `--json FILE` also writes the
+//! figures there, for the benchmark report.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -241,22 +242,31 @@ async fn wait_count(count: &AtomicU64, n: u64, limit: Duration) -> anyhow::Resul
     Ok(started.elapsed())
 }
 
-/// The 10- and 50-client phases; returns how many messages were sent.
+/// The 10- and 50-client phases; returns how many messages were sent and one
+/// JSON object per phase.
 async fn measure(
     addr: SocketAddr,
     messages: usize,
     count: &AtomicU64,
     what: &str,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<(u64, Vec<serde_json::Value>)> {
     let body = Arc::new(body());
     println!("bench: {what}: 4 KB messages, one per connection, forwarded to a sink on loopback");
     let mut sent = 0u64;
+    let mut phases = Vec::new();
     for clients in [10usize, 50] {
         // Warm-up, not measured.
         phase(addr, clients, clients * 2, body.clone()).await?;
         sent += (clients * 2) as u64;
         let (rate, lat) = phase(addr, clients, messages, body.clone()).await?;
         sent += messages as u64;
+        phases.push(serde_json::json!({
+            "clients": clients,
+            "messages": lat.len(),
+            "messages_per_second": rate,
+            "p50_ms": percentile(&lat, 0.50).as_secs_f64() * 1000.0,
+            "p99_ms": percentile(&lat, 0.99).as_secs_f64() * 1000.0,
+        }));
         println!(
             "  {clients:>2} clients: {:>7.1} msg/s accepted   end-of-DATA->250 p50 {:>6.2} ms  p99 {:>6.2} ms   ({} messages)",
             rate,
@@ -270,7 +280,16 @@ async fn measure(
         "  all {sent} messages reached the sink ({:.1}s after the last 250)",
         waited.as_secs_f64()
     );
-    Ok(sent)
+    Ok((sent, phases))
+}
+
+/// Writes the figures for `cargo xtask bench report`.
+fn write_json(path: Option<&Path>, value: &serde_json::Value) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, serde_json::to_string_pretty(value)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -280,6 +299,8 @@ async fn main() -> anyhow::Result<()> {
     let mut sink_port = 0u16;
     let mut messages = 3000usize;
     let mut sessions = 1000usize;
+    let mut json: Option<PathBuf> = None;
+    let mut name = String::from("the MTA at --mta");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let v = args.next().context("missing value")?;
@@ -289,16 +310,23 @@ async fn main() -> anyhow::Result<()> {
             "--sink-port" => sink_port = v.parse()?,
             "--messages" => messages = v.parse()?,
             "--sessions" => sessions = v.parse()?,
-            _ => bail!("usage: bench_relay --relay PATH [--messages N] [--sessions N]"),
+            "--json" => json = Some(PathBuf::from(v)),
+            "--name" => name = v,
+            _ => bail!(
+                "usage: bench_relay --relay PATH [--messages N] [--sessions N] [--json FILE]\n       \
+                 bench_relay --mta ADDR --sink-port P [--messages N] [--name NAME] [--json FILE]"
+            ),
         }
     }
     if let Some(addr) = mta {
         let count = Arc::new(AtomicU64::new(0));
         let sink_listener = TcpListener::bind(("127.0.0.1", sink_port)).await?;
         tokio::spawn(sink(sink_listener, count.clone()));
-        return measure(addr, messages, &count, "the MTA at --mta")
-            .await
-            .map(|_| ());
+        let (_, phases) = measure(addr, messages, &count, &name).await?;
+        return write_json(
+            json.as_deref(),
+            &serde_json::json!({ "name": name, "phases": phases }),
+        );
     }
     let relay_bin = relay_bin.context("--relay PATH (or --mta ADDR) is required")?;
     let dir = std::env::temp_dir().join(format!("smtp-relay-bench-{}", std::process::id()));
@@ -333,7 +361,7 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let (relay, addr) = start_relay(&relay_bin, &config)?;
     let pid = relay.0.id();
-    let mut sent = measure(
+    let (mut sent, phases) = measure(
         addr,
         messages,
         &count,
@@ -370,5 +398,17 @@ async fn main() -> anyhow::Result<()> {
     );
     drop(relay);
     anyhow::ensure!(errors == 0, "{errors} sessions failed");
-    Ok(())
+    write_json(
+        json.as_deref(),
+        &serde_json::json!({
+            "name": "smtp-relay",
+            "phases": phases,
+            "sessions": {
+                "open": sessions,
+                "errors": errors,
+                "rss_mb": rss_open as f64 / 1024.0,
+                "peak_rss_mb": peak as f64 / 1024.0,
+            },
+        }),
+    )
 }

@@ -592,48 +592,64 @@ fn relay_section(md: &mut String, relay: Option<&Value>) {
         );
         return;
     };
+    let ours = &relay["smtp_relay"];
+    let postfix = &relay["postfix"];
     let _ = writeln!(
         md,
-        "As `cargo xtask bench relay` wrote it (`target/bench/relay.json`), field by field:\n"
+        "The same client against `smtp-relay` and against {} on loopback: one 4 KB message per \
+         connection, each MTA relaying to the same sink; messages per second accepted, and the \
+         time from the end of DATA to the `250` (the queue file is synced before it).\n",
+        postfix["name"].as_str().map_or(
+            "Postfix (not installed: no baseline)".to_string(),
+            |n| format!("{n} (Debian package)")
+        )
     );
-    let mut rows = Vec::new();
-    flatten("", relay, &mut rows);
-    let _ = writeln!(md, "| field | value |\n|---|---|");
-    for (key, value) in rows {
-        let _ = writeln!(md, "| `{key}` | {} |", value.replace('|', "\\|"));
+    let _ = writeln!(
+        md,
+        "| clients | smtp-relay msg/s | p50 | p99 | Postfix msg/s | p50 | p99 | smtp-relay / Postfix |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let phases = |v: &Value| v["phases"].as_array().cloned().unwrap_or_default();
+    let baseline = phases(postfix);
+    for phase in phases(ours) {
+        let clients = phase["clients"].as_u64().unwrap_or(0);
+        let other = baseline
+            .iter()
+            .find(|p| p["clients"].as_u64() == Some(clients));
+        let num = |v: &Value, key: &str| v[key].as_f64().unwrap_or(f64::NAN);
+        let (rate, base) = (
+            num(&phase, "messages_per_second"),
+            other.map_or(f64::NAN, |p| num(p, "messages_per_second")),
+        );
+        let ms = |v: Option<&Value>, key: &str| {
+            v.map_or("–".to_string(), |v| format!("{:.1} ms", num(v, key)))
+        };
+        let _ = writeln!(
+            md,
+            "| {clients} | {} | {} | {} | {} | {} | {} | {} |",
+            thousands(rate),
+            ms(Some(&phase), "p50_ms"),
+            ms(Some(&phase), "p99_ms"),
+            thousands(base),
+            ms(other, "p50_ms"),
+            ms(other, "p99_ms"),
+            if base.is_finite() && base > 0.0 {
+                format!("**{:.1}x**", rate / base)
+            } else {
+                "–".to_string()
+            }
+        );
+    }
+    let sessions = &ours["sessions"];
+    if let Some(open) = sessions["open"].as_u64() {
+        let _ = writeln!(
+            md,
+            "\n{open} SMTP sessions open at once: {} errors, relay RSS {:.1} MB with all open, peak {:.1} MB.",
+            sessions["errors"].as_u64().unwrap_or(0),
+            sessions["rss_mb"].as_f64().unwrap_or(f64::NAN),
+            sessions["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
+        );
     }
     let _ = writeln!(md);
-}
-
-/// Every leaf of `value` as (dotted.path, text).
-fn flatten(path: &str, value: &Value, rows: &mut Vec<(String, String)>) {
-    let join = |key: &str| {
-        if path.is_empty() {
-            key.to_string()
-        } else {
-            format!("{path}.{key}")
-        }
-    };
-    match value {
-        Value::Object(map) => {
-            for (key, v) in map {
-                flatten(&join(key), v, rows);
-            }
-        }
-        Value::Array(items) => {
-            for (i, v) in items.iter().enumerate() {
-                flatten(&join(&i.to_string()), v, rows);
-            }
-        }
-        Value::String(s) => rows.push((path.to_string(), s.clone())),
-        Value::Number(n) => rows.push((
-            path.to_string(),
-            n.as_f64()
-                .filter(|v| v.fract() != 0.0)
-                .map_or(n.to_string(), |v| fixed(v, 3)),
-        )),
-        other => rows.push((path.to_string(), other.to_string())),
-    }
 }
 
 /// A horizontal bar chart: one bar per (label, value, annotation), scaled to the largest value.
@@ -703,13 +719,31 @@ mod tests {
     }
 
     #[test]
-    fn relay_fields_become_rows() {
-        let relay = json!({"messages_per_second": 1234.5, "runs": [{"size": 1}], "ok": true});
+    fn relay_table_compares_with_postfix() {
+        let phase = |clients: u64, rate: f64| json!({"clients": clients, "messages": 3000, "messages_per_second": rate, "p50_ms": 2.0, "p99_ms": 4.0});
+        let relay = json!({
+            "smtp_relay": {"name": "smtp-relay", "phases": [phase(10, 2000.0), phase(50, 2200.0)],
+                "sessions": {"open": 1000, "errors": 0, "rss_mb": 23.3, "peak_rss_mb": 42.3}},
+            "postfix": {"name": "postfix 3.7.11", "phases": [phase(10, 500.0), phase(50, 550.0)]},
+        });
         let mut md = String::new();
         relay_section(&mut md, Some(&relay));
-        assert!(md.contains("| `messages_per_second` | 1234.500 |"));
-        assert!(md.contains("| `runs.0.size` | 1 |"));
-        assert!(md.contains("| `ok` | true |"));
+        assert!(md.contains("postfix 3.7.11 (Debian package)"), "{md}");
+        assert!(
+            md.contains("| 10 | 2,000 | 2.0 ms | 4.0 ms | 500 | 2.0 ms | 4.0 ms | **4.0x** |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("1000 SMTP sessions open at once: 0 errors"),
+            "{md}"
+        );
+        let without = json!({"smtp_relay": relay["smtp_relay"].clone(), "postfix": null});
+        let mut md = String::new();
+        relay_section(&mut md, Some(&without));
+        assert!(
+            md.contains("| 50 | 2,200 | 2.0 ms | 4.0 ms | – | – | – | – |"),
+            "{md}"
+        );
     }
 
     #[test]
