@@ -34,11 +34,8 @@ pub mod map_names {
 
 /// Name of the filter program in the eBPF object.
 pub const PROGRAM_NAME: &str = "gatekeeper";
-/// Name of the empty program (returns XDP_PASS) used as the benchmark baseline.
-pub const BASELINE_PROGRAM_NAME: &str = "gatekeeper_baseline";
-/// Benchmark-only twins that give every run a new source address (cold lookups).
-pub const BENCH_SPREAD_PROGRAM_NAME: &str = "gatekeeper_bench_spread";
-pub const BASELINE_SPREAD_PROGRAM_NAME: &str = "gatekeeper_baseline_spread";
+/// Global (`.rodata`) the loader sets to 1 when the kernel has `bpf_ktime_get_coarse_ns` (5.11+).
+pub const COARSE_CLOCK_GLOBAL: &str = "GK_COARSE_CLOCK";
 
 /// Largest number of entries each allowlist trie can hold (and of entry ids).
 pub const ALLOWLIST_CAPACITY: u32 = 1 << 20;

@@ -13,14 +13,14 @@ use aya::{
         xdp::{XdpLink, XdpLinkId},
     },
 };
-use gatekeeper_common::{ALLOWLIST_CAPACITY, PROGRAM_NAME, dir24, map_names};
+use gatekeeper_common::{ALLOWLIST_CAPACITY, COARSE_CLOCK_GLOBAL, PROGRAM_NAME, dir24, map_names};
 use tracing::{info, warn};
 
 use crate::{
     compat,
     config::XdpMode,
     maps::{FilterMaps, PINNED_MAPS},
-    netlink,
+    netlink, verifier,
 };
 
 /// Pinned XDP links are named `link-<interface>` in the pin directory.
@@ -95,19 +95,27 @@ pub const AUTO_DIR24_THRESHOLD: usize = 1024;
 /// How to load the filter.
 #[derive(Clone, Copy, Debug)]
 pub struct LoadOptions<'a> {
+    /// The eBPF object holding the `gatekeeper` program: the production object unless a
+    /// benchmark loads its own build of the same program.
+    pub object: &'a [u8],
     /// Pin (or reuse pinned) maps here.
     pub pin_dir: Option<&'a Path>,
     pub ipv4_lookup: Ipv4Lookup,
     /// Second-level DIR-24-8 blocks (one per /24 holding prefixes longer than /24).
     pub dir24_blocks: u32,
+    /// Where the whole verifier log goes if the kernel refuses the program (default:
+    /// [`verifier::default_log_dir`]).
+    pub verifier_log_dir: Option<&'a Path>,
 }
 
 impl Default for LoadOptions<'_> {
     fn default() -> Self {
         LoadOptions {
+            object: PROGRAM_OBJECT,
             pin_dir: None,
             ipv4_lookup: Ipv4Lookup::Auto,
             dir24_blocks: dir24::DEFAULT_LONG_BLOCKS,
+            verifier_log_dir: None,
         }
     }
 }
@@ -124,12 +132,37 @@ impl Filter {
     }
 
     /// Loads the program as `options` say. Pinned maps whose shape does not fit this build's
-    /// program are refused with a clear message.
+    /// program are refused with a clear message. A load that fails (the verifier refused the
+    /// program, a map could not be made) removes the pins it created, so a failed start leaves
+    /// nothing behind that looks like a loaded filter; pins an earlier run left stay untouched.
     pub fn load_with(options: &LoadOptions<'_>) -> anyhow::Result<Filter> {
         let pin_dir = options.pin_dir;
         if let Some(dir) = pin_dir {
             compat::check_pin_dir(dir)?;
         }
+        let pins: Vec<(&str, PathBuf)> = match pin_dir {
+            Some(dir) => PINNED_MAPS.iter().map(|n| (*n, dir.join(n))).collect(),
+            None => Vec::new(),
+        };
+        let created: Vec<&Path> = pins
+            .iter()
+            .map(|(_, path)| path.as_path())
+            .filter(|path| !path.exists())
+            .collect();
+        match Filter::load_pinned(options, &pins) {
+            Ok(filter) => Ok(filter),
+            Err(err) => {
+                for path in created {
+                    if let Err(cleanup) = remove_file_if_exists(path) {
+                        warn!(pin = %path.display(), error = %cleanup, "could not remove a pin of the failed load");
+                    }
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn load_pinned(options: &LoadOptions<'_>, pins: &[(&str, PathBuf)]) -> anyhow::Result<Filter> {
         let mut loader = EbpfLoader::new();
         // The DIR-24-8 tables shrink to one value each when the trie serves IPv4.
         let (tbl24, long, entries) = match options.ipv4_lookup {
@@ -144,20 +177,19 @@ impl Filter {
             .map_max_entries(map_names::DIR24, tbl24)
             .map_max_entries(map_names::DIR24_LONG, long)
             .map_max_entries(map_names::ENTRY, entries);
-        let paths: Vec<(&str, PathBuf)> = match pin_dir {
-            Some(dir) => PINNED_MAPS.iter().map(|n| (*n, dir.join(n))).collect(),
-            None => Vec::new(),
-        };
-        for (name, path) in &paths {
+        let coarse_clock = u32::from(has_coarse_clock());
+        loader.override_global(COARSE_CLOCK_GLOBAL, &coarse_clock, true);
+        for (name, path) in pins {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader
-            .load(PROGRAM_OBJECT)
+            .load(options.object)
             .context("loading the eBPF object failed")?;
         let program = xdp_program(&mut ebpf, PROGRAM_NAME)?;
-        program
-            .load()
-            .context("the kernel refused the XDP program")?;
+        let log_dir = options
+            .verifier_log_dir
+            .map_or_else(verifier::default_log_dir, Path::to_path_buf);
+        verifier::load_xdp(program, PROGRAM_NAME, &log_dir)?;
         let mut maps = FilterMaps::take_from(&mut ebpf)?;
         maps.prefer_ipv4_lookup(options.ipv4_lookup);
         let events = ebpf
@@ -171,7 +203,7 @@ impl Filter {
             events,
             links: Vec::new(),
             pinned_links: Vec::new(),
-            pin_dir: pin_dir.map(Path::to_path_buf),
+            pin_dir: options.pin_dir.map(Path::to_path_buf),
             loaded_siblings: Vec::new(),
         })
     }
@@ -182,12 +214,11 @@ impl Filter {
     }
 
     /// Another program of the same object, loaded on first use; it shares this filter's maps.
-    /// Used for the benchmark twins (`BENCH_SPREAD_PROGRAM_NAME`).
+    /// Used for the benchmark twins of the benchmark object.
     pub fn sibling_program(&mut self, name: &str) -> anyhow::Result<&mut Xdp> {
         if !self.loaded_siblings.iter().any(|n| n == name) {
-            xdp_program(&mut self.ebpf, name)?
-                .load()
-                .with_context(|| format!("the kernel refused the {name} program"))?;
+            let program = xdp_program(&mut self.ebpf, name)?;
+            verifier::load_xdp(program, name, &verifier::default_log_dir())?;
             self.loaded_siblings.push(name.to_string());
         }
         xdp_program(&mut self.ebpf, name)
@@ -433,14 +464,25 @@ pub fn remove_pins(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loads only the program `name` of the object (for the benchmark baselines, e.g.
-/// `BASELINE_PROGRAM_NAME`, an empty program that returns XDP_PASS).
-pub fn load_standalone(name: &str) -> anyhow::Result<Ebpf> {
-    let mut ebpf = Ebpf::load(PROGRAM_OBJECT).context("loading the eBPF object failed")?;
-    xdp_program(&mut ebpf, name)?
-        .load()
-        .with_context(|| format!("the kernel refused the {name} program"))?;
-    Ok(ebpf)
+/// Whether the kernel has `bpf_ktime_get_coarse_ns` (Linux 5.11 and later), probed once. Without
+/// it the program rate-limits drop events with the precise clock, which costs a little more per
+/// reported drop and changes nothing else.
+pub fn has_coarse_clock() -> bool {
+    static PROBED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PROBED.get_or_init(|| {
+        let supported = aya::sys::is_helper_supported(
+            aya::programs::ProgramType::Xdp,
+            aya::sys::BpfHelper::BPF_FUNC_ktime_get_coarse_ns,
+        )
+        .unwrap_or(false);
+        if !supported {
+            info!(
+                kernel = %verifier::kernel_release(),
+                "this kernel lacks bpf_ktime_get_coarse_ns (Linux 5.11+): drop events are rate-limited with the precise clock, a few ns more per reported drop"
+            );
+        }
+        supported
+    })
 }
 
 /// The XDP program `name` of `ebpf`.

@@ -2,7 +2,6 @@
 //! and serves the admin CLI. The binary in `main.rs` is a thin shell around this library, which the
 //! end-to-end tests and benchmarks also use.
 
-pub mod bench_objects;
 pub mod bpffs;
 pub mod capabilities;
 pub mod compat;
@@ -18,4 +17,5 @@ pub mod netlink;
 pub mod policy;
 pub mod stats;
 pub mod sync;
+pub mod verifier;
 pub mod watch;

@@ -33,12 +33,15 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::Ebpf;
 use gatekeeper::{
-    bench_objects::{DROP_PROGRAM_NAME, FloodGenerator, load_bench_program, syn_frame},
     config::XdpMode,
-    filter::{Filter, load_standalone, xdp_program},
+    filter::{Filter, xdp_program},
     policy::{Mode, Policy},
 };
-use gatekeeper_common::{BASELINE_PROGRAM_NAME, Counter, Family};
+use gatekeeper_bench_objects::{
+    BASELINE_PROGRAM_NAME, BENCH_OBJECT, DROP_PROGRAM_NAME, FLOOD_OBJECT, FloodGenerator,
+    load_program, syn_frame,
+};
+use gatekeeper_common::{Counter, Family};
 use gatekeeper_tests::{
     netns::{Link, Netns},
     tcp::BannerServer,
@@ -443,16 +446,16 @@ fn receiver<'a>(
             Receiver::Xdp(Box::new(filter))
         }
         "nftables" => {
-            let ebpf = load_standalone(BASELINE_PROGRAM_NAME)?;
+            let ebpf = load_program(BENCH_OBJECT, BASELINE_PROGRAM_NAME)?;
             let ebpf = attach_standalone(host, iface, ebpf, BASELINE_PROGRAM_NAME)?;
             Receiver::Nft(ebpf, NftTable::install(host, iface, allow)?)
         }
         "none" => {
-            let ebpf = load_standalone(BASELINE_PROGRAM_NAME)?;
+            let ebpf = load_program(BENCH_OBJECT, BASELINE_PROGRAM_NAME)?;
             Receiver::Pass(attach_standalone(host, iface, ebpf, BASELINE_PROGRAM_NAME)?)
         }
         "floor" => {
-            let ebpf = load_bench_program(DROP_PROGRAM_NAME)?;
+            let ebpf = load_program(FLOOD_OBJECT, DROP_PROGRAM_NAME)?;
             Receiver::Floor(attach_standalone(host, iface, ebpf, DROP_PROGRAM_NAME)?)
         }
         other => bail!("unknown case {other}"),

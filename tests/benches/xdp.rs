@@ -14,11 +14,12 @@ use std::{
 use anyhow::Context as _;
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use gatekeeper::{
-    filter::{Filter, Ipv4Lookup, LoadOptions, load_standalone, xdp_program},
+    filter::{Filter, Ipv4Lookup, LoadOptions, xdp_program},
     policy::{Mode, Policy},
 };
-use gatekeeper_common::{
-    BASELINE_PROGRAM_NAME, BASELINE_SPREAD_PROGRAM_NAME, BENCH_SPREAD_PROGRAM_NAME,
+use gatekeeper_bench_objects::{
+    BASELINE_PROGRAM_NAME, BASELINE_SPREAD_PROGRAM_NAME, BENCH_OBJECT, BENCH_SPREAD_PROGRAM_NAME,
+    load_program,
 };
 use gatekeeper_tests::{
     frames::{TCP_SYN, arp_request, tcp_v4, tcp_v6, udp_v4},
@@ -138,8 +139,8 @@ fn main() -> anyhow::Result<()> {
             "the XDP benchmark loads BPF programs: run it as root (`sudo -E cargo xtask bench xdp`)"
         );
     }
-    let mut baseline = load_standalone(BASELINE_PROGRAM_NAME)?;
-    let mut baseline_spread = load_standalone(BASELINE_SPREAD_PROGRAM_NAME)?;
+    let mut baseline = load_program(BENCH_OBJECT, BASELINE_PROGRAM_NAME)?;
+    let mut baseline_spread = load_program(BENCH_OBJECT, BASELINE_SPREAD_PROGRAM_NAME)?;
     let baseline = xdp_program(&mut baseline, BASELINE_PROGRAM_NAME)?;
     let baseline_spread = xdp_program(&mut baseline_spread, BASELINE_SPREAD_PROGRAM_NAME)?;
 
@@ -189,7 +190,9 @@ fn main() -> anyhow::Result<()> {
         // The same list for both lookups.
         let v4 = allowlist_v4(&mut Rng::new(0x5eed ^ size as u64), size);
         for lookup in [Ipv4Lookup::Trie, Ipv4Lookup::Dir24] {
+            // The benchmark object's build of the filter, so its cold-lookup twin shares the maps.
             let mut filter = Filter::load_with(&LoadOptions {
+                object: BENCH_OBJECT,
                 ipv4_lookup: lookup,
                 dir24_blocks: DIR24_BLOCKS,
                 ..LoadOptions::default()

@@ -6,10 +6,10 @@
 use std::net::Ipv4Addr;
 
 use gatekeeper::{
-    bench_objects::{DEFAULT_BATCH, FloodGenerator, syn_frame},
     filter::Filter,
     policy::{Mode, Policy},
 };
+use gatekeeper_bench_objects::{DEFAULT_BATCH, FloodGenerator, syn_frame};
 use gatekeeper_common::{Counter, Family};
 use gatekeeper_tests::{
     kernel_tests_enabled,

@@ -53,6 +53,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         anyhow::bail!("benchmarks load BPF programs: run as root (`sudo -E cargo xtask bench`)");
     }
     crate::setup::run()?;
+    if args.suite != Suite::Relay {
+        crate::build::ebpf_objects()?;
+    }
     match args.suite {
         Suite::Xdp => xdp(args, args.sizes.as_deref()),
         Suite::Flood => flood(args),

@@ -227,7 +227,7 @@ fn flood_section(
     );
     let _ = writeln!(
         md,
-        "**The generator** is an XDP program in the project (`gatekeeper-ebpf/src/flood.rs`) run \
+        "**The generator** is an XDP program in the project (`gatekeeper-ebpf-bench/src/flood.rs`) run \
          through `BPF_PROG_TEST_RUN` in live-frames mode (batches of {}): per frame it rewrites the \
          source address and port from a per-CPU counter, patches the IPv4 and TCP checksums and \
          returns XDP_TX, which hands the frame to the veth's peer like a NIC hands frames to \

@@ -141,10 +141,14 @@ pub fn workspace_root() -> PathBuf {
     manifest.parent().unwrap_or(manifest).to_path_buf()
 }
 
-/// A `cargo` command run from the workspace root.
+/// A `cargo` command run from the workspace root; once this run built the eBPF objects, its build
+/// scripts embed those instead of building their own (`gatekeeper-ebpf/embed.rs`).
 pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(workspace_root());
+    if let Some(dir) = crate::build::prebuilt_objects() {
+        cmd.env("GATEKEEPER_EBPF_OBJECTS", dir);
+    }
     cmd
 }
 

@@ -14,6 +14,8 @@ pub struct Args {
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     crate::setup::run()?;
+    // First, so that clippy, the tests and the demo all embed these objects.
+    crate::build::ebpf_objects()?;
     if !args.no_lint {
         step("lint: formatting and clippy (warnings are errors)");
         shell::run(shell::cargo().args(["fmt", "--all", "--", "--check"]))?;
@@ -22,6 +24,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             "--workspace",
             "--exclude",
             "gatekeeper-ebpf",
+            "--exclude",
+            "gatekeeper-ebpf-bench",
             "--all-targets",
             "--",
             "-D",
@@ -39,13 +43,19 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     result
 }
 
-/// Clippy on the eBPF crate, which only builds with nightly for `bpfel-unknown-none`. Its own
-/// target directory keeps these flags from invalidating the aya-build output.
+/// Clippy on the eBPF crates, which only build with nightly for `bpfel-unknown-none`. Its own
+/// target directory keeps clippy's flags from invalidating the objects' build.
 fn lint_ebpf() -> anyhow::Result<()> {
     let mut cmd = std::process::Command::new("rustup");
     cmd.current_dir(shell::workspace_root())
         .args(["run", crate::setup::NIGHTLY, "cargo", "clippy"])
-        .args(["--package", "gatekeeper-ebpf", "--release"])
+        .args([
+            "--package",
+            "gatekeeper-ebpf",
+            "--package",
+            "gatekeeper-ebpf-bench",
+        ])
+        .arg("--release")
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .args(["--", "-D", "warnings"])
         // The stable toolchain's variables would pin the nightly cargo to stable tools.
@@ -69,6 +79,8 @@ fn run_suites(tally: &mut TestTally, args: &Args) -> anyhow::Result<()> {
             "--workspace",
             "--exclude",
             "gatekeeper-ebpf",
+            "--exclude",
+            "gatekeeper-ebpf-bench",
             "--exclude",
             "gatekeeper-tests",
         ]),

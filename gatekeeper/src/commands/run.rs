@@ -73,6 +73,7 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
         pin_dir: Some(&config.pin_dir),
         ipv4_lookup: config.ipv4_lookup,
         dir24_blocks: config.ipv4_dir24_blocks,
+        ..LoadOptions::default()
     })?;
     let wants_tables = config.ipv4_lookup != gatekeeper::filter::Ipv4Lookup::Trie;
     if filter.maps().dir24().is_some() != wants_tables {

@@ -165,14 +165,18 @@ fn interface(dir: &Path, iface: &str, config: &Config) -> Value {
 fn render(report: &Value, config: &Config, live_policy: Option<&Policy>) -> String {
     let mut out = String::new();
     let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+    let any_attached = report["interfaces"]
+        .as_array()
+        .is_some_and(|ifaces| ifaces.iter().any(|i| i["attached"] == true));
     out.push_str(&format!("file:     {}\n", s(&report["config"])));
     out.push_str(&format!(
         "pin_dir:  {} ({}; daemon {})\n",
         s(&report["pin_dir"]),
-        if report["loaded"] == true {
-            "filter loaded"
-        } else {
-            "nothing pinned"
+        match (report["loaded"] == true, any_attached) {
+            (true, true) => "filter loaded",
+            // Maps without a program judge nothing: never call that a loaded filter.
+            (true, false) => "maps pinned, but no program attached",
+            (false, _) => "nothing pinned",
         },
         if report["daemon_running"] == true {
             "running"

@@ -1,6 +1,9 @@
-//! Benchmark-only eBPF programs (`gatekeeper-ebpf/src/flood.rs`), never attached by the daemon:
-//! the live-frames flood generator used by `cargo xtask bench flood` and its kernel test, and the
-//! empty `XDP_DROP` program that is the flood benchmark's floor.
+//! Benchmark and test eBPF objects (`gatekeeper-ebpf-bench`), never part of the product:
+//! - the benchmark object: the filter (`gatekeeper`, the production program's code) with the empty
+//!   baseline and the cold-lookup twins, for `cargo xtask bench xdp`;
+//! - the flood object: the live-frames flood generator used by `cargo xtask bench flood` and its
+//!   kernel test, and the empty `XDP_DROP` program that is the flood benchmark's floor;
+//! - a program the verifier refuses, for the test of what an admin is told then.
 
 use std::net::Ipv4Addr;
 
@@ -11,10 +14,30 @@ use aya::{
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp},
 };
 
-use crate::filter::xdp_program;
+use gatekeeper::filter::xdp_program;
 
-/// The compiled benchmark object, built by `build.rs` from `gatekeeper-ebpf` (bin
-/// `gatekeeper-flood`).
+/// The benchmark object (bin `gatekeeper-bench`): load it with
+/// `gatekeeper::filter::LoadOptions::object` to fill its maps like the daemon's.
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gatekeeper-bench"));
+
+/// The filter, in the benchmark object.
+pub const FILTER_PROGRAM_NAME: &str = "gatekeeper";
+/// The empty program (returns XDP_PASS): the baseline every benchmark figure is a ratio against.
+pub const BASELINE_PROGRAM_NAME: &str = "gatekeeper_baseline";
+/// Gives every run a new source address (cold lookups), then filters.
+pub const BENCH_SPREAD_PROGRAM_NAME: &str = "gatekeeper_bench_spread";
+/// The same rewrite, then XDP_PASS: the baseline of `BENCH_SPREAD_PROGRAM_NAME`.
+pub const BASELINE_SPREAD_PROGRAM_NAME: &str = "gatekeeper_baseline_spread";
+
+/// A `gatekeeper` program every verifier refuses (bin `gatekeeper-refused`), with the filter's
+/// maps: it reads the packet unchecked.
+pub static REFUSED_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gatekeeper-refused"));
+/// Its program, refused by the verifier: named like the filter, so `Filter::load_with` takes it.
+pub const REFUSED_PROGRAM_NAME: &str = "gatekeeper";
+
+/// The flood object (bin `gatekeeper-flood`).
 pub static FLOOD_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gatekeeper-flood"));
 
@@ -26,9 +49,10 @@ pub const DROP_PROGRAM_NAME: &str = "gatekeeper_flood_drop";
 /// Frames per batch in live-frames mode (the kernel's maximum is 256).
 pub const DEFAULT_BATCH: u32 = 64;
 
-/// Loads one program of the benchmark object (e.g. `DROP_PROGRAM_NAME` to attach it).
-pub fn load_bench_program(name: &str) -> anyhow::Result<Ebpf> {
-    let mut ebpf = Ebpf::load(FLOOD_OBJECT).context("loading the benchmark eBPF object failed")?;
+/// Loads only the program `name` of `object` (e.g. `BASELINE_PROGRAM_NAME` of `BENCH_OBJECT`, or
+/// `DROP_PROGRAM_NAME` of `FLOOD_OBJECT` to attach it).
+pub fn load_program(object: &[u8], name: &str) -> anyhow::Result<Ebpf> {
+    let mut ebpf = Ebpf::load(object).context("loading a benchmark eBPF object failed")?;
     xdp_program(&mut ebpf, name)?
         .load()
         .with_context(|| format!("the kernel refused the {name} program"))?;
@@ -46,7 +70,7 @@ impl FloodGenerator {
     /// Sources walk through `sources` consecutive addresses from `first_source`, and then move
     /// to the next source port (1024–65535), so every frame of a flood is a new connection.
     pub fn load(first_source: Ipv4Addr, sources: u32) -> anyhow::Result<FloodGenerator> {
-        let mut ebpf = load_bench_program(FLOOD_PROGRAM_NAME)?;
+        let mut ebpf = load_program(FLOOD_OBJECT, FLOOD_PROGRAM_NAME)?;
         let mut config: Array<_, u32> = Array::try_from(
             ebpf.map_mut("FLOOD_CONFIG")
                 .context("the flood object has no FLOOD_CONFIG map")?,
