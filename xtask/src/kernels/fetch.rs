@@ -107,8 +107,8 @@ fn locate(root: &Path, package: String, version: String) -> anyhow::Result<Fetch
     let modules = ["lib/modules", "usr/lib/modules"]
         .iter()
         .map(|base| root.join(base).join(release))
-        .find(|path| path.join("modules.dep").is_file())
-        .with_context(|| format!("no modules.dep for {release} under {}", root.display()))?;
+        .find(|path| path.join("modules.builtin").is_file())
+        .with_context(|| format!("no modules for {release} under {}", root.display()))?;
     Ok(Fetched {
         package,
         version,

@@ -22,10 +22,11 @@ pub enum Accel {
 }
 
 impl Accel {
-    /// KVM when `/dev/kvm` can actually create a VM; a device node alone proves nothing (this
-    /// machine kind has one, but its CPU lacks vmx/svm).
+    /// KVM when the CPU has hardware virtualization and `/dev/kvm` creates a VM. Neither alone
+    /// is enough: this machine kind has a `/dev/kvm` that creates VMs, but its CPU lacks
+    /// vmx/svm and qemu then aborts setting the first vCPU's MSRs.
     pub fn probe() -> Accel {
-        if kvm_creates_a_vm() {
+        if cpu_has_virtualization() && kvm_creates_a_vm() {
             Accel::Kvm
         } else {
             Accel::Tcg
@@ -38,6 +39,14 @@ impl Accel {
             Accel::Tcg => "tcg",
         }
     }
+}
+
+fn cpu_has_virtualization() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| {
+        info.lines()
+            .filter(|l| l.starts_with("flags"))
+            .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+    })
 }
 
 fn kvm_creates_a_vm() -> bool {
@@ -85,6 +94,8 @@ pub struct Boot<'a> {
 pub struct Outcome {
     pub elapsed: Duration,
     pub timed_out: bool,
+    /// qemu's exit status when it failed on its own (not killed by the timeout).
+    pub qemu_failed: Option<std::process::ExitStatus>,
 }
 
 impl Boot<'_> {
@@ -129,8 +140,10 @@ impl Boot<'_> {
 
         let started = Instant::now();
         let mut timed_out = false;
+        let mut qemu_failed = None;
         loop {
-            if guest.0.try_wait()?.is_some() {
+            if let Some(status) = guest.0.try_wait()? {
+                qemu_failed = (!status.success()).then_some(status);
                 break;
             }
             if started.elapsed() > self.timeout {
@@ -145,7 +158,11 @@ impl Boot<'_> {
         if echo.join().is_err() {
             eprintln!("    warning: the console reader panicked");
         }
-        Ok(Outcome { elapsed, timed_out })
+        Ok(Outcome {
+            elapsed,
+            timed_out,
+            qemu_failed,
+        })
     }
 }
 

@@ -4,7 +4,7 @@
 //! small per-kernel layer with that kernel's modules.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashMap},
     fs,
     io::Write as _,
     os::unix::fs::symlink,
@@ -70,13 +70,11 @@ pub fn build_modules(modules_dir: &Path, staging: &Path, out: &Path) -> anyhow::
     recreate_dir(staging)?;
     let target = staging.join("modules");
     fs::create_dir_all(&target)?;
-    let mut order = String::new();
-    for relative in load_order(modules_dir, MODULES)? {
-        let name = module_file_name(&relative);
-        decompress_module(&modules_dir.join(&relative), &target.join(&name))?;
-        order.push_str(&name);
-        order.push('\n');
+    let mut modules = Modules::index(modules_dir)?;
+    for module in MODULES {
+        modules.add(module, &target)?;
     }
+    let order: String = modules.order.iter().map(|m| format!("{m}.ko\n")).collect();
     fs::write(target.join("order"), order).context("writing /modules/order")?;
     pack(staging, out)
 }
@@ -91,48 +89,85 @@ pub fn concatenate(layers: &[&Path], out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The modules to load for `wanted`, dependencies first, as paths relative to `modules_dir`.
-/// A module built into the kernel (`modules.builtin`) needs nothing.
-fn load_order(modules_dir: &Path, wanted: &[&str]) -> anyhow::Result<Vec<String>> {
-    let read = |name: &str| {
-        let path = modules_dir.join(name);
-        fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
-    };
-    let deps = read("modules.dep")?;
-    let builtin = read("modules.builtin").unwrap_or_default();
-    let mut order: Vec<String> = Vec::new();
-    for module in wanted {
-        if builtin.lines().any(|l| module_name(l) == *module) {
-            continue;
-        }
-        let line = deps
-            .lines()
-            .find(|l| {
-                l.split(':')
-                    .next()
-                    .is_some_and(|p| module_name(p) == *module)
-            })
-            .with_context(|| format!("module {module} is neither in modules.dep nor built in"))?;
-        let (path, needs) = line.split_once(':').unwrap_or((line, ""));
-        // modules.dep lists dependencies so that the last one must be loaded first.
-        for dep in needs.split_whitespace().rev().chain([path]) {
-            if !order.iter().any(|o| o == dep) {
-                order.push(dep.to_string());
+/// A kernel's modules by name, and the ones picked so far in load order. The package ships no
+/// `modules.dep` (its postinst runs depmod), so dependencies come from each module's own
+/// `.modinfo`, as depmod reads them.
+struct Modules {
+    /// Module name (`-` read as `_`, as the kernel does) → file.
+    files: HashMap<String, PathBuf>,
+    builtin: Vec<String>,
+    order: Vec<String>,
+}
+
+impl Modules {
+    fn index(modules_dir: &Path) -> anyhow::Result<Modules> {
+        let mut files = HashMap::new();
+        let mut paths = Vec::new();
+        tree(&modules_dir.join("kernel"), Path::new("kernel"), &mut paths)?;
+        for path in paths {
+            let text = path.to_string_lossy();
+            if text.contains(".ko") {
+                files.insert(module_name(&text), modules_dir.join(&path));
             }
         }
+        let builtin_path = modules_dir.join("modules.builtin");
+        let builtin = fs::read_to_string(&builtin_path)
+            .with_context(|| format!("reading {}", builtin_path.display()))?
+            .lines()
+            .map(module_name)
+            .collect();
+        Ok(Modules {
+            files,
+            builtin,
+            order: Vec::new(),
+        })
     }
-    Ok(order)
+
+    /// Copies `name` (decompressed) and what it depends on into `target`, dependencies first.
+    /// A module built into the kernel needs nothing.
+    fn add(&mut self, name: &str, target: &Path) -> anyhow::Result<()> {
+        let name = name.replace('-', "_");
+        if self.order.contains(&name) || self.builtin.contains(&name) {
+            return Ok(());
+        }
+        let source = self
+            .files
+            .get(&name)
+            .with_context(|| format!("module {name} is neither shipped nor built in"))?;
+        let dest = target.join(format!("{name}.ko"));
+        decompress_module(source, &dest)?;
+        let bytes = fs::read(&dest).with_context(|| format!("reading {}", dest.display()))?;
+        // Marked before its dependencies so that a dependency cycle cannot recurse forever.
+        self.order.push(name.clone());
+        for dep in modinfo_depends(&bytes) {
+            self.add(&dep, target)?;
+        }
+        // Dependencies were appended after it: move the module itself behind them.
+        self.order.retain(|m| *m != name);
+        self.order.push(name);
+        Ok(())
+    }
 }
 
-/// `kernel/drivers/net/veth.ko.xz` → `veth`.
-fn module_name(path: &str) -> &str {
+/// The `depends=` field of a module's `.modinfo` section: NUL-separated `key=value` strings.
+fn modinfo_depends(module: &[u8]) -> Vec<String> {
+    module
+        .split(|b| *b == 0)
+        .find_map(|field| field.strip_prefix(b"depends="))
+        .map(|list| {
+            String::from_utf8_lossy(list)
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `kernel/drivers/net/veth.ko.xz` → `veth`; `-` read as `_` like the kernel does.
+fn module_name(path: &str) -> String {
     let file = path.rsplit('/').next().unwrap_or(path);
-    file.split(".ko").next().unwrap_or(file)
-}
-
-/// `kernel/drivers/net/veth.ko.xz` → `veth.ko` (busybox insmod reads only plain modules).
-fn module_file_name(path: &str) -> String {
-    format!("{}.ko", module_name(path))
+    file.split(".ko").next().unwrap_or(file).replace('-', "_")
 }
 
 fn decompress_module(source: &Path, dest: &Path) -> anyhow::Result<()> {
@@ -382,23 +417,25 @@ mod tests {
     #[test]
     fn dependencies_load_first_and_builtins_not_at_all() -> anyhow::Result<()> {
         let dir = std::env::temp_dir().join(format!("xtask-modules-{}", std::process::id()));
-        fs::create_dir_all(&dir)?;
-        fs::write(
-            dir.join("modules.dep"),
-            "kernel/net/a.ko.xz: kernel/net/b.ko.xz kernel/net/c.ko.xz\nkernel/net/c.ko.xz:\n",
-        )?;
-        fs::write(dir.join("modules.builtin"), "kernel/net/veth.ko\n")?;
-        let order = load_order(&dir, &["a", "veth"]);
+        let result = (|| {
+            let net = dir.join("kernel/net");
+            fs::create_dir_all(&net)?;
+            fs::write(
+                net.join("a.ko"),
+                b"\0license=GPL\0depends=b,c-d\0vermagic=x\0",
+            )?;
+            fs::write(net.join("b.ko"), b"\0depends=c_d\0")?;
+            fs::write(net.join("c-d.ko"), b"\0depends=\0")?;
+            fs::write(dir.join("modules.builtin"), "kernel/drivers/net/veth.ko\n")?;
+            let target = dir.join("out");
+            fs::create_dir_all(&target)?;
+            let mut modules = Modules::index(&dir)?;
+            modules.add("a", &target)?;
+            modules.add("veth", &target)?;
+            anyhow::Ok(modules.order)
+        })();
         fs::remove_dir_all(&dir)?;
-        assert_eq!(
-            order?,
-            [
-                "kernel/net/c.ko.xz",
-                "kernel/net/b.ko.xz",
-                "kernel/net/a.ko.xz"
-            ]
-        );
-        assert_eq!(module_file_name("kernel/net/c.ko.xz"), "c.ko");
+        assert_eq!(result?, ["c_d", "b", "a"]);
         Ok(())
     }
 }

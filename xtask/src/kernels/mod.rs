@@ -230,6 +230,7 @@ struct KernelResult {
     elapsed: Duration,
     timed_out: bool,
     timeout: Duration,
+    qemu_failed: Option<std::process::ExitStatus>,
     console: PathBuf,
 }
 
@@ -241,6 +242,9 @@ impl KernelResult {
                 "killed after {} s (--kernel-timeout)",
                 self.timeout.as_secs()
             ));
+        }
+        if let Some(status) = self.qemu_failed {
+            problems.push(format!("qemu failed ({status})"));
         }
         problems.extend(self.report.problems());
         problems
@@ -297,6 +301,7 @@ fn boot_all(
             elapsed: started.elapsed().max(outcome.elapsed),
             timed_out: outcome.timed_out,
             timeout,
+            qemu_failed: outcome.qemu_failed,
             console,
         };
         print_result(&result);
