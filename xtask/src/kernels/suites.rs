@@ -27,15 +27,20 @@ pub const SUITES: &[Suite] = &[
         skip: &[],
         env: &[],
     },
+    // The random-edits test checks userspace table maintenance, whose kernel side is plain
+    // array-map updates; under emulated CPUs it costs a minute per kernel. The in-kernel
+    // DIR-24-8 lookup is what differential's dir24 test checks on every kernel.
     Suite {
         name: "dir24",
-        skip: &[],
+        skip: &["dir24_names_the_longest_matching_entry_through_random_edits"],
         env: &[],
     },
+    // 20,000 frames per test instead of up to 100,000: about 5 s under TCG rather than 30 s,
+    // still every frame class many times over.
     Suite {
         name: "differential",
         skip: &[],
-        env: &[],
+        env: &[("GATEKEEPER_FRAMES", "20000")],
     },
     // Namespaces, a veth and real TCP against the real daemon.
     Suite {
