@@ -29,7 +29,17 @@ fn seed() -> u64 {
         .unwrap_or(0x6a7e_4ee9)
 }
 
+/// Frames per test: `GATEKEEPER_FRAMES` overrides each test's own count (the kernel matrix uses
+/// fewer frames under emulated CPUs, where each BPF_PROG_TEST_RUN costs many times more).
+fn frames(default: usize) -> usize {
+    std::env::var("GATEKEEPER_FRAMES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 fn run(mode: Mode, lookup: Ipv4Lookup, frames: usize, batch: usize) {
+    let frames = self::frames(frames);
     let seed = seed();
     eprintln!(
         "differential: mode {mode}, IPv4 lookup {lookup}, {frames} frames, seed {seed} (set GATEKEEPER_SEED to replay)"

@@ -5,6 +5,7 @@ mod bench_relay;
 mod build;
 mod demo;
 mod fuzz;
+mod kernels;
 mod report;
 mod setup;
 mod shell;
@@ -35,6 +36,8 @@ enum Command {
     Demo(demo::Args),
     /// Measure the XDP program, a SYN flood against XDP and nftables, and write the report (root).
     Bench(bench::Args),
+    /// Boot Debian's kernels (5.10, 6.1, 6.12) under qemu and run the kernel test suites in each.
+    Kernels(kernels::Args),
     /// Fuzz the SMTP relay's parsers for a bounded time (stable Rust, in-process).
     Fuzz(fuzz::Args),
 }
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Kernels(args) => kernels::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),
     };
     match result {

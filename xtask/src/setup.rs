@@ -14,7 +14,7 @@ pub const NIGHTLY: &str = "nightly";
 
 pub fn run() -> anyhow::Result<()> {
     step(
-        "setup: checking the toolchain (nightly + rust-src, LLVM 22, bpf-linker 0.13, iproute2, openssl, python3)",
+        "setup: checking the toolchain (nightly + rust-src, LLVM 22, bpf-linker 0.13, iproute2, openssl, python3, and qemu, busybox-static, cpio, xz for the kernel matrix)",
     );
     ensure_nightly()?;
     ensure_rust_src()?;
@@ -149,6 +149,30 @@ const TOOLS: &[(&str, &[&str], &str, &str)] = &[
         &["-V"],
         "python3",
         "smtplib, an independent SMTP client for the tests and the demo",
+    ),
+    (
+        "qemu-system-x86_64",
+        &["--version"],
+        "qemu-system-x86",
+        "boots Debian's kernels for the kernel matrix",
+    ),
+    (
+        "busybox",
+        &["--help"],
+        "busybox-static",
+        "the kernel matrix guest's shell and tools, with no libraries to copy",
+    ),
+    (
+        "cpio",
+        &["--version"],
+        "cpio",
+        "packs the kernel matrix guest's initramfs",
+    ),
+    (
+        "xz",
+        &["--version"],
+        "xz-utils",
+        "decompresses the .ko.xz modules of newer kernels for busybox insmod",
     ),
 ];
 

@@ -34,8 +34,16 @@ pub struct TestTally {
 }
 
 impl TestTally {
+    /// Adds another tally's counts to this one.
+    pub fn add(&mut self, other: &TestTally) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.ignored += other.ignored;
+        self.skipped += other.skipped;
+    }
+
     /// Reads one line of `cargo test` output: a `test result:` summary or a `SKIP` line.
-    fn observe(&mut self, line: &str) {
+    pub fn observe(&mut self, line: &str) {
         if line.starts_with("SKIP ") {
             self.skipped += 1;
         }

@@ -10,6 +10,11 @@ pub struct Args {
     /// Skip the demo run at the end.
     #[arg(long)]
     pub no_demo: bool,
+    /// Skip the kernel matrix (Debian's kernels under qemu).
+    #[arg(long, conflicts_with = "kernels")]
+    pub no_matrix: bool,
+    #[command(flatten)]
+    pub matrix: crate::kernels::Selection,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -97,6 +102,11 @@ fn run_suites(tally: &mut TestTally, args: &Args) -> anyhow::Result<()> {
         shell::cargo().args(["test", "--package", "gatekeeper-tests"]),
         tally,
     )?;
+    if args.no_matrix {
+        println!("    SKIP kernel matrix: --no-matrix");
+    } else {
+        crate::kernels::run_matrix(&args.matrix, false, tally)?;
+    }
     if args.no_demo {
         return Ok(());
     }

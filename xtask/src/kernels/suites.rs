@@ -1,0 +1,143 @@
+//! Which test binaries of `gatekeeper-tests` run inside each guest kernel, and where cargo put
+//! them. Only suites that need nothing but the kernel, iproute2 and the `gatekeeper` binary are
+//! taken: the guest has no Python, OpenSSL, systemd or relay.
+
+use std::{collections::HashMap, path::PathBuf, process::Stdio};
+
+use anyhow::{Context as _, bail};
+
+use crate::shell::{self, step};
+
+/// One test binary run in the guest.
+#[derive(Clone, Copy, Debug)]
+pub struct Suite {
+    /// The `[[test]]` target name, e.g. `program` for `tests/tests/program.rs`.
+    pub name: &'static str,
+    /// Tests of a mixed suite that need host services, passed to libtest as `--skip NAME`.
+    pub skip: &'static [&'static str],
+    /// Extra environment for this suite in the guest.
+    pub env: &'static [(&'static str, &'static str)],
+}
+
+/// The suites every kernel runs, cheapest first so a refused load shows up at once.
+pub const SUITES: &[Suite] = &[
+    // BPF_PROG_TEST_RUN on crafted frames: no interface at all.
+    Suite {
+        name: "program",
+        skip: &[],
+        env: &[],
+    },
+    // The random-edits test checks userspace table maintenance, whose kernel side is plain
+    // array-map updates; under emulated CPUs it costs a minute per kernel. The in-kernel
+    // DIR-24-8 lookup is what differential's dir24 test checks on every kernel.
+    Suite {
+        name: "dir24",
+        skip: &["dir24_names_the_longest_matching_entry_through_random_edits"],
+        env: &[],
+    },
+    // 20,000 frames per test instead of up to 100,000: about 5 s under TCG rather than 30 s,
+    // still every frame class many times over.
+    Suite {
+        name: "differential",
+        skip: &[],
+        env: &[("GATEKEEPER_FRAMES", "20000")],
+    },
+    // Namespaces, a veth and real TCP against the real daemon.
+    Suite {
+        name: "filter_e2e",
+        skip: &[],
+        env: &[],
+    },
+    Suite {
+        name: "xdp_e2e",
+        skip: &[],
+        env: &[],
+    },
+];
+
+/// Builds the test binaries (a no-op when `cargo test` already did) and returns each suite's
+/// executable.
+pub fn test_binaries() -> anyhow::Result<Vec<(Suite, PathBuf)>> {
+    step("kernels: the kernel test binaries (`cargo test --no-run`: built already by a test run)");
+    let executables = cargo_executables(
+        &[
+            "test",
+            "--package",
+            "gatekeeper-tests",
+            "--tests",
+            "--no-run",
+        ],
+        "test",
+    )?;
+    SUITES
+        .iter()
+        .map(|suite| {
+            let path = executables
+                .get(suite.name)
+                .with_context(|| format!("cargo built no test binary named {}", suite.name))?;
+            Ok((*suite, path.clone()))
+        })
+        .collect()
+}
+
+/// Builds the `gatekeeper` binary the end-to-end suites spawn and returns its path.
+pub fn gatekeeper_binary() -> anyhow::Result<PathBuf> {
+    step("kernels: the gatekeeper binary the end-to-end suites run in the guest");
+    let executables = cargo_executables(
+        &["build", "--package", "gatekeeper", "--bin", "gatekeeper"],
+        "bin",
+    )?;
+    executables
+        .get("gatekeeper")
+        .cloned()
+        .context("cargo built no binary named gatekeeper")
+}
+
+/// Runs a cargo build command and returns the executables it produced for targets of `kind`.
+fn cargo_executables(args: &[&str], kind: &str) -> anyhow::Result<HashMap<String, PathBuf>> {
+    let mut cmd = shell::cargo();
+    cmd.args(args).arg("--message-format=json");
+    println!("    $ {}", shell::display(&cmd));
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .context("could not start cargo")?;
+    if !out.status.success() {
+        bail!("`{}` failed ({})", shell::display(&cmd), out.status);
+    }
+    Ok(executables(&String::from_utf8_lossy(&out.stdout), kind))
+}
+
+/// Target name → executable for targets of `kind`, from cargo's JSON messages.
+fn executables(json_lines: &str, kind: &str) -> HashMap<String, PathBuf> {
+    json_lines
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|msg| msg["reason"] == "compiler-artifact")
+        .filter(|msg| {
+            msg["target"]["kind"]
+                .as_array()
+                .is_some_and(|kinds| kinds.iter().any(|k| k == kind))
+        })
+        .filter_map(|msg| {
+            let name = msg["target"]["name"].as_str()?.to_string();
+            let exe = msg["executable"].as_str()?;
+            Some((name, PathBuf::from(exe)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_targets_are_read_from_cargo_messages() {
+        let json = r#"{"reason":"compiler-artifact","target":{"name":"program","kind":["test"]},"executable":"/t/debug/deps/program-1"}
+{"reason":"compiler-artifact","target":{"name":"gatekeeper_tests","kind":["lib"]},"executable":null}
+{"reason":"build-finished","success":true}"#;
+        let found = executables(json, "test");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found["program"], PathBuf::from("/t/debug/deps/program-1"));
+    }
+}
