@@ -573,7 +573,7 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
         if !names.insert(u.name.clone()) {
             bail!("user {:?} is defined twice", u.name);
         }
-        crate::auth::check_hash(&u.password_hash)
+        crate::password::check_hash(&u.password_hash)
             .with_context(|| format!("user {:?}: password_hash", u.name))?;
         let mut senders = Vec::new();
         for s in &u.senders {
