@@ -65,27 +65,22 @@ impl Users {
     }
 }
 
-/// SASL mechanisms we offer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// SASL mechanisms we offer; the names are the variant names, uppercased.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::EnumString, strum::IntoStaticStr)]
+#[strum(serialize_all = "UPPERCASE")]
 pub enum Mechanism {
     Plain,
     Login,
 }
 
 impl Mechanism {
+    /// The mechanism named exactly so (the caller uppercases).
     pub fn from_name(name: &str) -> Option<Mechanism> {
-        match name {
-            "PLAIN" => Some(Mechanism::Plain),
-            "LOGIN" => Some(Mechanism::Login),
-            _ => None,
-        }
+        name.parse().ok()
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            Mechanism::Plain => "PLAIN",
-            Mechanism::Login => "LOGIN",
-        }
+        self.into()
     }
 }
 

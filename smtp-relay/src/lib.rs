@@ -13,6 +13,8 @@
 //! - [`session`]: the per-connection state machine (no I/O).
 //! - [`data`]: the DATA decoder (dot-unstuffing, bare CR/LF, size limit).
 //! - [`spool`]: durable message storage for the delivery worker.
+//! - [`envelope`]: the queue envelope and typed delivery state (format v2,
+//!   v1 still read).
 //! - [`tls`]: rustls server config from PEM files, reloaded when they change.
 //! - [`auth`]: users and SASL PLAIN/LOGIN decoding.
 //! - [`password`]: argon2id hashes (below both `config` and `auth`).
@@ -23,6 +25,7 @@
 //! - [`delivery`]: the queue: routes, MX, SMTP client, retries, bounces.
 //! - [`control`]: operator commands on the queue of a running relay.
 //! - [`metrics`]: counters and the Prometheus endpoint.
+//! - [`refusal`]: refusal reasons (metric labels) and message outcomes.
 //! - [`throttle`]: AUTH brute-force delays and lockout.
 
 pub mod address;
@@ -36,8 +39,10 @@ pub mod conn;
 pub mod control;
 pub mod data;
 pub mod delivery;
+pub mod envelope;
 pub mod metrics;
 pub mod password;
+pub mod refusal;
 pub mod reply;
 pub mod server;
 pub mod session;
