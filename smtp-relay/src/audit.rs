@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use tracing::{info, warn};
 
 use crate::metrics;
+use crate::refusal::{MessageOutcome, Refusal};
+use crate::reply::Reply;
 
 fn user_or_none(user: Option<&str>) -> &str {
     user.unwrap_or("none")
@@ -19,7 +21,7 @@ pub fn listening(address: SocketAddr, role: &str) {
 }
 
 pub fn peer_refused(client: SocketAddr, listener: SocketAddr) {
-    metrics::refused("peer_not_allowed");
+    metrics::refused(Refusal::PeerNotAllowed);
     warn!(target: "audit", event = "peer_refused", client = %client, listener = %listener,
         outcome = "554 5.7.1", "peer outside the listener's allowed ranges");
 }
@@ -36,25 +38,25 @@ pub fn disconnect(client: SocketAddr, tls: bool, user: Option<&str>, reason: &st
 }
 
 pub fn too_many_errors(client: SocketAddr, tls: bool, user: Option<&str>) {
-    metrics::refused("too_many_errors");
+    metrics::refused(Refusal::TooManyErrors);
     warn!(target: "audit", event = "too_many_errors", client = %client, tls,
         user = user_or_none(user), outcome = "421 4.7.0", "too many bad commands");
 }
 
 pub fn too_many_commands(client: SocketAddr, tls: bool, user: Option<&str>) {
-    metrics::refused("too_many_commands");
+    metrics::refused(Refusal::TooManyCommands);
     warn!(target: "audit", event = "too_many_commands", client = %client, tls,
         user = user_or_none(user), outcome = "421 4.7.0", "command limit reached");
 }
 
 pub fn too_many_from_client(client: SocketAddr, listener: SocketAddr) {
-    metrics::refused("too_many_connections");
+    metrics::refused(Refusal::TooManyConnections);
     warn!(target: "audit", event = "too_many_from_client", client = %client,
         listener = %listener, outcome = "421 4.7.0", "per-client session limit reached");
 }
 
 pub fn auth_throttled(client: SocketAddr, attempted_user: Option<&str>) {
-    metrics::refused("auth_throttled");
+    metrics::refused(Refusal::AuthThrottled);
     warn!(target: "audit", event = "auth", client = %client, tls = true,
         user = ?attempted_user.unwrap_or(""), outcome = "throttled",
         reason = "too many failures", "authentication refused for now (454 4.7.0)");
@@ -88,13 +90,13 @@ pub fn auth_failed(client: SocketAddr, attempted_user: Option<&str>, mechanism: 
 }
 
 pub fn sender_refused(client: SocketAddr, user: &str, sender: &str) {
-    metrics::refused("sender_not_owned");
+    metrics::refused(Refusal::SenderNotOwned);
     warn!(target: "audit", event = "sender_refused", client = %client, user = ?user,
         sender = ?sender, outcome = "553 5.7.1", "sender not owned by user");
 }
 
 pub fn relay_denied(client: SocketAddr, tls: bool, sender: &str, recipient: &str) {
-    metrics::refused("relay_denied");
+    metrics::refused(Refusal::RelayDenied);
     warn!(target: "audit", event = "relay_denied", client = %client, tls, user = "none",
         sender = ?sender, recipient = ?recipient, outcome = "554 5.7.1", "relay access denied");
 }
@@ -108,25 +110,61 @@ pub struct MessageEvent<'a> {
     pub sender: &'a str,
     pub recipients: &'a [String],
     pub size: u64,
-    pub outcome: &'a str,
+    /// What is counted.
+    pub outcome: MessageOutcome,
+    /// What the client was told (logged as `outcome`, e.g. `250 2.0.0`).
+    pub reply: &'a Reply,
 }
 
 pub fn message(e: &MessageEvent<'_>) {
     let recipients = e.recipients.join(",");
-    match e.outcome.get(..3) {
-        Some("250") => metrics::ACCEPTED.inc(),
-        Some("552") => metrics::refused("message_too_big"),
-        Some("550") => metrics::refused("bare_line_ending"),
-        Some("500") => metrics::refused("line_too_long"),
-        _ => metrics::refused("local_error"),
+    // Counted from the typed outcome: the reply code does not tell the
+    // reason (a 550 may be a bare line ending or a policy refusal).
+    match e.outcome {
+        MessageOutcome::Queued => metrics::ACCEPTED.inc(),
+        MessageOutcome::Refused(reason) => metrics::refused(reason),
     }
-    if e.outcome.starts_with('2') {
+    let outcome = format!("{} {}", e.reply.code, e.reply.enhanced.unwrap_or(""));
+    if e.outcome == MessageOutcome::Queued {
         info!(target: "audit", event = "message", client = %e.client, tls = e.tls,
             user = ?user_or_none(e.user), queue_id = e.queue_id, sender = ?e.sender,
-            recipients = ?recipients, size = e.size, outcome = e.outcome, "message queued");
+            recipients = ?recipients, size = e.size, outcome, "message queued");
     } else {
         warn!(target: "audit", event = "message", client = %e.client, tls = e.tls,
             user = ?user_or_none(e.user), queue_id = e.queue_id, sender = ?e.sender,
-            recipients = ?recipients, size = e.size, outcome = e.outcome, "message refused");
+            recipients = ?recipients, size = e.size, outcome, "message refused");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refuse(reason: Refusal, reply: Reply) {
+        message(&MessageEvent {
+            client: "192.0.2.7:1".parse().expect("addr"),
+            tls: false,
+            user: None,
+            queue_id: "X",
+            sender: "a@example.org",
+            recipients: &[],
+            size: 0,
+            outcome: MessageOutcome::Refused(reason),
+            reply: &reply,
+        });
+    }
+
+    /// The counter follows the reason, not the reply code: before, every
+    /// 550 at the end of DATA was counted as `bare_line_ending`.
+    #[test]
+    fn a_550_that_is_not_a_bare_line_ending_is_not_counted_as_one() {
+        let bare = metrics::refused_count(Refusal::BareLineEnding);
+        let local = metrics::refused_count(Refusal::LocalError);
+        refuse(
+            Refusal::LocalError,
+            Reply::new(550, "5.7.1", "Message refused by policy"),
+        );
+        assert_eq!(metrics::refused_count(Refusal::BareLineEnding), bare);
+        assert!(metrics::refused_count(Refusal::LocalError) > local);
     }
 }

@@ -1,66 +1,18 @@
-//! Users, argon2id password hashes and SASL PLAIN/LOGIN (RFC 4954, 4616).
+//! Users and SASL PLAIN/LOGIN (RFC 4954, 4616). The argon2id hashes
+//! themselves are in [`crate::password`], below both this module and the
+//! config.
 //!
 //! Hash verification is deliberately slow, so it runs on the blocking pool
 //! ([`tokio::task::spawn_blocking`]), never on the runtime's worker threads.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use anyhow::Context as _;
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
-use argon2::{Algorithm, Argon2};
 use base64ct::{Base64, Encoding as _};
 
 use crate::config::UserConfig;
-
-/// Checks that `phc` is a well-formed argon2id hash with usable parameters.
-pub fn check_hash(phc: &str) -> anyhow::Result<()> {
-    let hash = PasswordHash::new(phc)
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("not a PHC hash string (generate one with `smtp-relay hash-password`)")?;
-    anyhow::ensure!(
-        hash.algorithm == Algorithm::Argon2id.ident(),
-        "algorithm is {}, expected argon2id",
-        hash.algorithm
-    );
-    argon2::Params::try_from(&hash)
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("bad argon2 parameters")?;
-    anyhow::ensure!(
-        hash.hash.is_some() && hash.salt.is_some(),
-        "hash or salt missing"
-    );
-    Ok(())
-}
-
-/// Hashes `password` with argon2id and the crate's default (OWASP) parameters.
-pub fn hash_password(password: &str) -> anyhow::Result<String> {
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| anyhow::anyhow!("hashing failed: {e}"))
-}
-
-fn verify_blocking(phc: &str, password: &str) -> bool {
-    match PasswordHash::new(phc) {
-        Ok(hash) => Argon2::default()
-            .verify_password(password.as_bytes(), &hash)
-            .is_ok(),
-        Err(_) => false,
-    }
-}
-
-/// A hash of a random password, verified against for unknown user names so
-/// that they take as long as known ones.
-fn dummy_hash() -> &'static str {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    DUMMY.get_or_init(|| {
-        let salt = SaltString::generate(&mut OsRng);
-        hash_password(salt.as_str()).unwrap_or_default()
-    })
-}
+use crate::password::{self, check_hash};
 
 struct User {
     hash: String,
@@ -96,10 +48,10 @@ impl Users {
     pub async fn verify(self: &Arc<Self>, name: &str, password: &str) -> bool {
         let (hash, known) = match self.users.get(name) {
             Some(u) => (u.hash.clone(), true),
-            None => (dummy_hash().to_owned(), false),
+            None => (password::dummy_hash().to_owned(), false),
         };
         let password = password.to_owned();
-        let ok = tokio::task::spawn_blocking(move || verify_blocking(&hash, &password))
+        let ok = tokio::task::spawn_blocking(move || password::verify(&hash, &password))
             .await
             .unwrap_or(false);
         ok && known
@@ -113,27 +65,22 @@ impl Users {
     }
 }
 
-/// SASL mechanisms we offer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// SASL mechanisms we offer; the names are the variant names, uppercased.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::EnumString, strum::IntoStaticStr)]
+#[strum(serialize_all = "UPPERCASE")]
 pub enum Mechanism {
     Plain,
     Login,
 }
 
 impl Mechanism {
+    /// The mechanism named exactly so (the caller uppercases).
     pub fn from_name(name: &str) -> Option<Mechanism> {
-        match name {
-            "PLAIN" => Some(Mechanism::Plain),
-            "LOGIN" => Some(Mechanism::Login),
-            _ => None,
-        }
+        name.parse().ok()
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            Mechanism::Plain => "PLAIN",
-            Mechanism::Login => "LOGIN",
-        }
+        self.into()
     }
 }
 
@@ -191,21 +138,11 @@ pub fn parse_login_field(decoded: Vec<u8>) -> Result<String, SaslError> {
 mod tests {
     use super::*;
 
-    /// Cheap parameters: tests must not spend seconds per hash.
-    pub(crate) fn cheap_hash(password: &str) -> String {
-        let salt = SaltString::generate(&mut OsRng);
-        let params = argon2::Params::new(64, 1, 1, None).expect("params");
-        Argon2::new(Algorithm::Argon2id, argon2::Version::V0x13, params)
-            .hash_password(password.as_bytes(), &salt)
-            .expect("hash")
-            .to_string()
-    }
-
     fn users() -> Arc<Users> {
         Arc::new(
             Users::from_config(&[UserConfig {
                 name: "alice".into(),
-                password_hash: cheap_hash("s3cret"),
+                password_hash: password::cheap_hash("s3cret"),
                 senders: vec!["alice@example.org".into()],
             }])
             .expect("users"),
@@ -221,25 +158,6 @@ mod tests {
         assert!(u.may_send_as("alice", "alice@example.org"));
         assert!(!u.may_send_as("alice", "bob@example.org"));
         assert!(!u.may_send_as("bob", "alice@example.org"));
-    }
-
-    #[test]
-    fn hash_password_produces_checkable_argon2id() {
-        let h = hash_password("pw").expect("hash");
-        assert!(h.starts_with("$argon2id$"), "{h}");
-        check_hash(&h).expect("valid");
-        assert!(verify_blocking(&h, "pw"));
-        assert!(!verify_blocking(&h, "pW"));
-    }
-
-    #[test]
-    fn check_hash_refuses_junk() {
-        assert!(check_hash("secret").is_err());
-        assert!(
-            check_hash("$argon2i$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$Hl5xgeqfV3fP1s/UVQcaVQ").is_err()
-        );
-        assert!(check_hash("$argon2id$v=19$m=64,t=1,p=1").is_err());
-        check_hash(&cheap_hash("x")).expect("cheap hash valid");
     }
 
     #[test]

@@ -4,20 +4,34 @@
 //! also carry line and column.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::address;
 
-/// What a listener is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub mod duration;
+
+/// What a listener is for. The names (config, envelope, logs) come from the
+/// variant names, lowercased, for serde and strum alike.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Deserialize,
+    Serialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum Role {
     /// Port 25: mail for local domains from anyone admitted; relaying only
     /// after AUTH (inside STARTTLS).
@@ -30,22 +44,12 @@ pub enum Role {
 
 impl Role {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Mta => "mta",
-            Role::Submission => "submission",
-            Role::Submissions => "submissions",
-        }
+        self.into()
     }
 
     /// Whether MAIL needs an authenticated session.
     pub fn requires_auth(self) -> bool {
         !matches!(self, Role::Mta)
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -59,8 +63,11 @@ struct RawConfig {
     max_message_size: u64,
     #[serde(default = "default_max_recipients")]
     max_recipients: usize,
-    #[serde(default = "default_command_timeout")]
-    command_timeout_secs: u64,
+    #[serde(
+        default = "default_command_timeout",
+        deserialize_with = "duration::secs"
+    )]
+    command_timeout_secs: Duration,
     #[serde(default = "default_max_connections")]
     max_connections: usize,
     #[serde(default)]
@@ -75,16 +82,19 @@ struct RawConfig {
     max_commands: u32,
     #[serde(default = "default_per_client")]
     max_connections_per_client: usize,
-    #[serde(default = "default_handshake")]
-    tls_handshake_timeout_secs: u64,
-    #[serde(default = "default_command_timeout")]
-    data_timeout_secs: u64,
-    #[serde(default = "default_auth_delay")]
-    auth_failure_delay_ms: u64,
+    #[serde(default = "default_handshake", deserialize_with = "duration::secs")]
+    tls_handshake_timeout_secs: Duration,
+    #[serde(
+        default = "default_command_timeout",
+        deserialize_with = "duration::secs"
+    )]
+    data_timeout_secs: Duration,
+    #[serde(default = "default_auth_delay", deserialize_with = "duration::millis")]
+    auth_failure_delay_ms: Duration,
     #[serde(default = "default_auth_max")]
     auth_max_failures: u32,
-    #[serde(default = "default_auth_window")]
-    auth_failure_window_secs: u64,
+    #[serde(default = "default_auth_window", deserialize_with = "duration::secs")]
+    auth_failure_window_secs: Duration,
     tls: RawTls,
     #[serde(rename = "listener")]
     listeners: Vec<RawListener>,
@@ -98,11 +108,15 @@ struct RawConfig {
 }
 
 /// TLS towards a next hop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, strum::Display, strum::IntoStaticStr,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum TlsMode {
     /// STARTTLS when the next hop offers it, certificate not verified
     /// (RFC 7435); plaintext when it is not offered or the handshake fails.
+    #[default]
     Opportunistic,
     /// STARTTLS must be offered and the certificate must verify against
     /// `ca_file` for the next hop's name; otherwise the attempt is deferred.
@@ -113,45 +127,56 @@ pub enum TlsMode {
 
 impl TlsMode {
     pub fn as_str(self) -> &'static str {
-        match self {
-            TlsMode::Opportunistic => "opportunistic",
-            TlsMode::Required => "required",
-            TlsMode::None => "none",
-        }
+        self.into()
     }
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct RawDelivery {
-    #[serde(default)]
     smarthost: Option<RawHop>,
-    #[serde(default, rename = "route")]
+    #[serde(rename = "route")]
     routes: Vec<RawRoute>,
-    #[serde(default)]
     nameservers: Vec<SocketAddr>,
-    #[serde(default = "default_mx_port")]
     mx_port: u16,
-    #[serde(default = "default_tls_mode")]
     mx_tls: TlsMode,
-    #[serde(default)]
     ca_file: Option<PathBuf>,
-    #[serde(default = "default_per_destination")]
     connections_per_destination: usize,
-    #[serde(default = "default_max_deliveries")]
     max_deliveries: usize,
-    #[serde(default = "default_retry_initial")]
-    retry_initial_secs: f64,
-    #[serde(default = "default_retry_max")]
-    retry_max_secs: f64,
-    #[serde(default = "default_lifetime")]
-    max_queue_lifetime_secs: u64,
-    #[serde(default = "default_connect_timeout")]
-    connect_timeout_secs: u64,
-    #[serde(default = "default_command_timeout")]
-    reply_timeout_secs: u64,
-    #[serde(default = "default_idle")]
-    connection_idle_secs: f64,
+    #[serde(deserialize_with = "duration::secs")]
+    retry_initial_secs: Duration,
+    #[serde(deserialize_with = "duration::secs")]
+    retry_max_secs: Duration,
+    #[serde(deserialize_with = "duration::secs")]
+    max_queue_lifetime_secs: Duration,
+    #[serde(deserialize_with = "duration::secs")]
+    connect_timeout_secs: Duration,
+    #[serde(deserialize_with = "duration::secs")]
+    reply_timeout_secs: Duration,
+    #[serde(deserialize_with = "duration::secs")]
+    connection_idle_secs: Duration,
+}
+
+/// The documented defaults of `[delivery]`.
+impl Default for RawDelivery {
+    fn default() -> RawDelivery {
+        RawDelivery {
+            smarthost: None,
+            routes: Vec::new(),
+            nameservers: Vec::new(),
+            mx_port: default_mx_port(),
+            mx_tls: TlsMode::default(),
+            ca_file: None,
+            connections_per_destination: 4,
+            max_deliveries: 20,
+            retry_initial_secs: Duration::from_secs(60),
+            retry_max_secs: Duration::from_secs(3600),
+            max_queue_lifetime_secs: Duration::from_secs(5 * 24 * 3600),
+            connect_timeout_secs: Duration::from_secs(30),
+            reply_timeout_secs: default_command_timeout(),
+            connection_idle_secs: Duration::from_secs(5),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -160,7 +185,7 @@ struct RawHop {
     host: String,
     #[serde(default = "default_mx_port")]
     port: u16,
-    #[serde(default = "default_tls_mode")]
+    #[serde(default)]
     tls: TlsMode,
     #[serde(default)]
     auth_user: Option<String>,
@@ -175,7 +200,7 @@ struct RawRoute {
     host: String,
     #[serde(default = "default_mx_port")]
     port: u16,
-    #[serde(default = "default_tls_mode")]
+    #[serde(default)]
     tls: TlsMode,
     #[serde(default)]
     auth_user: Option<String>,
@@ -186,39 +211,14 @@ struct RawRoute {
 fn default_mx_port() -> u16 {
     25
 }
-fn default_tls_mode() -> TlsMode {
-    TlsMode::Opportunistic
-}
-fn default_per_destination() -> usize {
-    4
-}
-fn default_max_deliveries() -> usize {
-    20
-}
-fn default_retry_initial() -> f64 {
-    60.0
-}
-fn default_retry_max() -> f64 {
-    3600.0
-}
-fn default_lifetime() -> u64 {
-    5 * 24 * 3600
-}
-fn default_connect_timeout() -> u64 {
-    30
-}
-fn default_idle() -> f64 {
-    5.0
-}
-
 fn default_max_message_size() -> u64 {
     25 * 1024 * 1024
 }
 fn default_max_recipients() -> usize {
     100
 }
-fn default_command_timeout() -> u64 {
-    300
+fn default_command_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 fn default_max_connections() -> usize {
     200
@@ -238,17 +238,17 @@ fn default_max_commands() -> u32 {
 fn default_per_client() -> usize {
     20
 }
-fn default_handshake() -> u64 {
-    30
+fn default_handshake() -> Duration {
+    Duration::from_secs(30)
 }
-fn default_auth_delay() -> u64 {
-    500
+fn default_auth_delay() -> Duration {
+    Duration::from_millis(500)
 }
 fn default_auth_max() -> u32 {
     10
 }
-fn default_auth_window() -> u64 {
-    900
+fn default_auth_window() -> Duration {
+    Duration::from_secs(900)
 }
 
 #[derive(Debug, Deserialize)]
@@ -404,11 +404,11 @@ impl Default for Limits {
             errors: default_max_errors(),
             commands: default_max_commands(),
             per_client: default_per_client(),
-            tls_handshake: Duration::from_secs(default_handshake()),
-            data_timeout: Duration::from_secs(default_command_timeout()),
-            auth_delay: Duration::from_millis(default_auth_delay()),
+            tls_handshake: default_handshake(),
+            data_timeout: default_command_timeout(),
+            auth_delay: default_auth_delay(),
             auth_max_failures: default_auth_max(),
-            auth_window: Duration::from_secs(default_auth_window()),
+            auth_window: default_auth_window(),
         }
     }
 }
@@ -481,7 +481,7 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
     if raw.max_message_size == 0 {
         bail!("max_message_size must be positive");
     }
-    if raw.max_recipients == 0 || raw.command_timeout_secs == 0 || raw.max_connections == 0 {
+    if raw.max_recipients == 0 || raw.command_timeout_secs.is_zero() || raw.max_connections == 0 {
         bail!("max_recipients, command_timeout_secs and max_connections must be positive");
     }
 
@@ -494,10 +494,10 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
     if raw.max_errors == 0
         || raw.max_commands == 0
         || raw.max_connections_per_client == 0
-        || raw.tls_handshake_timeout_secs == 0
-        || raw.data_timeout_secs == 0
+        || raw.tls_handshake_timeout_secs.is_zero()
+        || raw.data_timeout_secs.is_zero()
         || raw.auth_max_failures == 0
-        || raw.auth_failure_window_secs == 0
+        || raw.auth_failure_window_secs.is_zero()
     {
         bail!(
             "max_errors, max_commands, max_connections_per_client, tls_handshake_timeout_secs, \
@@ -510,11 +510,11 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
         errors: raw.max_errors,
         commands: raw.max_commands,
         per_client: raw.max_connections_per_client,
-        tls_handshake: Duration::from_secs(raw.tls_handshake_timeout_secs),
-        data_timeout: Duration::from_secs(raw.data_timeout_secs),
-        auth_delay: Duration::from_millis(raw.auth_failure_delay_ms),
+        tls_handshake: raw.tls_handshake_timeout_secs,
+        data_timeout: raw.data_timeout_secs,
+        auth_delay: raw.auth_failure_delay_ms,
         auth_max_failures: raw.auth_max_failures,
-        auth_window: Duration::from_secs(raw.auth_failure_window_secs),
+        auth_window: raw.auth_failure_window_secs,
     };
 
     if raw.listeners.is_empty() {
@@ -573,7 +573,7 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
         if !names.insert(u.name.clone()) {
             bail!("user {:?} is defined twice", u.name);
         }
-        crate::auth::check_hash(&u.password_hash)
+        crate::password::check_hash(&u.password_hash)
             .with_context(|| format!("user {:?}: password_hash", u.name))?;
         let mut senders = Vec::new();
         for s in &u.senders {
@@ -617,7 +617,7 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
         local_domains,
         max_message_size: raw.max_message_size,
         max_recipients: raw.max_recipients,
-        command_timeout: Duration::from_secs(raw.command_timeout_secs),
+        command_timeout: raw.command_timeout_secs,
         max_connections: raw.max_connections,
         trusted_networks: raw.trusted_networks,
         limits,
@@ -630,11 +630,12 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
     })
 }
 
-fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(v)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .with_context(|| format!("{name} must be a positive number of seconds"))
+/// A duration that must not be zero.
+fn positive(name: &str, d: Duration) -> anyhow::Result<Duration> {
+    if d.is_zero() {
+        bail!("{name} must be a positive duration");
+    }
+    Ok(d)
 }
 
 fn validate_hop(raw: RawHop, base: &Path) -> anyhow::Result<HopConfig> {
@@ -703,16 +704,16 @@ fn validate_delivery(raw: RawDelivery, base: &Path) -> anyhow::Result<DeliveryCo
     if raw.connections_per_destination == 0 || raw.max_deliveries == 0 {
         bail!("connections_per_destination and max_deliveries must be positive");
     }
-    if raw.max_queue_lifetime_secs == 0
-        || raw.connect_timeout_secs == 0
-        || raw.reply_timeout_secs == 0
+    if raw.max_queue_lifetime_secs.is_zero()
+        || raw.connect_timeout_secs.is_zero()
+        || raw.reply_timeout_secs.is_zero()
     {
         bail!(
             "max_queue_lifetime_secs, connect_timeout_secs and reply_timeout_secs must be positive"
         );
     }
-    let retry_initial = secs("retry_initial_secs", raw.retry_initial_secs)?;
-    let retry_max = secs("retry_max_secs", raw.retry_max_secs)?;
+    let retry_initial = positive("retry_initial_secs", raw.retry_initial_secs)?;
+    let retry_max = positive("retry_max_secs", raw.retry_max_secs)?;
     if retry_max < retry_initial {
         bail!("retry_max_secs is smaller than retry_initial_secs");
     }
@@ -731,10 +732,10 @@ fn validate_delivery(raw: RawDelivery, base: &Path) -> anyhow::Result<DeliveryCo
         max_deliveries: raw.max_deliveries,
         retry_initial,
         retry_max,
-        max_queue_lifetime: Duration::from_secs(raw.max_queue_lifetime_secs),
-        connect_timeout: Duration::from_secs(raw.connect_timeout_secs),
-        reply_timeout: Duration::from_secs(raw.reply_timeout_secs),
-        connection_idle: secs("connection_idle_secs", raw.connection_idle_secs)?,
+        max_queue_lifetime: raw.max_queue_lifetime_secs,
+        connect_timeout: raw.connect_timeout_secs,
+        reply_timeout: raw.reply_timeout_secs,
+        connection_idle: positive("connection_idle_secs", raw.connection_idle_secs)?,
     })
 }
 
@@ -955,6 +956,32 @@ tls = "none"
             let e = err(&text.replacen(from, to, 1));
             assert!(e.contains(needle), "expected {needle:?} in: {e}");
         }
+    }
+
+    #[test]
+    fn durations_with_units_or_plain_numbers() {
+        let text = good().replace(
+            "trusted_networks = []",
+            "trusted_networks = []\ncommand_timeout_secs = \"5m\"\nauth_failure_delay_ms = \"1s\"\n\
+             data_timeout_secs = 120",
+        ) + "\n[delivery]\nmax_queue_lifetime_secs = \"5d\"\nretry_max_secs = \"1h30m\"\n\
+             connection_idle_secs = 2.5\n";
+        let c = parse(&text).expect("valid");
+        assert_eq!(c.command_timeout, Duration::from_secs(300));
+        assert_eq!(c.limits.auth_delay, Duration::from_secs(1));
+        assert_eq!(c.limits.data_timeout, Duration::from_secs(120));
+        let d = c.delivery.expect("delivery");
+        assert_eq!(d.max_queue_lifetime, Duration::from_secs(432_000));
+        assert_eq!(d.retry_max, Duration::from_secs(5400));
+        assert_eq!(d.connection_idle, Duration::from_millis(2500));
+        assert_eq!(d.retry_initial, Duration::from_secs(60));
+        let e = err(&text.replace("\"5m\"", "\"5 minutes\""));
+        assert!(
+            e.contains("command_timeout_secs") && e.contains("line"),
+            "{e}"
+        );
+        let e = err(&text.replace("\"1h30m\"", "\"0s\""));
+        assert!(e.contains("retry_max_secs"), "{e}");
     }
 
     #[test]

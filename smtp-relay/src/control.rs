@@ -233,7 +233,7 @@ fn summary(env: &Envelope, now: u64) -> Summary {
         failed: count(RcptStatus::Failed),
         attempts: env.attempts,
         next_attempt: env.next_attempt,
-        last_reply: env.recipients.iter().rev().find_map(|r| r.reply.clone()),
+        last_reply: env.recipients.iter().rev().find_map(|r| r.last_reply()),
     }
 }
 

@@ -1,7 +1,7 @@
 //! `smtp-relay`: the SMTP service for the peers the gatekeeper admits.
 //!
-//! The crate is a library so that later work (delivery queue, fuzzing,
-//! hardening) can reuse its parts; `main.rs` is a thin CLI over [`prepare`]
+//! The crate is a library so that later work (delivery queue, the fuzzer in
+//! `smtp-relay/fuzz`, hardening) can reuse its parts; `main.rs` is a thin CLI over [`prepare`]
 //! and [`server::Server`].
 //!
 //! Module map, one job each:
@@ -13,8 +13,11 @@
 //! - [`session`]: the per-connection state machine (no I/O).
 //! - [`data`]: the DATA decoder (dot-unstuffing, bare CR/LF, size limit).
 //! - [`spool`]: durable message storage for the delivery worker.
+//! - [`envelope`]: the queue envelope and typed delivery state (format v2,
+//!   v1 still read).
 //! - [`tls`]: rustls server config from PEM files, reloaded when they change.
-//! - [`auth`]: users, argon2id hashes, SASL PLAIN/LOGIN decoding.
+//! - [`auth`]: users and SASL PLAIN/LOGIN decoding.
+//! - [`password`]: argon2id hashes (below both `config` and `auth`).
 //! - [`audit`]: the audit log lines.
 //! - [`conn`]: bounded line/DATA reading over plain or TLS streams.
 //! - [`server`]: listeners, access ranges, the connection loop.
@@ -22,7 +25,7 @@
 //! - [`delivery`]: the queue: routes, MX, SMTP client, retries, bounces.
 //! - [`control`]: operator commands on the queue of a running relay.
 //! - [`metrics`]: counters and the Prometheus endpoint.
-//! - [`fuzz`]: bounded mutation fuzzing of the parsers.
+//! - [`refusal`]: refusal reasons (metric labels) and message outcomes.
 //! - [`throttle`]: AUTH brute-force delays and lockout.
 
 pub mod address;
@@ -36,8 +39,10 @@ pub mod conn;
 pub mod control;
 pub mod data;
 pub mod delivery;
-pub mod fuzz;
+pub mod envelope;
 pub mod metrics;
+pub mod password;
+pub mod refusal;
 pub mod reply;
 pub mod server;
 pub mod session;

@@ -249,7 +249,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
         }
         Command::HashPassword { stdin } => {
             let password = read_password(stdin)?;
-            println!("{}", smtp_relay::auth::hash_password(&password)?);
+            println!("{}", smtp_relay::password::hash_password(&password)?);
             Ok(())
         }
         Command::Run { config } => {

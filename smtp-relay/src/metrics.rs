@@ -7,9 +7,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use strum::{EnumCount as _, IntoEnumIterator as _};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
+
+use crate::refusal::Refusal;
 
 pub struct Counter(AtomicU64);
 
@@ -47,35 +50,16 @@ pub static BOUNCED: Counter = Counter::new();
 pub static QUEUE_DEPTH: Counter = Counter::new();
 pub static OLDEST_RECEIVED_AT: Counter = Counter::new();
 
-/// Refusals by reason; the label values are fixed here.
-pub const REFUSAL_REASONS: [&str; 12] = [
-    "peer_not_allowed",
-    "too_many_connections",
-    "relay_denied",
-    "sender_not_owned",
-    "message_too_big",
-    "bare_line_ending",
-    "too_many_errors",
-    "local_error",
-    "too_many_commands",
-    "line_too_long",
-    "auth_throttled",
-    "timeout",
-];
-static REFUSED: [Counter; 12] = [const { Counter::new() }; 12];
+/// Refusals by reason, indexed by the [`Refusal`] discriminant.
+static REFUSED: [Counter; Refusal::COUNT] = [const { Counter::new() }; Refusal::COUNT];
 
-/// Counts a refusal; `reason` must be one of [`REFUSAL_REASONS`].
-pub fn refused(reason: &str) {
-    if let Some(i) = REFUSAL_REASONS.iter().position(|r| *r == reason) {
-        REFUSED[i].inc();
-    }
+/// Counts a refusal.
+pub fn refused(reason: Refusal) {
+    REFUSED[reason as usize].inc();
 }
 
-pub fn refused_count(reason: &str) -> u64 {
-    REFUSAL_REASONS
-        .iter()
-        .position(|r| *r == reason)
-        .map_or(0, |i| REFUSED[i].get())
+pub fn refused_count(reason: Refusal) -> u64 {
+    REFUSED[reason as usize].get()
 }
 
 /// The exposition text (Prometheus text format 0.0.4).
@@ -119,11 +103,12 @@ pub fn render(now: u64) -> String {
         out,
         "# HELP smtp_relay_refused_total Refusals by reason.\n# TYPE smtp_relay_refused_total counter\n"
     );
-    for (i, reason) in REFUSAL_REASONS.iter().enumerate() {
+    for reason in Refusal::iter() {
         let _ = writeln!(
             out,
-            "smtp_relay_refused_total{{reason=\"{reason}\"}} {}",
-            REFUSED[i].get()
+            "smtp_relay_refused_total{{reason=\"{}\"}} {}",
+            reason.as_str(),
+            refused_count(reason)
         );
     }
     let depth = QUEUE_DEPTH.get();
@@ -203,8 +188,7 @@ mod tests {
 
     #[test]
     fn render_has_every_series() {
-        refused("relay_denied");
-        refused("no_such_reason");
+        refused(Refusal::RelayDenied);
         let text = render(100);
         for name in [
             "smtp_relay_sessions_total ",
@@ -220,6 +204,6 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }
-        assert!(refused_count("relay_denied") >= 1);
+        assert!(refused_count(Refusal::RelayDenied) >= 1);
     }
 }

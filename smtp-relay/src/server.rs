@@ -21,6 +21,7 @@ use crate::config::{Limits, ListenerConfig, Role};
 use crate::conn::{Conn, Line, Stream};
 use crate::data::{Decoder, Outcome};
 use crate::delivery::Queue;
+use crate::refusal::{MessageOutcome, Refusal};
 use crate::reply::Reply;
 use crate::session::{Action, Policy, Session};
 use crate::spool::{Envelope, Spool};
@@ -279,7 +280,7 @@ async fn accept_loop(
                 }
                 let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
                     warn!(event = "too_many_connections", client = %peer, listener = %config.address);
-                    crate::metrics::refused("too_many_connections");
+                    crate::metrics::refused(Refusal::TooManyConnections);
                     sessions.spawn(busy(tcp, config.role));
                     continue;
                 };
@@ -402,7 +403,7 @@ async fn handle(
     let reason = match serve(&mut conn, &mut session, shared, &mut stop).await {
         Ok(reason) => reason,
         Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-            crate::metrics::refused("timeout");
+            crate::metrics::refused(Refusal::Timeout);
             conn.queue(&Reply::new(421, "4.4.2", "Timeout, closing connection"));
             "timeout"
         }
@@ -606,6 +607,14 @@ pub fn received_header(
     )
 }
 
+/// `451 4.3.0` when the spool fails us.
+fn local_error() -> (Reply, MessageOutcome) {
+    (
+        Reply::new(451, "4.3.0", "Local error in processing, try later"),
+        MessageOutcome::Refused(Refusal::LocalError),
+    )
+}
+
 /// The DATA phase: 354, read to the real end into the spool, then 250 with
 /// the queue id only once the message is durable.
 async fn receive(
@@ -649,28 +658,37 @@ async fn receive(
         Outcome::Complete { size } => size,
         _ => 0,
     };
-    let reply = match (outcome, sink) {
-        (Outcome::TooBig, _) => Reply::new(
-            552,
-            "5.3.4",
-            "Message size exceeds fixed maximum message size",
-        ),
-        (Outcome::LineTooLong, _) => Reply::new(
-            500,
-            "5.5.6",
-            format!(
-                "Line too long (at most {} octets with CRLF)",
-                shared.limits.text_line
+    let (reply, counted) = match (outcome, sink) {
+        (Outcome::TooBig, _) => (
+            Reply::new(
+                552,
+                "5.3.4",
+                "Message size exceeds fixed maximum message size",
             ),
+            MessageOutcome::Refused(Refusal::MessageTooBig),
         ),
-        (Outcome::BareLineEnding, _) => Reply::new(
-            550,
-            "5.6.0",
-            "Bare CR or LF in message data not allowed; use CRLF line endings",
+        (Outcome::LineTooLong, _) => (
+            Reply::new(
+                500,
+                "5.5.6",
+                format!(
+                    "Line too long (at most {} octets with CRLF)",
+                    shared.limits.text_line
+                ),
+            ),
+            MessageOutcome::Refused(Refusal::LineTooLong),
+        ),
+        (Outcome::BareLineEnding, _) => (
+            Reply::new(
+                550,
+                "5.6.0",
+                "Bare CR or LF in message data not allowed; use CRLF line endings",
+            ),
+            MessageOutcome::Refused(Refusal::BareLineEnding),
         ),
         (Outcome::Complete { .. }, Err(e)) => {
             error!(event = "spool_error", client = %session.client(), queue_id = %id, error = %e);
-            Reply::new(451, "4.3.0", "Local error in processing, try later")
+            local_error()
         }
         (Outcome::Complete { .. }, Ok(())) => match writer.commit(envelope.clone()).await {
             Ok(()) => {
@@ -680,11 +698,14 @@ async fn receive(
                 if let Some(queue) = &shared.queue {
                     queue.enqueued(&id, envelope.received_at);
                 }
-                Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))
+                (
+                    Reply::new(250, "2.0.0", format!("Ok: queued as {id}")),
+                    MessageOutcome::Queued,
+                )
             }
             Err(e) => {
                 error!(event = "spool_error", client = %session.client(), queue_id = %id, error = %e);
-                Reply::new(451, "4.3.0", "Local error in processing, try later")
+                local_error()
             }
         },
     };
@@ -693,7 +714,6 @@ async fn receive(
         .iter()
         .map(|r| r.address.clone())
         .collect();
-    let outcome = format!("{} {}", reply.code, reply.enhanced.unwrap_or(""));
     audit::message(&audit::MessageEvent {
         client: session.client(),
         tls: session.tls(),
@@ -702,7 +722,8 @@ async fn receive(
         sender: &envelope.sender,
         recipients: &recipients,
         size,
-        outcome: &outcome,
+        outcome: counted,
+        reply: &reply,
     });
     conn.queue(&reply);
     Ok(())

@@ -13,6 +13,7 @@ use crate::audit;
 use crate::auth::{Mechanism, Users};
 use crate::command::{Command, CommandError, Param};
 use crate::config::{Config, Role};
+use crate::envelope::BodyType;
 use crate::reply::Reply;
 use crate::spool::{ENVELOPE_VERSION, Envelope, Recipient};
 
@@ -79,7 +80,7 @@ const MAX_AUTH_FAILURES: u32 = 3;
 
 struct Transaction {
     sender: String,
-    body: &'static str,
+    body: BodyType,
     recipients: Vec<Recipient>,
 }
 
@@ -355,7 +356,7 @@ impl Session {
         if self.role.requires_auth() && self.user.is_none() {
             return r(530, "5.7.0", "Authentication required");
         }
-        let mut body = "7BIT";
+        let mut body = BodyType::SevenBit;
         for p in params {
             match (p.key.as_str(), p.value.as_deref()) {
                 ("SIZE", Some(v)) => match v.parse::<u64>() {
@@ -370,8 +371,10 @@ impl Session {
                     Err(_) => return r(501, "5.5.4", "Bad SIZE parameter"),
                 },
                 ("SIZE", None) => return r(501, "5.5.4", "SIZE needs a value"),
-                ("BODY", Some(v)) if v.eq_ignore_ascii_case("7BIT") => body = "7BIT",
-                ("BODY", Some(v)) if v.eq_ignore_ascii_case("8BITMIME") => body = "8BITMIME",
+                ("BODY", Some(v)) if v.eq_ignore_ascii_case("7BIT") => body = BodyType::SevenBit,
+                ("BODY", Some(v)) if v.eq_ignore_ascii_case("8BITMIME") => {
+                    body = BodyType::EightBitMime;
+                }
                 ("BODY", _) => return r(501, "5.5.4", "Bad BODY parameter"),
                 // RFC 4954 5: accepted and not passed on (we add our own).
                 ("AUTH", Some(_)) => {}
@@ -447,16 +450,16 @@ impl Session {
             id: String::new(),
             sender: tx.sender.clone(),
             recipients: tx.recipients.clone(),
-            client_addr: self.client.to_string(),
+            client_addr: Some(self.client),
             helo: self.helo().unwrap_or_default().to_owned(),
-            listener: self.listener.to_string(),
-            role: self.role.as_str().to_owned(),
+            listener: Some(self.listener),
+            role: Some(self.role),
             tls: self.tls,
             user: self.user.clone(),
             received_at: now,
             received_at_rfc3339: crate::clock::rfc3339(now),
             size: 0,
-            body: tx.body.to_owned(),
+            body: tx.body,
             attempts: 0,
             next_attempt: 0,
             is_bounce: false,

@@ -22,104 +22,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt as _;
 
-/// Current envelope format version; bump on incompatible changes.
-pub const ENVELOPE_VERSION: u32 = 1;
-
-/// Where one recipient stands. A message leaves the spool once no
-/// recipient is `pending`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RcptStatus {
-    /// Not yet accepted by a next hop; retried.
-    #[default]
-    Pending,
-    /// The next hop said `250` for it (after DATA).
-    Delivered,
-    /// Refused permanently or expired; bounced to the sender.
-    Failed,
-}
-
-/// One recipient. `local` tells whether the address is in one of our local
-/// domains; `status`, `reply` and `next_hop` are the delivery state, written
-/// back atomically after every attempt.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Recipient {
-    pub address: String,
-    pub local: bool,
-    #[serde(default)]
-    pub status: RcptStatus,
-    /// The last reply about this recipient (ours or the next hop's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reply: Option<String>,
-    /// The host that gave `reply`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_hop: Option<String>,
-}
-
-impl Recipient {
-    /// A new, pending recipient.
-    pub fn new(address: String, local: bool) -> Recipient {
-        Recipient {
-            address,
-            local,
-            status: RcptStatus::Pending,
-            reply: None,
-            next_hop: None,
-        }
-    }
-}
-
-/// The JSON envelope stored as `<id>.env`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Envelope {
-    pub version: u32,
-    pub id: String,
-    /// Reverse-path; empty for the null sender `<>`.
-    pub sender: String,
-    pub recipients: Vec<Recipient>,
-    /// Client `ip:port` as seen by the listener.
-    pub client_addr: String,
-    pub helo: String,
-    /// Listener address and role that accepted the message.
-    pub listener: String,
-    pub role: String,
-    pub tls: bool,
-    /// Authenticated user, if any.
-    pub user: Option<String>,
-    /// Unix seconds and the same instant in RFC 3339.
-    pub received_at: u64,
-    pub received_at_rfc3339: String,
-    /// Size of `<id>.eml` in octets.
-    pub size: u64,
-    /// `7BIT` or `8BITMIME`, as declared by MAIL BODY=.
-    pub body: String,
-    /// Delivery attempts so far.
-    #[serde(default)]
-    pub attempts: u32,
-    /// Unix seconds of the next attempt (0: as soon as possible).
-    #[serde(default)]
-    pub next_attempt: u64,
-    /// Set on bounces we generate, so that the queue can tell them apart.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub is_bounce: bool,
-}
-
-impl Envelope {
-    /// Whether the sender is the null reverse-path `<>`.
-    pub fn null_sender(&self) -> bool {
-        self.sender.is_empty()
-    }
-
-    /// Whether some recipient still waits for delivery.
-    pub fn has_pending(&self) -> bool {
-        self.recipients
-            .iter()
-            .any(|r| r.status == RcptStatus::Pending)
-    }
-}
+pub use crate::envelope::{ENVELOPE_VERSION, Envelope, RcptStatus, Recipient};
 
 /// A spool directory.
 #[derive(Debug, Clone)]
@@ -340,7 +245,7 @@ impl Spool {
         anyhow::ensure!(is_valid_id(id), "invalid queue id {id:?}");
         let env_path = self.dir.join(format!("{id}.env"));
         let eml_path = self.dir.join(format!("{id}.eml"));
-        let env: Envelope = serde_json::from_slice(
+        let env = Envelope::from_json(
             &fs::read(&env_path).with_context(|| format!("reading {}", env_path.display()))?,
         )
         .with_context(|| format!("parsing {}", env_path.display()))?;
@@ -359,7 +264,7 @@ impl Spool {
     pub fn read_envelope(&self, id: &str) -> anyhow::Result<Envelope> {
         anyhow::ensure!(is_valid_id(id), "invalid queue id {id:?}");
         let env_path = self.dir.join(format!("{id}.env"));
-        serde_json::from_slice(
+        Envelope::from_json(
             &fs::read(&env_path).with_context(|| format!("reading {}", env_path.display()))?,
         )
         .with_context(|| format!("parsing {}", env_path.display()))
@@ -559,16 +464,16 @@ mod tests {
             id: String::new(),
             sender: "a@example.org".into(),
             recipients: vec![Recipient::new("b@example.net".into(), false)],
-            client_addr: "127.0.0.1:1234".into(),
+            client_addr: "127.0.0.1:1234".parse().ok(),
             helo: "client.example".into(),
-            listener: "127.0.0.1:25".into(),
-            role: "mta".into(),
+            listener: "127.0.0.1:25".parse().ok(),
+            role: Some(crate::config::Role::Mta),
             tls: true,
             user: Some("alice".into()),
             received_at: 1,
             received_at_rfc3339: "1970-01-01T00:00:01Z".into(),
             size: 0,
-            body: "8BITMIME".into(),
+            body: crate::envelope::BodyType::EightBitMime,
             attempts: 0,
             next_attempt: 0,
             is_bounce: false,
@@ -586,7 +491,7 @@ mod tests {
         let mut env = spool.read_envelope(&id).expect("env");
         assert_eq!(env.recipients[0].status, RcptStatus::Pending);
         env.recipients[0].status = RcptStatus::Delivered;
-        env.recipients[0].reply = Some("250 ok".into());
+        env.recipients[0].last = Some(crate::envelope::Answer::local(None, "250 ok"));
         env.attempts = 1;
         spool.update(&env).expect("update");
         let again = spool.read_envelope(&id).expect("env");

@@ -314,7 +314,7 @@ fn hash_password_from_stdin() {
     let hash = String::from_utf8(out.stdout).expect("utf8");
     let hash = hash.trim();
     assert!(hash.starts_with("$argon2id$"), "{hash}");
-    smtp_relay::auth::check_hash(hash).expect("valid hash");
+    smtp_relay::password::check_hash(hash).expect("valid hash");
     use argon2::PasswordVerifier as _;
     let parsed = argon2::PasswordHash::new(hash).expect("phc");
     assert!(

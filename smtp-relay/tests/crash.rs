@@ -17,10 +17,21 @@ use std::time::{Duration, Instant};
 use common::nexthop::{NextHop, Script};
 use common::process::Relay;
 use common::{Setup, config_with, delivery_section, split_received};
-use smtp_relay::fuzz::Rng;
 
 const BIN: &str = env!("CARGO_BIN_EXE_smtp-relay");
 const CLIENTS: usize = 3;
+
+/// Reproducible kill moments (xorshift64): the same schedule on every run.
+struct KillSchedule(u64);
+
+impl KillSchedule {
+    fn next_ms(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        10 + self.0 % 150
+    }
+}
 
 /// The body for `tag`: enough lines that a cut is visible, and an end mark.
 fn body(tag: &str) -> Vec<u8> {
@@ -102,7 +113,7 @@ fn sigkill_at_random_moments_loses_nothing_and_delivers_nothing_partial() {
         &delivery_section(&[("example.org", hop.addr, "none")], ""),
     );
     let setup = Setup::new("crash", &config);
-    let mut rng = Rng::new(0xC0FFEE);
+    let mut schedule = KillSchedule(0xC0FFEE);
     let acked: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
     let started = Instant::now();
     for i in 0..iterations {
@@ -118,7 +129,7 @@ fn sigkill_at_random_moments_loses_nothing_and_delivers_nothing_partial() {
                 })
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(10 + rng.below(150) as u64));
+        std::thread::sleep(Duration::from_millis(schedule.next_ms()));
         relay.child.kill().expect("SIGKILL");
         relay.wait_exit();
         stop.store(true, Ordering::Relaxed);

@@ -207,6 +207,55 @@ fn restart_with_queued_messages_delivers_each_once() {
     );
 }
 
+/// A message queued by an earlier relay (envelope format version 1, with a
+/// failed attempt recorded as plain strings) is delivered by this one, once.
+#[test]
+fn version_1_envelope_from_an_older_relay_is_delivered() {
+    let hop = NextHop::start("127.0.0.1:0", Script::default());
+    let config = config_with("", &delivery(&[("example.org", hop.addr, "none")], ""));
+    let setup = Setup::new("v1-envelope", &config);
+    let spool = setup.dir.path().join("spool");
+    std::fs::create_dir_all(&spool).expect("spool dir");
+    let eml: &[u8] = b"Subject: from the old relay\r\n\r\nbody\r\n";
+    std::fs::write(spool.join("OLD1.eml"), eml).expect("eml");
+    let v1 = format!(
+        r#"{{
+  "version": 1,
+  "id": "OLD1",
+  "sender": "a@sender.example",
+  "recipients": [
+    {{ "address": "alice@example.org", "local": true, "status": "pending",
+       "reply": "4.4.1 127.0.0.1:9: connect refused", "next_hop": "none" }}
+  ],
+  "client_addr": "127.0.0.1:40000",
+  "helo": "client.example",
+  "listener": "127.0.0.1:25",
+  "role": "mta",
+  "tls": false,
+  "user": null,
+  "received_at": {now},
+  "received_at_rfc3339": "",
+  "size": {size},
+  "body": "7BIT",
+  "attempts": 1,
+  "next_attempt": 0
+}}"#,
+        now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs(),
+        size = eml.len()
+    );
+    std::fs::write(spool.join("OLD1.env"), v1).expect("env");
+    let server = TestServer::start_in(setup);
+    let got = hop.wait_for(1, WAIT);
+    wait_until("an empty queue", WAIT, || spool_empty(&server));
+    assert_eq!(got[0].data, eml, "delivered unchanged");
+    assert_eq!(got[0].rcpts, vec!["alice@example.org".to_owned()]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(hop.messages().len(), 1);
+}
+
 /// While the next hop is down the message waits, retried with growing
 /// delays (no busy loop), and goes once it is back.
 #[test]
@@ -237,9 +286,8 @@ fn next_hop_down_retries_with_growing_delays() {
     assert!(env.attempts >= 3);
     assert!(
         env.recipients[0]
-            .reply
-            .as_deref()
-            .unwrap_or("")
+            .last_reply()
+            .unwrap_or_default()
             .contains("421"),
         "{:?}",
         env.recipients[0]
@@ -433,9 +481,8 @@ fn required_tls_and_auth_to_the_smarthost() {
         .expect("queued");
     assert!(
         env.recipients[0]
-            .reply
-            .as_deref()
-            .unwrap_or("")
+            .last_reply()
+            .unwrap_or_default()
             .contains("STARTTLS not offered"),
         "{:?}",
         env.recipients[0]

@@ -141,7 +141,7 @@ fn local_mail_from_anyone_is_stored_and_forwarded_byte_identical() {
         );
         assert_eq!(env.user, None);
         assert!(!env.tls);
-        assert_eq!(env.role, "mta");
+        assert_eq!(env.role, Some(smtp_relay::config::Role::Mta));
         assert_eq!(env.size, eml.len() as u64);
         c.cmd("QUIT").expect(221, "2.0.0");
         ids.push(id);

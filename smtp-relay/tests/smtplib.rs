@@ -75,7 +75,7 @@ fn smtplib_submission_with_starttls_and_login() {
         assert_eq!(r["rcpt_without_mail"], 503, "{r}");
         let (env, body) = stored(&server, &r);
         assert_eq!(env.user.as_deref(), Some("alice"));
-        assert_eq!(env.body, "8BITMIME");
+        assert_eq!(env.body, smtp_relay::envelope::BodyType::EightBitMime);
         assert!(
             body.ends_with(b"\r\n.starts with a dot\r\n8-bit \xc3\xa4\r\n"),
             "{body:?}"
@@ -98,7 +98,7 @@ fn smtplib_submissions_implicit_tls() {
         assert_eq!(r["wrong_password"], 535, "{r}");
         let (env, _) = stored(&server, &r);
         assert!(env.tls);
-        assert_eq!(env.role, "submissions");
+        assert_eq!(env.role, Some(smtp_relay::config::Role::Submissions));
     }
 }
 

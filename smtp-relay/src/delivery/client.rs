@@ -3,73 +3,25 @@
 //! and transactions (MAIL, RCPT..., DATA with dot-stuffing), reusable with
 //! RSET. Replies are read with bounded lines and RFC 5321 4.5.3.2 waits.
 
-use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use std::time::Duration;
 
+use smtp_proto::response::parser::ResponseReceiver;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
+use tracing::debug;
 
 use crate::config::TlsMode;
+use crate::envelope::HostResponse;
 
-/// Longest reply line we accept (RFC 5321 says 512; be lenient).
-const MAX_REPLY_LINE: usize = 4096;
-/// Most lines in one multi-line reply.
-const MAX_REPLY_LINES: usize = 100;
 /// RFC 5321 4.5.3.2.6: wait up to 10 minutes for the reply to the final dot.
 const DATA_END_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// A reply from the next hop.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerReply {
-    pub code: u16,
-    /// The text of every line, without the code.
-    pub lines: Vec<String>,
-}
-
-impl ServerReply {
-    pub fn is_positive(&self) -> bool {
-        (200..400).contains(&self.code)
-    }
-    pub fn is_permanent(&self) -> bool {
-        self.code >= 500
-    }
-    /// `d.d.d` if the first line starts with an enhanced status code.
-    pub fn enhanced(&self) -> Option<&str> {
-        let first = self.lines.first()?;
-        let word = first.split(' ').next()?;
-        let parts: Vec<&str> = word.split('.').collect();
-        let ok = parts.len() == 3
-            && parts
-                .iter()
-                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-            && matches!(parts[0], "2" | "4" | "5");
-        ok.then_some(word)
-    }
-}
-
-impl fmt::Display for ServerReply {
-    /// One line: code and the lines joined, control characters replaced.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text: String = self
-            .lines
-            .join(" ")
-            .chars()
-            .map(|c| {
-                if c.is_control() || !c.is_ascii() {
-                    '?'
-                } else {
-                    c
-                }
-            })
-            .take(900)
-            .collect();
-        write!(f, "{} {}", self.code, text)
-    }
-}
+/// Most octets of one reply we buffer (smtp-proto bounds the text at 4 KiB;
+/// this bounds what we keep raw for the EHLO keywords).
+const MAX_REPLY_OCTETS: usize = 64 * 1024;
 
 /// Why a connection or transaction failed before the next hop could give
 /// an answer about the recipients. All of these are temporary except a
@@ -87,7 +39,7 @@ pub enum ClientError {
     #[error("{stage} refused: {reply}")]
     Refused {
         stage: &'static str,
-        reply: ServerReply,
+        reply: HostResponse,
     },
     #[error("TLS required but {0}")]
     TlsRequired(String),
@@ -115,20 +67,22 @@ pub struct Extensions {
 }
 
 impl Extensions {
-    fn parse(reply: &ServerReply) -> Extensions {
-        let mut e = Extensions::default();
-        for line in reply.lines.iter().skip(1) {
-            let upper = line.to_ascii_uppercase();
-            let mut words = upper.split_ascii_whitespace();
-            match words.next() {
-                Some("STARTTLS") => e.starttls = true,
-                Some("8BITMIME") => e.eight_bit = true,
-                Some("SIZE") => e.size = true,
-                Some("AUTH") => e.auth_plain = words.any(|w| w == "PLAIN"),
-                _ => {}
+    /// The keywords of a complete `250` EHLO reply, parsed by smtp-proto.
+    /// A reply it cannot parse announces nothing: we then use no extension,
+    /// which every server accepts (and `tls = "required"` defers).
+    fn parse(raw: &[u8]) -> Extensions {
+        match smtp_proto::EhloResponse::parse(&mut raw.iter()) {
+            Ok(ehlo) => Extensions {
+                starttls: ehlo.has_capability(smtp_proto::EXT_START_TLS),
+                eight_bit: ehlo.has_capability(smtp_proto::EXT_8BIT_MIME),
+                size: ehlo.has_capability(smtp_proto::EXT_SIZE),
+                auth_plain: ehlo.auth_mechanisms & smtp_proto::AUTH_PLAIN != 0,
+            },
+            Err(e) => {
+                debug!(event = "ehlo_unparsed", error = ?e);
+                Extensions::default()
             }
         }
-        e
     }
 }
 
@@ -159,9 +113,9 @@ pub struct TlsClients {
 /// recipient was accepted.
 #[derive(Debug)]
 pub struct Transaction {
-    pub mail: ServerReply,
-    pub rcpts: Vec<ServerReply>,
-    pub data: Option<ServerReply>,
+    pub mail: HostResponse,
+    pub rcpts: Vec<HostResponse>,
+    pub data: Option<HostResponse>,
 }
 
 /// One open, greeted connection to a next hop.
@@ -225,9 +179,10 @@ impl SmtpClient {
     }
 
     async fn hello(&mut self, helo: &str) -> Result<(), ClientError> {
-        let reply = self.command(&format!("EHLO {helo}"), "EHLO").await?;
+        self.write(format!("EHLO {helo}\r\n").as_bytes()).await?;
+        let (reply, raw) = self.read_reply_raw("EHLO", self.reply_timeout).await?;
         if reply.code == 250 {
-            self.ext = Extensions::parse(&reply);
+            self.ext = Extensions::parse(&raw);
             return Ok(());
         }
         let reply = self.command(&format!("HELO {helo}"), "HELO").await?;
@@ -398,63 +353,64 @@ impl SmtpClient {
         &mut self,
         line: &str,
         stage: &'static str,
-    ) -> Result<ServerReply, ClientError> {
+    ) -> Result<HostResponse, ClientError> {
         self.write(format!("{line}\r\n").as_bytes()).await?;
         self.read_reply(stage, self.reply_timeout).await
-    }
-
-    async fn read_line(&mut self) -> Result<String, ClientError> {
-        loop {
-            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
-                let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                return Ok(String::from_utf8_lossy(&line).into_owned());
-            }
-            if self.buf.len() > MAX_REPLY_LINE {
-                return Err(ClientError::Protocol("reply line too long".into()));
-            }
-            let mut chunk = [0u8; 4096];
-            let n = self.stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(ClientError::Io(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed by the next hop",
-                )));
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
     }
 
     async fn read_reply(
         &mut self,
         stage: &'static str,
         wait: Duration,
-    ) -> Result<ServerReply, ClientError> {
+    ) -> Result<HostResponse, ClientError> {
+        Ok(self.read_reply_raw(stage, wait).await?.0)
+    }
+
+    /// Reads one reply with smtp-proto's incremental parser; also returns
+    /// the reply's raw octets (for the EHLO keywords). Bytes after the
+    /// reply stay buffered.
+    async fn read_reply_raw(
+        &mut self,
+        stage: &'static str,
+        wait: Duration,
+    ) -> Result<(HostResponse, Vec<u8>), ClientError> {
         tokio::time::timeout(wait, async {
-            let mut lines = Vec::new();
+            let mut receiver = ResponseReceiver::default();
+            let mut raw = Vec::new();
             loop {
-                let line = self.read_line().await?;
-                let code = line
-                    .get(..3)
-                    .filter(|c| c.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|c| c.parse::<u16>().ok())
-                    .filter(|c| (200..600).contains(c))
-                    .ok_or_else(|| ClientError::Protocol(format!("bad reply line {line:?}")))?;
-                let sep = line.as_bytes().get(3).copied();
-                lines.push(line.get(4..).unwrap_or("").to_owned());
-                if lines.len() > MAX_REPLY_LINES {
-                    return Err(ClientError::Protocol("reply has too many lines".into()));
-                }
-                match sep {
-                    Some(b'-') => continue,
-                    None | Some(b' ') => return Ok(ServerReply { code, lines }),
-                    Some(_) => {
-                        return Err(ClientError::Protocol(format!("bad reply line {line:?}")));
+                if !self.buf.is_empty() {
+                    let mut bytes = self.buf.iter();
+                    let parsed = receiver.parse(&mut bytes);
+                    let used = self.buf.len() - bytes.len();
+                    raw.extend(self.buf.drain(..used));
+                    match parsed {
+                        Ok(reply) if (200..600).contains(&reply.code) => {
+                            return Ok((HostResponse::new(self.peer, reply), raw));
+                        }
+                        Ok(reply) => {
+                            return Err(ClientError::Protocol(format!(
+                                "bad reply code {}",
+                                reply.code
+                            )));
+                        }
+                        Err(smtp_proto::Error::NeedsMoreData { .. }) => {}
+                        Err(e) => {
+                            return Err(ClientError::Protocol(format!("bad reply: {e:?}")));
+                        }
+                    }
+                    if raw.len() > MAX_REPLY_OCTETS {
+                        return Err(ClientError::Protocol("reply too long".into()));
                     }
                 }
+                let mut chunk = [0u8; 4096];
+                let n = self.stream.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(ClientError::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed by the next hop",
+                    )));
+                }
+                self.buf.extend_from_slice(&chunk[..n]);
             }
         })
         .await
@@ -503,30 +459,61 @@ mod tests {
     }
 
     #[test]
-    fn extensions_and_enhanced_codes() {
-        let r = ServerReply {
-            code: 250,
-            lines: vec![
-                "mx.example".into(),
-                "STARTTLS".into(),
-                "auth login plain".into(),
-                "SIZE 1000".into(),
-                "8BITMIME".into(),
-            ],
-        };
-        let e = Extensions::parse(&r);
+    fn extensions_from_the_ehlo_reply() {
+        let e = Extensions::parse(
+            b"250-mx.example\r\n250-STARTTLS\r\n250-auth login plain\r\n250-SIZE 1000\r\n250 8BITMIME\r\n",
+        );
         assert!(e.starttls && e.auth_plain && e.size && e.eight_bit);
-        let r = ServerReply {
-            code: 550,
-            lines: vec!["5.1.1 no such user".into()],
+        let e = Extensions::parse(b"250-mx.example\r\n250 AUTH LOGIN\r\n");
+        assert!(!e.starttls && !e.auth_plain && !e.size && !e.eight_bit);
+    }
+
+    /// Replies come in pieces; the parser keeps what follows the reply.
+    #[tokio::test]
+    async fn replies_are_read_across_reads_and_keep_what_follows() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            for part in [
+                &b"550-5.1.1 no such"[..],
+                b" user\r\n550 5.1.1 really\r\n220 next",
+            ] {
+                s.write_all(part).await.expect("write");
+                s.flush().await.expect("flush");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            s.write_all(b"\r\n999 bad\r\n").await.expect("write");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        });
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let mut c = SmtpClient {
+            stream: Stream::Plain(tcp),
+            buf: Vec::new(),
+            peer: addr,
+            ext: Extensions::default(),
+            reply_timeout: Duration::from_secs(5),
+            tls: false,
         };
-        assert_eq!(r.enhanced(), Some("5.1.1"));
-        assert_eq!(r.to_string(), "550 5.1.1 no such user");
-        let r = ServerReply {
-            code: 550,
-            lines: vec!["no\x1b such user 1.2".into()],
-        };
-        assert_eq!(r.enhanced(), None);
-        assert_eq!(r.to_string(), "550 no? such user 1.2");
+        let r = c
+            .read_reply("test", Duration::from_secs(5))
+            .await
+            .expect("reply");
+        assert_eq!(r.host, addr);
+        assert_eq!(r.to_string(), "550 5.1.1 no such user really");
+        assert!(r.is_permanent() && !r.is_positive());
+        let r = c
+            .read_reply("test", Duration::from_secs(5))
+            .await
+            .expect("reply");
+        assert_eq!((r.code, r.text.as_str()), (220, "next"));
+        let e = c
+            .read_reply("test", Duration::from_secs(5))
+            .await
+            .expect_err("999");
+        assert!(matches!(e, ClientError::Protocol(_)), "{e}");
+        server.await.expect("server");
     }
 }

@@ -2,6 +2,7 @@
 //! RFC 6522) for the recipients that failed, sent from the null sender to
 //! the original sender, with the original headers attached.
 
+use crate::envelope::{Answer, BodyType};
 use crate::spool::{ENVELOPE_VERSION, Envelope, RcptStatus, Recipient};
 
 /// Lines in the report are kept under this many octets.
@@ -19,33 +20,6 @@ fn field(s: &str) -> String {
         })
         .take(MAX_FIELD)
         .collect()
-}
-
-/// The RFC 3463 status for a failure reply: its enhanced code when it has
-/// one, else `5.0.0` (or `4.4.7` for an expired message).
-fn status(reply: &str) -> String {
-    let is_code = |word: &str| {
-        let parts: Vec<&str> = word.split('.').collect();
-        parts.len() == 3
-            && matches!(parts[0], "4" | "5")
-            && parts[1..]
-                .iter()
-                .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
-    };
-    // "550 5.1.1 ..." from a next hop, or "4.4.7 ..." from us.
-    let mut words = reply.split(' ');
-    let first = words.next().unwrap_or("");
-    let word = if is_code(first) {
-        Some(first)
-    } else {
-        words.next().filter(|w| is_code(w))
-    };
-    match word {
-        // A temporary code that led to a failure means expiry.
-        Some(w) if w.starts_with('4') => "4.4.7".into(),
-        Some(w) => w.to_owned(),
-        None => "5.0.0".into(),
-    }
 }
 
 /// The header block of a message (up to the first empty line).
@@ -86,27 +60,24 @@ pub fn bounce(
         env.id
     ));
     let mut per_rcpt = String::new();
+    let unknown = Answer::local(Some([5, 0, 0]), "delivery failed");
     for r in &failed {
-        let reply = r.reply.as_deref().unwrap_or("5.0.0 delivery failed");
-        human.push_str(&format!("<{}>: {}\r\n", field(&r.address), field(reply)));
+        let answer = r.last.as_ref().unwrap_or(&unknown);
+        let reply = answer.to_string();
+        human.push_str(&format!("<{}>: {}\r\n", field(&r.address), field(&reply)));
         per_rcpt.push_str(&format!(
             "\r\nFinal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\n",
             field(&r.address),
-            status(reply)
+            answer.failure_status()
         ));
-        if let Some(hop) = &r.next_hop
-            && hop != "none"
-        {
-            per_rcpt.push_str(&format!("Remote-MTA: dns; {}\r\n", field(hop)));
+        if let Some(host) = answer.host() {
+            per_rcpt.push_str(&format!("Remote-MTA: dns; {host}\r\n"));
         }
-        if reply
-            .get(..3)
-            .is_some_and(|c| c.bytes().all(|b| b.is_ascii_digit()))
-        {
-            per_rcpt.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", field(reply)));
-        } else {
-            per_rcpt.push_str(&format!("Diagnostic-Code: x-local; {}\r\n", field(reply)));
-        }
+        let kind = match answer {
+            Answer::Remote(_) => "smtp",
+            Answer::Local(_) => "x-local",
+        };
+        per_rcpt.push_str(&format!("Diagnostic-Code: {kind}; {}\r\n", field(&reply)));
         per_rcpt.push_str(&format!("Last-Attempt-Date: {date}\r\n"));
     }
     let mut out = Vec::new();
@@ -160,16 +131,16 @@ pub fn bounce(
             env.sender.clone(),
             local_domains.contains(&sender_domain),
         )],
-        client_addr: "local".into(),
+        client_addr: None,
         helo: hostname.to_owned(),
-        listener: "queue".into(),
-        role: "bounce".into(),
+        listener: None,
+        role: None,
         tls: false,
         user: None,
         received_at: now,
         received_at_rfc3339: crate::clock::rfc3339(now),
         size: 0,
-        body: "8BITMIME".into(),
+        body: BodyType::EightBitMime,
         attempts: 0,
         next_attempt: 0,
         is_bounce: true,
@@ -187,24 +158,29 @@ mod tests {
             Recipient::new("ok@other.example".into(), false),
         ];
         rcpts[0].status = RcptStatus::Failed;
-        rcpts[0].reply = Some("550 5.1.1 <gone@other.example>: no such user".into());
-        rcpts[0].next_hop = Some("127.0.0.1:25".into());
+        let reply =
+            crate::envelope::parse_reply_text("550 5.1.1 <gone@other.example>: no such user", true)
+                .expect("reply");
+        rcpts[0].last = Some(Answer::Remote(crate::envelope::HostResponse::new(
+            "127.0.0.1:25".parse().expect("addr"),
+            reply,
+        )));
         rcpts[1].status = RcptStatus::Delivered;
         Envelope {
             version: 1,
             id: "ABC123".into(),
             sender: "alice@example.org".into(),
             recipients: rcpts,
-            client_addr: "127.0.0.1:1".into(),
+            client_addr: "127.0.0.1:1".parse().ok(),
             helo: "c".into(),
-            listener: "127.0.0.1:25".into(),
-            role: "mta".into(),
+            listener: "127.0.0.1:25".parse().ok(),
+            role: Some(crate::config::Role::Mta),
             tls: false,
             user: None,
             received_at: 0,
             received_at_rfc3339: String::new(),
             size: 0,
-            body: "7BIT".into(),
+            body: BodyType::SevenBit,
             attempts: 1,
             next_attempt: 0,
             is_bounce: false,
@@ -234,9 +210,23 @@ mod tests {
         let mut null = env();
         null.sender.clear();
         assert!(bounce("h", &[], &null, msg, 0).is_none());
+        // Statuses of other answers: a temporary code that led to a failure
+        // means expiry; no code is 5.0.0.
+        let host = "127.0.0.1:25".parse().expect("addr");
+        let status = |reply: &str| {
+            let parsed = crate::envelope::parse_reply_text(reply, true).expect("reply");
+            Answer::Remote(crate::envelope::HostResponse::new(host, parsed))
+                .failure_status()
+                .to_string()
+        };
         assert_eq!(status("451 4.4.1 timeout"), "4.4.7");
-        assert_eq!(status("no code"), "5.0.0");
-        assert_eq!(status("4.4.7 message expired in the queue"), "4.4.7");
+        assert_eq!(status("550 no code"), "5.0.0");
+        assert_eq!(
+            Answer::local(Some([4, 4, 7]), "message expired in the queue")
+                .failure_status()
+                .to_string(),
+            "4.4.7"
+        );
         assert_eq!(status("554 5.7.1 <x>: relay denied"), "5.7.1");
     }
 }

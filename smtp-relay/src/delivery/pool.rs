@@ -4,34 +4,63 @@
 //! coming and closes after `connection_idle` without work.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use super::client::{ClientError, ConnectOptions, ServerReply, SmtpClient, TlsClients};
+use super::client::{ClientError, ConnectOptions, SmtpClient, TlsClients};
 use super::dns::{Dns, DnsError};
 use super::route::{self, NextHop};
 use crate::config::TlsMode;
+use crate::envelope::{Answer, EnhancedCode, HostResponse, LocalFinding, RcptStatus};
 
-/// What happened to one recipient in one attempt.
+/// What happened to one recipient in one attempt: the next hop took it
+/// (with its reply), or it waits for a retry, or it failed for good — each
+/// with the answer that says why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Delivered(String),
-    Deferred(String),
-    Failed(String),
+    Delivered(HostResponse),
+    Deferred(Answer),
+    Failed(Answer),
 }
 
 impl Outcome {
-    fn from_reply(reply: &ServerReply) -> Outcome {
-        let text = reply.to_string();
+    fn from_reply(reply: &HostResponse) -> Outcome {
         if reply.is_positive() {
-            Outcome::Delivered(text)
+            Outcome::Delivered(reply.clone())
         } else if reply.is_permanent() {
-            Outcome::Failed(text)
+            Outcome::Failed(Answer::Remote(reply.clone()))
         } else {
-            Outcome::Deferred(text)
+            Outcome::Deferred(Answer::Remote(reply.clone()))
+        }
+    }
+
+    /// A temporary problem with `host` (when one was reached) and no reply.
+    fn deferred(host: Option<SocketAddr>, enhanced: Option<[u8; 3]>, text: String) -> Outcome {
+        Outcome::Deferred(Answer::Local(LocalFinding {
+            host,
+            enhanced: enhanced.map(EnhancedCode),
+            text,
+        }))
+    }
+
+    /// The recipient's new state.
+    pub fn status(&self) -> RcptStatus {
+        match self {
+            Outcome::Delivered(_) => RcptStatus::Delivered,
+            Outcome::Deferred(_) => RcptStatus::Pending,
+            Outcome::Failed(_) => RcptStatus::Failed,
+        }
+    }
+
+    /// The answer to record for the recipient.
+    pub fn answer(&self) -> Answer {
+        match self {
+            Outcome::Delivered(r) => Answer::Remote(r.clone()),
+            Outcome::Deferred(a) | Outcome::Failed(a) => a.clone(),
         }
     }
 }
@@ -46,11 +75,10 @@ pub struct Job {
     pub reply: oneshot::Sender<JobResult>,
 }
 
-/// The attempt's outcome per recipient (same order as `Job::recipients`)
-/// and the host that answered (`none` if no host was reached).
+/// The attempt's outcome per recipient (same order as `Job::recipients`);
+/// each names the host it came from, if one was reached.
 #[derive(Debug)]
 pub struct JobResult {
-    pub next_hop: String,
     pub outcomes: Vec<Outcome>,
 }
 
@@ -182,7 +210,6 @@ impl Pool {
                 Ok(c) => *conn = Some(c),
                 Err(outcome) => {
                     return JobResult {
-                        next_hop: "none".into(),
                         outcomes: vec![outcome; job.recipients.len()],
                     };
                 }
@@ -190,26 +217,30 @@ impl Pool {
         }
         let Some(c) = conn.as_mut() else {
             return JobResult {
-                next_hop: "none".into(),
-                outcomes: vec![Outcome::Deferred("no connection".into()); job.recipients.len()],
+                outcomes: vec![
+                    Outcome::deferred(None, None, "no connection".into());
+                    job.recipients.len()
+                ],
             };
         };
-        let next_hop = c.peer().to_string();
+        let peer = c.peer();
         let recipients: Vec<&str> = job.recipients.iter().map(String::as_str).collect();
         match c
             .send(&job.sender, &recipients, job.eight_bit, &job.message)
             .await
         {
             Ok(tx) => JobResult {
-                next_hop,
                 outcomes: outcomes(&tx, job.recipients.len()),
             },
             Err(e) => {
                 *conn = None;
                 JobResult {
-                    next_hop,
                     outcomes: vec![
-                        Outcome::Deferred(format!("lost connection: {e}"));
+                        Outcome::deferred(
+                            Some(peer),
+                            None,
+                            format!("lost connection: {e}")
+                        );
                         job.recipients.len()
                     ],
                 }
@@ -222,10 +253,17 @@ impl Pool {
     async fn connect(&self, hop: &NextHop) -> Result<SmtpClient, Outcome> {
         let targets = match route::resolve(&self.dns, &hop.targets).await {
             Ok(t) => t,
-            Err(DnsError::Permanent(e)) => return Err(Outcome::Failed(format!("5.1.2 {e}"))),
-            Err(e @ DnsError::Temporary(_)) => return Err(Outcome::Deferred(format!("4.4.3 {e}"))),
+            Err(DnsError::Permanent(e)) => {
+                return Err(Outcome::Failed(Answer::local(
+                    Some([5, 1, 2]),
+                    e.to_string(),
+                )));
+            }
+            Err(e @ DnsError::Temporary(_)) => {
+                return Err(Outcome::deferred(None, Some([4, 4, 3]), e.to_string()));
+            }
         };
-        let mut last = Outcome::Deferred("4.4.1 no next hop reachable".into());
+        let mut last = Outcome::deferred(None, Some([4, 4, 1]), "no next hop reachable".into());
         for target in &targets {
             let mut tls = hop.tls;
             loop {
@@ -249,7 +287,7 @@ impl Pool {
                         debug!(event = "connect_failed", next_hop = %target.addr, error = %e);
                         // A 5xx greeting from one MX is no reason to give up
                         // on the others; only the last word counts.
-                        last = Outcome::Deferred(format!("4.4.1 {}: {e}", target.addr));
+                        last = Outcome::deferred(Some(target.addr), Some([4, 4, 1]), e.to_string());
                         break;
                     }
                 }
@@ -268,14 +306,16 @@ fn outcomes(tx: &super::client::Transaction, n: usize) -> Vec<Outcome> {
     (0..n)
         .map(|i| match tx.rcpts.get(i) {
             Some(r) if !r.is_positive() => Outcome::from_reply(r),
-            Some(_) => match &tx.data {
-                Some(d) if d.code == 354 => {
-                    Outcome::Deferred(format!("unexpected reply after DATA: {d}"))
-                }
+            Some(r) => match &tx.data {
+                Some(d) if d.code == 354 => Outcome::deferred(
+                    Some(d.host),
+                    None,
+                    format!("unexpected reply after DATA: {d}"),
+                ),
                 Some(d) => Outcome::from_reply(d),
-                None => Outcome::Deferred("no DATA reply".into()),
+                None => Outcome::deferred(Some(r.host), None, "no DATA reply".into()),
             },
-            None => Outcome::Deferred("no RCPT reply".into()),
+            None => Outcome::deferred(Some(tx.mail.host), None, "no RCPT reply".into()),
         })
         .collect()
 }
@@ -285,26 +325,34 @@ mod tests {
     use super::super::client::Transaction;
     use super::*;
 
-    fn r(code: u16, text: &str) -> ServerReply {
-        ServerReply {
-            code,
-            lines: vec![text.into()],
-        }
+    fn r(code: u16, text: &str) -> HostResponse {
+        let parsed =
+            crate::envelope::parse_reply_text(&format!("{code} {text}"), true).expect("reply");
+        HostResponse::new("127.0.0.1:25".parse().expect("addr"), parsed)
+    }
+
+    /// Each outcome as (state, answer text), the way the queue records it.
+    fn seen(outcomes: Vec<Outcome>) -> Vec<(RcptStatus, String)> {
+        outcomes
+            .iter()
+            .map(|o| (o.status(), o.answer().to_string()))
+            .collect()
     }
 
     #[test]
     fn outcome_mapping() {
+        use RcptStatus::{Delivered, Failed, Pending};
         let tx = Transaction {
             mail: r(250, "ok"),
             rcpts: vec![r(250, "ok"), r(550, "5.1.1 unknown"), r(450, "4.2.0 busy")],
             data: Some(r(250, "2.0.0 queued")),
         };
         assert_eq!(
-            outcomes(&tx, 3),
+            seen(outcomes(&tx, 3)),
             vec![
-                Outcome::Delivered("250 2.0.0 queued".into()),
-                Outcome::Failed("550 5.1.1 unknown".into()),
-                Outcome::Deferred("450 4.2.0 busy".into()),
+                (Delivered, "250 2.0.0 queued".into()),
+                (Failed, "550 5.1.1 unknown".into()),
+                (Pending, "450 4.2.0 busy".into()),
             ]
         );
         let tx = Transaction {
@@ -313,8 +361,8 @@ mod tests {
             data: None,
         };
         assert_eq!(
-            outcomes(&tx, 2),
-            vec![Outcome::Deferred("452 4.3.1 full".into()); 2]
+            seen(outcomes(&tx, 2)),
+            vec![(Pending, "452 4.3.1 full".into()); 2]
         );
         let tx = Transaction {
             mail: r(250, "ok"),
@@ -322,8 +370,14 @@ mod tests {
             data: Some(r(554, "5.6.0 no")),
         };
         assert_eq!(
-            outcomes(&tx, 1),
-            vec![Outcome::Failed("554 5.6.0 no".into())]
+            seen(outcomes(&tx, 1)),
+            vec![(Failed, "554 5.6.0 no".into())]
+        );
+        // Every answer names the host it came from.
+        assert!(
+            outcomes(&tx, 1)
+                .iter()
+                .all(|o| o.answer().host() == Some("127.0.0.1:25".parse().expect("addr")))
         );
     }
 }

@@ -17,6 +17,7 @@ use super::dsn;
 use super::pool::{Job, Outcome, Pool, Settings};
 use super::route::Router;
 use crate::config::DeliveryConfig;
+use crate::envelope::{Answer, BodyType, EnhancedCode, LocalFinding};
 use crate::metrics;
 use crate::spool::{Envelope, RcptStatus, Spool};
 
@@ -282,22 +283,24 @@ impl Queue {
                 if r.status != RcptStatus::Pending {
                     continue;
                 }
-                let last = r
-                    .reply
-                    .take()
-                    .unwrap_or_else(|| "no attempt succeeded".into());
-                r.reply = Some(format!(
-                    "4.4.7 message expired in the queue; last reply: {last}"
-                ));
-                r.status = RcptStatus::Failed;
-                let r = &env.recipients[i];
+                let last = r.last.take();
+                let expired_answer = Answer::Local(LocalFinding {
+                    host: last.as_ref().and_then(Answer::host),
+                    enhanced: Some(EnhancedCode([4, 4, 7])),
+                    text: format!(
+                        "message expired in the queue; last reply: {}",
+                        last.map_or_else(|| "no attempt succeeded".into(), |a| a.to_string())
+                    ),
+                });
                 log_attempt(
                     &env,
-                    &r.address,
-                    r.next_hop.as_deref().unwrap_or("none"),
-                    r.reply.as_deref().unwrap_or(""),
-                    "expired",
+                    &env.recipients[i].address,
+                    &expired_answer,
+                    Attempt::Expired,
                 );
+                let r = &mut env.recipients[i];
+                r.last = Some(expired_answer);
+                r.status = RcptStatus::Failed;
                 metrics::BOUNCED.inc();
             }
         } else {
@@ -387,7 +390,7 @@ impl Queue {
                         .iter()
                         .map(|&i| env.recipients[i].address.clone())
                         .collect(),
-                    eight_bit: env.body == "8BITMIME",
+                    eight_bit: env.body == BodyType::EightBitMime,
                     message: message.clone(),
                     reply: tx,
                 },
@@ -399,27 +402,21 @@ impl Queue {
                 continue;
             };
             for (&i, outcome) in indices.iter().zip(&result.outcomes) {
-                let r = &mut env.recipients[i];
-                r.next_hop = Some(result.next_hop.clone());
-                let (status, reply, word) = match outcome {
-                    Outcome::Delivered(t) => (RcptStatus::Delivered, t, "delivered"),
-                    Outcome::Deferred(t) => (RcptStatus::Pending, t, "deferred"),
-                    Outcome::Failed(t) => (RcptStatus::Failed, t, "bounced"),
+                let answer = outcome.answer();
+                let attempt = match outcome {
+                    Outcome::Delivered(_) => Attempt::Delivered,
+                    Outcome::Deferred(_) => Attempt::Deferred,
+                    Outcome::Failed(_) => Attempt::Bounced,
                 };
-                r.status = status;
-                r.reply = Some(reply.clone());
-                match status {
-                    RcptStatus::Delivered => metrics::DELIVERED.inc(),
-                    RcptStatus::Pending => metrics::DEFERRED.inc(),
-                    RcptStatus::Failed => metrics::BOUNCED.inc(),
+                match attempt {
+                    Attempt::Delivered => metrics::DELIVERED.inc(),
+                    Attempt::Deferred => metrics::DEFERRED.inc(),
+                    Attempt::Bounced | Attempt::Expired => metrics::BOUNCED.inc(),
                 }
-                log_attempt(
-                    env,
-                    &env.recipients[i].address,
-                    &result.next_hop,
-                    reply,
-                    word,
-                );
+                log_attempt(env, &env.recipients[i].address, &answer, attempt);
+                let r = &mut env.recipients[i];
+                r.status = outcome.status();
+                r.last = Some(answer);
             }
             // Record the answer now: a crash after this point must not send
             // the message again to recipients that already have it. When
@@ -470,11 +467,28 @@ impl Queue {
     }
 }
 
-/// The delivery log: one line per recipient and attempt.
-fn log_attempt(env: &Envelope, recipient: &str, next_hop: &str, reply: &str, outcome: &str) {
+/// The `outcome` of a delivery log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "lowercase")]
+enum Attempt {
+    Delivered,
+    Deferred,
+    Bounced,
+    Expired,
+}
+
+/// The delivery log: one line per recipient and attempt. `next_hop` is the
+/// host the answer came from, `none` when no host was reached.
+fn log_attempt(env: &Envelope, recipient: &str, answer: &Answer, attempt: Attempt) {
     let delay = (now_secs_f64() - env.received_at as f64).max(0.0);
     let delay = format!("{delay:.3}");
-    if outcome == "delivered" {
+    let next_hop = answer
+        .host()
+        .map_or_else(|| "none".to_owned(), |h| h.to_string());
+    let next_hop = next_hop.as_str();
+    let reply = answer.to_string();
+    let outcome: &'static str = attempt.into();
+    if attempt == Attempt::Delivered {
         info!(target: "delivery", event = "delivery", queue_id = %env.id, sender = ?env.sender,
             recipient = ?recipient, next_hop, reply = ?reply, delay = %delay, attempt = env.attempts + 1,
             outcome, "delivery attempt");

@@ -2,7 +2,8 @@
 //! input: the command parser, the address parser and the DATA decoder.
 //! It runs on stable Rust in-process (no sanitizer runtime), so CI can run
 //! it: `cargo test` runs a few thousand cases per target, `cargo xtask
-//! fuzz` runs `examples/fuzz.rs` for a bounded time.
+//! fuzz` runs the `smtp-relay-fuzz` binary for a bounded time. It lives
+//! apart from the relay and uses only the relay's public parser API.
 //!
 //! Besides "does not panic", each target checks properties:
 //! - command: parsing is deterministic; a parsed MAIL/RCPT path re-parses.
@@ -17,7 +18,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
-use crate::data::{Decoder, Outcome};
+use smtp_relay::data::{Decoder, Outcome};
 
 /// SplitMix64: small, fast, good enough to drive mutations.
 pub struct Rng(u64);
@@ -183,8 +184,8 @@ pub fn check(target: Target, input: &[u8], rng: &mut Rng) -> Result<(), String> 
 }
 
 fn check_command(input: &[u8]) -> Result<(), String> {
-    let a = crate::command::parse(input);
-    let b = crate::command::parse(input);
+    let a = smtp_relay::command::parse(input);
+    let b = smtp_relay::command::parse(input);
     if format!("{a:?}") != format!("{b:?}") {
         return Err("command parsing is not deterministic".into());
     }
@@ -194,19 +195,19 @@ fn check_command(input: &[u8]) -> Result<(), String> {
 fn check_address(input: &[u8]) -> Result<(), String> {
     let s = String::from_utf8_lossy(input);
     let locals = ["example.org".to_owned()];
-    if let Ok((path, _)) = crate::address::parse_path(&s) {
+    if let Ok((path, _)) = smtp_relay::address::parse_path(&s) {
         let class = path.classify(&locals);
-        if let Ok((upper, _)) = crate::address::parse_path(&s.to_ascii_uppercase())
+        if let Ok((upper, _)) = smtp_relay::address::parse_path(&s.to_ascii_uppercase())
             && upper.classify(&locals) != class
         {
             return Err(format!("classification depends on case: {s:?}"));
         }
     }
     let inner = s.trim_start_matches('<').trim_end_matches('>');
-    if let Ok(m) = crate::address::parse_mailbox(inner)
+    if let Ok(m) = smtp_relay::address::parse_mailbox(inner)
         && let Some(plain) = m.plain_form()
     {
-        let again = crate::address::parse_mailbox(&plain)
+        let again = smtp_relay::address::parse_mailbox(&plain)
             .map_err(|e| format!("plain form {plain:?} of {s:?} does not parse: {e}"))?;
         if again.plain_form().as_deref() != Some(plain.as_str()) {
             return Err(format!("plain form of {s:?} is not stable"));

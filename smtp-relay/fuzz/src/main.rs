@@ -1,5 +1,6 @@
 //! Bounded fuzzing of the command parser, address parser and DATA decoder
-//! (see `smtp_relay::fuzz`). `cargo xtask fuzz` runs this in release mode.
+//! (see the library of this crate). `cargo xtask fuzz` runs this in release
+//! mode.
 //!
 //! usage: fuzz [--secs N] [--seed S] [--target command|address|data]
 //! Exits 1 with the failing input (escaped) on the first failure.
@@ -7,7 +8,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use smtp_relay::fuzz::{self, Target};
+use smtp_relay_fuzz::{self as fuzz, Target};
 
 fn main() -> ExitCode {
     let mut secs = 30u64;
@@ -44,7 +45,7 @@ fn main() -> ExitCode {
                         f.problem,
                         f.input.escape_ascii().to_string()
                     );
-                    println!("add it to smtp_relay::fuzz::REGRESSIONS with the fix");
+                    println!("add it to smtp_relay_fuzz::REGRESSIONS with the fix");
                     return ExitCode::FAILURE;
                 }
             }
