@@ -90,36 +90,61 @@ pub fn filter(ctx: &XdpContext) -> u32 {
     };
     let slot = iface_slot(ctx);
     let judged = parse::judge(ctx, &|port| config.is_protected(port));
-    let (family, counter, action) = decide(&judged, config);
-    count(slot, family, counter);
-    // Drop events: dropped (or, in monitor mode, would-be-dropped) SYNs only, if enabled.
-    if (action == XDP_DROP || counter == Counter::WouldDrop)
-        && config.event_interval_ns != 0
-        && let Judged::Segment(segment) = &judged
-        && segment.syn_only
-    {
+    let verdict = decide(&judged, config);
+    count(slot, verdict.family, verdict.counter);
+    if let Some(segment) = verdict.report {
         report_drop(ctx, segment, config, slot);
     }
-    action
+    verdict.action
+}
+
+/// What to do with a frame, what to count, and whether to report it as a drop event.
+struct Verdict<'a> {
+    family: Family,
+    counter: Counter,
+    action: u32,
+    /// Set only for dropped (or, in monitor mode, would-be-dropped) SYNs when events are on.
+    report: Option<&'a Segment>,
 }
 
 #[inline(always)]
-fn decide(judged: &Judged, config: &FilterConfig) -> (Family, Counter, u32) {
+fn decide<'a>(judged: &'a Judged, config: &FilterConfig) -> Verdict<'a> {
     let enforce = config.mode != MODE_MONITOR;
     match judged {
-        Judged::Pass(family, counter) => (*family, *counter, XDP_PASS),
-        Judged::Unjudgeable(family) => (
-            *family,
-            Counter::Unjudgeable,
-            if enforce { XDP_DROP } else { XDP_PASS },
-        ),
+        Judged::Pass(family, counter) => Verdict {
+            family: *family,
+            counter: *counter,
+            action: XDP_PASS,
+            report: None,
+        },
+        Judged::Unjudgeable(family) => Verdict {
+            family: *family,
+            counter: Counter::Unjudgeable,
+            action: if enforce { XDP_DROP } else { XDP_PASS },
+            report: None,
+        },
+        // The segment's fields are read only in this arm: elsewhere they were never written, and
+        // kernels before 6.3 (5.10, 6.1 point releases) refuse a read of unwritten stack even
+        // when its value is then ignored, as a flattened `a && b && segment.syn_only` would do.
         Judged::Segment(segment) => {
             if allowed(segment, config) {
-                (segment.family, Counter::Allowed, XDP_PASS)
-            } else if enforce {
-                (segment.family, Counter::Dropped, XDP_DROP)
-            } else {
-                (segment.family, Counter::WouldDrop, XDP_PASS)
+                return Verdict {
+                    family: segment.family,
+                    counter: Counter::Allowed,
+                    action: XDP_PASS,
+                    report: None,
+                };
+            }
+            let report = (config.event_interval_ns != 0 && segment.syn_only).then_some(segment);
+            Verdict {
+                family: segment.family,
+                counter: if enforce {
+                    Counter::Dropped
+                } else {
+                    Counter::WouldDrop
+                },
+                action: if enforce { XDP_DROP } else { XDP_PASS },
+                report,
             }
         }
     }
@@ -262,8 +287,12 @@ fn take_token(config: &FilterConfig) -> bool {
     };
     // Dividing only when at least one token is due keeps the flood path free of divisions.
     let elapsed = now.saturating_sub(bucket.last_ns);
-    if elapsed >= config.event_interval_ns {
-        let earned = elapsed / config.event_interval_ns;
+    // `checked_div`: the caller only reports with a non-zero interval, but a division the compiler
+    // cannot prove safe brings in core's panic path, a subprogram ending in a call that kernels
+    // before 6.x refuse ("last insn is not an exit or jmp").
+    if elapsed >= config.event_interval_ns
+        && let Some(earned) = elapsed.checked_div(config.event_interval_ns)
+    {
         bucket.tokens = (bucket.tokens + earned).min(u64::from(config.event_burst));
         bucket.last_ns = now;
     }

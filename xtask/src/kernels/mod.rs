@@ -89,6 +89,7 @@ pub struct Args {
 /// `cargo xtask kernels`: setup, then the matrix alone.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     crate::setup::run()?;
+    crate::build::ebpf_objects()?;
     let mut tally = TestTally::default();
     let result = run_matrix(&args.selection, args.keep, &mut tally);
     println!(
