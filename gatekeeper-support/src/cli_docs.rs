@@ -77,3 +77,6 @@ mod tests {
         assert!(roff.contains(".TH smtp-relay-check "), "{roff}");
     }
 }
+
+/// The shell names completions are generated for, re-exported so a CLI needs no clap_complete.
+pub use clap_complete::Shell;
