@@ -3,6 +3,8 @@
 use std::io::Write;
 
 use anyhow::Context as _;
+/// The shell names completions are generated for, re-exported so a CLI needs no clap_complete.
+pub use clap_complete::Shell;
 
 /// Writes the completion script of `command` (named `bin`) for `shell` to `out`.
 pub fn completions(
@@ -77,6 +79,3 @@ mod tests {
         assert!(roff.contains(".TH smtp-relay-check "), "{roff}");
     }
 }
-
-/// The shell names completions are generated for, re-exported so a CLI needs no clap_complete.
-pub use clap_complete::Shell;

@@ -18,4 +18,3 @@ pub mod netlink;
 pub mod policy;
 pub mod stats;
 pub mod sync;
-pub mod watch;
