@@ -28,7 +28,7 @@ pub enum Command {
     /// /etc/bash_completion.d/gatekeeper`).
     Completions {
         /// The shell to complete for.
-        shell: clap_complete::Shell,
+        shell: gatekeeper_support::cli_docs::Shell,
     },
     /// Print the man page (roff) for gatekeeper and its subcommands, e.g.
     /// `gatekeeper man | man -l -`.

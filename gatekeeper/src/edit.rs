@@ -2,9 +2,7 @@
 //! `toml_edit`, so comments and layout survive, and the result written back atomically.
 
 use std::{
-    fs::{self, File, OpenOptions},
-    io::Write as _,
-    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    fs,
     path::{Path, PathBuf},
 };
 
@@ -182,48 +180,10 @@ pub fn resolve(path: &Path) -> anyhow::Result<PathBuf> {
     fs::canonicalize(path).with_context(|| format!("{}: cannot resolve", path.display()))
 }
 
-/// Replaces `path` with `text` atomically: a temp file in the same directory, fsync, rename over
-/// the original, fsync the directory. The file keeps its permission bits. Readers see either the
-/// old or the new file, never a mix; after a crash it is one or the other.
+/// Writes the config text back to `path` (the real file, see [`resolve`]) atomically, keeping
+/// its mode, owner and group: readers and a crash see the old or the new file, never a mix.
 pub fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} names no file", path.display()))?;
-    let mode = fs::metadata(path)
-        .map(|m| m.permissions().mode() & 0o7777)
-        .unwrap_or(0o644);
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = (|| -> anyhow::Result<()> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        file.set_permissions(fs::Permissions::from_mode(mode))
-            .with_context(|| format!("setting the mode of {}", tmp.display()))?;
-        file.write_all(text.as_bytes())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        file.sync_all()
-            .with_context(|| format!("fsync {}", tmp.display()))?;
-        fs::rename(&tmp, path)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("fsync the directory {}", dir.display()))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    Ok(gatekeeper_support::atomic::replace(path, text.as_bytes())?)
 }
 
 #[cfg(test)]
@@ -341,30 +301,5 @@ cidr = \"203.0.113.25\" # backup MX\n";
             ConfigDocument::parse("interfaces = [", Path::new("gk.toml")),
             Err(EditError::Syntax { .. })
         ));
-    }
-
-    #[test]
-    fn atomic_write_replaces_the_file_and_keeps_its_mode() {
-        let dir = std::env::temp_dir().join(format!("gk-edit-{}", std::process::id()));
-        fs::create_dir_all(&dir).expect("dir");
-        let path = dir.join("gatekeeper.toml");
-        fs::write(&path, "old\n").expect("write");
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).expect("chmod");
-        write_atomic(&path, "new\n").expect("atomic write");
-        assert_eq!(fs::read_to_string(&path).expect("read"), "new\n");
-        let mode = fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
-        assert_eq!(mode, 0o640);
-        // No temp file is left behind.
-        let names: Vec<_> = fs::read_dir(&dir)
-            .expect("list")
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("gatekeeper.toml")]);
-        // A directory that cannot take the temp file: an error, the old file untouched.
-        let err = write_atomic(&dir.join("missing").join("gatekeeper.toml"), "x")
-            .expect_err("no directory");
-        assert!(format!("{err:#}").contains("creating"), "{err:#}");
-        let _ = fs::remove_dir_all(&dir);
     }
 }

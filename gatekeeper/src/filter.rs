@@ -64,29 +64,8 @@ impl std::fmt::Display for AttachedMode {
     }
 }
 
-/// How the IPv4 allowlist is looked up.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Ipv4Lookup {
-    /// Both structures kept; the trie serves lists shorter than
-    /// [`AUTO_DIR24_THRESHOLD`] entries (it stays in cache), DIR-24-8 longer ones.
-    #[default]
-    Auto,
-    /// DIR-24-8: constant cost per packet, about 64 MiB + 1 KiB per long block of kernel memory.
-    Dir24,
-    /// The kernel LPM trie: no fixed memory, cost grows with the list.
-    Trie,
-}
-
-impl std::fmt::Display for Ipv4Lookup {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Ipv4Lookup::Auto => "auto",
-            Ipv4Lookup::Dir24 => "dir24",
-            Ipv4Lookup::Trie => "trie",
-        })
-    }
-}
+/// How the IPv4 allowlist is looked up: part of the config schema, in gatekeeper-support.
+pub use gatekeeper_support::gatekeeper_config::Ipv4Lookup;
 
 /// IPv4 entries from which `auto` switches from the trie to DIR-24-8 (`cargo xtask bench xdp`
 /// shows the trie ahead for short lists and DIR-24-8 far ahead for long ones).

@@ -18,4 +18,3 @@ pub mod policy;
 pub mod stats;
 pub mod sync;
 pub mod verifier;
-pub mod watch;

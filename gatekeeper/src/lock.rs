@@ -1,28 +1,17 @@
-//! Advisory locks (`flock`): one on a lock file next to the config, so two admins (or an admin and
-//! the daemon's reload) never interleave their edits; one on the pin directory, held by the running
-//! daemon, so a second daemon or `gatekeeper detach` cannot pull the state from under it.
+//! Where the gatekeeper's advisory locks are, and what it says when one is held: one on a lock
+//! file next to the config, so two admins (or an admin and the daemon's reload) never interleave
+//! their edits; one on the pin directory, held by the running daemon, so a second daemon or
+//! `gatekeeper detach` cannot pull the state from under it. The locking itself is
+//! gatekeeper-support's.
 
 use std::{
-    fs::{File, OpenOptions},
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{Context as _, bail};
-
-/// A held lock; released when dropped (or when the process dies, however it dies).
-#[derive(Debug)]
-pub struct Lock {
-    _file: File,
-    path: PathBuf,
-}
-
-impl Lock {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
+use anyhow::Context as _;
+pub use gatekeeper_support::lock::Lock;
+use gatekeeper_support::lock::{lock_file_waiting, try_lock_dir};
 
 /// The lock file guarding edits of `config`: `<config>.lock` in the same directory.
 pub fn config_lock_path(config: &Path) -> PathBuf {
@@ -39,55 +28,19 @@ pub fn config_lock_path(config: &Path) -> PathBuf {
 pub fn lock_config(config: &Path, timeout: Duration) -> anyhow::Result<Lock> {
     let real = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
     let path = config_lock_path(&real);
-    // flock needs no write access: an existing lock file in a read-only directory still works.
-    let file = match OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-    {
-        Ok(file) => file,
-        Err(err) => File::open(&path)
-            .map_err(|_| err)
-            .with_context(|| format!("opening the lock file {}", path.display()))?,
-    };
-    let deadline = Instant::now() + timeout;
-    loop {
-        if try_flock(&file)? {
-            return Ok(Lock { _file: file, path });
-        }
-        if Instant::now() >= deadline {
-            bail!(
+    lock_file_waiting(&path, timeout)
+        .with_context(|| format!("opening the lock file {}", path.display()))?
+        .with_context(|| {
+            format!(
                 "{} is locked by another gatekeeper command (waited {timeout:?}); try again",
                 path.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+            )
+        })
 }
 
 /// Takes the lock on the pin directory `dir` without waiting; `None` if a daemon holds it.
 pub fn try_lock_pin_dir(dir: &Path) -> anyhow::Result<Option<Lock>> {
-    let file =
-        File::open(dir).with_context(|| format!("opening the pin directory {}", dir.display()))?;
-    Ok(try_flock(&file)?.then(|| Lock {
-        _file: file,
-        path: dir.to_path_buf(),
-    }))
-}
-
-/// `flock(LOCK_EX | LOCK_NB)`: true if taken, false if someone else holds it.
-fn try_flock(file: &File) -> anyhow::Result<bool> {
-    // SAFETY: flock on a valid open fd; the lock lives as long as the file.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let err = std::io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        return Ok(false);
-    }
-    Err(err).context("flock")
+    try_lock_dir(dir).with_context(|| format!("opening the pin directory {}", dir.display()))
 }
 
 #[cfg(test)]

@@ -1,25 +1,10 @@
 //! What the program enforces besides the allowlist: mode, protected ports, drop-event limits.
 
 use gatekeeper_common::{FilterConfig, MODE_ENFORCE, MODE_MONITOR};
-use serde::{Deserialize, Serialize};
+pub use gatekeeper_support::gatekeeper_config::Mode;
+use serde::Serialize;
 
-/// Drop what the allowlist refuses, or only count it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    #[default]
-    Enforce,
-    Monitor,
-}
-
-impl std::fmt::Display for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Mode::Enforce => "enforce",
-            Mode::Monitor => "monitor",
-        })
-    }
-}
+use crate::config::Config;
 
 /// The policy half of the config, as the program sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -34,6 +19,18 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// The policy half of `config`, as the program applies it.
+    pub fn of(config: &Config) -> Policy {
+        let mut ports = config.protected_ports.clone();
+        ports.sort_unstable();
+        Policy {
+            mode: config.mode,
+            ports,
+            event_rate: config.drop_event_rate,
+            event_burst: config.drop_event_burst,
+        }
+    }
+
     pub fn to_filter_config(&self) -> FilterConfig {
         let mut config = FilterConfig::empty();
         config.mode = match self.mode {
@@ -71,7 +68,55 @@ impl Policy {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+    use crate::config::{ConfigError, Ipv4Lookup};
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("gk.toml"))
+    }
+
+    fn error(text: &str) -> String {
+        match parse(text) {
+            Ok(config) => panic!("expected an error, got {config:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn monitor_mode_ports_and_event_limits_make_the_policy() {
+        let config = parse(
+            "interfaces = [\"eth0\"]\nmode = \"monitor\"\nprotected_ports = [587, 25]\ndrop_event_rate = 5\ndrop_event_burst = 7\npin_dir = \"/sys/fs/bpf/gk2\"\n",
+        )
+        .expect("valid config");
+        let policy = Policy::of(&config);
+        assert_eq!(policy.mode, Mode::Monitor);
+        assert_eq!(policy.ports, [25, 587]);
+        assert_eq!((policy.event_rate, policy.event_burst), (5, 7));
+        assert_eq!(config.pin_dir, Path::new("/sys/fs/bpf/gk2"));
+        let e = error("interfaces = [\"eth0\"]\npin_dir = \"gk\"\n");
+        assert!(
+            e.starts_with("gk.toml:2:11: pin_dir \"gk\" must be an absolute path"),
+            "{e}"
+        );
+        let config =
+            parse("interfaces = [\"eth0\"]\nipv4_lookup = \"trie\"\nipv4_dir24_blocks = 100\n")
+                .expect("valid config");
+        assert_eq!(
+            (config.ipv4_lookup, config.ipv4_dir24_blocks),
+            (Ipv4Lookup::Trie, 100)
+        );
+        let e = error("interfaces = [\"eth0\"]\nipv4_dir24_blocks = 0\n");
+        assert!(
+            e.starts_with("gk.toml:2:21: ipv4_dir24_blocks 0 is out of range"),
+            "{e}"
+        );
+        let e = error("interfaces = [\"eth0\"]\nipv4_lookup = \"hash\"\n");
+        assert!(e.starts_with("gk.toml:2:15: "), "{e}");
+        let e = error("interfaces = [\"eth0\"]\nmode = \"block\"\n");
+        assert!(e.starts_with("gk.toml:2:8: "), "{e}");
+    }
 
     #[test]
     fn policy_round_trips_through_the_map_layout() {

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use ipnet::IpNet;
 use tracing::warn;
 
-use crate::{config::Config, maps::FilterMaps};
+use crate::{config::Config, maps::FilterMaps, policy::Policy};
 
 /// What a sync changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -41,7 +41,7 @@ pub fn apply(maps: &mut FilterMaps, config: &Config) -> anyhow::Result<SyncRepor
         }
         report.added.push(*net);
     }
-    let policy = config.policy();
+    let policy = Policy::of(config);
     if maps.policy()? != policy {
         maps.set_policy(&policy)?;
         report.policy_changed = true;

@@ -11,38 +11,13 @@
 //! partner out — and is logged once per change.
 
 use std::net::IpAddr;
-use std::os::unix::fs::MetadataExt as _;
-use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::path::PathBuf;
 
+use gatekeeper_support::stamp::FileStamp;
 use ipnet::IpNet;
 use tracing::{info, warn};
 
 use crate::config::{ListenerConfig, load_gatekeeper_allow};
-
-/// What identifies one version of a file: an atomic rewrite (rename) gets a
-/// new inode, an in-place edit a new size or modification time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    modified: Option<SystemTime>,
-}
-
-impl Stamp {
-    /// `None` when the file is missing or unreadable; that too is a state we
-    /// notice a change from.
-    fn of(path: &Path) -> Option<Stamp> {
-        let meta = std::fs::metadata(path).ok()?;
-        Some(Stamp {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            len: meta.len(),
-            modified: meta.modified().ok(),
-        })
-    }
-}
 
 /// One listener's admitted ranges, refreshed from the gatekeeper files.
 /// Owned by the listener's accept loop, so it needs no lock.
@@ -51,7 +26,7 @@ pub struct Admission {
     listener: std::net::SocketAddr,
     fixed: Vec<IpNet>,
     files: Vec<PathBuf>,
-    stamps: Vec<Option<Stamp>>,
+    stamps: Vec<Option<FileStamp>>,
     ranges: Vec<IpNet>,
 }
 
@@ -67,7 +42,7 @@ impl Admission {
             stamps: config
                 .gatekeeper_files
                 .iter()
-                .map(|f| Stamp::of(f))
+                .map(|f| FileStamp::of(f))
                 .collect(),
             ranges: config.allow.clone(),
         };
@@ -95,7 +70,7 @@ impl Admission {
         if self.files.is_empty() {
             return;
         }
-        let now: Vec<Option<Stamp>> = self.files.iter().map(|f| Stamp::of(f)).collect();
+        let now: Vec<Option<FileStamp>> = self.files.iter().map(|f| FileStamp::of(f)).collect();
         if now == self.stamps {
             return;
         }
@@ -132,6 +107,8 @@ impl Admission {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     /// A directory of its own per test, removed afterwards.
@@ -174,18 +151,19 @@ mod tests {
 
     /// Writes like `gatekeeper allow add` does: a new file renamed over the old.
     fn write_atomically(dir: &Path, text: &str) {
-        let tmp = dir.join("gatekeeper.toml.tmp");
-        std::fs::write(&tmp, text).expect("write");
-        std::fs::rename(&tmp, dir.join("gatekeeper.toml")).expect("rename");
+        gatekeeper_support::atomic::replace(&dir.join("gatekeeper.toml"), text.as_bytes())
+            .expect("replace");
     }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("ip")
     }
 
-    const ONE: &str = "[[allow]]\ncidr = \"198.51.100.0/24\"\n";
-    const TWO: &str =
-        "[[allow]]\ncidr = \"198.51.100.0/24\"\n[[allow]]\ncidr = \"203.0.113.66/32\"\n";
+    /// A gatekeeper config without entries: the relay reads it through the gatekeeper's own
+    /// schema, so it is a whole, valid one.
+    const NONE: &str = "interfaces = [\"eth0\"]\n";
+    const ONE: &str = "interfaces = [\"eth0\"]\n[[allow]]\ncidr = \"198.51.100.0/24\"\n";
+    const TWO: &str = "interfaces = [\"eth0\"]\n[[allow]]\ncidr = \"198.51.100.0/24\"\n[[allow]]\ncidr = \"203.0.113.66/32\"\n";
 
     #[test]
     fn picks_up_additions_and_removals() {
@@ -200,7 +178,7 @@ mod tests {
         assert!(a.admits(ip("203.0.113.66")));
         assert!(a.admits(ip("::ffff:203.0.113.66")));
 
-        write_atomically(dir.path(), "");
+        write_atomically(dir.path(), NONE);
         assert!(!a.admits(ip("203.0.113.66")));
         assert!(!a.admits(ip("198.51.100.9")));
         assert!(a.admits(ip("127.0.0.1")), "fixed ranges stay");
@@ -234,6 +212,25 @@ mod tests {
 
         write_atomically(dir.path(), ONE);
         assert!(!a.admits(ip("203.0.113.66")), "fixed file applies again");
+        assert!(a.admits(ip("198.51.100.1")));
+    }
+
+    #[test]
+    fn a_file_the_gatekeeper_refuses_keeps_previous_ranges() {
+        let dir = Scratch::new();
+        write_atomically(dir.path(), ONE);
+        let mut a = Admission::new(&listener(dir.path(), &[]));
+        // Host bits set: the gatekeeper refuses the file, so the relay keeps the old ranges
+        // rather than admitting 203.0.113.0/24.
+        write_atomically(
+            dir.path(),
+            "interfaces = [\"eth0\"]\n[[allow]]\ncidr = \"203.0.113.66/24\"\n",
+        );
+        assert!(!a.admits(ip("203.0.113.1")));
+        assert!(a.admits(ip("198.51.100.1")));
+        // So does a file without the gatekeeper's required keys.
+        write_atomically(dir.path(), "[[allow]]\ncidr = \"203.0.113.0/24\"\n");
+        assert!(!a.admits(ip("203.0.113.1")));
         assert!(a.admits(ip("198.51.100.1")));
     }
 

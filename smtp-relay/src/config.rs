@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use gatekeeper_support::gatekeeper_config;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -276,31 +277,6 @@ struct RawUser {
     password_hash: String,
     #[serde(default)]
     senders: Vec<String>,
-}
-
-/// The gatekeeper's own config; only `[[allow]]` matters here.
-#[derive(Debug, Deserialize)]
-struct GatekeeperFile {
-    #[serde(default)]
-    allow: Vec<GatekeeperAllow>,
-}
-
-#[derive(Debug, Deserialize)]
-struct GatekeeperAllow {
-    #[serde(deserialize_with = "gatekeeper_cidr")]
-    cidr: IpNet,
-}
-
-/// An `[[allow]]` cidr as the gatekeeper reads it: a CIDR, or a bare address
-/// (a /32 or /128), as in examples/gatekeeper.toml.
-fn gatekeeper_cidr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<IpNet, D::Error> {
-    let text = String::deserialize(d)?;
-    let text = text.trim();
-    text.parse::<IpNet>()
-        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| {
-            serde::de::Error::custom(format!("\"{text}\" is not an IPv4 or IPv6 address or CIDR"))
-        })
 }
 
 /// A validated listener.
@@ -749,14 +725,12 @@ fn addresses_clash(a: SocketAddr, b: SocketAddr) -> bool {
     a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified()
 }
 
-/// Reads the `[[allow]]` CIDRs from a gatekeeper config, ignoring its other
-/// keys, so the relay admits exactly the peers the XDP filter admits.
+/// Reads the `[[allow]]` networks of a gatekeeper config through the
+/// gatekeeper's own schema, so the relay admits exactly the peers the XDP
+/// filter admits and refuses the files the gatekeeper refuses.
 pub fn load_gatekeeper_allow(path: &Path) -> anyhow::Result<Vec<IpNet>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading gatekeeper config {}", path.display()))?;
-    let gk: GatekeeperFile = toml::from_str(&text)
-        .with_context(|| format!("{}: invalid gatekeeper config", path.display()))?;
-    Ok(gk.allow.into_iter().map(|a| a.cidr).collect())
+    let gk = gatekeeper_config::Config::load(path).context("invalid gatekeeper config")?;
+    Ok(gk.allow.into_iter().map(|entry| entry.net).collect())
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use gatekeeper_support::lock::{self, Lock};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::UnixListener;
@@ -33,26 +34,18 @@ fn lock_path(spool_dir: &Path) -> PathBuf {
     spool_dir.join("lock")
 }
 
-/// Takes the spool's exclusive lock (released when the file is closed,
-/// also by a crash). Fails if another process holds it.
-pub fn lock_spool(spool_dir: &Path) -> anyhow::Result<fs::File> {
+/// Takes the spool's exclusive lock (released when dropped, also by a
+/// crash). Fails if another process holds it.
+pub fn lock_spool(spool_dir: &Path) -> anyhow::Result<Lock> {
     let path = lock_path(spool_dir);
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => anyhow::bail!(
-            "{} is locked: another smtp-relay uses this spool",
-            path.display()
-        ),
-        Err(fs::TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("locking {}", path.display()))
-        }
-    }
+    lock::try_lock_file(&path)
+        .with_context(|| format!("locking {}", path.display()))?
+        .with_context(|| {
+            format!(
+                "{} is locked: another smtp-relay uses this spool",
+                path.display()
+            )
+        })
 }
 
 /// Binds the control socket (replacing a stale one: we hold the lock).

@@ -1,11 +1,12 @@
 //! `smtp-relay`: thin CLI over the library (see `lib.rs`).
 
-use std::io::{IsTerminal as _, Read as _, Write as _};
+use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand};
+use gatekeeper_support::{cli_docs, cli_docs::Shell, logging};
 use smtp_relay::server::Server;
 
 /// The command name in completions and man pages.
@@ -74,7 +75,7 @@ enum Command {
     Completions {
         /// The shell to complete for.
         #[arg(value_name = "SHELL")]
-        shell: clap_complete::Shell,
+        shell: Shell,
     },
     /// Print the man page (roff) for smtp-relay and each subcommand.
     ///
@@ -106,60 +107,6 @@ enum QueueAction {
         #[arg(value_name = "ID")]
         id: String,
     },
-}
-
-/// Writes the completion script for `shell` to standard output.
-fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
-    let mut script = Vec::new();
-    clap_complete::generate(shell, &mut Cli::command(), BIN, &mut script);
-    if shell == clap_complete::Shell::Bash {
-        script = fix_bash_states(&script)?;
-    }
-    std::io::stdout()
-        .write_all(&script)
-        .context("writing the completion script")
-}
-
-/// clap_complete's bash script spells the states of a hyphenated binary
-/// two ways: the loop over the words says `smtp__relay__subcmd__queue`, the
-/// case arms `smtp__subcmd__relay__subcmd__queue`, so nothing after the
-/// subcommand ever completes (clap-rs/clap#6421). Spell the arms like the
-/// loop; once clap fixes it this replaces nothing.
-fn fix_bash_states(script: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let text = std::str::from_utf8(script).context("the bash completion script is not UTF-8")?;
-    let wrong = BIN.replace('-', "__subcmd__");
-    let right = BIN.replace('-', "__");
-    Ok(text.replace(&wrong, &right).into_bytes())
-}
-
-/// The top-level page followed by one page per subcommand, as gatekeeper
-/// does it: one stream for `man -l -`.
-fn man() -> anyhow::Result<()> {
-    let command = Cli::command();
-    let mut out = Vec::new();
-    clap_mangen::Man::new(command.clone())
-        .render(&mut out)
-        .context("rendering the man page")?;
-    for sub in command.get_subcommands() {
-        let title = format!("{BIN}-{}", sub.get_name());
-        clap_mangen::Man::new(sub.clone())
-            .title(title)
-            .render(&mut out)
-            .with_context(|| format!("rendering the man page of {}", sub.get_name()))?;
-    }
-    std::io::stdout()
-        .write_all(&out)
-        .context("writing the man page")
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }
 
 fn read_password(from_stdin: bool) -> anyhow::Result<String> {
@@ -208,8 +155,10 @@ fn main() -> ExitCode {
 
 fn execute(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Completions { shell } => completions(shell),
-        Command::Man => man(),
+        Command::Completions { shell } => {
+            cli_docs::completions(Cli::command(), BIN, shell, &mut std::io::stdout())
+        }
+        Command::Man => cli_docs::man_pages(Cli::command(), BIN, &mut std::io::stdout()),
         Command::Check { config } => {
             let prepared = smtp_relay::prepare(&config)?;
             println!(
@@ -253,7 +202,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { config } => {
-            init_logging();
+            logging::init(logging::Targets::Shown);
             let prepared = smtp_relay::prepare(&config)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

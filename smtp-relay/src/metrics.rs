@@ -1,16 +1,16 @@
-//! Process-wide counters and a Prometheus text endpoint (`GET /metrics` on
-//! `metrics_listen`), served by a plain tokio listener.
+//! Process-wide counters and the Prometheus endpoint (`GET /metrics` on
+//! `metrics_listen`), served by gatekeeper-support's metrics endpoint.
 //!
 //! Counters are global atomics: the audit functions and the queue bump
-//! them where the events happen, so no code path can forget to count.
+//! them where the events happen, so no code path can forget to count. A
+//! prometheus-client collector reads them at each scrape.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
+use gatekeeper_support::metrics::{self as expose, endpoint};
+use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
 use strum::{EnumCount as _, IntoEnumIterator as _};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
-use tracing::warn;
+use tokio::net::TcpListener;
 
 use crate::refusal::Refusal;
 
@@ -64,122 +64,86 @@ pub fn refused_count(reason: Refusal) -> u64 {
 
 /// The exposition text (Prometheus text format 0.0.4).
 pub fn render(now: u64) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let mut counter = |name: &str, help: &str, v: u64| {
-        let _ = write!(
-            out,
-            "# HELP smtp_relay_{name} {help}\n# TYPE smtp_relay_{name} counter\nsmtp_relay_{name} {v}\n"
-        );
-    };
-    counter("sessions_total", "SMTP sessions started.", SESSIONS.get());
-    counter(
-        "auth_failures_total",
-        "Failed AUTH attempts.",
-        AUTH_FAILURES.get(),
-    );
-    counter("accepted_total", "Messages queued.", ACCEPTED.get());
-    counter(
-        "relayed_total",
-        "Queued messages with external recipients.",
-        RELAYED.get(),
-    );
-    counter(
-        "delivered_total",
-        "Recipients accepted by a next hop.",
-        DELIVERED.get(),
-    );
-    counter(
-        "deferred_total",
-        "Recipient delivery attempts that failed temporarily.",
-        DEFERRED.get(),
-    );
-    counter(
-        "bounced_total",
-        "Recipients failed permanently.",
-        BOUNCED.get(),
-    );
-    let _ = write!(
-        out,
-        "# HELP smtp_relay_refused_total Refusals by reason.\n# TYPE smtp_relay_refused_total counter\n"
-    );
-    for reason in Refusal::iter() {
-        let _ = writeln!(
-            out,
-            "smtp_relay_refused_total{{reason=\"{}\"}} {}",
-            reason.as_str(),
-            refused_count(reason)
-        );
+    expose::render(Snapshot { now })
+}
+
+/// The counters as they are at a scrape at `now` (Unix seconds).
+#[derive(Debug)]
+struct Snapshot {
+    now: u64,
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let e = &mut encoder;
+        expose::counter(
+            e,
+            "smtp_relay_sessions",
+            "SMTP sessions started.",
+            SESSIONS.get(),
+        )?;
+        expose::counter(
+            e,
+            "smtp_relay_auth_failures",
+            "Failed AUTH attempts.",
+            AUTH_FAILURES.get(),
+        )?;
+        expose::counter(e, "smtp_relay_accepted", "Messages queued.", ACCEPTED.get())?;
+        expose::counter(
+            e,
+            "smtp_relay_relayed",
+            "Queued messages with external recipients.",
+            RELAYED.get(),
+        )?;
+        expose::counter(
+            e,
+            "smtp_relay_delivered",
+            "Recipients accepted by a next hop.",
+            DELIVERED.get(),
+        )?;
+        expose::counter(
+            e,
+            "smtp_relay_deferred",
+            "Recipient delivery attempts that failed temporarily.",
+            DEFERRED.get(),
+        )?;
+        expose::counter(
+            e,
+            "smtp_relay_bounced",
+            "Recipients failed permanently.",
+            BOUNCED.get(),
+        )?;
+        expose::counter_family(
+            e,
+            "smtp_relay_refused",
+            "Refusals by reason.",
+            Refusal::iter().map(|reason| ([("reason", reason.as_str())], refused_count(reason))),
+        )?;
+        let depth = QUEUE_DEPTH.get();
+        let oldest = OLDEST_RECEIVED_AT.get();
+        let age = if depth == 0 || oldest == 0 {
+            0
+        } else {
+            self.now.saturating_sub(oldest)
+        };
+        expose::gauge(
+            e,
+            "smtp_relay_queue_depth",
+            "Messages in the queue.",
+            expose::gauge_value(depth),
+        )?;
+        expose::gauge(
+            e,
+            "smtp_relay_oldest_message_age_seconds",
+            "Age of the oldest queued message.",
+            expose::gauge_value(age),
+        )
     }
-    let depth = QUEUE_DEPTH.get();
-    let oldest = OLDEST_RECEIVED_AT.get();
-    let age = if depth == 0 || oldest == 0 {
-        0
-    } else {
-        now.saturating_sub(oldest)
-    };
-    let _ = write!(
-        out,
-        "# HELP smtp_relay_queue_depth Messages in the queue.\n# TYPE smtp_relay_queue_depth gauge\nsmtp_relay_queue_depth {depth}\n\
-         # HELP smtp_relay_oldest_message_age_seconds Age of the oldest queued message.\n# TYPE smtp_relay_oldest_message_age_seconds gauge\nsmtp_relay_oldest_message_age_seconds {age}\n"
-    );
-    out
 }
 
 /// Serves `GET /metrics` until the task is dropped.
 pub async fn serve(listener: TcpListener) {
-    loop {
-        match listener.accept().await {
-            Ok((tcp, peer)) => {
-                tokio::spawn(async move {
-                    if let Err(e) = answer(tcp).await {
-                        warn!(event = "metrics_error", client = %peer, error = %e);
-                    }
-                });
-            }
-            Err(e) => {
-                warn!(event = "metrics_error", error = %e);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-async fn answer(mut tcp: TcpStream) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    let read = tokio::time::timeout(Duration::from_secs(5), async {
-        while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n")
-            && !buf[..len].windows(2).any(|w| w == b"\n\n")
-            && len < buf.len()
-        {
-            let n = tcp.read(&mut buf[len..]).await?;
-            if n == 0 {
-                break;
-            }
-            len += n;
-        }
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
-    if read.is_err() {
-        return Ok(());
-    }
-    let first = buf[..len].split(|&b| b == b'\n').next().unwrap_or(&[]);
-    let (status, body) = if first.starts_with(b"GET /metrics ") || first == b"GET /metrics\r" {
-        ("200 OK", render(crate::clock::unix_now()))
-    } else {
-        ("404 Not Found", "not found; try /metrics\n".to_owned())
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    tokio::time::timeout(Duration::from_secs(5), tcp.write_all(response.as_bytes()))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))??;
-    let _ = tcp.shutdown().await;
-    Ok(())
+    endpoint::serve(listener, || async { Ok(render(crate::clock::unix_now())) }).await;
 }
 
 #[cfg(test)]

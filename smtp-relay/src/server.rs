@@ -54,7 +54,7 @@ pub struct Server {
     metrics: Option<TcpListener>,
     control: Option<tokio::net::UnixListener>,
     /// The spool's lock, held while we run.
-    _lock: std::fs::File,
+    _lock: gatekeeper_support::lock::Lock,
 }
 
 /// Binds one listening socket. IPv6 sockets are V6ONLY so `[::]:25` and

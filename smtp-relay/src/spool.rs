@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use gatekeeper_support::atomic;
 use tokio::io::AsyncWriteExt as _;
 
 pub use crate::envelope::{ENVELOPE_VERSION, Envelope, RcptStatus, Recipient};
@@ -270,30 +271,17 @@ impl Spool {
         .with_context(|| format!("parsing {}", env_path.display()))
     }
 
-    /// Replaces `<id>.env` atomically: temp file, fsync, rename, fsync of
-    /// the directory. A crash leaves either the old or the new envelope.
+    /// Replaces `<id>.env` atomically: temp file under `tmp/` (swept at
+    /// start-up), fsync, rename, fsync of the directory. A crash leaves
+    /// either the old or the new envelope.
     pub fn update(&self, env: &Envelope) -> io::Result<()> {
         if !is_valid_id(&env.id) {
             return Err(io::Error::other(format!("invalid queue id {:?}", env.id)));
         }
         let json = serde_json::to_vec_pretty(env).map_err(io::Error::other)?;
-        let tmp = self.dir.join("tmp").join(format!("{}.env.new", env.id));
-        let result = (|| {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&json)?;
-            f.sync_all()?;
-            fs::rename(&tmp, self.dir.join(format!("{}.env", env.id)))?;
-            sync_dir(&self.dir)
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        let path = self.dir.join(format!("{}.env", env.id));
+        atomic::replace_staged_in(&path, &self.dir.join("tmp"), &json)?;
+        Ok(())
     }
 
     /// Takes a message out of the queue: envelope first (so it is no

@@ -10,16 +10,14 @@
 //! file — leaves the previous certificate in service and is logged once per
 //! change.
 
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
-
-use tracing::{info, warn};
 
 use anyhow::Context as _;
+use gatekeeper_support::stamp::FileStamp;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tracing::{info, warn};
 
 /// Builds a TLS acceptor from a PEM certificate chain and a PEM private key.
 /// Errors name the file at fault.
@@ -46,14 +44,8 @@ pub fn load_acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::Tl
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// One version of a file: a rename gets a new inode, an in-place write a new
-/// size or modification time. `None`: missing or unreadable.
-fn stamp(path: &Path) -> Option<(u64, u64, u64, Option<SystemTime>)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.dev(), meta.ino(), meta.len(), meta.modified().ok()))
-}
-
-type Stamps = [Option<(u64, u64, u64, Option<SystemTime>)>; 2];
+/// The versions of the certificate and key files.
+type Stamps = [Option<FileStamp>; 2];
 
 /// The TLS acceptor in service and the file versions it was made from.
 pub struct TlsStore {
@@ -66,7 +58,7 @@ impl TlsStore {
     /// Loads the pair; errors name the file at fault.
     pub fn load(cert: &Path, key: &Path) -> anyhow::Result<TlsStore> {
         // Stamp first, then read: a change after the stamp is seen next time.
-        let stamps = [stamp(cert), stamp(key)];
+        let stamps = [FileStamp::of(cert), FileStamp::of(key)];
         let acceptor = load_acceptor(cert, key)?;
         Ok(TlsStore {
             cert: cert.to_path_buf(),
@@ -78,7 +70,7 @@ impl TlsStore {
     /// The acceptor for the next handshake, after picking up changed files.
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = [stamp(&self.cert), stamp(&self.key)];
+        let now = [FileStamp::of(&self.cert), FileStamp::of(&self.key)];
         if now != state.0 {
             state.0 = now;
             match load_acceptor(&self.cert, &self.key) {

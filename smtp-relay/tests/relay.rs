@@ -358,7 +358,9 @@ fn gatekeeper_allowlist_changes_apply_to_the_running_relay() {
         std::fs::write(&tmp, text).expect("write gk");
         std::fs::rename(&tmp, &gk).expect("rename gk");
     };
-    let partner = "[[allow]]\ncidr = \"198.51.100.0/24\"\ncomment = \"partner\"\n";
+    // A whole gatekeeper config: the relay reads it through the gatekeeper's schema.
+    let partner =
+        "interfaces = [\"lo\"]\n[[allow]]\ncidr = \"198.51.100.0/24\"\ncomment = \"partner\"\n";
     write(partner);
     let extra = format!(
         "[[listener]]\naddress = \"[::1]:0\"\nrole = \"mta\"\nallow_gatekeeper = [{gk:?}]\n"

@@ -3,14 +3,19 @@
 mod allow;
 mod check;
 mod detach;
-mod docs;
 mod run;
 mod stats;
 mod status;
 
 use std::process::ExitCode;
 
+use clap::CommandFactory as _;
+use gatekeeper_support::cli_docs;
+
 use crate::cli::{AllowAction, Cli, Command};
+
+/// The command name in completions and man pages.
+const BIN: &str = "gatekeeper";
 
 /// Runs one command; `status` alone reports through its exit code as well.
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -18,8 +23,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { config, json } => {
             return Ok(status::status(&config.config, json)?.exit_code());
         }
-        Command::Completions { shell } => docs::completions(shell),
-        Command::Man => docs::man(),
+        Command::Completions { shell } => {
+            cli_docs::completions(Cli::command(), BIN, shell, &mut std::io::stdout())
+        }
+        Command::Man => cli_docs::man_pages(Cli::command(), BIN, &mut std::io::stdout()),
         Command::Run { config, ifaces } => run::run(&config.config, ifaces),
         Command::Check { config } => check::check(&config.config),
         Command::Stats { config, json } => stats::stats(&config.config, json),

@@ -30,12 +30,13 @@ use gatekeeper::{
     lock,
     maps::FilterMaps,
     metrics, stats, sync,
-    watch::FileStamp,
 };
+use gatekeeper_support::{metrics::endpoint, stamp::FileStamp};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     net::TcpListener,
     signal::unix::{Signal, SignalKind, signal},
+    sync::{mpsc, oneshot},
 };
 use tracing::{error, info, warn};
 
@@ -238,13 +239,13 @@ impl Daemon {
             }
             None => None,
         };
-        let metrics_listener = match self.config.metrics_listen {
+        let mut scrapes = match self.config.metrics_listen {
             Some(addr) => {
                 let listener = TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("listening for metrics on {addr}"))?;
                 info!(%addr, "serving Prometheus metrics at /metrics");
-                Some(listener)
+                Some(serve_metrics(listener))
             }
             None => None,
         };
@@ -267,17 +268,9 @@ impl Daemon {
                         self.reload("config file changed");
                     }
                 }
-                accepted = accept(&metrics_listener) => {
-                    match accepted {
-                        Ok(stream) => {
-                            self.counts.attached_interfaces = self.filter.attached().len();
-                            match metrics::render(self.filter.maps(), &self.counts) {
-                                Ok(body) => { tokio::spawn(metrics::answer(stream, body)); }
-                                Err(err) => warn!(error = %format!("{err:#}"), "reading metrics failed"),
-                            }
-                        }
-                        Err(err) => warn!(error = %err, "accepting a metrics connection failed"),
-                    }
+                Some(reply) = next_scrape(&mut scrapes) => {
+                    self.counts.attached_interfaces = self.filter.attached().len();
+                    let _ = reply.send(metrics::render(self.filter.maps(), &self.counts));
                 }
                 ready = readable(&mut events) => {
                     let mut guard = ready?;
@@ -393,9 +386,31 @@ impl Daemon {
     }
 }
 
-async fn accept(listener: &Option<TcpListener>) -> std::io::Result<tokio::net::TcpStream> {
-    match listener {
-        Some(listener) => listener.accept().await.map(|(stream, _)| stream),
+/// A scrape waiting for the metrics text, which only the daemon can read from the maps.
+type Scrape = oneshot::Sender<anyhow::Result<String>>;
+
+/// Serves `GET /metrics` on `listener` in a task of its own; each request becomes a [`Scrape`]
+/// the daemon's loop answers.
+fn serve_metrics(listener: TcpListener) -> mpsc::Receiver<Scrape> {
+    let (scrapes, requests) = mpsc::channel::<Scrape>(8);
+    tokio::spawn(endpoint::serve(listener, move || {
+        let scrapes = scrapes.clone();
+        async move {
+            let (reply, text) = oneshot::channel();
+            scrapes
+                .send(reply)
+                .await
+                .map_err(|_| anyhow!("the daemon is stopping"))?;
+            text.await.map_err(|_| anyhow!("the daemon is stopping"))?
+        }
+    }));
+    requests
+}
+
+/// The next scrape, or never when metrics are off.
+async fn next_scrape(scrapes: &mut Option<mpsc::Receiver<Scrape>>) -> Option<Scrape> {
+    match scrapes {
+        Some(requests) => requests.recv().await,
         None => std::future::pending().await,
     }
 }

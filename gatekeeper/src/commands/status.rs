@@ -60,7 +60,7 @@ pub fn status(path: &Path, json_out: bool) -> anyhow::Result<Health> {
     }
     let interfaces: Vec<Value> = names.iter().map(|i| interface(dir, i, &config)).collect();
 
-    let wanted_policy = config.policy();
+    let wanted_policy = Policy::of(&config);
     let wanted: BTreeSet<IpNet> = config.allow.iter().map(|e| e.net).collect();
     let live = match &maps {
         Some(maps) => {

@@ -1,0 +1,537 @@
+//! `gatekeeper.toml`: the source of truth for what the filter enforces, and the file the relay's
+//! `allow_gatekeeper` follows, so both read it through this one schema and admit the same peers.
+//!
+//! Parsing keeps the position of every value so that a bad entry is reported as
+//! `FILE:LINE:COLUMN: message`, the way compilers do, and nothing is attached.
+
+use std::{
+    collections::HashSet,
+    fmt,
+    net::SocketAddr,
+    ops::Range,
+    path::{Path, PathBuf},
+    str::FromStr as _,
+};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use crate::cidr::{CidrError, parse_cidr};
+
+/// Where the daemon and the CLI look for the config when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/gatekeeper/gatekeeper.toml";
+
+/// The SMTP port, protected when the config names no ports.
+pub const DEFAULT_PORT: u16 = 25;
+
+/// Where the daemon pins the program's maps (and links) on bpffs.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/gatekeeper";
+
+/// Upper bound for `ipv4_dir24_blocks` (1 GiB of second-level blocks).
+pub const MAX_DIR24_BLOCKS: u32 = 1 << 20;
+
+/// Drop events each CPU may report per second, and in a burst, unless the config says otherwise.
+pub const DEFAULT_DROP_EVENT_RATE: u32 = 10;
+pub const DEFAULT_DROP_EVENT_BURST: u32 = 20;
+
+/// How the program is attached to an interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// In the driver, before any socket buffer exists; the fast path. Fails if the driver lacks it.
+    #[default]
+    Native,
+    /// Generic XDP in the kernel stack: works everywhere, much slower.
+    Skb,
+    /// Native where the driver supports it, otherwise skb with a loud warning.
+    Auto,
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            XdpMode::Native => "native",
+            XdpMode::Skb => "skb",
+            XdpMode::Auto => "auto",
+        })
+    }
+}
+
+/// Drop what the allowlist refuses, or only count it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Monitor,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Enforce => "enforce",
+            Mode::Monitor => "monitor",
+        })
+    }
+}
+
+/// How the IPv4 allowlist is looked up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ipv4Lookup {
+    /// Both structures kept; the trie serves short lists (it stays in cache), DIR-24-8 longer
+    /// ones (the threshold is the gatekeeper's `filter::AUTO_DIR24_THRESHOLD`).
+    #[default]
+    Auto,
+    /// DIR-24-8: constant cost per packet, about 64 MiB + 1 KiB per long block of kernel memory.
+    Dir24,
+    /// The kernel LPM trie: no fixed memory, cost grows with the list.
+    Trie,
+}
+
+impl fmt::Display for Ipv4Lookup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Ipv4Lookup::Auto => "auto",
+            Ipv4Lookup::Dir24 => "dir24",
+            Ipv4Lookup::Trie => "trie",
+        })
+    }
+}
+
+/// One allowlist entry: a network allowed to open SMTP sessions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllowEntry {
+    pub net: IpNet,
+    pub comment: Option<String>,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub interfaces: Vec<String>,
+    pub xdp_mode: XdpMode,
+    pub mode: Mode,
+    pub protected_ports: Vec<u16>,
+    pub pin_dir: PathBuf,
+    pub drop_event_rate: u32,
+    pub drop_event_burst: u32,
+    /// On SIGTERM/SIGINT, leave the pinned program attached (enforcing) instead of detaching it,
+    /// so a restarted daemon adopts it without a moment unfiltered.
+    pub keep_attached_on_exit: bool,
+    /// Where the daemon serves Prometheus metrics (`GET /metrics`); off when `None`.
+    pub metrics_listen: Option<SocketAddr>,
+    pub ipv4_lookup: Ipv4Lookup,
+    pub ipv4_dir24_blocks: u32,
+    pub allow: Vec<AllowEntry>,
+}
+
+/// A config that could not be read or is invalid, with the position of the offending value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    // The io::Error is part of the message and deliberately not a `source`, so `{:#}` does not
+    // print it twice.
+    #[error("{path}: cannot read: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    interfaces: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    xdp_mode: XdpMode,
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
+    protected_ports: Option<Spanned<Vec<Spanned<u32>>>>,
+    #[serde(default)]
+    pin_dir: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    drop_event_rate: Option<u32>,
+    #[serde(default)]
+    drop_event_burst: Option<u32>,
+    #[serde(default)]
+    keep_attached_on_exit: bool,
+    #[serde(default)]
+    metrics_listen: Option<Spanned<String>>,
+    #[serde(default)]
+    ipv4_lookup: Ipv4Lookup,
+    #[serde(default)]
+    ipv4_dir24_blocks: Option<Spanned<u32>>,
+    #[serde(default)]
+    allow: Vec<RawAllow>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAllow {
+    cidr: Spanned<String>,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let at = |span: Range<usize>, message: String| {
+            let (line, column) = line_column(text, span.start);
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message,
+            }
+        };
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| at(e.span().unwrap_or(0..0), e.message().to_string()))?;
+
+        let interfaces = validate_interfaces(&raw.interfaces).map_err(|(s, m)| at(s, m))?;
+        let protected_ports = match &raw.protected_ports {
+            None => vec![DEFAULT_PORT],
+            Some(ports) => validate_ports(ports).map_err(|(s, m)| at(s, m))?,
+        };
+        let mut allow = Vec::with_capacity(raw.allow.len());
+        let mut seen = HashSet::new();
+        for entry in &raw.allow {
+            let net = parse_cidr(entry.cidr.get_ref())
+                .map_err(|e| at(entry.cidr.span(), format!("allow entry {e}")))?;
+            if !seen.insert(net) {
+                return Err(at(
+                    entry.cidr.span(),
+                    format!("allow entry \"{net}\" is listed twice"),
+                ));
+            }
+            allow.push(AllowEntry {
+                net,
+                comment: entry.comment.clone(),
+            });
+        }
+        let ipv4_dir24_blocks = match raw.ipv4_dir24_blocks {
+            None => gatekeeper_common::dir24::DEFAULT_LONG_BLOCKS,
+            Some(blocks) if (1..=MAX_DIR24_BLOCKS).contains(blocks.get_ref()) => {
+                blocks.into_inner()
+            }
+            Some(blocks) => {
+                return Err(at(
+                    blocks.span(),
+                    format!(
+                        "ipv4_dir24_blocks {} is out of range (1-{MAX_DIR24_BLOCKS}; each block is 1 KiB of kernel memory)",
+                        blocks.get_ref()
+                    ),
+                ));
+            }
+        };
+        let pin_dir = match raw.pin_dir {
+            None => PathBuf::from(DEFAULT_PIN_DIR),
+            Some(dir) if dir.get_ref().is_absolute() => dir.into_inner(),
+            Some(dir) => {
+                return Err(at(
+                    dir.span(),
+                    format!(
+                        "pin_dir \"{}\" must be an absolute path on bpffs",
+                        dir.get_ref().display()
+                    ),
+                ));
+            }
+        };
+        let metrics_listen = match &raw.metrics_listen {
+            None => None,
+            Some(addr) => Some(SocketAddr::from_str(addr.get_ref().trim()).map_err(|_| {
+                at(
+                    addr.span(),
+                    format!(
+                        "metrics_listen \"{}\" is not an address and port (e.g. \"127.0.0.1:9725\")",
+                        addr.get_ref()
+                    ),
+                )
+            })?),
+        };
+        Ok(Config {
+            interfaces,
+            xdp_mode: raw.xdp_mode,
+            mode: raw.mode,
+            protected_ports,
+            pin_dir,
+            drop_event_rate: raw.drop_event_rate.unwrap_or(DEFAULT_DROP_EVENT_RATE),
+            drop_event_burst: raw.drop_event_burst.unwrap_or(DEFAULT_DROP_EVENT_BURST),
+            keep_attached_on_exit: raw.keep_attached_on_exit,
+            metrics_listen,
+            ipv4_lookup: raw.ipv4_lookup,
+            ipv4_dir24_blocks,
+            allow,
+        })
+    }
+}
+
+type SpannedError = (Range<usize>, String);
+
+fn validate_interfaces(list: &Spanned<Vec<Spanned<String>>>) -> Result<Vec<String>, SpannedError> {
+    if list.get_ref().is_empty() {
+        return Err((
+            list.span(),
+            "interfaces is empty: name at least one interface to protect".into(),
+        ));
+    }
+    let mut names = Vec::new();
+    for name in list.get_ref() {
+        let value = name.get_ref();
+        // IFNAMSIZ is 16 including the terminating NUL.
+        let valid = !value.is_empty()
+            && value.len() <= 15
+            && !value
+                .bytes()
+                .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0);
+        if !valid {
+            return Err((
+                name.span(),
+                format!("interface \"{value}\" is not a valid interface name"),
+            ));
+        }
+        if names.contains(value) {
+            return Err((
+                name.span(),
+                format!("interface \"{value}\" is listed twice"),
+            ));
+        }
+        names.push(value.clone());
+    }
+    Ok(names)
+}
+
+fn validate_ports(list: &Spanned<Vec<Spanned<u32>>>) -> Result<Vec<u16>, SpannedError> {
+    if list.get_ref().is_empty() {
+        return Err((
+            list.span(),
+            "protected_ports is empty: the filter would protect nothing (remove the key for the default, 25)".into(),
+        ));
+    }
+    let mut ports = Vec::new();
+    for port in list.get_ref() {
+        let value = *port.get_ref();
+        let port_u16 = match u16::try_from(value) {
+            Ok(p) if p != 0 => p,
+            _ => {
+                return Err((
+                    port.span(),
+                    format!("protected port {value} is not a TCP port (1-65535)"),
+                ));
+            }
+        };
+        if ports.contains(&port_u16) {
+            return Err((
+                port.span(),
+                format!("protected port {value} is listed twice"),
+            ));
+        }
+        ports.push(port_u16);
+    }
+    Ok(ports)
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("gk.toml"))
+    }
+
+    fn error(text: &str) -> String {
+        match parse(text) {
+            Ok(config) => panic!("expected an error, got {config:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let config = parse(
+            r#"
+# DMZ mail host
+interfaces = ["eth0", "eth1"]
+xdp_mode = "auto"
+protected_ports = [25, 587]
+
+[[allow]]
+cidr = "198.51.100.0/24"
+comment = "partner relay"
+
+[[allow]]
+cidr = "2001:db8:25::/48"
+
+[[allow]]
+cidr = "203.0.113.7"
+"#,
+        )
+        .expect("valid config");
+        assert_eq!(config.interfaces, ["eth0", "eth1"]);
+        assert_eq!(config.xdp_mode, XdpMode::Auto);
+        assert_eq!(config.protected_ports, [25, 587]);
+        assert_eq!(config.allow.len(), 3);
+        assert_eq!(
+            config.allow[0].net,
+            "198.51.100.0/24".parse::<IpNet>().unwrap()
+        );
+        assert_eq!(config.allow[0].comment.as_deref(), Some("partner relay"));
+        assert_eq!(
+            config.allow[1].net,
+            "2001:db8:25::/48".parse::<IpNet>().unwrap()
+        );
+        assert_eq!(
+            config.allow[2].net,
+            "203.0.113.7/32".parse::<IpNet>().unwrap()
+        );
+    }
+
+    #[test]
+    fn defaults_are_native_enforce_port_25_and_pinned() {
+        let config = parse("interfaces = [\"eth0\"]\n").expect("valid config");
+        assert_eq!(config.xdp_mode, XdpMode::Native);
+        assert_eq!(config.mode, Mode::Enforce);
+        assert_eq!(config.protected_ports, [25]);
+        assert_eq!(config.pin_dir, Path::new(DEFAULT_PIN_DIR));
+        assert_eq!(config.drop_event_rate, DEFAULT_DROP_EVENT_RATE);
+        assert_eq!(config.ipv4_lookup, Ipv4Lookup::Auto);
+        assert!(config.allow.is_empty());
+    }
+
+    #[test]
+    fn keep_attached_and_metrics_listen() {
+        let config = parse("interfaces = [\"eth0\"]\n").expect("valid config");
+        assert!(!config.keep_attached_on_exit);
+        assert_eq!(config.metrics_listen, None);
+        let config = parse(
+            "interfaces = [\"eth0\"]\nkeep_attached_on_exit = true\nmetrics_listen = \"127.0.0.1:9725\"\n",
+        )
+        .expect("valid config");
+        assert!(config.keep_attached_on_exit);
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:9725".parse().unwrap())
+        );
+        let e = error("interfaces = [\"eth0\"]\nmetrics_listen = \"localhost\"\n");
+        assert!(
+            e.starts_with("gk.toml:2:18: metrics_listen \"localhost\" is not an address"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn host_bits_are_refused_with_position_and_network() {
+        let e = error("interfaces = [\"eth0\"]\n[[allow]]\ncidr = \"198.51.100.7/24\"\n");
+        assert_eq!(
+            e,
+            "gk.toml:3:8: allow entry \"198.51.100.7/24\" has host bits set; the network is 198.51.100.0/24"
+        );
+    }
+
+    #[test]
+    fn unparsable_address_is_refused() {
+        let e = error("interfaces = [\"eth0\"]\n[[allow]]\ncidr = \"198.51.100.300/24\"\n");
+        assert!(e.starts_with("gk.toml:3:8: "), "{e}");
+        assert!(
+            e.contains("\"198.51.100.300/24\" is not an IPv4 or IPv6"),
+            "{e}"
+        );
+        let e = error("interfaces = [\"eth0\"]\n[[allow]]\ncidr = \"2001:db8::/129\"\n");
+        assert!(e.contains("2001:db8::/129"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_position() {
+        let e = error("interfaces = [\"eth0\"]\nprotected_port = [25]\n");
+        assert!(e.starts_with("gk.toml:2:1: "), "{e}");
+        assert!(e.contains("unknown field `protected_port`"), "{e}");
+        let e = error(
+            "interfaces = [\"eth0\"]\n[[allow]]\ncidr = \"192.0.2.0/24\"\ncomentary = \"x\"\n",
+        );
+        assert!(e.starts_with("gk.toml:4:1: "), "{e}");
+        assert!(e.contains("unknown field `comentary`"), "{e}");
+    }
+
+    #[test]
+    fn port_zero_and_out_of_range_ports_are_refused() {
+        let e = error("interfaces = [\"eth0\"]\nprotected_ports = [25, 0]\n");
+        assert_eq!(
+            e,
+            "gk.toml:2:24: protected port 0 is not a TCP port (1-65535)"
+        );
+        let e = error("interfaces = [\"eth0\"]\nprotected_ports = [65536]\n");
+        assert!(e.contains("protected port 65536 is not a TCP port"), "{e}");
+        let e = error("interfaces = [\"eth0\"]\nprotected_ports = []\n");
+        assert!(e.contains("protected_ports is empty"), "{e}");
+        let e = error("interfaces = [\"eth0\"]\nprotected_ports = [25, 25]\n");
+        assert!(e.contains("protected port 25 is listed twice"), "{e}");
+    }
+
+    #[test]
+    fn empty_or_bad_interface_list_is_refused() {
+        let e = error("interfaces = []\n");
+        assert!(e.starts_with("gk.toml:1:14: interfaces is empty"), "{e}");
+        let e = error("xdp_mode = \"skb\"\n");
+        assert!(e.contains("missing field `interfaces`"), "{e}");
+        let e = error("interfaces = [\"a-very-long-interface\"]\n");
+        assert!(e.contains("not a valid interface name"), "{e}");
+        let e = error("interfaces = [\"eth0\", \"eth0\"]\n");
+        assert!(e.contains("listed twice"), "{e}");
+    }
+
+    #[test]
+    fn bad_mode_and_duplicate_entries_are_refused() {
+        let e = error("interfaces = [\"eth0\"]\nxdp_mode = \"turbo\"\n");
+        assert!(e.starts_with("gk.toml:2:12: "), "{e}");
+        let e = error(
+            "interfaces = [\"eth0\"]\n[[allow]]\ncidr = \"192.0.2.0/24\"\n[[allow]]\ncidr = \"192.0.2.0/24\"\n",
+        );
+        assert_eq!(
+            e,
+            "gk.toml:5:8: allow entry \"192.0.2.0/24\" is listed twice"
+        );
+    }
+
+    #[test]
+    fn toml_syntax_error_has_position() {
+        let e = error("interfaces = [\"eth0\"\n");
+        assert!(e.starts_with("gk.toml:"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let e = Config::load(Path::new("/nonexistent/gatekeeper.toml")).expect_err("missing");
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/gatekeeper.toml: cannot read")
+        );
+    }
+}

@@ -1,0 +1,21 @@
+//! What the gatekeeper daemon and smtp-relay share, so it exists once.
+//!
+//! Module map, one job each:
+//! - [`stamp`]: noticing that a file changed (identity, size, modification time).
+//! - [`atomic`]: replacing a file atomically, keeping its mode, owner and group.
+//! - [`lock`]: advisory `flock` locks on lock files and directories.
+//! - [`logging`]: the tracing subscriber both daemons log through.
+//! - [`cli_docs`]: shell completions and man pages from a clap definition.
+//! - [`metrics`]: Prometheus exposition and the `GET /metrics` HTTP endpoint.
+//! - [`cidr`]: CIDR-or-address parsing with the allowlist's rules.
+//! - [`gatekeeper_config`]: the `gatekeeper.toml` schema, read by the gatekeeper and by the
+//!   relay's `allow_gatekeeper`.
+
+pub mod atomic;
+pub mod cidr;
+pub mod cli_docs;
+pub mod gatekeeper_config;
+pub mod lock;
+pub mod logging;
+pub mod metrics;
+pub mod stamp;
