@@ -39,6 +39,7 @@ pub mod conn;
 pub mod control;
 pub mod data;
 pub mod delivery;
+pub mod disconnect;
 pub mod envelope;
 pub mod metrics;
 pub mod password;

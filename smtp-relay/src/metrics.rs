@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
 
+use crate::disconnect::Disconnect;
 use crate::refusal::Refusal;
 
 pub struct Counter(AtomicU64);
@@ -62,6 +63,17 @@ pub fn refused_count(reason: Refusal) -> u64 {
     REFUSED[reason as usize].get()
 }
 
+/// Ended sessions by reason, indexed by the [`Disconnect`] discriminant.
+static DISCONNECTS: [Counter; Disconnect::COUNT] = [const { Counter::new() }; Disconnect::COUNT];
+
+pub fn disconnected(reason: Disconnect) {
+    DISCONNECTS[reason as usize].inc();
+}
+
+pub fn disconnect_count(reason: Disconnect) -> u64 {
+    DISCONNECTS[reason as usize].get()
+}
+
 /// The exposition text (Prometheus text format 0.0.4).
 pub fn render(now: u64) -> String {
     use std::fmt::Write as _;
@@ -109,6 +121,18 @@ pub fn render(now: u64) -> String {
             "smtp_relay_refused_total{{reason=\"{}\"}} {}",
             reason.as_str(),
             refused_count(reason)
+        );
+    }
+    let _ = write!(
+        out,
+        "# HELP smtp_relay_disconnects_total Ended sessions by reason.\n# TYPE smtp_relay_disconnects_total counter\n"
+    );
+    for reason in Disconnect::iter() {
+        let _ = writeln!(
+            out,
+            "smtp_relay_disconnects_total{{reason=\"{}\"}} {}",
+            reason.as_str(),
+            disconnect_count(reason)
         );
     }
     let depth = QUEUE_DEPTH.get();
@@ -189,6 +213,7 @@ mod tests {
     #[test]
     fn render_has_every_series() {
         refused(Refusal::RelayDenied);
+        disconnected(Disconnect::EofInData);
         let text = render(100);
         for name in [
             "smtp_relay_sessions_total ",
@@ -199,6 +224,8 @@ mod tests {
             "smtp_relay_deferred_total ",
             "smtp_relay_bounced_total ",
             "smtp_relay_refused_total{reason=\"relay_denied\"} ",
+            "smtp_relay_disconnects_total{reason=\"eof_in_data\"} ",
+            "smtp_relay_disconnects_total{reason=\"closed\"} ",
             "smtp_relay_queue_depth ",
             "smtp_relay_oldest_message_age_seconds ",
         ] {
