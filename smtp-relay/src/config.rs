@@ -488,15 +488,18 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
     let base = path.parent().unwrap_or(Path::new(".")).to_owned();
     let root = KeyPath::root();
     let limits = raw.limits();
-
+    // Missing keys first, as serde reported them before any other check.
     let hostname = required(raw.hostname, "hostname")?;
+    let spool_dir = required(raw.spool_dir, "spool_dir")?;
+    let raw_domains = required(raw.local_domains, "local_domains")?;
+    let tls = required(raw.tls, "tls")?;
+    let raw_listeners = required(raw.listeners, "listener")?;
+
     ensure(
         address::is_host_name(&hostname),
         &root.key("hostname"),
         "not a valid host name",
     )?;
-    let spool_dir = required(raw.spool_dir, "spool_dir")?;
-    let raw_domains = required(raw.local_domains, "local_domains")?;
     let at = root.key("local_domains");
     ensure(
         !raw_domains.is_empty(),
@@ -532,9 +535,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
     positive(limits.data_timeout, &root.key("data_timeout_secs"))?;
     positive(limits.auth_max_failures, &root.key("auth_max_failures"))?;
     positive(limits.auth_window, &root.key("auth_failure_window_secs"))?;
-    let tls = required(raw.tls, "tls")?;
 
-    let raw_listeners = required(raw.listeners, "listener")?;
     ensure(
         !raw_listeners.is_empty(),
         &root.key("listener"),
