@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 use tracing::{info, warn};
 
+use crate::disconnect::Disconnect;
 use crate::metrics;
 use crate::refusal::{MessageOutcome, Refusal};
 use crate::reply::Reply;
@@ -32,9 +33,10 @@ pub fn connect(client: SocketAddr, listener: SocketAddr, role: &str) {
         "connection");
 }
 
-pub fn disconnect(client: SocketAddr, tls: bool, user: Option<&str>, reason: &str) {
+pub fn disconnect(client: SocketAddr, tls: bool, user: Option<&str>, reason: Disconnect) {
+    metrics::disconnected(reason);
     info!(target: "audit", event = "disconnect", client = %client, tls,
-        user = user_or_none(user), reason, "connection closed");
+        user = user_or_none(user), reason = reason.as_str(), "connection closed");
 }
 
 pub fn too_many_errors(client: SocketAddr, tls: bool, user: Option<&str>) {

@@ -6,9 +6,10 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use gatekeeper_support::gatekeeper_config;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -16,6 +17,9 @@ use serde::{Deserialize, Serialize};
 use crate::address;
 
 pub mod duration;
+pub mod locate;
+
+pub use locate::{ConfigError, Invalid, KeyPath};
 
 /// What a listener is for. The names (config, envelope, logs) come from the
 /// variant names, lowercased, for serde and strum alike.
@@ -54,59 +58,96 @@ impl Role {
     }
 }
 
+/// The file as written. A key left out takes the documented default of
+/// `impl Default`; the keys that have none are `Option`s here and
+/// [`validate`] requires them, with serde's own "missing field" message.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct RawConfig {
-    hostname: String,
-    spool_dir: PathBuf,
-    local_domains: Vec<String>,
-    #[serde(default = "default_max_message_size")]
+    hostname: Option<String>,
+    spool_dir: Option<PathBuf>,
+    local_domains: Option<Vec<String>>,
     max_message_size: u64,
-    #[serde(default = "default_max_recipients")]
     max_recipients: usize,
-    #[serde(
-        default = "default_command_timeout",
-        deserialize_with = "duration::secs"
-    )]
+    #[serde(deserialize_with = "duration::secs")]
     command_timeout_secs: Duration,
-    #[serde(default = "default_max_connections")]
     max_connections: usize,
-    #[serde(default)]
     trusted_networks: Vec<IpNet>,
-    #[serde(default = "default_command_line")]
     max_command_line: usize,
-    #[serde(default = "default_text_line")]
     max_text_line: usize,
-    #[serde(default = "default_max_errors")]
     max_errors: u32,
-    #[serde(default = "default_max_commands")]
     max_commands: u32,
-    #[serde(default = "default_per_client")]
     max_connections_per_client: usize,
-    #[serde(default = "default_handshake", deserialize_with = "duration::secs")]
+    #[serde(deserialize_with = "duration::secs")]
     tls_handshake_timeout_secs: Duration,
-    #[serde(
-        default = "default_command_timeout",
-        deserialize_with = "duration::secs"
-    )]
+    #[serde(deserialize_with = "duration::secs")]
     data_timeout_secs: Duration,
-    #[serde(default = "default_auth_delay", deserialize_with = "duration::millis")]
+    #[serde(deserialize_with = "duration::millis")]
     auth_failure_delay_ms: Duration,
-    #[serde(default = "default_auth_max")]
     auth_max_failures: u32,
-    #[serde(default = "default_auth_window", deserialize_with = "duration::secs")]
+    #[serde(deserialize_with = "duration::secs")]
     auth_failure_window_secs: Duration,
-    tls: RawTls,
+    tls: Option<RawTls>,
     #[serde(rename = "listener")]
-    listeners: Vec<RawListener>,
-    #[serde(default, rename = "user")]
+    listeners: Option<Vec<RawListener>>,
+    #[serde(rename = "user")]
     users: Vec<RawUser>,
     /// Prometheus text endpoint (`GET /metrics`), off when absent.
-    #[serde(default)]
     metrics_listen: Option<SocketAddr>,
-    #[serde(default)]
     delivery: Option<RawDelivery>,
 }
+
+/// The documented defaults (README, configuration reference), in one place.
+impl Default for RawConfig {
+    fn default() -> RawConfig {
+        RawConfig {
+            hostname: None,
+            spool_dir: None,
+            local_domains: None,
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 100,
+            command_timeout_secs: Duration::from_secs(300),
+            max_connections: 200,
+            trusted_networks: Vec::new(),
+            max_command_line: 512,
+            max_text_line: 1000,
+            max_errors: 20,
+            max_commands: 1000,
+            max_connections_per_client: 20,
+            tls_handshake_timeout_secs: Duration::from_secs(30),
+            data_timeout_secs: Duration::from_secs(300),
+            auth_failure_delay_ms: Duration::from_millis(500),
+            auth_max_failures: 10,
+            auth_failure_window_secs: Duration::from_secs(900),
+            tls: None,
+            listeners: None,
+            users: Vec::new(),
+            metrics_listen: None,
+            delivery: None,
+        }
+    }
+}
+
+impl RawConfig {
+    /// The protocol limits as written (checked by [`validate`]).
+    fn limits(&self) -> Limits {
+        Limits {
+            command_line: self.max_command_line,
+            text_line: self.max_text_line,
+            errors: self.max_errors,
+            commands: self.max_commands,
+            per_client: self.max_connections_per_client,
+            tls_handshake: self.tls_handshake_timeout_secs,
+            data_timeout: self.data_timeout_secs,
+            auth_delay: self.auth_failure_delay_ms,
+            auth_max_failures: self.auth_max_failures,
+            auth_window: self.auth_failure_window_secs,
+        }
+    }
+}
+
+/// The port of next hops and MX hosts unless the config says otherwise.
+const SMTP_PORT: u16 = 25;
 
 /// TLS towards a next hop.
 #[derive(
@@ -165,7 +206,7 @@ impl Default for RawDelivery {
             smarthost: None,
             routes: Vec::new(),
             nameservers: Vec::new(),
-            mx_port: default_mx_port(),
+            mx_port: SMTP_PORT,
             mx_tls: TlsMode::default(),
             ca_file: None,
             connections_per_destination: 4,
@@ -174,7 +215,7 @@ impl Default for RawDelivery {
             retry_max_secs: Duration::from_secs(3600),
             max_queue_lifetime_secs: Duration::from_secs(5 * 24 * 3600),
             connect_timeout_secs: Duration::from_secs(30),
-            reply_timeout_secs: default_command_timeout(),
+            reply_timeout_secs: Duration::from_secs(300),
             connection_idle_secs: Duration::from_secs(5),
         }
     }
@@ -184,8 +225,9 @@ impl Default for RawDelivery {
 #[serde(deny_unknown_fields)]
 struct RawHop {
     host: String,
-    #[serde(default = "default_mx_port")]
-    port: u16,
+    /// [`SMTP_PORT`] when left out.
+    #[serde(default)]
+    port: Option<u16>,
     #[serde(default)]
     tls: TlsMode,
     #[serde(default)]
@@ -199,57 +241,15 @@ struct RawHop {
 struct RawRoute {
     domain: String,
     host: String,
-    #[serde(default = "default_mx_port")]
-    port: u16,
+    /// [`SMTP_PORT`] when left out.
+    #[serde(default)]
+    port: Option<u16>,
     #[serde(default)]
     tls: TlsMode,
     #[serde(default)]
     auth_user: Option<String>,
     #[serde(default)]
     auth_password_file: Option<PathBuf>,
-}
-
-fn default_mx_port() -> u16 {
-    25
-}
-fn default_max_message_size() -> u64 {
-    25 * 1024 * 1024
-}
-fn default_max_recipients() -> usize {
-    100
-}
-fn default_command_timeout() -> Duration {
-    Duration::from_secs(300)
-}
-fn default_max_connections() -> usize {
-    200
-}
-fn default_command_line() -> usize {
-    512
-}
-fn default_text_line() -> usize {
-    1000
-}
-fn default_max_errors() -> u32 {
-    20
-}
-fn default_max_commands() -> u32 {
-    1000
-}
-fn default_per_client() -> usize {
-    20
-}
-fn default_handshake() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_auth_delay() -> Duration {
-    Duration::from_millis(500)
-}
-fn default_auth_max() -> u32 {
-    10
-}
-fn default_auth_window() -> Duration {
-    Duration::from_secs(900)
 }
 
 #[derive(Debug, Deserialize)]
@@ -374,18 +374,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits {
-            command_line: default_command_line(),
-            text_line: default_text_line(),
-            errors: default_max_errors(),
-            commands: default_max_commands(),
-            per_client: default_per_client(),
-            tls_handshake: default_handshake(),
-            data_timeout: default_command_timeout(),
-            auth_delay: default_auth_delay(),
-            auth_max_failures: default_auth_max(),
-            auth_window: default_auth_window(),
-        }
+        RawConfig::default().limits()
     }
 }
 
@@ -394,6 +383,8 @@ impl Default for Limits {
 pub struct Config {
     /// The file this came from, for error messages.
     pub path: PathBuf,
+    /// Its text, to locate errors found after loading ([`Config::error_at`]).
+    source: Arc<str>,
     pub hostname: String,
     pub spool_dir: PathBuf,
     /// Lowercased.
@@ -415,18 +406,29 @@ pub struct Config {
 
 impl Config {
     /// Reads, parses and validates `path`.
-    pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config file {}", path.display()))?;
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Config::parse(&text, path)
     }
 
     /// Parses and validates `text`; `path` names the file in errors and
     /// anchors relative paths.
-    pub fn parse(text: &str, path: &Path) -> anyhow::Result<Config> {
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig =
-            toml::from_str(text).with_context(|| format!("{}: invalid config", path.display()))?;
-        validate(raw, path).with_context(|| format!("{}: invalid config", path.display()))
+            toml::from_str(text).map_err(|e| ConfigError::syntax(path, text, &e))?;
+        let mut config = validate(raw, path).map_err(|e| ConfigError::invalid(path, text, e))?;
+        config.source = text.into();
+        Ok(config)
+    }
+
+    /// An error found after loading (a certificate that does not load, a
+    /// CA file without certificates) about the value at `at`, located in
+    /// the text this config was read from.
+    pub fn error_at(&self, at: KeyPath, error: &anyhow::Error) -> ConfigError {
+        ConfigError::invalid(&self.path, &self.source, Invalid::from_error(at, error))
     }
 }
 
@@ -438,93 +440,113 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
-fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
-    let base = path.parent().unwrap_or(Path::new(".")).to_owned();
+/// `Ok` when `ok`, otherwise `message` about the value at `at`.
+fn ensure(ok: bool, at: &KeyPath, message: impl Into<String>) -> Result<(), Invalid> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid::new(at.clone(), message))
+    }
+}
 
-    if !address::is_host_name(&raw.hostname) {
-        bail!("hostname {:?} is not a valid host name", raw.hostname);
-    }
-    if raw.local_domains.is_empty() {
-        bail!("local_domains is empty: list the domains this relay receives mail for");
-    }
+/// A key without a default, as serde words its absence.
+fn required<T>(value: Option<T>, key: &'static str) -> Result<T, Invalid> {
+    value.ok_or_else(|| Invalid::new(KeyPath::root(), format!("missing field `{key}`")))
+}
+
+/// A count or duration that must not be zero.
+fn positive<T: Default + PartialEq>(value: T, at: &KeyPath) -> Result<T, Invalid> {
+    ensure(value != T::default(), at, "must be positive")?;
+    Ok(value)
+}
+
+fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
+    let base = path.parent().unwrap_or(Path::new(".")).to_owned();
+    let root = KeyPath::root();
+    let limits = raw.limits();
+    // Missing keys first, as serde reported them before any other check.
+    let hostname = required(raw.hostname, "hostname")?;
+    let spool_dir = required(raw.spool_dir, "spool_dir")?;
+    let raw_domains = required(raw.local_domains, "local_domains")?;
+    let tls = required(raw.tls, "tls")?;
+    let raw_listeners = required(raw.listeners, "listener")?;
+
+    ensure(
+        address::is_host_name(&hostname),
+        &root.key("hostname"),
+        "not a valid host name",
+    )?;
+    let at = root.key("local_domains");
+    ensure(
+        !raw_domains.is_empty(),
+        &at,
+        "empty: list the domains this relay receives mail for",
+    )?;
     let mut local_domains = Vec::new();
-    for d in &raw.local_domains {
-        if !address::is_host_name(d) {
-            bail!("local_domains: {d:?} is not a valid domain");
-        }
+    for (i, d) in raw_domains.iter().enumerate() {
+        ensure(address::is_host_name(d), &at.index(i), "not a valid domain")?;
         local_domains.push(d.to_ascii_lowercase());
     }
-    if raw.max_message_size == 0 {
-        bail!("max_message_size must be positive");
-    }
-    if raw.max_recipients == 0 || raw.command_timeout_secs.is_zero() || raw.max_connections == 0 {
-        bail!("max_recipients, command_timeout_secs and max_connections must be positive");
-    }
+    positive(raw.max_message_size, &root.key("max_message_size"))?;
+    positive(raw.max_recipients, &root.key("max_recipients"))?;
+    positive(raw.command_timeout_secs, &root.key("command_timeout_secs"))?;
+    positive(raw.max_connections, &root.key("max_connections"))?;
+    ensure(
+        (512..=16_384).contains(&limits.command_line),
+        &root.key("max_command_line"),
+        "must be between 512 (RFC 5321) and 16384",
+    )?;
+    ensure(
+        (1000..=16_384).contains(&limits.text_line),
+        &root.key("max_text_line"),
+        "must be between 1000 (RFC 5321) and 16384",
+    )?;
+    positive(limits.errors, &root.key("max_errors"))?;
+    positive(limits.commands, &root.key("max_commands"))?;
+    positive(limits.per_client, &root.key("max_connections_per_client"))?;
+    positive(
+        limits.tls_handshake,
+        &root.key("tls_handshake_timeout_secs"),
+    )?;
+    positive(limits.data_timeout, &root.key("data_timeout_secs"))?;
+    positive(limits.auth_max_failures, &root.key("auth_max_failures"))?;
+    positive(limits.auth_window, &root.key("auth_failure_window_secs"))?;
 
-    if !(512..=16_384).contains(&raw.max_command_line) {
-        bail!("max_command_line must be between 512 (RFC 5321) and 16384");
-    }
-    if !(1000..=16_384).contains(&raw.max_text_line) {
-        bail!("max_text_line must be between 1000 (RFC 5321) and 16384");
-    }
-    if raw.max_errors == 0
-        || raw.max_commands == 0
-        || raw.max_connections_per_client == 0
-        || raw.tls_handshake_timeout_secs.is_zero()
-        || raw.data_timeout_secs.is_zero()
-        || raw.auth_max_failures == 0
-        || raw.auth_failure_window_secs.is_zero()
-    {
-        bail!(
-            "max_errors, max_commands, max_connections_per_client, tls_handshake_timeout_secs, \
-             data_timeout_secs, auth_max_failures and auth_failure_window_secs must be positive"
-        );
-    }
-    let limits = Limits {
-        command_line: raw.max_command_line,
-        text_line: raw.max_text_line,
-        errors: raw.max_errors,
-        commands: raw.max_commands,
-        per_client: raw.max_connections_per_client,
-        tls_handshake: raw.tls_handshake_timeout_secs,
-        data_timeout: raw.data_timeout_secs,
-        auth_delay: raw.auth_failure_delay_ms,
-        auth_max_failures: raw.auth_max_failures,
-        auth_window: raw.auth_failure_window_secs,
-    };
-
-    if raw.listeners.is_empty() {
-        bail!("no [[listener]] configured");
-    }
+    ensure(
+        !raw_listeners.is_empty(),
+        &root.key("listener"),
+        "no [[listener]] configured",
+    )?;
     let mut listeners: Vec<ListenerConfig> = Vec::new();
-    for (i, l) in raw.listeners.into_iter().enumerate() {
-        let n = i + 1;
-        for earlier in &listeners {
-            if addresses_clash(earlier.address, l.address) {
-                bail!(
-                    "listener #{n} ({}) clashes with listener on {}: same port",
-                    l.address,
-                    earlier.address
-                );
-            }
+    for (i, l) in raw_listeners.into_iter().enumerate() {
+        let at = root.key("listener").index(i);
+        if let Some(j) = listeners
+            .iter()
+            .position(|earlier| addresses_clash(earlier.address, l.address))
+        {
+            return Err(Invalid::new(
+                at.key("address"),
+                format!(
+                    "clashes with listener[{j}] on {}: same port",
+                    listeners[j].address
+                ),
+            ));
         }
         let mut allow = l.allow.clone();
         let mut gatekeeper_files = Vec::new();
-        for gk in &l.allow_gatekeeper {
+        for (k, gk) in l.allow_gatekeeper.iter().enumerate() {
             let gk = resolve(&base, gk);
             gatekeeper_files.push(gk.clone());
-            allow.extend(
-                load_gatekeeper_allow(&gk)
-                    .with_context(|| format!("listener #{n} ({}): allow_gatekeeper", l.address))?,
-            );
+            let ranges = load_gatekeeper_allow(&gk)
+                .map_err(|e| Invalid::from_error(at.key("allow_gatekeeper").index(k), &e))?;
+            allow.extend(ranges);
         }
-        if allow.is_empty() {
-            bail!(
-                "listener #{n} ({}) admits no peer: set allow (e.g. [\"0.0.0.0/0\", \"::/0\"]) \
-                 or allow_gatekeeper",
-                l.address
-            );
-        }
+        ensure(
+            !allow.is_empty(),
+            &at.key("allow"),
+            "this listener admits no peer: set allow (e.g. [\"0.0.0.0/0\", \"::/0\"]) \
+             or allow_gatekeeper",
+        )?;
         listeners.push(ListenerConfig {
             address: l.address,
             role: l.role,
@@ -536,30 +558,35 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
 
     let mut names = HashSet::new();
     let mut users = Vec::new();
-    for u in raw.users {
-        if u.name.is_empty()
-            || u.name.len() > 256
-            || u.name.chars().any(|c| c.is_control() || c == ' ')
-        {
-            bail!(
-                "user name {:?} is empty, too long or has spaces/control characters",
-                u.name
-            );
-        }
-        if !names.insert(u.name.clone()) {
-            bail!("user {:?} is defined twice", u.name);
-        }
-        crate::password::check_hash(&u.password_hash)
-            .with_context(|| format!("user {:?}: password_hash", u.name))?;
+    for (i, u) in raw.users.into_iter().enumerate() {
+        let at = root.key("user").index(i);
+        ensure(
+            !u.name.is_empty()
+                && u.name.len() <= 256
+                && !u.name.chars().any(|c| c.is_control() || c == ' '),
+            &at.key("name"),
+            "user name is empty, too long or has spaces/control characters",
+        )?;
+        ensure(
+            names.insert(u.name.clone()),
+            &at.key("name"),
+            format!("user {:?} is defined twice", u.name),
+        )?;
+        crate::password::check_hash(&u.password_hash).map_err(|e| {
+            Invalid::from_error(
+                at.key("password_hash"),
+                &e.context(format!("user {:?}: password_hash", u.name)),
+            )
+        })?;
         let mut senders = Vec::new();
-        for s in &u.senders {
+        for (k, s) in u.senders.iter().enumerate() {
             let plain = address::parse_mailbox(s)
                 .ok()
                 .and_then(|m| m.plain_form())
-                .with_context(|| {
-                    format!(
-                        "user {:?}: sender {s:?} is not a plain local@domain address",
-                        u.name
+                .ok_or_else(|| {
+                    Invalid::new(
+                        at.key("senders").index(k),
+                        format!("user {:?}: not a plain local@domain address", u.name),
                     )
                 })?;
             senders.push(plain);
@@ -572,24 +599,27 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
     }
 
     if users.is_empty()
-        && let Some(l) = listeners.iter().find(|l| l.role.requires_auth())
+        && let Some(i) = listeners.iter().position(|l| l.role.requires_auth())
     {
-        bail!(
-            "listener {} has role {} but no [[user]] is configured: nobody could send",
-            l.address,
-            l.role
-        );
+        return Err(Invalid::new(
+            root.key("listener").index(i).key("role"),
+            format!(
+                "listener {} needs AUTH but no [[user]] is configured: nobody could send",
+                listeners[i].address
+            ),
+        ));
     }
 
     let delivery = match raw.delivery {
-        Some(d) => Some(validate_delivery(d, &base).context("[delivery]")?),
+        Some(d) => Some(validate_delivery(d, &base, &root.key("delivery"))?),
         None => None,
     };
 
     Ok(Config {
         path: path.to_owned(),
-        hostname: raw.hostname,
-        spool_dir: resolve(&base, &raw.spool_dir),
+        source: Arc::from(""),
+        hostname,
+        spool_dir: resolve(&base, &spool_dir),
         local_domains,
         max_message_size: raw.max_message_size,
         max_recipients: raw.max_recipients,
@@ -597,8 +627,8 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
         max_connections: raw.max_connections,
         trusted_networks: raw.trusted_networks,
         limits,
-        tls_cert: resolve(&base, &raw.tls.cert),
-        tls_key: resolve(&base, &raw.tls.key),
+        tls_cert: resolve(&base, &tls.cert),
+        tls_key: resolve(&base, &tls.key),
         listeners,
         users,
         metrics_listen: raw.metrics_listen,
@@ -606,60 +636,75 @@ fn validate(raw: RawConfig, path: &Path) -> anyhow::Result<Config> {
     })
 }
 
-/// A duration that must not be zero.
-fn positive(name: &str, d: Duration) -> anyhow::Result<Duration> {
-    if d.is_zero() {
-        bail!("{name} must be a positive duration");
-    }
-    Ok(d)
-}
-
-fn validate_hop(raw: RawHop, base: &Path) -> anyhow::Result<HopConfig> {
-    let host_ok = address::is_host_name(&raw.host) || raw.host.parse::<IpAddr>().is_ok();
-    if !host_ok {
-        bail!(
-            "host {:?} is neither a host name nor an IP address",
-            raw.host
-        );
-    }
-    if raw.port == 0 {
-        bail!("port must not be 0");
-    }
+fn validate_hop(raw: RawHop, base: &Path, at: &KeyPath) -> Result<HopConfig, Invalid> {
+    ensure(
+        address::is_host_name(&raw.host) || raw.host.parse::<IpAddr>().is_ok(),
+        &at.key("host"),
+        "neither a host name nor an IP address",
+    )?;
+    let port = raw.port.unwrap_or(SMTP_PORT);
+    ensure(port != 0, &at.key("port"), "must not be 0")?;
     let auth = match (raw.auth_user, raw.auth_password_file) {
         (None, None) => None,
         (Some(user), Some(file)) => {
-            if raw.tls != TlsMode::Required {
-                bail!("auth_user needs tls = \"required\": the password travels only inside TLS");
-            }
+            ensure(
+                raw.tls == TlsMode::Required,
+                &at.key("auth_user"),
+                "auth_user needs tls = \"required\": the password travels only inside TLS",
+            )?;
+            let at = at.key("auth_password_file");
             let file = resolve(base, &file);
             let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading auth_password_file {}", file.display()))?;
+                .with_context(|| format!("reading auth_password_file {}", file.display()))
+                .map_err(|e| Invalid::from_error(at.clone(), &e))?;
             let password = text.lines().next().unwrap_or("").to_owned();
-            if password.is_empty() {
-                bail!("auth_password_file {} is empty", file.display());
-            }
+            ensure(
+                !password.is_empty(),
+                &at,
+                format!("auth_password_file {} is empty", file.display()),
+            )?;
             Some((user, password))
         }
-        _ => bail!("auth_user and auth_password_file go together"),
+        (Some(_), None) => {
+            return Err(Invalid::new(
+                at.key("auth_user"),
+                "auth_user and auth_password_file go together",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(Invalid::new(
+                at.key("auth_password_file"),
+                "auth_user and auth_password_file go together",
+            ));
+        }
     };
     Ok(HopConfig {
         host: raw.host,
-        port: raw.port,
+        port,
         tls: raw.tls,
         auth,
     })
 }
 
-fn validate_delivery(raw: RawDelivery, base: &Path) -> anyhow::Result<DeliveryConfig> {
+fn validate_delivery(
+    raw: RawDelivery,
+    base: &Path,
+    at: &KeyPath,
+) -> Result<DeliveryConfig, Invalid> {
     let mut routes: Vec<(String, HopConfig)> = Vec::new();
-    for r in raw.routes {
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let route = at.key("route").index(i);
         let domain = r.domain.to_ascii_lowercase();
-        if !address::is_host_name(&domain) {
-            bail!("route: {:?} is not a valid domain", r.domain);
-        }
-        if routes.iter().any(|(d, _)| *d == domain) {
-            bail!("route for {domain:?} is defined twice");
-        }
+        ensure(
+            address::is_host_name(&domain),
+            &route.key("domain"),
+            "not a valid domain",
+        )?;
+        ensure(
+            !routes.iter().any(|(d, _)| *d == domain),
+            &route.key("domain"),
+            format!("route for {domain:?} is defined twice"),
+        )?;
         let raw_hop = RawHop {
             host: r.host,
             port: r.port,
@@ -667,35 +712,37 @@ fn validate_delivery(raw: RawDelivery, base: &Path) -> anyhow::Result<DeliveryCo
             auth_user: r.auth_user,
             auth_password_file: r.auth_password_file,
         };
-        let hop = validate_hop(raw_hop, base).with_context(|| format!("route {domain:?}"))?;
-        routes.push((domain, hop));
+        routes.push((domain, validate_hop(raw_hop, base, &route)?));
     }
     let smarthost = match raw.smarthost {
-        Some(h) => Some(validate_hop(h, base).context("smarthost")?),
+        Some(h) => Some(validate_hop(h, base, &at.key("smarthost"))?),
         None => None,
     };
-    if raw.mx_port == 0 {
-        bail!("mx_port must not be 0");
-    }
-    if raw.connections_per_destination == 0 || raw.max_deliveries == 0 {
-        bail!("connections_per_destination and max_deliveries must be positive");
-    }
-    if raw.max_queue_lifetime_secs.is_zero()
-        || raw.connect_timeout_secs.is_zero()
-        || raw.reply_timeout_secs.is_zero()
-    {
-        bail!(
-            "max_queue_lifetime_secs, connect_timeout_secs and reply_timeout_secs must be positive"
-        );
-    }
-    let retry_initial = positive("retry_initial_secs", raw.retry_initial_secs)?;
-    let retry_max = positive("retry_max_secs", raw.retry_max_secs)?;
-    if retry_max < retry_initial {
-        bail!("retry_max_secs is smaller than retry_initial_secs");
-    }
+    ensure(raw.mx_port != 0, &at.key("mx_port"), "must not be 0")?;
+    positive(
+        raw.connections_per_destination,
+        &at.key("connections_per_destination"),
+    )?;
+    positive(raw.max_deliveries, &at.key("max_deliveries"))?;
+    positive(
+        raw.max_queue_lifetime_secs,
+        &at.key("max_queue_lifetime_secs"),
+    )?;
+    positive(raw.connect_timeout_secs, &at.key("connect_timeout_secs"))?;
+    positive(raw.reply_timeout_secs, &at.key("reply_timeout_secs"))?;
+    let retry_initial = positive(raw.retry_initial_secs, &at.key("retry_initial_secs"))?;
+    let retry_max = positive(raw.retry_max_secs, &at.key("retry_max_secs"))?;
+    ensure(
+        retry_max >= retry_initial,
+        &at.key("retry_max_secs"),
+        "smaller than retry_initial_secs",
+    )?;
+    let connection_idle = positive(raw.connection_idle_secs, &at.key("connection_idle_secs"))?;
     let ca_file = raw.ca_file.map(|p| resolve(base, &p));
     if let Some(ca) = &ca_file {
-        std::fs::metadata(ca).with_context(|| format!("ca_file {}", ca.display()))?;
+        std::fs::metadata(ca)
+            .with_context(|| format!("ca_file {}", ca.display()))
+            .map_err(|e| Invalid::from_error(at.key("ca_file"), &e))?;
     }
     Ok(DeliveryConfig {
         routes,
@@ -711,7 +758,7 @@ fn validate_delivery(raw: RawDelivery, base: &Path) -> anyhow::Result<DeliveryCo
         max_queue_lifetime: raw.max_queue_lifetime_secs,
         connect_timeout: raw.connect_timeout_secs,
         reply_timeout: raw.reply_timeout_secs,
-        connection_idle: positive("connection_idle_secs", raw.connection_idle_secs)?,
+        connection_idle,
     })
 }
 
@@ -774,7 +821,7 @@ senders = ["alice@Example.org"]
         )
     }
 
-    fn parse(text: &str) -> anyhow::Result<Config> {
+    fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/etc/smtp-relay/relay.toml"))
     }
 
@@ -956,6 +1003,149 @@ tls = "none"
         );
         let e = err(&text.replace("\"1h30m\"", "\"0s\""));
         assert!(e.contains("retry_max_secs"), "{e}");
+    }
+
+    /// `relay.toml:LINE:COLUMN` of the first `needle` in `text`.
+    fn position(text: &str, needle: &str) -> String {
+        let offset = text.find(needle).expect("needle in text");
+        let before = &text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let column = offset - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        format!("/etc/smtp-relay/relay.toml:{line}:{column}: ")
+    }
+
+    #[test]
+    fn unknown_tls_mode_names_its_line_and_value() {
+        let text = good() + "\n[delivery]\nmx_tls = \"sometimes\"\n";
+        let e = err(&text);
+        assert!(e.starts_with(&position(&text, "\"sometimes\"")), "{e}");
+        assert!(e.contains("mx_tls = \"sometimes\""), "{e}");
+        assert!(e.contains("unknown variant `sometimes`"), "{e}");
+    }
+
+    #[test]
+    fn missing_tls_table_is_a_missing_field() {
+        let text = good();
+        let cut = text.find("[tls]").expect("tls");
+        let end = text.find("[[listener]]").expect("listener");
+        let text = format!("{}{}", &text[..cut], &text[end..]);
+        let e = err(&text);
+        assert_eq!(
+            e, "/etc/smtp-relay/relay.toml:1:1: missing field `tls`",
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn certificate_errors_point_at_the_tls_table() {
+        let text = good();
+        let c = parse(&text).expect("valid");
+        let e = c
+            .error_at(
+                KeyPath::root().key("tls"),
+                &anyhow::anyhow!("reading TLS certificate cert.pem"),
+            )
+            .to_string();
+        assert!(e.starts_with(&position(&text, "[tls]")), "{e}");
+        assert!(e.contains("tls: reading TLS certificate cert.pem"), "{e}");
+    }
+
+    #[test]
+    fn bad_hash_names_the_user_but_never_the_hash() {
+        let text = good().replace(HASH, "$argon2id$v=19$nonsense-hunter2");
+        let e = err(&text);
+        assert!(e.starts_with(&position(&text, "\"$argon2id$v=19$n")), "{e}");
+        assert!(e.contains("user[0].password_hash: "), "{e}");
+        assert!(e.contains("user \"alice\""), "{e}");
+        assert!(!e.contains("hunter2"), "a secret in an error: {e}");
+    }
+
+    #[test]
+    fn bad_cidr_in_trusted_networks_names_its_line_and_value() {
+        let text = good().replace(
+            "trusted_networks = []",
+            "trusted_networks = [\"10.0.0.0/8\", \"10.0.0.0/40\"]",
+        );
+        let e = err(&text);
+        assert!(e.starts_with(&position(&text, "\"10.0.0.0/40\"")), "{e}");
+        assert!(
+            e.contains("trusted_networks = [\"10.0.0.0/8\", \"10.0.0.0/40\"]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn durations_out_of_range_name_key_and_value() {
+        let text = good() + "\n[delivery]\nretry_max_secs = \"0s\"\n";
+        let e = err(&text);
+        assert_eq!(
+            e,
+            format!(
+                "{}delivery.retry_max_secs = \"0s\": must be positive",
+                position(&text, "\"0s\"")
+            )
+        );
+        let text = good() + "\n[delivery]\nretry_initial_secs = \"2h\"\nretry_max_secs = \"1h\"\n";
+        let e = err(&text);
+        assert_eq!(
+            e,
+            format!(
+                "{}delivery.retry_max_secs = \"1h\": smaller than retry_initial_secs",
+                position(&text, "\"1h\"")
+            )
+        );
+        let text = good().replace(
+            "trusted_networks = []",
+            "trusted_networks = []\ndata_timeout_secs = 0",
+        );
+        let e = err(&text);
+        assert!(
+            e.starts_with(&position(&text, "0\n"))
+                && e.contains("data_timeout_secs = 0: must be positive"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn semantic_errors_name_file_line_column_key_and_value() {
+        let cases = [
+            // (edit, text the error points at, expected after FILE:LINE:COL)
+            (
+                ("hostname = \"mx.example.org\"", "hostname = \"mx example\""),
+                "\"mx example\"",
+                "hostname = \"mx example\": not a valid host name",
+            ),
+            (
+                ("address = \"[::]:25\"", "address = \"0.0.0.0:25\""),
+                "\"0.0.0.0:25\"\nrole = \"mta\"\nallow = [\"::/0\"]",
+                "listener[1].address = \"0.0.0.0:25\": clashes with listener[0] on 0.0.0.0:25",
+            ),
+            (
+                ("allow = [\"127.0.0.0/8\"]", ""),
+                "[[listener]]\naddress = \"127.0.0.1:587\"",
+                "listener[2].allow: this listener admits no peer",
+            ),
+            (
+                ("[\"alice@Example.org\"]", "[\"alice%x@example.org\"]"),
+                "\"alice%x@example.org\"",
+                "user[0].senders[0] = \"alice%x@example.org\": user \"alice\": not a plain",
+            ),
+        ];
+        for ((from, to), at, expected) in cases {
+            let text = good().replacen(from, to, 1);
+            let e = err(&text);
+            assert!(e.starts_with(&position(&text, at)), "{e}");
+            assert!(e.contains(expected), "expected {expected:?} in: {e}");
+        }
+        let text = good().replace(
+            "trusted_networks = []",
+            "trusted_networks = []\nmax_text_line = 999",
+        );
+        assert!(
+            err(&text).starts_with(&position(&text, "999")),
+            "{}",
+            err(&text)
+        );
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub mod conn;
 pub mod control;
 pub mod data;
 pub mod delivery;
+pub mod disconnect;
 pub mod envelope;
 pub mod metrics;
 pub mod password;
@@ -64,17 +65,18 @@ pub struct Prepared {
 }
 
 /// Loads and validates the config, the TLS certificate and key and the user
-/// table. Errors name the file (and line/column for TOML syntax errors).
+/// table. Errors name the file, the line and column, and the key.
 pub fn prepare(config_path: &Path) -> anyhow::Result<Prepared> {
     let config = config::Config::load(config_path)?;
     let tls = tls::TlsStore::load(&config.tls_cert, &config.tls_key)
-        .with_context(|| format!("{}: TLS settings", config.path.display()))?;
+        .map_err(|e| config.error_at(config::KeyPath::root().key("tls"), &e))?;
     let users = auth::Users::from_config(&config.users)
         .with_context(|| format!("{}: users", config.path.display()))?;
     if let Some(d) = &config.delivery {
         // The CA file for next hops must be usable before we accept mail.
-        delivery::tls::clients(d.ca_file.as_deref())
-            .with_context(|| format!("{}: [delivery] ca_file", config.path.display()))?;
+        delivery::tls::clients(d.ca_file.as_deref()).map_err(|e| {
+            config.error_at(config::KeyPath::root().key("delivery").key("ca_file"), &e)
+        })?;
     }
     Ok(Prepared {
         config,

@@ -12,6 +12,7 @@ use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
 use strum::{EnumCount as _, IntoEnumIterator as _};
 use tokio::net::TcpListener;
 
+use crate::disconnect::Disconnect;
 use crate::refusal::Refusal;
 
 pub struct Counter(AtomicU64);
@@ -60,6 +61,17 @@ pub fn refused(reason: Refusal) {
 
 pub fn refused_count(reason: Refusal) -> u64 {
     REFUSED[reason as usize].get()
+}
+
+/// Ended sessions by reason, indexed by the [`Disconnect`] discriminant.
+static DISCONNECTS: [Counter; Disconnect::COUNT] = [const { Counter::new() }; Disconnect::COUNT];
+
+pub fn disconnected(reason: Disconnect) {
+    DISCONNECTS[reason as usize].inc();
+}
+
+pub fn disconnect_count(reason: Disconnect) -> u64 {
+    DISCONNECTS[reason as usize].get()
 }
 
 /// The exposition text (Prometheus text format 0.0.4).
@@ -119,6 +131,12 @@ impl Collector for Snapshot {
             "Refusals by reason.",
             Refusal::iter().map(|reason| ([("reason", reason.as_str())], refused_count(reason))),
         )?;
+        expose::counter_family(
+            e,
+            "smtp_relay_disconnects",
+            "Ended sessions by reason.",
+            Disconnect::iter().map(|reason| ([("reason", reason.as_str())], disconnect_count(reason))),
+        )?;
         let depth = QUEUE_DEPTH.get();
         let oldest = OLDEST_RECEIVED_AT.get();
         let age = if depth == 0 || oldest == 0 {
@@ -153,6 +171,7 @@ mod tests {
     #[test]
     fn render_has_every_series() {
         refused(Refusal::RelayDenied);
+        disconnected(Disconnect::EofInData);
         let text = render(100);
         for name in [
             "smtp_relay_sessions_total ",
@@ -163,6 +182,8 @@ mod tests {
             "smtp_relay_deferred_total ",
             "smtp_relay_bounced_total ",
             "smtp_relay_refused_total{reason=\"relay_denied\"} ",
+            "smtp_relay_disconnects_total{reason=\"eof_in_data\"} ",
+            "smtp_relay_disconnects_total{reason=\"closed\"} ",
             "smtp_relay_queue_depth ",
             "smtp_relay_oldest_message_age_seconds ",
         ] {

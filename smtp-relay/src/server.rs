@@ -21,6 +21,7 @@ use crate::config::{Limits, ListenerConfig, Role};
 use crate::conn::{Conn, Line, Stream};
 use crate::data::{Decoder, Outcome};
 use crate::delivery::Queue;
+use crate::disconnect::Disconnect;
 use crate::refusal::{MessageOutcome, Refusal};
 use crate::reply::Reply;
 use crate::session::{Action, Policy, Session};
@@ -387,7 +388,7 @@ async fn handle(
             .await
         {
             audit::tls_failed(peer, &e.to_string());
-            audit::disconnect(peer, false, None, "tls_failed");
+            audit::disconnect(peer, false, None, Disconnect::TlsFailed);
             return;
         }
         audit::tls_started(peer, conn.tls_version().as_deref().unwrap_or("unknown"));
@@ -405,10 +406,10 @@ async fn handle(
         Err(e) if e.kind() == io::ErrorKind::TimedOut => {
             crate::metrics::refused(Refusal::Timeout);
             conn.queue(&Reply::new(421, "4.4.2", "Timeout, closing connection"));
-            "timeout"
+            Disconnect::Timeout
         }
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => "eof_in_data",
-        Err(_) => "io_error",
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Disconnect::EofInData,
+        Err(_) => Disconnect::IoError,
     };
     conn.close().await;
     audit::disconnect(peer, session.tls(), session.user(), reason);
@@ -420,19 +421,19 @@ async fn serve(
     session: &mut Session,
     shared: &Shared,
     stop: &mut watch::Receiver<bool>,
-) -> io::Result<&'static str> {
+) -> io::Result<Disconnect> {
     loop {
         let line = tokio::select! {
             line = conn.read_line(shared.limits.command_line) => line?,
             () = stopped(stop) => {
                 conn.queue(&Reply::new(421, "4.3.2", "Service shutting down, try later"));
-                return Ok("shutdown");
+                return Ok(Disconnect::Shutdown);
             }
         };
         let command = match line {
             Line::Line(l) => crate::command::parse(&l),
             Line::TooLong => Err(crate::command::CommandError::LineTooLong),
-            Line::Eof => return Ok("eof"),
+            Line::Eof => return Ok(Disconnect::Eof),
         };
         let mut action = session.handle(command);
         if let Action::Auth { mechanism, initial } = action {
@@ -444,7 +445,7 @@ async fn serve(
             Action::Auth { .. } => conn.queue(&Reply::new(451, "4.3.0", "Internal error")),
             Action::Close(reply) => {
                 conn.queue(&reply);
-                return Ok("closed");
+                return Ok(Disconnect::Closed);
             }
             Action::StartTls(reply) => {
                 conn.queue(&reply);
@@ -456,7 +457,7 @@ async fn serve(
                     .await
                 {
                     audit::tls_failed(session.client(), &e.to_string());
-                    return Ok("tls_failed");
+                    return Ok(Disconnect::TlsFailed);
                 }
                 audit::tls_started(
                     session.client(),

@@ -358,8 +358,20 @@ fn permanent_refusal_bounces_to_the_sender() {
         .expect("bounce with null sender");
     assert_eq!(bounce.rcpts, vec!["alice@example.org"]);
     let text = String::from_utf8_lossy(&bounce.data);
-    assert!(
-        text.contains("Content-Type: multipart/report; report-type=delivery-status"),
+    // Content-Type: multipart/report; report-type=delivery-status (the
+    // parameter may be quoted, so compare it parsed).
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&bounce.data)
+        .expect("bounce parses");
+    let ctype = mail_parser::MimeHeaders::content_type(&parsed).expect("Content-Type");
+    assert_eq!(
+        (ctype.ctype(), ctype.subtype()),
+        ("multipart", Some("report")),
+        "{text}"
+    );
+    assert_eq!(
+        ctype.attribute("report-type"),
+        Some("delivery-status"),
         "{text}"
     );
     assert!(
