@@ -244,6 +244,12 @@ suite() {{
             line.push_str(&format!(" {key}={value}"));
         }
         line.push_str(&format!(" {GUEST_BIN}/{}", suite.name));
+        if !suite.only.is_empty() {
+            line.push_str(" --exact");
+            for name in suite.only {
+                line.push_str(&format!(" {name}"));
+            }
+        }
         for skip in suite.skip {
             line.push_str(&format!(" --skip {skip}"));
         }
