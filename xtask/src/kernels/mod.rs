@@ -6,7 +6,9 @@
 mod console;
 mod fetch;
 mod guest;
+mod init;
 mod initramfs;
+mod modules;
 mod sources;
 mod suites;
 
