@@ -75,7 +75,11 @@ pub fn download(kernel: &Kernel, dir: &Path, mirrors: &Mirrors) -> anyhow::Resul
         fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
     }
     fs::rename(&unpacking, &root).with_context(|| format!("renaming to {}", root.display()))?;
-    fs::remove_dir_all(&debs).with_context(|| format!("removing {}", debs.display()))?;
+    // The package is unpacked: the .deb and the private apt state (tens of MB of package
+    // lists) are not needed again.
+    for done in [&debs, &apt.dir] {
+        fs::remove_dir_all(done).with_context(|| format!("removing {}", done.display()))?;
+    }
     let fetched = locate(&root, package, version)?;
     fs::write(
         dir.join(STAMP),

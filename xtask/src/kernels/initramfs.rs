@@ -4,7 +4,7 @@
 //! small per-kernel layer with that kernel's modules.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::BTreeSet,
     fs,
     io::Write as _,
     os::unix::fs::symlink,
@@ -14,13 +14,15 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::{console, suites::Suite};
+use super::{
+    init::init_script,
+    modules::{MODULES, Modules},
+    suites::Suite,
+};
 use crate::shell::{self, output};
 
 /// Where the test binaries and the daemon live in the guest.
 pub const GUEST_BIN: &str = "/matrix/bin";
-/// Modules the tests need that Debian builds as modules: veth for the namespace tests.
-const MODULES: &[&str] = &["veth"];
 
 /// What goes into the common layer.
 pub struct Contents<'a> {
@@ -64,7 +66,7 @@ pub fn build_common(contents: &Contents<'_>, staging: &Path, out: &Path) -> anyh
     pack(staging, out)
 }
 
-/// Builds the per-kernel layer: the modules in `MODULES` and their dependencies, decompressed,
+/// Builds the per-kernel layer: the modules the tests need and their dependencies, decompressed,
 /// with `/modules/order` listing them in load order.
 pub fn build_modules(modules_dir: &Path, staging: &Path, out: &Path) -> anyhow::Result<()> {
     recreate_dir(staging)?;
@@ -74,7 +76,11 @@ pub fn build_modules(modules_dir: &Path, staging: &Path, out: &Path) -> anyhow::
     for module in MODULES {
         modules.add(module, &target)?;
     }
-    let order: String = modules.order.iter().map(|m| format!("{m}.ko\n")).collect();
+    let order: String = modules
+        .order()
+        .iter()
+        .map(|m| format!("{m}.ko\n"))
+        .collect();
     fs::write(target.join("order"), order).context("writing /modules/order")?;
     pack(staging, out)
 }
@@ -87,171 +93,6 @@ pub fn concatenate(layers: &[&Path], out: &Path) -> anyhow::Result<()> {
         file.write_all(&bytes)?;
     }
     Ok(())
-}
-
-/// A kernel's modules by name, and the ones picked so far in load order. The package ships no
-/// `modules.dep` (its postinst runs depmod), so dependencies come from each module's own
-/// `.modinfo`, as depmod reads them.
-struct Modules {
-    /// Module name (`-` read as `_`, as the kernel does) → file.
-    files: HashMap<String, PathBuf>,
-    builtin: Vec<String>,
-    order: Vec<String>,
-}
-
-impl Modules {
-    fn index(modules_dir: &Path) -> anyhow::Result<Modules> {
-        let mut files = HashMap::new();
-        let mut paths = Vec::new();
-        tree(&modules_dir.join("kernel"), Path::new("kernel"), &mut paths)?;
-        for path in paths {
-            let text = path.to_string_lossy();
-            if text.contains(".ko") {
-                files.insert(module_name(&text), modules_dir.join(&path));
-            }
-        }
-        let builtin_path = modules_dir.join("modules.builtin");
-        let builtin = fs::read_to_string(&builtin_path)
-            .with_context(|| format!("reading {}", builtin_path.display()))?
-            .lines()
-            .map(module_name)
-            .collect();
-        Ok(Modules {
-            files,
-            builtin,
-            order: Vec::new(),
-        })
-    }
-
-    /// Copies `name` (decompressed) and what it depends on into `target`, dependencies first.
-    /// A module built into the kernel needs nothing.
-    fn add(&mut self, name: &str, target: &Path) -> anyhow::Result<()> {
-        let name = name.replace('-', "_");
-        if self.order.contains(&name) || self.builtin.contains(&name) {
-            return Ok(());
-        }
-        let source = self
-            .files
-            .get(&name)
-            .with_context(|| format!("module {name} is neither shipped nor built in"))?;
-        let dest = target.join(format!("{name}.ko"));
-        decompress_module(source, &dest)?;
-        let bytes = fs::read(&dest).with_context(|| format!("reading {}", dest.display()))?;
-        // Marked before its dependencies so that a dependency cycle cannot recurse forever.
-        self.order.push(name.clone());
-        for dep in modinfo_depends(&bytes) {
-            self.add(&dep, target)?;
-        }
-        // Dependencies were appended after it: move the module itself behind them.
-        self.order.retain(|m| *m != name);
-        self.order.push(name);
-        Ok(())
-    }
-}
-
-/// The `depends=` field of a module's `.modinfo` section: NUL-separated `key=value` strings.
-fn modinfo_depends(module: &[u8]) -> Vec<String> {
-    module
-        .split(|b| *b == 0)
-        .find_map(|field| field.strip_prefix(b"depends="))
-        .map(|list| {
-            String::from_utf8_lossy(list)
-                .split(',')
-                .filter(|d| !d.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// `kernel/drivers/net/veth.ko.xz` → `veth`; `-` read as `_` like the kernel does.
-fn module_name(path: &str) -> String {
-    let file = path.rsplit('/').next().unwrap_or(path);
-    file.split(".ko").next().unwrap_or(file).replace('-', "_")
-}
-
-fn decompress_module(source: &Path, dest: &Path) -> anyhow::Result<()> {
-    let name = source.to_string_lossy();
-    if name.ends_with(".ko") {
-        fs::copy(source, dest).with_context(|| format!("copying {name}"))?;
-        return Ok(());
-    }
-    let tool = if name.ends_with(".ko.xz") {
-        "xz"
-    } else if name.ends_with(".ko.zst") {
-        "zstd"
-    } else {
-        bail!("{name}: unknown module compression");
-    };
-    let file = fs::File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
-    let status = Command::new(tool)
-        .arg("-dc")
-        .arg(source)
-        .stdout(file)
-        .status()
-        .with_context(|| format!("could not start `{tool}` to decompress {name}"))?;
-    if !status.success() {
-        bail!("`{tool} -dc {name}` failed ({status})");
-    }
-    Ok(())
-}
-
-/// The guest's `/init`: mounts, loads modules, runs each suite between markers the host parses
-/// (see `console`), then powers off. With `gkmatrix=shell` on the kernel command line it opens a
-/// shell on the console instead of running the suites.
-fn init_script(suites: &[Suite]) -> String {
-    let m = console::MARKER;
-    let mut script = format!(
-        r#"#!/bin/sh
-# Generated by `cargo xtask kernels`.
-/bin/busybox mount -t devtmpfs devtmpfs /dev
-exec </dev/console >/dev/console 2>&1
-export PATH=/bin HOME=/tmp TMPDIR=/tmp CI=true RUST_BACKTRACE=1 GATEKEEPER_BIN={GUEST_BIN}/gatekeeper
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t bpf bpf /sys/fs/bpf
-mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
-mkdir -p /run/netns
-ip link set lo up
-while read -r module; do
-    insmod "/modules/$module"
-    echo "{m} module $module rc=$?"
-done </modules/order
-echo "{m} release $(uname -r)"
-echo "{m} build $(uname -v)"
-echo "{m} cpus $(nproc)"
-if grep -q gkmatrix=shell /proc/cmdline; then
-    echo "{m} shell: the test binaries are in {GUEST_BIN}; 'poweroff -f' ends the guest"
-    setsid cttyhack sh
-    poweroff -f
-fi
-suite() {{
-    name=$1
-    shift
-    read -r start _ </proc/uptime
-    echo "{m} suite-start $name"
-    "$@"
-    rc=$?
-    read -r end _ </proc/uptime
-    echo "{m} suite-end $name rc=$rc start=$start end=$end"
-}}
-"#
-    );
-    for suite in suites {
-        let mut line = format!("suite {} env", suite.name);
-        for (key, value) in suite.env {
-            line.push_str(&format!(" {key}={value}"));
-        }
-        line.push_str(&format!(" {GUEST_BIN}/{}", suite.name));
-        for skip in suite.skip {
-            line.push_str(&format!(" --skip {skip}"));
-        }
-        script.push_str(&line);
-        script.push('\n');
-    }
-    script.push_str(&format!("echo \"{m} end\"\npoweroff -f\n"));
-    script
 }
 
 /// A program on PATH (or in the sbin directories a non-root PATH may lack), symlinks resolved.
@@ -412,30 +253,5 @@ mod tests {
                 PathBuf::from("/lib64/ld-linux-x86-64.so.2")
             ]
         );
-    }
-
-    #[test]
-    fn dependencies_load_first_and_builtins_not_at_all() -> anyhow::Result<()> {
-        let dir = std::env::temp_dir().join(format!("xtask-modules-{}", std::process::id()));
-        let result = (|| {
-            let net = dir.join("kernel/net");
-            fs::create_dir_all(&net)?;
-            fs::write(
-                net.join("a.ko"),
-                b"\0license=GPL\0depends=b,c-d\0vermagic=x\0",
-            )?;
-            fs::write(net.join("b.ko"), b"\0depends=c_d\0")?;
-            fs::write(net.join("c-d.ko"), b"\0depends=\0")?;
-            fs::write(dir.join("modules.builtin"), "kernel/drivers/net/veth.ko\n")?;
-            let target = dir.join("out");
-            fs::create_dir_all(&target)?;
-            let mut modules = Modules::index(&dir)?;
-            modules.add("a", &target)?;
-            modules.add("veth", &target)?;
-            anyhow::Ok(modules.order)
-        })();
-        fs::remove_dir_all(&dir)?;
-        assert_eq!(result?, ["c_d", "b", "a"]);
-        Ok(())
     }
 }

@@ -6,7 +6,9 @@
 mod console;
 mod fetch;
 mod guest;
+mod init;
 mod initramfs;
+mod modules;
 mod sources;
 mod suites;
 
@@ -278,8 +280,9 @@ fn boot_all(
         ));
         let modules = dir.join("modules.cpio.gz");
         let staging = dir.join("modules.d");
-        initramfs::build_modules(&found.modules, &staging, &modules)?;
+        let built = initramfs::build_modules(&found.modules, &staging, &modules);
         remove_dir(&staging);
+        built?;
         let initrd = dir.join("initrd.img");
         initramfs::concatenate(&[common, &modules], &initrd)?;
         let console = dir.join("console.log");
