@@ -355,6 +355,20 @@ fn remove_dir(dir: &Path) {
     }
 }
 
+/// The README's requirements line: the kernels this matrix boots, oldest first. A test keeps
+/// README.md saying exactly this, so the documented kernels are the proven ones.
+pub fn requirements_line() -> String {
+    let kernels: Vec<String> = KERNELS
+        .iter()
+        .map(|k| format!("`{}` ({})", k.id, k.about))
+        .collect();
+    format!(
+        "- Linux {} or newer with BPF, BTF and XDP. Proven by the kernel matrix of `cargo xtask test` on Debian's kernels {}, and on the build machine's kernel.",
+        KERNELS.first().map_or("?", |k| k.id),
+        kernels.join(", ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,5 +383,21 @@ mod tests {
         assert_eq!(select(&[])?.len(), KERNELS.len());
         assert!(select(&["4.19".to_string()]).is_err());
         Ok(())
+    }
+
+    #[test]
+    fn the_readme_requirements_name_the_kernels_the_matrix_proves() {
+        let readme = std::fs::read_to_string(shell::workspace_root().join("README.md"))
+            .expect("README.md");
+        let requirements = readme
+            .split("\n## ")
+            .find(|section| section.starts_with("Requirements"))
+            .expect("a Requirements section in README.md");
+        let unwrapped = requirements.replace("\n  ", " ");
+        assert!(
+            unwrapped.contains(&requirements_line()),
+            "README.md's Requirements must say, on one bullet:\n{}",
+            requirements_line()
+        );
     }
 }
