@@ -135,7 +135,8 @@ impl Collector for Snapshot {
             e,
             "smtp_relay_disconnects",
             "Ended sessions by reason.",
-            Disconnect::iter().map(|reason| ([("reason", reason.as_str())], disconnect_count(reason))),
+            Disconnect::iter()
+                .map(|reason| ([("reason", reason.as_str())], disconnect_count(reason))),
         )?;
         let depth = QUEUE_DEPTH.get();
         let oldest = OLDEST_RECEIVED_AT.get();

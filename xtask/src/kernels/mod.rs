@@ -357,7 +357,8 @@ fn remove_dir(dir: &Path) {
 
 /// The README's requirements line: the kernels this matrix boots, oldest first. A test keeps
 /// README.md saying exactly this, so the documented kernels are the proven ones.
-pub fn requirements_line() -> String {
+#[cfg(test)]
+fn requirements_line() -> String {
     let kernels: Vec<String> = KERNELS
         .iter()
         .map(|k| format!("`{}` ({})", k.id, k.about))
