@@ -388,8 +388,8 @@ mod tests {
 
     #[test]
     fn the_readme_requirements_name_the_kernels_the_matrix_proves() {
-        let readme = std::fs::read_to_string(shell::workspace_root().join("README.md"))
-            .expect("README.md");
+        let readme =
+            std::fs::read_to_string(shell::workspace_root().join("README.md")).expect("README.md");
         let requirements = readme
             .split("\n## ")
             .find(|section| section.starts_with("Requirements"))
