@@ -81,7 +81,7 @@ impl fmt::Display for Mode {
 #[serde(rename_all = "lowercase")]
 pub enum Ipv4Lookup {
     /// Both structures kept; the trie serves short lists (it stays in cache), DIR-24-8 longer
-    /// ones (the threshold is the gatekeeper's `filter::AUTO_DIR24_THRESHOLD`).
+    /// ones (the threshold is the gatekeeper's `maps::AUTO_DIR24_THRESHOLD`).
     #[default]
     Auto,
     /// DIR-24-8: constant cost per packet, about 64 MiB + 1 KiB per long block of kernel memory.

@@ -9,7 +9,7 @@ use aya::maps::MapData;
 
 use gatekeeper_common::map_names;
 
-use crate::{filter::PROGRAM_OBJECT, maps::PINNED_MAPS};
+use crate::object::{PINNED_MAPS, PROGRAM_OBJECT};
 
 /// Maps whose capacity the loader sets from the config rather than taking from the object.
 const SIZED_AT_LOAD: [&str; 3] = [map_names::DIR24, map_names::DIR24_LONG, map_names::ENTRY];

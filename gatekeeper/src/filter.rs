@@ -16,12 +16,7 @@ use aya::{
 use gatekeeper_common::{ALLOWLIST_CAPACITY, COARSE_CLOCK_GLOBAL, PROGRAM_NAME, dir24, map_names};
 use tracing::{info, warn};
 
-use crate::{
-    compat,
-    config::XdpMode,
-    maps::{FilterMaps, PINNED_MAPS},
-    netlink, verifier,
-};
+use crate::{compat, config::XdpMode, maps::FilterMaps, netlink, verifier};
 
 /// Pinned XDP links are named `link-<interface>` in the pin directory.
 pub const LINK_PIN_PREFIX: &str = "link-";
@@ -31,9 +26,7 @@ pub fn link_pin_path(dir: &Path, iface: &str) -> PathBuf {
     dir.join(format!("{LINK_PIN_PREFIX}{iface}"))
 }
 
-/// The compiled XDP object, built by `build.rs` from `gatekeeper-ebpf`.
-pub static PROGRAM_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gatekeeper"));
+pub use crate::object::{PINNED_MAPS, PROGRAM_OBJECT};
 
 /// A loaded (verified) gatekeeper program with its maps.
 pub struct Filter {
@@ -67,9 +60,7 @@ impl std::fmt::Display for AttachedMode {
 /// How the IPv4 allowlist is looked up: part of the config schema, in gatekeeper-support.
 pub use gatekeeper_support::gatekeeper_config::Ipv4Lookup;
 
-/// IPv4 entries from which `auto` switches from the trie to DIR-24-8 (`cargo xtask bench xdp`
-/// shows the trie ahead for short lists and DIR-24-8 far ahead for long ones).
-pub const AUTO_DIR24_THRESHOLD: usize = 1024;
+pub use crate::maps::AUTO_DIR24_THRESHOLD;
 
 /// How to load the filter.
 #[derive(Clone, Copy, Debug)]

@@ -14,6 +14,7 @@ pub mod lock;
 pub mod maps;
 pub mod metrics;
 pub mod netlink;
+pub mod object;
 pub mod policy;
 pub mod stats;
 pub mod sync;

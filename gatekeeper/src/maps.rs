@@ -15,13 +15,10 @@ use gatekeeper_common::{
     AllowValue, COUNTER_COUNT, COUNTERS_PER_FAMILY, FAMILIES, FilterConfig, IFINDEX_LIMIT,
     LOOKUP_DIR24, LOOKUP_TRIE, MAX_IFACE_SLOTS, dir24::NONE, map_names,
 };
+use gatekeeper_support::gatekeeper_config::Ipv4Lookup;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::{
-    dir24::Dir24,
-    filter::{AUTO_DIR24_THRESHOLD, Ipv4Lookup},
-    policy::Policy,
-};
+use crate::{dir24::Dir24, policy::Policy};
 
 /// Every map the controller writes or reads (the drop-event ring buffer is taken separately).
 pub struct FilterMaps {
@@ -48,20 +45,11 @@ pub struct LiveEntry {
     pub hits: u64,
 }
 
-/// The names of every map the controller pins, in a stable order.
-pub const PINNED_MAPS: [&str; 11] = [
-    map_names::DIR24,
-    map_names::DIR24_LONG,
-    map_names::ENTRY,
-    map_names::ALLOW_V4,
-    map_names::ALLOW_V6,
-    map_names::CONFIG,
-    map_names::CONFIG_SELECTOR,
-    map_names::IFACE_SLOTS,
-    map_names::COUNTERS,
-    map_names::EVENTS,
-    map_names::EVENT_BUCKET,
-];
+/// IPv4 entries from which `auto` switches from the trie to DIR-24-8 (`cargo xtask bench xdp`
+/// shows the trie ahead for short lists and DIR-24-8 far ahead for long ones).
+pub const AUTO_DIR24_THRESHOLD: usize = 1024;
+
+pub use crate::object::PINNED_MAPS;
 
 impl FilterMaps {
     /// Takes the maps out of a loaded object (the program keeps using them).
