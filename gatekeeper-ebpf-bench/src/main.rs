@@ -75,13 +75,4 @@ fn spread_source(ctx: &XdpContext) {
     unsafe { core::ptr::write_unaligned((start + offset) as *mut [u8; 4], source) };
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // The verifier rejects any path that could reach here; the loop only satisfies the type.
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+gatekeeper_ebpf::program_object!();

@@ -17,12 +17,4 @@ pub fn gatekeeper(ctx: XdpContext) -> u32 {
     gatekeeper_ebpf::filter(&ctx)
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+gatekeeper_ebpf::program_object!();

@@ -302,3 +302,21 @@ fn take_token(config: &FilterConfig) -> bool {
     bucket.tokens -= 1;
     true
 }
+
+/// What every object built from this crate needs besides its programs: the panic handler (the
+/// verifier refuses any path that could reach it; the loop only satisfies the type) and the
+/// license the kernel checks for GPL-only helpers. One `program_object!();` per bin.
+#[macro_export]
+macro_rules! program_object {
+    () => {
+        #[cfg(not(test))]
+        #[panic_handler]
+        fn panic(_info: &core::panic::PanicInfo) -> ! {
+            loop {}
+        }
+
+        #[unsafe(link_section = "license")]
+        #[unsafe(no_mangle)]
+        static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+    };
+}

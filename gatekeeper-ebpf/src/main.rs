@@ -11,13 +11,4 @@ pub fn gatekeeper(ctx: XdpContext) -> u32 {
     gatekeeper_ebpf::filter(&ctx)
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // The verifier rejects any path that could reach here; the loop only satisfies the type.
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+gatekeeper_ebpf::program_object!();

@@ -349,8 +349,9 @@ fn validate_ports(list: &Spanned<Vec<Spanned<u32>>>) -> Result<Vec<u16>, Spanned
     Ok(ports)
 }
 
-/// 1-based line and column (in characters) of byte `offset` in `text`.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
+/// 1-based line and column (in characters) of byte `offset` in `text`: how both daemons' config
+/// errors name a position (FILE:LINE:COLUMN).
+pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;

@@ -10,6 +10,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use gatekeeper_support::gatekeeper_config::line_column;
 use toml_edit::{ImDocument, Item, Table, Value};
 
 /// Keys whose values are never repeated in an error (they may hold a
@@ -245,17 +246,6 @@ fn find(text: &str, at: &KeyPath) -> Option<Found> {
         node = next;
     }
     best
-}
-
-/// 1-based line and column (in characters) of byte `offset` in `text`, as
-/// the gatekeeper counts them.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
-    (line, column)
 }
 
 #[cfg(test)]
