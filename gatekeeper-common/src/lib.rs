@@ -142,17 +142,25 @@ pub enum Family {
 
 pub const FAMILIES: u32 = 3;
 
-/// What happened to a frame; one counter each (per interface slot and family).
+/// What happened to a frame; one counter each (per interface slot and family). The names
+/// operators see (`gatekeeper stats`, metric labels) and the count come from this one enum.
 #[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, strum::EnumCount, strum::EnumIter, strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum Counter {
     /// Not IPv4 or IPv6: passed.
+    #[strum(serialize = "passed_not_ip")]
     PassNotIp = 0,
     /// IP but not TCP: passed.
+    #[strum(serialize = "passed_not_tcp")]
     PassNotTcp = 1,
     /// TCP to a port that is not protected: passed.
+    #[strum(serialize = "passed_other_port")]
     PassOtherPort = 2,
     /// A non-first fragment (no ports inside): passed.
+    #[strum(serialize = "passed_fragment")]
     PassFragment = 3,
     /// TCP to a protected port from an allowlisted source: passed.
     Allowed = 4,
@@ -162,18 +170,25 @@ pub enum Counter {
     WouldDrop = 6,
     /// Could carry TCP to a protected port but cannot be judged (too many VLAN tags or
     /// extension headers, a first fragment too short): dropped in enforce mode, fail closed.
+    #[strum(serialize = "unjudgeable_dropped")]
     Unjudgeable = 7,
     /// Plainly broken (truncated header, IHL < 5): passed for the kernel to discard.
     Malformed = 8,
     /// Drop events sent to userspace.
+    #[strum(serialize = "events_sent")]
     EventSent = 9,
     /// Drop events not sent: rate limit reached or ring buffer full.
+    #[strum(serialize = "events_suppressed")]
     EventSuppressed = 10,
 }
 
 /// Counters per (slot, family); a power of two so the index is a shift.
 pub const COUNTERS_PER_FAMILY: u32 = 16;
-pub const COUNTER_COUNT: u32 = 11;
+/// Counters in use, from the enum itself.
+pub const COUNTER_COUNT: u32 = <Counter as strum::EnumCount>::COUNT as u32;
+// Every counter's index fits its family's block.
+const _: () = assert!(COUNTER_COUNT <= COUNTERS_PER_FAMILY);
+const _: () = assert!(Counter::EventSuppressed as u32 == COUNTER_COUNT - 1);
 pub const COUNTER_ENTRIES: u32 = MAX_IFACE_SLOTS * FAMILIES * COUNTERS_PER_FAMILY;
 
 /// Index of a counter in the `COUNTERS` array.

@@ -134,7 +134,7 @@ mod tests {
                 let row = stats::COUNTERS
                     .iter()
                     .enumerate()
-                    .map(|(i, (name, _))| (name.to_string(), i as u64))
+                    .map(|(i, &counter)| (stats::counter_name(counter).to_string(), i as u64))
                     .collect();
                 (family.to_string(), row)
             })

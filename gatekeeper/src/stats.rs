@@ -1,26 +1,31 @@
 //! Counter snapshots per interface, for `gatekeeper stats` and the daemon's own reports.
 
-use gatekeeper_common::{Counter, Family};
+use gatekeeper_common::{COUNTER_COUNT, Counter, Family};
 
 use crate::{
     events::interface_name,
     maps::{FilterMaps, SlotCounters},
 };
 
-/// Counter names in display order, with the counter each shows.
-pub const COUNTERS: [(&str, Counter); 11] = [
-    ("allowed", Counter::Allowed),
-    ("dropped", Counter::Dropped),
-    ("would_drop", Counter::WouldDrop),
-    ("unjudgeable_dropped", Counter::Unjudgeable),
-    ("passed_other_port", Counter::PassOtherPort),
-    ("passed_not_tcp", Counter::PassNotTcp),
-    ("passed_not_ip", Counter::PassNotIp),
-    ("passed_fragment", Counter::PassFragment),
-    ("malformed", Counter::Malformed),
-    ("events_sent", Counter::EventSent),
-    ("events_suppressed", Counter::EventSuppressed),
+/// Counters in display order; their names come from the enum (`gatekeeper_common::Counter`).
+pub const COUNTERS: [Counter; COUNTER_COUNT as usize] = [
+    Counter::Allowed,
+    Counter::Dropped,
+    Counter::WouldDrop,
+    Counter::Unjudgeable,
+    Counter::PassOtherPort,
+    Counter::PassNotTcp,
+    Counter::PassNotIp,
+    Counter::PassFragment,
+    Counter::Malformed,
+    Counter::EventSent,
+    Counter::EventSuppressed,
 ];
+
+/// The name operators see for `counter` (`gatekeeper stats`, metric labels).
+pub fn counter_name(counter: Counter) -> &'static str {
+    counter.into()
+}
 
 pub const FAMILIES: [(&str, Family); 3] = [
     ("ipv4", Family::Ipv4),
@@ -44,10 +49,10 @@ impl InterfaceStats {
             .map(|(fname, family)| {
                 let row = COUNTERS
                     .iter()
-                    .map(|(cname, counter)| {
+                    .map(|&counter| {
                         (
-                            cname.to_string(),
-                            raw.0[*family as usize][*counter as usize],
+                            counter_name(counter).to_string(),
+                            raw.0[*family as usize][counter as usize],
                         )
                     })
                     .collect();
@@ -120,7 +125,7 @@ pub fn render(stats: &[InterfaceStats]) -> String {
             "  {:<22}{:>14}{:>14}{:>14}\n",
             "", "IPv4", "IPv6", "other"
         ));
-        for (i, (name, _)) in COUNTERS.iter().enumerate() {
+        for (i, name) in COUNTERS.map(counter_name).iter().enumerate() {
             let value = |f: usize| {
                 iface
                     .counters
