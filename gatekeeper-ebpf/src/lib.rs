@@ -305,7 +305,9 @@ fn take_token(config: &FilterConfig) -> bool {
 
 /// What every object built from this crate needs besides its programs: the panic handler (the
 /// verifier refuses any path that could reach it; the loop only satisfies the type) and the
-/// license the kernel checks for GPL-only helpers. One `program_object!();` per bin.
+/// license the kernel checks for GPL-only helpers. One `program_object!();` per bin. A bin that
+/// uses nothing else of this crate (the flood generator) writes its own: naming this crate links
+/// every map of the filter into its object.
 #[macro_export]
 macro_rules! program_object {
     () => {
