@@ -110,6 +110,33 @@ impl Netns {
         })
     }
 
+    /// Runs `f` on the calling thread inside this namespace, then returns the thread to the
+    /// namespace it was in (for objects that must stay on this thread, such as a loaded filter).
+    pub fn on_this_thread<T>(&self, f: impl FnOnce() -> T) -> anyhow::Result<T> {
+        // Opened before leaving: afterwards this path names the namespace entered.
+        let home = File::open("/proc/thread-self/ns/net").context("opening this thread's netns")?;
+        enter(&format!("/run/netns/{}", self.name))?;
+        let result = f();
+        setns(&home)?;
+        Ok(result)
+    }
+
+    /// The MAC address of `iface` in this namespace.
+    pub fn mac(&self, iface: &str) -> anyhow::Result<[u8; 6]> {
+        let out = self
+            .command(&["cat", &format!("/sys/class/net/{iface}/address")])
+            .output()?;
+        let text = String::from_utf8(out.stdout)?;
+        let bytes: Vec<u8> = text
+            .trim()
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16))
+            .collect::<Result<_, _>>()?;
+        bytes
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("odd MAC address {text:?}"))
+    }
+
     /// Adds an address to an interface in this namespace (IPv6 without duplicate detection, so
     /// it is usable at once).
     pub fn add_addr(&self, iface: &str, cidr: &str) -> anyhow::Result<()> {
@@ -132,6 +159,10 @@ impl Drop for Netns {
 
 fn enter(path: &str) -> anyhow::Result<()> {
     let file = File::open(path).with_context(|| format!("opening {path}"))?;
+    setns(&file)
+}
+
+fn setns(file: &File) -> anyhow::Result<()> {
     // SAFETY: setns on a valid namespace fd only changes this thread's network namespace.
     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
     if rc != 0 {
