@@ -140,6 +140,14 @@ impl Testbed {
     }
 }
 
+/// Stops `daemon` with SIGTERM, panicking unless it exits successfully within 10 s.
+pub fn stop_cleanly(daemon: &mut Daemon) {
+    let clean = daemon
+        .stop_with(libc::SIGTERM, Duration::from_secs(10))
+        .expect("stop the daemon");
+    assert!(clean, "the daemon did not exit cleanly:\n{}", daemon.log());
+}
+
 /// A testbed whose daemon runs. Fields drop in order: the daemon stops before its pins, files and
 /// namespaces go.
 pub struct Attached {

@@ -199,30 +199,42 @@ impl Link {
         right_ns: &str,
         right_if: &str,
     ) -> anyhow::Result<Link> {
-        let left = Netns::new(left_ns)?;
-        let right = Netns::new(right_ns)?;
+        let link = Link {
+            left: Netns::new(left_ns)?,
+            left_if: left_if.to_string(),
+            right: Netns::new(right_ns)?,
+            right_if: right_if.to_string(),
+        };
+        link.add_veth()?;
+        Ok(link)
+    }
+
+    /// Deletes the veth and creates it again under the same names, both ends up and without
+    /// addresses (as a driver reload or a re-created interface leaves it).
+    pub fn recreate_veth(&self) -> anyhow::Result<()> {
+        self.left.exec(&["ip", "link", "del", &self.left_if])?;
+        self.add_veth()
+    }
+
+    fn add_veth(&self) -> anyhow::Result<()> {
         ip(&[
             "link",
             "add",
-            left_if,
+            &self.left_if,
             "netns",
-            left.name(),
+            self.left.name(),
             "type",
             "veth",
             "peer",
             "name",
-            right_if,
+            &self.right_if,
             "netns",
-            right.name(),
+            self.right.name(),
         ])?;
-        left.exec(&["ip", "link", "set", left_if, "up"])?;
-        right.exec(&["ip", "link", "set", right_if, "up"])?;
-        Ok(Link {
-            left,
-            left_if: left_if.to_string(),
-            right,
-            right_if: right_if.to_string(),
-        })
+        self.left
+            .exec(&["ip", "link", "set", &self.left_if, "up"])?;
+        self.right
+            .exec(&["ip", "link", "set", &self.right_if, "up"])
     }
 
     /// Leaves both namespaces (and so the veth) in place.

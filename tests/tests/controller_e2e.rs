@@ -13,7 +13,7 @@ use std::{
 
 use gatekeeper_tests::{
     addresses::{HOST_V4, LINK_PARTNER_V4 as PARTNER_V4, LINK_STRANGER_V4 as STRANGER_V4},
-    gk::Testbed,
+    gk::{Testbed, stop_cleanly},
     kernel_tests_enabled,
     process::Daemon,
     tcp::{BannerServer, Outcome, connect},
@@ -586,12 +586,7 @@ fn a_killed_daemon_leaves_the_filter_enforcing_and_its_successor_adopts_it() {
 
     // The successor owns the state: a clean stop detaches and unpins (default stop semantics).
     let mut second = second;
-    assert!(
-        second
-            .stop_with(libc::SIGTERM, Duration::from_secs(10))
-            .expect("stop the daemon"),
-        "daemon exit status"
-    );
+    stop_cleanly(&mut second);
     assert!(setup.connect(STRANGER_V4, TIMEOUT).is_banner());
     assert!(!setup.pins.path().exists(), "pins left behind");
 }
@@ -603,12 +598,7 @@ fn cli_edits_work_with_the_daemon_stopped_and_the_program_pinned() {
     }
     let setup = Setup::new("gcs", "keep_attached_on_exit = true");
     let mut daemon = setup.start_daemon("gatekeeper-run");
-    assert!(
-        daemon
-            .stop_with(libc::SIGTERM, Duration::from_secs(10))
-            .expect("stop the daemon"),
-        "daemon exit status"
-    );
+    stop_cleanly(&mut daemon);
     assert!(
         daemon.log().contains("keep_attached_on_exit"),
         "{}",
@@ -835,37 +825,11 @@ fn a_stale_pinned_link_is_replaced_when_the_interface_was_recreated() {
     }
     let setup = Setup::new("gcl", "keep_attached_on_exit = true");
     let mut first = setup.start_daemon("gatekeeper-run-1");
-    assert!(
-        first
-            .stop_with(libc::SIGTERM, Duration::from_secs(10))
-            .expect("stop the daemon"),
-        "daemon exit status"
-    );
+    stop_cleanly(&mut first);
     // The interface goes away with its program (a driver reload, a re-created veth) and comes
     // back under the same name: the pinned link now points at nothing.
     let (left, right) = (&setup.link.left, &setup.link.right);
-    left.exec(&["ip", "link", "del", &setup.link.left_if])
-        .expect("delete the interface");
-    gatekeeper_tests::netns::ip(&[
-        "link",
-        "add",
-        &setup.link.left_if,
-        "netns",
-        left.name(),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &setup.link.right_if,
-        "netns",
-        right.name(),
-    ])
-    .expect("re-create the veth");
-    left.exec(&["ip", "link", "set", &setup.link.left_if, "up"])
-        .expect("host side up");
-    right
-        .exec(&["ip", "link", "set", &setup.link.right_if, "up"])
-        .expect("client side up");
+    setup.link.recreate_veth().expect("re-create the veth");
     left.add_addr(&setup.link.left_if, &format!("{HOST_V4}/24"))
         .expect("host address");
     for addr in [PARTNER_V4, STRANGER_V4] {
@@ -938,11 +902,6 @@ fn the_systemd_units_capabilities_are_enough() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(setup.connect(STRANGER_V4, TIMEOUT).is_banner());
-    assert!(
-        daemon
-            .stop_with(libc::SIGTERM, Duration::from_secs(10))
-            .expect("stop the daemon"),
-        "daemon exit status"
-    );
+    stop_cleanly(&mut daemon);
     assert!(!setup.pins.path().exists(), "{}", daemon.log());
 }

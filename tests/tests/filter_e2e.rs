@@ -9,7 +9,7 @@ use gatekeeper_tests::{
     addresses::{
         HOST_V4, HOST_V6, LINK_PARTNER_V4, LINK_PARTNER_V6, LINK_STRANGER_V4, LINK_STRANGER_V6,
     },
-    gk::Testbed,
+    gk::{Testbed, stop_cleanly},
     kernel_tests_enabled,
     tcp::{BannerServer, Outcome, connect},
 };
@@ -82,12 +82,7 @@ fn daemon_drops_strangers_smtp_syns_and_nothing_else() {
     assert!(connect(client, stranger_v6, other_v6, TIMEOUT).is_banner());
 
     // The daemon stops cleanly on SIGTERM and detaches: everybody connects again.
-    assert!(
-        daemon
-            .stop_with(libc::SIGTERM, Duration::from_secs(10))
-            .expect("stop the daemon"),
-        "daemon exit status"
-    );
+    stop_cleanly(&mut daemon);
     let after = connect(client, stranger_v4, smtp_v4, TIMEOUT);
     assert!(after.is_banner(), "after stop: {after:?}");
     assert!(connect(client, stranger_v6, smtp_v6, TIMEOUT).is_banner());
