@@ -20,9 +20,7 @@
 //! Figures are ratios against the other cases of the same run. No timing is asserted anywhere.
 
 use std::{
-    fs::File,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    os::fd::AsRawFd as _,
     path::PathBuf,
     process::Command,
     sync::atomic::{AtomicBool, Ordering},
@@ -43,6 +41,7 @@ use gatekeeper_bench_objects::{
 };
 use gatekeeper_common::{Counter, Family};
 use gatekeeper_tests::{
+    addresses::{HOST_V4, PARTNER_V4},
     netns::{Link, Netns},
     tcp::BannerServer,
 };
@@ -50,8 +49,6 @@ use serde_json::{Value, json};
 use socket2::{Domain, Protocol, Socket, Type};
 
 const ATTACKER_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-const HOST_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 25);
-const PARTNER_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const FIRST_SOURCE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 0);
 const SOURCES: u32 = 256;
 const SMTP_PORT: u16 = 25;
@@ -113,24 +110,6 @@ fn options() -> anyhow::Result<Options> {
     Ok(options)
 }
 
-/// Runs `f` on this thread inside `ns`, then returns the thread to its own namespace.
-fn in_netns<T>(ns: &Netns, f: impl FnOnce() -> T) -> anyhow::Result<T> {
-    let home = File::open("/proc/thread-self/ns/net").context("opening own netns")?;
-    let target = File::open(format!("/run/netns/{}", ns.name()))?;
-    setns(&target)?;
-    let result = f();
-    setns(&home)?;
-    Ok(result)
-}
-
-fn setns(file: &File) -> anyhow::Result<()> {
-    // SAFETY: setns on a valid namespace fd only changes this thread's network namespace.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("setns(CLONE_NEWNET)");
-    }
-    Ok(())
-}
-
 /// Pins thread or process `pid` (0: the calling thread) to `cpu`.
 fn pin(pid: i32, cpu: usize) -> anyhow::Result<()> {
     // SAFETY: a zeroed cpu_set_t is empty; CPU_SET and sched_setaffinity get valid pointers.
@@ -171,24 +150,9 @@ fn ifindex(name: &str) -> anyhow::Result<u32> {
     Ok(index)
 }
 
-fn mac(ns: &Netns, iface: &str) -> anyhow::Result<[u8; 6]> {
-    let out = ns
-        .command(&["cat", &format!("/sys/class/net/{iface}/address")])
-        .output()?;
-    let text = String::from_utf8(out.stdout)?;
-    let bytes: Vec<u8> = text
-        .trim()
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16))
-        .collect::<Result<_, _>>()?;
-    bytes
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("odd MAC address {text:?}"))
-}
-
 /// Received packets of `iface` in `ns` (/proc/net/dev, as the namespace sees it).
 fn rx_packets(ns: &Netns, iface: &str) -> anyhow::Result<u64> {
-    let text = in_netns(ns, || std::fs::read_to_string("/proc/thread-self/net/dev"))??;
+    let text = ns.on_this_thread(|| std::fs::read_to_string("/proc/thread-self/net/dev"))??;
     for line in text.lines() {
         if let Some((name, rest)) = line.split_once(':')
             && name.trim() == iface
@@ -207,7 +171,7 @@ fn rx_packets(ns: &Netns, iface: &str) -> anyhow::Result<u64> {
 /// The host's TCP counters that show what reached TCP: segments in, checksum errors, SYN
 /// cookies sent (/proc/net/snmp and /proc/net/netstat as the namespace sees them).
 fn tcp_counters(ns: &Netns) -> anyhow::Result<[u64; 3]> {
-    let read = |file: &str| in_netns(ns, || std::fs::read_to_string(file));
+    let read = |file: &str| ns.on_this_thread(|| std::fs::read_to_string(file));
     let snmp = read("/proc/thread-self/net/snmp")??;
     let netstat = read("/proc/thread-self/net/netstat")??;
     let field = |text: &str, prefix: &str, name: &str| -> u64 {
@@ -413,7 +377,7 @@ fn attach_standalone(
     mut ebpf: Ebpf,
     name: &str,
 ) -> anyhow::Result<Ebpf> {
-    in_netns(host, || -> anyhow::Result<()> {
+    host.on_this_thread(|| -> anyhow::Result<()> {
         xdp_program(&mut ebpf, name)?
             .attach(iface, aya::programs::XdpMode::Driver)
             .with_context(|| format!("attaching {name} to {iface} in native mode"))?;
@@ -442,7 +406,7 @@ fn receiver<'a>(
                 event_rate: gatekeeper::config::DEFAULT_DROP_EVENT_RATE,
                 event_burst: gatekeeper::config::DEFAULT_DROP_EVENT_BURST,
             })?;
-            in_netns(host, || filter.attach(iface, XdpMode::Native, 0))??;
+            host.on_this_thread(|| filter.attach(iface, XdpMode::Native, 0))??;
             Receiver::Xdp(Box::new(filter))
         }
         "nftables" => {
@@ -509,7 +473,7 @@ fn setup() -> anyhow::Result<Setup> {
         &ATTACKER_V4.to_string(),
     ])?;
     // Fixed neighbours both ways: no ARP has to get through the flood.
-    let (host_mac, attacker_mac) = (mac(host, &link.right_if)?, mac(attacker, &link.left_if)?);
+    let (host_mac, attacker_mac) = (host.mac(&link.right_if)?, attacker.mac(&link.left_if)?);
     let show = |m: [u8; 6]| m.map(|b| format!("{b:02x}")).join(":");
     host.exec(&[
         "ip",
@@ -536,7 +500,7 @@ fn setup() -> anyhow::Result<Setup> {
         "permanent",
     ])?;
     let frame = syn_frame(host_mac, attacker_mac, FIRST_SOURCE, HOST_V4, SMTP_PORT);
-    let attacker_ifindex = in_netns(attacker, || ifindex(&link.left_if))??;
+    let attacker_ifindex = attacker.on_this_thread(|| ifindex(&link.left_if))??;
     let cpus = thread::available_parallelism().map_or(1, |n| n.get());
     Ok(Setup {
         rx_cpu: 0,
@@ -619,7 +583,7 @@ fn measure_case(
             if placement == Placement::Split {
                 realtime(0, GENERATOR_PRIORITY)?;
             }
-            in_netns(attacker, || -> anyhow::Result<()> {
+            attacker.on_this_thread(|| -> anyhow::Result<()> {
                 while !stop.load(Ordering::Relaxed) {
                     generator.send(setup.attacker_ifindex, &setup.frame, FRAMES_PER_CALL, BATCH)?;
                 }

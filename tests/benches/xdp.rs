@@ -22,6 +22,7 @@ use gatekeeper_bench_objects::{
     load_program,
 };
 use gatekeeper_tests::{
+    addresses::{HOST_V4, HOST_V6, PARTNER_V4, PARTNER_V6, STRANGER_V4, STRANGER_V6},
     frames::{TCP_SYN, arp_request, tcp_v4, tcp_v6, udp_v4},
     generate::Rng,
 };
@@ -31,13 +32,6 @@ use serde_json::json;
 /// Second-level DIR-24-8 blocks for the benchmark lists (3% of 1,000,000 prefixes are longer than
 /// /24 and need one block each): 64 MiB.
 const DIR24_BLOCKS: u32 = 1 << 16;
-
-const HOST_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 25);
-const HOST_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 25);
-const PARTNER_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
-const PARTNER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x25, 0, 0, 0, 0, 7);
-const STRANGER_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 66);
-const STRANGER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x66, 0, 0, 0, 0, 66);
 
 struct Options {
     sizes: Vec<usize>,

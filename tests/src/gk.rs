@@ -1,108 +1,166 @@
-//! Running the real `gatekeeper` binary in a namespace, and reading its stats.
+//! The mail host with the real `gatekeeper` binary: two namespaces joined by a veth, a config, a
+//! pin directory, the daemon and the CLI. Fixtures panic with what failed, so tests read as the
+//! scenario they check.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
+    process::{Command, Output},
     time::Duration,
 };
 
-use anyhow::Context as _;
-
 use crate::{
+    addresses::HOST_V4,
     netns::{Link, Netns},
     process::{Daemon, PinDir, TempDir},
     workspace_binary,
 };
 
-/// The host address the fixture gives the host side of its veth.
-pub const HOST_V4: &str = "192.0.2.25";
+/// How long a starting daemon may take to attach and log "enforcing".
+const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A veth pair whose host side (`link.left`, 192.0.2.25/24) has the real daemon attached.
-/// Fields drop in order: the daemon stops before its pins, files and namespaces go.
-pub struct Attached {
-    pub daemon: Daemon,
+/// The mail host (`link.left`, with HOST_V4/24) and the Internet side (`link.right`), a directory
+/// for the config (at `config`, not written yet) and logs, and a pin directory. No daemon yet.
+/// Fields drop in order: pins, files, then namespaces.
+pub struct Testbed {
     pub pins: PinDir,
     pub config: PathBuf,
     pub dir: TempDir,
     pub link: Link,
 }
 
-impl Attached {
-    /// Namespaces named after `tag`, a config with `extra` lines and `allow`, the daemon running.
-    pub fn start(tag: &str, extra: &str, allow: &[&str]) -> anyhow::Result<Attached> {
-        let link = Link::new(tag)?;
+impl Testbed {
+    /// Namespaces and veth named after `tag`.
+    pub fn new(tag: &str) -> Testbed {
+        let link = Link::new(tag).expect("namespaces and veth");
         link.left
-            .add_addr(&link.left_if, &format!("{HOST_V4}/24"))?;
-        let dir = TempDir::new(tag)?;
+            .add_addr(&link.left_if, &format!("{HOST_V4}/24"))
+            .expect("host address");
+        let dir = TempDir::new(tag).expect("temporary directory");
         let pins = PinDir::new(tag);
         let config = dir.path().join("gatekeeper.toml");
-        std::fs::write(&config, config_text(&link.left_if, &pins, extra, allow))?;
-        let daemon = start_daemon(&link.left, &config, &dir.path().join("gk.log"))?;
-        Ok(Attached {
-            daemon,
+        Testbed {
             pins,
             config,
             dir,
             link,
-        })
+        }
     }
 
-    /// `gatekeeper stats --json` for this host.
-    pub fn stats(&self) -> anyhow::Result<serde_json::Value> {
-        stats(&self.link.left, &self.config)
+    /// The namespace with the filter.
+    pub fn host(&self) -> &Netns {
+        &self.link.left
+    }
+
+    /// The namespace the peers connect from.
+    pub fn client(&self) -> &Netns {
+        &self.link.right
+    }
+
+    /// A config for the host interface with `extra` lines and `allow` entries.
+    pub fn config_text(&self, extra: &str, allow: &[&str]) -> String {
+        let mut text = format!(
+            "interfaces = [\"{}\"]\npin_dir = \"{}\"\n{extra}\n",
+            self.link.left_if,
+            self.pins.path().display()
+        );
+        for cidr in allow {
+            text.push_str(&format!("\n[[allow]]\ncidr = \"{cidr}\"\n"));
+        }
+        text
+    }
+
+    /// Replaces the config atomically (as an editor or config management would).
+    pub fn write_config(&self, text: &str) {
+        let tmp = self.dir.path().join("gatekeeper.toml.new");
+        std::fs::write(&tmp, text).expect("write the new config");
+        std::fs::rename(&tmp, &self.config).expect("replace the config");
+    }
+
+    pub fn read_config(&self) -> String {
+        std::fs::read_to_string(&self.config).unwrap_or_default()
+    }
+
+    /// Starts `gatekeeper run --config <config>` in the host namespace (host mounts kept, so pins
+    /// are shared), logging to `<name>.log`, and waits until it enforces.
+    pub fn start_daemon(&self, name: &str) -> Daemon {
+        let mut cmd = self.host().nsenter();
+        cmd.arg(workspace_binary("gatekeeper"))
+            .args(["run", "--config"])
+            .arg(&self.config);
+        let log = self.dir.path().join(format!("{name}.log"));
+        let mut daemon = Daemon::start(name, cmd, &log).expect("start gatekeeper run");
+        if let Err(err) = daemon.wait_for_log("enforcing", START_TIMEOUT) {
+            panic!("{err:#}");
+        }
+        daemon
+    }
+
+    /// `gatekeeper ARGS --config <config>` in the host namespace, not run yet.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut cmd = self.host().nsenter();
+        cmd.arg(workspace_binary("gatekeeper"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config);
+        cmd
+    }
+
+    /// Runs `gatekeeper ARGS --config <config>` in the host namespace.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_command(args)
+            .output()
+            .expect("run the gatekeeper CLI")
+    }
+
+    /// Runs the CLI, panicking unless it succeeds; its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "gatekeeper {args:?} failed:\n{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// `gatekeeper stats --json`.
+    pub fn stats(&self) -> serde_json::Value {
+        let out = self.cli_ok(&["stats", "--json"]);
+        serde_json::from_str(&out).expect("gatekeeper stats --json prints JSON")
     }
 
     /// One counter of the host interface from `stats`.
     pub fn counter(&self, stats: &serde_json::Value, family: &str, name: &str) -> u64 {
-        counter(stats, &self.link.left_if, family, name)
+        stats["interfaces"]
+            .as_array()
+            .and_then(|all| all.iter().find(|i| i["interface"] == self.link.left_if))
+            .and_then(|i| i["counters"][family][name].as_u64())
+            .unwrap_or(0)
     }
 }
 
-/// Starts `gatekeeper run --config <config>` in `ns` (host mounts kept, so pins are shared) and
-/// waits until it enforces.
-pub fn start_daemon(ns: &Netns, config: &Path, log: &Path) -> anyhow::Result<Daemon> {
-    let mut cmd = ns.nsenter();
-    cmd.arg(workspace_binary("gatekeeper"))
-        .args(["run", "--config"])
-        .arg(config);
-    let mut daemon = Daemon::start("gatekeeper run", cmd, log)?;
-    daemon.wait_for_log("enforcing", Duration::from_secs(15))?;
-    Ok(daemon)
+/// Stops `daemon` with SIGTERM, panicking unless it exits successfully within 10 s.
+pub fn stop_cleanly(daemon: &mut Daemon) {
+    let clean = daemon
+        .stop_with(libc::SIGTERM, Duration::from_secs(10))
+        .expect("stop the daemon");
+    assert!(clean, "the daemon did not exit cleanly:\n{}", daemon.log());
 }
 
-/// A config for `iface` with the given extra lines and allowlist, pinned under `pins`.
-pub fn config_text(iface: &str, pins: &PinDir, extra: &str, allow: &[&str]) -> String {
-    let mut text = format!(
-        "interfaces = [\"{iface}\"]\npin_dir = \"{}\"\n{extra}\n",
-        pins.path().display()
-    );
-    for cidr in allow {
-        text.push_str(&format!("\n[[allow]]\ncidr = \"{cidr}\"\n"));
+/// A testbed whose daemon runs. Fields drop in order: the daemon stops before its pins, files and
+/// namespaces go.
+pub struct Attached {
+    pub daemon: Daemon,
+    pub bed: Testbed,
+}
+
+impl Attached {
+    /// A testbed named after `tag`, a config with `extra` lines and `allow`, the daemon running.
+    pub fn start(tag: &str, extra: &str, allow: &[&str]) -> Attached {
+        let bed = Testbed::new(tag);
+        bed.write_config(&bed.config_text(extra, allow));
+        let daemon = bed.start_daemon("gatekeeper-run");
+        Attached { daemon, bed }
     }
-    text
-}
-
-/// `gatekeeper stats --json` run inside `ns`.
-pub fn stats(ns: &Netns, config: &Path) -> anyhow::Result<serde_json::Value> {
-    let out = ns
-        .nsenter()
-        .arg(workspace_binary("gatekeeper"))
-        .args(["stats", "--json", "--config"])
-        .arg(config)
-        .output()
-        .context("running gatekeeper stats")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "gatekeeper stats failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).context("parsing gatekeeper stats --json")
-}
-
-/// One counter of one interface from `stats` output.
-pub fn counter(stats: &serde_json::Value, iface: &str, family: &str, name: &str) -> u64 {
-    stats["interfaces"]
-        .as_array()
-        .and_then(|all| all.iter().find(|i| i["interface"] == iface))
-        .and_then(|i| i["counters"][family][name].as_u64())
-        .unwrap_or(0)
 }

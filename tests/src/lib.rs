@@ -2,12 +2,16 @@
 //! inside a namespace, daemons, crafted frames. Everything a helper creates is removed when its
 //! guard is dropped, also when a test fails.
 
+pub mod addresses;
 pub mod cleanup;
+pub mod dirs;
 pub mod frames;
 pub mod generate;
 pub mod gk;
 pub mod netns;
 pub mod process;
+#[cfg(feature = "program")]
+pub mod program;
 pub mod raw;
 pub mod reference;
 pub mod smtp_sink;

@@ -110,6 +110,33 @@ impl Netns {
         })
     }
 
+    /// Runs `f` on the calling thread inside this namespace, then returns the thread to the
+    /// namespace it was in (for objects that must stay on this thread, such as a loaded filter).
+    pub fn on_this_thread<T>(&self, f: impl FnOnce() -> T) -> anyhow::Result<T> {
+        // Opened before leaving: afterwards this path names the namespace entered.
+        let home = File::open("/proc/thread-self/ns/net").context("opening this thread's netns")?;
+        enter(&format!("/run/netns/{}", self.name))?;
+        let result = f();
+        setns(&home)?;
+        Ok(result)
+    }
+
+    /// The MAC address of `iface` in this namespace.
+    pub fn mac(&self, iface: &str) -> anyhow::Result<[u8; 6]> {
+        let out = self
+            .command(&["cat", &format!("/sys/class/net/{iface}/address")])
+            .output()?;
+        let text = String::from_utf8(out.stdout)?;
+        let bytes: Vec<u8> = text
+            .trim()
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16))
+            .collect::<Result<_, _>>()?;
+        bytes
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("odd MAC address {text:?}"))
+    }
+
     /// Adds an address to an interface in this namespace (IPv6 without duplicate detection, so
     /// it is usable at once).
     pub fn add_addr(&self, iface: &str, cidr: &str) -> anyhow::Result<()> {
@@ -132,6 +159,10 @@ impl Drop for Netns {
 
 fn enter(path: &str) -> anyhow::Result<()> {
     let file = File::open(path).with_context(|| format!("opening {path}"))?;
+    setns(&file)
+}
+
+fn setns(file: &File) -> anyhow::Result<()> {
     // SAFETY: setns on a valid namespace fd only changes this thread's network namespace.
     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
     if rc != 0 {
@@ -168,30 +199,42 @@ impl Link {
         right_ns: &str,
         right_if: &str,
     ) -> anyhow::Result<Link> {
-        let left = Netns::new(left_ns)?;
-        let right = Netns::new(right_ns)?;
+        let link = Link {
+            left: Netns::new(left_ns)?,
+            left_if: left_if.to_string(),
+            right: Netns::new(right_ns)?,
+            right_if: right_if.to_string(),
+        };
+        link.add_veth()?;
+        Ok(link)
+    }
+
+    /// Deletes the veth and creates it again under the same names, both ends up and without
+    /// addresses (as a driver reload or a re-created interface leaves it).
+    pub fn recreate_veth(&self) -> anyhow::Result<()> {
+        self.left.exec(&["ip", "link", "del", &self.left_if])?;
+        self.add_veth()
+    }
+
+    fn add_veth(&self) -> anyhow::Result<()> {
         ip(&[
             "link",
             "add",
-            left_if,
+            &self.left_if,
             "netns",
-            left.name(),
+            self.left.name(),
             "type",
             "veth",
             "peer",
             "name",
-            right_if,
+            &self.right_if,
             "netns",
-            right.name(),
+            self.right.name(),
         ])?;
-        left.exec(&["ip", "link", "set", left_if, "up"])?;
-        right.exec(&["ip", "link", "set", right_if, "up"])?;
-        Ok(Link {
-            left,
-            left_if: left_if.to_string(),
-            right,
-            right_if: right_if.to_string(),
-        })
+        self.left
+            .exec(&["ip", "link", "set", &self.left_if, "up"])?;
+        self.right
+            .exec(&["ip", "link", "set", &self.right_if, "up"])
     }
 
     /// Leaves both namespaces (and so the veth) in place.

@@ -9,6 +9,9 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+// xtask's demo and the readme sandbox take the directories from here, next to the daemons.
+pub use crate::dirs::{PinDir, TempDir};
+
 /// A child process that is terminated (SIGTERM, then SIGKILL) when dropped.
 pub struct Daemon {
     child: Option<Child>,
@@ -116,70 +119,5 @@ impl Drop for Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-}
-
-/// A temporary directory removed on drop.
-pub struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    pub fn new(tag: &str) -> anyhow::Result<TempDir> {
-        let path = std::env::temp_dir().join(format!(
-            "gatekeeper-{tag}-{}-{}",
-            std::process::id(),
-            crate::unique_name("")
-        ));
-        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        crate::cleanup::add_dir(&path);
-        Ok(TempDir { path })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
-        crate::cleanup::remove_dir(&self.path);
-    }
-}
-
-/// A pin directory for one test under /sys/fs/bpf, removed (with its pins) on drop.
-pub struct PinDir {
-    path: PathBuf,
-}
-
-impl PinDir {
-    pub fn new(tag: &str) -> PinDir {
-        PinDir::at(PathBuf::from(format!(
-            "/sys/fs/bpf/{}",
-            crate::unique_name(tag)
-        )))
-    }
-
-    /// A fixed pin directory (the demo's), swept on drop whatever left pins in it.
-    pub fn at(path: PathBuf) -> PinDir {
-        crate::cleanup::add_dir(&path);
-        PinDir { path }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        if let Ok(entries) = fs::read_dir(&self.path) {
-            for entry in entries.flatten() {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
-        let _ = fs::remove_dir(&self.path);
-        crate::cleanup::remove_dir(&self.path);
     }
 }

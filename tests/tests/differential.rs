@@ -5,21 +5,20 @@
 
 use std::collections::HashMap;
 
-use aya::programs::{TestRun as _, TestRunOptions};
 use gatekeeper::{
     filter::{Filter, Ipv4Lookup, LoadOptions},
-    policy::{Mode, Policy},
+    policy::Mode,
 };
 use gatekeeper_common::{Counter, Family};
 use gatekeeper_tests::{
     generate::{FrameGen, Rng, random_v4_net, random_v6_net},
     kernel_tests_enabled,
+    program::{XDP_DROP, XDP_PASS, loaded, verdict},
     reference::{Action, Class, Fam, Rules},
 };
 use ipnet::IpNet;
+use rstest::rstest;
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 const PORTS: [u16; 3] = [25, 465, 587];
 
 fn seed() -> u64 {
@@ -45,18 +44,11 @@ fn run(mode: Mode, lookup: Ipv4Lookup, frames: usize, batch: usize) {
         "differential: mode {mode}, IPv4 lookup {lookup}, {frames} frames, seed {seed} (set GATEKEEPER_SEED to replay)"
     );
     let mut rng = Rng::new(seed ^ (mode as u64));
-    let mut filter = Filter::load_with(&LoadOptions {
+    let options = LoadOptions {
         ipv4_lookup: lookup,
         ..LoadOptions::default()
-    })
-    .expect("load");
-    let policy = Policy {
-        mode,
-        ports: PORTS.to_vec(),
-        event_rate: 0,
-        event_burst: 0,
     };
-    filter.maps().set_policy(&policy).expect("policy");
+    let mut filter = loaded(&options, mode, &PORTS);
 
     let mut allow: Vec<IpNet> = Vec::new();
     for _ in 0..60 {
@@ -192,38 +184,33 @@ fn add(filter: &mut Filter, allow: &mut Vec<IpNet>, net: IpNet) {
     }
 }
 
-fn verdict(filter: &mut Filter, frame: &[u8]) -> u32 {
-    let program = filter.program_mut().expect("program");
-    let opts = TestRunOptions {
-        data_in: Some(frame),
-        ..Default::default()
-    };
-    program
-        .test_run(opts)
-        .expect("BPF_PROG_TEST_RUN")
-        .return_value
-}
-
-#[test]
-fn enforce_mode_matches_the_reference_on_100k_frames_with_dir24() {
-    if !kernel_tests_enabled("enforce_mode_matches_the_reference_on_100k_frames_with_dir24") {
+#[rstest]
+#[case::enforce_mode_matches_the_reference_on_100k_frames_with_dir24(
+    Mode::Enforce,
+    Ipv4Lookup::Dir24,
+    100_000,
+    2_000
+)]
+#[case::enforce_mode_matches_the_reference_on_100k_frames_with_the_trie(
+    Mode::Enforce,
+    Ipv4Lookup::Trie,
+    100_000,
+    5_000
+)]
+#[case::monitor_mode_matches_the_reference_and_never_drops(
+    Mode::Monitor,
+    Ipv4Lookup::Dir24,
+    20_000,
+    5_000
+)]
+fn kernel_and_reference_agree(
+    #[case] mode: Mode,
+    #[case] lookup: Ipv4Lookup,
+    #[case] frames: usize,
+    #[case] batch: usize,
+) {
+    if !kernel_tests_enabled("kernel_and_reference_agree") {
         return;
     }
-    run(Mode::Enforce, Ipv4Lookup::Dir24, 100_000, 2_000);
-}
-
-#[test]
-fn enforce_mode_matches_the_reference_on_100k_frames_with_the_trie() {
-    if !kernel_tests_enabled("enforce_mode_matches_the_reference_on_100k_frames_with_the_trie") {
-        return;
-    }
-    run(Mode::Enforce, Ipv4Lookup::Trie, 100_000, 5_000);
-}
-
-#[test]
-fn monitor_mode_matches_the_reference_and_never_drops() {
-    if !kernel_tests_enabled("monitor_mode_matches_the_reference_and_never_drops") {
-        return;
-    }
-    run(Mode::Monitor, Ipv4Lookup::Dir24, 20_000, 5_000);
+    run(mode, lookup, frames, batch);
 }

@@ -6,147 +6,127 @@ use std::{
 };
 
 use gatekeeper_tests::{
+    addresses::{
+        HOST_V4, HOST_V6, LINK_PARTNER_V4, LINK_PARTNER_V6, LINK_STRANGER_V4, LINK_STRANGER_V6,
+    },
+    gk::{Testbed, stop_cleanly},
     kernel_tests_enabled,
-    netns::Link,
-    process::{Daemon, PinDir, TempDir},
     tcp::{BannerServer, Outcome, connect},
-    workspace_binary,
 };
 
-const HOST_V4: &str = "192.0.2.25";
-const PARTNER_V4: &str = "192.0.2.10";
-const STRANGER_V4: &str = "192.0.2.66";
-const HOST_V6: &str = "2001:db8::25";
-const PARTNER_V6: &str = "2001:db8::10";
-const STRANGER_V6: &str = "2001:db8::66";
 /// Long enough for a SYN/SYN-ACK on a veth, short enough to keep the test quick.
 const TIMEOUT: Duration = Duration::from_millis(1500);
 
-fn ip(s: &str) -> IpAddr {
-    s.parse().expect("test address")
-}
-
 #[test]
-fn daemon_drops_strangers_smtp_syns_and_nothing_else() -> anyhow::Result<()> {
+fn daemon_drops_strangers_smtp_syns_and_nothing_else() {
     if !kernel_tests_enabled("daemon_drops_strangers_smtp_syns_and_nothing_else") {
-        return Ok(());
+        return;
     }
     // left: the mail host with the filter; right: the Internet side (partner and stranger).
-    let link = Link::new("gkf")?;
-    let (host, client) = (&link.left, &link.right);
-    host.add_addr(&link.left_if, &format!("{HOST_V4}/24"))?;
-    host.add_addr(&link.left_if, &format!("{HOST_V6}/64"))?;
-    for addr in [PARTNER_V4, STRANGER_V4] {
-        client.add_addr(&link.right_if, &format!("{addr}/24"))?;
+    let bed = Testbed::new("gkf");
+    let (host, client) = (bed.host(), bed.client());
+    host.add_addr(&bed.link.left_if, &format!("{HOST_V6}/64"))
+        .expect("host IPv6 address");
+    for addr in [LINK_PARTNER_V4, LINK_STRANGER_V4] {
+        client
+            .add_addr(&bed.link.right_if, &format!("{addr}/24"))
+            .expect("client IPv4 address");
     }
-    for addr in [PARTNER_V6, STRANGER_V6] {
-        client.add_addr(&link.right_if, &format!("{addr}/64"))?;
+    for addr in [LINK_PARTNER_V6, LINK_STRANGER_V6] {
+        client
+            .add_addr(&bed.link.right_if, &format!("{addr}/64"))
+            .expect("client IPv6 address");
     }
-    let smtp = BannerServer::start(host, "[::]:25".parse()?, "mail")?;
-    let other = BannerServer::start(host, "[::]:2525".parse()?, "other")?;
-    let smtp_v4 = SocketAddr::new(ip(HOST_V4), smtp.addr().port());
-    let smtp_v6 = SocketAddr::new(ip(HOST_V6), smtp.addr().port());
-    let other_v4 = SocketAddr::new(ip(HOST_V4), other.addr().port());
-    let other_v6 = SocketAddr::new(ip(HOST_V6), other.addr().port());
+    let smtp = BannerServer::start(host, "[::]:25".parse().expect("addr"), "mail")
+        .expect("SMTP banner server");
+    let other = BannerServer::start(host, "[::]:2525".parse().expect("addr"), "other")
+        .expect("banner server on another port");
+    let smtp_v4 = SocketAddr::new(IpAddr::V4(HOST_V4), smtp.addr().port());
+    let smtp_v6 = SocketAddr::new(IpAddr::V6(HOST_V6), smtp.addr().port());
+    let other_v4 = SocketAddr::new(IpAddr::V4(HOST_V4), other.addr().port());
+    let other_v6 = SocketAddr::new(IpAddr::V6(HOST_V6), other.addr().port());
+    let stranger_v4 = IpAddr::V4(LINK_STRANGER_V4);
+    let stranger_v6 = IpAddr::V6(LINK_STRANGER_V6);
 
     // Before the filter: everybody gets the banner.
-    assert!(connect(client, ip(STRANGER_V4), smtp_v4, TIMEOUT).is_banner());
+    assert!(connect(client, stranger_v4, smtp_v4, TIMEOUT).is_banner());
 
-    let dir = TempDir::new("e2e")?;
-    let pins = PinDir::new("gkf");
-    let config = dir.path().join("gatekeeper.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "interfaces = [\"{}\"]\nxdp_mode = \"native\"\nprotected_ports = [25]\npin_dir = \"{}\"\n\n\
-             [[allow]]\ncidr = \"{PARTNER_V4}/32\"\ncomment = \"partner\"\n\n\
-             [[allow]]\ncidr = \"{PARTNER_V6}/128\"\n",
-            link.left_if,
-            pins.path().display()
-        ),
-    )?;
-    let mut cmd = host.nsenter();
-    cmd.arg(workspace_binary("gatekeeper"))
-        .args(["run", "--config"])
-        .arg(&config);
-    let mut daemon = Daemon::start("gatekeeper run", cmd, &dir.path().join("gatekeeper.log"))?;
-    daemon.wait_for_log("enforcing", Duration::from_secs(10))?;
+    bed.write_config(&format!(
+        "interfaces = [\"{}\"]\nxdp_mode = \"native\"\nprotected_ports = [25]\npin_dir = \"{}\"\n\n\
+         [[allow]]\ncidr = \"{LINK_PARTNER_V4}/32\"\ncomment = \"partner\"\n\n\
+         [[allow]]\ncidr = \"{LINK_PARTNER_V6}/128\"\n",
+        bed.link.left_if,
+        bed.pins.path().display()
+    ));
+    let mut daemon = bed.start_daemon("gatekeeper-run");
     assert!(daemon.log().contains("mode=native"), "{}", daemon.log());
 
     // The partner gets the banner over both families.
-    let partner4 = connect(client, ip(PARTNER_V4), smtp_v4, TIMEOUT);
+    let partner4 = connect(client, IpAddr::V4(LINK_PARTNER_V4), smtp_v4, TIMEOUT);
     assert!(partner4.is_banner(), "partner IPv4: {partner4:?}");
-    let partner6 = connect(client, ip(PARTNER_V6), smtp_v6, TIMEOUT);
+    let partner6 = connect(client, IpAddr::V6(LINK_PARTNER_V6), smtp_v6, TIMEOUT);
     assert!(partner6.is_banner(), "partner IPv6: {partner6:?}");
 
     // The stranger's SYNs to port 25 vanish: the connect times out, it is not refused.
     assert_eq!(
-        connect(client, ip(STRANGER_V4), smtp_v4, TIMEOUT),
+        connect(client, stranger_v4, smtp_v4, TIMEOUT),
         Outcome::TimedOut
     );
     assert_eq!(
-        connect(client, ip(STRANGER_V6), smtp_v6, TIMEOUT),
+        connect(client, stranger_v6, smtp_v6, TIMEOUT),
         Outcome::TimedOut
     );
 
     // The stranger still reaches every other port.
-    assert!(connect(client, ip(STRANGER_V4), other_v4, TIMEOUT).is_banner());
-    assert!(connect(client, ip(STRANGER_V6), other_v6, TIMEOUT).is_banner());
+    assert!(connect(client, stranger_v4, other_v4, TIMEOUT).is_banner());
+    assert!(connect(client, stranger_v6, other_v6, TIMEOUT).is_banner());
 
     // The daemon stops cleanly on SIGTERM and detaches: everybody connects again.
-    assert!(
-        daemon.stop_with(libc::SIGTERM, Duration::from_secs(10))?,
-        "daemon exit status"
-    );
-    let after = connect(client, ip(STRANGER_V4), smtp_v4, TIMEOUT);
+    stop_cleanly(&mut daemon);
+    let after = connect(client, stranger_v4, smtp_v4, TIMEOUT);
     assert!(after.is_banner(), "after stop: {after:?}");
-    assert!(connect(client, ip(STRANGER_V6), smtp_v6, TIMEOUT).is_banner());
+    assert!(connect(client, stranger_v6, smtp_v6, TIMEOUT).is_banner());
     // A clean stop removes the pins too.
     assert!(
-        !pins.path().exists(),
+        !bed.pins.path().exists(),
         "pins left behind in {}",
-        pins.path().display()
+        bed.pins.path().display()
     );
-    Ok(())
 }
 
 #[test]
-fn bad_config_attaches_nothing_and_names_the_entry() -> anyhow::Result<()> {
+fn bad_config_attaches_nothing_and_names_the_entry() {
     if !kernel_tests_enabled("bad_config_attaches_nothing_and_names_the_entry") {
-        return Ok(());
+        return;
     }
-    let link = Link::new("gkb")?;
-    let dir = TempDir::new("badcfg")?;
-    let config = dir.path().join("gatekeeper.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "interfaces = [\"{}\"]\n[[allow]]\ncidr = \"192.0.2.10/24\"\n",
-            link.left_if
-        ),
-    )?;
-    let out = link
-        .left
+    let bed = Testbed::new("gkb");
+    bed.write_config(&format!(
+        "interfaces = [\"{}\"]\n[[allow]]\ncidr = \"192.0.2.10/24\"\n",
+        bed.link.left_if
+    ));
+    let out = bed
+        .host()
         .command(&[])
-        .arg(workspace_binary("gatekeeper"))
+        .arg(gatekeeper_tests::workspace_binary("gatekeeper"))
         .args(["run", "--config"])
-        .arg(&config)
-        .output()?;
+        .arg(&bed.config)
+        .output()
+        .expect("run gatekeeper");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(&format!(
             "{}:3:8: allow entry \"192.0.2.10/24\" has host bits set",
-            config.display()
+            bed.config.display()
         )),
         "{stderr}"
     );
     // Nothing attached: the interface has no XDP program.
-    let show = link
-        .left
-        .command(&["ip", "-d", "link", "show", &link.left_if])
-        .output()?;
+    let show = bed
+        .host()
+        .command(&["ip", "-d", "link", "show", &bed.link.left_if])
+        .output()
+        .expect("ip link show");
     let show = String::from_utf8_lossy(&show.stdout);
     assert!(!show.contains("prog/xdp"), "{show}");
-    Ok(())
 }
