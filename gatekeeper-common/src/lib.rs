@@ -70,10 +70,48 @@ pub const IFINDEX_LIMIT: u32 = 1 << 14;
 /// Counter slots: slot 0 collects interfaces without a slot of their own.
 pub const MAX_IFACE_SLOTS: u32 = 64;
 
-/// Filter mode: drop what the allowlist refuses.
-pub const MODE_ENFORCE: u32 = 0;
-/// Filter mode: count what would be dropped, pass everything.
-pub const MODE_MONITOR: u32 = 1;
+/// What the program does with a stranger's segment to a protected port: one enum for the
+/// program, the controller and the config file (`mode = "enforce" | "monitor"`). Stored in
+/// [`FilterConfig::mode`] as its `u32` discriminant.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize, serde::Serialize),
+    serde(rename_all = "lowercase")
+)]
+pub enum Mode {
+    /// Drop what the allowlist refuses.
+    #[default]
+    Enforce = 0,
+    /// Count what would be dropped, pass everything.
+    Monitor = 1,
+}
+
+impl Mode {
+    /// The mode a map value holds; anything but `Monitor` enforces (fail closed).
+    pub const fn from_raw(raw: u32) -> Mode {
+        if raw == Mode::Monitor as u32 {
+            Mode::Monitor
+        } else {
+            Mode::Enforce
+        }
+    }
+
+    /// The name the config file and the CLI use.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Monitor => "monitor",
+        }
+    }
+}
+
+impl core::fmt::Display for Mode {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Words in the protected-port bitmap (one bit per TCP port).
 pub const PORT_BITMAP_WORDS: usize = 65536 / 64;
@@ -82,7 +120,7 @@ pub const PORT_BITMAP_WORDS: usize = 65536 / 64;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FilterConfig {
-    /// [`MODE_ENFORCE`] or [`MODE_MONITOR`].
+    /// A [`Mode`] as `u32` (map values must be valid for any bits; see [`Mode::from_raw`]).
     pub mode: u32,
     /// Drop events each CPU may send in a burst.
     pub event_burst: u32,
@@ -99,7 +137,7 @@ impl FilterConfig {
     /// Enforcing, no protected ports, no events.
     pub const fn empty() -> Self {
         FilterConfig {
-            mode: MODE_ENFORCE,
+            mode: Mode::Enforce as u32,
             event_burst: 0,
             event_interval_ns: 0,
             v4_lookup: LOOKUP_TRIE,

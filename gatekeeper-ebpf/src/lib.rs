@@ -26,7 +26,7 @@ use aya_ebpf::{
 };
 use gatekeeper_common::{
     ALLOWLIST_CAPACITY, COUNTER_ENTRIES, Counter, DropEvent, Family, FilterConfig, IFINDEX_LIMIT,
-    LOOKUP_DIR24, MAX_IFACE_SLOTS, MODE_MONITOR, TokenBucket, counter_index, dir24,
+    LOOKUP_DIR24, MAX_IFACE_SLOTS, Mode, TokenBucket, counter_index, dir24,
 };
 use parse::{Judged, Segment};
 
@@ -109,7 +109,7 @@ struct Verdict<'a> {
 
 #[inline(always)]
 fn decide<'a>(judged: &'a Judged, config: &FilterConfig) -> Verdict<'a> {
-    let enforce = config.mode != MODE_MONITOR;
+    let enforce = config.mode != Mode::Monitor as u32;
     match judged {
         Judged::Pass(family, counter) => Verdict {
             family: *family,
@@ -258,7 +258,7 @@ fn report_drop(ctx: &XdpContext, segment: &Segment, config: &FilterConfig, slot:
         // SAFETY: as in `iface_slot`.
         ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
         dest_port: segment.dest_port,
-        monitor: u16::from(config.mode == MODE_MONITOR),
+        monitor: u16::from(config.mode == Mode::Monitor as u32),
         source: segment.source,
         _pad2: 0,
     };

@@ -58,23 +58,8 @@ impl fmt::Display for XdpMode {
     }
 }
 
-/// Drop what the allowlist refuses, or only count it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    #[default]
-    Enforce,
-    Monitor,
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Enforce => "enforce",
-            Mode::Monitor => "monitor",
-        })
-    }
-}
+/// Drop what the allowlist refuses, or only count it: the program's own enum.
+pub use gatekeeper_common::Mode;
 
 /// How the IPv4 allowlist is looked up.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]

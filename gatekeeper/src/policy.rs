@@ -1,7 +1,7 @@
 //! What the program enforces besides the allowlist: mode, protected ports, drop-event limits.
 
-use gatekeeper_common::{FilterConfig, MODE_ENFORCE, MODE_MONITOR};
-pub use gatekeeper_support::gatekeeper_config::Mode;
+use gatekeeper_common::FilterConfig;
+pub use gatekeeper_common::Mode;
 use serde::Serialize;
 
 use crate::config::Config;
@@ -33,10 +33,7 @@ impl Policy {
 
     pub fn to_filter_config(&self) -> FilterConfig {
         let mut config = FilterConfig::empty();
-        config.mode = match self.mode {
-            Mode::Enforce => MODE_ENFORCE,
-            Mode::Monitor => MODE_MONITOR,
-        };
+        config.mode = self.mode as u32;
         for port in &self.ports {
             config.protect(*port);
         }
@@ -51,11 +48,7 @@ impl Policy {
     pub fn from_filter_config(config: &FilterConfig) -> Policy {
         let ports = (0..=u16::MAX).filter(|p| config.is_protected(*p)).collect();
         Policy {
-            mode: if config.mode == MODE_MONITOR {
-                Mode::Monitor
-            } else {
-                Mode::Enforce
-            },
+            mode: Mode::from_raw(config.mode),
             ports,
             event_rate: match config.event_interval_ns {
                 0 => 0,
