@@ -15,6 +15,7 @@ use aya::{
 };
 
 use gatekeeper::filter::xdp_program;
+use gatekeeper_tests::frames::internet_checksum;
 
 /// The benchmark object (bin `gatekeeper-bench`): load it with
 /// `gatekeeper::filter::LoadOptions::object` to fill its maps like the daemon's.
@@ -147,7 +148,7 @@ pub fn syn_frame(
     pseudo.extend_from_slice(&dest.octets());
     pseudo.extend_from_slice(&[0, 6, 0, 20]);
     pseudo.extend_from_slice(&tcp);
-    let check = checksum(&pseudo);
+    let check = internet_checksum(&pseudo);
     tcp[16..18].copy_from_slice(&check.to_be_bytes());
 
     let mut ip = [0u8; 20];
@@ -158,7 +159,7 @@ pub fn syn_frame(
     ip[9] = 6;
     ip[12..16].copy_from_slice(&source.octets());
     ip[16..20].copy_from_slice(&dest.octets());
-    let check = checksum(&ip);
+    let check = internet_checksum(&ip);
     ip[10..12].copy_from_slice(&check.to_be_bytes());
 
     let mut frame = Vec::with_capacity(54);
@@ -168,18 +169,6 @@ pub fn syn_frame(
     frame.extend_from_slice(&ip);
     frame.extend_from_slice(&tcp);
     frame
-}
-
-/// RFC 1071 checksum.
-fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 #[cfg(test)]
@@ -196,10 +185,10 @@ mod tests {
             25,
         );
         assert_eq!(frame.len(), 54);
-        assert_eq!(checksum(&frame[14..34]), 0);
+        assert_eq!(internet_checksum(&frame[14..34]), 0);
         let mut pseudo = frame[26..34].to_vec();
         pseudo.extend_from_slice(&[0, 6, 0, 20]);
         pseudo.extend_from_slice(&frame[34..54]);
-        assert_eq!(checksum(&pseudo), 0);
+        assert_eq!(internet_checksum(&pseudo), 0);
     }
 }
