@@ -216,7 +216,7 @@ impl Filter {
         let ifindex = ifindex(iface)?;
         // Another program there makes every mode fail: name it instead of trying.
         if let Some(occupant) = crate::occupant::find(iface, ifindex, self.pin_dir.as_deref()) {
-            anyhow::bail!("cannot attach to {occupant}");
+            anyhow::bail!("cannot attach to {iface}: {occupant}");
         }
         // Counting is set up first, so the first packet after attaching is already counted.
         self.maps.assign_slot(ifindex, slot)?;

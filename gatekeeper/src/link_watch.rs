@@ -124,7 +124,9 @@ mod tests {
             runtime.block_on(async {
                 let mut watch = LinkWatch::open().expect("subscribe");
                 let status = std::process::Command::new("ip")
-                    .args(["link", "add", "gkwatch0", "type", "veth", "peer", "name", "gkwatch1"])
+                    .args([
+                        "link", "add", "gkwatch0", "type", "veth", "peer", "name", "gkwatch1",
+                    ])
                     .status()
                     .expect("ip");
                 assert!(status.success());
