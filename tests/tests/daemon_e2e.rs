@@ -295,7 +295,8 @@ fn a_config_written_in_place_slowly_is_never_applied_half_way() {
     std::thread::scope(|scope| {
         scope.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
-                let outcome = setup.connect(IpAddr::V4(PARTNER_V4), TIMEOUT);
+                // Shorter than the SYN retransmission (1 s): each dropped SYN is a failure.
+                let outcome = setup.connect(IpAddr::V4(PARTNER_V4), Duration::from_millis(700));
                 attempts.fetch_add(1, Ordering::Relaxed);
                 if !outcome.is_banner()
                     && let Ok(mut f) = failures.lock()
@@ -411,14 +412,19 @@ fn a_metrics_flood_does_not_delay_reloads_at_100k_entries() {
         "{before}"
     );
 
-    write(1);
-    let baseline = reload(&daemon, Duration::from_secs(30));
+    // Medians of three: this machine's other load must not decide the verdict.
+    let mut alone: Vec<Duration> = (1..4)
+        .map(|round| {
+            write(round);
+            reload(&daemon, Duration::from_secs(60))
+        })
+        .collect();
 
     let stop = AtomicBool::new(false);
     let answered = AtomicUsize::new(0);
     let mut flooded = Vec::new();
     std::thread::scope(|scope| {
-        for _ in 0..12 {
+        for _ in 0..6 {
             scope.spawn(|| {
                 let _ = setup.host().on_this_thread(|| {
                     while !stop.load(Ordering::Relaxed) {
@@ -444,7 +450,7 @@ fn a_metrics_flood_does_not_delay_reloads_at_100k_entries() {
             });
         });
         std::thread::sleep(Duration::from_secs(2));
-        for round in 2..5 {
+        for round in 4..7 {
             write(round);
             flooded.push(reload(&daemon, Duration::from_secs(60)));
         }
@@ -452,18 +458,21 @@ fn a_metrics_flood_does_not_delay_reloads_at_100k_entries() {
     });
     let answered = answered.into_inner();
     eprintln!(
-        "100k entries: reload {baseline:?} alone, {flooded:?} under a /metrics flood ({answered} scrapes answered)"
+        "100k entries: reloads took {alone:?} alone, {flooded:?} under a /metrics flood ({answered} scrapes answered)"
     );
     assert!(
         answered > 0,
         "the endpoint answered nothing during the flood"
     );
-    for took in &flooded {
-        assert!(
-            *took < baseline + Duration::from_secs(1),
-            "a reload under the flood took {took:?} against {baseline:?} alone"
-        );
-    }
+    alone.sort();
+    flooded.sort();
+    assert!(
+        flooded[1] < alone[1] + Duration::from_secs(1),
+        "under the flood a reload took {:?} (median), alone {:?}:\n{}",
+        flooded[1],
+        alone[1],
+        daemon.log()
+    );
 }
 
 #[test]

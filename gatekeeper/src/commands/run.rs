@@ -45,7 +45,6 @@ use gatekeeper_support::{
 };
 use tokio::{
     io::{Interest, unix::AsyncFd},
-    net::TcpListener,
     signal::unix::{Signal, SignalKind, signal},
     task::JoinHandle,
 };
@@ -268,15 +267,7 @@ impl Daemon {
             None => None,
         };
         if let Some(addr) = self.config.metrics_listen {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listening for metrics on {addr}"))?;
-            info!(%addr, "serving Prometheus metrics at /metrics");
-            scrape::serve(
-                listener,
-                self.config.pin_dir.clone(),
-                Arc::clone(&self.counts),
-            );
+            scrape::serve(addr, self.config.pin_dir.clone(), Arc::clone(&self.counts))?;
         }
         let mut link_watch = LinkWatch::open()?;
         self.publish_counts();
