@@ -257,4 +257,70 @@ mod tests {
         assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
         server.abort();
     }
+
+    #[tokio::test]
+    async fn a_cached_snapshot_answers_for_a_second_and_is_rendered_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let renders = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&renders);
+        let server = tokio::spawn(serve_cached(
+            listener,
+            move || {
+                let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                async move {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    Ok(format!("renders {n}\n"))
+                }
+            },
+            Duration::from_secs(1),
+        ));
+        let request = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+        let answers = futures_join(addr, request, 8).await;
+        assert!(
+            answers.iter().all(|a| a.ends_with("renders 1\n")),
+            "{answers:?}"
+        );
+        assert_eq!(renders.load(std::sync::atomic::Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(get(addr, request).await.ends_with("renders 2\n"));
+        server.abort();
+    }
+
+    /// `n` concurrent requests.
+    async fn futures_join(addr: SocketAddr, request: &'static str, n: usize) -> Vec<String> {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| tokio::spawn(async move { get(addr, request).await }))
+            .collect();
+        let mut answers = Vec::new();
+        for task in tasks {
+            answers.push(task.await.expect("task"));
+        }
+        answers
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_are_closed_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(serve(listener, || async { Ok("up 1\n".to_string()) }));
+        // Connections that never send a request hold every slot.
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut extra = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(1), extra.read_to_end(&mut out)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "closed unanswered: {read:?} {out:?}"
+        );
+        drop(idle);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let ok = get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(ok.ends_with("up 1\n"), "{ok}");
+        server.abort();
+    }
 }

@@ -440,14 +440,15 @@ impl Daemon {
         }
         info!(
             trigger = trigger.name(),
+            took_ms = took.as_millis() as u64,
             added = report.added.len(),
             removed = report.removed.len(),
             policy_changed = report.policy_changed,
             mode = %new.mode,
             ports = %join_ports(&new.protected_ports),
             entries = new.allow.len(),
+            // Last: tools and tests read the interfaces applied from the line's end.
             interfaces = %new.interfaces.join(","),
-            took_ms = took.as_millis() as u64,
             "config reloaded"
         );
         self.config = new;
