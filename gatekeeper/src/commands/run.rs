@@ -60,8 +60,6 @@ const CONFIG_POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// How often every configured interface is checked, besides on link events: catches a program
 /// someone took off without a link event.
 const INTERFACE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// How long the start-up fill waits for an admin's `gatekeeper allow` edit to finish.
-const EDIT_LOCK_WAIT: Duration = Duration::from_secs(5);
 
 pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
     let stamp = FileStamp::of(path);
@@ -101,7 +99,7 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
     }
     // Maps are filled before the program is attached, so it never runs with an empty allowlist.
     let report = {
-        let _edit = edit_lock(path);
+        let _edit = reload::edit_lock(path);
         sync::apply(filter.maps(), &config)?
     };
     info!(
@@ -174,19 +172,6 @@ fn load(path: &Path, ifaces: &[String]) -> anyhow::Result<Config> {
         config.interfaces = ifaces.to_vec();
     }
     Ok(config)
-}
-
-/// The config's edit lock, so a reload never lands between the two halves of an admin's
-/// `gatekeeper allow` (map, then file). Without it (a read-only config directory) the daemon
-/// still works; it says so.
-fn edit_lock(path: &Path) -> Option<lock::Lock> {
-    match lock::lock_config(path, EDIT_LOCK_WAIT) {
-        Ok(lock) => Some(lock),
-        Err(err) => {
-            warn!(error = %format!("{err:#}"), "reading the config without the edit lock");
-            None
-        }
-    }
 }
 
 /// The signals the daemon handles.

@@ -119,13 +119,13 @@ fn is_mass_removal(before: usize, removed: usize) -> bool {
     removed > MASS_REMOVAL_MIN && removed * 100 > before * MASS_REMOVAL_PERCENT
 }
 
-/// The config's edit lock, so a reload never lands between the two halves of an admin's
+/// The config's edit lock (for the start-up fill too), so a reload never lands between the two halves of an admin's
 /// `gatekeeper allow` (map, then file). It is waited for [`EDIT_LOCK_WAIT`]; if a gatekeeper
 /// command holds it then, up to [`GATEKEEPER_EDIT_WAIT`]; anything else holding it (a stuck
 /// script, a foreign `flock`) is named at WARN and the reload goes ahead without the lock, so it
 /// cannot hold reloads back. Without a lock file (a read-only config directory) the daemon still
 /// works; it says so.
-fn edit_lock(path: &Path) -> Option<lock::Lock> {
+pub(super) fn edit_lock(path: &Path) -> Option<lock::Lock> {
     let err = match lock::lock_config(path, EDIT_LOCK_WAIT) {
         Ok(lock) => return Some(lock),
         Err(err) => err,
