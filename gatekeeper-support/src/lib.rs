@@ -2,8 +2,10 @@
 //!
 //! Module map, one job each:
 //! - [`stamp`]: noticing that a file changed (identity, size, modification time).
+//! - [`settle`]: waiting until a changed file stopped changing, so a half-written one is never read.
 //! - [`atomic`]: replacing a file atomically, keeping its mode, owner and group.
 //! - [`lock`]: advisory `flock` locks on lock files and directories.
+//! - [`lock_holder`]: which process holds a lock file, to name it when it is held too long.
 //! - [`logging`]: the tracing subscriber both daemons log through.
 //! - [`cli_docs`]: shell completions and man pages from a clap definition.
 //! - [`metrics`]: Prometheus exposition and the `GET /metrics` HTTP endpoint.
@@ -16,6 +18,8 @@ pub mod cidr;
 pub mod cli_docs;
 pub mod gatekeeper_config;
 pub mod lock;
+pub mod lock_holder;
 pub mod logging;
 pub mod metrics;
+pub mod settle;
 pub mod stamp;

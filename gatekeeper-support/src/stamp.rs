@@ -2,7 +2,11 @@
 //! `gatekeeper allow` and certificate renewals save) changes the inode; an in-place write changes
 //! the size or the modification time. One `stat` per look, far cheaper than re-reading.
 
-use std::{os::unix::fs::MetadataExt as _, path::Path};
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 /// What identifies one version of a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +30,15 @@ impl FileStamp {
             mtime: meta.mtime(),
             mtime_nsec: meta.mtime_nsec(),
         })
+    }
+
+    /// The modification time: any write(2) to the file sets it to now.
+    pub fn modified(&self) -> SystemTime {
+        let nanos = u32::try_from(self.mtime_nsec).unwrap_or(0);
+        match u64::try_from(self.mtime) {
+            Ok(secs) => UNIX_EPOCH + Duration::new(secs, nanos),
+            Err(_) => UNIX_EPOCH,
+        }
     }
 }
 

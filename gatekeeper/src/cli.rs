@@ -34,6 +34,14 @@ pub enum Command {
     /// `gatekeeper man | man -l -`.
     Man,
     /// Load the filter, attach it, fill its maps from the config and enforce until SIGINT/SIGTERM.
+    ///
+    /// Reloads on SIGHUP (reads the file as it is) and when the file changes; a changed file is
+    /// read only once it has settled (unchanged for 0.5 s), so write it by atomic replace (a
+    /// temporary file renamed over it). A reload removing more than 10% and more than 20 of the
+    /// entries in force is logged at WARN with the count. Link events are watched: an interface
+    /// deleted and re-created gets the filter again at once (the loss is logged at ERROR), and
+    /// SIGHUP retries every configured interface without it. An interface that already runs an
+    /// XDP program is refused, naming that program.
     Run {
         #[command(flatten)]
         config: ConfigArg,

@@ -214,6 +214,10 @@ impl Filter {
         slot: u32,
     ) -> anyhow::Result<AttachedMode> {
         let ifindex = ifindex(iface)?;
+        // Another program there makes every mode fail: name it instead of trying.
+        if let Some(occupant) = crate::occupant::find(iface, ifindex, self.pin_dir.as_deref()) {
+            anyhow::bail!("cannot attach to {iface}: {occupant}");
+        }
         // Counting is set up first, so the first packet after attaching is already counted.
         self.maps.assign_slot(ifindex, slot)?;
         let program = self.program_mut()?;
@@ -364,6 +368,28 @@ impl Filter {
         }
         info!(iface, "detached");
         Ok(())
+    }
+
+    /// Forgets the link of `iface` whose interface is gone or whose program someone else took
+    /// off: the kernel already detached it, so this only drops the pin and the bookkeeping.
+    pub fn forget_link(&mut self, iface: &str) -> anyhow::Result<()> {
+        self.links.retain(|(i, _)| i != iface);
+        if let Some(at) = self.pinned_links.iter().position(|i| i == iface) {
+            self.pinned_links.remove(at);
+            if let Some(dir) = &self.pin_dir {
+                detach_pinned(dir, iface)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The kernel's id of the loaded program (what `ip link` shows on an attached interface).
+    pub fn program_id(&mut self) -> anyhow::Result<u32> {
+        Ok(self
+            .program_mut()?
+            .info()
+            .context("reading the loaded program's info")?
+            .id())
     }
 
     /// Interfaces the program is attached to through this filter.

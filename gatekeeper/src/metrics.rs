@@ -17,6 +17,8 @@ pub struct DaemonCounts {
     pub reloads: u64,
     pub reload_failures: u64,
     pub attached_interfaces: usize,
+    /// Interfaces in the config without the filter (gone, attaching failed, another program).
+    pub unfiltered_interfaces: usize,
 }
 
 /// Everything one scrape shows, read from the pinned maps and the daemon.
@@ -119,6 +121,12 @@ impl Collector for Snapshot {
             "gatekeeper_attached_interfaces",
             "Interfaces the daemon has the filter attached to.",
             expose::gauge_value(self.daemon.attached_interfaces),
+        )?;
+        expose::gauge(
+            e,
+            "gatekeeper_interfaces_unfiltered",
+            "Interfaces in the config that the filter is not attached to (gone, attaching failed, or another XDP program there); anything but 0 means SMTP is unprotected there.",
+            expose::gauge_value(self.daemon.unfiltered_interfaces),
         )
     }
 }
@@ -152,6 +160,7 @@ mod tests {
                 reloads: 3,
                 reload_failures: 1,
                 attached_interfaces: 1,
+                unfiltered_interfaces: 2,
             },
         }
     }
@@ -173,6 +182,8 @@ mod tests {
             "gatekeeper_config_reload_failures_total 1",
             "# TYPE gatekeeper_attached_interfaces gauge",
             "gatekeeper_attached_interfaces 1",
+            "# TYPE gatekeeper_interfaces_unfiltered gauge",
+            "gatekeeper_interfaces_unfiltered 2",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

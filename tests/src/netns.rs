@@ -212,11 +212,17 @@ impl Link {
     /// Deletes the veth and creates it again under the same names, both ends up and without
     /// addresses (as a driver reload or a re-created interface leaves it).
     pub fn recreate_veth(&self) -> anyhow::Result<()> {
-        self.left.exec(&["ip", "link", "del", &self.left_if])?;
+        self.delete_veth()?;
         self.add_veth()
     }
 
-    fn add_veth(&self) -> anyhow::Result<()> {
+    /// Deletes the veth (both ends go), as a driver unload or a network manager does.
+    pub fn delete_veth(&self) -> anyhow::Result<()> {
+        self.left.exec(&["ip", "link", "del", &self.left_if])
+    }
+
+    /// Creates the veth under its names again, both ends up and without addresses.
+    pub fn add_veth(&self) -> anyhow::Result<()> {
         ip(&[
             "link",
             "add",

@@ -5,18 +5,27 @@
 //! interface adopt the pinned link an earlier daemon left (the new program replaces the old one
 //! inside the link, atomically) or attach and pin a new link.
 //!
-//! Running: drop events are logged; SIGHUP or a change of the config file (polled every second)
-//! reloads it: new entries go in before old ones come out, mode and ports switch atomically,
-//! interfaces added to the config are attached and removed ones detached. A config that does not
-//! validate is refused with FILE:LINE:COLUMN in the log, and the filter keeps enforcing the
-//! previous one.
+//! Running: drop events are logged; SIGHUP or a change of the config file reloads it: new entries
+//! go in before old ones come out, mode and ports switch atomically, interfaces added to the config
+//! are attached and removed ones detached. A changed file is read only once it has settled (see
+//! [`gatekeeper_support::settle`]), so one written in place is never applied half-way. A config
+//! that does not validate is refused with FILE:LINE:COLUMN in the log, and the filter keeps
+//! enforcing the previous one. The blocking part of a reload (edit lock, read, parse, map fill)
+//! runs on a blocking thread ([`reload`]), metrics render on another ([`scrape`]), so neither a
+//! foreign lock holder nor a flood of scrapes holds the loop up. Link events and a check every
+//! second keep the filter on the configured interfaces ([`links`]).
 //!
 //! Stopping: SIGINT/SIGTERM detach the program and remove the pins, unless
 //! `keep_attached_on_exit = true`, which leaves the pinned program enforcing for the next daemon
 //! to adopt. A crash or SIGKILL always leaves it enforcing.
 
+mod links;
+mod reload;
+mod scrape;
+
 use std::{
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -27,29 +36,33 @@ use gatekeeper::{
     config::Config,
     events,
     filter::{self, Filter, LoadOptions},
-    lock,
-    maps::FilterMaps,
-    metrics, stats, sync,
+    link_watch::LinkWatch,
+    lock, metrics, stats, sync,
 };
-use gatekeeper_support::{metrics::endpoint, stamp::FileStamp};
+use gatekeeper_support::{
+    settle::{Look, Settle},
+    stamp::FileStamp,
+};
 use tokio::{
     io::{Interest, unix::AsyncFd},
-    net::TcpListener,
     signal::unix::{Signal, SignalKind, signal},
-    sync::{mpsc, oneshot},
+    task::JoinHandle,
 };
 use tracing::{error, info, warn};
 
+use self::{links::Interfaces, reload::Outcome, scrape::SharedCounts};
 use super::join_ports;
 
 /// How often the daemon reports drop events the kernel suppressed.
 const SUPPRESSED_REPORT_INTERVAL: Duration = Duration::from_secs(10);
-/// How often the config file is checked for changes.
-const CONFIG_POLL_INTERVAL: Duration = Duration::from_secs(1);
-/// How long a reload waits for an admin's `gatekeeper allow` edit to finish.
-const EDIT_LOCK_WAIT: Duration = Duration::from_secs(5);
+/// How often the config file is looked at (one `stat`); a change is read once it has settled.
+const CONFIG_POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// How often every configured interface is checked, besides on link events: catches a program
+/// someone took off without a link event.
+const INTERFACE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
+    let stamp = FileStamp::of(path);
     let config = load(path, &ifaces)?;
     capabilities::ensure_can_load()?;
     bpffs::ensure_pin_dir(&config.pin_dir)?;
@@ -86,7 +99,7 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
     }
     // Maps are filled before the program is attached, so it never runs with an empty allowlist.
     let report = {
-        let _edit = edit_lock(path);
+        let _edit = reload::edit_lock(path);
         sync::apply(filter.maps(), &config)?
     };
     info!(
@@ -110,8 +123,9 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
             );
         }
     }
+    let mut interfaces = Interfaces::new(&mut filter)?;
     for iface in &config.interfaces {
-        if let Err(err) = attach(&mut filter, iface, &config) {
+        if let Err(err) = interfaces.attach(&mut filter, iface, &config) {
             if config.keep_attached_on_exit {
                 // What is attached stays attached: a restart (systemd) adopts it without a gap.
                 return Err(err);
@@ -130,7 +144,9 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
         iface_override: ifaces,
         config,
         filter,
-        counts: metrics::DaemonCounts::default(),
+        interfaces,
+        counts: SharedCounts::default(),
+        settle: Settle::new(stamp),
     };
     let result = runtime.block_on(daemon.serve(signals, events));
     let Daemon {
@@ -158,39 +174,6 @@ fn load(path: &Path, ifaces: &[String]) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-/// The config's edit lock, so a reload never lands between the two halves of an admin's
-/// `gatekeeper allow` (map, then file). Without it (a read-only config directory) the daemon
-/// still works; it says so.
-fn edit_lock(path: &Path) -> Option<lock::Lock> {
-    match lock::lock_config(path, EDIT_LOCK_WAIT) {
-        Ok(lock) => Some(lock),
-        Err(err) => {
-            warn!(error = %format!("{err:#}"), "reading the config without the edit lock");
-            None
-        }
-    }
-}
-
-/// Adopts the pinned link of `iface` or attaches anew.
-fn attach(filter: &mut Filter, iface: &str, config: &Config) -> anyhow::Result<()> {
-    let ifindex = filter::ifindex(iface)?;
-    let slot = filter.maps().slot_for(ifindex)?;
-    if let Some(mode) = filter.adopt(iface, slot)? {
-        let wanted = config.xdp_mode.to_string();
-        if wanted != "auto" && wanted != mode.to_string() {
-            warn!(
-                iface,
-                running = %mode,
-                configured = %config.xdp_mode,
-                "the adopted link runs in another XDP mode than configured; to switch, `gatekeeper detach --iface` it and restart (a short gap)"
-            );
-        }
-        return Ok(());
-    }
-    filter.attach(iface, config.xdp_mode, slot)?;
-    Ok(())
-}
-
 /// The signals the daemon handles.
 struct Signals {
     interrupt: Signal,
@@ -214,7 +197,36 @@ struct Daemon {
     iface_override: Vec<String>,
     config: Config,
     filter: Filter,
-    counts: metrics::DaemonCounts,
+    interfaces: Interfaces,
+    /// What `/metrics` shows of the daemon itself.
+    counts: SharedCounts,
+    /// The config file's version in force, and a change waiting to settle.
+    settle: Settle,
+}
+
+/// What asked for a reload.
+#[derive(Clone, Copy, Debug)]
+enum Trigger {
+    /// SIGHUP: read the file as it is now.
+    Signal,
+    /// The file changed and settled at this version.
+    FileChanged(FileStamp),
+}
+
+impl Trigger {
+    fn name(self) -> &'static str {
+        match self {
+            Trigger::Signal => "SIGHUP",
+            Trigger::FileChanged(_) => "config file changed",
+        }
+    }
+}
+
+/// The reload running on a blocking thread, and the one asked for meanwhile.
+#[derive(Default)]
+struct Reloads {
+    running: Option<(Trigger, JoinHandle<Outcome>)>,
+    next: Option<Trigger>,
 }
 
 impl Daemon {
@@ -239,39 +251,42 @@ impl Daemon {
             }
             None => None,
         };
-        let mut scrapes = match self.config.metrics_listen {
-            Some(addr) => {
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("listening for metrics on {addr}"))?;
-                info!(%addr, "serving Prometheus metrics at /metrics");
-                Some(serve_metrics(listener))
-            }
-            None => None,
-        };
+        if let Some(addr) = self.config.metrics_listen {
+            scrape::serve(addr, self.config.pin_dir.clone(), Arc::clone(&self.counts))?;
+        }
+        let mut link_watch = LinkWatch::open()?;
+        self.publish_counts();
         let mut report = tokio::time::interval(SUPPRESSED_REPORT_INTERVAL);
         let mut poll = tokio::time::interval(CONFIG_POLL_INTERVAL);
-        let mut stamp = FileStamp::of(&self.path);
+        let mut check = tokio::time::interval(INTERFACE_CHECK_INTERVAL);
+        let mut reloads = Reloads::default();
         let mut suppressed_reported = 0u64;
         loop {
             tokio::select! {
                 _ = interrupt.recv() => { info!(signal = "SIGINT", "stopping"); return Ok(()); }
                 _ = terminate.recv() => { info!(signal = "SIGTERM", "stopping"); return Ok(()); }
                 _ = hangup.recv() => {
-                    stamp = FileStamp::of(&self.path);
-                    self.reload("SIGHUP");
+                    self.check_interfaces(true);
+                    self.request_reload(&mut reloads, Trigger::Signal);
                 }
-                _ = poll.tick() => {
-                    let now = FileStamp::of(&self.path);
-                    if now.is_some() && now != stamp {
-                        stamp = now;
-                        self.reload("config file changed");
+                _ = poll.tick(), if reloads.running.is_none() => {
+                    if let Look::Settled(stamp) = self.settle.look(FileStamp::of(&self.path)) {
+                        self.request_reload(&mut reloads, Trigger::FileChanged(stamp));
                     }
                 }
-                Some(reply) = next_scrape(&mut scrapes) => {
-                    self.counts.attached_interfaces = self.filter.attached().len();
-                    let _ = reply.send(metrics::render(self.filter.maps(), &self.counts));
+                outcome = finished(&mut reloads.running) => {
+                    let (trigger, outcome) = outcome;
+                    reloads.running = None;
+                    self.finish_reload(trigger, outcome);
+                    if let Some(next) = reloads.next.take() {
+                        self.request_reload(&mut reloads, next);
+                    }
                 }
+                changed = link_watch.changed() => {
+                    changed.context("reading link events")?;
+                    self.check_interfaces(false);
+                }
+                _ = check.tick() => self.check_interfaces(false),
                 ready = readable(&mut events) => {
                     let mut guard = ready?;
                     while let Some(item) = guard.get_inner_mut().next() {
@@ -311,51 +326,88 @@ impl Daemon {
         }
     }
 
-    /// Re-reads the config and applies it; a bad one is refused and the filter stays as it was.
-    fn reload(&mut self, trigger: &str) {
-        match self.try_reload() {
-            Ok(()) => self.counts.reloads += 1,
-            Err(err) => {
-                self.counts.reload_failures += 1;
+    /// Starts a reload on a blocking thread, or queues it behind the one running (a SIGHUP
+    /// outranks a file change: it reads whatever is there).
+    fn request_reload(&mut self, reloads: &mut Reloads, trigger: Trigger) {
+        if reloads.running.is_some() {
+            reloads.next = match (reloads.next, trigger) {
+                (Some(Trigger::Signal), _) => Some(Trigger::Signal),
+                (_, trigger) => Some(trigger),
+            };
+            return;
+        }
+        let job = reload::Job {
+            path: self.path.clone(),
+            iface_override: self.iface_override.clone(),
+            pin_dir: self.config.pin_dir.clone(),
+            expected: match trigger {
+                Trigger::Signal => None,
+                Trigger::FileChanged(stamp) => Some(stamp),
+            },
+        };
+        reloads.running = Some((
+            trigger,
+            tokio::task::spawn_blocking(move || reload::run(job)),
+        ));
+    }
+
+    /// The loop's half of a reload: interfaces, warnings, the log line.
+    fn finish_reload(&mut self, trigger: Trigger, outcome: anyhow::Result<Outcome>) {
+        match outcome {
+            Ok(Outcome::Applied(applied)) => {
+                self.settle.applied(Some(applied.stamp));
+                self.apply_interfaces(*applied, trigger);
+                self.counts_mut(|c| c.reloads += 1);
+            }
+            Ok(Outcome::Changed) => {
+                self.settle.restart();
+                info!(
+                    trigger = trigger.name(),
+                    "the config file changed while it was read: applying it once it has settled"
+                );
+            }
+            Ok(Outcome::Refused(err, stamp)) => {
+                self.settle.applied(stamp);
+                self.counts_mut(|c| c.reload_failures += 1);
                 error!(
-                    trigger,
+                    trigger = trigger.name(),
+                    "reload refused, still enforcing the previous config: {err:#}"
+                );
+            }
+            Err(err) => {
+                self.counts_mut(|c| c.reload_failures += 1);
+                error!(
+                    trigger = trigger.name(),
                     "reload refused, still enforcing the previous config: {err:#}"
                 );
             }
         }
+        self.publish_counts();
     }
 
-    fn try_reload(&mut self) -> anyhow::Result<()> {
-        let _edit = edit_lock(&self.path);
-        let new = load(&self.path, &self.iface_override)?;
-        if new.pin_dir != self.config.pin_dir {
-            anyhow::bail!(
-                "pin_dir changed from {} to {}: restart the daemon to move the pinned state",
-                self.config.pin_dir.display(),
-                new.pin_dir.display()
-            );
-        }
-        // Fresh handles on the pinned maps: the CLI may have edited them since the last sync, and
-        // the DIR-24-8 writer's idea of which second-level blocks are free is per process (built
-        // from the tables when first needed), so a long-lived one would hand out a block the CLI
-        // took. Opened under the edit lock, its picture is current.
-        let mut maps = FilterMaps::open_pinned(&self.config.pin_dir)
-            .context("opening the pinned maps for the reload")?;
-        let report = sync::apply(&mut maps, &new)?;
+    fn apply_interfaces(&mut self, applied: reload::Applied, trigger: Trigger) {
+        let reload::Applied {
+            config: new,
+            report,
+            took,
+            ..
+        } = applied;
         // New interfaces get the new allowlist right away; removed ones come off last.
         let attached = self.filter.attached();
         for iface in new.interfaces.iter().filter(|i| !attached.contains(i)) {
-            if let Err(err) = attach(&mut self.filter, iface, &new) {
+            if let Err(err) = self.interfaces.attach(&mut self.filter, iface, &new) {
                 error!(
                     iface,
-                    "attaching a newly configured interface failed (retried on the next reload): {err:#}"
+                    "attaching a newly configured interface failed (retried when the interface changes, and on SIGHUP): {err:#}"
                 );
             }
         }
         for iface in attached.iter().filter(|i| !new.interfaces.contains(i)) {
-            self.filter.detach(iface)?;
-            if let Ok(index) = filter::ifindex(iface) {
-                self.filter.maps().clear_slot(index)?;
+            if let Err(err) = self.interfaces.detach(&mut self.filter, iface) {
+                error!(
+                    iface,
+                    "detaching an interface taken out of the config failed: {err:#}"
+                );
             }
         }
         if new.xdp_mode != self.config.xdp_mode {
@@ -372,45 +424,55 @@ impl Daemon {
             warn!("metrics_listen changed: takes effect when the daemon restarts");
         }
         info!(
+            trigger = trigger.name(),
+            took_ms = took.as_millis() as u64,
             added = report.added.len(),
             removed = report.removed.len(),
             policy_changed = report.policy_changed,
             mode = %new.mode,
             ports = %join_ports(&new.protected_ports),
             entries = new.allow.len(),
+            // Last: tools and tests read the interfaces applied from the line's end.
             interfaces = %new.interfaces.join(","),
             "config reloaded"
         );
         self.config = new;
-        Ok(())
+    }
+
+    /// Keeps the filter on every configured interface (see [`links`]).
+    fn check_interfaces(&mut self, retry: bool) {
+        self.interfaces.check(&mut self.filter, &self.config, retry);
+        self.publish_counts();
+    }
+
+    fn counts_mut(&self, change: impl FnOnce(&mut metrics::DaemonCounts)) {
+        if let Ok(mut counts) = self.counts.lock() {
+            change(&mut counts);
+        }
+    }
+
+    /// Publishes what `/metrics` shows of the interfaces.
+    fn publish_counts(&mut self) {
+        let attached = self.filter.attached().len();
+        let unfiltered = self.interfaces.unfiltered(&self.config);
+        self.counts_mut(|c| {
+            c.attached_interfaces = attached;
+            c.unfiltered_interfaces = unfiltered;
+        });
     }
 }
 
-/// A scrape waiting for the metrics text, which only the daemon can read from the maps.
-type Scrape = oneshot::Sender<anyhow::Result<String>>;
-
-/// Serves `GET /metrics` on `listener` in a task of its own; each request becomes a [`Scrape`]
-/// the daemon's loop answers.
-fn serve_metrics(listener: TcpListener) -> mpsc::Receiver<Scrape> {
-    let (scrapes, requests) = mpsc::channel::<Scrape>(8);
-    tokio::spawn(endpoint::serve(listener, move || {
-        let scrapes = scrapes.clone();
-        async move {
-            let (reply, text) = oneshot::channel();
-            scrapes
-                .send(reply)
+/// The outcome of the running reload, or never when none runs.
+async fn finished(
+    running: &mut Option<(Trigger, JoinHandle<Outcome>)>,
+) -> (Trigger, anyhow::Result<Outcome>) {
+    match running {
+        Some((trigger, handle)) => {
+            let outcome = handle
                 .await
-                .map_err(|_| anyhow!("the daemon is stopping"))?;
-            text.await.map_err(|_| anyhow!("the daemon is stopping"))?
+                .map_err(|err| anyhow!("the reload thread failed: {err}"));
+            (*trigger, outcome)
         }
-    }));
-    requests
-}
-
-/// The next scrape, or never when metrics are off.
-async fn next_scrape(scrapes: &mut Option<mpsc::Receiver<Scrape>>) -> Option<Scrape> {
-    match scrapes {
-        Some(requests) => requests.recv().await,
         None => std::future::pending().await,
     }
 }

@@ -1,0 +1,179 @@
+//! The part of a reload that may block, run on a blocking thread (never on the daemon's event
+//! loop, which keeps handling signals, link events and drop events meanwhile): taking the
+//! config's edit lock, reading and parsing the file, filling the maps. What follows (attaching
+//! and detaching interfaces, logging) is the loop's, with the [`Outcome`].
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use gatekeeper::{
+    config::Config,
+    lock,
+    maps::FilterMaps,
+    sync::{self, SyncReport},
+};
+use gatekeeper_support::{lock_holder, settle, stamp::FileStamp};
+use tracing::warn;
+
+/// How long a reload waits for the config's edit lock before asking who holds it.
+const EDIT_LOCK_WAIT: Duration = Duration::from_millis(500);
+/// How long it waits in all when a `gatekeeper allow` edit holds it (they take moments).
+const GATEKEEPER_EDIT_WAIT: Duration = Duration::from_secs(5);
+/// A reload that takes out more than this share of the entries in force, and more than
+/// [`MASS_REMOVAL_MIN`] of them, is logged at WARN with the count: the usual cause is a file
+/// written in place and read half-way, or a generator that failed part-way.
+const MASS_REMOVAL_PERCENT: usize = 10;
+pub(super) const MASS_REMOVAL_MIN: usize = 20;
+
+/// What to reload.
+pub(super) struct Job {
+    pub path: PathBuf,
+    pub iface_override: Vec<String>,
+    /// The pin directory in force (changing it needs a restart).
+    pub pin_dir: PathBuf,
+    /// The version of the file that settled, or `None` to read what is there now (SIGHUP).
+    pub expected: Option<FileStamp>,
+}
+
+/// A config applied to the maps; the loop attaches and detaches interfaces after it.
+pub(super) struct Applied {
+    pub config: Config,
+    pub report: SyncReport,
+    pub stamp: FileStamp,
+    pub took: Duration,
+}
+
+pub(super) enum Outcome {
+    Applied(Box<Applied>),
+    /// The file changed while it was read: wait for it to settle.
+    Changed,
+    /// Not applied, with the version of the file that was refused.
+    Refused(anyhow::Error, Option<FileStamp>),
+}
+
+/// Runs on a blocking thread.
+pub(super) fn run(job: Job) -> Outcome {
+    let started = Instant::now();
+    let _edit = edit_lock(&job.path);
+    let Some(stamp) = job.expected.or_else(|| FileStamp::of(&job.path)) else {
+        return Outcome::Refused(anyhow::anyhow!("cannot read {}", job.path.display()), None);
+    };
+    let text = match settle::read_if_unchanged(&job.path, stamp) {
+        Ok(Some(text)) => text,
+        Ok(None) => return Outcome::Changed,
+        Err(err) => {
+            return Outcome::Refused(
+                anyhow::Error::new(err).context(format!("reading {}", job.path.display())),
+                Some(stamp),
+            );
+        }
+    };
+    match apply(&job, &text) {
+        Ok((config, report)) => Outcome::Applied(Box::new(Applied {
+            config,
+            report,
+            stamp,
+            took: started.elapsed(),
+        })),
+        Err(err) => Outcome::Refused(err, Some(stamp)),
+    }
+}
+
+fn apply(job: &Job, text: &str) -> anyhow::Result<(Config, SyncReport)> {
+    let mut config = Config::parse(text, &job.path)?;
+    if !job.iface_override.is_empty() {
+        config.interfaces.clone_from(&job.iface_override);
+    }
+    if config.pin_dir != job.pin_dir {
+        anyhow::bail!(
+            "pin_dir changed from {} to {}: restart the daemon to move the pinned state",
+            job.pin_dir.display(),
+            config.pin_dir.display()
+        );
+    }
+    // Fresh handles on the pinned maps: the CLI may have edited them since the last sync, and
+    // the DIR-24-8 writer's idea of which second-level blocks are free is per process (built
+    // from the tables when first needed), so a long-lived one would hand out a block the CLI
+    // took. Opened under the edit lock, its picture is current.
+    let mut maps =
+        FilterMaps::open_pinned(&job.pin_dir).context("opening the pinned maps for the reload")?;
+    let report = sync::apply(&mut maps, &config)?;
+    let before = (config.allow.len() + report.removed.len()).saturating_sub(report.added.len());
+    if is_mass_removal(before, report.removed.len()) {
+        warn!(
+            removed = report.removed.len(),
+            before,
+            config = %job.path.display(),
+            "this reload removed {} of the {before} allowlist entries in force at once: if the file was written in place, check it is complete (write it to a temporary file and rename it over the config instead)",
+            report.removed.len()
+        );
+    }
+    Ok((config, report))
+}
+
+/// More than [`MASS_REMOVAL_PERCENT`] of `before`, and more than [`MASS_REMOVAL_MIN`].
+fn is_mass_removal(before: usize, removed: usize) -> bool {
+    removed > MASS_REMOVAL_MIN && removed * 100 > before * MASS_REMOVAL_PERCENT
+}
+
+/// The config's edit lock (for the start-up fill too), so a reload never lands between the two halves of an admin's
+/// `gatekeeper allow` (map, then file). It is waited for [`EDIT_LOCK_WAIT`]; if a gatekeeper
+/// command holds it then, up to [`GATEKEEPER_EDIT_WAIT`]; anything else holding it (a stuck
+/// script, a foreign `flock`) is named at WARN and the reload goes ahead without the lock, so it
+/// cannot hold reloads back. Without a lock file (a read-only config directory) the daemon still
+/// works; it says so.
+pub(super) fn edit_lock(path: &Path) -> Option<lock::Lock> {
+    let err = match lock::lock_config(path, EDIT_LOCK_WAIT) {
+        Ok(lock) => return Some(lock),
+        Err(err) => err,
+    };
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let lock_path = lock::config_lock_path(&real);
+    match lock_holder::flock_holder(&lock_path) {
+        Some(holder) if holder.command.as_deref() == Some("gatekeeper") => {
+            match lock::lock_config(path, GATEKEEPER_EDIT_WAIT - EDIT_LOCK_WAIT) {
+                Ok(lock) => Some(lock),
+                Err(err) => {
+                    warn!(lock = %lock_path.display(), %holder, error = %format!("{err:#}"), "reading the config without the edit lock");
+                    None
+                }
+            }
+        }
+        Some(holder) => {
+            warn!(
+                lock = %lock_path.display(),
+                %holder,
+                "the config's edit lock is held by {holder}, which is not a gatekeeper command, for more than {EDIT_LOCK_WAIT:?}: reloading without it"
+            );
+            None
+        }
+        None => {
+            warn!(error = %format!("{err:#}"), "reading the config without the edit lock");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mass_removal_is_more_than_a_tenth_and_more_than_twenty() {
+        assert!(!is_mass_removal(100, 20), "20 is not more than 20");
+        assert!(is_mass_removal(100, 21));
+        assert!(
+            !is_mass_removal(1000, 100),
+            "a tenth is not more than a tenth"
+        );
+        assert!(is_mass_removal(1000, 101));
+        assert!(
+            !is_mass_removal(20, 20),
+            "a short list may be replaced whole"
+        );
+        assert!(is_mass_removal(100_000, 99_000));
+    }
+}
