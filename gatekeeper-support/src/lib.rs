@@ -8,9 +8,11 @@
 //! - [`cli_docs`]: shell completions and man pages from a clap definition.
 //! - [`metrics`]: Prometheus exposition and the `GET /metrics` HTTP endpoint.
 //! - [`cidr`]: CIDR-or-address parsing with the allowlist's rules.
+//! - [`allowlist`]: the allowlist held compactly, and its scanner for `[[allow]]` tables.
 //! - [`gatekeeper_config`]: the `gatekeeper.toml` schema, read by the gatekeeper and by the
 //!   relay's `allow_gatekeeper`.
 
+pub mod allowlist;
 pub mod atomic;
 pub mod cidr;
 pub mod cli_docs;

@@ -10,6 +10,7 @@
 //! nanoseconds, the grace period is a second).
 
 use std::{
+    collections::VecDeque,
     os::fd::{AsFd as _, AsRawFd as _},
     sync::atomic::{AtomicU32, AtomicU64, Ordering},
     time::{Duration, Instant},
@@ -96,17 +97,19 @@ pub struct Dir24 {
     tbl24: Mapped<u32>,
     long: Mapped<u32>,
     entries: Mapped<u64>,
-    /// Blocks in use, found by one scan of the first level when first needed. Valid for one
+    /// Blocks no /24 points to, found by one scan of the first level when first needed. Valid for one
     /// edit session: writers open the tables afresh under the config's edit lock (the daemon for
     /// each reload, the CLI per command), so no other writer changes them meanwhile. A block
     /// another process retired is reused at the earliest a process start later, far beyond the
     /// nanoseconds a program run that read the old pointer can take (XDP runs with preemption
     /// off).
-    used_blocks: Option<Vec<bool>>,
+    /// Each allocation pops one (O(1)): a search of a used-flag list from its start per new block
+    /// made a load of many /24s quadratic.
+    free_blocks: Option<Vec<u32>>,
     /// Where the search for a free entry id resumes.
     next_id: usize,
-    /// Blocks this process unhooked, with when: reusable after [`BLOCK_GRACE`].
-    retired: Vec<(u32, Instant)>,
+    /// Blocks this process unhooked, oldest first, with when: reusable after [`BLOCK_GRACE`].
+    retired: VecDeque<(u32, Instant)>,
 }
 
 /// How long an unhooked block stays untouched before it may be reused.
@@ -115,12 +118,39 @@ const BLOCK_GRACE: Duration = Duration::from_secs(1);
 /// A second-level block could not be had: the list needs more /24s with longer prefixes.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "the DIR-24-8 table has no free block for {net} ({blocks} blocks, each serving one /24 that holds prefixes longer than /24): raise ipv4_dir24_blocks or set ipv4_lookup = \"trie\""
+    "the DIR-24-8 table has no free block for {net} ({blocks} blocks, each serving one /24 that holds prefixes longer than /24): raise the ipv4_dir24_blocks ceiling or set ipv4_lookup = \"trie\""
 )]
 pub struct OutOfBlocks {
     pub net: Ipv4Net,
     pub blocks: usize,
 }
+
+/// Second-level blocks a list of networks needs: one per /24 that holds a prefix longer than /24.
+pub fn blocks_needed<'a>(nets: impl IntoIterator<Item = &'a ipnet::IpNet>) -> u32 {
+    let mut slots: Vec<u32> = nets
+        .into_iter()
+        .filter_map(|net| match net {
+            ipnet::IpNet::V4(v4) if v4.prefix_len() > 24 => Some(u32::from(v4.network()) >> 8),
+            _ => None,
+        })
+        .collect();
+    slots.sort_unstable();
+    slots.dedup();
+    u32::try_from(slots.len()).unwrap_or(u32::MAX)
+}
+
+/// The pool to create for a list that needs `needed` blocks: a quarter more and 1024 blocks of
+/// headroom for later additions (so most reloads find room), at least the historic default,
+/// at most `ceiling` (the config's `ipv4_dir24_blocks`) or [`MAX_DIR24_BLOCKS`].
+pub fn pool_size(needed: u32, ceiling: Option<u32>) -> u32 {
+    let want = needed
+        .saturating_add(needed / 4)
+        .saturating_add(1024)
+        .max(gatekeeper_common::dir24::DEFAULT_LONG_BLOCKS);
+    want.min(ceiling.unwrap_or(MAX_DIR24_BLOCKS))
+}
+
+pub use gatekeeper_support::gatekeeper_config::MAX_DIR24_BLOCKS;
 
 impl Dir24 {
     /// Maps the three tables; `None` if the first level is not full size (the filter was
@@ -141,9 +171,9 @@ impl Dir24 {
             tbl24: Mapped::new(tbl24, "GK_DIR24")?,
             long: Mapped::new(long, "GK_DIR24_LONG")?,
             entries: Mapped::new(entries, "GK_ENTRY")?,
-            used_blocks: None,
+            free_blocks: None,
             next_id: 0,
-            retired: Vec::new(),
+            retired: VecDeque::new(),
         }))
     }
 
@@ -301,35 +331,42 @@ impl Dir24 {
         let first = cells[0].load(Ordering::Acquire);
         if cells.iter().all(|c| c.load(Ordering::Acquire) == first) {
             self.tbl24.cells()[slot].store(first, Ordering::Release);
-            self.retired.push((block, Instant::now()));
+            self.retired.push_back((block, Instant::now()));
         }
     }
 
     fn take_block(&mut self) -> Option<u32> {
-        let blocks = self.blocks();
-        if self.used_blocks.is_none() {
-            let mut used = vec![false; blocks];
-            for cell in self.tbl24.cells() {
-                let value = cell.load(Ordering::Relaxed);
-                if value & LONG_FLAG != 0
-                    && let Some(u) = used.get_mut((value & !LONG_FLAG) as usize)
-                {
-                    *u = true;
-                }
-            }
-            self.used_blocks = Some(used);
-        }
-        if let Some(pos) = self
+        if self
             .retired
-            .iter()
-            .position(|(_, when)| when.elapsed() >= BLOCK_GRACE)
+            .front()
+            .is_some_and(|(_, when)| when.elapsed() >= BLOCK_GRACE)
         {
-            return Some(self.retired.swap_remove(pos).0);
+            return self.retired.pop_front().map(|(block, _)| block);
         }
-        let used = self.used_blocks.as_mut()?;
-        let block = used.iter().position(|u| !u)?;
-        used[block] = true;
-        u32::try_from(block).ok()
+        if self.free_blocks.is_none() {
+            self.free_blocks = Some(self.scan_free_blocks());
+        }
+        self.free_blocks.as_mut()?.pop()
+    }
+
+    /// The blocks no /24 points to, highest first (so they are handed out lowest first), by one
+    /// scan of the first level.
+    fn scan_free_blocks(&self) -> Vec<u32> {
+        let blocks = self.blocks();
+        let mut used = vec![false; blocks];
+        for cell in self.tbl24.cells() {
+            let value = cell.load(Ordering::Relaxed);
+            if value & LONG_FLAG != 0
+                && let Some(u) = used.get_mut((value & !LONG_FLAG) as usize)
+            {
+                *u = true;
+            }
+        }
+        (0..blocks)
+            .rev()
+            .filter(|&b| !used[b])
+            .filter_map(|b| u32::try_from(b).ok())
+            .collect()
     }
 
     /// The table value for `addr`, as the program computes it (for tests).

@@ -222,10 +222,7 @@ cidr = \"203.0.113.25\" # backup MX\n";
         );
         let config = crate::config::Config::parse(&text, Path::new("gk.toml")).expect("valid");
         assert_eq!(config.allow.len(), 3);
-        assert_eq!(
-            config.allow[2].comment.as_deref(),
-            Some("new partner \"quoted\"")
-        );
+        assert_eq!(config.allow.comment(2), Some("new partner \"quoted\""));
     }
 
     #[test]

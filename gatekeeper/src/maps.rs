@@ -102,10 +102,15 @@ impl FilterMaps {
         )
     }
 
+    /// Whether a daemon pinned maps under `dir`.
+    pub fn is_pinned(dir: &Path) -> bool {
+        dir.join(map_names::ALLOW_V4).exists()
+    }
+
     /// Opens the pinned maps under `dir` if a daemon pinned them there; `None` if nothing is
     /// pinned (the filter is not loaded).
     pub fn open_if_pinned(dir: &Path) -> anyhow::Result<Option<FilterMaps>> {
-        if !dir.join(map_names::ALLOW_V4).exists() {
+        if !FilterMaps::is_pinned(dir) {
             return Ok(None);
         }
         FilterMaps::open_pinned(dir).map(Some)
@@ -245,6 +250,18 @@ impl FilterMaps {
                 if self.v4_entry(v4)?.is_some() {
                     return Ok(());
                 }
+                self.insert_new(net)
+            }
+        }
+    }
+
+    /// Adds `net`, which the caller knows is not in the allowlist (a sync that compared it with
+    /// the live entries): one syscall less per entry than [`FilterMaps::insert`].
+    pub fn insert_new(&mut self, net: IpNet) -> anyhow::Result<()> {
+        let context = || format!("adding {net} to the allowlist failed");
+        match net {
+            IpNet::V6(_) => self.insert(net),
+            IpNet::V4(v4) => {
                 let key = Key::new(u32::from(v4.prefix_len()), v4.network().octets());
                 let id = match &mut self.dir24 {
                     Some(dir24) => dir24.alloc_id(v4.prefix_len())?,
@@ -346,6 +363,22 @@ impl FilterMaps {
                     .any(|k| k.is_ok_and(|k| k.prefix_len() == prefix && k.data() == octets)))
             }
         }
+    }
+
+    /// Every allowlist network (keys only: no value read per entry), IPv4 first, unsorted.
+    pub fn nets(&self) -> anyhow::Result<Vec<IpNet>> {
+        let mut nets = Vec::new();
+        for key in self.allow_v4.keys() {
+            let key = key.context("reading the IPv4 allowlist failed")?;
+            let net = Ipv4Net::new(Ipv4Addr::from(key.data()), prefix_u8(key.prefix_len())?)?;
+            nets.push(IpNet::V4(net));
+        }
+        for key in self.allow_v6.keys() {
+            let key = key.context("reading the IPv6 allowlist failed")?;
+            let net = Ipv6Net::new(Ipv6Addr::from(key.data()), prefix_u8(key.prefix_len())?)?;
+            nets.push(IpNet::V6(net));
+        }
+        Ok(nets)
     }
 
     /// Every allowlist entry with its hit counter, IPv4 first.

@@ -7,7 +7,7 @@
 //! cut short, the live allowlist holds at least what the file lists: a crash never locks out a
 //! partner the file admits, and `gatekeeper status` shows any difference.
 
-use std::{path::Path, time::Duration};
+use std::{io::Write as _, path::Path, time::Duration};
 
 use anyhow::{Context as _, anyhow};
 use gatekeeper::{
@@ -15,6 +15,7 @@ use gatekeeper::{
     edit::{self, ConfigDocument},
     lock,
     maps::FilterMaps,
+    sync::sorted_difference,
 };
 use ipnet::IpNet;
 
@@ -117,63 +118,92 @@ pub fn remove(path: &Path, cidr: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One row of `allow list`.
+struct Row<'a> {
+    net: IpNet,
+    comment: Option<&'a str>,
+    in_config: bool,
+    /// `None` when the filter is not loaded; `Some(None)` when loaded but the entry is not live.
+    hits: Option<Option<u64>>,
+}
+
+/// Lists the config's entries in file order with their live hit counters, then live entries the
+/// file lacks. File and live state are matched through one sorted copy of the live entries (a
+/// binary search per file entry), and rows are written as they are made, not collected.
 pub fn list(path: &Path, json: bool) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let live = FilterMaps::open_if_pinned(&config.pin_dir)?
         .map(|maps| maps.entries())
-        .transpose()?;
-    let mut rows: Vec<serde_json::Value> = Vec::new();
-    for entry in &config.allow {
-        let hits = live
-            .as_ref()
-            .map(|l| l.iter().find(|e| e.net == entry.net).map(|e| e.hits));
-        rows.push(serde_json::json!({
-            "cidr": entry.net.to_string(),
-            "comment": entry.comment,
-            "in_config": true,
-            "live": hits.map(|h| h.is_some()),
-            "hits": hits.flatten(),
-        }));
-    }
-    for entry in live.iter().flatten() {
-        if !config.allow.iter().any(|a| a.net == entry.net) {
-            rows.push(serde_json::json!({
-                "cidr": entry.net.to_string(),
-                "comment": null,
-                "in_config": false,
-                "live": true,
-                "hits": entry.hits,
-            }));
-        }
-    }
+        .transpose()?
+        .map(|mut entries| {
+            entries.sort_unstable_by_key(|e| e.net);
+            entries
+        });
+    let hits_of = |net: IpNet| {
+        live.as_ref().map(|l| {
+            l.binary_search_by_key(&net, |e| e.net)
+                .ok()
+                .map(|at| l[at].hits)
+        })
+    };
+    let in_file = config.allow.iter().map(|entry| Row {
+        net: entry.net,
+        comment: entry.comment,
+        in_config: true,
+        hits: hits_of(entry.net),
+    });
+    let wanted = config.allow.sorted_nets();
+    let live_nets: Vec<IpNet> = live.iter().flatten().map(|e| e.net).collect();
+    let live_only = sorted_difference(&live_nets, &wanted).map(|net| Row {
+        net,
+        comment: None,
+        in_config: false,
+        hits: hits_of(net),
+    });
+    let rows = in_file.chain(live_only);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "config": path.display().to_string(),
-                "loaded": live.is_some(),
-                "entries": rows,
-            }))?
-        );
-        return Ok(());
+        write!(
+            out,
+            "{{\"config\":{},\"loaded\":{},\"entries\":[",
+            serde_json::to_string(&path.display().to_string())?,
+            live.is_some()
+        )?;
+        for (i, row) in rows.enumerate() {
+            if i > 0 {
+                out.write_all(b",")?;
+            }
+            serde_json::to_writer(
+                &mut out,
+                &serde_json::json!({
+                    "cidr": row.net.to_string(),
+                    "comment": row.comment,
+                    "in_config": row.in_config,
+                    "live": row.hits.map(|h| h.is_some()),
+                    "hits": row.hits.flatten(),
+                }),
+            )?;
+            out.write_all(b"\n")?;
+        }
+        writeln!(out, "]}}")?;
+        return Ok(out.flush()?);
     }
-    println!("{:<44} {:>12}  COMMENT", "CIDR", "HITS");
-    for row in &rows {
-        let cidr = row["cidr"].as_str().unwrap_or("");
-        let hits = match (&row["hits"], &row["live"]) {
-            (serde_json::Value::Number(n), _) => n.to_string(),
-            (_, serde_json::Value::Bool(false)) => "NOT LIVE".into(),
-            _ => "-".into(),
+    writeln!(out, "{:<44} {:>12}  COMMENT", "CIDR", "HITS")?;
+    for row in rows {
+        let hits = match row.hits {
+            Some(Some(n)) => n.to_string(),
+            Some(None) => "NOT LIVE".into(),
+            None => "-".into(),
         };
-        let comment = if row["in_config"] == false {
-            "(live only: not in the config file)"
+        let comment = if row.in_config {
+            row.comment.unwrap_or("")
         } else {
-            row["comment"].as_str().unwrap_or("")
+            "(live only: not in the config file)"
         };
-        println!("{cidr:<44} {hits:>12}  {comment}");
+        writeln!(out, "{:<44} {hits:>12}  {comment}", row.net.to_string())?;
     }
     if live.is_none() {
-        println!("(the filter is not loaded: no live hit counters)");
+        writeln!(out, "(the filter is not loaded: no live hit counters)")?;
     }
-    Ok(())
+    Ok(out.flush()?)
 }

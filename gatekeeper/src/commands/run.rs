@@ -25,7 +25,7 @@ use aya::maps::{MapData, RingBuf};
 use gatekeeper::{
     bpffs, capabilities,
     config::Config,
-    events,
+    dir24, events,
     filter::{self, Filter, LoadOptions},
     lock,
     maps::FilterMaps,
@@ -70,57 +70,30 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
         )
     })?;
 
+    // Pins this start creates (none yet) are its own to remove if it fails; pins an earlier
+    // daemon left keep the filter it left enforcing.
+    let fresh = !FilterMaps::is_pinned(&config.pin_dir);
     let mut filter = Filter::load_with(&LoadOptions {
         pin_dir: Some(&config.pin_dir),
         ipv4_lookup: config.ipv4_lookup,
-        dir24_blocks: config.ipv4_dir24_blocks,
+        dir24_blocks: dir24::pool_size(
+            dir24::blocks_needed(config.allow.nets()),
+            config.ipv4_dir24_blocks,
+        ),
         ..LoadOptions::default()
     })?;
-    let wants_tables = config.ipv4_lookup != gatekeeper::filter::Ipv4Lookup::Trie;
-    if filter.maps().dir24().is_some() != wants_tables {
-        warn!(
-            pinned_dir24_tables = filter.maps().dir24().is_some(),
-            configured = %config.ipv4_lookup,
-            "the pinned maps were made for another ipv4_lookup and are kept (no gap); to switch, stop, `gatekeeper detach`, start"
-        );
-    }
-    // Maps are filled before the program is attached, so it never runs with an empty allowlist.
-    let report = {
-        let _edit = edit_lock(path);
-        sync::apply(filter.maps(), &config)?
-    };
-    info!(
-        added = report.added.len(),
-        removed = report.removed.len(),
-        config = %path.display(),
-        mode = %config.mode,
-        ports = %join_ports(&config.protected_ports),
-        entries = config.allow.len(),
-        pin_dir = %config.pin_dir.display(),
-        ipv4_lookup = filter.maps().ipv4_lookup()?,
-        "allowlist loaded"
-    );
-    // Links an earlier daemon pinned for interfaces no longer configured.
-    for iface in filter::pinned_link_ifaces(&config.pin_dir)? {
-        if !config.interfaces.contains(&iface) {
-            filter::detach_pinned(&config.pin_dir, &iface)?;
-            warn!(
-                iface,
-                "detached the pinned link of an interface no longer in the config"
-            );
-        }
-    }
-    for iface in &config.interfaces {
-        if let Err(err) = attach(&mut filter, iface, &config) {
-            if config.keep_attached_on_exit {
-                // What is attached stays attached: a restart (systemd) adopts it without a gap.
-                return Err(err);
+    let started = fill(&mut filter, path, &config)
+        .map_err(|e| (e, false))
+        .and_then(|()| attach_all(&mut filter, &config).map_err(|e| (e, true)));
+    if let Err((err, attaching)) = started {
+        // A failed attach takes off what it attached unless the config keeps it attached.
+        if fresh || (attaching && !config.keep_attached_on_exit) {
+            // Leave nothing half-attached, and no pins of a filter that never enforced.
+            if let Err(cleanup) = filter.detach_all().and_then(|()| filter.unpin()) {
+                warn!(error = %format!("{cleanup:#}"), "could not remove what the failed start attached or pinned");
             }
-            // Leave nothing half-attached.
-            filter.detach_all()?;
-            filter.unpin()?;
-            return Err(err);
         }
+        return Err(err);
     }
     info!(interfaces = %config.interfaces.join(","), "enforcing; reload with SIGHUP, stop with SIGINT or SIGTERM");
 
@@ -147,6 +120,54 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
         info!(pin_dir = %config.pin_dir.display(), "detached and unpinned");
     }
     result
+}
+
+/// Fills the maps from the config: before attaching, so the program never runs with an empty
+/// allowlist.
+fn fill(filter: &mut Filter, path: &Path, config: &Config) -> anyhow::Result<()> {
+    let wants_tables = config.ipv4_lookup != gatekeeper::filter::Ipv4Lookup::Trie;
+    if filter.maps().dir24().is_some() != wants_tables {
+        warn!(
+            pinned_dir24_tables = filter.maps().dir24().is_some(),
+            configured = %config.ipv4_lookup,
+            "the pinned maps were made for another ipv4_lookup and are kept (no gap); to switch, stop, `gatekeeper detach`, start"
+        );
+    }
+    let report = {
+        let _edit = edit_lock(path);
+        sync::apply(filter.maps(), config)?
+    };
+    info!(
+        added = report.added.len(),
+        removed = report.removed.len(),
+        config = %path.display(),
+        mode = %config.mode,
+        ports = %join_ports(&config.protected_ports),
+        entries = config.allow.len(),
+        pin_dir = %config.pin_dir.display(),
+        ipv4_lookup = filter.maps().ipv4_lookup()?,
+        "allowlist loaded"
+    );
+    Ok(())
+}
+
+/// Attaches to every configured interface (adopting pinned links) and detaches the pinned links
+/// of interfaces no longer configured.
+fn attach_all(filter: &mut Filter, config: &Config) -> anyhow::Result<()> {
+    // Links an earlier daemon pinned for interfaces no longer configured.
+    for iface in filter::pinned_link_ifaces(&config.pin_dir)? {
+        if !config.interfaces.contains(&iface) {
+            filter::detach_pinned(&config.pin_dir, &iface)?;
+            warn!(
+                iface,
+                "detached the pinned link of an interface no longer in the config"
+            );
+        }
+    }
+    for iface in &config.interfaces {
+        attach(filter, iface, config)?;
+    }
+    Ok(())
 }
 
 /// Reads and validates the config; `--iface` overrides its interfaces.
