@@ -125,6 +125,16 @@ pub struct OutOfBlocks {
     pub blocks: usize,
 }
 
+/// Copies the values of the mmapable array `old` into `new`, up to the smaller of the two.
+pub fn copy_values(old: &MapData, new: &MapData, name: &str) -> anyhow::Result<()> {
+    let old = Mapped::<u64>::new(old, name)?;
+    let new = Mapped::<u64>::new(new, name)?;
+    for (to, from) in new.cells().iter().zip(old.cells()) {
+        to.store(from.load(Ordering::Acquire), Ordering::Release);
+    }
+    Ok(())
+}
+
 /// Second-level blocks a list of networks needs: one per /24 that holds a prefix longer than /24.
 pub fn blocks_needed<'a>(nets: impl IntoIterator<Item = &'a ipnet::IpNet>) -> u32 {
     let mut slots: Vec<u32> = nets
@@ -175,6 +185,12 @@ impl Dir24 {
             next_id: 0,
             retired: VecDeque::new(),
         }))
+    }
+
+    /// Forgets the free-block list (after the tables were overwritten by a copy).
+    pub fn forget_free_blocks(&mut self) {
+        self.free_blocks = None;
+        self.retired.clear();
     }
 
     /// Number of second-level blocks.

@@ -26,7 +26,7 @@ pub fn link_pin_path(dir: &Path, iface: &str) -> PathBuf {
     dir.join(format!("{LINK_PIN_PREFIX}{iface}"))
 }
 
-pub use crate::object::{PINNED_MAPS, PROGRAM_OBJECT};
+pub use crate::object::{IPV4_TABLE_MAPS, PINNED_MAPS, PROGRAM_OBJECT};
 
 /// A loaded (verified) gatekeeper program with its maps.
 pub struct Filter {
@@ -76,6 +76,9 @@ pub struct LoadOptions<'a> {
     /// Where the whole verifier log goes if the kernel refuses the program (default:
     /// [`verifier::default_log_dir`]).
     pub verifier_log_dir: Option<&'a Path>,
+    /// Create the IPv4 tables ([`IPV4_TABLE_MAPS`]) anew instead of reusing their pins (for
+    /// [`Filter::replace_ipv4_tables`]); the other maps are still shared through the pins.
+    pub fresh_ipv4_tables: bool,
 }
 
 impl Default for LoadOptions<'_> {
@@ -86,6 +89,7 @@ impl Default for LoadOptions<'_> {
             ipv4_lookup: Ipv4Lookup::Auto,
             dir24_blocks: dir24::DEFAULT_LONG_BLOCKS,
             verifier_log_dir: None,
+            fresh_ipv4_tables: false,
         }
     }
 }
@@ -150,6 +154,9 @@ impl Filter {
         let coarse_clock = u32::from(has_coarse_clock());
         loader.override_global(COARSE_CLOCK_GLOBAL, &coarse_clock, true);
         for (name, path) in pins {
+            if options.fresh_ipv4_tables && IPV4_TABLE_MAPS.contains(name) {
+                continue;
+            }
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader
@@ -176,6 +183,75 @@ impl Filter {
             pin_dir: options.pin_dir.map(Path::to_path_buf),
             loaded_siblings: Vec::new(),
         })
+    }
+
+    /// Replaces the IPv4 tables without a gap, e.g. with a larger DIR-24-8 block pool when the
+    /// list outgrew it, or with (or without) the DIR-24-8 tables when `ipv4_lookup` switched: a
+    /// second instance of the program is loaded with new tables (`options`, whose pin_dir must be
+    /// this filter's) and every other map shared; the tables are filled (copied, or built from
+    /// the trie); the new program replaces the old one inside every link this filter holds
+    /// (`BPF_LINK_UPDATE`, atomic); then the new tables are pinned in place of the old ones.
+    /// Packets are judged by the old program with the old tables or by the new one with new
+    /// tables that hold the same entries, never by anything else. Call under the edit lock.
+    pub fn replace_ipv4_tables(&mut self, options: &LoadOptions<'_>) -> anyhow::Result<()> {
+        let dir = self
+            .pin_dir
+            .clone()
+            .context("replacing the IPv4 tables needs a pin directory")?;
+        let mut next = Filter::load_with(&LoadOptions {
+            pin_dir: Some(&dir),
+            fresh_ipv4_tables: true,
+            ..*options
+        })?;
+        match (self.maps.dir24().is_some(), next.maps.dir24().is_some()) {
+            (true, true) => next.maps.copy_ipv4_tables_from(&self.maps)?,
+            (false, true) => next.maps.rebuild_ipv4_tables()?,
+            // Without tables the trie serves IPv4: switch the shared policy to it before the
+            // program without tables takes over.
+            (_, false) => {
+                let policy = next.maps.policy()?;
+                next.maps.set_policy(&policy)?;
+            }
+        }
+        // Staged first: a pin that cannot be made stops the replacement before any switch.
+        if let Err(err) = next.maps.stage_ipv4_pins(&dir) {
+            FilterMaps::discard_staged_pins(&dir);
+            return Err(err);
+        }
+        for iface in self.attached() {
+            let switched = ifindex(&iface)
+                .and_then(|index| next.maps.slot_for(index))
+                .and_then(|slot| next.adopt(&iface, slot));
+            match switched {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    warn!(
+                        iface,
+                        "no pinned link to move to the new IPv4 tables; attached anew on the next reload"
+                    );
+                }
+                Err(err) => {
+                    FilterMaps::discard_staged_pins(&dir);
+                    return Err(
+                        err.context(format!("moving {iface} to the new IPv4 tables failed"))
+                    );
+                }
+            }
+        }
+        FilterMaps::commit_ipv4_pins(&dir)?;
+        // With tables in force everywhere, the policy may pick them (auto, dir24).
+        let policy = next.maps.policy()?;
+        next.maps.set_policy(&policy)?;
+        next.links = std::mem::take(&mut self.links);
+        // The old program goes with `self`: the links hold the new one now.
+        self.pinned_links.clear();
+        *self = next;
+        info!(
+            blocks = self.maps.ipv4_blocks(),
+            ipv4_lookup = self.maps.ipv4_lookup()?,
+            "IPv4 tables replaced without a gap"
+        );
+        Ok(())
     }
 
     /// The program, for `BPF_PROG_TEST_RUN` in tests and benchmarks.

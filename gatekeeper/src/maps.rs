@@ -49,7 +49,7 @@ pub struct LiveEntry {
 /// shows the trie ahead for short lists and DIR-24-8 far ahead for long ones).
 pub const AUTO_DIR24_THRESHOLD: usize = 1024;
 
-pub use crate::object::PINNED_MAPS;
+pub use crate::object::{IPV4_TABLE_MAPS, PINNED_MAPS};
 
 impl FilterMaps {
     /// Takes the maps out of a loaded object (the program keeps using them).
@@ -206,6 +206,99 @@ impl FilterMaps {
             .get(&0, 0)
             .context("reading the policy selector failed")?
             & 1)
+    }
+
+    /// Copies the IPv4 tables of `old` into these (new, larger or equal) ones: every map of
+    /// [`IPV4_TABLE_MAPS`] value by value, up to the smaller size. Block and entry numbers stay
+    /// valid, so the copy resolves every address exactly as the original.
+    pub fn copy_ipv4_tables_from(&mut self, old: &FilterMaps) -> anyhow::Result<()> {
+        for ((name, new), old) in IPV4_TABLE_MAPS
+            .iter()
+            .zip(&self._dir24_maps)
+            .zip(&old._dir24_maps)
+        {
+            let (Map::Array(new), Map::Array(old)) = (new, old) else {
+                anyhow::bail!("{name} is not an array map");
+            };
+            crate::dir24::copy_values(old, new, name)?;
+        }
+        // The copy's free blocks are found afresh on first use.
+        if let Some(dir24) = &mut self.dir24 {
+            dir24.forget_free_blocks();
+        }
+        Ok(())
+    }
+
+    /// Puts every IPv4 entry of the trie into the (new, empty) DIR-24-8 tables: for a switch
+    /// from the trie-only lookup.
+    pub fn rebuild_ipv4_tables(&mut self) -> anyhow::Result<()> {
+        if self.dir24.is_none() {
+            return Ok(());
+        }
+        let mut nets: Vec<Ipv4Net> = Vec::new();
+        for key in self.allow_v4.keys() {
+            let key = key.context("reading the IPv4 allowlist failed")?;
+            nets.push(Ipv4Net::new(
+                Ipv4Addr::from(key.data()),
+                prefix_u8(key.prefix_len())?,
+            )?);
+        }
+        // Shorter prefixes first, so each longer one lands on what it refines.
+        nets.sort_unstable_by_key(|n| n.prefix_len());
+        for net in nets {
+            let key = Key::new(u32::from(net.prefix_len()), net.network().octets());
+            let Some(dir24) = &mut self.dir24 else {
+                break;
+            };
+            let id = dir24.alloc_id(net.prefix_len())?;
+            dir24.add(net, id)?;
+            let value = AllowValue {
+                hits: 0,
+                id,
+                prefix_len: u32::from(net.prefix_len()),
+            };
+            self.allow_v4
+                .insert(&key, value, 0)
+                .with_context(|| format!("recording {net}'s table entry failed"))?;
+        }
+        Ok(())
+    }
+
+    /// Pins these IPv4 tables under `dir` beside the ones pinned there, as `<name>_next` (bpffs
+    /// refuses dots); [`FilterMaps::commit_ipv4_pins`] renames them over the old pins.
+    pub fn stage_ipv4_pins(&self, dir: &Path) -> anyhow::Result<()> {
+        for (name, map) in IPV4_TABLE_MAPS.iter().zip(&self._dir24_maps) {
+            let Map::Array(data) = map else {
+                anyhow::bail!("{name} is not an array map");
+            };
+            let staged = staged_pin(dir, name);
+            let _ = std::fs::remove_file(&staged);
+            data.pin(&staged)
+                .with_context(|| format!("pinning the new {name} at {}", staged.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Renames the staged pins over the old ones: the pin paths name the new tables from now on.
+    pub fn commit_ipv4_pins(dir: &Path) -> anyhow::Result<()> {
+        for name in IPV4_TABLE_MAPS {
+            let path = dir.join(name);
+            std::fs::rename(staged_pin(dir, name), &path)
+                .with_context(|| format!("replacing the pin {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Removes staged pins (a replacement that did not happen).
+    pub fn discard_staged_pins(dir: &Path) {
+        for name in IPV4_TABLE_MAPS {
+            let _ = std::fs::remove_file(staged_pin(dir, name));
+        }
+    }
+
+    /// Second-level blocks of the DIR-24-8 tables (0 without them).
+    pub fn ipv4_blocks(&self) -> usize {
+        self.dir24.as_ref().map_or(0, Dir24::blocks)
     }
 
     /// The DIR-24-8 tables, when the filter has them.
@@ -507,6 +600,10 @@ impl FilterMaps {
         }
         Ok(all)
     }
+}
+
+fn staged_pin(dir: &Path, name: &str) -> std::path::PathBuf {
+    dir.join(format!("{name}_next"))
 }
 
 /// The `memlock:` line of a map's fdinfo: the bytes the kernel charges for it.

@@ -125,18 +125,9 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
 /// Fills the maps from the config: before attaching, so the program never runs with an empty
 /// allowlist.
 fn fill(filter: &mut Filter, path: &Path, config: &Config) -> anyhow::Result<()> {
-    let wants_tables = config.ipv4_lookup != gatekeeper::filter::Ipv4Lookup::Trie;
-    if filter.maps().dir24().is_some() != wants_tables {
-        warn!(
-            pinned_dir24_tables = filter.maps().dir24().is_some(),
-            configured = %config.ipv4_lookup,
-            "the pinned maps were made for another ipv4_lookup and are kept (no gap); to switch, stop, `gatekeeper detach`, start"
-        );
-    }
-    let report = {
-        let _edit = edit_lock(path);
-        sync::apply(filter.maps(), config)?
-    };
+    let _edit = edit_lock(path);
+    fit_ipv4_tables(filter, config)?;
+    let report = apply_growing(filter, config, false)?;
     info!(
         added = report.added.len(),
         removed = report.removed.len(),
@@ -149,6 +140,84 @@ fn fill(filter: &mut Filter, path: &Path, config: &Config) -> anyhow::Result<()>
         "allowlist loaded"
     );
     Ok(())
+}
+
+/// The load options for `config` with a DIR-24-8 pool of `blocks`.
+fn load_options(config: &Config, blocks: u32) -> LoadOptions<'_> {
+    LoadOptions {
+        pin_dir: Some(&config.pin_dir),
+        ipv4_lookup: config.ipv4_lookup,
+        dir24_blocks: blocks,
+        ..LoadOptions::default()
+    }
+}
+
+/// Replaces the (pinned) IPv4 tables when they do not fit the config: tables for DIR-24-8 when
+/// the pinned ones were made for the trie only or the other way round (`ipv4_lookup` switched),
+/// or a larger block pool when the list needs more blocks than the pinned pool has.
+fn fit_ipv4_tables(filter: &mut Filter, config: &Config) -> anyhow::Result<()> {
+    let wants_tables = config.ipv4_lookup != gatekeeper::filter::Ipv4Lookup::Trie;
+    let has_tables = filter.maps().dir24().is_some();
+    let needed = dir24::blocks_needed(config.allow.nets());
+    let blocks = dir24::pool_size(needed, config.ipv4_dir24_blocks);
+    if has_tables != wants_tables {
+        warn!(
+            configured = %config.ipv4_lookup,
+            pinned_dir24_tables = has_tables,
+            "ipv4_lookup changed: switching the IPv4 lookup (new tables filled, then swapped in without a gap)"
+        );
+    } else if wants_tables && filter.maps().ipv4_blocks() < needed as usize {
+        info!(
+            pinned = filter.maps().ipv4_blocks(),
+            needed,
+            blocks,
+            "the allowlist needs more DIR-24-8 blocks than pinned: growing the pool"
+        );
+    } else {
+        return Ok(());
+    }
+    filter.replace_ipv4_tables(&load_options(config, blocks))
+}
+
+/// Applies `config` to the maps (freshly opened from their pins with `reopen`, as a reload
+/// does); when the DIR-24-8 block pool is too small, grows it (larger tables filled and swapped
+/// in without a gap) and applies again, up to the `ipv4_dir24_blocks` ceiling.
+fn apply_growing(
+    filter: &mut Filter,
+    config: &Config,
+    reopen: bool,
+) -> anyhow::Result<sync::SyncReport> {
+    let attempt = |filter: &mut Filter| {
+        if reopen {
+            // Fresh handles: the CLI may have edited the maps (and taken blocks) since the last
+            // sync; opened under the edit lock, their picture is current.
+            let mut maps = FilterMaps::open_pinned(&config.pin_dir)
+                .context("opening the pinned maps for the reload")?;
+            sync::apply(&mut maps, config)
+        } else {
+            sync::apply(filter.maps(), config)
+        }
+    };
+    match attempt(filter) {
+        Err(err) if err.downcast_ref::<dir24::OutOfBlocks>().is_some() => {
+            let current = u32::try_from(filter.maps().ipv4_blocks()).unwrap_or(u32::MAX);
+            // Entries come out only after new ones went in: room for both.
+            let live = FilterMaps::open_pinned(&config.pin_dir)?.nets()?;
+            let needed = dir24::blocks_needed(config.allow.nets().iter().chain(&live));
+            let blocks = dir24::pool_size(needed, config.ipv4_dir24_blocks);
+            if blocks <= current {
+                return Err(err);
+            }
+            info!(
+                from = current,
+                to = blocks,
+                "the allowlist needs more DIR-24-8 blocks: growing the pool"
+            );
+            filter.replace_ipv4_tables(&load_options(config, blocks))?;
+            attempt(filter)
+        }
+        other => other,
+    }
 }
 
 /// Attaches to every configured interface (adopting pinned links) and detaches the pinned links
@@ -356,13 +425,10 @@ impl Daemon {
                 new.pin_dir.display()
             );
         }
-        // Fresh handles on the pinned maps: the CLI may have edited them since the last sync, and
-        // the DIR-24-8 writer's idea of which second-level blocks are free is per process (built
-        // from the tables when first needed), so a long-lived one would hand out a block the CLI
-        // took. Opened under the edit lock, its picture is current.
-        let mut maps = FilterMaps::open_pinned(&self.config.pin_dir)
-            .context("opening the pinned maps for the reload")?;
-        let report = sync::apply(&mut maps, &new)?;
+        if new.ipv4_lookup != self.config.ipv4_lookup {
+            fit_ipv4_tables(&mut self.filter, &new)?;
+        }
+        let report = apply_growing(&mut self.filter, &new, true)?;
         // New interfaces get the new allowlist right away; removed ones come off last.
         let attached = self.filter.attached();
         for iface in new.interfaces.iter().filter(|i| !attached.contains(i)) {
@@ -382,11 +448,10 @@ impl Daemon {
         if new.xdp_mode != self.config.xdp_mode {
             warn!(from = %self.config.xdp_mode, to = %new.xdp_mode, "xdp_mode changed: applies to interfaces attached from now on; restart after `gatekeeper detach` to switch the others");
         }
-        if (new.ipv4_lookup, new.ipv4_dir24_blocks)
-            != (self.config.ipv4_lookup, self.config.ipv4_dir24_blocks)
-        {
-            warn!(
-                "ipv4_lookup or ipv4_dir24_blocks changed: the pinned maps keep their shape; to switch, stop, `gatekeeper detach`, start"
+        if new.ipv4_dir24_blocks != self.config.ipv4_dir24_blocks {
+            info!(
+                ceiling = ?new.ipv4_dir24_blocks,
+                "ipv4_dir24_blocks changed: the new ceiling applies when the pool next grows"
             );
         }
         if new.metrics_listen != self.config.metrics_listen {
