@@ -212,13 +212,13 @@ impl Table<'_> {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Key {
+pub(crate) enum Key {
     Cidr,
     Comment,
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum Line<'a> {
+pub(crate) enum Line<'a> {
     /// Blank, or only a comment.
     Blank,
     /// `[[allow]]`.
@@ -228,7 +228,7 @@ enum Line<'a> {
 }
 
 /// One line of the `[[allow]]` part (with its line ending, if any).
-fn classify(line: &str) -> Result<Line<'_>, Unusual> {
+pub(crate) fn classify(line: &str) -> Result<Line<'_>, Unusual> {
     let body = line
         .strip_suffix('\n')
         .map_or(line, |l| l.strip_suffix('\r').unwrap_or(l));

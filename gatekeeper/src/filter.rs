@@ -13,7 +13,7 @@ use aya::{
         xdp::{XdpLink, XdpLinkId},
     },
 };
-use gatekeeper_common::{ALLOWLIST_CAPACITY, COARSE_CLOCK_GLOBAL, PROGRAM_NAME, dir24, map_names};
+use gatekeeper_common::{COARSE_CLOCK_GLOBAL, PROGRAM_NAME, dir24, map_names};
 use tracing::{info, warn};
 
 use crate::{compat, config::XdpMode, maps::FilterMaps, netlink, verifier};
@@ -143,7 +143,7 @@ impl Filter {
             Ipv4Lookup::Auto | Ipv4Lookup::Dir24 => (
                 dir24::TBL24_ENTRIES / 2,
                 options.dir24_blocks.max(1) * 128,
-                ALLOWLIST_CAPACITY,
+                crate::dir24::entry_map_len(options.dir24_blocks.max(1)),
             ),
             Ipv4Lookup::Trie => (1, 1, 1),
         };

@@ -12,52 +12,132 @@ use std::{io::Write as _, path::Path, time::Duration};
 use anyhow::{Context as _, anyhow};
 use gatekeeper::{
     config::{Config, parse_cidr},
-    edit::{self, ConfigDocument},
+    edit::{self, ConfigDocument, EditError, Streamed},
     lock,
     maps::FilterMaps,
     sync::sorted_difference,
 };
+use gatekeeper_support::{allowlist_edit::Edit, atomic::Staged};
 use ipnet::IpNet;
 
 /// How long an edit waits for another admin's edit to finish.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 
-/// The config file, locked and read, validated as it is now.
+/// The config file, locked and read, validated as it is now (the full-document path).
 struct Locked {
-    _lock: lock::Lock,
-    real: std::path::PathBuf,
     text: String,
     doc: ConfigDocument,
 }
 
-fn open(path: &Path) -> anyhow::Result<Locked> {
-    let real = edit::resolve(path)?;
-    let lock = lock::lock_config(&real, LOCK_WAIT)?;
-    let text = std::fs::read_to_string(&real)
+fn read_whole(real: &Path, path: &Path) -> anyhow::Result<Locked> {
+    let text = std::fs::read_to_string(real)
         .with_context(|| format!("{}: cannot read", path.display()))?;
     Config::parse(&text, path).context(
         "the config file is not valid as it stands; fix it (`gatekeeper check`) before editing it with `gatekeeper allow`",
     )?;
     let doc = ConfigDocument::parse(&text, path)?;
-    Ok(Locked {
-        _lock: lock,
-        real,
-        text,
-        doc,
-    })
+    Ok(Locked { text, doc })
+}
+
+/// The edited file, ready to be put in place.
+enum NewFile {
+    /// Streamed line by line into a staged temp file (the usual layout, any size); `old` is the
+    /// replaced file, readable after the commit.
+    Staged { staged: Staged, old: std::fs::File },
+    /// Edited as a whole document (files the line scanner does not read).
+    Text { new: String, old: String },
+}
+
+impl NewFile {
+    fn commit(self, real: &Path) -> anyhow::Result<Restore> {
+        Ok(match self {
+            NewFile::Staged { staged, old } => {
+                staged.commit()?;
+                Restore::File(old)
+            }
+            NewFile::Text { new, old } => {
+                edit::write_atomic(real, &new)?;
+                Restore::Text(old)
+            }
+        })
+    }
+}
+
+/// How to put the old file back after a commit.
+enum Restore {
+    File(std::fs::File),
+    Text(String),
+}
+
+impl Restore {
+    fn restore(self, real: &Path) -> anyhow::Result<()> {
+        match self {
+            Restore::File(mut old) => edit::restore(real, &mut old),
+            Restore::Text(old) => edit::write_atomic(real, &old),
+        }
+    }
+}
+
+/// Applies `change` to the file: streamed when the scanner reads the file, else as a whole
+/// document. Returns the new file and the config's settings (for the pin directory).
+fn prepare(real: &Path, path: &Path, change: Edit<'_>) -> anyhow::Result<(NewFile, Config)> {
+    match edit::stream(real, path, change)? {
+        Streamed::Ready {
+            staged,
+            config,
+            old,
+        } => {
+            return Ok((NewFile::Staged { staged, old }, config));
+        }
+        Streamed::Duplicate => {
+            if let Edit::Add { net, .. } = change {
+                return Err(EditError::Duplicate {
+                    net,
+                    path: path.to_path_buf(),
+                }
+                .into());
+            }
+        }
+        Streamed::Missing => {
+            if let Edit::Remove { net } = change {
+                return Err(EditError::Missing {
+                    net,
+                    path: path.to_path_buf(),
+                }
+                .into());
+            }
+        }
+        Streamed::Unusual => {}
+    }
+    let mut file = read_whole(real, path)?;
+    match change {
+        Edit::Add { net, comment } => file.doc.add(net, comment)?,
+        Edit::Remove { net } => file.doc.remove(net)?,
+    }
+    let new = file.doc.text();
+    let config = Config::parse(&new, path)
+        .context("the edited config would not be valid; nothing changed")?;
+    Ok((
+        NewFile::Text {
+            new,
+            old: file.text,
+        },
+        config,
+    ))
 }
 
 fn parse_net(cidr: &str) -> anyhow::Result<IpNet> {
     parse_cidr(cidr).map_err(|e| anyhow!("invalid allowlist entry: {e}"))
 }
 
+/// Edits one entry: the file is streamed, not parsed whole, and the live maps see one insert or
+/// removal (no read of the whole live state), so an edit costs the same at 10 and at a million
+/// entries (a pass over the file's lines).
 pub fn add(path: &Path, cidr: &str, comment: Option<&str>) -> anyhow::Result<()> {
     let net = parse_net(cidr)?;
-    let mut file = open(path)?;
-    file.doc.add(net, comment)?;
-    let new_text = file.doc.text();
-    let config = Config::parse(&new_text, path)
-        .context("the edited config would not be valid; nothing changed")?;
+    let real = edit::resolve(path)?;
+    let _lock = lock::lock_config(&real, LOCK_WAIT)?;
+    let (new_file, config) = prepare(&real, path, Edit::Add { net, comment })?;
     let mut live = FilterMaps::open_if_pinned(&config.pin_dir)?;
     let mut inserted = false;
     if let Some(maps) = live.as_mut()
@@ -66,7 +146,7 @@ pub fn add(path: &Path, cidr: &str, comment: Option<&str>) -> anyhow::Result<()>
         maps.insert(net)?;
         inserted = true;
     }
-    if let Err(err) = edit::write_atomic(&file.real, &new_text) {
+    if let Err(err) = new_file.commit(&real) {
         if inserted && let Some(maps) = live.as_mut() {
             maps.remove(net).with_context(|| {
                 format!("writing the config failed ({err:#}), and taking {net} back out of the live allowlist failed too; check `gatekeeper status`")
@@ -89,18 +169,17 @@ pub fn add(path: &Path, cidr: &str, comment: Option<&str>) -> anyhow::Result<()>
 
 pub fn remove(path: &Path, cidr: &str) -> anyhow::Result<()> {
     let net = parse_net(cidr)?;
-    let mut file = open(path)?;
-    file.doc.remove(net)?;
-    let new_text = file.doc.text();
-    let config = Config::parse(&new_text, path)
-        .context("the edited config would not be valid; nothing changed")?;
+    let real = edit::resolve(path)?;
+    let _lock = lock::lock_config(&real, LOCK_WAIT)?;
+    let (new_file, config) = prepare(&real, path, Edit::Remove { net })?;
     let mut live = FilterMaps::open_if_pinned(&config.pin_dir)?;
-    edit::write_atomic(&file.real, &new_text)
+    let restore = new_file
+        .commit(&real)
         .with_context(|| format!("{} not changed; nothing removed", path.display()))?;
     if let Some(maps) = live.as_mut()
         && let Err(err) = maps.remove(net)
     {
-        edit::write_atomic(&file.real, &file.text).with_context(|| {
+        restore.restore(&real).with_context(|| {
             format!("removing {net} from the live allowlist failed ({err:#}), and restoring {} failed too; check `gatekeeper status`", path.display())
         })?;
         return Err(err.context(format!("{} restored; nothing removed", path.display())));
