@@ -494,10 +494,16 @@ impl FilterMaps {
     pub fn entries(&self) -> anyhow::Result<Vec<LiveEntry>> {
         let mut entries = Vec::new();
         if let Some(registered) = self.dir24.as_ref().and_then(Dir24::registered) {
-            // Networks and DIR-24-8 hits through the mapping; the trie's own counter (hits
-            // while the trie served IPv4) by one exact lookup each, cheaper than walking keys.
+            // Networks and DIR-24-8 hits through the mapping. The trie's own counters (hits
+            // while the trie served IPv4) are read, one lookup each, only while the trie serves
+            // IPv4: a syscall per entry is seconds at a million.
+            let trie_in_force = self.ipv4_lookup()? == "trie";
             for (_, net, dir24_hits) in registered {
-                let trie_hits = self.v4_entry(net)?.map_or(0, |v| v.hits);
+                let trie_hits = if trie_in_force {
+                    self.v4_entry(net)?.map_or(0, |v| v.hits)
+                } else {
+                    0
+                };
                 entries.push(LiveEntry {
                     net: IpNet::V4(net),
                     hits: trie_hits + dir24_hits,
