@@ -185,7 +185,7 @@ pub enum Streamed {
     /// the old file, still readable after the commit (to put it back, see [`restore`]).
     Ready {
         staged: Staged,
-        config: Config,
+        config: Box<Config>,
         old: fs::File,
     },
     Duplicate,
@@ -201,7 +201,8 @@ pub enum Streamed {
 pub fn stream(real: &Path, path: &Path, edit: Edit<'_>) -> anyhow::Result<Streamed> {
     let old = fs::File::open(real).with_context(|| format!("{}: cannot read", path.display()))?;
     let input = old.try_clone()?;
-    let mut staged = gatekeeper_support::atomic::stage(real)?;
+    let mut staged = gatekeeper_support::atomic::stage(real)
+        .with_context(|| format!("{} not changed", path.display()))?;
     let mut config = None;
     let outcome = {
         let mut out = std::io::BufWriter::with_capacity(1 << 16, staged.file());
@@ -229,7 +230,7 @@ pub fn stream(real: &Path, path: &Path, edit: Edit<'_>) -> anyhow::Result<Stream
     Ok(match (outcome, config) {
         (Spliced::Done { .. }, Some(config)) => Streamed::Ready {
             staged,
-            config,
+            config: Box::new(config),
             old,
         },
         (Spliced::Duplicate, _) => Streamed::Duplicate,

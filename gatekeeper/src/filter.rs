@@ -14,7 +14,7 @@ use aya::{
     },
 };
 use gatekeeper_common::{COARSE_CLOCK_GLOBAL, PROGRAM_NAME, dir24, map_names};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{compat, config::XdpMode, maps::FilterMaps, netlink, verifier};
 
@@ -218,12 +218,13 @@ impl Filter {
             FilterMaps::discard_staged_pins(&dir);
             return Err(err);
         }
+        let mut moved: Vec<(String, u32)> = Vec::new();
         for iface in self.attached() {
             let switched = ifindex(&iface)
                 .and_then(|index| next.maps.slot_for(index))
-                .and_then(|slot| next.adopt(&iface, slot));
+                .and_then(|slot| Ok(next.adopt(&iface, slot)?.map(|_| slot)));
             match switched {
-                Ok(Some(_)) => {}
+                Ok(Some(slot)) => moved.push((iface, slot)),
                 Ok(None) => {
                     warn!(
                         iface,
@@ -231,7 +232,15 @@ impl Filter {
                     );
                 }
                 Err(err) => {
+                    // The links moved so far go back to the old program and tables, which the
+                    // pins still name: every interface is judged by one consistent pair again.
+                    for (done, slot) in &moved {
+                        if let Err(back) = self.adopt(done, *slot) {
+                            error!(iface = %done, error = %format!("{back:#}"), "could not move the link back to the old IPv4 tables after a failed replacement; it keeps the new program, whose tables are not pinned: restart the daemon");
+                        }
+                    }
                     FilterMaps::discard_staged_pins(&dir);
+                    error!(iface, error = %format!("{err:#}"), moved_back = moved.len(), "replacing the IPv4 tables failed part way; the links moved so far were moved back");
                     return Err(
                         err.context(format!("moving {iface} to the new IPv4 tables failed"))
                     );

@@ -87,7 +87,7 @@ fn prepare(real: &Path, path: &Path, change: Edit<'_>) -> anyhow::Result<(NewFil
             config,
             old,
         } => {
-            return Ok((NewFile::Staged { staged, old }, config));
+            return Ok((NewFile::Staged { staged, old }, *config));
         }
         Streamed::Duplicate => {
             if let Edit::Add { net, .. } = change {

@@ -128,6 +128,8 @@ fn fill(filter: &mut Filter, path: &Path, config: &Config) -> anyhow::Result<()>
     let _edit = edit_lock(path);
     fit_ipv4_tables(filter, config)?;
     let report = apply_growing(filter, config, false)?;
+    // The windows of the tables the fill mapped stay in the maps, not in this process.
+    filter.maps().release_tables();
     info!(
         added = report.added.len(),
         removed = report.removed.len(),
