@@ -47,13 +47,37 @@ pub fn replace(path: &Path, contents: &[u8]) -> Result<(), ReplaceError> {
 /// Replaces `path` with `contents`, the temp file in `staging` (on the same filesystem), for
 /// callers that sweep a directory of their own for leftovers of a crash.
 pub fn replace_staged_in(path: &Path, staging: &Path, contents: &[u8]) -> Result<(), ReplaceError> {
+    let mut staged = stage_in(path, staging)?;
+    staged
+        .file()
+        .write_all(contents)
+        .map_err(io_err("writing", staged.tmp.path()))?;
+    staged.commit()
+}
+
+/// A replacement under way: the new contents go into [`Staged::file`] (a temp file that already
+/// has the mode, owner and group of the file it replaces), and [`Staged::commit`] puts it in
+/// place. Dropped uncommitted, the temp file is removed and `path` stays as it was. For writers
+/// that produce the new file piece by piece (a million-entry config edited in one line).
+pub struct Staged {
+    tmp: tempfile::NamedTempFile,
+    path: PathBuf,
+}
+
+/// Starts replacing `path`, the temp file next to it.
+pub fn stage(path: &Path) -> Result<Staged, ReplaceError> {
+    stage_in(path, parent(path))
+}
+
+fn io_err(step: &'static str, at: &Path) -> impl FnOnce(io::Error) -> ReplaceError {
+    let path = at.to_path_buf();
+    move |source| ReplaceError::Io { step, path, source }
+}
+
+fn stage_in(path: &Path, staging: &Path) -> Result<Staged, ReplaceError> {
     let name = path
         .file_name()
         .ok_or_else(|| ReplaceError::NoFileName(path.to_path_buf()))?;
-    let io_err = |step: &'static str, at: &Path| {
-        let path = at.to_path_buf();
-        move |source| ReplaceError::Io { step, path, source }
-    };
     // A link would be replaced by a plain file: the caller resolves links it means to follow.
     let keep = match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_symlink() => {
@@ -66,7 +90,7 @@ pub fn replace_staged_in(path: &Path, staging: &Path, contents: &[u8]) -> Result
     let mut prefix = std::ffi::OsString::from(".");
     prefix.push(name);
     prefix.push(".");
-    let mut tmp = tempfile::Builder::new()
+    let tmp = tempfile::Builder::new()
         .prefix(&prefix)
         .suffix(".tmp")
         .make_in(staging, create_exclusive)
@@ -80,19 +104,32 @@ pub fn replace_staged_in(path: &Path, staging: &Path, contents: &[u8]) -> Result
     tmp.as_file()
         .set_permissions(fs::Permissions::from_mode(mode))
         .map_err(io_err("setting the mode of", tmp.path()))?;
-    tmp.as_file_mut()
-        .write_all(contents)
-        .map_err(io_err("writing", tmp.path()))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(io_err("fsync", tmp.path()))?;
-    // On failure the PersistError drops the temp file, which removes it.
-    tmp.persist(path)
-        .map_err(|e| io_err("renaming the temp file over", path)(e.error))?;
-    let dir = parent(path);
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync the directory", dir))
+    Ok(Staged {
+        tmp,
+        path: path.to_path_buf(),
+    })
+}
+
+impl Staged {
+    /// The temp file the new contents go into.
+    pub fn file(&mut self) -> &mut File {
+        self.tmp.as_file_mut()
+    }
+
+    /// Puts the new file in place: fsync, rename over the old one, fsync the directory.
+    pub fn commit(self) -> Result<(), ReplaceError> {
+        let Staged { tmp, path } = self;
+        tmp.as_file()
+            .sync_all()
+            .map_err(io_err("fsync", tmp.path()))?;
+        // On failure the PersistError drops the temp file, which removes it.
+        tmp.persist(&path)
+            .map_err(|e| io_err("renaming the temp file over", &path)(e.error))?;
+        let dir = parent(&path);
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("fsync the directory", dir))
+    }
 }
 
 /// The directory a file is in (`.` for a bare name).

@@ -5,7 +5,6 @@
 //! `FILE:LINE:COLUMN: message`, the way compilers do, and nothing is attached.
 
 use std::{
-    collections::HashSet,
     fmt,
     net::SocketAddr,
     ops::Range,
@@ -17,6 +16,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::allowlist::{self, ScannedAllow};
 pub use crate::cidr::{CidrError, parse_cidr};
 
 /// Where the daemon and the CLI look for the config when `--config` is not given.
@@ -85,12 +85,8 @@ impl fmt::Display for Ipv4Lookup {
     }
 }
 
-/// One allowlist entry: a network allowed to open SMTP sessions.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AllowEntry {
-    pub net: IpNet,
-    pub comment: Option<String>,
-}
+/// The allowlist, compact (tens of bytes per entry), and one entry of it.
+pub use crate::allowlist::{AllowEntry, Allowlist};
 
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,8 +104,10 @@ pub struct Config {
     /// Where the daemon serves Prometheus metrics (`GET /metrics`); off when `None`.
     pub metrics_listen: Option<SocketAddr>,
     pub ipv4_lookup: Ipv4Lookup,
-    pub ipv4_dir24_blocks: u32,
-    pub allow: Vec<AllowEntry>,
+    /// The most DIR-24-8 second-level blocks the daemon may create (`None`: up to
+    /// [`MAX_DIR24_BLOCKS`]); the pool is sized from the list, with headroom, and grows with it.
+    pub ipv4_dir24_blocks: Option<u32>,
+    pub allow: Allowlist,
 }
 
 /// A config that could not be read or is invalid, with the position of the offending value.
@@ -155,8 +153,9 @@ struct RawConfig {
     ipv4_lookup: Ipv4Lookup,
     #[serde(default)]
     ipv4_dir24_blocks: Option<Spanned<u32>>,
+    /// Empty when the `[[allow]]` tables were read by the allowlist scanner.
     #[serde(default)]
-    allow: Vec<RawAllow>,
+    allow: Option<Vec<RawAllow>>,
 }
 
 #[derive(Deserialize)]
@@ -178,6 +177,10 @@ impl Config {
     }
 
     /// Parses and validates config text; `path` only names the file in errors.
+    ///
+    /// The `[[allow]]` tables, which may number a million, are read by the allowlist scanner
+    /// without a TOML document tree; the rest of the file (a few lines) by the TOML parser. A
+    /// file the scanner does not fully understand is parsed whole by the TOML parser, as before.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let at = |span: Range<usize>, message: String| {
             let (line, column) = line_column(text, span.start);
@@ -188,34 +191,44 @@ impl Config {
                 message,
             }
         };
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| at(e.span().unwrap_or(0..0), e.message().to_string()))?;
+        let toml_error = |e: toml::de::Error| at(e.span().unwrap_or(0..0), e.message().to_string());
+        let scanned = allowlist::allow_section_start(text).and_then(|start| {
+            let head = &text[..start];
+            let tail = allowlist::scan_allow_section(&text[start..], start).ok()?;
+            // The head alone must be valid TOML without an `allow` key of its own; otherwise
+            // the split was not where the file's structure is, and the TOML parser decides.
+            let raw: RawConfig = toml::from_str(head).ok()?;
+            raw.allow.is_none().then_some((raw, tail))
+        });
+        let (raw, scanned) = match scanned {
+            Some((raw, tail)) => (raw, tail),
+            None => {
+                let mut raw: RawConfig = toml::from_str(text).map_err(toml_error)?;
+                let scanned = from_raw_allow(raw.allow.take().unwrap_or_default());
+                (raw, scanned)
+            }
+        };
 
         let interfaces = validate_interfaces(&raw.interfaces).map_err(|(s, m)| at(s, m))?;
         let protected_ports = match &raw.protected_ports {
             None => vec![DEFAULT_PORT],
             Some(ports) => validate_ports(ports).map_err(|(s, m)| at(s, m))?,
         };
-        let mut allow = Vec::with_capacity(raw.allow.len());
-        let mut seen = HashSet::new();
-        for entry in &raw.allow {
-            let net = parse_cidr(entry.cidr.get_ref())
-                .map_err(|e| at(entry.cidr.span(), format!("allow entry {e}")))?;
-            if !seen.insert(net) {
-                return Err(at(
-                    entry.cidr.span(),
-                    format!("allow entry \"{net}\" is listed twice"),
-                ));
-            }
-            allow.push(AllowEntry {
-                net,
-                comment: entry.comment.clone(),
-            });
+        if let Some((offset, err)) = scanned.first_invalid {
+            return Err(at(offset..offset, format!("allow entry {err}")));
+        }
+        let allow = scanned.list;
+        if let Some((index, net)) = allow.first_duplicate() {
+            let offset = scanned.cidr_at.get(index).map_or(0, |&o| o as usize);
+            return Err(at(
+                offset..offset,
+                format!("allow entry \"{net}\" is listed twice"),
+            ));
         }
         let ipv4_dir24_blocks = match raw.ipv4_dir24_blocks {
-            None => gatekeeper_common::dir24::DEFAULT_LONG_BLOCKS,
+            None => None,
             Some(blocks) if (1..=MAX_DIR24_BLOCKS).contains(blocks.get_ref()) => {
-                blocks.into_inner()
+                Some(blocks.into_inner())
             }
             Some(blocks) => {
                 return Err(at(
@@ -267,6 +280,26 @@ impl Config {
             allow,
         })
     }
+}
+
+/// The entries the TOML parser read, as the scanner would have returned them.
+fn from_raw_allow(raw: Vec<RawAllow>) -> ScannedAllow {
+    let mut scanned = ScannedAllow::default();
+    for entry in raw {
+        let at = entry.cidr.span().start;
+        let net = match parse_cidr(entry.cidr.get_ref()) {
+            Ok(net) => net,
+            Err(err) => {
+                if scanned.first_invalid.is_none() {
+                    scanned.first_invalid = Some((at, err));
+                }
+                IpNet::default()
+            }
+        };
+        scanned.list.push(net, entry.comment.as_deref());
+        scanned.cidr_at.push(u32::try_from(at).unwrap_or(u32::MAX));
+    }
+    scanned
 }
 
 type SpannedError = (Range<usize>, String);
@@ -386,16 +419,16 @@ cidr = "203.0.113.7"
         assert_eq!(config.protected_ports, [25, 587]);
         assert_eq!(config.allow.len(), 3);
         assert_eq!(
-            config.allow[0].net,
+            config.allow.nets()[0],
             "198.51.100.0/24".parse::<IpNet>().unwrap()
         );
-        assert_eq!(config.allow[0].comment.as_deref(), Some("partner relay"));
+        assert_eq!(config.allow.comment(0), Some("partner relay"));
         assert_eq!(
-            config.allow[1].net,
+            config.allow.nets()[1],
             "2001:db8:25::/48".parse::<IpNet>().unwrap()
         );
         assert_eq!(
-            config.allow[2].net,
+            config.allow.nets()[2],
             "203.0.113.7/32".parse::<IpNet>().unwrap()
         );
     }

@@ -10,9 +10,13 @@
 //! - [`cli_docs`]: shell completions and man pages from a clap definition.
 //! - [`metrics`]: Prometheus exposition and the `GET /metrics` HTTP endpoint.
 //! - [`cidr`]: CIDR-or-address parsing with the allowlist's rules.
+//! - [`allowlist`]: the allowlist held compactly, and its scanner for `[[allow]]` tables.
+//! - [`allowlist_edit`]: one entry added or removed, streamed line by line through that scanner.
 //! - [`gatekeeper_config`]: the `gatekeeper.toml` schema, read by the gatekeeper and by the
 //!   relay's `allow_gatekeeper`.
 
+pub mod allowlist;
+pub mod allowlist_edit;
 pub mod atomic;
 pub mod cidr;
 pub mod cli_docs;

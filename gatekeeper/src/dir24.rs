@@ -10,6 +10,8 @@
 //! nanoseconds, the grace period is a second).
 
 use std::{
+    collections::VecDeque,
+    net::Ipv4Addr,
     os::fd::{AsFd as _, AsRawFd as _},
     sync::atomic::{AtomicU32, AtomicU64, Ordering},
     time::{Duration, Instant},
@@ -17,17 +19,41 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::maps::MapData;
-use gatekeeper_common::dir24::{ENTRY_HITS_MASK, ENTRY_LEN_SHIFT, LONG_FLAG, NONE, TBL24_ENTRIES};
+use gatekeeper_common::{
+    ALLOWLIST_CAPACITY,
+    dir24::{ENTRY_HITS_MASK, ENTRY_LEN_SHIFT, LONG_FLAG, NONE, TBL24_ENTRIES},
+};
 use ipnet::Ipv4Net;
 
 /// A map's value array mapped into this process (the map was created `BPF_F_MMAPABLE`), seen as
 /// an array of `T`. The kernel lays array values out 8 bytes apart, so the tables are maps of
 /// `u64` and a `u32` view sees two table entries per map value (little-endian: the even one is
 /// the low half), exactly as the program splits them.
+///
+/// Mapped in windows of [`WINDOW`] bytes, on first use, at most [`WINDOWS_KEPT`] at a time: the
+/// kernel populates the whole range of a BPF array mapping at `mmap`, so mapping a 1 GiB
+/// second level whole would make a CLI edit of one entry (or the daemon at rest) 1 GiB resident.
+/// Cells are only loaded and stored through the window, never borrowed, so a window can be
+/// unmapped whenever another one is needed.
 struct Mapped<T> {
-    ptr: *mut T,
+    fd: std::os::fd::OwnedFd,
     len: usize,
     bytes: usize,
+    windows: std::cell::RefCell<Windows>,
+    _cell: std::marker::PhantomData<T>,
+}
+
+/// Bytes per mapped window (a multiple of any page size).
+const WINDOW: usize = 1 << 18;
+/// Windows one table keeps mapped: 16 MiB, whatever the table's size.
+const WINDOWS_KEPT: usize = 64;
+
+#[derive(Default)]
+struct Windows {
+    /// Start of each window's mapping, null when not mapped.
+    at: Vec<*mut u8>,
+    /// Mapped windows, oldest first.
+    order: VecDeque<usize>,
 }
 
 impl<T> Mapped<T> {
@@ -44,83 +70,208 @@ impl<T> Mapped<T> {
         // SAFETY: sysconf has no preconditions.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
         let bytes = (len * size_of::<T>()).div_ceil(page) * page;
-        let fd = map.fd().as_fd().as_raw_fd();
-        // SAFETY: mapping a BPF array map's values, as the kernel allows for BPF_F_MMAPABLE maps;
-        // the mapping lives until `Drop` unmaps it.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("mapping {name} into memory"));
-        }
+        let fd = map
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .with_context(|| format!("duplicating {name}'s descriptor"))?;
         Ok(Mapped {
-            ptr: ptr.cast(),
+            fd,
             len,
             bytes,
+            windows: std::cell::RefCell::new(Windows {
+                at: vec![std::ptr::null_mut(); bytes.div_ceil(WINDOW)],
+                order: VecDeque::new(),
+            }),
+            _cell: std::marker::PhantomData,
         })
+    }
+
+    /// The address of cell `index` (< `len`), mapping its window if needed.
+    fn cell_ptr(&self, index: usize) -> *mut T {
+        let byte = index * size_of::<T>();
+        let window = byte / WINDOW;
+        let mut windows = self.windows.borrow_mut();
+        let mut base = windows.at[window];
+        if base.is_null() {
+            if windows.order.len() >= WINDOWS_KEPT
+                && let Some(old) = windows.order.pop_front()
+            {
+                let len = self.window_len(old);
+                // SAFETY: unmapping a window this mapping made; no reference into it exists
+                // (cells are copied in and out, never borrowed).
+                unsafe { libc::munmap(windows.at[old].cast(), len) };
+                windows.at[old] = std::ptr::null_mut();
+            }
+            // SAFETY: mapping part of a BPF array map's values, as the kernel allows for
+            // BPF_F_MMAPABLE maps (any page-aligned offset inside the array).
+            let ptr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    self.window_len(window),
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    self.fd.as_raw_fd(),
+                    libc::off_t::try_from(window * WINDOW).unwrap_or(libc::off_t::MAX),
+                )
+            };
+            if ptr == libc::MAP_FAILED {
+                // Out of address space or memory: nothing sensible is left to do for a writer
+                // of the live tables halfway through an edit.
+                panic!(
+                    "mapping a window of a BPF table failed: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            base = ptr.cast();
+            windows.at[window] = base;
+            windows.order.push_back(window);
+        }
+        // SAFETY: `byte` lies inside this window (`index < len`).
+        unsafe { base.add(byte % WINDOW).cast() }
+    }
+
+    fn window_len(&self, window: usize) -> usize {
+        WINDOW.min(self.bytes - window * WINDOW)
+    }
+
+    /// Unmaps every window (the memory stays in the map; this process stops holding it).
+    fn release(&self) {
+        let mut windows = self.windows.borrow_mut();
+        while let Some(window) = windows.order.pop_front() {
+            let len = self.window_len(window);
+            // SAFETY: as in `cell_ptr`.
+            unsafe { libc::munmap(windows.at[window].cast(), len) };
+            windows.at[window] = std::ptr::null_mut();
+        }
     }
 }
 
 impl<T> Drop for Mapped<T> {
     fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `new` mapped.
-        unsafe { libc::munmap(self.ptr.cast(), self.bytes) };
+        self.release();
     }
 }
 
 impl Mapped<u32> {
-    fn cells(&self) -> &[AtomicU32] {
-        // SAFETY: the mapping holds `len` aligned u32s shared with the kernel; atomics are the
-        // right view of memory another party reads concurrently.
-        unsafe { std::slice::from_raw_parts(self.ptr.cast::<AtomicU32>(), self.len) }
+    fn load(&self, index: usize) -> u32 {
+        // SAFETY: an aligned u32 of the shared mapping; atomics are the right view of memory
+        // the program reads concurrently.
+        unsafe { (*self.cell_ptr(index).cast::<AtomicU32>()).load(Ordering::Acquire) }
+    }
+
+    fn store(&self, index: usize, value: u32) {
+        // SAFETY: as in `load`.
+        unsafe { (*self.cell_ptr(index).cast::<AtomicU32>()).store(value, Ordering::Release) }
     }
 }
 
 impl Mapped<u64> {
-    fn cells(&self) -> &[AtomicU64] {
-        // SAFETY: as for `Mapped<u32>::cells`.
-        unsafe { std::slice::from_raw_parts(self.ptr.cast::<AtomicU64>(), self.len) }
+    fn load(&self, index: usize) -> u64 {
+        // SAFETY: as for `Mapped<u32>::load`.
+        unsafe { (*self.cell_ptr(index).cast::<AtomicU64>()).load(Ordering::Acquire) }
+    }
+
+    fn store(&self, index: usize, value: u64) {
+        // SAFETY: as for `Mapped<u32>::load`.
+        unsafe { (*self.cell_ptr(index).cast::<AtomicU64>()).store(value, Ordering::Release) }
     }
 }
 
 /// The DIR-24-8 tables and the entry table, mapped.
+///
+/// The entry table (`GK_ENTRY`) is made larger than the program needs (see [`entry_map_len`]):
+/// after the `ALLOWLIST_CAPACITY` values the program reads (prefix length, hit counter) come, for
+/// userspace only, each id's network (so `status` and `allow list` read the entries through the
+/// mapping instead of one syscall per trie key), then one bit per second-level block in use (so
+/// an edit that needs a new block finds one without scanning the 64 MiB first level). Tables
+/// pinned by a build without these parts still work: networks then come from the trie, and free
+/// blocks from a scan of the first level.
 pub struct Dir24 {
     tbl24: Mapped<u32>,
     long: Mapped<u32>,
     entries: Mapped<u64>,
-    /// Blocks in use, found by one scan of the first level when first needed. Valid for one
-    /// edit session: writers open the tables afresh under the config's edit lock (the daemon for
-    /// each reload, the CLI per command), so no other writer changes them meanwhile. A block
-    /// another process retired is reused at the earliest a process start later, far beyond the
-    /// nanoseconds a program run that read the old pointer can take (XDP runs with preemption
-    /// off).
-    used_blocks: Option<Vec<bool>>,
+    /// Whether the entry table holds the networks and the block bitmap.
+    registry: bool,
+    /// Without the bitmap: blocks no /24 points to, found by one scan of the first level when
+    /// first needed. Valid for one edit session: writers open the tables afresh under the
+    /// config's edit lock (the daemon for each reload, the CLI per command), so no other writer
+    /// changes them meanwhile.
+    free_blocks: Option<Vec<u32>>,
+    /// With the bitmap: the word where the search for a free block resumes.
+    next_block_word: usize,
     /// Where the search for a free entry id resumes.
     next_id: usize,
-    /// Blocks this process unhooked, with when: reusable after [`BLOCK_GRACE`].
-    retired: Vec<(u32, Instant)>,
+    /// Blocks this process unhooked, oldest first, with when: reusable after [`BLOCK_GRACE`]. A
+    /// block another process retired is reused at the earliest a process start later, far
+    /// beyond the nanoseconds a program run that read the old pointer can take (XDP runs with
+    /// preemption off).
+    retired: VecDeque<(u32, Instant)>,
 }
 
 /// How long an unhooked block stays untouched before it may be reused.
 const BLOCK_GRACE: Duration = Duration::from_secs(1);
 
+/// Entry ids: the part of the entry table the program reads.
+const IDS: usize = ALLOWLIST_CAPACITY as usize;
+/// In the network part of the entry table: set for an id that has a network.
+const NET_SET: u64 = 1 << 63;
+
+/// Values of the entry table for a pool of `blocks` second-level blocks: the ids, their
+/// networks, and the block bitmap.
+pub fn entry_map_len(blocks: u32) -> u32 {
+    ALLOWLIST_CAPACITY * 2 + blocks.div_ceil(64)
+}
+
 /// A second-level block could not be had: the list needs more /24s with longer prefixes.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "the DIR-24-8 table has no free block for {net} ({blocks} blocks, each serving one /24 that holds prefixes longer than /24): raise ipv4_dir24_blocks or set ipv4_lookup = \"trie\""
+    "the DIR-24-8 table has no free block for {net} ({blocks} blocks, each serving one /24 that holds prefixes longer than /24): raise the ipv4_dir24_blocks ceiling or set ipv4_lookup = \"trie\""
 )]
 pub struct OutOfBlocks {
     pub net: Ipv4Net,
     pub blocks: usize,
 }
+
+/// Copies the values of the mmapable array `old` into `new`, up to the smaller of the two.
+pub fn copy_values(old: &MapData, new: &MapData, name: &str) -> anyhow::Result<()> {
+    let old = Mapped::<u64>::new(old, name)?;
+    let new = Mapped::<u64>::new(new, name)?;
+    for index in 0..old.len.min(new.len) {
+        let value = old.load(index);
+        if value != 0 {
+            new.store(index, value);
+        }
+    }
+    Ok(())
+}
+
+/// Second-level blocks a list of networks needs: one per /24 that holds a prefix longer than /24.
+pub fn blocks_needed<'a>(nets: impl IntoIterator<Item = &'a ipnet::IpNet>) -> u32 {
+    let mut slots: Vec<u32> = nets
+        .into_iter()
+        .filter_map(|net| match net {
+            ipnet::IpNet::V4(v4) if v4.prefix_len() > 24 => Some(u32::from(v4.network()) >> 8),
+            _ => None,
+        })
+        .collect();
+    slots.sort_unstable();
+    slots.dedup();
+    u32::try_from(slots.len()).unwrap_or(u32::MAX)
+}
+
+/// The pool to create for a list that needs `needed` blocks: a quarter more and 1024 blocks of
+/// headroom for later additions (so most reloads find room), at least the historic default,
+/// at most `ceiling` (the config's `ipv4_dir24_blocks`) or [`MAX_DIR24_BLOCKS`].
+pub fn pool_size(needed: u32, ceiling: Option<u32>) -> u32 {
+    let want = needed
+        .saturating_add(needed / 4)
+        .saturating_add(1024)
+        .max(gatekeeper_common::dir24::DEFAULT_LONG_BLOCKS);
+    want.min(ceiling.unwrap_or(MAX_DIR24_BLOCKS))
+}
+
+pub use gatekeeper_support::gatekeeper_config::MAX_DIR24_BLOCKS;
 
 impl Dir24 {
     /// Maps the three tables; `None` if the first level is not full size (the filter was
@@ -137,14 +288,36 @@ impl Dir24 {
         if first_len * 2 != TBL24_ENTRIES {
             return Ok(None);
         }
+        let long = Mapped::new(long, "GK_DIR24_LONG")?;
+        let entries = Mapped::<u64>::new(entries, "GK_ENTRY")?;
+        let blocks = u32::try_from(long.len / 256).unwrap_or(u32::MAX);
+        let registry = entries.len >= entry_map_len(blocks) as usize;
         Ok(Some(Dir24 {
             tbl24: Mapped::new(tbl24, "GK_DIR24")?,
-            long: Mapped::new(long, "GK_DIR24_LONG")?,
-            entries: Mapped::new(entries, "GK_ENTRY")?,
-            used_blocks: None,
+            long,
+            entries,
+            registry,
+            free_blocks: None,
+            next_block_word: 0,
             next_id: 0,
-            retired: Vec::new(),
+            retired: VecDeque::new(),
         }))
+    }
+
+    /// Forgets what this process learnt about free blocks (after the tables were overwritten by
+    /// a copy).
+    pub fn forget_free_blocks(&mut self) {
+        self.free_blocks = None;
+        self.next_block_word = 0;
+        self.retired.clear();
+    }
+
+    /// Unmaps the tables from this process (they are mapped again, a window at a time, when
+    /// next used): a daemon at rest does not hold a copy of them in its resident memory.
+    pub fn release(&self) {
+        self.tbl24.release();
+        self.long.release();
+        self.entries.release();
     }
 
     /// Number of second-level blocks.
@@ -152,14 +325,24 @@ impl Dir24 {
         self.long.len / 256
     }
 
-    /// Reserves an entry id for a prefix of length `len`.
-    pub fn alloc_id(&mut self, len: u8) -> anyhow::Result<u32> {
-        let cells = self.entries.cells();
-        let total = cells.len();
+    /// Whether the entry table records each id's network (see [`Dir24`]).
+    pub fn has_registry(&self) -> bool {
+        self.registry
+    }
+
+    /// Reserves an entry id for `net` and records its network.
+    pub fn alloc_id(&mut self, net: Ipv4Net) -> anyhow::Result<u32> {
+        let total = self.entries.len.min(IDS);
         for step in 0..total {
             let id = (self.next_id + step) % total;
-            if cells[id].load(Ordering::Relaxed) == 0 {
-                cells[id].store((u64::from(len) + 1) << ENTRY_LEN_SHIFT, Ordering::Release);
+            if self.entries.load(id) == 0 {
+                if self.registry {
+                    let bits = u64::from(u32::from(net.network())) << 8;
+                    self.entries
+                        .store(IDS + id, NET_SET | bits | u64::from(net.prefix_len()));
+                }
+                self.entries
+                    .store(id, (u64::from(net.prefix_len()) + 1) << ENTRY_LEN_SHIFT);
                 self.next_id = id + 1;
                 return u32::try_from(id).context("entry id out of range");
             }
@@ -167,39 +350,85 @@ impl Dir24 {
         bail!("the allowlist is full ({total} entries)")
     }
 
+    /// Writes the registry (networks, block bitmap) for tables made without it: `ids` are the
+    /// trie's `(id, network)` pairs, the bitmap comes from one scan of the first level.
+    pub fn rebuild_registry(&mut self, ids: &[(u32, Ipv4Net)]) {
+        if !self.registry {
+            return;
+        }
+        for &(id, net) in ids {
+            if (id as usize) < IDS {
+                let bits = u64::from(u32::from(net.network())) << 8;
+                self.entries.store(
+                    IDS + id as usize,
+                    NET_SET | bits | u64::from(net.prefix_len()),
+                );
+            }
+        }
+        for slot in 0..self.tbl24.len {
+            let value = self.tbl24.load(slot);
+            if value & LONG_FLAG != 0 && ((value & !LONG_FLAG) as usize) < self.blocks() {
+                self.mark_block(value & !LONG_FLAG, true);
+            }
+        }
+    }
+
     /// Entry ids in use: the number of IPv4 entries.
     pub fn entries_in_use(&self) -> usize {
-        self.entries
-            .cells()
-            .iter()
-            .filter(|c| c.load(Ordering::Relaxed) != 0)
+        (0..self.entries.len.min(IDS))
+            .filter(|&id| self.entries.load(id) != 0)
             .count()
     }
 
     /// Releases an entry id.
     pub fn free_id(&mut self, id: u32) {
-        if let Some(cell) = self.entries.cells().get(id as usize) {
-            cell.store(0, Ordering::Release);
+        let id = id as usize;
+        if id < self.entries.len.min(IDS) {
+            self.entries.store(id, 0);
+            if self.registry {
+                self.entries.store(IDS + id, 0);
+            }
         }
+    }
+
+    /// Every entry as `(id, network, DIR-24-8 hits)`, by id; `None` without the registry.
+    pub fn registered(&self) -> Option<impl Iterator<Item = (u32, Ipv4Net, u64)> + '_> {
+        if !self.registry {
+            return None;
+        }
+        Some((0..IDS).filter_map(move |id| {
+            let value = self.entries.load(id);
+            if value == 0 {
+                return None;
+            }
+            let net = self.entries.load(IDS + id);
+            if net & NET_SET == 0 {
+                return None;
+            }
+            let len = u8::try_from(net & 0xff).ok()?;
+            let addr = Ipv4Addr::from(u32::try_from((net >> 8) & 0xffff_ffff).ok()?);
+            let net = Ipv4Net::new(addr, len).ok()?;
+            Some((u32::try_from(id).ok()?, net, value & ENTRY_HITS_MASK))
+        }))
     }
 
     /// Prefix length of entry `id`, if the id is in use.
     pub fn prefix_len(&self, id: u32) -> Option<u8> {
-        let value = self
-            .entries
-            .cells()
-            .get(id as usize)?
-            .load(Ordering::Acquire);
-        let len = value >> ENTRY_LEN_SHIFT;
+        let id = id as usize;
+        if id >= self.entries.len.min(IDS) {
+            return None;
+        }
+        let len = self.entries.load(id) >> ENTRY_LEN_SHIFT;
         (len != 0).then(|| u8::try_from(len - 1).unwrap_or(u8::MAX))
     }
 
     /// Segments admitted through entry `id` by the DIR-24-8 lookup.
     pub fn hits(&self, id: u32) -> u64 {
-        self.entries
-            .cells()
-            .get(id as usize)
-            .map_or(0, |c| c.load(Ordering::Relaxed) & ENTRY_HITS_MASK)
+        let id = id as usize;
+        if id >= self.entries.len.min(IDS) {
+            return 0;
+        }
+        self.entries.load(id) & ENTRY_HITS_MASK
     }
 
     /// Whether `value` (a table value, `id + 1` or NONE) should give way to a prefix of `len`.
@@ -216,19 +445,19 @@ impl Dir24 {
             let first = start >> 8;
             let count = 1u32 << (24 - len);
             for slot in first..first + count {
-                let current = self.tbl24.cells()[slot as usize].load(Ordering::Acquire);
+                let current = self.tbl24.load(slot as usize);
                 if current & LONG_FLAG != 0 {
                     self.fill_block(current & !LONG_FLAG, 0, 256, |d, old| {
                         d.yields_to(old, len).then_some(value)
                     });
                 } else if self.yields_to(current, len) {
-                    self.tbl24.cells()[slot as usize].store(value, Ordering::Release);
+                    self.tbl24.store(slot as usize, value);
                 }
             }
             return Ok(());
         }
         let slot = (start >> 8) as usize;
-        let current = self.tbl24.cells()[slot].load(Ordering::Acquire);
+        let current = self.tbl24.load(slot);
         let block = if current & LONG_FLAG != 0 {
             current & !LONG_FLAG
         } else {
@@ -238,7 +467,7 @@ impl Dir24 {
                 blocks: self.blocks(),
             })?;
             self.fill_block(block, 0, 256, |_, _| Some(current));
-            self.tbl24.cells()[slot].store(LONG_FLAG | block, Ordering::Release);
+            self.tbl24.store(slot, LONG_FLAG | block);
             block
         };
         let offset = (start & 0xff) as usize;
@@ -261,7 +490,7 @@ impl Dir24 {
             (start >> 8, 1, (start & 0xff) as usize, 1usize << (32 - len))
         };
         for slot in first..first + count {
-            let current = self.tbl24.cells()[slot as usize].load(Ordering::Acquire);
+            let current = self.tbl24.load(slot as usize);
             if current & LONG_FLAG != 0 {
                 let block = current & !LONG_FLAG;
                 self.fill_block(block, offset, in_block, |_, old| {
@@ -269,7 +498,7 @@ impl Dir24 {
                 });
                 self.collapse(slot as usize, block);
             } else if current == value {
-                self.tbl24.cells()[slot as usize].store(replacement, Ordering::Release);
+                self.tbl24.store(slot as usize, replacement);
             }
         }
     }
@@ -283,12 +512,12 @@ impl Dir24 {
         f: impl Fn(&Dir24, u32) -> Option<u32>,
     ) {
         let base = block as usize * 256 + offset;
-        for cell in &self.long.cells()[base..base + count] {
-            let old = cell.load(Ordering::Acquire);
+        for index in base..base + count {
+            let old = self.long.load(index);
             if let Some(new) = f(self, old)
                 && new != old
             {
-                cell.store(new, Ordering::Release);
+                self.long.store(index, new);
             }
         }
     }
@@ -297,51 +526,104 @@ impl Dir24 {
     /// and retires the block.
     fn collapse(&mut self, slot: usize, block: u32) {
         let base = block as usize * 256;
-        let cells = &self.long.cells()[base..base + 256];
-        let first = cells[0].load(Ordering::Acquire);
-        if cells.iter().all(|c| c.load(Ordering::Acquire) == first) {
-            self.tbl24.cells()[slot].store(first, Ordering::Release);
-            self.retired.push((block, Instant::now()));
+        let first = self.long.load(base);
+        if (base..base + 256).all(|index| self.long.load(index) == first) {
+            self.tbl24.store(slot, first);
+            // Free for other processes from now on (they start later than the grace period);
+            // this process keeps it aside until the grace period is over.
+            self.mark_block(block, false);
+            self.retired.push_back((block, Instant::now()));
         }
     }
 
     fn take_block(&mut self) -> Option<u32> {
-        let blocks = self.blocks();
-        if self.used_blocks.is_none() {
-            let mut used = vec![false; blocks];
-            for cell in self.tbl24.cells() {
-                let value = cell.load(Ordering::Relaxed);
-                if value & LONG_FLAG != 0
-                    && let Some(u) = used.get_mut((value & !LONG_FLAG) as usize)
-                {
-                    *u = true;
-                }
-            }
-            self.used_blocks = Some(used);
-        }
-        if let Some(pos) = self
+        if self
             .retired
-            .iter()
-            .position(|(_, when)| when.elapsed() >= BLOCK_GRACE)
+            .front()
+            .is_some_and(|(_, when)| when.elapsed() >= BLOCK_GRACE)
         {
-            return Some(self.retired.swap_remove(pos).0);
+            let block = self.retired.pop_front().map(|(block, _)| block)?;
+            self.mark_block(block, true);
+            return Some(block);
         }
-        let used = self.used_blocks.as_mut()?;
-        let block = used.iter().position(|u| !u)?;
-        used[block] = true;
-        u32::try_from(block).ok()
+        if self.registry {
+            let block = self.free_block_from_bitmap()?;
+            self.mark_block(block, true);
+            return Some(block);
+        }
+        if self.free_blocks.is_none() {
+            self.free_blocks = Some(self.scan_free_blocks());
+        }
+        self.free_blocks.as_mut()?.pop()
+    }
+
+    /// Records in the bitmap whether `block` is in use (nothing without the registry).
+    fn mark_block(&self, block: u32, used: bool) {
+        if !self.registry {
+            return;
+        }
+        let index = 2 * IDS + block as usize / 64;
+        let bit = 1u64 << (block % 64);
+        let word = self.entries.load(index);
+        self.entries
+            .store(index, if used { word | bit } else { word & !bit });
+    }
+
+    /// The lowest block the bitmap marks free that this process did not retire just now.
+    fn free_block_from_bitmap(&mut self) -> Option<u32> {
+        let blocks = self.blocks();
+        let words = blocks.div_ceil(64);
+        for step in 0..words {
+            let word_index = (self.next_block_word + step) % words;
+            let mut free = !self.entries.load(2 * IDS + word_index);
+            while free != 0 {
+                let bit = free.trailing_zeros() as usize;
+                free &= free - 1;
+                let block = word_index * 64 + bit;
+                if block >= blocks {
+                    break;
+                }
+                let block = u32::try_from(block).ok()?;
+                if self.retired.iter().any(|(b, _)| *b == block) {
+                    continue;
+                }
+                self.next_block_word = word_index;
+                return Some(block);
+            }
+        }
+        None
+    }
+
+    /// The blocks no /24 points to, highest first (so they are handed out lowest first), by one
+    /// scan of the first level.
+    fn scan_free_blocks(&self) -> Vec<u32> {
+        let blocks = self.blocks();
+        let mut used = vec![false; blocks];
+        for slot in 0..self.tbl24.len {
+            let value = self.tbl24.load(slot);
+            if value & LONG_FLAG != 0
+                && let Some(u) = used.get_mut((value & !LONG_FLAG) as usize)
+            {
+                *u = true;
+            }
+        }
+        (0..blocks)
+            .rev()
+            .filter(|&b| !used[b])
+            .filter_map(|b| u32::try_from(b).ok())
+            .collect()
     }
 
     /// The table value for `addr`, as the program computes it (for tests).
     pub fn lookup(&self, addr: u32) -> u32 {
-        let first = self.tbl24.cells()[(addr >> 8) as usize].load(Ordering::Acquire);
+        let first = self.tbl24.load((addr >> 8) as usize);
         if first & LONG_FLAG == 0 {
             return first;
         }
         let index = ((first & !LONG_FLAG) as usize) * 256 + (addr & 0xff) as usize;
-        self.long
-            .cells()
-            .get(index)
-            .map_or(NONE, |c| c.load(Ordering::Acquire))
+        if index >= self.long.len {
+            return NONE;
+        }
+        self.long.load(index)
     }
 }

@@ -10,7 +10,12 @@ use anyhow::Context as _;
 use ipnet::IpNet;
 use toml_edit::{Array, ArrayOfTables, DocumentMut, InlineTable, Item, Table, Value, value};
 
-use crate::config::parse_cidr;
+use gatekeeper_support::{
+    allowlist_edit::{self, Edit, Spliced},
+    atomic::Staged,
+};
+
+use crate::config::{Config, parse_cidr};
 
 /// An edit that cannot be made; nothing was changed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -174,6 +179,77 @@ fn inline_position(array: &Array, same: impl Fn(Option<&str>) -> bool) -> Option
     })
 }
 
+/// An edit streamed into a staged new file ([`stream`]), not yet in place.
+pub enum Streamed {
+    /// The new file, to [`Staged::commit`], the settings of the file (its entries unread), and
+    /// the old file, still readable after the commit (to put it back, see [`restore`]).
+    Ready {
+        staged: Staged,
+        config: Box<Config>,
+        old: fs::File,
+    },
+    Duplicate,
+    Missing,
+    /// Not the layout the line scanner reads: edit the whole document ([`ConfigDocument`]).
+    Unusual,
+}
+
+/// Applies `edit` to the config file `real` line by line (see
+/// [`gatekeeper_support::allowlist_edit`]): a pass over the file, whatever the number of entries,
+/// with every line outside the edited entry kept byte for byte. `path` names the file in
+/// messages.
+pub fn stream(real: &Path, path: &Path, edit: Edit<'_>) -> anyhow::Result<Streamed> {
+    let old = fs::File::open(real).with_context(|| format!("{}: cannot read", path.display()))?;
+    let input = old.try_clone()?;
+    let mut staged = gatekeeper_support::atomic::stage(real)
+        .with_context(|| format!("{} not changed", path.display()))?;
+    let mut config = None;
+    let outcome = {
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, staged.file());
+        let outcome = allowlist_edit::splice(
+            std::io::BufReader::with_capacity(1 << 16, input),
+            &mut out,
+            edit,
+            |head| {
+                config = Config::parse(head, path).ok();
+                config.as_ref().is_some_and(|c| c.allow.is_empty())
+            },
+        );
+        match outcome {
+            // Invalid UTF-8 and the like: the full parse words it.
+            Err(err) if err.kind() == std::io::ErrorKind::InvalidData => Spliced::Unusual,
+            other => {
+                let outcome =
+                    other.with_context(|| format!("{}: cannot read or write", path.display()))?;
+                std::io::Write::flush(&mut out)
+                    .with_context(|| format!("{}: writing the new file", path.display()))?;
+                outcome
+            }
+        }
+    };
+    Ok(match (outcome, config) {
+        (Spliced::Done { .. }, Some(config)) => Streamed::Ready {
+            staged,
+            config: Box::new(config),
+            old,
+        },
+        (Spliced::Duplicate, _) => Streamed::Duplicate,
+        (Spliced::Missing, _) => Streamed::Missing,
+        _ => Streamed::Unusual,
+    })
+}
+
+/// Puts the contents of `old` (an open handle on the file an edit replaced) back at `real`,
+/// atomically, as a new file with the current metadata.
+pub fn restore(real: &Path, old: &mut fs::File) -> anyhow::Result<()> {
+    use std::io::Seek as _;
+    let mut staged = gatekeeper_support::atomic::stage(real)?;
+    old.seek(std::io::SeekFrom::Start(0))?;
+    std::io::copy(old, staged.file())
+        .with_context(|| format!("{}: copying the old contents back", real.display()))?;
+    Ok(staged.commit()?)
+}
+
 /// The file a path names, following symlinks, so an atomic replace writes the real file and
 /// keeps the link.
 pub fn resolve(path: &Path) -> anyhow::Result<PathBuf> {
@@ -222,10 +298,7 @@ cidr = \"203.0.113.25\" # backup MX\n";
         );
         let config = crate::config::Config::parse(&text, Path::new("gk.toml")).expect("valid");
         assert_eq!(config.allow.len(), 3);
-        assert_eq!(
-            config.allow[2].comment.as_deref(),
-            Some("new partner \"quoted\"")
-        );
+        assert_eq!(config.allow.comment(2), Some("new partner \"quoted\""));
     }
 
     #[test]
@@ -301,5 +374,83 @@ cidr = \"203.0.113.25\" # backup MX\n";
             ConfigDocument::parse("interfaces = [", Path::new("gk.toml")),
             Err(EditError::Syntax { .. })
         ));
+    }
+
+    /// The streamed edit, or None when it hands the file to the full-document path.
+    fn streamed(text: &str, edit: Edit<'_>) -> Option<String> {
+        let mut out = Vec::new();
+        match allowlist_edit::splice(text.as_bytes(), &mut out, edit, |head| {
+            Config::parse(head, Path::new("gk.toml")).is_ok_and(|c| c.allow.is_empty())
+        })
+        .expect("io")
+        {
+            Spliced::Done { .. } => Some(String::from_utf8(out).expect("utf-8")),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn streamed_edits_write_what_the_document_editor_writes() {
+        let layouts = [
+            EXAMPLE.to_string(),
+            format!("{EXAMPLE}\n# trailing note\n"),
+            "interfaces = [\"eth0\"]\n[[allow]]\ncidr = \"198.51.100.0/24\"".to_string(),
+            "interfaces = [\"eth0\"]\n\n[[allow]]\ncidr = \"198.51.100.0/24\"\n\n\n[[allow]]\ncidr = \"203.0.113.25\"\n# end\n\n".to_string(),
+        ];
+        for text in &layouts {
+            let config = Config::parse(text, Path::new("gk.toml")).expect("valid");
+            for comment in [None, Some("new partner \"quoted\""), Some("plain")] {
+                let mut d = doc(text);
+                d.add(net("192.0.2.0/24"), comment).expect("add");
+                let streamed = streamed(
+                    text,
+                    Edit::Add {
+                        net: net("192.0.2.0/24"),
+                        comment,
+                    },
+                );
+                assert_eq!(
+                    streamed.as_deref(),
+                    Some(d.text().as_str()),
+                    "add to {text:?}"
+                );
+            }
+            for entry in config.allow.nets() {
+                let mut d = doc(text);
+                d.remove(*entry).expect("remove");
+                let streamed = streamed(text, Edit::Remove { net: *entry });
+                assert_eq!(
+                    streamed.as_deref(),
+                    Some(d.text().as_str()),
+                    "remove {entry} from {text:?}"
+                );
+            }
+        }
+        // Where toml_edit rewrites (CRLF to LF, `[[ allow ]]` to `[[allow]]`), the stream keeps
+        // every byte outside the edited entry, and new lines end as the file's do.
+        let crlf = "interfaces = [\"eth0\"]\r\n\r\n# partners\r\n[[allow]]\r\ncidr = \"198.51.100.0/24\" # a\r\n\r\n  # about b\r\n[[ allow ]]\r\n# inside\r\ncomment = 'b'\r\ncidr=\"203.0.113.25\"\r\n";
+        let added = streamed(
+            crlf,
+            Edit::Add {
+                net: net("192.0.2.0/24"),
+                comment: None,
+            },
+        )
+        .expect("streamed");
+        assert_eq!(
+            added,
+            format!("{crlf}\r\n[[allow]]\r\ncidr = \"192.0.2.0/24\"\r\n")
+        );
+        let removed = streamed(
+            crlf,
+            Edit::Remove {
+                net: net("198.51.100.0/24"),
+            },
+        )
+        .expect("streamed");
+        assert_eq!(
+            removed,
+            "interfaces = [\"eth0\"]\r\n\r\n# partners\r\n\r\n  # about b\r\n[[ allow ]]\r\n# inside\r\ncomment = 'b'\r\ncidr=\"203.0.113.25\"\r\n"
+        );
     }
 }

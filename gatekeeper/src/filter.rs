@@ -13,8 +13,8 @@ use aya::{
         xdp::{XdpLink, XdpLinkId},
     },
 };
-use gatekeeper_common::{ALLOWLIST_CAPACITY, COARSE_CLOCK_GLOBAL, PROGRAM_NAME, dir24, map_names};
-use tracing::{info, warn};
+use gatekeeper_common::{COARSE_CLOCK_GLOBAL, PROGRAM_NAME, dir24, map_names};
+use tracing::{error, info, warn};
 
 use crate::{compat, config::XdpMode, maps::FilterMaps, netlink, verifier};
 
@@ -26,7 +26,7 @@ pub fn link_pin_path(dir: &Path, iface: &str) -> PathBuf {
     dir.join(format!("{LINK_PIN_PREFIX}{iface}"))
 }
 
-pub use crate::object::{PINNED_MAPS, PROGRAM_OBJECT};
+pub use crate::object::{IPV4_TABLE_MAPS, PINNED_MAPS, PROGRAM_OBJECT};
 
 /// A loaded (verified) gatekeeper program with its maps.
 pub struct Filter {
@@ -76,6 +76,9 @@ pub struct LoadOptions<'a> {
     /// Where the whole verifier log goes if the kernel refuses the program (default:
     /// [`verifier::default_log_dir`]).
     pub verifier_log_dir: Option<&'a Path>,
+    /// Create the IPv4 tables ([`IPV4_TABLE_MAPS`]) anew instead of reusing their pins (for
+    /// [`Filter::replace_ipv4_tables`]); the other maps are still shared through the pins.
+    pub fresh_ipv4_tables: bool,
 }
 
 impl Default for LoadOptions<'_> {
@@ -86,6 +89,7 @@ impl Default for LoadOptions<'_> {
             ipv4_lookup: Ipv4Lookup::Auto,
             dir24_blocks: dir24::DEFAULT_LONG_BLOCKS,
             verifier_log_dir: None,
+            fresh_ipv4_tables: false,
         }
     }
 }
@@ -139,7 +143,7 @@ impl Filter {
             Ipv4Lookup::Auto | Ipv4Lookup::Dir24 => (
                 dir24::TBL24_ENTRIES / 2,
                 options.dir24_blocks.max(1) * 128,
-                ALLOWLIST_CAPACITY,
+                crate::dir24::entry_map_len(options.dir24_blocks.max(1)),
             ),
             Ipv4Lookup::Trie => (1, 1, 1),
         };
@@ -150,6 +154,9 @@ impl Filter {
         let coarse_clock = u32::from(has_coarse_clock());
         loader.override_global(COARSE_CLOCK_GLOBAL, &coarse_clock, true);
         for (name, path) in pins {
+            if options.fresh_ipv4_tables && IPV4_TABLE_MAPS.contains(name) {
+                continue;
+            }
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader
@@ -176,6 +183,84 @@ impl Filter {
             pin_dir: options.pin_dir.map(Path::to_path_buf),
             loaded_siblings: Vec::new(),
         })
+    }
+
+    /// Replaces the IPv4 tables without a gap, e.g. with a larger DIR-24-8 block pool when the
+    /// list outgrew it, or with (or without) the DIR-24-8 tables when `ipv4_lookup` switched: a
+    /// second instance of the program is loaded with new tables (`options`, whose pin_dir must be
+    /// this filter's) and every other map shared; the tables are filled (copied, or built from
+    /// the trie); the new program replaces the old one inside every link this filter holds
+    /// (`BPF_LINK_UPDATE`, atomic); then the new tables are pinned in place of the old ones.
+    /// Packets are judged by the old program with the old tables or by the new one with new
+    /// tables that hold the same entries, never by anything else. Call under the edit lock.
+    pub fn replace_ipv4_tables(&mut self, options: &LoadOptions<'_>) -> anyhow::Result<()> {
+        let dir = self
+            .pin_dir
+            .clone()
+            .context("replacing the IPv4 tables needs a pin directory")?;
+        let mut next = Filter::load_with(&LoadOptions {
+            pin_dir: Some(&dir),
+            fresh_ipv4_tables: true,
+            ..*options
+        })?;
+        match (self.maps.dir24().is_some(), next.maps.dir24().is_some()) {
+            (true, true) => next.maps.copy_ipv4_tables_from(&self.maps)?,
+            (false, true) => next.maps.rebuild_ipv4_tables()?,
+            // Without tables the trie serves IPv4: switch the shared policy to it before the
+            // program without tables takes over.
+            (_, false) => {
+                let policy = next.maps.policy()?;
+                next.maps.set_policy(&policy)?;
+            }
+        }
+        // Staged first: a pin that cannot be made stops the replacement before any switch.
+        if let Err(err) = next.maps.stage_ipv4_pins(&dir) {
+            FilterMaps::discard_staged_pins(&dir);
+            return Err(err);
+        }
+        let mut moved: Vec<(String, u32)> = Vec::new();
+        for iface in self.attached() {
+            let switched = ifindex(&iface)
+                .and_then(|index| next.maps.slot_for(index))
+                .and_then(|slot| Ok(next.adopt(&iface, slot)?.map(|_| slot)));
+            match switched {
+                Ok(Some(slot)) => moved.push((iface, slot)),
+                Ok(None) => {
+                    warn!(
+                        iface,
+                        "no pinned link to move to the new IPv4 tables; attached anew on the next reload"
+                    );
+                }
+                Err(err) => {
+                    // The links moved so far go back to the old program and tables, which the
+                    // pins still name: every interface is judged by one consistent pair again.
+                    for (done, slot) in &moved {
+                        if let Err(back) = self.adopt(done, *slot) {
+                            error!(iface = %done, error = %format!("{back:#}"), "could not move the link back to the old IPv4 tables after a failed replacement; it keeps the new program, whose tables are not pinned: restart the daemon");
+                        }
+                    }
+                    FilterMaps::discard_staged_pins(&dir);
+                    error!(iface, error = %format!("{err:#}"), moved_back = moved.len(), "replacing the IPv4 tables failed part way; the links moved so far were moved back");
+                    return Err(
+                        err.context(format!("moving {iface} to the new IPv4 tables failed"))
+                    );
+                }
+            }
+        }
+        FilterMaps::commit_ipv4_pins(&dir)?;
+        // With tables in force everywhere, the policy may pick them (auto, dir24).
+        let policy = next.maps.policy()?;
+        next.maps.set_policy(&policy)?;
+        next.links = std::mem::take(&mut self.links);
+        // The old program goes with `self`: the links hold the new one now.
+        self.pinned_links.clear();
+        *self = next;
+        info!(
+            blocks = self.maps.ipv4_blocks(),
+            ipv4_lookup = self.maps.ipv4_lookup()?,
+            "IPv4 tables replaced without a gap"
+        );
+        Ok(())
     }
 
     /// The program, for `BPF_PROG_TEST_RUN` in tests and benchmarks.

@@ -49,7 +49,7 @@ pub struct LiveEntry {
 /// shows the trie ahead for short lists and DIR-24-8 far ahead for long ones).
 pub const AUTO_DIR24_THRESHOLD: usize = 1024;
 
-pub use crate::object::PINNED_MAPS;
+pub use crate::object::{IPV4_TABLE_MAPS, PINNED_MAPS};
 
 impl FilterMaps {
     /// Takes the maps out of a loaded object (the program keeps using them).
@@ -102,10 +102,15 @@ impl FilterMaps {
         )
     }
 
+    /// Whether a daemon pinned maps under `dir`.
+    pub fn is_pinned(dir: &Path) -> bool {
+        dir.join(map_names::ALLOW_V4).exists()
+    }
+
     /// Opens the pinned maps under `dir` if a daemon pinned them there; `None` if nothing is
     /// pinned (the filter is not loaded).
     pub fn open_if_pinned(dir: &Path) -> anyhow::Result<Option<FilterMaps>> {
-        if !dir.join(map_names::ALLOW_V4).exists() {
+        if !FilterMaps::is_pinned(dir) {
             return Ok(None);
         }
         FilterMaps::open_pinned(dir).map(Some)
@@ -203,6 +208,110 @@ impl FilterMaps {
             & 1)
     }
 
+    /// Copies the IPv4 tables of `old` into these (new, larger or equal) ones: every map of
+    /// [`IPV4_TABLE_MAPS`] value by value, up to the smaller size. Block and entry numbers stay
+    /// valid, so the copy resolves every address exactly as the original.
+    pub fn copy_ipv4_tables_from(&mut self, old: &FilterMaps) -> anyhow::Result<()> {
+        for ((name, new), old) in IPV4_TABLE_MAPS
+            .iter()
+            .zip(&self._dir24_maps)
+            .zip(&old._dir24_maps)
+        {
+            let (Map::Array(new), Map::Array(old)) = (new, old) else {
+                anyhow::bail!("{name} is not an array map");
+            };
+            crate::dir24::copy_values(old, new, name)?;
+        }
+        // The copy's free blocks are found afresh on first use.
+        if let Some(dir24) = &mut self.dir24 {
+            dir24.forget_free_blocks();
+            if dir24.has_registry() && !old.dir24.as_ref().is_some_and(Dir24::has_registry) {
+                // Tables pinned by a build without the registry: networks from the trie.
+                let mut ids = Vec::new();
+                for item in self.allow_v4.iter() {
+                    let (key, value) = item.context("reading the IPv4 allowlist failed")?;
+                    let net =
+                        Ipv4Net::new(Ipv4Addr::from(key.data()), prefix_u8(key.prefix_len())?)?;
+                    ids.push((value.id, net));
+                }
+                dir24.rebuild_registry(&ids);
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts every IPv4 entry of the trie into the (new, empty) DIR-24-8 tables: for a switch
+    /// from the trie-only lookup.
+    pub fn rebuild_ipv4_tables(&mut self) -> anyhow::Result<()> {
+        if self.dir24.is_none() {
+            return Ok(());
+        }
+        let mut nets: Vec<Ipv4Net> = Vec::new();
+        for key in self.allow_v4.keys() {
+            let key = key.context("reading the IPv4 allowlist failed")?;
+            nets.push(Ipv4Net::new(
+                Ipv4Addr::from(key.data()),
+                prefix_u8(key.prefix_len())?,
+            )?);
+        }
+        // Shorter prefixes first, so each longer one lands on what it refines.
+        nets.sort_unstable_by_key(|n| n.prefix_len());
+        for net in nets {
+            let key = Key::new(u32::from(net.prefix_len()), net.network().octets());
+            let Some(dir24) = &mut self.dir24 else {
+                break;
+            };
+            let id = dir24.alloc_id(net)?;
+            dir24.add(net, id)?;
+            let value = AllowValue {
+                hits: 0,
+                id,
+                prefix_len: u32::from(net.prefix_len()),
+            };
+            self.allow_v4
+                .insert(&key, value, 0)
+                .with_context(|| format!("recording {net}'s table entry failed"))?;
+        }
+        Ok(())
+    }
+
+    /// Pins these IPv4 tables under `dir` beside the ones pinned there, as `<name>_next` (bpffs
+    /// refuses dots); [`FilterMaps::commit_ipv4_pins`] renames them over the old pins.
+    pub fn stage_ipv4_pins(&self, dir: &Path) -> anyhow::Result<()> {
+        for (name, map) in IPV4_TABLE_MAPS.iter().zip(&self._dir24_maps) {
+            let Map::Array(data) = map else {
+                anyhow::bail!("{name} is not an array map");
+            };
+            let staged = staged_pin(dir, name);
+            let _ = std::fs::remove_file(&staged);
+            data.pin(&staged)
+                .with_context(|| format!("pinning the new {name} at {}", staged.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Renames the staged pins over the old ones: the pin paths name the new tables from now on.
+    pub fn commit_ipv4_pins(dir: &Path) -> anyhow::Result<()> {
+        for name in IPV4_TABLE_MAPS {
+            let path = dir.join(name);
+            std::fs::rename(staged_pin(dir, name), &path)
+                .with_context(|| format!("replacing the pin {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Removes staged pins (a replacement that did not happen).
+    pub fn discard_staged_pins(dir: &Path) {
+        for name in IPV4_TABLE_MAPS {
+            let _ = std::fs::remove_file(staged_pin(dir, name));
+        }
+    }
+
+    /// Second-level blocks of the DIR-24-8 tables (0 without them).
+    pub fn ipv4_blocks(&self) -> usize {
+        self.dir24.as_ref().map_or(0, Dir24::blocks)
+    }
+
     /// The DIR-24-8 tables, when the filter has them.
     pub fn dir24(&self) -> Option<&Dir24> {
         self.dir24.as_ref()
@@ -245,9 +354,21 @@ impl FilterMaps {
                 if self.v4_entry(v4)?.is_some() {
                     return Ok(());
                 }
+                self.insert_new(net)
+            }
+        }
+    }
+
+    /// Adds `net`, which the caller knows is not in the allowlist (a sync that compared it with
+    /// the live entries): one syscall less per entry than [`FilterMaps::insert`].
+    pub fn insert_new(&mut self, net: IpNet) -> anyhow::Result<()> {
+        let context = || format!("adding {net} to the allowlist failed");
+        match net {
+            IpNet::V6(_) => self.insert(net),
+            IpNet::V4(v4) => {
                 let key = Key::new(u32::from(v4.prefix_len()), v4.network().octets());
                 let id = match &mut self.dir24 {
-                    Some(dir24) => dir24.alloc_id(v4.prefix_len())?,
+                    Some(dir24) => dir24.alloc_id(v4)?,
                     None => 0,
                 };
                 let value = AllowValue {
@@ -348,17 +469,48 @@ impl FilterMaps {
         }
     }
 
+    /// Every allowlist network (keys only: no value read per entry), IPv4 first, unsorted.
+    pub fn nets(&self) -> anyhow::Result<Vec<IpNet>> {
+        let mut nets = Vec::new();
+        if let Some(registered) = self.dir24.as_ref().and_then(Dir24::registered) {
+            // Read through the mapping: a syscall per trie key costs microseconds.
+            nets.extend(registered.map(|(_, net, _)| IpNet::V4(net)));
+        } else {
+            for key in self.allow_v4.keys() {
+                let key = key.context("reading the IPv4 allowlist failed")?;
+                let net = Ipv4Net::new(Ipv4Addr::from(key.data()), prefix_u8(key.prefix_len())?)?;
+                nets.push(IpNet::V4(net));
+            }
+        }
+        for key in self.allow_v6.keys() {
+            let key = key.context("reading the IPv6 allowlist failed")?;
+            let net = Ipv6Net::new(Ipv6Addr::from(key.data()), prefix_u8(key.prefix_len())?)?;
+            nets.push(IpNet::V6(net));
+        }
+        Ok(nets)
+    }
+
     /// Every allowlist entry with its hit counter, IPv4 first.
     pub fn entries(&self) -> anyhow::Result<Vec<LiveEntry>> {
         let mut entries = Vec::new();
-        for item in self.allow_v4.iter() {
-            let (key, value) = item.context("reading the IPv4 allowlist failed")?;
-            let net = Ipv4Net::new(Ipv4Addr::from(key.data()), prefix_u8(key.prefix_len())?)?;
-            let dir24_hits = self.dir24.as_ref().map_or(0, |d| d.hits(value.id));
-            entries.push(LiveEntry {
-                net: IpNet::V4(net),
-                hits: value.hits + dir24_hits,
-            });
+        if let Some(registered) = self.dir24.as_ref().and_then(Dir24::registered) {
+            // Networks and DIR-24-8 hits through the mapping. The trie's own counters (hits
+            // while the trie served IPv4) are read, one lookup each, only while the trie serves
+            // IPv4: a syscall per entry is seconds at a million.
+            let trie_in_force = self.ipv4_lookup()? == "trie";
+            for (_, net, dir24_hits) in registered {
+                let trie_hits = if trie_in_force {
+                    self.v4_entry(net)?.map_or(0, |v| v.hits)
+                } else {
+                    0
+                };
+                entries.push(LiveEntry {
+                    net: IpNet::V4(net),
+                    hits: trie_hits + dir24_hits,
+                });
+            }
+        } else {
+            self.v4_entries_from_trie(&mut entries)?;
         }
         for item in self.allow_v6.iter() {
             let (key, value) = item.context("reading the IPv6 allowlist failed")?;
@@ -369,6 +521,26 @@ impl FilterMaps {
             });
         }
         Ok(entries)
+    }
+
+    fn v4_entries_from_trie(&self, entries: &mut Vec<LiveEntry>) -> anyhow::Result<()> {
+        for item in self.allow_v4.iter() {
+            let (key, value) = item.context("reading the IPv4 allowlist failed")?;
+            let net = Ipv4Net::new(Ipv4Addr::from(key.data()), prefix_u8(key.prefix_len())?)?;
+            let dir24_hits = self.dir24.as_ref().map_or(0, |d| d.hits(value.id));
+            entries.push(LiveEntry {
+                net: IpNet::V4(net),
+                hits: value.hits + dir24_hits,
+            });
+        }
+        Ok(())
+    }
+
+    /// Unmaps the DIR-24-8 tables from this process until next used (see [`Dir24::release`]).
+    pub fn release_tables(&self) {
+        if let Some(dir24) = &self.dir24 {
+            dir24.release();
+        }
     }
 
     /// Counts `ifindex`'s traffic in counter slot `slot` (1..MAX_IFACE_SLOTS).
@@ -474,6 +646,10 @@ impl FilterMaps {
         }
         Ok(all)
     }
+}
+
+fn staged_pin(dir: &Path, name: &str) -> std::path::PathBuf {
+    dir.join(format!("{name}_next"))
 }
 
 /// The `memlock:` line of a map's fdinfo: the bytes the kernel charges for it.

@@ -22,3 +22,10 @@ pub const PINNED_MAPS: [&str; 11] = [
     map_names::EVENTS,
     map_names::EVENT_BUCKET,
 ];
+
+/// The maps that hold the IPv4 lookup tables: sized at load from the list, and replaced as a set
+/// (new maps filled, the program that uses them swapped into the links, then re-pinned) when the
+/// list outgrows them or `ipv4_lookup` changes. Every other map is shared by old and new program.
+/// A map added here is carried over by value (mmapable arrays of 8-byte values, copied up to
+/// the smaller size).
+pub const IPV4_TABLE_MAPS: [&str; 3] = [map_names::DIR24, map_names::DIR24_LONG, map_names::ENTRY];

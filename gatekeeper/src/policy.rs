@@ -97,7 +97,7 @@ mod tests {
             parse("interfaces = [\"eth0\"]\nipv4_lookup = \"trie\"\nipv4_dir24_blocks = 100\n")
                 .expect("valid config");
         assert_eq!(
-            (config.ipv4_lookup, config.ipv4_dir24_blocks),
+            (config.ipv4_lookup, config.ipv4_dir24_blocks.unwrap_or(0)),
             (Ipv4Lookup::Trie, 100)
         );
         let e = error("interfaces = [\"eth0\"]\nipv4_dir24_blocks = 0\n");

@@ -1,8 +1,6 @@
 //! Bringing the live maps in line with a config, without a gap: new allowlist entries go in
 //! before the policy switches, and old entries come out last.
 
-use std::collections::BTreeSet;
-
 use ipnet::IpNet;
 use tracing::warn;
 
@@ -25,13 +23,17 @@ impl SyncReport {
 /// Makes the maps enforce `config`; the caller logs the report (one line per event). If an insert
 /// fails (the allowlist is full), the entries this call added are taken out again and the maps
 /// stay as they were.
+///
+/// File and live state are compared as two sorted lists in one pass: no set of either is built,
+/// so a million entries cost two sorted vectors of networks (18 bytes each).
 pub fn apply(maps: &mut FilterMaps, config: &Config) -> anyhow::Result<SyncReport> {
-    let live: BTreeSet<IpNet> = maps.entries()?.into_iter().map(|e| e.net).collect();
-    let wanted: BTreeSet<IpNet> = config.allow.iter().map(|e| e.net).collect();
+    let mut live = maps.nets()?;
+    live.sort_unstable();
+    let wanted = config.allow.sorted_nets();
     let mut report = SyncReport::default();
 
-    for net in wanted.difference(&live) {
-        if let Err(err) = maps.insert(*net) {
+    for net in sorted_difference(&wanted, &live) {
+        if let Err(err) = maps.insert_new(net) {
             for added in &report.added {
                 if let Err(undo) = maps.remove(*added) {
                     warn!(entry = %added, error = %undo, "could not take back a new entry");
@@ -39,16 +41,44 @@ pub fn apply(maps: &mut FilterMaps, config: &Config) -> anyhow::Result<SyncRepor
             }
             return Err(err);
         }
-        report.added.push(*net);
+        report.added.push(net);
     }
     let policy = Policy::of(config);
     if maps.policy()? != policy {
         maps.set_policy(&policy)?;
         report.policy_changed = true;
     }
-    for net in live.difference(&wanted) {
-        maps.remove(*net)?;
-        report.removed.push(*net);
+    for net in sorted_difference(&live, &wanted) {
+        maps.remove(net)?;
+        report.removed.push(net);
     }
     Ok(report)
+}
+
+/// The items of sorted `a` that sorted `b` lacks, in order, by one merge of both.
+pub fn sorted_difference<'a, T: Ord + Copy>(
+    a: &'a [T],
+    b: &'a [T],
+) -> impl Iterator<Item = T> + 'a {
+    let mut j = 0;
+    a.iter().copied().filter(move |item| {
+        while j < b.len() && b[j] < *item {
+            j += 1;
+        }
+        !(j < b.len() && b[j] == *item)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sorted_difference;
+
+    #[test]
+    fn sorted_difference_is_the_set_difference() {
+        let a = [1, 3, 4, 7, 9];
+        let b = [0, 3, 5, 7, 8, 10];
+        assert_eq!(sorted_difference(&a, &b).collect::<Vec<_>>(), [1, 4, 9]);
+        assert_eq!(sorted_difference(&b, &a).collect::<Vec<_>>(), [0, 5, 8, 10]);
+        assert_eq!(sorted_difference(&a, &[]).count(), 5);
+    }
 }

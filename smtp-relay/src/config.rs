@@ -777,7 +777,7 @@ fn addresses_clash(a: SocketAddr, b: SocketAddr) -> bool {
 /// filter admits and refuses the files the gatekeeper refuses.
 pub fn load_gatekeeper_allow(path: &Path) -> anyhow::Result<Vec<IpNet>> {
     let gk = gatekeeper_config::Config::load(path).context("invalid gatekeeper config")?;
-    Ok(gk.allow.into_iter().map(|entry| entry.net).collect())
+    Ok(gk.allow.nets().to_vec())
 }
 
 #[cfg(test)]

@@ -905,3 +905,142 @@ fn the_systemd_units_capabilities_are_enough() {
     stop_cleanly(&mut daemon);
     assert!(!setup.pins.path().exists(), "{}", daemon.log());
 }
+
+/// `count` /32s, each in a /24 of its own (random, outside the documentation ranges: they only
+/// fill the tables, no packet comes from them), as config lines.
+fn spread_entries(count: usize, seed: u64) -> Vec<String> {
+    let mut rng = gatekeeper_tests::generate::Rng::new(seed);
+    let mut slots = std::collections::BTreeSet::new();
+    while slots.len() < count {
+        // 1.0.0.0-99.255.255.0: far from the test's 192.0.2/198.51.100/203.0.113 addresses.
+        let slot = 0x01_0000 + (rng.next_u64() as u32) % (99 << 16);
+        slots.insert(slot);
+    }
+    slots
+        .into_iter()
+        .map(|slot| {
+            let addr = std::net::Ipv4Addr::from((slot << 8) | (rng.next_u64() as u32 & 0xff));
+            format!("{addr}/32")
+        })
+        .collect()
+}
+
+#[test]
+fn a_hundred_thousand_spread_entries_start_with_default_settings() {
+    if !kernel_tests_enabled("a_hundred_thousand_spread_entries_start_with_default_settings") {
+        return;
+    }
+    // 100k /24s with a long prefix each: far beyond the old fixed pool of 16384 blocks.
+    let setup = Setup::new("gsp", "");
+    setup.write_config(&setup.commented_config("", &spread_entries(100_000, 0x5b_7ead)));
+    let mut daemon = setup.start_daemon("gatekeeper-run");
+    assert!(setup.connect(PARTNER_V4, TIMEOUT).is_banner());
+    assert_eq!(setup.connect(STRANGER_V4, PROBE), Outcome::TimedOut);
+    assert_eq!(setup.status()["in_sync"], true);
+    stop_cleanly(&mut daemon);
+}
+
+#[test]
+fn a_reload_that_outgrows_the_block_pool_grows_it_without_a_gap() {
+    if !kernel_tests_enabled("a_reload_that_outgrows_the_block_pool_grows_it_without_a_gap") {
+        return;
+    }
+    // Started with a short list (DIR-24-8 explicitly, default pool of 16384 blocks), reloaded
+    // with 20,000 /24s that each need a block: the pool grows (new tables filled, the program
+    // that uses them swapped into the link) while the partner is probed in a loop.
+    let setup = Setup::new("ggr", DIR24);
+    let mut daemon = setup.start_daemon("gatekeeper-run");
+    let stop = AtomicBool::new(false);
+    let attempts = AtomicUsize::new(0);
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                let outcome = setup.connect(PARTNER_V4, TIMEOUT);
+                attempts.fetch_add(1, Ordering::Relaxed);
+                if !outcome.is_banner()
+                    && let Ok(mut f) = failures.lock()
+                {
+                    f.push(outcome);
+                }
+            }
+        });
+        let _stop = StopOnDrop(&stop);
+        for (round, count) in [20_000, 40_000].into_iter().enumerate() {
+            let extra = spread_entries(count, 0x9e0 + round as u64);
+            setup.write_config(&setup.commented_config(DIR24, &extra));
+            signal(&daemon, libc::SIGHUP);
+            // The daemon also reloads when it sees the file change: wait for the reload that
+            // read this round's list, not just for any reload.
+            let loaded = format!("entries={} ", count + 1);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !daemon
+                .log()
+                .lines()
+                .any(|l| l.contains("config reloaded") && l.contains(&loaded))
+            {
+                assert!(Instant::now() < deadline, "no reload:\n{}", daemon.log());
+                assert!(!daemon.log().contains("reload refused"), "{}", daemon.log());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    let log = daemon.log();
+    assert!(!log.contains("reload refused"), "{log}");
+    assert!(count(&log, "growing the pool") >= 2, "{log}");
+    let failures = failures.into_inner().unwrap_or_default();
+    let attempts = attempts.into_inner();
+    assert!(
+        failures.is_empty(),
+        "{} of {attempts} connections failed while the pool grew: {failures:?}",
+        failures.len()
+    );
+    assert!(
+        attempts >= 5,
+        "only {attempts} connections during the reloads"
+    );
+    assert_eq!(setup.status()["in_sync"], true);
+    assert_eq!(setup.connect(STRANGER_V4, PROBE), Outcome::TimedOut);
+    // The CLI works on the new tables through the replaced pins.
+    setup.cli_ok(&["allow", "add", &format!("{STRANGER_V4}/32")]);
+    assert!(setup.connect(STRANGER_V4, TIMEOUT).is_banner());
+    stop_cleanly(&mut daemon);
+}
+
+#[test]
+fn a_failed_start_leaves_no_pins() {
+    if !kernel_tests_enabled("a_failed_start_leaves_no_pins") {
+        return;
+    }
+    // A ceiling of 10 blocks for a list that needs 50: the start fails after the maps were
+    // created and pinned; it must take them away again.
+    let setup = Setup::new("gfs", "");
+    let ceiling = "ipv4_dir24_blocks = 10";
+    setup.write_config(&setup.commented_config(ceiling, &spread_entries(50, 0xfa11)));
+    let out = setup
+        .cli_command(&["run"])
+        .output()
+        .expect("run gatekeeper run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "started despite the ceiling:\n{stderr}"
+    );
+    assert!(stderr.contains("no free block"), "{stderr}");
+    let left: Vec<String> = std::fs::read_dir(setup.pins.path())
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "the failed start left pins: {left:?}");
+    // Raising the ceiling is enough: no `gatekeeper detach` needed.
+    setup.write_config(
+        &setup.commented_config("ipv4_dir24_blocks = 100", &spread_entries(50, 0xfa11)),
+    );
+    let mut daemon = setup.start_daemon("gatekeeper-run");
+    assert!(setup.connect(PARTNER_V4, TIMEOUT).is_banner());
+    stop_cleanly(&mut daemon);
+}

@@ -7,56 +7,137 @@
 //! cut short, the live allowlist holds at least what the file lists: a crash never locks out a
 //! partner the file admits, and `gatekeeper status` shows any difference.
 
-use std::{path::Path, time::Duration};
+use std::{io::Write as _, path::Path, time::Duration};
 
 use anyhow::{Context as _, anyhow};
 use gatekeeper::{
     config::{Config, parse_cidr},
-    edit::{self, ConfigDocument},
+    edit::{self, ConfigDocument, EditError, Streamed},
     lock,
     maps::FilterMaps,
+    sync::sorted_difference,
 };
+use gatekeeper_support::{allowlist_edit::Edit, atomic::Staged};
 use ipnet::IpNet;
 
 /// How long an edit waits for another admin's edit to finish.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 
-/// The config file, locked and read, validated as it is now.
+/// The config file, locked and read, validated as it is now (the full-document path).
 struct Locked {
-    _lock: lock::Lock,
-    real: std::path::PathBuf,
     text: String,
     doc: ConfigDocument,
 }
 
-fn open(path: &Path) -> anyhow::Result<Locked> {
-    let real = edit::resolve(path)?;
-    let lock = lock::lock_config(&real, LOCK_WAIT)?;
-    let text = std::fs::read_to_string(&real)
+fn read_whole(real: &Path, path: &Path) -> anyhow::Result<Locked> {
+    let text = std::fs::read_to_string(real)
         .with_context(|| format!("{}: cannot read", path.display()))?;
     Config::parse(&text, path).context(
         "the config file is not valid as it stands; fix it (`gatekeeper check`) before editing it with `gatekeeper allow`",
     )?;
     let doc = ConfigDocument::parse(&text, path)?;
-    Ok(Locked {
-        _lock: lock,
-        real,
-        text,
-        doc,
-    })
+    Ok(Locked { text, doc })
+}
+
+/// The edited file, ready to be put in place.
+enum NewFile {
+    /// Streamed line by line into a staged temp file (the usual layout, any size); `old` is the
+    /// replaced file, readable after the commit.
+    Staged { staged: Staged, old: std::fs::File },
+    /// Edited as a whole document (files the line scanner does not read).
+    Text { new: String, old: String },
+}
+
+impl NewFile {
+    fn commit(self, real: &Path) -> anyhow::Result<Restore> {
+        Ok(match self {
+            NewFile::Staged { staged, old } => {
+                staged.commit()?;
+                Restore::File(old)
+            }
+            NewFile::Text { new, old } => {
+                edit::write_atomic(real, &new)?;
+                Restore::Text(old)
+            }
+        })
+    }
+}
+
+/// How to put the old file back after a commit.
+enum Restore {
+    File(std::fs::File),
+    Text(String),
+}
+
+impl Restore {
+    fn restore(self, real: &Path) -> anyhow::Result<()> {
+        match self {
+            Restore::File(mut old) => edit::restore(real, &mut old),
+            Restore::Text(old) => edit::write_atomic(real, &old),
+        }
+    }
+}
+
+/// Applies `change` to the file: streamed when the scanner reads the file, else as a whole
+/// document. Returns the new file and the config's settings (for the pin directory).
+fn prepare(real: &Path, path: &Path, change: Edit<'_>) -> anyhow::Result<(NewFile, Config)> {
+    match edit::stream(real, path, change)? {
+        Streamed::Ready {
+            staged,
+            config,
+            old,
+        } => {
+            return Ok((NewFile::Staged { staged, old }, *config));
+        }
+        Streamed::Duplicate => {
+            if let Edit::Add { net, .. } = change {
+                return Err(EditError::Duplicate {
+                    net,
+                    path: path.to_path_buf(),
+                }
+                .into());
+            }
+        }
+        Streamed::Missing => {
+            if let Edit::Remove { net } = change {
+                return Err(EditError::Missing {
+                    net,
+                    path: path.to_path_buf(),
+                }
+                .into());
+            }
+        }
+        Streamed::Unusual => {}
+    }
+    let mut file = read_whole(real, path)?;
+    match change {
+        Edit::Add { net, comment } => file.doc.add(net, comment)?,
+        Edit::Remove { net } => file.doc.remove(net)?,
+    }
+    let new = file.doc.text();
+    let config = Config::parse(&new, path)
+        .context("the edited config would not be valid; nothing changed")?;
+    Ok((
+        NewFile::Text {
+            new,
+            old: file.text,
+        },
+        config,
+    ))
 }
 
 fn parse_net(cidr: &str) -> anyhow::Result<IpNet> {
     parse_cidr(cidr).map_err(|e| anyhow!("invalid allowlist entry: {e}"))
 }
 
+/// Edits one entry: the file is streamed, not parsed whole, and the live maps see one insert or
+/// removal (no read of the whole live state), so an edit costs the same at 10 and at a million
+/// entries (a pass over the file's lines).
 pub fn add(path: &Path, cidr: &str, comment: Option<&str>) -> anyhow::Result<()> {
     let net = parse_net(cidr)?;
-    let mut file = open(path)?;
-    file.doc.add(net, comment)?;
-    let new_text = file.doc.text();
-    let config = Config::parse(&new_text, path)
-        .context("the edited config would not be valid; nothing changed")?;
+    let real = edit::resolve(path)?;
+    let _lock = lock::lock_config(&real, LOCK_WAIT)?;
+    let (new_file, config) = prepare(&real, path, Edit::Add { net, comment })?;
     let mut live = FilterMaps::open_if_pinned(&config.pin_dir)?;
     let mut inserted = false;
     if let Some(maps) = live.as_mut()
@@ -65,7 +146,7 @@ pub fn add(path: &Path, cidr: &str, comment: Option<&str>) -> anyhow::Result<()>
         maps.insert(net)?;
         inserted = true;
     }
-    if let Err(err) = edit::write_atomic(&file.real, &new_text) {
+    if let Err(err) = new_file.commit(&real) {
         if inserted && let Some(maps) = live.as_mut() {
             maps.remove(net).with_context(|| {
                 format!("writing the config failed ({err:#}), and taking {net} back out of the live allowlist failed too; check `gatekeeper status`")
@@ -88,18 +169,17 @@ pub fn add(path: &Path, cidr: &str, comment: Option<&str>) -> anyhow::Result<()>
 
 pub fn remove(path: &Path, cidr: &str) -> anyhow::Result<()> {
     let net = parse_net(cidr)?;
-    let mut file = open(path)?;
-    file.doc.remove(net)?;
-    let new_text = file.doc.text();
-    let config = Config::parse(&new_text, path)
-        .context("the edited config would not be valid; nothing changed")?;
+    let real = edit::resolve(path)?;
+    let _lock = lock::lock_config(&real, LOCK_WAIT)?;
+    let (new_file, config) = prepare(&real, path, Edit::Remove { net })?;
     let mut live = FilterMaps::open_if_pinned(&config.pin_dir)?;
-    edit::write_atomic(&file.real, &new_text)
+    let restore = new_file
+        .commit(&real)
         .with_context(|| format!("{} not changed; nothing removed", path.display()))?;
     if let Some(maps) = live.as_mut()
         && let Err(err) = maps.remove(net)
     {
-        edit::write_atomic(&file.real, &file.text).with_context(|| {
+        restore.restore(&real).with_context(|| {
             format!("removing {net} from the live allowlist failed ({err:#}), and restoring {} failed too; check `gatekeeper status`", path.display())
         })?;
         return Err(err.context(format!("{} restored; nothing removed", path.display())));
@@ -117,63 +197,92 @@ pub fn remove(path: &Path, cidr: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One row of `allow list`.
+struct Row<'a> {
+    net: IpNet,
+    comment: Option<&'a str>,
+    in_config: bool,
+    /// `None` when the filter is not loaded; `Some(None)` when loaded but the entry is not live.
+    hits: Option<Option<u64>>,
+}
+
+/// Lists the config's entries in file order with their live hit counters, then live entries the
+/// file lacks. File and live state are matched through one sorted copy of the live entries (a
+/// binary search per file entry), and rows are written as they are made, not collected.
 pub fn list(path: &Path, json: bool) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let live = FilterMaps::open_if_pinned(&config.pin_dir)?
         .map(|maps| maps.entries())
-        .transpose()?;
-    let mut rows: Vec<serde_json::Value> = Vec::new();
-    for entry in &config.allow {
-        let hits = live
-            .as_ref()
-            .map(|l| l.iter().find(|e| e.net == entry.net).map(|e| e.hits));
-        rows.push(serde_json::json!({
-            "cidr": entry.net.to_string(),
-            "comment": entry.comment,
-            "in_config": true,
-            "live": hits.map(|h| h.is_some()),
-            "hits": hits.flatten(),
-        }));
-    }
-    for entry in live.iter().flatten() {
-        if !config.allow.iter().any(|a| a.net == entry.net) {
-            rows.push(serde_json::json!({
-                "cidr": entry.net.to_string(),
-                "comment": null,
-                "in_config": false,
-                "live": true,
-                "hits": entry.hits,
-            }));
-        }
-    }
+        .transpose()?
+        .map(|mut entries| {
+            entries.sort_unstable_by_key(|e| e.net);
+            entries
+        });
+    let hits_of = |net: IpNet| {
+        live.as_ref().map(|l| {
+            l.binary_search_by_key(&net, |e| e.net)
+                .ok()
+                .map(|at| l[at].hits)
+        })
+    };
+    let in_file = config.allow.iter().map(|entry| Row {
+        net: entry.net,
+        comment: entry.comment,
+        in_config: true,
+        hits: hits_of(entry.net),
+    });
+    let wanted = config.allow.sorted_nets();
+    let live_nets: Vec<IpNet> = live.iter().flatten().map(|e| e.net).collect();
+    let live_only = sorted_difference(&live_nets, &wanted).map(|net| Row {
+        net,
+        comment: None,
+        in_config: false,
+        hits: hits_of(net),
+    });
+    let rows = in_file.chain(live_only);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "config": path.display().to_string(),
-                "loaded": live.is_some(),
-                "entries": rows,
-            }))?
-        );
-        return Ok(());
+        write!(
+            out,
+            "{{\"config\":{},\"loaded\":{},\"entries\":[",
+            serde_json::to_string(&path.display().to_string())?,
+            live.is_some()
+        )?;
+        for (i, row) in rows.enumerate() {
+            if i > 0 {
+                out.write_all(b",")?;
+            }
+            serde_json::to_writer(
+                &mut out,
+                &serde_json::json!({
+                    "cidr": row.net.to_string(),
+                    "comment": row.comment,
+                    "in_config": row.in_config,
+                    "live": row.hits.map(|h| h.is_some()),
+                    "hits": row.hits.flatten(),
+                }),
+            )?;
+            out.write_all(b"\n")?;
+        }
+        writeln!(out, "]}}")?;
+        return Ok(out.flush()?);
     }
-    println!("{:<44} {:>12}  COMMENT", "CIDR", "HITS");
-    for row in &rows {
-        let cidr = row["cidr"].as_str().unwrap_or("");
-        let hits = match (&row["hits"], &row["live"]) {
-            (serde_json::Value::Number(n), _) => n.to_string(),
-            (_, serde_json::Value::Bool(false)) => "NOT LIVE".into(),
-            _ => "-".into(),
+    writeln!(out, "{:<44} {:>12}  COMMENT", "CIDR", "HITS")?;
+    for row in rows {
+        let hits = match row.hits {
+            Some(Some(n)) => n.to_string(),
+            Some(None) => "NOT LIVE".into(),
+            None => "-".into(),
         };
-        let comment = if row["in_config"] == false {
-            "(live only: not in the config file)"
+        let comment = if row.in_config {
+            row.comment.unwrap_or("")
         } else {
-            row["comment"].as_str().unwrap_or("")
+            "(live only: not in the config file)"
         };
-        println!("{cidr:<44} {hits:>12}  {comment}");
+        writeln!(out, "{:<44} {hits:>12}  {comment}", row.net.to_string())?;
     }
     if live.is_none() {
-        println!("(the filter is not loaded: no live hit counters)");
+        writeln!(out, "(the filter is not loaded: no live hit counters)")?;
     }
-    Ok(())
+    Ok(out.flush()?)
 }

@@ -34,10 +34,12 @@ use aya::maps::{MapData, RingBuf};
 use gatekeeper::{
     bpffs, capabilities,
     config::Config,
-    events,
+    dir24, events,
     filter::{self, Filter, LoadOptions},
     link_watch::LinkWatch,
-    lock, metrics, stats, sync,
+    lock,
+    maps::FilterMaps,
+    metrics, stats, sync,
 };
 use gatekeeper_support::{
     settle::{Look, Settle},
@@ -83,59 +85,32 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
         )
     })?;
 
+    // Pins this start creates (none yet) are its own to remove if it fails; pins an earlier
+    // daemon left keep the filter it left enforcing.
+    let fresh = !FilterMaps::is_pinned(&config.pin_dir);
     let mut filter = Filter::load_with(&LoadOptions {
         pin_dir: Some(&config.pin_dir),
         ipv4_lookup: config.ipv4_lookup,
-        dir24_blocks: config.ipv4_dir24_blocks,
+        dir24_blocks: dir24::pool_size(
+            dir24::blocks_needed(config.allow.nets()),
+            config.ipv4_dir24_blocks,
+        ),
         ..LoadOptions::default()
     })?;
-    let wants_tables = config.ipv4_lookup != gatekeeper::filter::Ipv4Lookup::Trie;
-    if filter.maps().dir24().is_some() != wants_tables {
-        warn!(
-            pinned_dir24_tables = filter.maps().dir24().is_some(),
-            configured = %config.ipv4_lookup,
-            "the pinned maps were made for another ipv4_lookup and are kept (no gap); to switch, stop, `gatekeeper detach`, start"
-        );
-    }
-    // Maps are filled before the program is attached, so it never runs with an empty allowlist.
-    let report = {
-        let _edit = reload::edit_lock(path);
-        sync::apply(filter.maps(), &config)?
-    };
-    info!(
-        added = report.added.len(),
-        removed = report.removed.len(),
-        config = %path.display(),
-        mode = %config.mode,
-        ports = %join_ports(&config.protected_ports),
-        entries = config.allow.len(),
-        pin_dir = %config.pin_dir.display(),
-        ipv4_lookup = filter.maps().ipv4_lookup()?,
-        "allowlist loaded"
-    );
-    // Links an earlier daemon pinned for interfaces no longer configured.
-    for iface in filter::pinned_link_ifaces(&config.pin_dir)? {
-        if !config.interfaces.contains(&iface) {
-            filter::detach_pinned(&config.pin_dir, &iface)?;
-            warn!(
-                iface,
-                "detached the pinned link of an interface no longer in the config"
-            );
-        }
-    }
-    let mut interfaces = Interfaces::new(&mut filter)?;
-    for iface in &config.interfaces {
-        if let Err(err) = interfaces.attach(&mut filter, iface, &config) {
-            if config.keep_attached_on_exit {
-                // What is attached stays attached: a restart (systemd) adopts it without a gap.
-                return Err(err);
+    let interfaces = match start(&mut filter, path, &config) {
+        Ok(interfaces) => interfaces,
+        Err((err, attaching)) => {
+            // A failed attach takes off what it attached unless the config keeps it attached
+            // (a restart adopts it without a gap); a start that pinned the maps itself leaves
+            // no pins of a filter that never enforced.
+            if (fresh || (attaching && !config.keep_attached_on_exit))
+                && let Err(cleanup) = filter.detach_all().and_then(|()| filter.unpin())
+            {
+                warn!(error = %format!("{cleanup:#}"), "could not remove what the failed start attached or pinned");
             }
-            // Leave nothing half-attached.
-            filter.detach_all()?;
-            filter.unpin()?;
             return Err(err);
         }
-    }
+    };
     info!(interfaces = %config.interfaces.join(","), "enforcing; reload with SIGHUP, stop with SIGINT or SIGTERM");
 
     let events = filter.take_events();
@@ -163,6 +138,128 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
         info!(pin_dir = %config.pin_dir.display(), "detached and unpinned");
     }
     result
+}
+
+/// Fills the maps and attaches; an error says whether it came from attaching.
+fn start(
+    filter: &mut Filter,
+    path: &Path,
+    config: &Config,
+) -> Result<Interfaces, (anyhow::Error, bool)> {
+    fill(filter, path, config).map_err(|e| (e, false))?;
+    // After the fill, which may have replaced the program along with its tables.
+    let mut interfaces = Interfaces::new(filter).map_err(|e| (e, false))?;
+    attach_all(filter, &mut interfaces, config).map_err(|e| (e, true))?;
+    Ok(interfaces)
+}
+
+/// Fills the maps from the config: before attaching, so the program never runs with an empty
+/// allowlist.
+fn fill(filter: &mut Filter, path: &Path, config: &Config) -> anyhow::Result<()> {
+    let _edit = reload::edit_lock(path);
+    fit_ipv4_tables(filter, config)?;
+    let report = apply_growing(filter, config)?;
+    // The windows of the tables the fill mapped stay in the maps, not in this process.
+    filter.maps().release_tables();
+    info!(
+        added = report.added.len(),
+        removed = report.removed.len(),
+        config = %path.display(),
+        mode = %config.mode,
+        ports = %join_ports(&config.protected_ports),
+        entries = config.allow.len(),
+        pin_dir = %config.pin_dir.display(),
+        ipv4_lookup = filter.maps().ipv4_lookup()?,
+        "allowlist loaded"
+    );
+    Ok(())
+}
+
+/// The load options for `config` with a DIR-24-8 pool of `blocks`.
+fn load_options(config: &Config, blocks: u32) -> LoadOptions<'_> {
+    LoadOptions {
+        pin_dir: Some(&config.pin_dir),
+        ipv4_lookup: config.ipv4_lookup,
+        dir24_blocks: blocks,
+        ..LoadOptions::default()
+    }
+}
+
+/// Replaces the (pinned) IPv4 tables when they do not fit the config at start: tables for
+/// DIR-24-8 when the pinned ones were made for the trie only or the other way round
+/// (`ipv4_lookup` switched), or a larger block pool when the list needs more blocks than the
+/// pinned pool has. (A reload finds the same on its blocking thread: [`reload::Refit`].)
+fn fit_ipv4_tables(filter: &mut Filter, config: &Config) -> anyhow::Result<()> {
+    let wants_tables = config.ipv4_lookup != gatekeeper::filter::Ipv4Lookup::Trie;
+    let has_tables = filter.maps().dir24().is_some();
+    let needed = dir24::blocks_needed(config.allow.nets());
+    let blocks = dir24::pool_size(needed, config.ipv4_dir24_blocks);
+    if has_tables != wants_tables {
+        warn!(
+            configured = %config.ipv4_lookup,
+            pinned_dir24_tables = has_tables,
+            "ipv4_lookup changed: switching the IPv4 lookup (new tables filled, then swapped in without a gap)"
+        );
+    } else if wants_tables && filter.maps().ipv4_blocks() < needed as usize {
+        info!(
+            pinned = filter.maps().ipv4_blocks(),
+            needed,
+            blocks,
+            "the allowlist needs more DIR-24-8 blocks than pinned: growing the pool"
+        );
+    } else {
+        return Ok(());
+    }
+    filter.replace_ipv4_tables(&load_options(config, blocks))
+}
+
+/// Applies `config` to the maps at start; when the DIR-24-8 block pool is too small, grows it
+/// (larger tables filled and swapped in without a gap) and applies again, up to the
+/// `ipv4_dir24_blocks` ceiling.
+fn apply_growing(filter: &mut Filter, config: &Config) -> anyhow::Result<sync::SyncReport> {
+    match sync::apply(filter.maps(), config) {
+        Err(err) if err.downcast_ref::<dir24::OutOfBlocks>().is_some() => {
+            let current = u32::try_from(filter.maps().ipv4_blocks()).unwrap_or(u32::MAX);
+            // Entries come out only after new ones went in: room for both.
+            let live = FilterMaps::open_pinned(&config.pin_dir)?.nets()?;
+            let needed = dir24::blocks_needed(config.allow.nets().iter().chain(&live));
+            let blocks = dir24::pool_size(needed, config.ipv4_dir24_blocks);
+            if blocks <= current {
+                return Err(err);
+            }
+            info!(
+                from = current,
+                to = blocks,
+                "the allowlist needs more DIR-24-8 blocks: growing the pool"
+            );
+            filter.replace_ipv4_tables(&load_options(config, blocks))?;
+            sync::apply(filter.maps(), config)
+        }
+        other => other,
+    }
+}
+
+/// Attaches to every configured interface (adopting pinned links) and detaches the pinned links
+/// of interfaces no longer configured.
+fn attach_all(
+    filter: &mut Filter,
+    interfaces: &mut Interfaces,
+    config: &Config,
+) -> anyhow::Result<()> {
+    // Links an earlier daemon pinned for interfaces no longer configured.
+    for iface in filter::pinned_link_ifaces(&config.pin_dir)? {
+        if !config.interfaces.contains(&iface) {
+            filter::detach_pinned(&config.pin_dir, &iface)?;
+            warn!(
+                iface,
+                "detached the pinned link of an interface no longer in the config"
+            );
+        }
+    }
+    for iface in &config.interfaces {
+        interfaces.attach(filter, iface, config)?;
+    }
+    Ok(())
 }
 
 /// Reads and validates the config; `--iface` overrides its interfaces.
@@ -277,7 +374,9 @@ impl Daemon {
                 outcome = finished(&mut reloads.running) => {
                     let (trigger, outcome) = outcome;
                     reloads.running = None;
-                    self.finish_reload(trigger, outcome);
+                    if let Some(again) = self.finish_reload(trigger, outcome) {
+                        self.request_reload(&mut reloads, again);
+                    }
                     if let Some(next) = reloads.next.take() {
                         self.request_reload(&mut reloads, next);
                     }
@@ -352,8 +451,33 @@ impl Daemon {
     }
 
     /// The loop's half of a reload: interfaces, warnings, the log line.
-    fn finish_reload(&mut self, trigger: Trigger, outcome: anyhow::Result<Outcome>) {
+    /// Returns the reload to run again, after the IPv4 tables were replaced to fit the config.
+    fn finish_reload(
+        &mut self,
+        trigger: Trigger,
+        outcome: anyhow::Result<Outcome>,
+    ) -> Option<Trigger> {
+        let mut again = None;
         match outcome {
+            Ok(Outcome::Refit(refit)) => {
+                // On the loop: the replacement moves the program inside the links this loop
+                // owns. It is rare (a switched ipv4_lookup, a pool that grows) and bounded by
+                // one program load and one table copy.
+                let replaced = self
+                    .filter
+                    .replace_ipv4_tables(&load_options(&refit.config, refit.blocks))
+                    .and_then(|()| self.interfaces.program_replaced(&mut self.filter));
+                match replaced {
+                    Ok(()) => again = Some(trigger),
+                    Err(err) => {
+                        self.counts_mut(|c| c.reload_failures += 1);
+                        error!(
+                            trigger = trigger.name(),
+                            "reload refused, still enforcing the previous config: replacing the IPv4 tables failed: {err:#}"
+                        );
+                    }
+                }
+            }
             Ok(Outcome::Applied(applied)) => {
                 self.settle.applied(Some(applied.stamp));
                 self.apply_interfaces(*applied, trigger);
@@ -383,6 +507,7 @@ impl Daemon {
             }
         }
         self.publish_counts();
+        again
     }
 
     fn apply_interfaces(&mut self, applied: reload::Applied, trigger: Trigger) {
@@ -413,11 +538,10 @@ impl Daemon {
         if new.xdp_mode != self.config.xdp_mode {
             warn!(from = %self.config.xdp_mode, to = %new.xdp_mode, "xdp_mode changed: applies to interfaces attached from now on; restart after `gatekeeper detach` to switch the others");
         }
-        if (new.ipv4_lookup, new.ipv4_dir24_blocks)
-            != (self.config.ipv4_lookup, self.config.ipv4_dir24_blocks)
-        {
-            warn!(
-                "ipv4_lookup or ipv4_dir24_blocks changed: the pinned maps keep their shape; to switch, stop, `gatekeeper detach`, start"
+        if new.ipv4_dir24_blocks != self.config.ipv4_dir24_blocks {
+            info!(
+                ceiling = ?new.ipv4_dir24_blocks,
+                "ipv4_dir24_blocks changed: the new ceiling applies when the pool next grows"
             );
         }
         if new.metrics_listen != self.config.metrics_listen {

@@ -1,7 +1,7 @@
 //! `gatekeeper status [--json]`: what is attached where and how, the policy and allowlist in
 //! force, and whether the live maps match the config file (with the difference if not).
 
-use std::{collections::BTreeSet, path::Path};
+use std::path::Path;
 
 use aya::programs::links::{FdLink, PinnedLink};
 use gatekeeper::{
@@ -11,6 +11,7 @@ use gatekeeper::{
     maps::FilterMaps,
     netlink,
     policy::Policy,
+    sync::sorted_difference,
 };
 use ipnet::IpNet;
 use serde_json::{Value, json};
@@ -61,23 +62,29 @@ pub fn status(path: &Path, json_out: bool) -> anyhow::Result<Health> {
     let interfaces: Vec<Value> = names.iter().map(|i| interface(dir, i, &config)).collect();
 
     let wanted_policy = Policy::of(&config);
-    let wanted: BTreeSet<IpNet> = config.allow.iter().map(|e| e.net).collect();
+    // Both sides as sorted lists, compared in one merge (keys only from the kernel).
+    let wanted = config.allow.sorted_nets();
     let live = match &maps {
         Some(maps) => {
-            let entries: BTreeSet<IpNet> = maps.entries()?.into_iter().map(|e| e.net).collect();
+            let mut entries = maps.nets()?;
+            entries.sort_unstable();
             Some((maps.policy()?, entries))
         }
         None => None,
     };
-    let counts = |set: &BTreeSet<IpNet>| {
+    let counts = |set: &[IpNet]| {
         let v4 = set.iter().filter(|n| n.addr().is_ipv4()).count();
         json!({ "ipv4": v4, "ipv6": set.len() - v4 })
     };
     let (in_sync, difference) = match &live {
         None => (Value::Null, Value::Null),
         Some((policy, entries)) => {
-            let missing: Vec<String> = wanted.difference(entries).map(|n| n.to_string()).collect();
-            let extra: Vec<String> = entries.difference(&wanted).map(|n| n.to_string()).collect();
+            let missing: Vec<String> = sorted_difference(&wanted, entries)
+                .map(|n| n.to_string())
+                .collect();
+            let extra: Vec<String> = sorted_difference(entries, &wanted)
+                .map(|n| n.to_string())
+                .collect();
             let policy_differs = !same_policy(policy, &wanted_policy);
             (
                 Value::Bool(missing.is_empty() && extra.is_empty() && !policy_differs),

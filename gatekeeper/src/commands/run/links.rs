@@ -73,6 +73,12 @@ impl Interfaces {
 
     /// Adopts the pinned link of `iface` or attaches anew (start-up, and interfaces a reload
     /// added); a failure leaves it unfiltered and is the caller's to report.
+    /// After the program was replaced along with its IPv4 tables (same links, new program).
+    pub(super) fn program_replaced(&mut self, filter: &mut Filter) -> anyhow::Result<()> {
+        self.program_id = filter.program_id()?;
+        Ok(())
+    }
+
     pub(super) fn attach(
         &mut self,
         filter: &mut Filter,

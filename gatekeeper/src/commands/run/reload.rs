@@ -11,12 +11,14 @@ use std::{
 use anyhow::Context as _;
 use gatekeeper::{
     config::Config,
+    dir24,
+    filter::Ipv4Lookup,
     lock,
     maps::FilterMaps,
     sync::{self, SyncReport},
 };
 use gatekeeper_support::{lock_holder, settle, stamp::FileStamp};
-use tracing::warn;
+use tracing::{info, warn};
 
 /// How long a reload waits for the config's edit lock before asking who holds it.
 const EDIT_LOCK_WAIT: Duration = Duration::from_millis(500);
@@ -46,8 +48,18 @@ pub(super) struct Applied {
     pub took: Duration,
 }
 
+/// A config the pinned IPv4 tables cannot hold: another `ipv4_lookup`, or more DIR-24-8 blocks
+/// than the pool has. The loop replaces the tables (it owns the program and its links), then
+/// reloads again.
+pub(super) struct Refit {
+    pub config: Config,
+    /// The DIR-24-8 pool the new tables get.
+    pub blocks: u32,
+}
+
 pub(super) enum Outcome {
     Applied(Box<Applied>),
+    Refit(Box<Refit>),
     /// The file changed while it was read: wait for it to settle.
     Changed,
     /// Not applied, with the version of the file that was refused.
@@ -72,17 +84,23 @@ pub(super) fn run(job: Job) -> Outcome {
         }
     };
     match apply(&job, &text) {
-        Ok((config, report)) => Outcome::Applied(Box::new(Applied {
+        Ok(Step::Applied(config, report)) => Outcome::Applied(Box::new(Applied {
             config,
             report,
             stamp,
             took: started.elapsed(),
         })),
+        Ok(Step::Refit(refit)) => Outcome::Refit(Box::new(refit)),
         Err(err) => Outcome::Refused(err, Some(stamp)),
     }
 }
 
-fn apply(job: &Job, text: &str) -> anyhow::Result<(Config, SyncReport)> {
+enum Step {
+    Applied(Config, SyncReport),
+    Refit(Refit),
+}
+
+fn apply(job: &Job, text: &str) -> anyhow::Result<Step> {
     let mut config = Config::parse(text, &job.path)?;
     if !job.iface_override.is_empty() {
         config.interfaces.clone_from(&job.iface_override);
@@ -100,7 +118,38 @@ fn apply(job: &Job, text: &str) -> anyhow::Result<(Config, SyncReport)> {
     // took. Opened under the edit lock, its picture is current.
     let mut maps =
         FilterMaps::open_pinned(&job.pin_dir).context("opening the pinned maps for the reload")?;
-    let report = sync::apply(&mut maps, &config)?;
+    let wants_tables = config.ipv4_lookup != Ipv4Lookup::Trie;
+    if maps.dir24().is_some() != wants_tables {
+        warn!(
+            configured = %config.ipv4_lookup,
+            pinned_dir24_tables = maps.dir24().is_some(),
+            "ipv4_lookup changed: switching the IPv4 lookup (new tables filled, then swapped in without a gap)"
+        );
+        let blocks = dir24::pool_size(
+            dir24::blocks_needed(config.allow.nets()),
+            config.ipv4_dir24_blocks,
+        );
+        return Ok(Step::Refit(Refit { config, blocks }));
+    }
+    let report = match sync::apply(&mut maps, &config) {
+        Err(err) if err.downcast_ref::<dir24::OutOfBlocks>().is_some() => {
+            let current = maps.ipv4_blocks();
+            // New entries go in before old ones come out: room for both.
+            let live = maps.nets()?;
+            let needed = dir24::blocks_needed(config.allow.nets().iter().chain(&live));
+            let blocks = dir24::pool_size(needed, config.ipv4_dir24_blocks);
+            if blocks as usize <= current {
+                return Err(err);
+            }
+            info!(
+                from = current,
+                to = blocks,
+                "the allowlist needs more DIR-24-8 blocks: growing the pool"
+            );
+            return Ok(Step::Refit(Refit { config, blocks }));
+        }
+        other => other?,
+    };
     let before = (config.allow.len() + report.removed.len()).saturating_sub(report.added.len());
     if is_mass_removal(before, report.removed.len()) {
         warn!(
@@ -111,7 +160,7 @@ fn apply(job: &Job, text: &str) -> anyhow::Result<(Config, SyncReport)> {
             report.removed.len()
         );
     }
-    Ok((config, report))
+    Ok(Step::Applied(config, report))
 }
 
 /// More than [`MASS_REMOVAL_PERCENT`] of `before`, and more than [`MASS_REMOVAL_MIN`].

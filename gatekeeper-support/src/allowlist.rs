@@ -1,0 +1,369 @@
+//! The allowlist of a `gatekeeper.toml`, held compactly, and read from the file's `[[allow]]`
+//! tables without a TOML document tree.
+//!
+//! A generic TOML parser builds a table per `[[allow]]` entry (keys, decor, spans, a hash map):
+//! about a kilobyte of heap per entry, 1.3 GB for a million. The entries here cost the network
+//! (18 bytes) plus their comment when there is one, and the scanner reads the usual layout — one
+//! `[[allow]]` header line, then `cidr = "…"` and `comment = "…"` lines, blank and comment lines —
+//! line by line. Anything else in the `[[allow]]` part (escapes, multi-line strings, quoted or
+//! dotted keys, other tables) makes the caller parse the whole file with the TOML parser instead,
+//! so odd but valid files still load and odd invalid ones get the TOML parser's own message.
+
+use ipnet::IpNet;
+
+use crate::cidr::{CidrError, parse_cidr};
+
+/// The allowlist in file order: each entry's network, and the comments of those that have one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Allowlist {
+    nets: Vec<IpNet>,
+    /// `(index, comment)`, ascending by index: most entries have none.
+    comments: Vec<(u32, Box<str>)>,
+}
+
+/// One entry, borrowed from an [`Allowlist`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllowEntry<'a> {
+    pub net: IpNet,
+    pub comment: Option<&'a str>,
+}
+
+impl Allowlist {
+    pub fn len(&self) -> usize {
+        self.nets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty()
+    }
+
+    /// The networks, in file order.
+    pub fn nets(&self) -> &[IpNet] {
+        &self.nets
+    }
+
+    /// Entry `index` (file order).
+    pub fn get(&self, index: usize) -> Option<AllowEntry<'_>> {
+        let net = *self.nets.get(index)?;
+        Some(AllowEntry {
+            net,
+            comment: self.comment(index),
+        })
+    }
+
+    /// The comment of entry `index`, if it has one.
+    pub fn comment(&self, index: usize) -> Option<&str> {
+        let index = u32::try_from(index).ok()?;
+        self.comments
+            .binary_search_by_key(&index, |(i, _)| *i)
+            .ok()
+            .map(|at| &*self.comments[at].1)
+    }
+
+    /// The entries in file order.
+    pub fn iter(&self) -> impl Iterator<Item = AllowEntry<'_>> + '_ {
+        let mut comments = self.comments.iter().peekable();
+        self.nets.iter().enumerate().map(move |(index, net)| {
+            let comment = match comments.peek() {
+                Some((at, text)) if *at as usize == index => {
+                    comments.next();
+                    Some(&**text)
+                }
+                _ => None,
+            };
+            AllowEntry { net: *net, comment }
+        })
+    }
+
+    /// Appends an entry.
+    pub fn push(&mut self, net: IpNet, comment: Option<&str>) {
+        if let Some(text) = comment
+            && let Ok(index) = u32::try_from(self.nets.len())
+        {
+            self.comments.push((index, text.into()));
+        }
+        self.nets.push(net);
+    }
+
+    /// The networks sorted (IPv4 before IPv6, then by address and length): what the controller
+    /// merges against the live maps in one pass.
+    pub fn sorted_nets(&self) -> Vec<IpNet> {
+        let mut nets = self.nets.clone();
+        nets.sort_unstable();
+        nets
+    }
+
+    /// The first entry (in file order) whose network an earlier entry already lists, as
+    /// `(index, net)`. One sort of the indices, not a hash set of every entry.
+    pub fn first_duplicate(&self) -> Option<(usize, IpNet)> {
+        let mut order: Vec<u32> = (0..u32::try_from(self.nets.len()).ok()?).collect();
+        order.sort_unstable_by_key(|&i| (self.nets[i as usize], i));
+        order
+            .windows(2)
+            .filter(|w| self.nets[w[0] as usize] == self.nets[w[1] as usize])
+            .map(|w| w[1] as usize)
+            .min()
+            .map(|i| (i, self.nets[i]))
+    }
+}
+
+impl<'a> IntoIterator for &'a Allowlist {
+    type Item = AllowEntry<'a>;
+    type IntoIter = Box<dyn Iterator<Item = AllowEntry<'a>> + 'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(self.iter())
+    }
+}
+
+/// The `[[allow]]` tables of a file, as the scanner read them.
+#[derive(Debug, Default)]
+pub(crate) struct ScannedAllow {
+    pub list: Allowlist,
+    /// Byte offset of each entry's `cidr` value (its opening quote), for messages.
+    pub cidr_at: Vec<u32>,
+    /// The first entry whose `cidr` is not a network: `(offset, error)`.
+    pub first_invalid: Option<(usize, CidrError)>,
+}
+
+/// Why the scanner handed the file to the TOML parser.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Unusual;
+
+/// Where the `[[allow]]` part of `text` begins: the first line that is an `[[allow]]` header.
+/// `None` if no line is (no entries, or only an inline `allow = [...]`).
+pub(crate) fn allow_section_start(text: &str) -> Option<usize> {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start_matches([' ', '\t']);
+        if trimmed.starts_with("[[") && classify(line) == Ok(Line::Header) {
+            return Some(offset);
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// Reads the `[[allow]]` part of a file (`section` starts at byte `base` of the file, with a
+/// header line). `Err(Unusual)` when it holds anything beyond the usual layout.
+pub(crate) fn scan_allow_section(section: &str, base: usize) -> Result<ScannedAllow, Unusual> {
+    if u32::try_from(base + section.len()).is_err() {
+        return Err(Unusual);
+    }
+    let mut scanned = ScannedAllow::default();
+    let mut table: Option<Table<'_>> = None;
+    let mut offset = base;
+    for line in section.split_inclusive('\n') {
+        match classify(line)? {
+            Line::Blank => {}
+            Line::Header => {
+                if let Some(done) = table.take() {
+                    done.finish(&mut scanned)?;
+                }
+                table = Some(Table::default());
+            }
+            Line::Key { key, value, at } => {
+                let table = table.as_mut().ok_or(Unusual)?;
+                let slot = match key {
+                    Key::Cidr => &mut table.cidr,
+                    Key::Comment => &mut table.comment,
+                };
+                if slot.is_some() {
+                    // A key given twice: the TOML parser words that error.
+                    return Err(Unusual);
+                }
+                *slot = Some((value, offset + at));
+            }
+        }
+        offset += line.len();
+    }
+    if let Some(done) = table.take() {
+        done.finish(&mut scanned)?;
+    }
+    Ok(scanned)
+}
+
+#[derive(Default)]
+struct Table<'a> {
+    cidr: Option<(&'a str, usize)>,
+    comment: Option<(&'a str, usize)>,
+}
+
+impl Table<'_> {
+    fn finish(self, scanned: &mut ScannedAllow) -> Result<(), Unusual> {
+        // Without a cidr the TOML parser's "missing field" message is the right one.
+        let (cidr, at) = self.cidr.ok_or(Unusual)?;
+        let net = match parse_cidr(cidr) {
+            Ok(net) => net,
+            Err(err) => {
+                if scanned.first_invalid.is_none() {
+                    scanned.first_invalid = Some((at, err));
+                }
+                // A placeholder keeps indices aligned; the whole parse fails anyway.
+                IpNet::default()
+            }
+        };
+        scanned.list.push(net, self.comment.map(|(text, _)| text));
+        scanned
+            .cidr_at
+            .push(u32::try_from(at).map_err(|_| Unusual)?);
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Key {
+    Cidr,
+    Comment,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Line<'a> {
+    /// Blank, or only a comment.
+    Blank,
+    /// `[[allow]]`.
+    Header,
+    /// `cidr = "…"` or `comment = "…"`; `at` is the value's byte offset in the line.
+    Key { key: Key, value: &'a str, at: usize },
+}
+
+/// One line of the `[[allow]]` part (with its line ending, if any).
+pub(crate) fn classify(line: &str) -> Result<Line<'_>, Unusual> {
+    let body = line
+        .strip_suffix('\n')
+        .map_or(line, |l| l.strip_suffix('\r').unwrap_or(l));
+    let rest = skip_ws(body);
+    if rest.is_empty() {
+        return Ok(Line::Blank);
+    }
+    if let Some(comment) = rest.strip_prefix('#') {
+        return comment_ok(comment).then_some(Line::Blank).ok_or(Unusual);
+    }
+    if let Some(header) = rest.strip_prefix("[[") {
+        let header = skip_ws(header).strip_prefix("allow").ok_or(Unusual)?;
+        let after = skip_ws(header).strip_prefix("]]").ok_or(Unusual)?;
+        return line_end_ok(after).then_some(Line::Header).ok_or(Unusual);
+    }
+    let (key, after_key) = if let Some(r) = rest.strip_prefix("cidr") {
+        (Key::Cidr, r)
+    } else if let Some(r) = rest.strip_prefix("comment") {
+        (Key::Comment, r)
+    } else {
+        return Err(Unusual);
+    };
+    let value_part = skip_ws(skip_ws(after_key).strip_prefix('=').ok_or(Unusual)?);
+    let at = body.len() - value_part.len();
+    let (value, after) = string_value(value_part)?;
+    if !line_end_ok(after) {
+        return Err(Unusual);
+    }
+    Ok(Line::Key { key, value, at })
+}
+
+/// A one-line basic string without escapes, or a literal string: its content and what follows.
+fn string_value(text: &str) -> Result<(&str, &str), Unusual> {
+    let quote = match text.chars().next() {
+        Some(q @ ('"' | '\'')) => q,
+        _ => return Err(Unusual),
+    };
+    let inner = &text[1..];
+    let end = inner.find(quote).ok_or(Unusual)?;
+    let content = &inner[..end];
+    let after = &inner[end + 1..];
+    // `""` followed by a quote opens a multi-line string; a backslash starts an escape.
+    if (content.is_empty() && after.starts_with(quote))
+        || (quote == '"' && content.contains('\\'))
+        || content.chars().any(|c| c != '\t' && c.is_control())
+    {
+        return Err(Unusual);
+    }
+    Ok((content, after))
+}
+
+/// What may follow a value or header on its line: whitespace and a comment.
+fn line_end_ok(rest: &str) -> bool {
+    let rest = skip_ws(rest);
+    rest.is_empty() || rest.strip_prefix('#').is_some_and(comment_ok)
+}
+
+/// TOML comments hold no control characters other than tab.
+fn comment_ok(comment: &str) -> bool {
+    !comment.chars().any(|c| c != '\t' && c.is_control())
+}
+
+fn skip_ws(text: &str) -> &str {
+    text.trim_start_matches([' ', '\t'])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("net")
+    }
+
+    #[test]
+    fn the_usual_layout_is_read_line_by_line() {
+        let text = "[[allow]]\ncidr = \"192.0.2.0/24\" # a\ncomment = 'partner \"x\"'\n\n# note\n[[ allow ]]  # b\r\ncidr=\"2001:db8::/32\"\r\n";
+        let scanned = scan_allow_section(text, 100).expect("usual");
+        assert_eq!(
+            scanned.list.nets(),
+            [net("192.0.2.0/24"), net("2001:db8::/32")]
+        );
+        assert_eq!(scanned.list.comment(0), Some("partner \"x\""));
+        assert_eq!(scanned.list.comment(1), None);
+        assert_eq!(scanned.cidr_at, [117, 191]);
+        assert!(scanned.first_invalid.is_none());
+    }
+
+    #[test]
+    fn anything_else_goes_to_the_toml_parser() {
+        for odd in [
+            "[[allow]]\ncidr = \"192.0.2.1\\u0030\"\n",
+            "[[allow]]\ncidr = \"\"\"192.0.2.1\"\"\"\n",
+            "[[allow]]\n\"cidr\" = \"192.0.2.1\"\n",
+            "[[allow]]\ncidr = \"192.0.2.1\"\ncidr = \"192.0.2.2\"\n",
+            "[[allow]]\ncomment = \"no cidr\"\n",
+            "[[allow]]\ncidr = \"192.0.2.1\"\n[other]\n",
+            "[[allow]]\ncidr = \"192.0.2.1\" x\n",
+            "[[allow]]\ncidr = \"192.0.2.1\"\nextra = 1\n",
+            "[[allow]]\ncidr = \"192.0.2.1\" # bell \u{7}\n",
+        ] {
+            assert_eq!(scan_allow_section(odd, 0).err(), Some(Unusual), "{odd:?}");
+        }
+    }
+
+    #[test]
+    fn the_section_starts_at_the_first_allow_header() {
+        assert_eq!(
+            allow_section_start("a = 1\n# [[allow]]\n  [[allow]]\n"),
+            Some(18)
+        );
+        assert_eq!(allow_section_start("allow = []\n"), None);
+    }
+
+    #[test]
+    fn duplicates_are_found_in_file_order() {
+        let mut list = Allowlist::default();
+        for n in [
+            "192.0.2.0/24",
+            "192.0.2.1/32",
+            "192.0.2.0/24",
+            "192.0.2.1/32",
+        ] {
+            list.push(net(n), None);
+        }
+        assert_eq!(list.first_duplicate(), Some((2, net("192.0.2.0/24"))));
+        let mut list = Allowlist::default();
+        list.push(net("192.0.2.0/24"), Some("x"));
+        assert_eq!(list.first_duplicate(), None);
+        assert_eq!(
+            list.iter().collect::<Vec<_>>(),
+            [AllowEntry {
+                net: net("192.0.2.0/24"),
+                comment: Some("x")
+            }]
+        );
+    }
+}

@@ -1,0 +1,359 @@
+//! One allowlist entry added to or removed from a `gatekeeper.toml`, streamed from the old file
+//! into the new one a line at a time: no TOML document tree (a kilobyte per entry) and no copy of
+//! the whole text in memory, so editing a million-entry list costs a pass over its lines.
+//!
+//! The lines are read by the allowlist scanner ([`crate::allowlist`]) and every line outside the
+//! edited entry is copied byte for byte. The layout of the result is the one `toml_edit` gives
+//! (the tests compare both): an added entry goes after the last one, before trailing comments,
+//! with a blank line before it; a removed entry takes its own lines with it, and the comment
+//! lines above it stay (they move to the next entry). The file is checked as it goes: the part
+//! before the entries by the TOML parser, every entry line by the scanner, the new entry's lines
+//! read back. The other entries' values are not parsed (see [`could_be`]): an edit of one entry
+//! neither makes them valid nor invalid. Anything the scanner does not read
+//! ([`Spliced::Unusual`]) is left to the caller's full-document path.
+
+use std::io::{self, BufRead, Write};
+
+use ipnet::IpNet;
+
+use crate::{
+    allowlist::{Line, classify},
+    cidr::parse_cidr,
+};
+
+/// The edit to make.
+#[derive(Clone, Copy, Debug)]
+pub enum Edit<'a> {
+    Add {
+        net: IpNet,
+        comment: Option<&'a str>,
+    },
+    Remove {
+        net: IpNet,
+    },
+}
+
+/// How a streamed edit ended.
+#[derive(Debug)]
+pub enum Spliced {
+    /// The new file was written; `head` is the text before the first entry (for its settings).
+    Done { head: String },
+    /// Adding an entry that is there already (in any spelling).
+    Duplicate,
+    /// Removing an entry that is not there.
+    Missing,
+    /// The file holds something the scanner does not read, or is invalid: the caller parses it
+    /// whole (which also words any error). Nothing useful was written.
+    Unusual,
+}
+
+/// The lines of one `[[allow]]` table being copied.
+#[derive(Default)]
+struct Table {
+    /// Blank and comment lines before its header (after the previous table's last key).
+    prefix: String,
+    /// From the header to its last key line.
+    body: String,
+    /// `Some` once the `cidr` line was seen: its network if it may be the edited one.
+    cidr: Option<Option<IpNet>>,
+    comment_seen: bool,
+}
+
+/// Streams `input` (the old file) into `out` with `edit` applied. `head_ok` checks the text
+/// before the first entry (the settings); false makes the edit [`Spliced::Unusual`].
+pub fn splice(
+    mut input: impl BufRead,
+    out: &mut impl Write,
+    edit: Edit<'_>,
+    head_ok: impl FnOnce(&str) -> bool,
+) -> io::Result<Spliced> {
+    let mut line = String::new();
+    // The settings: everything before the first `[[allow]]` header.
+    let mut head = String::new();
+    let first_header = loop {
+        line.clear();
+        if read_line(&mut input, &mut line)? == 0 {
+            // No `[[allow]]` tables: the full-document path adds the first one.
+            return Ok(Spliced::Unusual);
+        }
+        let trimmed = line.trim_start_matches([' ', '\t']);
+        if trimmed.starts_with("[[") && classify(&line) == Ok(Line::Header) {
+            break std::mem::take(&mut line);
+        }
+        if trimmed.starts_with("allow") {
+            // An `allow` key of its own: not the layout this edit handles.
+            return Ok(Spliced::Unusual);
+        }
+        head.push_str(&line);
+    };
+    if !head_ok(&head) {
+        return Ok(Spliced::Unusual);
+    }
+    // The blank and comment lines that end the settings are the first table's prefix.
+    let body_end = trailing_blank_start(&head);
+    out.write_all(&head.as_bytes()[..body_end])?;
+
+    // New lines end the way the file's lines do.
+    let crlf = first_header.ends_with("\r\n");
+    let target = match edit {
+        Edit::Add { net, .. } | Edit::Remove { net } => net,
+    };
+    let target = Target {
+        v4_addr: match target {
+            IpNet::V4(v4) => Some(v4.network().to_string()),
+            IpNet::V6(_) => None,
+        },
+    };
+    let mut state = State {
+        edit,
+        found: false,
+        strip_next_prefix: false,
+        crlf,
+    };
+    let mut table = Table {
+        prefix: head[body_end..].to_string(),
+        body: first_header,
+        ..Table::default()
+    };
+    // Blank and comment lines after the current table's last key: its tail or the next prefix.
+    let mut pending = String::new();
+    loop {
+        line.clear();
+        if read_line(&mut input, &mut line)? == 0 {
+            break;
+        }
+        let Ok(kind) = classify(&line) else {
+            return Ok(Spliced::Unusual);
+        };
+        match kind {
+            Line::Blank => pending.push_str(&line),
+            Line::Header => {
+                if !state.finish(std::mem::take(&mut table), out, false)? {
+                    return Ok(Spliced::Unusual);
+                }
+                table.prefix = std::mem::take(&mut pending);
+                table.body = std::mem::take(&mut line);
+            }
+            Line::Key { key, value, .. } => {
+                table.body.push_str(&pending);
+                pending.clear();
+                match key {
+                    crate::allowlist::Key::Cidr => {
+                        if table.cidr.is_some() {
+                            return Ok(Spliced::Unusual);
+                        }
+                        table.cidr = Some(if could_be(value, &target) {
+                            let Ok(net) = parse_cidr(value) else {
+                                return Ok(Spliced::Unusual);
+                            };
+                            Some(net)
+                        } else {
+                            None
+                        });
+                    }
+                    crate::allowlist::Key::Comment => {
+                        if table.comment_seen {
+                            return Ok(Spliced::Unusual);
+                        }
+                        table.comment_seen = true;
+                    }
+                }
+                table.body.push_str(&line);
+            }
+        }
+    }
+    if !state.finish(table, out, true)? {
+        return Ok(Spliced::Unusual);
+    }
+    match edit {
+        Edit::Add { .. } if state.found => return Ok(Spliced::Duplicate),
+        Edit::Remove { .. } if !state.found => return Ok(Spliced::Missing),
+        _ => {}
+    }
+    if let Edit::Add { net, comment } = edit {
+        let mut entry = new_entry(net, comment);
+        if crlf {
+            entry = entry.replace('\n', "\r\n");
+        }
+        if !entry_reads_back(&entry, net, comment) {
+            return Ok(Spliced::Unusual);
+        }
+        out.write_all(entry.as_bytes())?;
+    }
+    // What follows the last entry (trailing comments), after a removed last entry's comments.
+    out.write_all(pending.as_bytes())?;
+    Ok(Spliced::Done { head })
+}
+
+struct State<'a> {
+    edit: Edit<'a>,
+    /// The added entry is there already, or the removed one was found (and left out).
+    found: bool,
+    /// A removed entry's comment lines stayed: the next prefix loses its leading newlines.
+    strip_next_prefix: bool,
+    crlf: bool,
+}
+
+impl State<'_> {
+    /// Writes a complete table (or leaves it out if it is the removed one). False if it is not
+    /// a valid entry (no `cidr`).
+    fn finish(&mut self, table: Table, out: &mut impl Write, last: bool) -> io::Result<bool> {
+        let Some(net) = table.cidr else {
+            return Ok(false);
+        };
+        let mut prefix = table.prefix.as_str();
+        if std::mem::take(&mut self.strip_next_prefix) {
+            prefix = prefix.trim_start_matches('\n');
+        }
+        match self.edit {
+            Edit::Remove { net: gone } if net == Some(gone) && !self.found => {
+                self.found = true;
+                if table.prefix.contains('#') {
+                    // Comments above it may describe the whole list: they stay.
+                    out.write_all(table.prefix.as_bytes())?;
+                    self.strip_next_prefix = true;
+                }
+                return Ok(true);
+            }
+            Edit::Add { net: new, .. } if net == Some(new) => self.found = true,
+            _ => {}
+        }
+        out.write_all(prefix.as_bytes())?;
+        out.write_all(table.body.as_bytes())?;
+        if last && matches!(self.edit, Edit::Add { .. }) && !table.body.ends_with('\n') {
+            out.write_all(if self.crlf { b"\r\n" } else { b"\n" })?;
+        }
+        Ok(true)
+    }
+}
+
+/// What the edited network's `cidr` value can look like, for a cheap test before parsing.
+struct Target {
+    /// The network address, when IPv4: an IPv4 value names the same network only if its
+    /// address part is this text (the parser takes no leading zeros and no host bits).
+    v4_addr: Option<String>,
+}
+
+/// Whether the `cidr` value `value` may name the edited network: IPv6 values are always parsed
+/// (they have many spellings), IPv4 ones only when their address is the target's. Skipping the
+/// parse of the other million is what keeps an edit a pass over the lines; a value that does not
+/// parse is left for `gatekeeper check`, the daemon's reload and `gatekeeper status` to report.
+fn could_be(value: &str, target: &Target) -> bool {
+    let value = value.trim();
+    if value.contains(':') {
+        return true;
+    }
+    let addr = value.split_once('/').map_or(value, |(addr, _)| addr);
+    target.v4_addr.as_deref() == Some(addr)
+}
+
+/// The lines of a new entry, as `toml_edit` writes them: a blank line, the header, the keys.
+fn new_entry(net: IpNet, comment: Option<&str>) -> String {
+    let mut entry = format!("\n[[allow]]\ncidr = \"{net}\"\n");
+    if let Some(comment) = comment {
+        let mut value = toml_edit::Value::from(comment);
+        value.decor_mut().clear();
+        entry.push_str(&format!("comment = {value}\n"));
+    }
+    entry
+}
+
+/// Whether the scanner reads `entry` back as `net` with `comment` (a comment that needs escapes
+/// is written by the full-document path instead).
+fn entry_reads_back(entry: &str, net: IpNet, comment: Option<&str>) -> bool {
+    let Ok(scanned) =
+        crate::allowlist::scan_allow_section(entry.trim_start_matches(['\r', '\n']), 0)
+    else {
+        return false;
+    };
+    scanned.first_invalid.is_none()
+        && scanned.list.get(0).map(|e| (e.net, e.comment)) == Some((net, comment))
+        && scanned.list.len() == 1
+}
+
+/// Where the run of blank and comment lines that ends `text` begins.
+fn trailing_blank_start(text: &str) -> usize {
+    let mut start = text.len();
+    for line in text.split_inclusive('\n').rev() {
+        if classify(line) != Ok(Line::Blank) {
+            break;
+        }
+        start -= line.len();
+    }
+    start
+}
+
+/// One line with its ending; 0 at the end. Invalid UTF-8 is an error the caller's full parse
+/// words.
+fn read_line(input: &mut impl BufRead, line: &mut String) -> io::Result<usize> {
+    input.read_line(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(text: &str, edit: Edit<'_>) -> (String, &'static str) {
+        let mut out = Vec::new();
+        let outcome = splice(text.as_bytes(), &mut out, edit, |_| true).expect("io");
+        let tag = match outcome {
+            Spliced::Done { .. } => "done",
+            Spliced::Duplicate => "duplicate",
+            Spliced::Missing => "missing",
+            Spliced::Unusual => "unusual",
+        };
+        (String::from_utf8(out).expect("utf-8"), tag)
+    }
+
+    fn net(s: &str) -> IpNet {
+        parse_cidr(s).expect("cidr")
+    }
+
+    #[test]
+    fn odd_files_go_to_the_full_parser() {
+        for (text, what) in [
+            ("interfaces = [\"eth0\"]\n", "no entries"),
+            ("allow = [{ cidr = \"192.0.2.1\" }]\n", "inline list"),
+            (
+                "[[allow]]\ncidr = \"192.0.2.1\"\n[other]\n",
+                "a table after",
+            ),
+            (
+                "[[allow]]\ncidr = \"198.51.100.0/33\"\n",
+                "an invalid value that may be the edited one",
+            ),
+            ("[[allow]]\ncomment = \"x\"\n", "no cidr"),
+        ] {
+            let (_, tag) = run(
+                text,
+                Edit::Add {
+                    net: net("198.51.100.0/24"),
+                    comment: None,
+                },
+            );
+            assert_eq!(tag, "unusual", "{what}");
+        }
+        let (_, tag) = run(
+            "[[allow]]\ncidr = \"192.0.2.1\"\n",
+            Edit::Add {
+                net: net("198.51.100.0/24"),
+                comment: Some("needs \"both\" 'quotes'"),
+            },
+        );
+        assert_eq!(tag, "unusual", "a comment the scanner cannot read back");
+    }
+
+    #[test]
+    fn duplicates_and_missing_entries_are_reported() {
+        let text = "[[allow]]\ncidr = \"192.0.2.1\"\n";
+        let add = Edit::Add {
+            net: net("192.0.2.1/32"),
+            comment: None,
+        };
+        assert_eq!(run(text, add).1, "duplicate");
+        let remove = Edit::Remove {
+            net: net("192.0.2.2"),
+        };
+        assert_eq!(run(text, remove).1, "missing");
+    }
+}
