@@ -306,7 +306,9 @@ impl FrameGen<'_> {
         // Now and then a first options header claiming more bytes than the frame has (2 KiB):
         // a broken frame, which passes whatever follows.
         let overlong = !long_chain
-            && next_headers.first().is_some_and(|kind| !matches!(kind, 44 | 51))
+            && next_headers
+                .first()
+                .is_some_and(|kind| !matches!(kind, 44 | 51))
             && self.rng.chance(15);
         if overlong {
             chain[1] = 255;

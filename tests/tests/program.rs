@@ -261,11 +261,18 @@ fn broken_ip_headers_are_counted_malformed() {
     }
     use gatekeeper_common::{Counter, Family};
     let mut filter = protecting_25();
-    let mut overlong =
-        ipv6_options_chain(STRANGER_V6, &[1], IPPROTO_TCP, tcp_header(40000, 25, TCP_SYN));
+    let mut overlong = ipv6_options_chain(
+        STRANGER_V6,
+        &[1],
+        IPPROTO_TCP,
+        tcp_header(40000, 25, TCP_SYN),
+    );
     overlong[ETHERNET + IPV6 + 1] = 255;
     let frames = [
-        (ipv4_total_length_below_header(STRANGER_V4, 19), Family::Ipv4),
+        (
+            ipv4_total_length_below_header(STRANGER_V4, 19),
+            Family::Ipv4,
+        ),
         (overlong, Family::Ipv6),
     ];
     for (frame, _) in &frames {

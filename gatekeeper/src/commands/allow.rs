@@ -11,6 +11,7 @@ use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, anyhow};
 use gatekeeper::{
+    bpffs,
     config::{Config, parse_cidr},
     edit::{self, ConfigDocument},
     lock,
@@ -57,6 +58,7 @@ pub fn add(path: &Path, cidr: &str, comment: Option<&str>) -> anyhow::Result<()>
     let new_text = file.doc.text();
     let config = Config::parse(&new_text, path)
         .context("the edited config would not be valid; nothing changed")?;
+    bpffs::require_pins_visible(&config.pin_dir)?;
     let mut live = FilterMaps::open_if_pinned(&config.pin_dir)?;
     let mut inserted = false;
     if let Some(maps) = live.as_mut()
@@ -93,6 +95,7 @@ pub fn remove(path: &Path, cidr: &str) -> anyhow::Result<()> {
     let new_text = file.doc.text();
     let config = Config::parse(&new_text, path)
         .context("the edited config would not be valid; nothing changed")?;
+    bpffs::require_pins_visible(&config.pin_dir)?;
     let mut live = FilterMaps::open_if_pinned(&config.pin_dir)?;
     edit::write_atomic(&file.real, &new_text)
         .with_context(|| format!("{} not changed; nothing removed", path.display()))?;
@@ -119,6 +122,7 @@ pub fn remove(path: &Path, cidr: &str) -> anyhow::Result<()> {
 
 pub fn list(path: &Path, json: bool) -> anyhow::Result<()> {
     let config = Config::load(path)?;
+    bpffs::require_pins_visible(&config.pin_dir)?;
     let live = FilterMaps::open_if_pinned(&config.pin_dir)?
         .map(|maps| maps.entries())
         .transpose()?;
