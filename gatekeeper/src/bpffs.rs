@@ -139,7 +139,7 @@ fn check_path(dir: &Path) -> Result<(), UnsafePinDir> {
                 mount: shown(&mount),
             });
         }
-        let sticky = meta.mode() & u32::from(libc::S_ISVTX) != 0;
+        let sticky = meta.mode() & libc::S_ISVTX != 0;
         if !meta.file_type().is_symlink() && meta.mode() & 0o022 != 0 && !sticky {
             return Err(UnsafePinDir::WritableParent {
                 path: shown(parent),

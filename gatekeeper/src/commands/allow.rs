@@ -33,8 +33,7 @@ struct Locked {
 fn open(path: &Path) -> anyhow::Result<Locked> {
     let real = edit::resolve(path)?;
     let lock = lock::lock_config(&real, LOCK_WAIT)?;
-    let text = std::fs::read_to_string(&real)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = gatekeeper::config::read_text(&real, path)?;
     Config::parse(&text, path).context(
         "the config file is not valid as it stands; fix it (`gatekeeper check`) before editing it with `gatekeeper allow`",
     )?;
@@ -78,6 +77,7 @@ pub fn add(path: &Path, cidr: &str, comment: Option<&str>) -> anyhow::Result<()>
             path.display()
         )));
     }
+    super::print_warnings(&config);
     match live {
         Some(_) => println!("added {net} to {} and to the live filter", path.display()),
         None => println!(
@@ -107,6 +107,7 @@ pub fn remove(path: &Path, cidr: &str) -> anyhow::Result<()> {
         })?;
         return Err(err.context(format!("{} restored; nothing removed", path.display())));
     }
+    super::print_warnings(&config);
     match live {
         Some(_) => println!(
             "removed {net} from {} and from the live filter",
