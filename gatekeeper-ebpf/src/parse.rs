@@ -12,8 +12,9 @@ const VLAN_TAG_LEN: usize = 4;
 const MAX_VLAN_TAGS: usize = 2;
 /// IPv6 extension headers walked before the frame counts as unjudgeable.
 const MAX_IPV6_EXT_HEADERS: usize = 8;
-/// Extension header chains reaching past this offset are unjudgeable (keeps offsets small for
-/// the verifier; real chains are a few dozen bytes).
+/// No extension header starting past this offset is read (keeps offsets small for the verifier;
+/// real chains are a few dozen bytes). Only a chain that still goes on there is unjudgeable:
+/// what it ends in (UDP, ICMPv6, TCP to some port) is known up to one header further.
 const MAX_L4_OFFSET: usize = 1024;
 
 const ETH_P_IPV4: u16 = 0x0800;
@@ -102,6 +103,11 @@ fn judge_ipv4<F: Fn(u16) -> bool>(ctx: &XdpContext, l3: usize, protected: &F) ->
     if version_ihl >> 4 != 4 || header_len < 20 {
         return malformed(FAMILY);
     }
+    // A total length shorter than the header itself: the kernel discards the packet, and what
+    // follows the header is not this packet's payload.
+    if usize::from(unsafe { load16(header + 2) }) < header_len {
+        return malformed(FAMILY);
+    }
     if unsafe { load8(header + 9) } != IPPROTO_TCP {
         return Judged::Pass(FAMILY, Counter::PassNotTcp);
     }
@@ -151,6 +157,11 @@ fn judge_ipv6<F: Fn(u16) -> bool>(ctx: &XdpContext, l3: usize, protected: &F) ->
         let Some(ext) = header_at(ctx, offset, 8) else {
             return truncated(first_fragment);
         };
+        if offset > MAX_L4_OFFSET {
+            // Another extension header past the walk's reach: the chain could still end in TCP
+            // to a protected port.
+            return Judged::Unjudgeable(FAMILY);
+        }
         // SAFETY (every load below): offsets inside the 8 bytes just checked.
         let (ext_next, ext_len) = unsafe { (load8(ext), load8(ext + 1)) };
         let header_len = match next {
@@ -169,8 +180,9 @@ fn judge_ipv6<F: Fn(u16) -> bool>(ctx: &XdpContext, l3: usize, protected: &F) ->
         };
         next = ext_next;
         offset += header_len;
-        if offset > MAX_L4_OFFSET {
-            return Judged::Unjudgeable(FAMILY);
+        // A header running past the frame's end: a broken frame, not a long chain.
+        if header_at(ctx, offset, 0).is_none() {
+            return truncated(first_fragment);
         }
     }
     if next != IPPROTO_TCP {

@@ -1,7 +1,8 @@
 //! Replacing a file atomically: readers see the old or the new file, never a mix, and after a
 //! crash it is one or the other. The temp file gets a random name and is created with
 //! `O_CREAT|O_EXCL|O_NOFOLLOW`, so a local user cannot plant a symlink where it will be written;
-//! it takes the mode, owner and group of the file it replaces before any byte goes in.
+//! it takes the mode, owner, group and extended attributes (POSIX ACLs among them) of the file it
+//! replaces before any byte goes in, so whoever could read the old file can read the new one.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -20,6 +21,13 @@ pub enum ReplaceError {
     NoFileName(PathBuf),
     #[error("{0} is a symbolic link; replace the file it points to")]
     Symlink(PathBuf),
+    #[error("keeping the extended attribute {name} of {path}")]
+    Xattr {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("{step} {path}")]
     Io {
         step: &'static str,
@@ -32,7 +40,7 @@ pub enum ReplaceError {
 impl From<ReplaceError> for io::Error {
     fn from(err: ReplaceError) -> io::Error {
         let kind = match &err {
-            ReplaceError::Io { source, .. } => source.kind(),
+            ReplaceError::Io { source, .. } | ReplaceError::Xattr { source, .. } => source.kind(),
             ReplaceError::NoFileName(_) | ReplaceError::Symlink(_) => io::ErrorKind::InvalidInput,
         };
         io::Error::new(kind, err)
@@ -104,6 +112,11 @@ fn stage_in(path: &Path, staging: &Path) -> Result<Staged, ReplaceError> {
     tmp.as_file()
         .set_permissions(fs::Permissions::from_mode(mode))
         .map_err(io_err("setting the mode of", tmp.path()))?;
+    if keep.is_some() {
+        // After the mode: an ACL's mask entry is the group bits, and the ACL carries the old
+        // file's own.
+        copy_xattrs(path, tmp.as_file())?;
+    }
     Ok(Staged {
         tmp,
         path: path.to_path_buf(),
@@ -130,6 +143,40 @@ impl Staged {
             .and_then(|d| d.sync_all())
             .map_err(io_err("fsync the directory", dir))
     }
+}
+
+/// Copies every extended attribute of `from` (not followed if a link) to `to`. One the new file
+/// already has with the same value (an SELinux label the directory gave it) is left alone; one
+/// that cannot be set fails the replacement rather than silently dropping an ACL.
+fn copy_xattrs(from: &Path, to: &File) -> Result<(), ReplaceError> {
+    use xattr::FileExt as _;
+    let names = match xattr::list(from) {
+        Ok(names) => names,
+        // A filesystem without extended attributes has none to keep.
+        Err(err) if err.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(()),
+        Err(source) => {
+            return Err(ReplaceError::Io {
+                step: "listing the extended attributes of",
+                path: from.to_path_buf(),
+                source,
+            });
+        }
+    };
+    for name in names {
+        let failed = |source| ReplaceError::Xattr {
+            name: name.to_string_lossy().into_owned(),
+            path: from.to_path_buf(),
+            source,
+        };
+        let Some(value) = xattr::get(from, &name).map_err(failed)? else {
+            continue; // removed meanwhile
+        };
+        if to.get_xattr(&name).ok().flatten().as_deref() == Some(value.as_slice()) {
+            continue;
+        }
+        to.set_xattr(&name, &value).map_err(failed)?;
+    }
+    Ok(())
 }
 
 /// The directory a file is in (`.` for a bare name).
@@ -208,6 +255,26 @@ mod tests {
         let meta = fs::metadata(&path).expect("stat");
         assert_eq!((meta.uid(), meta.gid()), (uid, gid));
         assert_eq!(meta.mode() & 0o7777, 0o604);
+        assert_eq!(fs::read(&path).expect("read"), b"new");
+    }
+
+    #[test]
+    fn keeps_extended_attributes() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("gatekeeper.toml");
+        fs::write(&path, "old").expect("write");
+        match xattr::set(&path, "user.gatekeeper.test", b"kept") {
+            Ok(()) => {}
+            Err(err) => {
+                eprintln!("SKIP keeps_extended_attributes: no user xattrs here ({err})");
+                return;
+            }
+        }
+        replace(&path, b"new").expect("replace");
+        assert_eq!(
+            xattr::get(&path, "user.gatekeeper.test").expect("get"),
+            Some(b"kept".to_vec())
+        );
         assert_eq!(fs::read(&path).expect("read"), b"new");
     }
 

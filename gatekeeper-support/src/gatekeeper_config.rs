@@ -169,11 +169,35 @@ struct RawAllow {
 impl Config {
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.to_path_buf(),
-            error,
-        })?;
+        let text = read_text(path, path)?;
         Config::parse(&text, path)
+    }
+
+    /// What a valid config may still get wrong, one sentence each: the daemon logs them as WARN
+    /// at every load, `gatekeeper check` and `gatekeeper allow` print them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.allow.is_empty() {
+            warnings.push(format!(
+                "the allowlist is empty: every SMTP peer is refused{}",
+                match self.mode {
+                    Mode::Enforce => "",
+                    Mode::Monitor => " (monitor mode only counts them)",
+                }
+            ));
+        }
+        for entry in self.allow.iter().filter(|e| e.net.prefix_len() == 0) {
+            let family = if entry.net.addr().is_ipv4() {
+                "IPv4"
+            } else {
+                "IPv6"
+            };
+            warnings.push(format!(
+                "allow entry {}: this entry admits every {family} source: the filter protects nothing on that family",
+                entry.net
+            ));
+        }
+        warnings
     }
 
     /// Parses and validates config text; `path` only names the file in errors.
@@ -300,6 +324,54 @@ fn from_raw_allow(raw: Vec<RawAllow>) -> ScannedAllow {
         scanned.cidr_at.push(u32::try_from(at).unwrap_or(u32::MAX));
     }
     scanned
+}
+
+/// Config text must be UTF-8: where the first byte that is not sits, for FILE:LINE:COLUMN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotUtf8 {
+    pub line: usize,
+    pub column: usize,
+    pub byte: u8,
+}
+
+impl fmt::Display for NotUtf8 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "byte 0x{:02x} is not UTF-8: the config file must be UTF-8 text",
+            self.byte
+        )
+    }
+}
+
+/// `bytes` as text, or where it stops being UTF-8.
+pub fn utf8_text(bytes: Vec<u8>) -> Result<String, NotUtf8> {
+    String::from_utf8(bytes).map_err(|err| {
+        let bytes = err.as_bytes();
+        let at = err.utf8_error().valid_up_to();
+        // The prefix up to `at` is valid UTF-8 by definition.
+        let valid = std::str::from_utf8(&bytes[..at]).unwrap_or("");
+        let (line, column) = line_column(valid, at);
+        NotUtf8 {
+            line,
+            column,
+            byte: bytes.get(at).copied().unwrap_or(0),
+        }
+    })
+}
+
+/// Reads the config text at `read_from`, naming `path` in errors (a symlink's own name).
+pub fn read_text(read_from: &Path, path: &Path) -> Result<String, ConfigError> {
+    let bytes = std::fs::read(read_from).map_err(|error| ConfigError::Read {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    utf8_text(bytes).map_err(|e| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        line: e.line,
+        column: e.column,
+        message: e.to_string(),
+    })
 }
 
 type SpannedError = (Range<usize>, String);
@@ -543,6 +615,59 @@ cidr = "203.0.113.7"
     fn toml_syntax_error_has_position() {
         let e = error("interfaces = [\"eth0\"\n");
         assert!(e.starts_with("gk.toml:"), "{e}");
+    }
+
+    #[test]
+    fn a_byte_that_is_not_utf8_is_refused_with_its_position() {
+        let dir = std::env::temp_dir().join(format!("gk-utf8-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("gatekeeper.toml");
+        std::fs::write(
+            &path,
+            b"interfaces = [\"eth0\"]\n[[allow]]\ncomment = \"caf\xc3\xa9 \xff\"\n",
+        )
+        .expect("write");
+        let err = Config::load(&path).expect_err("not UTF-8");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}:3:17: byte 0xff is not UTF-8: the config file must be UTF-8 text",
+                path.display()
+            )
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn everyone_admitted_or_nobody_admitted_is_warned_about() {
+        let config = parse("interfaces = [\"eth0\"]\n").expect("valid");
+        assert_eq!(
+            config.warnings(),
+            ["the allowlist is empty: every SMTP peer is refused"]
+        );
+        let config = parse(
+            "interfaces = [\"eth0\"]\n[[allow]]\ncidr = \"0.0.0.0/0\"\n[[allow]]\ncidr = \"::/0\"\n[[allow]]\ncidr = \"192.0.2.0/24\"\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            config.warnings(),
+            [
+                "allow entry 0.0.0.0/0: this entry admits every IPv4 source: the filter protects nothing on that family",
+                "allow entry ::/0: this entry admits every IPv6 source: the filter protects nothing on that family",
+            ]
+        );
+        let config =
+            parse("interfaces = [\"eth0\"]\n[[allow]]\ncidr = \"192.0.2.0/24\"\n").expect("valid");
+        assert!(config.warnings().is_empty());
+    }
+
+    #[test]
+    fn an_ipv4_mapped_entry_is_refused_with_position() {
+        let e = error("interfaces = [\"eth0\"]\n[[allow]]\ncidr = \"::ffff:198.51.100.1\"\n");
+        assert_eq!(
+            e,
+            "gk.toml:3:8: allow entry \"::ffff:198.51.100.1\" is an IPv4-mapped IPv6 address, which never matches: IPv4 packets arrive as IPv4; write 198.51.100.1"
+        );
     }
 
     #[test]

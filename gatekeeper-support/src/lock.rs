@@ -3,9 +3,9 @@
 //! its [`Lock`] is dropped or the process dies, however it dies.
 
 use std::{
-    fs::{File, OpenOptions, TryLockError},
+    fs::{File, OpenOptions, Permissions, TryLockError},
     io,
-    os::unix::fs::OpenOptionsExt as _,
+    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -71,11 +71,13 @@ fn held(file: File, path: &Path) -> Lock {
 }
 
 /// Opens or creates a lock file, never through a symlink. `flock` needs no write access, so an
-/// existing lock file in a read-only directory still works.
+/// existing lock file in a read-only directory still works. One of ours that others may read
+/// (left 0644 by an older version) is made 0600: whoever can open it can `flock` it and block
+/// every edit.
 fn open_lock_file(path: &Path) -> io::Result<File> {
     let mut options = OpenOptions::new();
     options.custom_flags(libc::O_NOFOLLOW);
-    match options
+    let file = match options
         .clone()
         .create(true)
         .truncate(false)
@@ -83,15 +85,20 @@ fn open_lock_file(path: &Path) -> io::Result<File> {
         .mode(LOCK_FILE_MODE)
         .open(path)
     {
-        Ok(file) => Ok(file),
-        Err(err) => options.read(true).open(path).map_err(|_| err),
+        Ok(file) => file,
+        Err(err) => options.read(true).open(path).map_err(|_| err)?,
+    };
+    let meta = file.metadata()?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let mine = meta.uid() == unsafe { libc::geteuid() };
+    if mine && meta.mode() & 0o077 != 0 {
+        file.set_permissions(Permissions::from_mode(LOCK_FILE_MODE))?;
     }
+    Ok(file)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt as _;
-
     use super::*;
 
     #[test]
@@ -113,6 +120,17 @@ mod tests {
         assert!(try_lock_file(&path).expect("lock").is_none());
         drop(first);
         assert!(try_lock_file(&path).expect("lock").is_some(), "free again");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, LOCK_FILE_MODE);
+    }
+
+    #[test]
+    fn a_lock_file_others_could_read_is_made_private() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("gatekeeper.toml.lock");
+        std::fs::write(&path, "").expect("an old lock file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let _held = try_lock_file(&path).expect("lock").expect("free");
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
         assert_eq!(mode & 0o777, LOCK_FILE_MODE);
     }

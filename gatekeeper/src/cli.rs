@@ -50,6 +50,9 @@ pub enum Command {
         ifaces: Vec<String>,
     },
     /// Validate the config file without touching the kernel; exit 1 with FILE:LINE:COLUMN if bad.
+    ///
+    /// A valid config whose allowlist admits a whole address family (0.0.0.0/0, ::/0) or nobody
+    /// (no entries) gets a `gatekeeper: warning:` line on stderr; the exit status stays 0.
     Check {
         #[command(flatten)]
         config: ConfigArg,
@@ -63,6 +66,11 @@ pub enum Command {
         json: bool,
     },
     /// Edit or list the allowlist: live in the pinned maps and, atomically, in the config file.
+    ///
+    /// The file is replaced through a temporary file with a random name (never through a link
+    /// planted in the directory), keeping its owner, group, mode and ACLs; edits are serialised by
+    /// `<config>.lock` (mode 0600). Fails (exit 1) when the pins cannot be seen (not root, or
+    /// inside `ip netns exec`) rather than editing only the file.
     Allow {
         #[command(subcommand)]
         action: AllowAction,
@@ -73,7 +81,8 @@ pub enum Command {
     /// Exit status, for monitoring: 0 when the filter is loaded, attached to every configured
     /// interface and in sync with the file; 2 when it is loaded but differs (an entry, the mode or
     /// the ports, or a configured interface without it); 3 when it is not loaded at all; 1 on
-    /// errors (e.g. an invalid config).
+    /// errors (e.g. an invalid config, or pins this process cannot see: not root, or inside
+    /// `ip netns exec`, which hides bpffs).
     Status {
         #[command(flatten)]
         config: ConfigArg,
@@ -82,6 +91,9 @@ pub enum Command {
         json: bool,
     },
     /// Take the filter off the interface(s); once none is left, remove its pinned state.
+    ///
+    /// Fails (exit 1) rather than reporting "nothing to detach" when this process cannot see the
+    /// pins (not root, or inside `ip netns exec`, which hides bpffs).
     Detach {
         #[command(flatten)]
         config: ConfigArg,
@@ -97,7 +109,8 @@ pub enum AllowAction {
     Add {
         #[command(flatten)]
         config: ConfigArg,
-        /// IPv4 or IPv6 network without host bits, e.g. 198.51.100.0/24, or an address.
+        /// IPv4 or IPv6 network without host bits, e.g. 198.51.100.0/24, or an address (not
+        /// IPv4-mapped IPv6: write 198.51.100.1, not ::ffff:198.51.100.1).
         #[arg(value_name = "CIDR")]
         cidr: String,
         /// Who the entry is for; stored next to it in the config file.

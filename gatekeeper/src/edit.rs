@@ -251,9 +251,22 @@ pub fn restore(real: &Path, old: &mut fs::File) -> anyhow::Result<()> {
 }
 
 /// The file a path names, following symlinks, so an atomic replace writes the real file and
-/// keeps the link.
+/// keeps the link. Anything but a regular file is refused before a lock file is made next to it.
 pub fn resolve(path: &Path) -> anyhow::Result<PathBuf> {
-    fs::canonicalize(path).with_context(|| format!("{}: cannot resolve", path.display()))
+    let real =
+        fs::canonicalize(path).with_context(|| format!("{}: cannot resolve", path.display()))?;
+    let meta = fs::metadata(&real).with_context(|| format!("{}: cannot read", path.display()))?;
+    if meta.is_dir() {
+        anyhow::bail!(
+            "{} is a directory: --config names the config file (e.g. {})",
+            path.display(),
+            crate::config::DEFAULT_CONFIG_PATH
+        );
+    }
+    if !meta.is_file() {
+        anyhow::bail!("{} is not a regular file", path.display());
+    }
+    Ok(real)
 }
 
 /// Writes the config text back to `path` (the real file, see [`resolve`]) atomically, keeping

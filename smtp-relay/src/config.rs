@@ -407,9 +407,16 @@ pub struct Config {
 impl Config {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
+        })?;
+        // A byte that is not UTF-8 is located like any other error (FILE:LINE:COLUMN).
+        let text = gatekeeper_config::utf8_text(bytes).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            line: e.line,
+            column: e.column,
+            message: e.to_string(),
         })?;
         Config::parse(&text, path)
     }
@@ -1165,6 +1172,30 @@ tls = "none"
         assert!(!addresses_clash(a("0.0.0.0:25"), a("[::]:25")));
         assert!(!addresses_clash(a("127.0.0.1:0"), a("127.0.0.1:0")));
         assert!(!addresses_clash(a("127.0.0.1:25"), a("127.0.0.1:587")));
+    }
+
+    #[test]
+    fn a_byte_that_is_not_utf8_is_refused_with_its_position() {
+        let dir = std::env::temp_dir().join(format!("smtp-relay-utf8-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("relay.toml");
+        let text = good().replace(
+            "hostname = \"mx.example.org\"",
+            "hostname = \"mx.example.org\" # caf\u{e9} MARK",
+        );
+        let mark = text.find("MARK").expect("mark");
+        let mut bytes = text.into_bytes();
+        bytes[mark] = 0xff;
+        std::fs::write(&path, &bytes).expect("write");
+        let e = Config::load(&path).expect_err("not UTF-8").to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}:2:36: invalid config: byte 0xff is not UTF-8: the config file must be UTF-8 text",
+                path.display()
+            )
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //!   queued exactly when its `.env` exists; an `.eml` without `.env` is an
 //!   incomplete leftover.
 //!
-//! Each file is written under `tmp/`; a commit thread makes a whole batch
+//! Each file is written under `tmp/`, created `O_EXCL|O_NOFOLLOW` and 0600 (a
+//! name planted there, link or file, fails the write instead of being
+//! followed); a commit thread makes a whole batch
 //! of waiting messages durable at once (group commit: one `syncfs`, the
 //! renames, message before envelope, one directory fsync). Only then do
 //! their clients get `250`, so a `250` survives a crash or power loss.
@@ -109,6 +111,7 @@ fn commit_batch(dir: &Path, batch: &[CommitRequest]) -> io::Result<()> {
             let mut f = fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
                 .mode(0o600)
                 .open(dir.join("tmp").join(format!("{}.env", r.id)))?;
             f.write_all(&r.env_json)?;
@@ -213,6 +216,7 @@ impl Spool {
         let file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .mode(0o600)
             .open(&tmp_eml)
             .await?;
@@ -399,6 +403,7 @@ impl SpoolWriter {
                 let mut f = fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW)
                     .mode(0o600)
                     .open(&tmp_env)?;
                 f.write_all(&json)?;

@@ -100,6 +100,12 @@ fn message_answered_250_survives_sigkill_and_is_delivered_once_after_restart() {
 fn sigterm_stops_gracefully_and_auth_failures_are_logged() {
     let setup = Setup::new("term", &common::config_text("", 10_000));
     let mut relay = Relay::start(BIN, &setup.config, 6);
+    // The running relay's spool lock is private: nobody else can open it to flock it.
+    let lock = std::fs::metadata(setup.dir.path().join("spool/lock")).expect("the spool lock");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&lock.permissions()) & 0o7777,
+        0o600
+    );
     let mut c = Client::connect(relay.addr("submission", true));
     c.ehlo();
     c.starttls(&setup.ca());
@@ -529,6 +535,24 @@ fn queue_commands_without_a_relay_write_the_spool_only_as_its_owner() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("as soon as the relay starts"));
+    // The spool lock is private (whoever can open it can flock it and stall the relay's start),
+    // also one an older version left 0644.
+    let lock_mode = || {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(spool.join("lock"))
+            .expect("stat lock")
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(lock_mode(), 0o600);
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(spool.join("lock"), std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+    }
+    assert!(flush().status.success());
+    assert_eq!(lock_mode(), 0o600, "made private again");
 
     let test = "queue_commands_without_a_relay_write_the_spool_only_as_its_owner";
     if !common::root_tests_enabled(test, "giving the spool another owner") {

@@ -203,7 +203,13 @@ impl FrameGen<'_> {
         }
         let mut ip = vec![0u8; ihl * 4];
         ip[0] = 0x40 | ihl as u8;
-        let total = (ihl * 4 + l4.len()) as u16;
+        // Now and then a total length shorter than the header: a broken packet, never judged.
+        let broken_length = self.rng.chance(4);
+        let total = if broken_length {
+            self.rng.below(ihl * 4) as u16
+        } else {
+            (ihl * 4 + l4.len()) as u16
+        };
         ip[2..4].copy_from_slice(&total.to_be_bytes());
         ip[6..8].copy_from_slice(&flags_fragment.to_be_bytes());
         ip[8] = 64;
@@ -218,7 +224,7 @@ impl FrameGen<'_> {
         frame.extend(ip);
         let port_visible = l4.len() >= 4;
         frame.extend(l4);
-        if protocol == 6 && !later_fragment {
+        if protocol == 6 && !later_fragment && !broken_length {
             shape.source = IpAddr::V4(source);
             if let Some(port) = port {
                 shape.tcp_to_protected = port_visible && self.protected.contains(&port);
@@ -245,8 +251,15 @@ impl FrameGen<'_> {
             let kind = *self.rng.pick(&[0u8, 43, 60, 44, 51, 135]);
             next_headers.push(kind);
         }
+        // A long chain: options headers of hundreds of bytes, so that the chain ends (or another
+        // header starts) past the program's 1024-byte reach.
+        let long_chain = self.rng.chance(30);
+        // Where each header starts in the frame.
+        let l3 = frame.len();
+        let mut starts: Vec<usize> = Vec::with_capacity(next_headers.len());
         // Serialize the chain: each header names the next one.
         for (i, kind) in next_headers.iter().enumerate() {
+            starts.push(l3 + 40 + chain.len());
             let next = next_headers.get(i + 1).copied().unwrap_or(protocol);
             match kind {
                 44 => {
@@ -270,7 +283,11 @@ impl FrameGen<'_> {
                     chain.extend(std::iter::repeat_n(0u8, total - 2));
                 }
                 _ => {
-                    let len_units = self.rng.below(3) as u8;
+                    let len_units = if long_chain && chain.len() < 1100 {
+                        40 + self.rng.below(100) as u8
+                    } else {
+                        self.rng.below(3) as u8
+                    };
                     let total = (usize::from(len_units) + 1) * 8;
                     chain.push(next);
                     chain.push(len_units);
@@ -286,12 +303,31 @@ impl FrameGen<'_> {
         ip[7] = 64;
         ip[8..24].copy_from_slice(&source.octets());
         ip[24..40].copy_from_slice(&Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 25).octets());
+        // Now and then a first options header claiming more bytes than the frame has (2 KiB):
+        // a broken frame, which passes whatever follows.
+        let overlong = !long_chain
+            && next_headers
+                .first()
+                .is_some_and(|kind| !matches!(kind, 44 | 51))
+            && self.rng.chance(15);
+        if overlong {
+            chain[1] = 255;
+        }
         frame.extend(ip);
         frame.extend(chain);
         frame.extend(l4);
-        // The program walks at most 8 extension headers: past that the frame is unjudgeable,
-        // unless a later fragment header within the first 8 ends the walk.
-        shape.judgeable &= ext_count <= 8 || later_fragment_at.is_some_and(|at| at < 8);
+        if overlong {
+            return;
+        }
+        // The program walks at most 8 extension headers and reads none starting past byte
+        // 1024: a chain going on past either bound is unjudgeable, unless a later fragment
+        // header ends the walk first.
+        let walked = ext_count.min(8);
+        let stop = (0..walked).find(|&i| starts[i] > 1024 || later_fragment_at == Some(i));
+        shape.judgeable &= match stop {
+            Some(i) => later_fragment_at == Some(i) && starts[i] <= 1024,
+            None => ext_count <= 8,
+        };
         if protocol == 6 && later_fragment_at.is_none() {
             shape.source = IpAddr::V6(source);
             if let Some(port) = port {

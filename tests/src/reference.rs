@@ -133,6 +133,10 @@ impl Rules<'_> {
         if h[0] >> 4 != 4 || ihl < 20 {
             return malformed;
         }
+        // A total length shorter than the header: broken, whatever the protocol.
+        if usize::from(u16::from_be_bytes([h[2], h[3]])) < ihl {
+            return malformed;
+        }
         if h[9] != 6 {
             return Parsed::Pass(Fam::V4, Class::PassNotTcp);
         }
@@ -177,6 +181,11 @@ impl Rules<'_> {
             let Some(ext) = f.get(offset..offset + 8) else {
                 return truncated(first_fragment);
             };
+            // An extension header starting past the walk's reach: the chain could still end in
+            // TCP to a protected port. A last header ending past it is still followed.
+            if offset > MAX_L4_OFFSET {
+                return Parsed::Unjudgeable(Fam::V6);
+            }
             let len = match next {
                 44 => {
                     let frag = u16::from_be_bytes([ext[2], ext[3]]);
@@ -191,8 +200,9 @@ impl Rules<'_> {
             };
             next = ext[0];
             offset += len;
-            if offset > MAX_L4_OFFSET {
-                return Parsed::Unjudgeable(Fam::V6);
+            // The header claims more bytes than the frame has: a broken frame.
+            if offset > f.len() {
+                return truncated(first_fragment);
             }
         }
         match next {

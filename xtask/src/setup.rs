@@ -174,6 +174,12 @@ const TOOLS: &[(&str, &[&str], &str, &str)] = &[
         "xz-utils",
         "decompresses the .ko.xz modules of newer kernels for busybox insmod",
     ),
+    (
+        "setfacl",
+        &["--version"],
+        "acl",
+        "POSIX ACLs on the config the tests of `gatekeeper allow` edit",
+    ),
 ];
 
 fn ensure_tools(apt: &mut Apt) -> anyhow::Result<()> {

@@ -11,6 +11,7 @@ use std::{io::Write as _, path::Path, time::Duration};
 
 use anyhow::{Context as _, anyhow};
 use gatekeeper::{
+    bpffs,
     config::{Config, parse_cidr},
     edit::{self, ConfigDocument, EditError, Streamed},
     lock,
@@ -30,8 +31,7 @@ struct Locked {
 }
 
 fn read_whole(real: &Path, path: &Path) -> anyhow::Result<Locked> {
-    let text = std::fs::read_to_string(real)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = gatekeeper::config::read_text(real, path)?;
     Config::parse(&text, path).context(
         "the config file is not valid as it stands; fix it (`gatekeeper check`) before editing it with `gatekeeper allow`",
     )?;
@@ -138,6 +138,7 @@ pub fn add(path: &Path, cidr: &str, comment: Option<&str>) -> anyhow::Result<()>
     let real = edit::resolve(path)?;
     let _lock = lock::lock_config(&real, LOCK_WAIT)?;
     let (new_file, config) = prepare(&real, path, Edit::Add { net, comment })?;
+    bpffs::require_pins_visible(&config.pin_dir)?;
     let mut live = FilterMaps::open_if_pinned(&config.pin_dir)?;
     let mut inserted = false;
     if let Some(maps) = live.as_mut()
@@ -157,6 +158,7 @@ pub fn add(path: &Path, cidr: &str, comment: Option<&str>) -> anyhow::Result<()>
             path.display()
         )));
     }
+    super::print_warnings(&config);
     match live {
         Some(_) => println!("added {net} to {} and to the live filter", path.display()),
         None => println!(
@@ -172,6 +174,7 @@ pub fn remove(path: &Path, cidr: &str) -> anyhow::Result<()> {
     let real = edit::resolve(path)?;
     let _lock = lock::lock_config(&real, LOCK_WAIT)?;
     let (new_file, config) = prepare(&real, path, Edit::Remove { net })?;
+    bpffs::require_pins_visible(&config.pin_dir)?;
     let mut live = FilterMaps::open_if_pinned(&config.pin_dir)?;
     let restore = new_file
         .commit(&real)
@@ -184,6 +187,7 @@ pub fn remove(path: &Path, cidr: &str) -> anyhow::Result<()> {
         })?;
         return Err(err.context(format!("{} restored; nothing removed", path.display())));
     }
+    super::print_warnings(&config);
     match live {
         Some(_) => println!(
             "removed {net} from {} and from the live filter",
@@ -211,6 +215,7 @@ struct Row<'a> {
 /// binary search per file entry), and rows are written as they are made, not collected.
 pub fn list(path: &Path, json: bool) -> anyhow::Result<()> {
     let config = Config::load(path)?;
+    bpffs::require_pins_visible(&config.pin_dir)?;
     let live = FilterMaps::open_if_pinned(&config.pin_dir)?
         .map(|maps| maps.entries())
         .transpose()?

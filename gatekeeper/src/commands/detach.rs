@@ -5,12 +5,13 @@
 use std::path::Path;
 
 use anyhow::{anyhow, bail};
-use gatekeeper::{config::Config, filter, lock};
+use gatekeeper::{bpffs, config::Config, filter, lock};
 
 pub fn detach(path: &Path, ifaces: &[String]) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let dir = &config.pin_dir;
-    if !dir.exists() {
+    // "Nothing to detach" only from a process that can see the pins.
+    if !bpffs::pin_dir_visible(dir)? {
         if let Some(iface) = ifaces.first() {
             bail!(
                 "{iface} has no pinned gatekeeper link ({} does not exist)",

@@ -44,6 +44,13 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     done.map(|()| ExitCode::SUCCESS)
 }
 
+/// The config's warnings on stderr, one `gatekeeper: warning: …` line each.
+pub fn print_warnings(config: &gatekeeper::config::Config) {
+    for warning in config.warnings() {
+        eprintln!("gatekeeper: warning: {warning}");
+    }
+}
+
 /// `25,587`
 pub fn join_ports(ports: &[u16]) -> String {
     ports

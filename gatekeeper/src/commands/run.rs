@@ -268,6 +268,9 @@ fn load(path: &Path, ifaces: &[String]) -> anyhow::Result<Config> {
     if !ifaces.is_empty() {
         config.interfaces = ifaces.to_vec();
     }
+    for warning in config.warnings() {
+        warn!(config = %path.display(), "{warning}");
+    }
     Ok(config)
 }
 

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use aya::programs::links::{FdLink, PinnedLink};
 use gatekeeper::{
+    bpffs,
     config::Config,
     filter::{self, link_pin_path},
     lock,
@@ -50,7 +51,8 @@ impl Health {
 pub fn status(path: &Path, json_out: bool) -> anyhow::Result<Health> {
     let config = Config::load(path)?;
     let dir = &config.pin_dir;
-    let daemon_running = dir.exists() && lock::try_lock_pin_dir(dir)?.is_none();
+    // "Not loaded" only from a process that can see the pins.
+    let daemon_running = bpffs::pin_dir_visible(dir)? && lock::try_lock_pin_dir(dir)?.is_none();
     let maps = FilterMaps::open_if_pinned(dir)?;
 
     let mut names: Vec<String> = config.interfaces.clone();

@@ -15,7 +15,7 @@ exec </dev/console >/dev/console 2>&1
 export PATH=/bin HOME=/tmp TMPDIR=/tmp CI=true RUST_BACKTRACE=1 GATEKEEPER_BIN={GUEST_BIN}/gatekeeper
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
-mount -t bpf bpf /sys/fs/bpf
+mount -t bpf -o mode=700 bpf /sys/fs/bpf
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 mkdir -p /run/netns
