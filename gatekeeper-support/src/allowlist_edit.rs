@@ -36,8 +36,9 @@ pub enum Edit<'a> {
 /// How a streamed edit ended.
 #[derive(Debug)]
 pub enum Spliced {
-    /// The new file was written; `head` is the text before the first entry (for its settings).
-    Done { head: String },
+    /// The new file was written; `head` is the text before the first entry (for its settings),
+    /// `entries` the number of entries the new file holds.
+    Done { head: String, entries: usize },
     /// Adding an entry that is there already (in any spelling).
     Duplicate,
     /// Removing an entry that is not there.
@@ -106,6 +107,7 @@ pub fn splice(
     };
     let mut state = State {
         edit,
+        kept: 0,
         found: false,
         strip_next_prefix: false,
         crlf,
@@ -179,14 +181,20 @@ pub fn splice(
             return Ok(Spliced::Unusual);
         }
         out.write_all(entry.as_bytes())?;
+        state.kept += 1;
     }
     // What follows the last entry (trailing comments), after a removed last entry's comments.
     out.write_all(pending.as_bytes())?;
-    Ok(Spliced::Done { head })
+    Ok(Spliced::Done {
+        head,
+        entries: state.kept,
+    })
 }
 
 struct State<'a> {
     edit: Edit<'a>,
+    /// Entries written to the new file.
+    kept: usize,
     /// The added entry is there already, or the removed one was found (and left out).
     found: bool,
     /// A removed entry's comment lines stayed: the next prefix loses its leading newlines.
@@ -220,6 +228,7 @@ impl State<'_> {
         }
         out.write_all(prefix.as_bytes())?;
         out.write_all(table.body.as_bytes())?;
+        self.kept += 1;
         if last && matches!(self.edit, Edit::Add { .. }) && !table.body.ends_with('\n') {
             out.write_all(if self.crlf { b"\r\n" } else { b"\n" })?;
         }

@@ -178,26 +178,25 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
         if self.allow.is_empty() {
-            warnings.push(format!(
-                "the allowlist is empty: every SMTP peer is refused{}",
-                match self.mode {
-                    Mode::Enforce => "",
-                    Mode::Monitor => " (monitor mode only counts them)",
-                }
-            ));
+            warnings.push(self.empty_allowlist_warning());
         }
-        for entry in self.allow.iter().filter(|e| e.net.prefix_len() == 0) {
-            let family = if entry.net.addr().is_ipv4() {
-                "IPv4"
-            } else {
-                "IPv6"
-            };
-            warnings.push(format!(
-                "allow entry {}: this entry admits every {family} source: the filter protects nothing on that family",
-                entry.net
-            ));
-        }
+        warnings.extend(
+            self.allow
+                .iter()
+                .filter_map(|entry| whole_family_warning(entry.net)),
+        );
         warnings
+    }
+
+    /// The warning for an allowlist without entries, in this config's mode.
+    pub fn empty_allowlist_warning(&self) -> String {
+        format!(
+            "the allowlist is empty: every SMTP peer is refused{}",
+            match self.mode {
+                Mode::Enforce => "",
+                Mode::Monitor => " (monitor mode only counts them)",
+            }
+        )
     }
 
     /// Parses and validates config text; `path` only names the file in errors.
@@ -324,6 +323,17 @@ fn from_raw_allow(raw: Vec<RawAllow>) -> ScannedAllow {
         scanned.cidr_at.push(u32::try_from(at).unwrap_or(u32::MAX));
     }
     scanned
+}
+
+/// The warning for an entry that admits a whole address family (`0.0.0.0/0`, `::/0`).
+pub fn whole_family_warning(net: IpNet) -> Option<String> {
+    if net.prefix_len() != 0 {
+        return None;
+    }
+    let family = if net.addr().is_ipv4() { "IPv4" } else { "IPv6" };
+    Some(format!(
+        "allow entry {net}: this entry admits every {family} source: the filter protects nothing on that family"
+    ))
 }
 
 /// Config text must be UTF-8: where the first byte that is not sits, for FILE:LINE:COLUMN.

@@ -12,7 +12,7 @@ use std::{io::Write as _, path::Path, time::Duration};
 use anyhow::{Context as _, anyhow};
 use gatekeeper::{
     bpffs,
-    config::{Config, parse_cidr},
+    config::{Config, parse_cidr, whole_family_warning},
     edit::{self, ConfigDocument, EditError, Streamed},
     lock,
     maps::FilterMaps,
@@ -79,15 +79,29 @@ impl Restore {
 }
 
 /// Applies `change` to the file: streamed when the scanner reads the file, else as a whole
-/// document. Returns the new file and the config's settings (for the pin directory).
-fn prepare(real: &Path, path: &Path, change: Edit<'_>) -> anyhow::Result<(NewFile, Config)> {
+/// document. Returns the new file, the config's settings (for the pin directory) and the
+/// warnings to print (see [`Config::warnings`]).
+fn prepare(
+    real: &Path,
+    path: &Path,
+    change: Edit<'_>,
+) -> anyhow::Result<(NewFile, Config, Vec<String>)> {
     match edit::stream(real, path, change)? {
         Streamed::Ready {
             staged,
             config,
+            entries,
             old,
         } => {
-            return Ok((NewFile::Staged { staged, old }, *config));
+            // The other entries were not parsed: warn about the edited one and the result.
+            let mut warnings = Vec::new();
+            if entries == 0 {
+                warnings.push(config.empty_allowlist_warning());
+            }
+            if let Edit::Add { net, .. } = change {
+                warnings.extend(whole_family_warning(net));
+            }
+            return Ok((NewFile::Staged { staged, old }, *config, warnings));
         }
         Streamed::Duplicate => {
             if let Edit::Add { net, .. } = change {
@@ -117,12 +131,14 @@ fn prepare(real: &Path, path: &Path, change: Edit<'_>) -> anyhow::Result<(NewFil
     let new = file.doc.text();
     let config = Config::parse(&new, path)
         .context("the edited config would not be valid; nothing changed")?;
+    let warnings = config.warnings();
     Ok((
         NewFile::Text {
             new,
             old: file.text,
         },
         config,
+        warnings,
     ))
 }
 
@@ -137,7 +153,7 @@ pub fn add(path: &Path, cidr: &str, comment: Option<&str>) -> anyhow::Result<()>
     let net = parse_net(cidr)?;
     let real = edit::resolve(path)?;
     let _lock = lock::lock_config(&real, LOCK_WAIT)?;
-    let (new_file, config) = prepare(&real, path, Edit::Add { net, comment })?;
+    let (new_file, config, warnings) = prepare(&real, path, Edit::Add { net, comment })?;
     bpffs::require_pins_visible(&config.pin_dir)?;
     let mut live = FilterMaps::open_if_pinned(&config.pin_dir)?;
     let mut inserted = false;
@@ -158,7 +174,7 @@ pub fn add(path: &Path, cidr: &str, comment: Option<&str>) -> anyhow::Result<()>
             path.display()
         )));
     }
-    super::print_warnings(&config);
+    super::print_warnings(&warnings);
     match live {
         Some(_) => println!("added {net} to {} and to the live filter", path.display()),
         None => println!(
@@ -173,7 +189,7 @@ pub fn remove(path: &Path, cidr: &str) -> anyhow::Result<()> {
     let net = parse_net(cidr)?;
     let real = edit::resolve(path)?;
     let _lock = lock::lock_config(&real, LOCK_WAIT)?;
-    let (new_file, config) = prepare(&real, path, Edit::Remove { net })?;
+    let (new_file, config, warnings) = prepare(&real, path, Edit::Remove { net })?;
     bpffs::require_pins_visible(&config.pin_dir)?;
     let mut live = FilterMaps::open_if_pinned(&config.pin_dir)?;
     let restore = new_file
@@ -187,7 +203,7 @@ pub fn remove(path: &Path, cidr: &str) -> anyhow::Result<()> {
         })?;
         return Err(err.context(format!("{} restored; nothing removed", path.display())));
     }
-    super::print_warnings(&config);
+    super::print_warnings(&warnings);
     match live {
         Some(_) => println!(
             "removed {net} from {} and from the live filter",

@@ -44,9 +44,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     done.map(|()| ExitCode::SUCCESS)
 }
 
-/// The config's warnings on stderr, one `gatekeeper: warning: …` line each.
-pub fn print_warnings(config: &gatekeeper::config::Config) {
-    for warning in config.warnings() {
+/// Warnings (see [`gatekeeper::config::Config::warnings`]) on stderr, one
+/// `gatekeeper: warning: …` line each.
+pub fn print_warnings(warnings: &[String]) {
+    for warning in warnings {
         eprintln!("gatekeeper: warning: {warning}");
     }
 }
