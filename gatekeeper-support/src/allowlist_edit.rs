@@ -36,8 +36,9 @@ pub enum Edit<'a> {
 /// How a streamed edit ended.
 #[derive(Debug)]
 pub enum Spliced {
-    /// The new file was written; `head` is the text before the first entry (for its settings).
-    Done { head: String },
+    /// The new file was written; `head` is the text before the first entry (for its settings),
+    /// `entries` the number of entries in the new file.
+    Done { head: String, entries: usize },
     /// Adding an entry that is there already (in any spelling).
     Duplicate,
     /// Removing an entry that is not there.
@@ -57,6 +58,16 @@ struct Table {
     /// `Some` once the `cidr` line was seen: its network if it may be the edited one.
     cidr: Option<Option<IpNet>>,
     comment_seen: bool,
+}
+
+impl Table {
+    /// Empty, its buffers kept for the next table.
+    fn reset(&mut self) {
+        self.prefix.clear();
+        self.body.clear();
+        self.cidr = None;
+        self.comment_seen = false;
+    }
 }
 
 /// Streams `input` (the old file) into `out` with `edit` applied. `head_ok` checks the text
@@ -117,6 +128,8 @@ pub fn splice(
     };
     // Blank and comment lines after the current table's last key: its tail or the next prefix.
     let mut pending = String::new();
+    // `[[allow]]` tables read, the first one included.
+    let mut tables = 1;
     loop {
         line.clear();
         if read_line(&mut input, &mut line)? == 0 {
@@ -128,11 +141,14 @@ pub fn splice(
         match kind {
             Line::Blank => pending.push_str(&line),
             Line::Header => {
-                if !state.finish(std::mem::take(&mut table), out, false)? {
+                tables += 1;
+                if !state.finish(&table, out, false)? {
                     return Ok(Spliced::Unusual);
                 }
-                table.prefix = std::mem::take(&mut pending);
-                table.body = std::mem::take(&mut line);
+                // The buffers are reused: a million tables, no allocation each.
+                table.reset();
+                std::mem::swap(&mut table.prefix, &mut pending);
+                table.body.push_str(&line);
             }
             Line::Key { key, value, .. } => {
                 table.body.push_str(&pending);
@@ -162,7 +178,7 @@ pub fn splice(
             }
         }
     }
-    if !state.finish(table, out, true)? {
+    if !state.finish(&table, out, true)? {
         return Ok(Spliced::Unusual);
     }
     match edit {
@@ -170,6 +186,10 @@ pub fn splice(
         Edit::Remove { .. } if !state.found => return Ok(Spliced::Missing),
         _ => {}
     }
+    let entries = match edit {
+        Edit::Add { .. } => tables + 1,
+        Edit::Remove { .. } => tables - 1,
+    };
     if let Edit::Add { net, comment } = edit {
         let mut entry = new_entry(net, comment);
         if crlf {
@@ -182,7 +202,7 @@ pub fn splice(
     }
     // What follows the last entry (trailing comments), after a removed last entry's comments.
     out.write_all(pending.as_bytes())?;
-    Ok(Spliced::Done { head })
+    Ok(Spliced::Done { head, entries })
 }
 
 struct State<'a> {
@@ -197,7 +217,7 @@ struct State<'a> {
 impl State<'_> {
     /// Writes a complete table (or leaves it out if it is the removed one). False if it is not
     /// a valid entry (no `cidr`).
-    fn finish(&mut self, table: Table, out: &mut impl Write, last: bool) -> io::Result<bool> {
+    fn finish(&mut self, table: &Table, out: &mut impl Write, last: bool) -> io::Result<bool> {
         let Some(net) = table.cidr else {
             return Ok(false);
         };
@@ -239,12 +259,16 @@ struct Target {
 /// parse of the other million is what keeps an edit a pass over the lines; a value that does not
 /// parse is left for `gatekeeper check`, the daemon's reload and `gatekeeper status` to report.
 fn could_be(value: &str, target: &Target) -> bool {
-    let value = value.trim();
-    if value.contains(':') {
+    // Bytes, not chars: this runs for every entry of the file.
+    let value = value.trim().as_bytes();
+    if value.contains(&b':') {
         return true;
     }
-    let addr = value.split_once('/').map_or(value, |(addr, _)| addr);
-    target.v4_addr.as_deref() == Some(addr)
+    let addr = match value.iter().position(|&b| b == b'/') {
+        Some(slash) => &value[..slash],
+        None => value,
+    };
+    target.v4_addr.as_deref().map(str::as_bytes) == Some(addr)
 }
 
 /// The lines of a new entry, as `toml_edit` writes them: a blank line, the header, the keys.
@@ -355,5 +379,38 @@ mod tests {
             net: net("192.0.2.2"),
         };
         assert_eq!(run(text, remove).1, "missing");
+    }
+
+    #[test]
+    fn done_counts_the_entries_of_the_new_file() {
+        let text = "mode = \"enforce\"\n\n[[allow]]\ncidr = \"192.0.2.1\"\n\n[[allow]]\ncidr = \"192.0.2.2\"\n";
+        let entries =
+            |edit| match splice(text.as_bytes(), &mut Vec::new(), edit, |_| true).expect("io") {
+                Spliced::Done { entries, .. } => entries,
+                _ => panic!("not done"),
+            };
+        let add = Edit::Add {
+            net: net("192.0.2.3"),
+            comment: None,
+        };
+        assert_eq!(entries(add), 3);
+        assert_eq!(
+            entries(Edit::Remove {
+                net: net("192.0.2.2")
+            }),
+            1
+        );
+        let one = "[[allow]]\ncidr = \"192.0.2.1\"\n";
+        match splice(
+            one.as_bytes(),
+            &mut Vec::new(),
+            Edit::Remove {
+                net: net("192.0.2.1"),
+            },
+            |_| true,
+        ) {
+            Ok(Spliced::Done { entries, .. }) => assert_eq!(entries, 0),
+            _ => panic!("not done"),
+        }
     }
 }

@@ -166,6 +166,14 @@ struct RawAllow {
     comment: Option<String>,
 }
 
+/// The warning for an entry that admits a whole address family.
+fn everything_warning(net: IpNet) -> String {
+    let family = if net.addr().is_ipv4() { "IPv4" } else { "IPv6" };
+    format!(
+        "allow entry {net}: this entry admits every {family} source: the filter protects nothing on that family"
+    )
+}
+
 impl Config {
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -178,26 +186,36 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
         if self.allow.is_empty() {
-            warnings.push(format!(
-                "the allowlist is empty: every SMTP peer is refused{}",
-                match self.mode {
-                    Mode::Enforce => "",
-                    Mode::Monitor => " (monitor mode only counts them)",
-                }
-            ));
+            warnings.push(self.empty_warning());
         }
         for entry in self.allow.iter().filter(|e| e.net.prefix_len() == 0) {
-            let family = if entry.net.addr().is_ipv4() {
-                "IPv4"
-            } else {
-                "IPv6"
-            };
-            warnings.push(format!(
-                "allow entry {}: this entry admits every {family} source: the filter protects nothing on that family",
-                entry.net
-            ));
+            warnings.push(everything_warning(entry.net));
         }
         warnings
+    }
+
+    /// [`Config::warnings`] after an edit that streamed the file without reading its entries
+    /// (this config holds its settings only): the new file has `entries` entries, and `added`
+    /// is the entry the edit added, if any.
+    pub fn warnings_after_edit(&self, entries: usize, added: Option<IpNet>) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if entries == 0 {
+            warnings.push(self.empty_warning());
+        }
+        if let Some(net) = added.filter(|n| n.prefix_len() == 0) {
+            warnings.push(everything_warning(net));
+        }
+        warnings
+    }
+
+    fn empty_warning(&self) -> String {
+        format!(
+            "the allowlist is empty: every SMTP peer is refused{}",
+            match self.mode {
+                Mode::Enforce => "",
+                Mode::Monitor => " (monitor mode only counts them)",
+            }
+        )
     }
 
     /// Parses and validates config text; `path` only names the file in errors.

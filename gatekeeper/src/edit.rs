@@ -181,11 +181,13 @@ fn inline_position(array: &Array, same: impl Fn(Option<&str>) -> bool) -> Option
 
 /// An edit streamed into a staged new file ([`stream`]), not yet in place.
 pub enum Streamed {
-    /// The new file, to [`Staged::commit`], the settings of the file (its entries unread), and
-    /// the old file, still readable after the commit (to put it back, see [`restore`]).
+    /// The new file, to [`Staged::commit`], the settings of the file (its entries unread, so
+    /// `config.allow` is empty), the number of entries in the new file, and the old file, still
+    /// readable after the commit (to put it back, see [`restore`]).
     Ready {
         staged: Staged,
         config: Box<Config>,
+        entries: usize,
         old: fs::File,
     },
     Duplicate,
@@ -228,9 +230,10 @@ pub fn stream(real: &Path, path: &Path, edit: Edit<'_>) -> anyhow::Result<Stream
         }
     };
     Ok(match (outcome, config) {
-        (Spliced::Done { .. }, Some(config)) => Streamed::Ready {
+        (Spliced::Done { entries, .. }, Some(config)) => Streamed::Ready {
             staged,
             config: Box::new(config),
+            entries,
             old,
         },
         (Spliced::Duplicate, _) => Streamed::Duplicate,

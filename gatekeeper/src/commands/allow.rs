@@ -79,15 +79,28 @@ impl Restore {
 }
 
 /// Applies `change` to the file: streamed when the scanner reads the file, else as a whole
-/// document. Returns the new file and the config's settings (for the pin directory).
-fn prepare(real: &Path, path: &Path, change: Edit<'_>) -> anyhow::Result<(NewFile, Config)> {
+/// document. Returns the new file, the config's settings (for the pin directory) and the
+/// warnings about the edited file.
+fn prepare(
+    real: &Path,
+    path: &Path,
+    change: Edit<'_>,
+) -> anyhow::Result<(NewFile, Config, Vec<String>)> {
     match edit::stream(real, path, change)? {
         Streamed::Ready {
             staged,
             config,
+            entries,
             old,
         } => {
-            return Ok((NewFile::Staged { staged, old }, *config));
+            // The streamed config holds the settings only: its own warnings would call the
+            // list empty.
+            let added = match change {
+                Edit::Add { net, .. } => Some(net),
+                Edit::Remove { .. } => None,
+            };
+            let warnings = config.warnings_after_edit(entries, added);
+            return Ok((NewFile::Staged { staged, old }, *config, warnings));
         }
         Streamed::Duplicate => {
             if let Edit::Add { net, .. } = change {
@@ -117,12 +130,14 @@ fn prepare(real: &Path, path: &Path, change: Edit<'_>) -> anyhow::Result<(NewFil
     let new = file.doc.text();
     let config = Config::parse(&new, path)
         .context("the edited config would not be valid; nothing changed")?;
+    let warnings = config.warnings();
     Ok((
         NewFile::Text {
             new,
             old: file.text,
         },
         config,
+        warnings,
     ))
 }
 
@@ -137,7 +152,7 @@ pub fn add(path: &Path, cidr: &str, comment: Option<&str>) -> anyhow::Result<()>
     let net = parse_net(cidr)?;
     let real = edit::resolve(path)?;
     let _lock = lock::lock_config(&real, LOCK_WAIT)?;
-    let (new_file, config) = prepare(&real, path, Edit::Add { net, comment })?;
+    let (new_file, config, warnings) = prepare(&real, path, Edit::Add { net, comment })?;
     bpffs::require_pins_visible(&config.pin_dir)?;
     let mut live = FilterMaps::open_if_pinned(&config.pin_dir)?;
     let mut inserted = false;
@@ -158,7 +173,7 @@ pub fn add(path: &Path, cidr: &str, comment: Option<&str>) -> anyhow::Result<()>
             path.display()
         )));
     }
-    super::print_warnings(&config);
+    super::print_each(&warnings);
     match live {
         Some(_) => println!("added {net} to {} and to the live filter", path.display()),
         None => println!(
@@ -173,7 +188,7 @@ pub fn remove(path: &Path, cidr: &str) -> anyhow::Result<()> {
     let net = parse_net(cidr)?;
     let real = edit::resolve(path)?;
     let _lock = lock::lock_config(&real, LOCK_WAIT)?;
-    let (new_file, config) = prepare(&real, path, Edit::Remove { net })?;
+    let (new_file, config, warnings) = prepare(&real, path, Edit::Remove { net })?;
     bpffs::require_pins_visible(&config.pin_dir)?;
     let mut live = FilterMaps::open_if_pinned(&config.pin_dir)?;
     let restore = new_file
@@ -187,7 +202,7 @@ pub fn remove(path: &Path, cidr: &str) -> anyhow::Result<()> {
         })?;
         return Err(err.context(format!("{} restored; nothing removed", path.display())));
     }
-    super::print_warnings(&config);
+    super::print_each(&warnings);
     match live {
         Some(_) => println!(
             "removed {net} from {} and from the live filter",

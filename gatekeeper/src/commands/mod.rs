@@ -46,7 +46,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// The config's warnings on stderr, one `gatekeeper: warning: …` line each.
 pub fn print_warnings(config: &gatekeeper::config::Config) {
-    for warning in config.warnings() {
+    print_each(&config.warnings());
+}
+
+pub fn print_each(warnings: &[String]) {
+    for warning in warnings {
         eprintln!("gatekeeper: warning: {warning}");
     }
 }
