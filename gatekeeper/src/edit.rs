@@ -208,15 +208,10 @@ pub fn stream(real: &Path, path: &Path, edit: Edit<'_>) -> anyhow::Result<Stream
     let mut config = None;
     let outcome = {
         let mut out = std::io::BufWriter::with_capacity(1 << 16, staged.file());
-        let outcome = allowlist_edit::splice(
-            std::io::BufReader::with_capacity(1 << 16, input),
-            &mut out,
-            edit,
-            |head| {
-                config = Config::parse(head, path).ok();
-                config.as_ref().is_some_and(|c| c.allow.is_empty())
-            },
-        );
+        let outcome = allowlist_edit::splice(input, &mut out, edit, |head| {
+            config = Config::parse(head, path).ok();
+            config.as_ref().is_some_and(|c| c.allow.is_empty())
+        });
         match outcome {
             // Invalid UTF-8 and the like: the full parse words it.
             Err(err) if err.kind() == std::io::ErrorKind::InvalidData => Spliced::Unusual,
