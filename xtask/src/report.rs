@@ -594,17 +594,31 @@ fn control_section(md: &mut String, control: Option<&Value>) {
     };
     let _ = writeln!(
         md,
-        "The release `gatekeeper` binary with IPv4 allowlists of /32s in two shapes: *clustered* \
+        "`sudo -E cargo xtask bench xdp` also runs these rows (`--control-sizes 10000,100000` \
+         leaves out the 1,000,000 rows, which take about a minute; `none` all of them). \
+         The release `gatekeeper` binary with IPv4 allowlists of /32s in two shapes: *clustered* \
          (64 entries to a /24, so few DIR-24-8 blocks) and *spread* (every entry in a random /24 \
          of its own: one second-level block each, the worst case). Default settings \
          (`ipv4_lookup = \"auto\"`). The daemon attaches to a veth in namespaces the benchmark \
          creates. *start*: from spawning `gatekeeper run` to its \"enforcing\" line; daemon RSS \
          then, peak (VmHWM) and current (VmRSS); `allow add` of a new entry while the daemon \
          runs (median of {} adds; the next add waits for the daemon's reload), wall time and the \
-         CLI's peak RSS; `status` and `allow list --json` (stdout to /dev/null), median of {}. \
+         CLI's peak RSS (which cannot be below the benchmark process's own RSS at the spawn, \
+         {} MB: a child starts from its parent's memory); `status` and `allow list --json` \
+         (stdout to /dev/null), median of {}. \
          Targets at 1,000,000 entries: start ≤ 3 s, daemon RSS ≤ 150 MB, `allow add` ≤ 100 ms \
          and ≤ 50 MB, `status` ≤ 0.5 s, `allow list --json` ≤ 3 s.\n",
-        control["adds"], control["reads"],
+        control["adds"],
+        fixed(
+            control["results"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| f(&r["bench_rss_kib"]) / 1024.0)
+                .fold(f64::NAN, f64::max),
+            0
+        ),
+        control["reads"],
     );
     let _ = writeln!(
         md,
