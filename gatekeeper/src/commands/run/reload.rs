@@ -105,6 +105,10 @@ fn apply(job: &Job, text: &str) -> anyhow::Result<Step> {
     if !job.iface_override.is_empty() {
         config.interfaces.clone_from(&job.iface_override);
     }
+    // As at start (`load` in run.rs): every load of the file words its warnings.
+    for warning in config.warnings() {
+        warn!(config = %job.path.display(), "{warning}");
+    }
     if config.pin_dir != job.pin_dir {
         anyhow::bail!(
             "pin_dir changed from {} to {}: restart the daemon to move the pinned state",
