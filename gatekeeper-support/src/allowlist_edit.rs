@@ -333,8 +333,10 @@ impl<'r, R: Read> LineReader<'r, R> {
         loop {
             if self.pos < self.text.len() {
                 let start = self.pos;
-                let len = self.text[start..]
-                    .find('\n')
+                // A plain loop: lines are short, memchr's set-up costs more than it saves.
+                let len = self.text.as_bytes()[start..]
+                    .iter()
+                    .position(|&b| b == b'\n')
                     .map_or(self.text.len() - start, |at| at + 1);
                 self.pos += len;
                 return Ok(Some(&self.text[start..start + len]));
