@@ -1,4 +1,4 @@
-//! The benchmark report: `target/bench/{xdp,flood,relay}.json` gathered into one Markdown file
+//! The benchmark report: `target/bench/{xdp,control,flood,relay}.json` gathered into one Markdown file
 //! with tables and hand-written SVG bar charts, plus the combined JSON beside it. Every figure is a
 //! ratio against a baseline measured in the same run; the machine is recorded with it.
 
