@@ -166,6 +166,14 @@ struct RawAllow {
     comment: Option<String>,
 }
 
+/// The warning for an entry that admits a whole address family.
+fn everything_warning(net: IpNet) -> String {
+    let family = if net.addr().is_ipv4() { "IPv4" } else { "IPv6" };
+    format!(
+        "allow entry {net}: this entry admits every {family} source: the filter protects nothing on that family"
+    )
+}
+
 impl Config {
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -178,18 +186,29 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
         if self.allow.is_empty() {
-            warnings.push(self.empty_allowlist_warning());
+            warnings.push(self.empty_warning());
         }
-        warnings.extend(
-            self.allow
-                .iter()
-                .filter_map(|entry| whole_family_warning(entry.net)),
-        );
+        for entry in self.allow.iter().filter(|e| e.net.prefix_len() == 0) {
+            warnings.push(everything_warning(entry.net));
+        }
         warnings
     }
 
-    /// The warning for an allowlist without entries, in this config's mode.
-    pub fn empty_allowlist_warning(&self) -> String {
+    /// [`Config::warnings`] after an edit that streamed the file without reading its entries
+    /// (this config holds its settings only): the new file has `entries` entries, and `added`
+    /// is the entry the edit added, if any.
+    pub fn warnings_after_edit(&self, entries: usize, added: Option<IpNet>) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if entries == 0 {
+            warnings.push(self.empty_warning());
+        }
+        if let Some(net) = added.filter(|n| n.prefix_len() == 0) {
+            warnings.push(everything_warning(net));
+        }
+        warnings
+    }
+
+    fn empty_warning(&self) -> String {
         format!(
             "the allowlist is empty: every SMTP peer is refused{}",
             match self.mode {
@@ -323,17 +342,6 @@ fn from_raw_allow(raw: Vec<RawAllow>) -> ScannedAllow {
         scanned.cidr_at.push(u32::try_from(at).unwrap_or(u32::MAX));
     }
     scanned
-}
-
-/// The warning for an entry that admits a whole address family (`0.0.0.0/0`, `::/0`).
-pub fn whole_family_warning(net: IpNet) -> Option<String> {
-    if net.prefix_len() != 0 {
-        return None;
-    }
-    let family = if net.addr().is_ipv4() { "IPv4" } else { "IPv6" };
-    Some(format!(
-        "allow entry {net}: this entry admits every {family} source: the filter protects nothing on that family"
-    ))
 }
 
 /// Config text must be UTF-8: where the first byte that is not sits, for FILE:LINE:COLUMN.

@@ -181,9 +181,9 @@ fn inline_position(array: &Array, same: impl Fn(Option<&str>) -> bool) -> Option
 
 /// An edit streamed into a staged new file ([`stream`]), not yet in place.
 pub enum Streamed {
-    /// The new file, to [`Staged::commit`], the settings of the file (its entries unread), the
-    /// number of entries the new file holds, and the old file, still readable after the commit
-    /// (to put it back, see [`restore`]).
+    /// The new file, to [`Staged::commit`], the settings of the file (its entries unread, so
+    /// `config.allow` is empty), the number of entries in the new file, and the old file, still
+    /// readable after the commit (to put it back, see [`restore`]).
     Ready {
         staged: Staged,
         config: Box<Config>,
@@ -208,15 +208,10 @@ pub fn stream(real: &Path, path: &Path, edit: Edit<'_>) -> anyhow::Result<Stream
     let mut config = None;
     let outcome = {
         let mut out = std::io::BufWriter::with_capacity(1 << 16, staged.file());
-        let outcome = allowlist_edit::splice(
-            std::io::BufReader::with_capacity(1 << 16, input),
-            &mut out,
-            edit,
-            |head| {
-                config = Config::parse(head, path).ok();
-                config.as_ref().is_some_and(|c| c.allow.is_empty())
-            },
-        );
+        let outcome = allowlist_edit::splice(input, &mut out, edit, |head| {
+            config = Config::parse(head, path).ok();
+            config.as_ref().is_some_and(|c| c.allow.is_empty())
+        });
         match outcome {
             // Invalid UTF-8 and the like: the full parse words it.
             Err(err) if err.kind() == std::io::ErrorKind::InvalidData => Spliced::Unusual,

@@ -1,15 +1,61 @@
 //! The DIR-24-8 tables against the plain definition of longest-prefix match, after thousands of
 //! random adds, removes and replacements of prefixes of every length from /0 to /32, nested and
 //! overlapping: for every probed address the tables must name exactly the longest matching entry.
+//! The block pool starts small and is grown (new tables filled and swapped in, as the daemon's
+//! reload does) whenever an add runs out of blocks, so the verdicts are also checked across
+//! replaced tables.
 
 use std::net::Ipv4Addr;
 
-use gatekeeper::filter::Filter;
+use gatekeeper::{
+    dir24::{self, OutOfBlocks},
+    filter::{Filter, Ipv4Lookup, LoadOptions},
+};
 use gatekeeper_tests::{
+    dirs::PinDir,
     generate::{Rng, random_in_v4, random_v4_net},
     kernel_tests_enabled,
 };
 use ipnet::{IpNet, Ipv4Net};
+
+/// The pool the test starts with: a handful of blocks, so the random prefixes longer than /24
+/// outgrow it several times.
+const FIRST_POOL: u32 = 4;
+
+/// Adds `net` (not yet an entry); when the pool has no free block, replaces the IPv4 tables with
+/// a pool a few blocks larger (copied from the old tables) and adds again.
+/// Counts the replacements in `grown`.
+fn add(filter: &mut Filter, entries: &mut Vec<Ipv4Net>, net: Ipv4Net, grown: &mut usize) {
+    match filter.maps().insert(IpNet::V4(net)) {
+        Ok(()) => {}
+        Err(err) if err.downcast_ref::<OutOfBlocks>().is_some() => {
+            let all: Vec<IpNet> = entries
+                .iter()
+                .chain([&net])
+                .map(|n| IpNet::V4(*n))
+                .collect();
+            // Blocks this process retired just now (removed /24s) are not handed out again
+            // yet, so the pool may be short of blocks while the entries need fewer.
+            let current = u32::try_from(filter.maps().ipv4_blocks()).expect("pool size");
+            let blocks = dir24::blocks_needed(&all).max(current) + 3;
+            filter
+                .replace_ipv4_tables(&LoadOptions {
+                    ipv4_lookup: Ipv4Lookup::Dir24,
+                    dir24_blocks: blocks,
+                    ..LoadOptions::default()
+                })
+                .expect("grow the block pool");
+            assert_eq!(filter.maps().ipv4_blocks(), blocks as usize);
+            *grown += 1;
+            filter
+                .maps()
+                .insert(IpNet::V4(net))
+                .expect("insert after growing the pool");
+        }
+        Err(err) => panic!("insert {net}: {err:#}"),
+    }
+    entries.push(net);
+}
 
 /// The longest entry containing `addr`.
 fn longest(entries: &[Ipv4Net], addr: Ipv4Addr) -> Option<Ipv4Net> {
@@ -26,8 +72,17 @@ fn dir24_names_the_longest_matching_entry_through_random_edits() {
         return;
     }
     let mut rng = Rng::new(0xd1_24_08);
-    let mut filter = Filter::load(None).expect("load");
+    let pins = PinDir::new("gkd24");
+    gatekeeper::bpffs::ensure_pin_dir(pins.path()).expect("pin dir on bpffs");
+    let mut filter = Filter::load_with(&LoadOptions {
+        pin_dir: Some(pins.path()),
+        ipv4_lookup: Ipv4Lookup::Dir24,
+        dir24_blocks: FIRST_POOL,
+        ..LoadOptions::default()
+    })
+    .expect("load");
     let mut entries: Vec<Ipv4Net> = Vec::new();
+    let mut grown = 0;
     let as_v4 = |n: IpNet| match n {
         IpNet::V4(n) => n,
         IpNet::V6(_) => unreachable!("random_v4_net returns IPv4"),
@@ -51,16 +106,14 @@ fn dir24_names_the_longest_matching_entry_through_random_edits() {
                 .expect("net")
                 .trunc();
                 if !entries.contains(&new) {
-                    filter.maps().insert(IpNet::V4(new)).expect("insert");
-                    entries.push(new);
+                    add(&mut filter, &mut entries, new, &mut grown);
                 }
             } else {
                 let existing: Vec<IpNet> = entries.iter().map(|n| IpNet::V4(*n)).collect();
                 // /0 now and then, and mostly short prefixes early so later ones nest in them.
                 let net = as_v4(random_v4_net(&mut rng, &existing, round % 10 == 3));
                 if !entries.contains(&net) {
-                    filter.maps().insert(IpNet::V4(net)).expect("insert");
-                    entries.push(net);
+                    add(&mut filter, &mut entries, net, &mut grown);
                 }
             }
         }
@@ -87,11 +140,17 @@ fn dir24_names_the_longest_matching_entry_through_random_edits() {
             assert_eq!(
                 got,
                 want,
-                "round {round}: {addr} (entries: {})",
+                "round {round}: {addr} (entries: {}, pool grown {grown} times)",
                 entries.len()
             );
         }
     }
+    assert!(grown >= 3, "the pool grew only {grown} times");
+    eprintln!(
+        "the block pool grew {grown} times, to {} blocks",
+        filter.maps().ipv4_blocks()
+    );
+    filter.unpin().expect("unpin");
 }
 
 #[test]

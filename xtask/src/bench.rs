@@ -20,6 +20,11 @@ pub struct Args {
     /// under `all`).
     #[arg(long, value_name = "LIST")]
     pub sizes: Option<String>,
+    /// Allowlist sizes of the control-plane rows of `xdp` (the release `gatekeeper` binary: daemon
+    /// start, daemon RSS, `allow add`, `status`, `allow list --json`, clustered and spread lists),
+    /// comma-separated, or `none` (default 10000,100000,1000000; 10000,100000 with --quick).
+    #[arg(long, value_name = "LIST")]
+    pub control_sizes: Option<String>,
     /// Also write the report to docs/benchmarks.md and its charts to docs/ (with `all` or
     /// `report`).
     #[arg(long)]
@@ -29,7 +34,9 @@ pub struct Args {
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Suite {
     /// The XDP program through BPF_PROG_TEST_RUN against an empty program: per packet class,
-    /// per allowlist size, hot and with many sources; load time and kernel memory.
+    /// per allowlist size, hot and with many sources; load time and kernel memory. Then the
+    /// control plane with the release binary: daemon start and RSS, `allow add`, `status`,
+    /// `allow list --json` (see --control-sizes).
     Xdp,
     /// A SYN flood over a veth from an in-kernel generator, dropped by the gatekeeper's XDP
     /// program, by nftables (netdev ingress), by nothing, and by an empty XDP_DROP program.
@@ -77,6 +84,39 @@ fn xdp(args: &Args, sizes: Option<&str>) -> anyhow::Result<()> {
     }
     if let Some(sizes) = sizes {
         cmd.args(["--sizes", sizes]);
+    }
+    shell::run(&mut cmd)?;
+    control(args)
+}
+
+/// Control-plane sizes when `--control-sizes` is not given.
+const CONTROL_SIZES: &str = "10000,100000,1000000";
+const CONTROL_SIZES_QUICK: &str = "10000,100000";
+
+/// The control-plane rows: the release binary against lists of each size and shape, attached to
+/// a veth in namespaces the benchmark creates and removes.
+fn control(args: &Args) -> anyhow::Result<()> {
+    let sizes = match args.control_sizes.as_deref() {
+        Some("none") => return Ok(()),
+        Some(sizes) => sizes,
+        None if args.quick => CONTROL_SIZES_QUICK,
+        None => CONTROL_SIZES,
+    };
+    step("bench control: build the gatekeeper binary (release)");
+    shell::run(shell::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "gatekeeper",
+        "--bin",
+        "gatekeeper",
+    ]))?;
+    step("bench control: daemon start and RSS, allow add, status, allow list --json");
+    let binary = shell::workspace_root().join("target/release/gatekeeper");
+    let mut cmd = bench_command("control");
+    cmd.env("GATEKEEPER_BIN", binary).args(["--sizes", sizes]);
+    if args.quick {
+        cmd.arg("--quick");
     }
     shell::run(&mut cmd)
 }

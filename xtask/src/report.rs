@@ -1,4 +1,4 @@
-//! The benchmark report: `target/bench/{xdp,flood,relay}.json` gathered into one Markdown file
+//! The benchmark report: `target/bench/{xdp,control,flood,relay}.json` gathered into one Markdown file
 //! with tables and hand-written SVG bar charts, plus the combined JSON beside it. Every figure is a
 //! ratio against a baseline measured in the same run; the machine is recorded with it.
 
@@ -29,13 +29,21 @@ pub fn write(publish: bool) -> anyhow::Result<()> {
     let xdp = read(&dir.join("xdp.json"))?;
     let flood = read(&dir.join("flood.json"))?;
     let relay = read(&dir.join("relay.json"))?;
+    let control = read(&dir.join("control.json"))?;
     let machine = machine();
-    let report = render(&machine, xdp.as_ref(), flood.as_ref(), relay.as_ref(), "");
+    let results = Results {
+        xdp: xdp.as_ref(),
+        control: control.as_ref(),
+        flood: flood.as_ref(),
+        relay: relay.as_ref(),
+    };
+    let report = render(&machine, &results, "");
     save(&dir, &report)?;
     let combined = json!({
         "machine": machine,
         "generated_utc": utc_now(),
         "xdp": xdp,
+        "control": control,
         "flood": flood,
         "relay": relay,
     });
@@ -47,13 +55,7 @@ pub fn write(publish: bool) -> anyhow::Result<()> {
     println!("    wrote {}", dir.join("report.md").display());
     if publish {
         let docs = workspace_root().join("docs");
-        let report = render(
-            &machine,
-            xdp.as_ref(),
-            flood.as_ref(),
-            relay.as_ref(),
-            "bench-",
-        );
+        let report = render(&machine, &results, "bench-");
         save(&docs, &report)?;
         std::fs::write(docs.join("benchmarks.md"), &report.markdown)?;
         println!("    wrote {}", docs.join("benchmarks.md").display());
@@ -133,13 +135,16 @@ fn fixed(value: f64, digits: usize) -> String {
     }
 }
 
-fn render(
-    machine: &Value,
-    xdp: Option<&Value>,
-    flood: Option<&Value>,
-    relay: Option<&Value>,
-    chart_prefix: &str,
-) -> Report {
+/// The JSON results the report is made of (each absent when not measured).
+#[derive(Default)]
+struct Results<'a> {
+    xdp: Option<&'a Value>,
+    control: Option<&'a Value>,
+    flood: Option<&'a Value>,
+    relay: Option<&'a Value>,
+}
+
+fn render(machine: &Value, results: &Results, chart_prefix: &str) -> Report {
     let mut md = String::new();
     let mut charts = Vec::new();
     let _ = writeln!(md, "# Gatekeeper benchmarks\n");
@@ -158,9 +163,10 @@ fn render(
         machine["cpus"],
         machine["kernel"].as_str().unwrap_or("?"),
     );
-    flood_section(&mut md, &mut charts, flood, chart_prefix);
-    xdp_section(&mut md, &mut charts, xdp, chart_prefix);
-    relay_section(&mut md, relay);
+    flood_section(&mut md, &mut charts, results.flood, chart_prefix);
+    xdp_section(&mut md, &mut charts, results.xdp, chart_prefix);
+    control_section(&mut md, results.control);
+    relay_section(&mut md, results.relay);
     Report {
         markdown: md,
         charts,
@@ -573,6 +579,71 @@ fn xdp_section(
     }
 }
 
+/// The control-plane rows of `bench xdp` (tests/benches/control.rs).
+fn control_section(md: &mut String, control: Option<&Value>) {
+    let _ = writeln!(
+        md,
+        "## Control plane at scale (`cargo xtask bench xdp`, control-plane rows)\n"
+    );
+    let Some(control) = control else {
+        let _ = writeln!(
+            md,
+            "Not measured in this run (`target/bench/control.json` was not there).\n"
+        );
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "`sudo -E cargo xtask bench xdp` also runs these rows (`--control-sizes 10000,100000` \
+         leaves out the 1,000,000 rows, which take about a minute; `none` all of them). \
+         The release `gatekeeper` binary with IPv4 allowlists of /32s in two shapes: *clustered* \
+         (64 entries to a /24, so few DIR-24-8 blocks) and *spread* (every entry in a random /24 \
+         of its own: one second-level block each, the worst case). Default settings \
+         (`ipv4_lookup = \"auto\"`). The daemon attaches to a veth in namespaces the benchmark \
+         creates. *start*: from spawning `gatekeeper run` to its \"enforcing\" line; daemon RSS \
+         then, peak (VmHWM) and current (VmRSS); `allow add` of a new entry while the daemon \
+         runs (median of {} adds; the next add waits for the daemon's reload), wall time and the \
+         CLI's peak RSS (which cannot be below the benchmark process's own RSS at the spawn, \
+         {} MB: a child starts from its parent's memory); `status` and `allow list --json` \
+         (stdout to /dev/null), median of {}. \
+         Targets at 1,000,000 entries: start ≤ 3 s, daemon RSS ≤ 150 MB, `allow add` ≤ 100 ms \
+         and ≤ 50 MB, `status` ≤ 0.5 s, `allow list --json` ≤ 3 s.\n",
+        control["adds"],
+        fixed(
+            control["results"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| f(&r["bench_rss_kib"]) / 1024.0)
+                .fold(f64::NAN, f64::max),
+            0
+        ),
+        control["reads"],
+    );
+    let _ = writeln!(
+        md,
+        "| shape | entries | start (s) | daemon peak RSS (MB) | daemon RSS (MB) | `allow add` (ms) | `allow add` peak RSS (MB) | `status` (s) | `allow list --json` (s) | `allow list --json` peak RSS (MB) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let mb = |kib: &Value| fixed(f(kib) / 1024.0, 1);
+    for row in control["results"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            row["shape"].as_str().unwrap_or("–"),
+            thousands(f(&row["entries"])),
+            fixed(f(&row["start_seconds"]), 2),
+            mb(&row["daemon_hwm_kib"]),
+            mb(&row["daemon_rss_kib"]),
+            fixed(f(&row["add_seconds"]) * 1000.0, 0),
+            mb(&row["add_peak_rss_kib"]),
+            fixed(f(&row["status_seconds"]), 2),
+            fixed(f(&row["list_json_seconds"]), 2),
+            mb(&row["list_json_peak_rss_kib"]),
+        );
+    }
+    let _ = writeln!(md);
+}
+
 fn short(class: &str, mode: &str) -> String {
     let sources = if mode == "spread" {
         "many sources"
@@ -713,7 +784,7 @@ mod tests {
 
     #[test]
     fn report_renders_without_any_results() {
-        let report = render(&machine(), None, None, None, "");
+        let report = render(&machine(), &Results::default(), "");
         assert!(report.markdown.contains("Not measured in this run"));
         assert!(report.charts.is_empty());
     }
@@ -742,6 +813,23 @@ mod tests {
         relay_section(&mut md, Some(&without));
         assert!(
             md.contains("| 50 | 2,200 | 2.0 ms | 4.0 ms | – | – | – | – |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn control_rows_in_milliseconds_and_megabytes() {
+        let control = json!({"reads": 3, "adds": 5, "results": [{
+            "shape": "spread", "entries": 1000000, "start_seconds": 2.5, "daemon_hwm_kib": 71680,
+            "daemon_rss_kib": 40960, "add_seconds": 0.0421, "add_peak_rss_kib": 15360,
+            "status_seconds": 0.31, "status_peak_rss_kib": 1, "list_json_seconds": 2.0,
+            "list_json_peak_rss_kib": 20480}]});
+        let mut md = String::new();
+        control_section(&mut md, Some(&control));
+        assert!(
+            md.contains(
+                "| spread | 1,000,000 | 2.50 | 70.0 | 40.0 | 42 | 15.0 | 0.31 | 2.00 | 20.0 |"
+            ),
             "{md}"
         );
     }

@@ -12,7 +12,7 @@ use std::{io::Write as _, path::Path, time::Duration};
 use anyhow::{Context as _, anyhow};
 use gatekeeper::{
     bpffs,
-    config::{Config, parse_cidr, whole_family_warning},
+    config::{Config, parse_cidr},
     edit::{self, ConfigDocument, EditError, Streamed},
     lock,
     maps::FilterMaps,
@@ -80,7 +80,7 @@ impl Restore {
 
 /// Applies `change` to the file: streamed when the scanner reads the file, else as a whole
 /// document. Returns the new file, the config's settings (for the pin directory) and the
-/// warnings to print (see [`Config::warnings`]).
+/// warnings about the edited file.
 fn prepare(
     real: &Path,
     path: &Path,
@@ -93,14 +93,13 @@ fn prepare(
             entries,
             old,
         } => {
-            // The other entries were not parsed: warn about the edited one and the result.
-            let mut warnings = Vec::new();
-            if entries == 0 {
-                warnings.push(config.empty_allowlist_warning());
-            }
-            if let Edit::Add { net, .. } = change {
-                warnings.extend(whole_family_warning(net));
-            }
+            // The streamed config holds the settings only: its own warnings would call the
+            // list empty.
+            let added = match change {
+                Edit::Add { net, .. } => Some(net),
+                Edit::Remove { .. } => None,
+            };
+            let warnings = config.warnings_after_edit(entries, added);
             return Ok((NewFile::Staged { staged, old }, *config, warnings));
         }
         Streamed::Duplicate => {
@@ -174,7 +173,7 @@ pub fn add(path: &Path, cidr: &str, comment: Option<&str>) -> anyhow::Result<()>
             path.display()
         )));
     }
-    super::print_warnings(&warnings);
+    super::print_each(&warnings);
     match live {
         Some(_) => println!("added {net} to {} and to the live filter", path.display()),
         None => println!(
@@ -203,7 +202,7 @@ pub fn remove(path: &Path, cidr: &str) -> anyhow::Result<()> {
         })?;
         return Err(err.context(format!("{} restored; nothing removed", path.display())));
     }
-    super::print_warnings(&warnings);
+    super::print_each(&warnings);
     match live {
         Some(_) => println!(
             "removed {net} from {} and from the live filter",

@@ -21,6 +21,6 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
         v4,
         config.allow.len() - v4
     );
-    super::print_warnings(&config.warnings());
+    super::print_warnings(&config);
     Ok(())
 }

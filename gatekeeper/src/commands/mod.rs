@@ -44,9 +44,12 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     done.map(|()| ExitCode::SUCCESS)
 }
 
-/// Warnings (see [`gatekeeper::config::Config::warnings`]) on stderr, one
-/// `gatekeeper: warning: …` line each.
-pub fn print_warnings(warnings: &[String]) {
+/// The config's warnings on stderr, one `gatekeeper: warning: …` line each.
+pub fn print_warnings(config: &gatekeeper::config::Config) {
+    print_each(&config.warnings());
+}
+
+pub fn print_each(warnings: &[String]) {
     for warning in warnings {
         eprintln!("gatekeeper: warning: {warning}");
     }

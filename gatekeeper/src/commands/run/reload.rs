@@ -102,11 +102,12 @@ enum Step {
 
 fn apply(job: &Job, text: &str) -> anyhow::Result<Step> {
     let mut config = Config::parse(text, &job.path)?;
-    for warning in config.warnings() {
-        warn!(config = %job.path.display(), "{warning}");
-    }
     if !job.iface_override.is_empty() {
         config.interfaces.clone_from(&job.iface_override);
+    }
+    // As at start (`load` in run.rs): every load of the file words its warnings.
+    for warning in config.warnings() {
+        warn!(config = %job.path.display(), "{warning}");
     }
     if config.pin_dir != job.pin_dir {
         anyhow::bail!(
