@@ -260,13 +260,14 @@ pub fn blocks_needed<'a>(nets: impl IntoIterator<Item = &'a ipnet::IpNet>) -> u3
     u32::try_from(slots.len()).unwrap_or(u32::MAX)
 }
 
-/// The pool to create for a list that needs `needed` blocks: a quarter more and 1024 blocks of
-/// headroom for later additions (so most reloads find room), at least the historic default,
+/// The pool to create for a list that needs `needed` blocks: a sixteenth more and 256 blocks of
+/// headroom for later additions (so most reloads find room; one that does not grows the pool
+/// without a gap, see `Filter::replace_ipv4_tables`), at least the historic default,
 /// at most `ceiling` (the config's `ipv4_dir24_blocks`) or [`MAX_DIR24_BLOCKS`].
 pub fn pool_size(needed: u32, ceiling: Option<u32>) -> u32 {
     let want = needed
-        .saturating_add(needed / 4)
-        .saturating_add(1024)
+        .saturating_add(needed / 16)
+        .saturating_add(256)
         .max(gatekeeper_common::dir24::DEFAULT_LONG_BLOCKS);
     want.min(ceiling.unwrap_or(MAX_DIR24_BLOCKS))
 }
