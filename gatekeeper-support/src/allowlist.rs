@@ -239,7 +239,7 @@ pub(crate) fn classify(line: &str) -> Result<Line<'_>, Unusual> {
         return Ok(Line::Key {
             key: Key::Cidr,
             value,
-            at: PLAIN_CIDR.len(),
+            at: VALUE_AT,
         });
     }
     classify_any(line)
@@ -280,6 +280,8 @@ fn classify_any(line: &str) -> Result<Line<'_>, Unusual> {
 
 /// How the project writes a `cidr` line, up to the value.
 const PLAIN_CIDR: &str = "cidr = \"";
+/// The offset of its value in the line, counted from the opening quote as the general path does.
+const VALUE_AT: usize = PLAIN_CIDR.len() - 1;
 
 /// The value of a `cidr` line written the project's way (`cidr = "VALUE"` and the line end,
 /// VALUE only address characters), found without the general path's steps: the line every
@@ -373,7 +375,7 @@ mod tests {
             let shortcut = plain_cidr_line(line).map(|value| Line::Key {
                 key: Key::Cidr,
                 value,
-                at: PLAIN_CIDR.len(),
+                at: VALUE_AT,
             });
             if let Some(shortcut) = shortcut {
                 assert_eq!(Ok(shortcut), classify_any(line), "{line:?}");
