@@ -30,6 +30,8 @@ pub mod map_names {
     /// DIR-24-8 updates know which prefix covers an address), bits 0..56 count the segments
     /// admitted through the DIR-24-8 lookup (the program adds 1 atomically).
     pub const ENTRY: &str = "GK_ENTRY";
+    /// The IPv4 summary in front of the allowlist lookups (see [`super::summary`]).
+    pub const SUMMARY_V4: &str = "GK_SUMMARY_V4";
 }
 
 /// Name of the filter program in the eBPF object.
@@ -57,6 +59,63 @@ pub mod dir24 {
     pub const ENTRY_LEN_SHIFT: u32 = 56;
     /// In an `ENTRY` value: the hit counter bits.
     pub const ENTRY_HITS_MASK: u64 = (1 << ENTRY_LEN_SHIFT) - 1;
+}
+
+/// The IPv4 summary in front of the allowlist lookups: bitmaps with one bit per /16, /20 and /24
+/// of the address space, a bit set while an allowlist entry covers at least one address of that
+/// region. A clear bit means "no entry covers this source": the program denies it without touching
+/// the allowlist tables, so a flood from everywhere reads a 128 KiB and a 2 MiB bitmap (cache
+/// resident) instead of missing in a 64 MiB table or walking a trie. A set bit only means "look
+/// further". The program reads the /20 then the /24 bitmap, or only the /16 bitmap when the map
+/// was sized without the others (the trie-only load, [`summary::WORDS_WITHOUT_L20`]).
+///
+/// One array map of `u64` words, region by region, each region on its own pages (the values of an
+/// mmapable array map start on a page and sit 8 bytes apart); userspace fills it through mmap:
+///
+/// | words | what | read by |
+/// |---|---|---|
+/// | `L16_BASE..` (8 KiB) | /16 bitmap: bit `a >> 16` of address `a` | program (trie-only load) |
+/// | `META_BASE` | [`summary::FILLED`] (xor the layout filled) once userspace filled the map | userspace |
+/// | `COUNTS_BASE..` (256 KiB) | per /16, how many entries cover part of it (`u32`s) | userspace |
+/// | `L20_BASE..` (128 KiB) | /20 bitmap: bit `a >> 12` | program |
+/// | `L24_BASE..` (2 MiB) | /24 bitmap: bit `a >> 8` | program |
+pub mod summary {
+    /// First word of the /16 bitmap.
+    pub const L16_BASE: u32 = 0;
+    /// Words of the /16 bitmap: 2^16 bits.
+    pub const L16_WORDS: u32 = 1 << 10;
+    /// The word that says whether userspace filled the map (a map the loader just created is
+    /// all zeros, which would deny every source).
+    pub const META_BASE: u32 = L16_BASE + L16_WORDS;
+    /// First word of the per-/16 reference counts (two `u32` per word, the even /16 in the low
+    /// half).
+    pub const COUNTS_BASE: u32 = META_BASE + 512;
+    /// Words of the reference counts.
+    pub const COUNT_WORDS: u32 = (1 << 16) / 2;
+    /// First word of the /20 bitmap.
+    pub const L20_BASE: u32 = COUNTS_BASE + COUNT_WORDS;
+    /// Words of the /20 bitmap: 2^20 bits.
+    pub const L20_WORDS: u32 = 1 << 14;
+    /// First word of the /24 bitmap.
+    pub const L24_BASE: u32 = L20_BASE + L20_WORDS;
+    /// Words of the /24 bitmap: 2^24 bits.
+    pub const L24_WORDS: u32 = 1 << 18;
+    /// Words of the whole map.
+    pub const WORDS: u32 = L24_BASE + L24_WORDS;
+    /// Words of the map without the /20 and /24 bitmaps (the trie-only load: userspace keeps them
+    /// exact from the DIR-24-8 first level, which that load does not have).
+    pub const WORDS_WITHOUT_L20: u32 = L20_BASE;
+    /// The marker at `META_BASE` of a filled map (userspace xors in which levels it filled).
+    pub const FILLED: u64 = 0x6761_7465_7375_6d31;
+
+    // Each region starts on a page (512 words of 8 bytes): the /24 bitmap spans exactly 512
+    // pages, the /20 bitmap 32.
+    const _: () = assert!(
+        META_BASE.is_multiple_of(512)
+            && COUNTS_BASE.is_multiple_of(512)
+            && L20_BASE.is_multiple_of(512)
+            && L24_BASE.is_multiple_of(512)
+    );
 }
 
 /// IPv4 lookup: the kernel LPM trie (no extra memory; cost grows with the list).

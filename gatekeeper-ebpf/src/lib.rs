@@ -26,7 +26,7 @@ use aya_ebpf::{
 };
 use gatekeeper_common::{
     ALLOWLIST_CAPACITY, COUNTER_ENTRIES, Counter, DropEvent, Family, FilterConfig, IFINDEX_LIMIT,
-    LOOKUP_DIR24, MAX_IFACE_SLOTS, Mode, TokenBucket, counter_index, dir24,
+    LOOKUP_DIR24, MAX_IFACE_SLOTS, Mode, TokenBucket, counter_index, dir24, summary,
 };
 use parse::{Judged, Segment};
 
@@ -47,6 +47,10 @@ static DIR24: Array<u64> = Array::with_max_entries(dir24::TBL24_ENTRIES / 2, BPF
 #[map(name = "GK_DIR24_LONG")]
 static DIR24_LONG: Array<u64> =
     Array::with_max_entries(dir24::DEFAULT_LONG_BLOCKS * 128, BPF_F_MMAPABLE);
+
+/// The IPv4 summary (see gatekeeper_common::summary): sized at load time like the DIR-24-8 tables.
+#[map(name = "GK_SUMMARY_V4")]
+static SUMMARY_V4: Array<u64> = Array::with_max_entries(summary::WORDS, BPF_F_MMAPABLE);
 
 /// Entry id -> prefix length and DIR-24-8 hit counter (see `map_names::ENTRY`).
 #[map(name = "GK_ENTRY")]
@@ -157,8 +161,12 @@ fn allowed(segment: &Segment, config: &FilterConfig) -> bool {
         Family::Ipv4 => {
             let mut v4 = [0u8; 4];
             v4.copy_from_slice(&segment.source[..4]);
+            let addr = u32::from_be_bytes(v4);
+            if !v4_may_be_listed(addr) {
+                return false;
+            }
             if config.v4_lookup == LOOKUP_DIR24 {
-                return dir24_allowed(u32::from_be_bytes(v4));
+                return dir24_allowed(addr);
             }
             ALLOW_V4.get(Key::new(32, v4))
         }
@@ -171,6 +179,28 @@ fn allowed(segment: &Segment, config: &FilterConfig) -> bool {
         }
         None => false,
     }
+}
+
+/// False when the summary says no allowlist entry covers any address of `addr`'s /20 and /24 (or,
+/// in a map sized without them, its /16): a source nobody listed is denied from a 128 KiB and a
+/// 2 MiB bitmap that stay in the caches, instead of a miss in the 64 MiB table or a trie walk.
+/// True means "look it up". (docs/benchmarks.md has the measurements behind the choice of levels.)
+#[inline(always)]
+fn v4_may_be_listed(addr: u32) -> bool {
+    if let Some(word) = SUMMARY_V4.get(summary::L20_BASE + (addr >> 18)) {
+        if (*word >> ((addr >> 12) & 63)) & 1 == 0 {
+            return false;
+        }
+        let Some(word) = SUMMARY_V4.get(summary::L24_BASE + (addr >> 14)) else {
+            return true;
+        };
+        return (*word >> ((addr >> 8) & 63)) & 1 != 0;
+    }
+    // The trie-only load: the map ends before the /20 bitmap.
+    let Some(word) = SUMMARY_V4.get(summary::L16_BASE + (addr >> 22)) else {
+        return true;
+    };
+    (*word >> ((addr >> 16) & 63)) & 1 != 0
 }
 
 /// DIR-24-8: the /24's entry, then for /24s holding longer prefixes the address's entry in its

@@ -12,7 +12,12 @@ use gatekeeper_common::map_names;
 use crate::object::{PINNED_MAPS, PROGRAM_OBJECT};
 
 /// Maps whose capacity the loader sets from the config rather than taking from the object.
-const SIZED_AT_LOAD: [&str; 3] = [map_names::DIR24, map_names::DIR24_LONG, map_names::ENTRY];
+const SIZED_AT_LOAD: [&str; 4] = [
+    map_names::DIR24,
+    map_names::DIR24_LONG,
+    map_names::ENTRY,
+    map_names::SUMMARY_V4,
+];
 
 /// The shape of one map: what must match for pinned state to be reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

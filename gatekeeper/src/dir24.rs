@@ -34,8 +34,8 @@ use ipnet::Ipv4Net;
 /// kernel populates the whole range of a BPF array mapping at `mmap`, so mapping a 1 GiB
 /// second level whole would make a CLI edit of one entry (or the daemon at rest) 1 GiB resident.
 /// Cells are only loaded and stored through the window, never borrowed, so a window can be
-/// unmapped whenever another one is needed.
-struct Mapped<T> {
+/// unmapped whenever another one is needed. The IPv4 summary (`summary`) maps its map the same way.
+pub(crate) struct Mapped<T> {
     fd: std::os::fd::OwnedFd,
     len: usize,
     bytes: usize,
@@ -57,7 +57,7 @@ struct Windows {
 }
 
 impl<T> Mapped<T> {
-    fn new(map: &MapData, name: &str) -> anyhow::Result<Mapped<T>> {
+    pub(crate) fn new(map: &MapData, name: &str) -> anyhow::Result<Mapped<T>> {
         let info = map
             .info()
             .with_context(|| format!("reading {name}'s info"))?;
@@ -135,8 +135,13 @@ impl<T> Mapped<T> {
         WINDOW.min(self.bytes - window * WINDOW)
     }
 
+    /// Cells of type `T` in the map.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     /// Unmaps every window (the memory stays in the map; this process stops holding it).
-    fn release(&self) {
+    pub(crate) fn release(&self) {
         let mut windows = self.windows.borrow_mut();
         while let Some(window) = windows.order.pop_front() {
             let len = self.window_len(window);
@@ -154,25 +159,25 @@ impl<T> Drop for Mapped<T> {
 }
 
 impl Mapped<u32> {
-    fn load(&self, index: usize) -> u32 {
+    pub(crate) fn load(&self, index: usize) -> u32 {
         // SAFETY: an aligned u32 of the shared mapping; atomics are the right view of memory
         // the program reads concurrently.
         unsafe { (*self.cell_ptr(index).cast::<AtomicU32>()).load(Ordering::Acquire) }
     }
 
-    fn store(&self, index: usize, value: u32) {
+    pub(crate) fn store(&self, index: usize, value: u32) {
         // SAFETY: as in `load`.
         unsafe { (*self.cell_ptr(index).cast::<AtomicU32>()).store(value, Ordering::Release) }
     }
 }
 
 impl Mapped<u64> {
-    fn load(&self, index: usize) -> u64 {
+    pub(crate) fn load(&self, index: usize) -> u64 {
         // SAFETY: as for `Mapped<u32>::load`.
         unsafe { (*self.cell_ptr(index).cast::<AtomicU64>()).load(Ordering::Acquire) }
     }
 
-    fn store(&self, index: usize, value: u64) {
+    pub(crate) fn store(&self, index: usize, value: u64) {
         // SAFETY: as for `Mapped<u32>::load`.
         unsafe { (*self.cell_ptr(index).cast::<AtomicU64>()).store(value, Ordering::Release) }
     }
@@ -613,6 +618,12 @@ impl Dir24 {
             .filter(|&b| !used[b])
             .filter_map(|b| u32::try_from(b).ok())
             .collect()
+    }
+
+    /// Whether an entry covers any address of /24 number `slot` (`addr >> 8`): a block is hooked
+    /// in only while it holds an entry, so a first-level value other than NONE says so.
+    pub fn covers_24(&self, slot: u32) -> bool {
+        (slot as usize) < self.tbl24.len && self.tbl24.load(slot as usize) != NONE
     }
 
     /// The table value for `addr`, as the program computes it (for tests).

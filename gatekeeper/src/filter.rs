@@ -13,7 +13,7 @@ use aya::{
         xdp::{XdpLink, XdpLinkId},
     },
 };
-use gatekeeper_common::{COARSE_CLOCK_GLOBAL, PROGRAM_NAME, dir24, map_names};
+use gatekeeper_common::{COARSE_CLOCK_GLOBAL, PROGRAM_NAME, dir24, map_names, summary};
 use tracing::{error, info, warn};
 
 use crate::{compat, config::XdpMode, maps::FilterMaps, netlink, verifier};
@@ -138,19 +138,22 @@ impl Filter {
 
     fn load_pinned(options: &LoadOptions<'_>, pins: &[(&str, PathBuf)]) -> anyhow::Result<Filter> {
         let mut loader = EbpfLoader::new();
-        // The DIR-24-8 tables shrink to one value each when the trie serves IPv4.
-        let (tbl24, long, entries) = match options.ipv4_lookup {
+        // The DIR-24-8 tables shrink to one value each when the trie serves IPv4, and the summary
+        // to its /16 level (its /20 and /24 levels are kept exact from the DIR-24-8 first level).
+        let (tbl24, long, entries, summary) = match options.ipv4_lookup {
             Ipv4Lookup::Auto | Ipv4Lookup::Dir24 => (
                 dir24::TBL24_ENTRIES / 2,
                 options.dir24_blocks.max(1) * 128,
                 crate::dir24::entry_map_len(options.dir24_blocks.max(1)),
+                summary::WORDS,
             ),
-            Ipv4Lookup::Trie => (1, 1, 1),
+            Ipv4Lookup::Trie => (1, 1, 1, summary::WORDS_WITHOUT_L20),
         };
         loader
             .map_max_entries(map_names::DIR24, tbl24)
             .map_max_entries(map_names::DIR24_LONG, long)
-            .map_max_entries(map_names::ENTRY, entries);
+            .map_max_entries(map_names::ENTRY, entries)
+            .map_max_entries(map_names::SUMMARY_V4, summary);
         let coarse_clock = u32::from(has_coarse_clock());
         loader.override_global(COARSE_CLOCK_GLOBAL, &coarse_clock, true);
         for (name, path) in pins {

@@ -19,5 +19,6 @@ pub mod object;
 pub mod occupant;
 pub mod policy;
 pub mod stats;
+pub mod summary;
 pub mod sync;
 pub mod verifier;

@@ -18,7 +18,7 @@ use gatekeeper_common::{
 use gatekeeper_support::gatekeeper_config::Ipv4Lookup;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::{dir24::Dir24, policy::Policy};
+use crate::{dir24::Dir24, policy::Policy, summary::Summary};
 
 /// Every map the controller writes or reads (the drop-event ring buffer is taken separately).
 pub struct FilterMaps {
@@ -32,6 +32,9 @@ pub struct FilterMaps {
     dir24: Option<Dir24>,
     /// The DIR-24-8 maps' handles: programs of this object loaded later still refer to them by fd.
     _dir24_maps: [Map; 3],
+    /// The IPv4 summary and its map's handle; `None` with pins of a gatekeeper that had none
+    /// (its program does not read one).
+    summary: Option<(Summary, Map)>,
     /// How `set_policy` picks the IPv4 lookup; `None` (maps opened from pins by the CLI) keeps
     /// the running choice.
     v4_preference: Option<Ipv4Lookup>,
@@ -71,6 +74,7 @@ impl FilterMaps {
             take(map_names::IFACE_SLOTS)?,
             take(map_names::COUNTERS)?,
             dir24,
+            Some(take(map_names::SUMMARY_V4)?),
         )
     }
 
@@ -99,6 +103,10 @@ impl FilterMaps {
             Map::Array(open(map_names::IFACE_SLOTS)?),
             Map::PerCpuArray(open(map_names::COUNTERS)?),
             dir24,
+            dir.join(map_names::SUMMARY_V4)
+                .exists()
+                .then(|| open(map_names::SUMMARY_V4).map(Map::Array))
+                .transpose()?,
         )
     }
 
@@ -116,6 +124,10 @@ impl FilterMaps {
         FilterMaps::open_pinned(dir).map(Some)
     }
 
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one per map, named at both call sites"
+    )]
     fn from_maps(
         allow_v4: Map,
         allow_v6: Map,
@@ -124,6 +136,7 @@ impl FilterMaps {
         iface_slots: Map,
         counters: Map,
         dir24: [Map; 3],
+        summary: Option<Map>,
     ) -> anyhow::Result<FilterMaps> {
         let [tbl24, long, entries] = dir24;
         fn data<'m>(map: &'m Map, name: &str) -> anyhow::Result<&'m MapData> {
@@ -137,11 +150,20 @@ impl FilterMaps {
             data(&long, map_names::DIR24_LONG)?,
             data(&entries, map_names::ENTRY)?,
         )?;
+        let allow_v4 = LpmTrie::try_from(allow_v4).context(map_names::ALLOW_V4)?;
+        let summary = match summary {
+            Some(map) => {
+                let data = data(&map, map_names::SUMMARY_V4)?;
+                Some((Summary::open(data, dir24.as_ref(), &allow_v4)?, map))
+            }
+            None => None,
+        };
         Ok(FilterMaps {
             dir24,
             _dir24_maps: [tbl24, long, entries],
+            summary,
             v4_preference: None,
-            allow_v4: LpmTrie::try_from(allow_v4).context(map_names::ALLOW_V4)?,
+            allow_v4,
             allow_v6: LpmTrie::try_from(allow_v6).context(map_names::ALLOW_V6)?,
             config: Array::try_from(config).context(map_names::CONFIG)?,
             selector: Array::try_from(selector).context(map_names::CONFIG_SELECTOR)?,
@@ -317,6 +339,21 @@ impl FilterMaps {
         self.dir24.as_ref()
     }
 
+    /// Rebuilds the IPv4 summary from the allowlist. The daemon does this at start, under the edit
+    /// lock, before its program is attached: pins it adopts may have been edited by a gatekeeper
+    /// that kept no summary.
+    pub fn refill_summary(&mut self) -> anyhow::Result<()> {
+        match &mut self.summary {
+            Some((summary, _)) => summary.fill(&self.allow_v4, self.dir24.as_ref()),
+            None => Ok(()),
+        }
+    }
+
+    /// The IPv4 summary, when the filter has one.
+    pub fn summary(&self) -> Option<&Summary> {
+        self.summary.as_ref().map(|(summary, _)| summary)
+    }
+
     /// The entry id the trie holds for exactly `net` (IPv4).
     pub fn entry_id(&self, net: Ipv4Net) -> anyhow::Result<Option<u32>> {
         Ok(self.v4_entry(net)?.map(|v| v.id))
@@ -376,7 +413,12 @@ impl FilterMaps {
                     id,
                     prefix_len: u32::from(v4.prefix_len()),
                 };
+                // The summary first: it must never deny what the tables hold.
+                if let Some((summary, _)) = &mut self.summary {
+                    summary.add(v4);
+                }
                 if let Err(err) = self.allow_v4.insert(&key, value, 0) {
+                    self.summary_remove(v4);
                     if let Some(dir24) = &mut self.dir24 {
                         dir24.free_id(id);
                     }
@@ -388,10 +430,18 @@ impl FilterMaps {
                     // Nothing half-applied: take the entry back out of the registry.
                     let _ = self.allow_v4.remove(&key);
                     dir24.free_id(id);
+                    self.summary_remove(v4);
                     return Err(err);
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// Clears the summary bits only `net` needed (after the tables let it go).
+    fn summary_remove(&mut self, net: Ipv4Net) {
+        if let Some((summary, _)) = &mut self.summary {
+            summary.remove(net, self.dir24.as_ref());
         }
     }
 
@@ -449,6 +499,7 @@ impl FilterMaps {
                 if let Some(dir24) = &mut self.dir24 {
                     dir24.free_id(value.id);
                 }
+                self.summary_remove(v4);
                 Ok(true)
             }
         }
@@ -540,6 +591,9 @@ impl FilterMaps {
     pub fn release_tables(&self) {
         if let Some(dir24) = &self.dir24 {
             dir24.release();
+        }
+        if let Some((summary, _)) = &self.summary {
+            summary.release();
         }
     }
 
@@ -636,6 +690,9 @@ impl FilterMaps {
             ),
         ];
         let mut all = fixed.to_vec();
+        if let Some((_, Map::Array(data))) = &self.summary {
+            all.push((map_names::SUMMARY_V4, memlock(data)?));
+        }
         for (name, map) in [map_names::DIR24, map_names::DIR24_LONG, map_names::ENTRY]
             .into_iter()
             .zip(&self._dir24_maps)

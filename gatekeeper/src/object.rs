@@ -9,7 +9,7 @@ pub static PROGRAM_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gatekeeper"));
 
 /// The names of every map the controller pins, in a stable order.
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 12] = [
     map_names::DIR24,
     map_names::DIR24_LONG,
     map_names::ENTRY,
@@ -21,6 +21,7 @@ pub const PINNED_MAPS: [&str; 11] = [
     map_names::COUNTERS,
     map_names::EVENTS,
     map_names::EVENT_BUCKET,
+    map_names::SUMMARY_V4,
 ];
 
 /// The maps that hold the IPv4 lookup tables: sized at load from the list, and replaced as a set

@@ -4,6 +4,12 @@
 //! Hot: one frame run many times (caches warm, as for one busy peer). Spread: every run gets a new
 //! source address (a benchmark-only twin of the program rewrites it), as in a flood that comes
 //! from everywhere; its baseline is an empty program doing the same rewrite.
+//!
+//! Two list shapes: *routed* (shaped like a routing table: mostly /24s, a third shorter, a few
+//! longer) and *spread* (every entry its own random /24, the worst case for the IPv4 summary:
+//! entries in as many /16s and /24s as possible). For the spread shape a second twin draws sources
+//! only from /24s the list leaves out ("many sources, denied", a flood from everywhere nobody
+//! listed), compared with the hot denied SYN of the same run.
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
@@ -19,7 +25,7 @@ use gatekeeper::{
 };
 use gatekeeper_bench_objects::{
     BASELINE_PROGRAM_NAME, BASELINE_SPREAD_PROGRAM_NAME, BENCH_OBJECT, BENCH_SPREAD_PROGRAM_NAME,
-    load_program,
+    BENCH_SPREAD_UNLISTED_PROGRAM_NAME, load_program,
 };
 use gatekeeper_tests::{
     addresses::{HOST_V4, HOST_V6, PARTNER_V4, PARTNER_V6, STRANGER_V4, STRANGER_V6},
@@ -35,6 +41,7 @@ const DIR24_BLOCKS: u32 = 1 << 16;
 
 struct Options {
     sizes: Vec<usize>,
+    shapes: Vec<Shape>,
     repeat: u32,
     rounds: usize,
     json: PathBuf,
@@ -43,6 +50,7 @@ struct Options {
 fn options() -> anyhow::Result<Options> {
     let mut options = Options {
         sizes: vec![10, 10_000, 100_000, 1_000_000],
+        shapes: vec![Shape::Routed, Shape::Spread],
         repeat: 200_000,
         rounds: 5,
         json: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench/xdp.json"),
@@ -57,6 +65,19 @@ fn options() -> anyhow::Result<Options> {
                     .map(|s| s.trim().parse().context("--sizes takes numbers"))
                     .collect::<anyhow::Result<_>>()?;
             }
+            "--shapes" => {
+                let list = args
+                    .next()
+                    .context("--shapes needs a list like routed,spread")?;
+                options.shapes = list
+                    .split(',')
+                    .map(|s| match s.trim() {
+                        "routed" => Ok(Shape::Routed),
+                        "spread" => Ok(Shape::Spread),
+                        other => anyhow::bail!("unknown list shape {other} (routed, spread)"),
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+            }
             "--quick" => {
                 options.repeat = 20_000;
                 options.rounds = 3;
@@ -64,7 +85,9 @@ fn options() -> anyhow::Result<Options> {
             "--json" => options.json = PathBuf::from(args.next().context("--json needs a path")?),
             // cargo bench passes --bench; nothing else is ours.
             "--bench" => {}
-            other => anyhow::bail!("unknown argument {other} (use --sizes, --quick, --json)"),
+            other => {
+                anyhow::bail!("unknown argument {other} (use --sizes, --shapes, --quick, --json)")
+            }
         }
     }
     Ok(options)
@@ -110,6 +133,50 @@ fn allowlist_v4(rng: &mut Rng, count: usize) -> Vec<IpNet> {
             continue;
         }
         nets.push(net);
+    }
+    nets
+}
+
+/// How the benchmark's IPv4 lists are made.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// [`allowlist_v4`]: like a routing table.
+    Routed,
+    /// [`allowlist_spread`]: every entry its own random /24.
+    Spread,
+}
+
+impl Shape {
+    fn name(self) -> &'static str {
+        match self {
+            Shape::Routed => "routed",
+            Shape::Spread => "spread",
+        }
+    }
+
+    fn allowlist(self, rng: &mut Rng, count: usize) -> Vec<IpNet> {
+        match self {
+            Shape::Routed => allowlist_v4(rng, count),
+            Shape::Spread => allowlist_spread(rng, count),
+        }
+    }
+}
+
+/// `count` distinct random /24s with an even third octet (the partner's 198.51.100.0/24 first):
+/// the sources of `BENCH_SPREAD_UNLISTED_PROGRAM_NAME` (odd third octet) and the stranger
+/// (203.0.113.66) are never listed, while the list reaches into as many /16s and bitmap words as
+/// random /24s do.
+fn allowlist_spread(rng: &mut Rng, count: usize) -> Vec<IpNet> {
+    let partner = Ipv4Net::new(Ipv4Addr::new(198, 51, 100, 0), 24).expect("net");
+    let mut seen = std::collections::HashSet::new();
+    seen.insert(u32::from(partner.network()) >> 8);
+    let mut nets = vec![IpNet::V4(partner)];
+    while nets.len() < count {
+        let slot = (rng.next_u64() as u32 >> 8) & !1;
+        if seen.insert(slot) {
+            let net = Ipv4Net::new(Ipv4Addr::from(slot << 8), 24).expect("net");
+            nets.push(IpNet::V4(net));
+        }
     }
     nets
 }
@@ -164,6 +231,7 @@ fn main() -> anyhow::Result<()> {
     ];
     let base_ns = measure(baseline, &classes[0].1, options.repeat, options.rounds)?;
     let spread_frame = tcp_v4(STRANGER_V4, HOST_V4, 25, TCP_SYN);
+    let spread_frame_v6 = tcp_v6(STRANGER_V6, HOST_V6, 25, TCP_SYN);
     let base_spread_ns = measure(
         baseline_spread,
         &spread_frame,
@@ -177,12 +245,18 @@ fn main() -> anyhow::Result<()> {
     let mut results = Vec::new();
     let mut loads = Vec::new();
     println!(
-        "\n{:<30}{:>8}{:>10}{:>10}{:>9}",
-        "class", "lookup", "entries", "ns", "ratio"
+        "\n{:<38}{:>8}{:>8}{:>10}{:>10}{:>9}",
+        "class", "shape", "lookup", "entries", "ns", "ratio"
     );
-    for &size in &options.sizes {
+    for (&shape, &size) in options
+        .shapes
+        .iter()
+        .flat_map(|shape| options.sizes.iter().map(move |size| (shape, size)))
+    {
         // The same list for both lookups.
-        let v4 = allowlist_v4(&mut Rng::new(0x5eed ^ size as u64), size);
+        let v4 = shape.allowlist(&mut Rng::new(0x5eed ^ size as u64), size);
+        let shape_name = shape.name();
+
         for lookup in [Ipv4Lookup::Trie, Ipv4Lookup::Dir24] {
             // The benchmark object's build of the filter, so its cold-lookup twin shares the maps.
             let mut filter = Filter::load_with(&LoadOptions {
@@ -206,34 +280,71 @@ fn main() -> anyhow::Result<()> {
             let total: u64 = memory.iter().map(|(_, b)| b).sum();
             let allowlist: u64 = memory
                 .iter()
-                .filter(|(n, _)| n.contains("ALLOW") || n.contains("DIR24") || n.contains("ENTRY"))
+                .filter(|(n, _)| {
+                    ["ALLOW", "DIR24", "ENTRY", "SUMMARY"]
+                        .iter()
+                        .any(|part| n.contains(part))
+                })
                 .map(|(_, b)| b)
                 .sum();
             loads.push(json!({
-                "entries": size, "lookup": lookup.to_string(), "load_seconds": load_seconds,
+                "entries": size, "shape": shape_name, "lookup": lookup.to_string(), "load_seconds": load_seconds,
                 "kernel_memory_bytes": total, "allowlist_memory_bytes": allowlist,
             }));
 
             let program = filter.program_mut()?;
+            let (mut hot_denied_ns, mut hot_denied_v6_ns) = (f64::NAN, f64::NAN);
             for (name, frame) in &classes {
                 let ns = measure(program, frame, options.repeat, options.rounds)?;
+                match *name {
+                    "SMTP SYN, denied, IPv4" => hot_denied_ns = ns,
+                    "SMTP SYN, denied, IPv6" => hot_denied_v6_ns = ns,
+                    _ => {}
+                }
                 println!(
-                    "{name:<30}{lookup:>8}{size:>10}{ns:>10.1}{:>8.2}x",
+                    "{name:<38}{shape_name:>8}{:>8}{size:>10}{ns:>10.1}{:>8.2}x",
+                    lookup.to_string(),
                     ns / base_ns
                 );
-                results.push(json!({"class": name, "mode": "hot", "lookup": lookup.to_string(), "entries": size, "ns": ns, "baseline_ns": base_ns, "ratio": ns / base_ns}));
+                results.push(json!({"class": name, "mode": "hot", "shape": shape_name, "lookup": lookup.to_string(), "entries": size, "ns": ns, "baseline_ns": base_ns, "ratio": ns / base_ns}));
             }
-            let spread = filter.sibling_program(BENCH_SPREAD_PROGRAM_NAME)?;
-            let ns = measure(spread, &spread_frame, options.repeat, options.rounds)?;
-            let name = "SMTP SYN, many sources, IPv4";
+            let mut twins = vec![(
+                BENCH_SPREAD_PROGRAM_NAME,
+                "SMTP SYN, many sources, IPv4",
+                &spread_frame,
+                hot_denied_ns,
+            )];
+            if shape == Shape::Spread {
+                twins.push((
+                    BENCH_SPREAD_UNLISTED_PROGRAM_NAME,
+                    "SMTP SYN, many sources, denied, IPv4",
+                    &spread_frame,
+                    hot_denied_ns,
+                ));
+            }
+            // The twin rewrites the top 32 bits of an IPv6 source: a new /32 every run, all denied.
+            twins.push((
+                BENCH_SPREAD_PROGRAM_NAME,
+                "SMTP SYN, many sources, IPv6",
+                &spread_frame_v6,
+                hot_denied_v6_ns,
+            ));
+            for (program, name, frame, hot_denied_ns) in twins {
+                let spread = filter.sibling_program(program)?;
+                let ns = measure(spread, frame, options.repeat, options.rounds)?;
+                // The target: a flood from everywhere against one hot denied source.
+                let vs_hot = ns / hot_denied_ns;
+                println!(
+                    "{name:<38}{shape_name:>8}{:>8}{size:>10}{ns:>10.1}{:>8.2}x  ({vs_hot:.2}x the hot denied SYN)",
+                    lookup.to_string(),
+                    ns / base_spread_ns
+                );
+                results.push(json!({"class": name, "mode": "spread", "shape": shape_name, "lookup": lookup.to_string(), "entries": size, "ns": ns, "baseline_ns": base_spread_ns, "ratio": ns / base_spread_ns, "hot_denied_ns": hot_denied_ns, "vs_hot_denied": vs_hot}));
+            }
             println!(
-                "{name:<30}{lookup:>8}{size:>10}{ns:>10.1}{:>8.2}x",
-                ns / base_spread_ns
-            );
-            results.push(json!({"class": name, "mode": "spread", "lookup": lookup.to_string(), "entries": size, "ns": ns, "baseline_ns": base_spread_ns, "ratio": ns / base_spread_ns}));
-            println!(
-                "{:<30}{lookup:>8}{size:>10}  filled in {load_seconds:.2} s; allowlist structures {:.1} MiB of kernel memory",
+                "{:<38}{shape_name:>8}{:>8}{size:>10}  filled in {load_seconds:.2} s; allowlist structures {:.1} MiB of kernel memory",
                 "load",
+                lookup.to_string(),
                 allowlist as f64 / 1048576.0,
             );
         }

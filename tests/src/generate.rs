@@ -137,6 +137,14 @@ impl FrameGen<'_> {
             .collect();
         if !v4.is_empty() && self.rng.chance(50) {
             let net = *self.rng.pick(&v4);
+            if self.rng.chance(50) {
+                // A neighbour: in the entry's /24 or /20, maybe outside the entry, where the
+                // program's summary says "look further" and the table must judge.
+                let around = if self.rng.chance(70) { 24 } else { 20 };
+                let near = Ipv4Net::new(net.network(), net.prefix_len().min(around))
+                    .map_or(net, |n| n.trunc());
+                return random_in_v4(self.rng, near);
+            }
             return random_in_v4(self.rng, net);
         }
         Ipv4Addr::from(self.rng.next_u64() as u32)

@@ -15,6 +15,8 @@ pub mod program;
 pub mod raw;
 pub mod reference;
 pub mod smtp_sink;
+#[cfg(feature = "program")]
+pub mod summary;
 pub mod tcp;
 
 use std::path::PathBuf;

@@ -25,6 +25,10 @@ pub struct Args {
     /// comma-separated, or `none` (default 10000,100000,1000000; 10000,100000 with --quick).
     #[arg(long, value_name = "LIST")]
     pub control_sizes: Option<String>,
+    /// IPv4 list shapes for `xdp`, comma-separated: `routed` (like a routing table) and `spread`
+    /// (every entry its own random /24, with the "many sources, denied" rows); default both.
+    #[arg(long, value_name = "LIST")]
+    pub shapes: Option<String>,
     /// Also write the report to docs/benchmarks.md and its charts to docs/ (with `all` or
     /// `report`).
     #[arg(long)]
@@ -84,6 +88,9 @@ fn xdp(args: &Args, sizes: Option<&str>) -> anyhow::Result<()> {
     }
     if let Some(sizes) = sizes {
         cmd.args(["--sizes", sizes]);
+    }
+    if let Some(shapes) = &args.shapes {
+        cmd.args(["--shapes", shapes]);
     }
     shell::run(&mut cmd)?;
     control(args)

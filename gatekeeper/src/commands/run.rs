@@ -158,6 +158,9 @@ fn start(
 fn fill(filter: &mut Filter, path: &Path, config: &Config) -> anyhow::Result<()> {
     let _edit = reload::edit_lock(path);
     fit_ipv4_tables(filter, config)?;
+    // Pins this start adopts may have been edited by a gatekeeper that kept no summary: rebuilt
+    // (from the tables that fit the config) before this program is attached.
+    filter.maps().refill_summary()?;
     let report = apply_growing(filter, config)?;
     // The windows of the tables the fill mapped stay in the maps, not in this process.
     filter.maps().release_tables();

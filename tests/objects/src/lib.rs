@@ -28,6 +28,8 @@ pub const FILTER_PROGRAM_NAME: &str = "gatekeeper";
 pub const BASELINE_PROGRAM_NAME: &str = "gatekeeper_baseline";
 /// Gives every run a new source address (cold lookups), then filters.
 pub const BENCH_SPREAD_PROGRAM_NAME: &str = "gatekeeper_bench_spread";
+/// The same, with sources only in odd /24s (third octet odd): all denied by a list of even /24s.
+pub const BENCH_SPREAD_UNLISTED_PROGRAM_NAME: &str = "gatekeeper_bench_spread_unlisted";
 /// The same rewrite, then XDP_PASS: the baseline of `BENCH_SPREAD_PROGRAM_NAME`.
 pub const BASELINE_SPREAD_PROGRAM_NAME: &str = "gatekeeper_baseline_spread";
 
