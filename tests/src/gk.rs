@@ -3,15 +3,18 @@
 //! scenario they check.
 
 use std::{
+    net::{IpAddr, SocketAddr},
+    ops::Deref,
     path::PathBuf,
     process::{Command, Output},
     time::Duration,
 };
 
 use crate::{
-    addresses::HOST_V4,
+    addresses::{HOST_V4, LINK_PARTNER_V4, LINK_STRANGER_V4},
     netns::{Link, Netns},
     process::{Daemon, PinDir, TempDir},
+    tcp::{BannerServer, Outcome, connect},
     workspace_binary,
 };
 
@@ -162,5 +165,56 @@ impl Attached {
         bed.write_config(&bed.config_text(extra, allow));
         let daemon = bed.start_daemon("gatekeeper-run");
         Attached { daemon, bed }
+    }
+}
+
+/// A testbed with a banner server on the mail host's port 25, and the partner and stranger
+/// addresses on the Internet side (which of them the config allows is the test's business).
+pub struct MailHost {
+    pub bed: Testbed,
+    _smtp: BannerServer,
+    /// The banner server's address on the mail host.
+    pub smtp: SocketAddr,
+}
+
+impl Deref for MailHost {
+    type Target = Testbed;
+
+    fn deref(&self) -> &Testbed {
+        &self.bed
+    }
+}
+
+impl MailHost {
+    /// Namespaces and veth named after `tag`; no config written, no daemon yet.
+    pub fn new(tag: &str) -> MailHost {
+        let bed = Testbed::new(tag);
+        add_client_addresses(&bed);
+        let server = BannerServer::start(bed.host(), "0.0.0.0:25".parse().expect("addr"), "mail")
+            .expect("SMTP banner server");
+        let smtp = SocketAddr::new(IpAddr::V4(HOST_V4), server.addr().port());
+        MailHost {
+            bed,
+            _smtp: server,
+            smtp,
+        }
+    }
+
+    /// A connection from `source` (on the Internet side) to the mail host's port 25.
+    pub fn connect(&self, source: IpAddr, timeout: Duration) -> Outcome {
+        connect(self.client(), source, self.smtp, timeout)
+    }
+
+    /// Gives the partner and stranger addresses again (after the veth was re-created).
+    pub fn add_client_addresses(&self) {
+        add_client_addresses(&self.bed);
+    }
+}
+
+fn add_client_addresses(bed: &Testbed) {
+    for addr in [LINK_PARTNER_V4, LINK_STRANGER_V4] {
+        bed.client()
+            .add_addr(&bed.link.right_if, &format!("{addr}/24"))
+            .expect("client address");
     }
 }

@@ -4,7 +4,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::{IpAddr, TcpStream},
     ops::Deref,
     path::Path,
     sync::atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -13,10 +13,10 @@ use std::{
 
 use gatekeeper_tests::{
     addresses::{HOST_V4, LINK_PARTNER_V4 as PARTNER_V4, LINK_STRANGER_V4 as STRANGER_V4},
-    gk::{Testbed, stop_cleanly},
+    gk::{MailHost, stop_cleanly},
     kernel_tests_enabled,
     process::Daemon,
-    tcp::{BannerServer, Outcome, connect},
+    tcp::Outcome,
     unique_name, workspace_binary,
 };
 
@@ -26,39 +26,21 @@ const TIMEOUT: Duration = Duration::from_millis(1500);
 const PROBE: Duration = Duration::from_millis(300);
 const METRICS_PORT: u16 = 9725;
 
-/// The gatekeeper testbed with a banner server on the mail host's port 25 and a partner and a
-/// stranger address on the Internet side; the config allows the partner.
-struct Setup {
-    bed: Testbed,
-    _smtp: BannerServer,
-    smtp: SocketAddr,
-}
+/// The mail host with its banner server, a partner and a stranger on the Internet side; the
+/// config allows the partner.
+struct Setup(MailHost);
 
 impl Deref for Setup {
-    type Target = Testbed;
+    type Target = MailHost;
 
-    fn deref(&self) -> &Testbed {
-        &self.bed
+    fn deref(&self) -> &MailHost {
+        &self.0
     }
 }
 
 impl Setup {
     fn new(tag: &str, extra_config: &str) -> Setup {
-        let bed = Testbed::new(tag);
-        for addr in [PARTNER_V4, STRANGER_V4] {
-            bed.client()
-                .add_addr(&bed.link.right_if, &format!("{addr}/24"))
-                .expect("client address");
-        }
-        let smtp_server =
-            BannerServer::start(bed.host(), "0.0.0.0:25".parse().expect("addr"), "mail")
-                .expect("SMTP banner server");
-        let smtp = SocketAddr::new(IpAddr::V4(HOST_V4), smtp_server.addr().port());
-        let setup = Setup {
-            bed,
-            _smtp: smtp_server,
-            smtp,
-        };
+        let setup = Setup(MailHost::new(tag));
         setup.write_config(&setup.commented_config(extra_config, &[]));
         setup
     }
@@ -86,7 +68,7 @@ impl Setup {
     /// A connection from `source` (on the Internet side) to the mail host's port 25.
     fn connect(&self, source: impl ToString, timeout: Duration) -> Outcome {
         let source: IpAddr = source.to_string().parse().expect("test address");
-        connect(self.client(), source, self.smtp, timeout)
+        self.0.connect(source, timeout)
     }
 
     /// `status --json`, checking that its exit status says what its `health` says.

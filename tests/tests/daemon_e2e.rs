@@ -7,7 +7,7 @@ use std::{
     fmt::Write as _,
     fs::File,
     io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::{IpAddr, TcpStream},
     ops::Deref,
     os::fd::AsRawFd as _,
     sync::{
@@ -20,10 +20,10 @@ use std::{
 use gatekeeper_tests::{
     addresses::{HOST_V4, LINK_PARTNER_V4 as PARTNER_V4, LINK_STRANGER_V4 as STRANGER_V4},
     dirs::PinDir,
-    gk::Testbed,
+    gk::MailHost,
     kernel_tests_enabled,
     process::Daemon,
-    tcp::{BannerServer, Outcome, connect},
+    tcp::Outcome,
     workspace_binary,
 };
 
@@ -34,34 +34,20 @@ const PROBE: Duration = Duration::from_millis(300);
 /// The daemon's metrics port, on the host namespace's own loopback.
 const METRICS_PORT: u16 = 9725;
 
-/// The testbed with a banner server on the mail host's port 25, a partner and a stranger on the
-/// Internet side.
-struct Setup {
-    bed: Testbed,
-    _smtp: BannerServer,
-    smtp: SocketAddr,
-}
+/// The mail host with its banner server, a partner and a stranger on the Internet side.
+struct Setup(MailHost);
 
 impl Deref for Setup {
-    type Target = Testbed;
+    type Target = MailHost;
 
-    fn deref(&self) -> &Testbed {
-        &self.bed
+    fn deref(&self) -> &MailHost {
+        &self.0
     }
 }
 
 impl Setup {
     fn new(tag: &str) -> Setup {
-        let bed = Testbed::new(tag);
-        add_client_addresses(&bed);
-        let server = BannerServer::start(bed.host(), "0.0.0.0:25".parse().expect("addr"), "mail")
-            .expect("SMTP banner server");
-        let smtp = SocketAddr::new(IpAddr::V4(HOST_V4), server.addr().port());
-        Setup {
-            bed,
-            _smtp: server,
-            smtp,
-        }
+        Setup(MailHost::new(tag))
     }
 
     /// A config with `keys`, `entries` first and the partner listed last.
@@ -79,10 +65,6 @@ impl Setup {
             "\n[[allow]]\ncidr = \"{PARTNER_V4}/32\"\ncomment = \"partner, listed last\"\n"
         );
         text
-    }
-
-    fn connect(&self, source: IpAddr, timeout: Duration) -> Outcome {
-        connect(self.client(), source, self.smtp, timeout)
     }
 
     /// The stranger is refused and the partner admitted: the filter runs.
@@ -123,14 +105,6 @@ impl Setup {
     /// The exit status of `gatekeeper status`.
     fn status_code(&self) -> Option<i32> {
         self.cli(&["status"]).status.code()
-    }
-}
-
-fn add_client_addresses(bed: &Testbed) {
-    for addr in [PARTNER_V4, STRANGER_V4] {
-        bed.client()
-            .add_addr(&bed.link.right_if, &format!("{addr}/24"))
-            .expect("client address");
     }
 }
 
@@ -247,7 +221,7 @@ fn a_recreated_interface_is_filtered_again_within_a_second() {
         .host()
         .add_addr(&setup.link.left_if, &format!("{HOST_V4}/24"))
         .expect("host address");
-    add_client_addresses(&setup);
+    setup.add_client_addresses();
     setup.assert_enforcing(&daemon.log());
     setup.wait_for_gauge("gatekeeper_interfaces_unfiltered", 0);
     assert_eq!(setup.status_code(), Some(0), "{}", daemon.log());
