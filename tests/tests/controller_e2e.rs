@@ -412,15 +412,9 @@ impl Drop for StopOnDrop<'_> {
 
 const DIR24: &str = "ipv4_lookup = \"dir24\"";
 
-#[test]
-fn a_hundred_reloads_leave_no_gap_for_an_allowed_peer() {
-    if !kernel_tests_enabled("a_hundred_reloads_leave_no_gap_for_an_allowed_peer") {
-        return;
-    }
-    // DIR-24-8 explicitly (a short list would get the trie): the /32s around the partner's share
-    // its /24's second-level block, so reloads rewrite, retire and reallocate blocks under load.
-    let setup = Setup::new("gcr", DIR24);
-    let daemon = setup.start_daemon("gatekeeper-run");
+/// Connects from the partner in a loop while `work` runs (and 200 ms after, for the last
+/// change to be probed): the number of connections and the ones that got no banner.
+fn probe_partner_while(setup: &Setup, work: impl FnOnce()) -> (usize, Vec<Outcome>) {
     let stop = AtomicBool::new(false);
     let attempts = AtomicUsize::new(0);
     let failures = std::sync::Mutex::new(Vec::new());
@@ -437,6 +431,25 @@ fn a_hundred_reloads_leave_no_gap_for_an_allowed_peer() {
             }
         });
         let _stop = StopOnDrop(&stop);
+        work();
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    (
+        attempts.into_inner(),
+        failures.into_inner().unwrap_or_default(),
+    )
+}
+
+#[test]
+fn a_hundred_reloads_leave_no_gap_for_an_allowed_peer() {
+    if !kernel_tests_enabled("a_hundred_reloads_leave_no_gap_for_an_allowed_peer") {
+        return;
+    }
+    // DIR-24-8 explicitly (a short list would get the trie): the /32s around the partner's share
+    // its /24's second-level block, so reloads rewrite, retire and reallocate blocks under load.
+    let setup = Setup::new("gcr", DIR24);
+    let daemon = setup.start_daemon("gatekeeper-run");
+    let (attempts, failures) = probe_partner_while(&setup, || {
         for round in 0..100usize {
             // Entries come and go around the partner's; ports switch between [25] and [25, 587].
             let extra: Vec<String> = (0..3)
@@ -451,13 +464,10 @@ fn a_hundred_reloads_leave_no_gap_for_an_allowed_peer() {
             signal(&daemon, libc::SIGHUP);
             wait_for_count(&daemon, "config reloaded", before + 1);
         }
-        std::thread::sleep(Duration::from_millis(200));
     });
     let log = daemon.log();
     assert!(count(&log, "config reloaded") >= 100, "{log}");
     assert!(!log.contains("reload refused"), "{log}");
-    let failures = failures.into_inner().unwrap_or_default();
-    let attempts = attempts.into_inner();
     eprintln!(
         "100 reloads: {attempts} connections, {} failed",
         failures.len()
@@ -932,22 +942,7 @@ fn a_reload_that_outgrows_the_block_pool_grows_it_without_a_gap() {
     // that uses them swapped into the link) while the partner is probed in a loop.
     let setup = Setup::new("ggr", DIR24);
     let mut daemon = setup.start_daemon("gatekeeper-run");
-    let stop = AtomicBool::new(false);
-    let attempts = AtomicUsize::new(0);
-    let failures = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while !stop.load(Ordering::Relaxed) {
-                let outcome = setup.connect(PARTNER_V4, TIMEOUT);
-                attempts.fetch_add(1, Ordering::Relaxed);
-                if !outcome.is_banner()
-                    && let Ok(mut f) = failures.lock()
-                {
-                    f.push(outcome);
-                }
-            }
-        });
-        let _stop = StopOnDrop(&stop);
+    let (attempts, failures) = probe_partner_while(&setup, || {
         for (round, count) in [20_000, 40_000].into_iter().enumerate() {
             let extra = spread_entries(count, 0x9e0 + round as u64);
             setup.write_config(&setup.commented_config(DIR24, &extra));
@@ -966,13 +961,10 @@ fn a_reload_that_outgrows_the_block_pool_grows_it_without_a_gap() {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        std::thread::sleep(Duration::from_millis(200));
     });
     let log = daemon.log();
     assert!(!log.contains("reload refused"), "{log}");
     assert!(count(&log, "growing the pool") >= 2, "{log}");
-    let failures = failures.into_inner().unwrap_or_default();
-    let attempts = attempts.into_inner();
     assert!(
         failures.is_empty(),
         "{} of {attempts} connections failed while the pool grew: {failures:?}",
