@@ -19,6 +19,7 @@
 //! `keep_attached_on_exit = true`, which leaves the pinned program enforcing for the next daemon
 //! to adopt. A crash or SIGKILL always leaves it enforcing.
 
+mod ipv4_tables;
 mod links;
 mod reload;
 mod scrape;
@@ -193,26 +194,21 @@ fn load_options(config: &Config, blocks: u32) -> LoadOptions<'_> {
 /// (`ipv4_lookup` switched), or a larger block pool when the list needs more blocks than the
 /// pinned pool has. (A reload finds the same on its blocking thread: [`reload::Refit`].)
 fn fit_ipv4_tables(filter: &mut Filter, config: &Config) -> anyhow::Result<()> {
-    let wants_tables = config.ipv4_lookup != gatekeeper::filter::Ipv4Lookup::Trie;
-    let has_tables = filter.maps().dir24().is_some();
     let needed = dir24::blocks_needed(config.allow.nets());
-    let blocks = dir24::pool_size(needed, config.ipv4_dir24_blocks);
-    if has_tables != wants_tables {
-        warn!(
-            configured = %config.ipv4_lookup,
-            pinned_dir24_tables = has_tables,
-            "ipv4_lookup changed: switching the IPv4 lookup (new tables filled, then swapped in without a gap)"
-        );
-    } else if wants_tables && filter.maps().ipv4_blocks() < needed as usize {
+    let blocks = if let Some(blocks) = ipv4_tables::lookup_switch(filter.maps(), config) {
+        blocks
+    } else if filter.maps().dir24().is_some() && filter.maps().ipv4_blocks() < needed as usize {
+        let blocks = dir24::pool_size(needed, config.ipv4_dir24_blocks);
         info!(
             pinned = filter.maps().ipv4_blocks(),
             needed,
             blocks,
             "the allowlist needs more DIR-24-8 blocks than pinned: growing the pool"
         );
+        blocks
     } else {
         return Ok(());
-    }
+    };
     filter.replace_ipv4_tables(&load_options(config, blocks))
 }
 
@@ -222,19 +218,9 @@ fn fit_ipv4_tables(filter: &mut Filter, config: &Config) -> anyhow::Result<()> {
 fn apply_growing(filter: &mut Filter, config: &Config) -> anyhow::Result<sync::SyncReport> {
     match sync::apply(filter.maps(), config) {
         Err(err) if err.downcast_ref::<dir24::OutOfBlocks>().is_some() => {
-            let current = u32::try_from(filter.maps().ipv4_blocks()).unwrap_or(u32::MAX);
-            // Entries come out only after new ones went in: room for both.
-            let live = FilterMaps::open_pinned(&config.pin_dir)?.nets()?;
-            let needed = dir24::blocks_needed(config.allow.nets().iter().chain(&live));
-            let blocks = dir24::pool_size(needed, config.ipv4_dir24_blocks);
-            if blocks <= current {
+            let Some(blocks) = ipv4_tables::grown_pool(filter.maps(), config)? else {
                 return Err(err);
-            }
-            info!(
-                from = current,
-                to = blocks,
-                "the allowlist needs more DIR-24-8 blocks: growing the pool"
-            );
+            };
             filter.replace_ipv4_tables(&load_options(config, blocks))?;
             sync::apply(filter.maps(), config)
         }

@@ -11,14 +11,14 @@ use std::{
 use anyhow::Context as _;
 use gatekeeper::{
     config::Config,
-    dir24,
-    filter::Ipv4Lookup,
-    lock,
+    dir24, lock,
     maps::FilterMaps,
     sync::{self, SyncReport},
 };
 use gatekeeper_support::{lock_holder, settle, stamp::FileStamp};
-use tracing::{info, warn};
+use tracing::warn;
+
+use super::ipv4_tables;
 
 /// How long a reload waits for the config's edit lock before asking who holds it.
 const EDIT_LOCK_WAIT: Duration = Duration::from_millis(500);
@@ -122,35 +122,15 @@ fn apply(job: &Job, text: &str) -> anyhow::Result<Step> {
     // took. Opened under the edit lock, its picture is current.
     let mut maps =
         FilterMaps::open_pinned(&job.pin_dir).context("opening the pinned maps for the reload")?;
-    let wants_tables = config.ipv4_lookup != Ipv4Lookup::Trie;
-    if maps.dir24().is_some() != wants_tables {
-        warn!(
-            configured = %config.ipv4_lookup,
-            pinned_dir24_tables = maps.dir24().is_some(),
-            "ipv4_lookup changed: switching the IPv4 lookup (new tables filled, then swapped in without a gap)"
-        );
-        let blocks = dir24::pool_size(
-            dir24::blocks_needed(config.allow.nets()),
-            config.ipv4_dir24_blocks,
-        );
+    if let Some(blocks) = ipv4_tables::lookup_switch(&maps, &config) {
         return Ok(Step::Refit(Refit { config, blocks }));
     }
     let report = match sync::apply(&mut maps, &config) {
         Err(err) if err.downcast_ref::<dir24::OutOfBlocks>().is_some() => {
-            let current = maps.ipv4_blocks();
-            // New entries go in before old ones come out: room for both.
-            let live = maps.nets()?;
-            let needed = dir24::blocks_needed(config.allow.nets().iter().chain(&live));
-            let blocks = dir24::pool_size(needed, config.ipv4_dir24_blocks);
-            if blocks as usize <= current {
-                return Err(err);
-            }
-            info!(
-                from = current,
-                to = blocks,
-                "the allowlist needs more DIR-24-8 blocks: growing the pool"
-            );
-            return Ok(Step::Refit(Refit { config, blocks }));
+            return match ipv4_tables::grown_pool(&maps, &config)? {
+                Some(blocks) => Ok(Step::Refit(Refit { config, blocks })),
+                None => Err(err),
+            };
         }
         other => other?,
     };
