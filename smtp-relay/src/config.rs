@@ -16,8 +16,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::address;
 
+pub mod bans;
 pub mod duration;
 pub mod locate;
+
+pub use bans::BansConfig;
 
 pub use locate::{ConfigError, Invalid, KeyPath};
 
@@ -95,6 +98,8 @@ struct RawConfig {
     /// Prometheus text endpoint (`GET /metrics`), off when absent.
     metrics_listen: Option<SocketAddr>,
     delivery: Option<RawDelivery>,
+    /// The gatekeeper's ban socket and the triggers; off when absent.
+    bans: Option<bans::RawBans>,
 }
 
 /// The documented defaults (README, configuration reference), in one place.
@@ -124,6 +129,7 @@ impl Default for RawConfig {
             users: Vec::new(),
             metrics_listen: None,
             delivery: None,
+            bans: None,
         }
     }
 }
@@ -402,6 +408,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// `None`: no `[delivery]` table; mail is held in the spool.
     pub delivery: Option<DeliveryConfig>,
+    /// `None`: no `[bans]` table; the relay asks for no bans.
+    pub bans: Option<BansConfig>,
 }
 
 impl Config {
@@ -621,6 +629,10 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         Some(d) => Some(validate_delivery(d, &base, &root.key("delivery"))?),
         None => None,
     };
+    let bans = match raw.bans {
+        Some(b) => Some(bans::validate(b, &base, &root.key("bans"))?),
+        None => None,
+    };
 
     Ok(Config {
         path: path.to_owned(),
@@ -640,6 +652,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         users,
         metrics_listen: raw.metrics_listen,
         delivery,
+        bans,
     })
 }
 

@@ -6,6 +6,9 @@
 //! is what makes SMTP smuggling possible. A message with a bare CR or LF is
 //! read to its real end and then refused as a whole.
 //!
+//! A fake end (a lone `.` between line breaks that are not both CRLF) is also noted: it is the
+//! signature of a smuggling attempt, which a bare LF alone is not ([`Decoder::smuggling_attempt`]).
+//!
 //! The decoder is incremental and I/O-free: feed it whatever arrived, it
 //! appends decoded bytes to `out` and says how much input it used, so bytes
 //! after the end (pipelined commands) stay with the caller.
@@ -47,6 +50,13 @@ pub struct Decoder {
     max_line: usize,
     line_len: usize,
     line_too_long: bool,
+    /// The two raw bytes before the current one (CRLF before the first).
+    last: [u8; 2],
+    fake_end: bool,
+}
+
+fn is_break(b: u8) -> bool {
+    b == b'\r' || b == b'\n'
 }
 
 impl Decoder {
@@ -68,7 +78,30 @@ impl Decoder {
             max_line,
             line_len: 0,
             line_too_long: false,
+            last: *b"\r\n",
+            fake_end: false,
         }
+    }
+
+    /// Whether the data held a fake end of data: `.` alone between CR or LF line breaks other
+    /// than `CRLF . CRLF` (`LF . LF`, `CR . CR`, `CRLF . LF`, ...). Such a message is refused
+    /// as a bare line ending like any other; this tells the sender meant to smuggle.
+    pub fn smuggling_attempt(&self) -> bool {
+        self.fake_end
+    }
+
+    /// Notes a fake end at byte `b`. `State::Dot` means the `.` came right after a CRLF (or at
+    /// the start), so a CR there may still begin the real end; the `DotCr` arms catch what
+    /// follows it.
+    fn watch(&mut self, b: u8) {
+        if is_break(b)
+            && self.last[1] == b'.'
+            && is_break(self.last[0])
+            && !(self.state == State::Dot && b == b'\r')
+        {
+            self.fake_end = true;
+        }
+        self.last = [self.last[1], b];
     }
 
     /// Decodes from `input`, appending message bytes to `out`. Returns the
@@ -80,6 +113,7 @@ impl Decoder {
             if self.line_len > self.max_line {
                 self.line_too_long = true;
             }
+            self.watch(b);
             match (self.state, b) {
                 (State::LineStart, b'.') => self.state = State::Dot,
                 (State::LineStart | State::Middle, b'\r') => self.state = State::Cr,
@@ -101,6 +135,7 @@ impl Decoder {
                 (State::DotCr, b'\n') => return (i + 1, Some(self.outcome())),
                 (State::DotCr, b'\r') => {
                     self.bare = true;
+                    self.fake_end = true;
                     self.state = State::Cr;
                 }
                 (State::Dot | State::LineStart | State::Middle, b'\n') => {
@@ -110,6 +145,7 @@ impl Decoder {
                 }
                 (State::DotCr, other) => {
                     self.bare = true;
+                    self.fake_end = true;
                     self.emit(&[other], out);
                     self.state = State::Middle;
                 }
@@ -247,6 +283,50 @@ mod tests {
         }
     }
 
+    /// The variants of tests/smuggling.rs, each followed by a command as a smuggler would.
+    const FAKE_ENDS: &[&[u8]] = &[
+        b"\n.\n",
+        b"\r.\r",
+        b"\r\n.\r",
+        b"\n.\r\n",
+        b"\r\n.\n",
+        b"\n.\r",
+        b"\r.\r\n",
+        b"\r.\n",
+        b"\n.\n\r",
+        b"\r\n.\r\r\n",
+        b"\r\n.\n\r\n",
+        b"\n\r.\r\n",
+        b"\r\n\n.\r\n",
+    ];
+
+    fn smuggling(input: &[u8]) -> bool {
+        let mut d = Decoder::new(1000);
+        d.feed(input, &mut Vec::new());
+        d.smuggling_attempt()
+    }
+
+    #[test]
+    fn fake_ends_are_told_apart_from_bare_line_endings() {
+        for fake in FAKE_ENDS {
+            let mut input = b"Subject: a\r\n\r\nbody".to_vec();
+            input.extend_from_slice(fake);
+            input.extend_from_slice(b"MAIL FROM:<x@evil.example>\r\n\r\n.\r\n");
+            assert!(smuggling(&input), "{fake:?} not seen");
+        }
+        for honest in [
+            &b"a\nb\r\n.\r\n"[..],
+            b"a\rb\r\n.\r\n",
+            b"..\r\n...\r\n.\r\n",
+            b"\r\r\n.\r\n",
+            b".\r\n",
+            b"x.\ny\r\n.\r\n",
+            b"a\n.b\r\n.\r\n",
+        ] {
+            assert!(!smuggling(honest), "{honest:?} taken for smuggling");
+        }
+    }
+
     #[test]
     fn bare_lf_and_bare_cr_refused() {
         let (_, o, _) = all_chunkings(b"a\nb\r\n.\r\n", 1000);
@@ -326,6 +406,8 @@ mod tests {
                     if bare {
                         assert_eq!(outcome, Some(Outcome::BareLineEnding), "{input:?}");
                     } else {
+                        // Only a bare line break can make a fake end.
+                        assert!(!smuggling(&input), "{input:?}");
                         assert!(
                             matches!(outcome, Some(Outcome::Complete { .. })),
                             "{input:?}"
