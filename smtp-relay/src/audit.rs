@@ -79,6 +79,16 @@ pub fn starttls_injection(client: SocketAddr) {
         "discarded plaintext pipelined after STARTTLS");
 }
 
+pub fn pre_greet(client: SocketAddr) {
+    warn!(target: "audit", event = "pre_greet", client = %client, outcome = "554 5.5.1",
+        "input before the greeting");
+}
+
+pub fn smuggling_attempt(client: SocketAddr, tls: bool, user: Option<&str>) {
+    warn!(target: "audit", event = "smuggling_attempt", client = %client, tls,
+        user = user_or_none(user), "fake end of data (SMTP smuggling) in a message");
+}
+
 pub fn auth_succeeded(client: SocketAddr, user: &str, mechanism: &str) {
     info!(target: "audit", event = "auth", client = %client, tls = true, user = ?user,
         mechanism, outcome = "ok", "authenticated");

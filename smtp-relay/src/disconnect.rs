@@ -23,6 +23,8 @@ pub enum Disconnect {
     TlsFailed,
     /// Reading or writing the connection failed.
     IoError,
+    /// The client sent input before the greeting (`[bans] pre_greet`).
+    PreGreet,
 }
 
 impl Disconnect {
@@ -49,7 +51,8 @@ mod tests {
                 "timeout",
                 "shutdown",
                 "tls_failed",
-                "io_error"
+                "io_error",
+                "pre_greet"
             ]
         );
     }

@@ -27,11 +27,13 @@
 //! - [`metrics`]: counters and the Prometheus endpoint.
 //! - [`refusal`]: refusal reasons (metric labels) and message outcomes.
 //! - [`throttle`]: AUTH brute-force delays and lockout.
+//! - [`bans`]: ban triggers and the client of the gatekeeper's ban socket.
 
 pub mod address;
 pub mod admission;
 pub mod audit;
 pub mod auth;
+pub mod bans;
 pub mod clock;
 pub mod command;
 pub mod config;

@@ -12,6 +12,7 @@ use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
 use strum::{EnumCount as _, IntoEnumIterator as _};
 use tokio::net::TcpListener;
 
+use crate::bans::{BanResult, Trigger};
 use crate::disconnect::Disconnect;
 use crate::refusal::Refusal;
 
@@ -72,6 +73,28 @@ pub fn disconnected(reason: Disconnect) {
 
 pub fn disconnect_count(reason: Disconnect) -> u64 {
     DISCONNECTS[reason as usize].get()
+}
+
+/// Ban requests by trigger (evidence enough, not asked for already).
+static BANS_REQUESTED: [Counter; Trigger::COUNT] = [const { Counter::new() }; Trigger::COUNT];
+/// How they ended, by trigger and [`BanResult`].
+static BAN_RESULTS: [[Counter; BanResult::COUNT]; Trigger::COUNT] =
+    [const { [const { Counter::new() }; BanResult::COUNT] }; Trigger::COUNT];
+
+pub fn ban_requested(trigger: Trigger) {
+    BANS_REQUESTED[trigger as usize].inc();
+}
+
+pub fn ban_requested_count(trigger: Trigger) -> u64 {
+    BANS_REQUESTED[trigger as usize].get()
+}
+
+pub fn ban_result(trigger: Trigger, result: BanResult) {
+    BAN_RESULTS[trigger as usize][result as usize].inc();
+}
+
+pub fn ban_result_count(trigger: Trigger, result: BanResult) -> u64 {
+    BAN_RESULTS[trigger as usize][result as usize].get()
 }
 
 /// The exposition text (Prometheus text format 0.0.4).
@@ -138,6 +161,25 @@ impl Collector for Snapshot {
             Disconnect::iter()
                 .map(|reason| ([("reason", reason.as_str())], disconnect_count(reason))),
         )?;
+        expose::counter_family(
+            e,
+            "smtp_relay_bans_requested",
+            "Ban requests for the gatekeeper's ban socket, by trigger.",
+            Trigger::iter().map(|t| ([("trigger", t.as_str())], ban_requested_count(t))),
+        )?;
+        expose::counter_family(
+            e,
+            "smtp_relay_ban_results",
+            "How ban requests ended (accepted, refused, failed, dropped), by trigger.",
+            Trigger::iter().flat_map(|t| {
+                BanResult::iter().map(move |r| {
+                    (
+                        [("trigger", t.as_str()), ("result", r.as_str())],
+                        ban_result_count(t, r),
+                    )
+                })
+            }),
+        )?;
         let depth = QUEUE_DEPTH.get();
         let oldest = OLDEST_RECEIVED_AT.get();
         let age = if depth == 0 || oldest == 0 {
@@ -185,6 +227,8 @@ mod tests {
             "smtp_relay_refused_total{reason=\"relay_denied\"} ",
             "smtp_relay_disconnects_total{reason=\"eof_in_data\"} ",
             "smtp_relay_disconnects_total{reason=\"closed\"} ",
+            "smtp_relay_bans_requested_total{trigger=\"auth_failures\"} ",
+            "smtp_relay_ban_results_total{trigger=\"pre_greet\",result=\"dropped\"} ",
             "smtp_relay_queue_depth ",
             "smtp_relay_oldest_message_age_seconds ",
         ] {

@@ -17,6 +17,7 @@ use tracing::{error, info, warn};
 
 use crate::admission::Admission;
 use crate::auth::{self, Mechanism, SaslError};
+use crate::bans::{BanClient, Bans};
 use crate::config::{Limits, ListenerConfig, Role};
 use crate::conn::{Conn, Line, Stream};
 use crate::data::{Decoder, Outcome};
@@ -44,6 +45,8 @@ struct Shared {
     /// Sessions per client address.
     per_client: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
     throttle: AuthThrottle,
+    /// Evidence for bans at XDP (inert without `[bans]`).
+    bans: Bans,
     /// The delivery queue; `None` without a `[delivery]` table.
     pub(crate) queue: Option<Queue>,
 }
@@ -54,6 +57,8 @@ pub struct Server {
     shared: Arc<Shared>,
     metrics: Option<TcpListener>,
     control: Option<tokio::net::UnixListener>,
+    /// The ban socket task, with `[bans]`.
+    ban_client: Option<BanClient>,
     /// The spool's lock, held while we run.
     _lock: gatekeeper_support::lock::Lock,
 }
@@ -138,9 +143,11 @@ impl Server {
                 (None, None)
             }
         };
+        let (bans, ban_client) = Bans::new(config.bans.as_ref());
         Ok(Server {
             metrics,
             control,
+            ban_client,
             _lock: lock,
             listeners,
             shared: Arc::new(Shared {
@@ -156,6 +163,7 @@ impl Server {
                     config.limits.auth_max_failures,
                     config.limits.auth_window,
                 ),
+                bans,
                 queue,
             }),
         })
@@ -183,6 +191,9 @@ impl Server {
             helpers.spawn(crate::metrics::serve(l));
         }
         helpers.spawn(reload_on_sighup(self.shared.clone()));
+        if let Some(client) = self.ban_client {
+            helpers.spawn(client.run());
+        }
         let queue_task = self.shared.queue.clone().map(|queue| {
             if let Some(control) = self.control {
                 helpers.spawn(crate::control::serve(control, queue.clone()));
@@ -274,6 +285,7 @@ async fn accept_loop(
                         continue;
                     }
                 };
+                shared.bans.connection(peer.ip());
                 if !admission.admits(peer.ip()) {
                     audit::peer_refused(peer, config.address);
                     sessions.spawn(refuse(tcp, config.role, shared.policy.hostname.clone()));
@@ -380,8 +392,31 @@ async fn handle(
 ) {
     audit::connect(peer, config.address, config.role.as_str());
     let _ = tcp.set_nodelay(true);
-    let mut conn = Conn::new(Stream::Plain(tcp), shared.timeout);
     let implicit_tls = config.role == Role::Submissions;
+    // On 465 the client speaks first (TLS), so there is no greeting to talk before.
+    let talked_first = match shared.bans.pre_greet_delay() {
+        Some(delay) if !implicit_tls => match talks_before_greeting(&tcp, delay).await {
+            Some(talked) => talked,
+            None => {
+                audit::disconnect(peer, false, None, Disconnect::Eof);
+                return;
+            }
+        },
+        _ => false,
+    };
+    let mut conn = Conn::new(Stream::Plain(tcp), shared.timeout);
+    if talked_first {
+        audit::pre_greet(peer);
+        shared.bans.pre_greet(peer.ip());
+        conn.queue(&Reply::new(
+            554,
+            "5.5.1",
+            "Protocol error: input before the greeting",
+        ));
+        conn.close().await;
+        audit::disconnect(peer, false, None, Disconnect::PreGreet);
+        return;
+    }
     if implicit_tls {
         if let Err(e) = conn
             .start_tls(&shared.tls.acceptor(), shared.limits.tls_handshake)
@@ -413,6 +448,20 @@ async fn handle(
     };
     conn.close().await;
     audit::disconnect(peer, session.tls(), session.user(), reason);
+}
+
+/// Holds the greeting back for `delay`: whether the client sent anything meanwhile (a
+/// pre-greet talker, as spam bots that do not wait for the server are), or `None` when it
+/// left. The input stays unread.
+async fn talks_before_greeting(tcp: &TcpStream, delay: Duration) -> Option<bool> {
+    let mut byte = [0u8; 1];
+    tokio::select! {
+        () = tokio::time::sleep(delay) => Some(false),
+        peeked = tcp.peek(&mut byte) => match peeked {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(true),
+        },
+    }
 }
 
 /// The command loop. Returns why the session ended.
@@ -517,6 +566,7 @@ async fn authenticate(
         }
         Err(e) => {
             audit::auth_failed(client, None, mechanism.name(), &e.to_string());
+            shared.bans.auth_failed(client.ip());
             return Ok(session.auth_failed());
         }
     };
@@ -524,6 +574,8 @@ async fn authenticate(
     // too many recent failures; the same answer whether the user exists.
     if shared.throttle.blocked(client.ip(), &user) {
         audit::auth_throttled(client, Some(&user));
+        // Held at 454, a guesser still shows what it is: count it towards a ban.
+        shared.bans.auth_failed(client.ip());
         return Ok(Action::Reply(Reply::new(
             454,
             "4.7.0",
@@ -537,6 +589,7 @@ async fn authenticate(
     } else {
         let delay = shared.throttle.failed(client.ip(), &user);
         audit::auth_failed(client, Some(&user), mechanism.name(), "bad credentials");
+        shared.bans.auth_failed(client.ip());
         tokio::time::sleep(delay).await;
         Ok(session.auth_failed())
     }
@@ -654,6 +707,10 @@ async fn receive(
     let read = conn.read_data(&mut decoder, &mut writer).await;
     conn.set_timeout(command_timeout);
     let (outcome, sink) = read?;
+    if decoder.smuggling_attempt() {
+        audit::smuggling_attempt(session.client(), session.tls(), session.user());
+        shared.bans.smuggling(session.client().ip());
+    }
     let sink = header_written.and(sink);
     let size = match outcome {
         Outcome::Complete { size } => size,
