@@ -452,14 +452,23 @@ async fn handle(
 
 /// Holds the greeting back for `delay`: whether the client sent anything meanwhile (a
 /// pre-greet talker, as spam bots that do not wait for the server are), or `None` when it
-/// left. The input stays unread.
+/// left. A talker's input so far is read and dropped, so closing after our reply ends with a
+/// FIN the client can read the reply before, not a reset.
 async fn talks_before_greeting(tcp: &TcpStream, delay: Duration) -> Option<bool> {
     let mut byte = [0u8; 1];
     tokio::select! {
         () = tokio::time::sleep(delay) => Some(false),
         peeked = tcp.peek(&mut byte) => match peeked {
             Ok(0) | Err(_) => None,
-            Ok(_) => Some(true),
+            Ok(_) => {
+                let mut sink = [0u8; 4096];
+                for _ in 0..16 {
+                    if !matches!(tcp.try_read(&mut sink), Ok(n) if n > 0) {
+                        break;
+                    }
+                }
+                Some(true)
+            }
         },
     }
 }

@@ -1,0 +1,381 @@
+//! `[bans]`: the relay binary, real TCP on loopback (one 127.0.0.x source address per client),
+//! and a Unix-socket listener of the test's own that plays the gatekeeper daemon's side of the
+//! ban socket protocol: it reads one JSON request a line, answers one line (ok, or refused),
+//! and records what it was asked. Each trigger asks exactly once for the offending address with
+//! the configured duration and reason; triggers that are off ask nothing; a missing socket or
+//! a refusing daemon never costs the SMTP service.
+
+mod common;
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::process::Relay;
+use common::{Client, Setup, config_with};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_smtp-relay");
+
+/// How the fake daemon answers.
+#[derive(Clone)]
+enum Answer {
+    Ok,
+    Refuse(&'static str),
+}
+
+/// The daemon's side of the ban socket.
+struct BanSocket {
+    path: PathBuf,
+    requests: Arc<Mutex<Vec<Value>>>,
+    connections: Arc<AtomicUsize>,
+    streams: Arc<Mutex<Vec<UnixStream>>>,
+    stop: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+fn answer_line(request: &Value, answer: &Answer) -> String {
+    match answer {
+        Answer::Ok => format!(
+            "{{\"ok\": true, \"banned\": \"{}/32\", \"for_secs\": {}}}\n",
+            request["ban"].as_str().unwrap_or("?"),
+            request["for_secs"]
+        ),
+        Answer::Refuse(why) => format!("{{\"ok\": false, \"error\": \"{why}\"}}\n"),
+    }
+}
+
+impl BanSocket {
+    fn start(path: &Path, answer: Answer) -> BanSocket {
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path).expect("bind the ban socket");
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let streams = Arc::new(Mutex::new(Vec::<UnixStream>::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let acceptor = {
+            let (requests, connections, streams, stop) = (
+                requests.clone(),
+                connections.clone(),
+                streams.clone(),
+                stop.clone(),
+            );
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    connections.fetch_add(1, Ordering::SeqCst);
+                    streams
+                        .lock()
+                        .expect("streams")
+                        .push(stream.try_clone().expect("clone"));
+                    let (requests, answer) = (requests.clone(), answer.clone());
+                    std::thread::spawn(move || {
+                        let mut writer = stream.try_clone().expect("clone");
+                        for line in BufReader::new(stream).lines() {
+                            let Ok(line) = line else { break };
+                            let request: Value = serde_json::from_str(&line)
+                                .unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
+                            let reply = answer_line(&request, &answer);
+                            requests.lock().expect("requests").push(request);
+                            if writer.write_all(reply.as_bytes()).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            })
+        };
+        BanSocket {
+            path: path.to_owned(),
+            requests,
+            connections,
+            streams,
+            stop,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    fn requests(&self) -> Vec<Value> {
+        self.requests.lock().expect("requests").clone()
+    }
+
+    /// Waits until `n` requests came (or fails), then a little longer to catch extra ones.
+    fn wait_for(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.requests().len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{} ban request(s), expected {n}: {:?}",
+                self.requests().len(),
+                self.requests()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        self.requests()
+    }
+}
+
+impl Drop for BanSocket {
+    /// Like a daemon that stops: the listener and every connection go away.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = UnixStream::connect(&self.path);
+        if let Some(t) = self.acceptor.take() {
+            let _ = t.join();
+        }
+        for s in self.streams.lock().expect("streams").drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn ban(ip: &str, secs: u64, reason: &str) -> Value {
+    serde_json::json!({"ban": ip, "for_secs": secs, "reason": reason})
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip")
+}
+
+/// The standard test config (AUTH throttled after 4 failures, so most of ten attempts meet
+/// the 454 without a password check) with `bans` appended to a `[bans]` table.
+fn relay_with(tag: &str, bans: &str) -> (Setup, Relay) {
+    let setup = Setup::new(
+        tag,
+        &config_with(
+            "auth_max_failures = 4",
+            &format!("[bans]\nsocket = \"ban.sock\"\n{bans}"),
+        ),
+    );
+    let relay = Relay::start(BIN, &setup.config, 6);
+    (setup, relay)
+}
+
+fn socket_path(setup: &Setup) -> PathBuf {
+    setup.dir.path().join("ban.sock")
+}
+
+/// `attempts` failed AUTH PLAIN from `source` on the submission port, three per session (the
+/// relay closes after three failures).
+fn fail_auth(relay: &Relay, setup: &Setup, source: &str, attempts: usize) {
+    let mut left = attempts;
+    while left > 0 {
+        let mut c = Client::connect_from(relay.addr("submission", true), ip(source));
+        c.ehlo();
+        c.starttls(&setup.ca());
+        c.ehlo();
+        for _ in 0..left.min(3) {
+            let r = c.auth_plain("alice", "wrong guess");
+            assert!(matches!(r.code, 535 | 454 | 421), "{r:?}");
+            left -= 1;
+            if r.code == 421 {
+                break;
+            }
+        }
+    }
+}
+
+/// A message for a local recipient from `source` on the mta port: the service works.
+fn send_local_mail(relay: &Relay, source: &str) {
+    let mut c = Client::connect_from(relay.addr("mta", true), ip(source));
+    assert_eq!(c.greeting.code, 220, "{:?}", c.greeting);
+    c.ehlo();
+    c.send_mail(
+        "someone@sender.example",
+        &["alice@example.org"],
+        b"Subject: hi\r\n\r\nhello\r\n",
+    )
+    .expect(250, "2.0.0");
+    c.cmd("QUIT");
+}
+
+/// A message with `data` (sent as is, end included) from `source`; returns the reply code.
+fn send_raw_data(relay: &Relay, source: &str, data: &[u8]) -> u16 {
+    let mut c = Client::connect_from(relay.addr("mta", true), ip(source));
+    c.ehlo();
+    c.cmd("MAIL FROM:<a@sender.example>").expect(250, "2.1.0");
+    c.cmd("RCPT TO:<alice@example.org>").expect(250, "2.1.5");
+    assert_eq!(c.cmd("DATA").code, 354);
+    c.send_raw(data);
+    c.read_reply().code
+}
+
+fn tcp_from(addr: SocketAddr, source: &str) -> TcpStream {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::new(ip(source), 0).into())
+        .expect("bind source");
+    socket.connect(&addr.into()).expect("connect");
+    let tcp: TcpStream = socket.into();
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    tcp
+}
+
+#[test]
+fn ten_failed_auths_ask_for_exactly_one_ban() {
+    let (setup, relay) = relay_with(
+        "bans-auth",
+        "auth_failures = { count = 10, within_secs = 600, ban_secs = 3600 }\n",
+    );
+    let daemon = BanSocket::start(&socket_path(&setup), Answer::Ok);
+    fail_auth(&relay, &setup, "127.0.0.2", 9);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(daemon.requests().is_empty(), "{:?}", daemon.requests());
+    fail_auth(&relay, &setup, "127.0.0.2", 1);
+    assert_eq!(
+        daemon.wait_for(1),
+        vec![ban("127.0.0.2", 3600, "auth-failures")]
+    );
+    let line = relay.wait_for_log(&["event=\"ban\"", "outcome=\"ok\""]);
+    for field in [
+        "client=127.0.0.2",
+        "trigger=\"auth_failures\"",
+        "for_secs=3600",
+        "banned=\"127.0.0.2/32\"",
+    ] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
+    // Ten more: the ban asked for still runs, so it is not asked for again.
+    fail_auth(&relay, &setup, "127.0.0.2", 10);
+    assert_eq!(daemon.wait_for(1).len(), 1, "{:?}", daemon.requests());
+    // A correct password from elsewhere is not evidence (bob: alice is held at 454 for now).
+    let mut c = Client::connect_from(relay.addr("submission", true), ip("127.0.0.3"));
+    c.ehlo();
+    c.starttls(&setup.ca());
+    c.ehlo();
+    c.auth_plain("bob", "bobs password").expect(235, "2.7.0");
+    assert_eq!(daemon.wait_for(1).len(), 1);
+}
+
+#[test]
+fn pre_greet_talkers_smugglers_and_floods_are_banned() {
+    let (setup, relay) = relay_with(
+        "bans-triggers",
+        "smuggling = { ban_secs = 86400 }\n\
+         pre_greet = { delay_ms = 300, ban_secs = \"1h\" }\n\
+         connections = { count = 5, within_secs = 60, ban_secs = 600 }\n",
+    );
+    let daemon = BanSocket::start(&socket_path(&setup), Answer::Ok);
+
+    // Talks before the banner: 554, closed, banned.
+    let mut tcp = tcp_from(relay.addr("mta", true), "127.0.0.4");
+    tcp.write_all(b"EHLO eager.example\r\n").expect("write");
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).expect("read");
+    assert!(answer.starts_with("554 5.5.1 "), "{answer:?}");
+    assert_eq!(
+        daemon.wait_for(1),
+        vec![ban("127.0.0.4", 3600, "pre-greet")]
+    );
+    relay.wait_for_log(&["event=\"pre_greet\"", "client=127.0.0.4"]);
+
+    // A client that waits for the banner is served (after the delay) and not banned.
+    let started = Instant::now();
+    send_local_mail(&relay, "127.0.0.5");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    // A fake end of data: refused and banned. A mere bare LF: refused, not banned.
+    let smuggled = b"Subject: x\r\n\r\nbody\n.\nMAIL FROM:<x@evil.example>\r\n\r\n.\r\n";
+    assert_eq!(send_raw_data(&relay, "127.0.0.6", smuggled), 550);
+    assert_eq!(send_raw_data(&relay, "127.0.0.7", b"a\nb\r\n.\r\n"), 550);
+    let got = daemon.wait_for(2);
+    assert_eq!(got[1], ban("127.0.0.6", 86400, "smuggling"), "{got:?}");
+    assert_eq!(got.len(), 2, "{got:?}");
+
+    // Five connections within a minute; all of them were served (5 = the count, so the fifth
+    // asks). 127.0.0.5 has had one connection, it is not banned.
+    for n in 0..5 {
+        if n == 4 {
+            assert_eq!(daemon.requests().len(), 2, "asked before the fifth");
+        }
+        let mut c = Client::connect_from(relay.addr("mta", true), ip("127.0.0.8"));
+        assert_eq!(c.greeting.code, 220);
+        c.cmd("QUIT");
+    }
+    let got = daemon.wait_for(3);
+    assert_eq!(got[2], ban("127.0.0.8", 600, "connections"), "{got:?}");
+    assert_eq!(got.len(), 3, "{got:?}");
+    // One connection to the socket served all of them.
+    assert_eq!(daemon.connections.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn triggers_that_are_off_ask_nothing() {
+    let (setup, relay) = relay_with("bans-off", "");
+    let daemon = BanSocket::start(&socket_path(&setup), Answer::Ok);
+    fail_auth(&relay, &setup, "127.0.0.2", 12);
+    let smuggled = b"Subject: x\r\n\r\nbody\n.\nMAIL FROM:<x@evil.example>\r\n\r\n.\r\n";
+    assert_eq!(send_raw_data(&relay, "127.0.0.3", smuggled), 550);
+    for _ in 0..8 {
+        send_local_mail(&relay, "127.0.0.4");
+    }
+    // No greeting delay: input before the banner is just an early command.
+    let mut tcp = tcp_from(relay.addr("mta", true), "127.0.0.5");
+    tcp.write_all(b"QUIT\r\n").expect("write");
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).expect("read");
+    assert!(answer.starts_with("220 "), "{answer:?}");
+    assert!(answer.contains("221 2.0.0"), "{answer:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(daemon.requests().is_empty(), "{:?}", daemon.requests());
+    assert_eq!(daemon.connections.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_missing_refusing_or_restarting_daemon_never_costs_smtp_service() {
+    let (setup, relay) = relay_with(
+        "bans-down",
+        "auth_failures = { count = 3, within_secs = 600, ban_secs = 3600 }\n",
+    );
+    let path = socket_path(&setup);
+
+    // No socket: the ban fails (one WARN for the outage), the service goes on.
+    fail_auth(&relay, &setup, "127.0.0.2", 3);
+    relay.wait_for_log(&["event=\"ban_socket_down\""]);
+    send_local_mail(&relay, "127.0.0.2");
+    fail_auth(&relay, &setup, "127.0.0.3", 3);
+    send_local_mail(&relay, "127.0.0.3");
+    let downs = relay
+        .lines()
+        .iter()
+        .filter(|l| l.contains("event=\"ban_socket_down\""))
+        .count();
+    assert_eq!(downs, 1, "one WARN per outage");
+
+    // The daemon comes up and refuses: logged with its reason, the service goes on. The
+    // address whose request failed is asked for again on new evidence.
+    let refusing = BanSocket::start(&path, Answer::Refuse("127.0.0.2 is in never_ban"));
+    std::thread::sleep(Duration::from_millis(500));
+    fail_auth(&relay, &setup, "127.0.0.2", 3);
+    assert_eq!(
+        refusing.wait_for(1),
+        vec![ban("127.0.0.2", 3600, "auth-failures")]
+    );
+    let line = relay.wait_for_log(&["event=\"ban\"", "outcome=\"refused\""]);
+    assert!(line.contains("127.0.0.2 is in never_ban"), "{line}");
+    relay.wait_for_log(&["event=\"ban_socket_up\""]);
+    send_local_mail(&relay, "127.0.0.2");
+
+    // The daemon restarts: the kept connection is dead, the next request gets through on a
+    // new one.
+    drop(refusing);
+    let daemon = BanSocket::start(&path, Answer::Ok);
+    fail_auth(&relay, &setup, "127.0.0.4", 3);
+    assert_eq!(
+        daemon.wait_for(1),
+        vec![ban("127.0.0.4", 3600, "auth-failures")]
+    );
+    send_local_mail(&relay, "127.0.0.4");
+}
