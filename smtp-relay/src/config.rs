@@ -1169,6 +1169,66 @@ tls = "none"
     }
 
     #[test]
+    fn bans_table_and_its_triggers() {
+        let c = parse(&good()).expect("valid");
+        assert_eq!(c.bans, None, "no [bans]: no bans");
+        let c = parse(&(good() + "\n[bans]\n")).expect("valid");
+        let b = c.bans.expect("bans");
+        assert_eq!(b.socket, Path::new(bans::DEFAULT_SOCKET));
+        assert_eq!(b.request_timeout, Duration::from_secs(2));
+        assert_eq!(
+            (b.auth_failures, b.connections, b.smuggling, b.pre_greet),
+            (None, None, None, None),
+            "every trigger off unless written"
+        );
+        let text = good()
+            + r#"
+[bans]
+socket = "run/ban.sock"
+request_timeout_ms = 500
+auth_failures = { count = 10, within_secs = 600, ban_secs = 3600 }
+connections = { count = 50, within_secs = "1m", ban_secs = "10m" }
+smuggling = { ban_secs = "1d" }
+pre_greet = { delay_ms = 2000, ban_secs = 3600 }
+"#;
+        let b = parse(&text).expect("valid").bans.expect("bans");
+        assert_eq!(b.socket, Path::new("/etc/smtp-relay/run/ban.sock"));
+        assert_eq!(b.request_timeout, Duration::from_millis(500));
+        let s = Duration::from_secs;
+        assert_eq!(
+            b.auth_failures,
+            Some(bans::CountTrigger {
+                count: 10,
+                within: s(600),
+                ban: s(3600)
+            })
+        );
+        assert_eq!(b.connections.map(|t| (t.within, t.ban)), Some((s(60), s(600))));
+        assert_eq!(b.smuggling, Some(s(86_400)));
+        assert_eq!(
+            b.pre_greet,
+            Some(bans::PreGreet {
+                delay: s(2),
+                ban: s(3600)
+            })
+        );
+        for (from, to, expected) in [
+            ("count = 10,", "count = 0,", "bans.auth_failures.count = 0: must be positive"),
+            (
+                "ban_secs = \"1d\"",
+                "ban_secs = 0.5",
+                "bans.smuggling.ban_secs = 0.5: must be at least 1 second",
+            ),
+            ("delay_ms = 2000", "delay_ms = \"1m\"", "at most 30 s"),
+            ("within_secs = 600, ", "", "missing field `within_secs`"),
+            ("smuggling = {", "smugling = {", "unknown field `smugling`"),
+        ] {
+            let e = err(&text.replacen(from, to, 1));
+            assert!(e.contains(expected), "expected {expected:?} in: {e}");
+        }
+    }
+
+    #[test]
     fn duplicate_user_refused() {
         let mut text = good();
         text.push_str(&format!(
