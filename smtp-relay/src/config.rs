@@ -1203,7 +1203,10 @@ pre_greet = { delay_ms = 2000, ban_secs = 3600 }
                 ban: s(3600)
             })
         );
-        assert_eq!(b.connections.map(|t| (t.within, t.ban)), Some((s(60), s(600))));
+        assert_eq!(
+            b.connections.map(|t| (t.within, t.ban)),
+            Some((s(60), s(600)))
+        );
         assert_eq!(b.smuggling, Some(s(86_400)));
         assert_eq!(
             b.pre_greet,
@@ -1213,7 +1216,11 @@ pre_greet = { delay_ms = 2000, ban_secs = 3600 }
             })
         );
         for (from, to, expected) in [
-            ("count = 10,", "count = 0,", "bans.auth_failures.count = 0: must be positive"),
+            (
+                "count = 10,",
+                "count = 0,",
+                "bans.auth_failures.count = 0: must be positive",
+            ),
             (
                 "ban_secs = \"1d\"",
                 "ban_secs = 0.5",

@@ -183,6 +183,13 @@ fn example_config_passes_check() {
     );
     assert!(prepared.config.listeners[0].admits("198.51.100.9".parse().expect("ip")));
     assert!(!prepared.config.listeners[0].admits("203.0.113.9".parse().expect("ip")));
+    let bans = prepared
+        .config
+        .bans
+        .as_ref()
+        .expect("the example has [bans]");
+    assert_eq!(bans.socket, Path::new("/run/gatekeeper/ban.sock"));
+    assert!(bans.auth_failures.is_some() && bans.smuggling.is_some());
     // And the check is real: without the certificate it fails.
     std::fs::remove_file(root.join("tls/fullchain.pem")).expect("rm");
     let (ok, out) = check(&config);
