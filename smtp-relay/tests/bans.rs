@@ -153,7 +153,7 @@ fn relay_with(tag: &str, bans: &str) -> (Setup, Relay) {
     let setup = Setup::new(
         tag,
         &config_with(
-            "auth_max_failures = 4",
+            "auth_max_failures = 4\nmetrics_listen = \"127.0.0.1:0\"",
             &format!("[bans]\nsocket = \"ban.sock\"\n{bans}"),
         ),
     );
@@ -208,6 +208,26 @@ fn send_raw_data(relay: &Relay, source: &str, data: &[u8]) -> u16 {
     assert_eq!(c.cmd("DATA").code, 354);
     c.send_raw(data);
     c.read_reply().code
+}
+
+/// The value of the series `series` (name and labels) on the relay's metrics endpoint.
+fn metric(relay: &Relay, series: &str) -> u64 {
+    let line = relay.wait_for_log(&["event=\"metrics_listening\""]);
+    let addr = line
+        .split("address=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+        .unwrap_or_else(|| panic!("no address in {line}"));
+    let mut tcp = TcpStream::connect(addr).expect("connect to metrics");
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).expect("read");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{series} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{series} missing in {text}"))
 }
 
 fn tcp_from(addr: SocketAddr, source: &str) -> TcpStream {
@@ -378,4 +398,25 @@ fn a_missing_refusing_or_restarting_daemon_never_costs_smtp_service() {
         vec![ban("127.0.0.4", 3600, "auth-failures")]
     );
     send_local_mail(&relay, "127.0.0.4");
+
+    let results = "smtp_relay_ban_results_total{trigger=\"auth_failures\",result=";
+    assert_eq!(
+        metric(
+            &relay,
+            "smtp_relay_bans_requested_total{trigger=\"auth_failures\"}"
+        ),
+        4
+    );
+    for (result, n) in [
+        ("failed", 2),
+        ("refused", 1),
+        ("accepted", 1),
+        ("dropped", 0),
+    ] {
+        assert_eq!(
+            metric(&relay, &format!("{results}\"{result}\"}}")),
+            n,
+            "{result}"
+        );
+    }
 }
