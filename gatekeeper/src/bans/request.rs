@@ -61,7 +61,9 @@ impl Answer {
 /// Why a request did not become a ban; [`Refusal::label`] names it in metrics.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    #[error("not a ban request ({0}); send {{\"ban\": ADDRESS, \"for_secs\": N, \"reason\": TEXT}}")]
+    #[error(
+        "not a ban request ({0}); send {{\"ban\": ADDRESS, \"for_secs\": N, \"reason\": TEXT}}"
+    )]
     Malformed(String),
     #[error("{0}")]
     BadSource(String),
@@ -133,9 +135,10 @@ impl Limits {
     pub fn check(&self, line: &str) -> Result<Checked, Refusal> {
         let request: Request =
             serde_json::from_str(line).map_err(|e| Refusal::Malformed(e.to_string()))?;
-        let addr: IpAddr = request.ban.trim().parse().map_err(|_| {
-            Refusal::BadSource(format!("\"{}\" is not an IP address", request.ban))
-        })?;
+        let addr: IpAddr =
+            request.ban.trim().parse().map_err(|_| {
+                Refusal::BadSource(format!("\"{}\" is not an IP address", request.ban))
+            })?;
         if let IpAddr::V6(v6) = addr
             && v6.to_ipv4_mapped().is_some()
         {
@@ -265,7 +268,10 @@ mod tests {
         let own = refuse(r#"{"ban": "192.0.2.25", "for_secs": 60}"#);
         assert_eq!(own.to_string(), "192.0.2.25 is in never_ban (192.0.2.0/24)");
         assert_eq!(refuse("{").label(), "malformed");
-        assert_eq!(refuse(r#"{"ban": "x", "for_secs": 1}"#).label(), "bad_source");
+        assert_eq!(
+            refuse(r#"{"ban": "x", "for_secs": 1}"#).label(),
+            "bad_source"
+        );
         assert_eq!(
             refuse(r#"{"ban": "203.0.113.9", "for_secs": 0}"#).label(),
             "malformed"

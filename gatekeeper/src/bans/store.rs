@@ -428,8 +428,16 @@ mod tests {
             let listed = store.list().expect("list");
             assert_eq!(listed.len(), 2);
             assert!(listed.iter().all(|l| l.live.is_some()));
-            assert!(store.remove("2001:db8::/64".parse().expect("net")).expect("rm"));
-            assert!(!store.remove("2001:db8::/64".parse().expect("net")).expect("rm"));
+            assert!(
+                store
+                    .remove("2001:db8::/64".parse().expect("net"))
+                    .expect("rm")
+            );
+            assert!(
+                !store
+                    .remove("2001:db8::/64".parse().expect("net"))
+                    .expect("rm")
+            );
         }
         assert_eq!(memory.bans.len(), 1);
         // A reboot: empty maps filled again from the file.
@@ -440,7 +448,11 @@ mod tests {
         let mut store = BanStore::lock(&state, Some(&mut fresh), 10).expect("lock");
         assert_eq!(store.restore().expect("restore"), (1, Vec::new()));
         drop(store);
-        assert!(fresh.bans.contains_key(&"203.0.113.9/32".parse().expect("net")));
+        assert!(
+            fresh
+                .bans
+                .contains_key(&"203.0.113.9/32".parse().expect("net"))
+        );
     }
 
     #[test]
