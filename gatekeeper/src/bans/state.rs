@@ -1,4 +1,4 @@
-//! The ban state file (`ban_state`, default `/var/lib/gatekeeper/bans.json`): what brings the bans
+//! The ban state file (`ban_state`, default [`crate::config::DEFAULT_BAN_STATE`]): what brings the bans
 //! back after a reboot, when the pinned maps are gone. JSON with wall-clock (Unix) times, written
 //! atomically (a temp file renamed over it) on every change; entries already over are dropped when
 //! it is read. Pinned maps carry the bans across a daemon restart; this file across a reboot.
@@ -12,9 +12,6 @@ use std::{
 use anyhow::Context as _;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-
-/// Where the daemon and the CLI keep the bans when the config does not say.
-pub const DEFAULT_BAN_STATE: &str = "/var/lib/gatekeeper/bans.json";
 
 /// One ban as the file keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
