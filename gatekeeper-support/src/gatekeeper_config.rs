@@ -35,6 +35,31 @@ pub const MAX_DIR24_BLOCKS: u32 = 1 << 20;
 pub const DEFAULT_DROP_EVENT_RATE: u32 = 10;
 pub const DEFAULT_DROP_EVENT_BURST: u32 = 20;
 
+/// Where bans are kept across reboots when the config does not say.
+pub const DEFAULT_BAN_STATE: &str = "/var/lib/gatekeeper/bans.json";
+
+/// The longest ban a ban-socket request may ask for (a week), unless `ban_max_secs` says.
+pub const DEFAULT_BAN_MAX_SECS: u64 = 7 * 86_400;
+
+/// Ban-socket requests taken per minute, unless `ban_requests_per_minute` says.
+pub const DEFAULT_BAN_REQUESTS_PER_MINUTE: u32 = 600;
+
+/// The bans' control side: the state file, the ban socket and its limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BanControl {
+    /// The JSON file that brings bans back after a reboot.
+    pub state: PathBuf,
+    /// The Unix socket the relay asks for bans on; off when `None`.
+    pub socket: Option<PathBuf>,
+    /// The group the socket belongs to (mode 0660): who may ask; root only when `None`.
+    pub socket_group: Option<String>,
+    /// Requests asking for longer get this.
+    pub max_secs: u64,
+    pub requests_per_minute: u32,
+    /// Ranges never banned through the socket (the site's own networks), besides the allowlist.
+    pub never_ban: Vec<IpNet>,
+}
+
 /// How the program is attached to an interface.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -107,6 +132,9 @@ pub struct Config {
     /// The most DIR-24-8 second-level blocks the daemon may create (`None`: up to
     /// [`MAX_DIR24_BLOCKS`]); the pool is sized from the list, with headroom, and grows with it.
     pub ipv4_dir24_blocks: Option<u32>,
+    /// Drop-list files (`CIDR ; comment` a line) whose networks are denied like `[[deny]]`.
+    pub deny_feeds: Vec<PathBuf>,
+    pub bans: BanControl,
     pub allow: Allowlist,
 }
 
@@ -153,6 +181,20 @@ struct RawConfig {
     ipv4_lookup: Ipv4Lookup,
     #[serde(default)]
     ipv4_dir24_blocks: Option<Spanned<u32>>,
+    #[serde(default)]
+    deny_feeds: Vec<Spanned<PathBuf>>,
+    #[serde(default)]
+    ban_state: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    ban_socket: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    ban_socket_group: Option<Spanned<String>>,
+    #[serde(default)]
+    ban_max_secs: Option<Spanned<u64>>,
+    #[serde(default)]
+    ban_requests_per_minute: Option<Spanned<u32>>,
+    #[serde(default)]
+    never_ban: Vec<Spanned<String>>,
     /// Empty when the `[[allow]]` tables were read by the allowlist scanner.
     #[serde(default)]
     allow: Option<Vec<RawAllow>>,
@@ -267,6 +309,13 @@ impl Config {
                 format!("allow entry \"{net}\" is listed twice"),
             ));
         }
+        let bans = ban_control(&raw).map_err(|(s, m)| at(s, m))?;
+        let deny_feeds = raw
+            .deny_feeds
+            .iter()
+            .map(|feed| absolute("deny_feeds entry", feed))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|(s, m)| at(s, m))?;
         let ipv4_dir24_blocks = match raw.ipv4_dir24_blocks {
             None => None,
             Some(blocks) if (1..=MAX_DIR24_BLOCKS).contains(blocks.get_ref()) => {
@@ -319,9 +368,78 @@ impl Config {
             metrics_listen,
             ipv4_lookup: raw.ipv4_lookup,
             ipv4_dir24_blocks,
+            deny_feeds,
+            bans,
             allow,
         })
     }
+}
+
+/// An absolute path setting, or where it is not.
+fn absolute(what: &str, path: &Spanned<PathBuf>) -> Result<PathBuf, SpannedError> {
+    if path.get_ref().is_absolute() {
+        Ok(path.get_ref().clone())
+    } else {
+        Err((
+            path.span(),
+            format!(
+                "{what} \"{}\" must be an absolute path",
+                path.get_ref().display()
+            ),
+        ))
+    }
+}
+
+/// The ban state file, socket and limits, validated.
+fn ban_control(raw: &RawConfig) -> Result<BanControl, SpannedError> {
+    let state = match &raw.ban_state {
+        Some(path) => absolute("ban_state", path)?,
+        None => PathBuf::from(DEFAULT_BAN_STATE),
+    };
+    let socket = raw
+        .ban_socket
+        .as_ref()
+        .map(|path| absolute("ban_socket", path))
+        .transpose()?;
+    let socket_group = match &raw.ban_socket_group {
+        Some(group) if group.get_ref().trim().is_empty() => {
+            return Err((group.span(), "ban_socket_group is empty".into()));
+        }
+        Some(group) => Some(group.get_ref().trim().to_string()),
+        None => None,
+    };
+    let max_secs = match &raw.ban_max_secs {
+        Some(secs) if *secs.get_ref() == 0 => {
+            return Err((secs.span(), "ban_max_secs must be at least 1".into()));
+        }
+        Some(secs) => *secs.get_ref(),
+        None => DEFAULT_BAN_MAX_SECS,
+    };
+    let requests_per_minute = match &raw.ban_requests_per_minute {
+        Some(rate) if *rate.get_ref() == 0 => {
+            return Err((
+                rate.span(),
+                "ban_requests_per_minute must be at least 1 (leave ban_socket out to turn the socket off)".into(),
+            ));
+        }
+        Some(rate) => *rate.get_ref(),
+        None => DEFAULT_BAN_REQUESTS_PER_MINUTE,
+    };
+    let never_ban = raw
+        .never_ban
+        .iter()
+        .map(|entry| {
+            parse_cidr(entry.get_ref()).map_err(|e| (entry.span(), format!("never_ban entry {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(BanControl {
+        state,
+        socket,
+        socket_group,
+        max_secs,
+        requests_per_minute,
+        never_ban,
+    })
 }
 
 /// The entries the TOML parser read, as the scanner would have returned them.
@@ -554,6 +672,48 @@ cidr = "203.0.113.7"
             e.starts_with("gk.toml:2:18: metrics_listen \"localhost\" is not an address"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn ban_control_and_deny_feeds() {
+        let config = parse("interfaces = [\"eth0\"]\n").expect("valid config");
+        assert_eq!(config.bans.state, Path::new(DEFAULT_BAN_STATE));
+        assert_eq!(config.bans.socket, None);
+        assert_eq!(config.bans.max_secs, DEFAULT_BAN_MAX_SECS);
+        assert_eq!(
+            config.bans.requests_per_minute,
+            DEFAULT_BAN_REQUESTS_PER_MINUTE
+        );
+        assert!(config.deny_feeds.is_empty() && config.bans.never_ban.is_empty());
+        let config = parse(
+            "interfaces = [\"eth0\"]\nban_socket = \"/run/gatekeeper/ban.sock\"\nban_socket_group = \"smtp-relay\"\nban_max_secs = 3600\nban_requests_per_minute = 60\nnever_ban = [\"192.0.2.0/24\", \"2001:db8::/32\"]\nban_state = \"/var/lib/gk/bans.json\"\ndeny_feeds = [\"/var/lib/gatekeeper/feeds/drop.txt\"]\n",
+        )
+        .expect("valid config");
+        assert_eq!(
+            config.bans.socket.as_deref(),
+            Some(Path::new("/run/gatekeeper/ban.sock"))
+        );
+        assert_eq!(config.bans.socket_group.as_deref(), Some("smtp-relay"));
+        assert_eq!(config.bans.max_secs, 3600);
+        assert_eq!(config.bans.requests_per_minute, 60);
+        assert_eq!(config.bans.never_ban.len(), 2);
+        assert_eq!(config.bans.state, Path::new("/var/lib/gk/bans.json"));
+        assert_eq!(
+            config.deny_feeds,
+            [Path::new("/var/lib/gatekeeper/feeds/drop.txt")]
+        );
+        let e = error("interfaces = [\"eth0\"]\nnever_ban = [\"192.0.2.1/24\"]\n");
+        assert!(
+            e.starts_with("gk.toml:2:14: never_ban entry \"192.0.2.1/24\" has host bits"),
+            "{e}"
+        );
+        let e = error("interfaces = [\"eth0\"]\ndeny_feeds = [\"drop.txt\"]\n");
+        assert!(
+            e.contains("deny_feeds entry \"drop.txt\" must be an absolute path"),
+            "{e}"
+        );
+        let e = error("interfaces = [\"eth0\"]\nban_max_secs = 0\n");
+        assert!(e.contains("ban_max_secs must be at least 1"), "{e}");
     }
 
     #[test]
