@@ -20,6 +20,7 @@ pub mod netlink;
 pub mod object;
 pub mod occupant;
 pub mod policy;
+pub mod rules;
 pub mod stats;
 pub mod summary;
 pub mod sync;

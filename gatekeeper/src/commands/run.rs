@@ -382,17 +382,12 @@ impl Daemon {
                     let mut guard = ready?;
                     while let Some(item) = guard.get_inner_mut().next() {
                         match events::decode(&item) {
-                            Some(drop) if drop.monitor => info!(
-                                source = %drop.source,
-                                dest_port = drop.dest_port,
-                                iface = %events::interface_name(drop.ifindex),
-                                "would drop SYN from a source outside the allowlist (monitor mode, passed)"
-                            ),
                             Some(drop) => info!(
                                 source = %drop.source,
                                 dest_port = drop.dest_port,
                                 iface = %events::interface_name(drop.ifindex),
-                                "dropped SYN from a source outside the allowlist"
+                                rule = drop.rule,
+                                "{}", drop.message()
                             ),
                             None => warn!(len = item.len(), "undecodable drop event"),
                         }
