@@ -13,3 +13,16 @@ pub mod duration;
 pub mod request;
 pub mod state;
 pub mod store;
+
+use crate::config::Config;
+
+/// The size of each family's ban table. (`max_bans` in the config, once the data plane's config
+/// keys are in; until then the program's default.)
+pub fn max_bans(_config: &Config) -> u32 {
+    gatekeeper_common::DEFAULT_MAX_BANS
+}
+
+/// The leading bits of an IPv6 source a ban covers (`ban_ipv6_prefix`, default 64).
+pub fn v6_prefix(_config: &Config) -> u8 {
+    64
+}

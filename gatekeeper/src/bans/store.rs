@@ -40,7 +40,7 @@ pub enum PutError {
 }
 
 /// The live ban maps (both families), keyed by the masked source.
-pub trait BanMaps {
+pub trait BanTable {
     fn get(&self, source: IpNet) -> anyhow::Result<Option<LiveBan>>;
     /// Inserts or updates the deadline (an update keeps the hit counter).
     fn put(&mut self, source: IpNet, deadline_ns: u64) -> Result<(), PutError>;
@@ -121,7 +121,7 @@ pub struct BanStore<M> {
     _lock: gatekeeper_support::lock::Lock,
 }
 
-impl<M: BanMaps> BanStore<M> {
+impl<M: BanTable> BanStore<M> {
     /// Takes the lock of the bans in `state` (waiting for another change to finish).
     pub fn lock(state: &Path, maps: Option<M>, max_bans: u32) -> anyhow::Result<BanStore<M>> {
         let lock_path = state::lock_path(state);
@@ -207,10 +207,13 @@ impl<M: BanMaps> BanStore<M> {
         }
         if let Err(err) = state::save(&self.state, &records) {
             if let Some(maps) = self.maps.as_mut() {
-                let undo = match previous {
-                    Some(live) => maps.put(ban.source, live.deadline_ns).map_err(Into::into),
-                    None => maps.delete(ban.source).map(drop),
-                };
+                // The maps keep the later deadline: back to the old one through a removal.
+                let undo = maps.delete(ban.source).and_then(|_| match previous {
+                    Some(live) => maps
+                        .put(ban.source, live.deadline_ns)
+                        .map_err(anyhow::Error::from),
+                    None => Ok(()),
+                });
                 if let Err(undo) = undo {
                     return Err(PutError::Other(err.context(format!(
                         "and taking the ban of {} back out of the live maps failed too ({undo:#})",
@@ -332,6 +335,63 @@ impl<M: BanMaps> BanStore<M> {
     }
 }
 
+/// The pinned (or the daemon's own) ban maps.
+impl BanTable for crate::rules::BanMaps {
+    fn get(&self, source: IpNet) -> anyhow::Result<Option<LiveBan>> {
+        Ok(
+            crate::rules::BanMaps::get(self, source.addr())?.map(|l| LiveBan {
+                deadline_ns: l.deadline_ns,
+                hits: l.hits,
+            }),
+        )
+    }
+
+    fn put(&mut self, source: IpNet, deadline_ns: u64) -> Result<(), PutError> {
+        match self.ban(source.addr(), deadline_ns) {
+            Ok(_) => Ok(()),
+            Err(crate::rules::BanError::TableFull { capacity, .. }) => {
+                Err(PutError::Full { max: capacity })
+            }
+            Err(crate::rules::BanError::Other(err)) => Err(PutError::Other(err)),
+        }
+    }
+
+    fn delete(&mut self, source: IpNet) -> anyhow::Result<bool> {
+        self.unban(source.addr())
+    }
+
+    fn entries(&self) -> anyhow::Result<Vec<(IpNet, LiveBan)>> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .map(|l| {
+                (
+                    l.source,
+                    LiveBan {
+                        deadline_ns: l.deadline_ns,
+                        hits: l.hits,
+                    },
+                )
+            })
+            .collect())
+    }
+}
+
+impl<T: BanTable> BanTable for &mut T {
+    fn get(&self, source: IpNet) -> anyhow::Result<Option<LiveBan>> {
+        (**self).get(source)
+    }
+    fn put(&mut self, source: IpNet, deadline_ns: u64) -> Result<(), PutError> {
+        (**self).put(source, deadline_ns)
+    }
+    fn delete(&mut self, source: IpNet) -> anyhow::Result<bool> {
+        (**self).delete(source)
+    }
+    fn entries(&self) -> anyhow::Result<Vec<(IpNet, LiveBan)>> {
+        (**self).entries()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -345,7 +405,7 @@ mod tests {
         max: usize,
     }
 
-    impl BanMaps for &mut Memory {
+    impl BanTable for Memory {
         fn get(&self, source: IpNet) -> anyhow::Result<Option<LiveBan>> {
             Ok(self.bans.get(&source).copied())
         }

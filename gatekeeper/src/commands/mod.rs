@@ -1,6 +1,7 @@
 //! One module per CLI verb.
 
 mod allow;
+mod ban;
 mod check;
 mod detach;
 mod run;
@@ -12,7 +13,7 @@ use std::process::ExitCode;
 use clap::CommandFactory as _;
 use gatekeeper_support::cli_docs;
 
-use crate::cli::{AllowAction, Cli, Command};
+use crate::cli::{AllowAction, BanAction, Cli, Command};
 
 /// The command name in completions and man pages.
 const BIN: &str = "gatekeeper";
@@ -39,6 +40,17 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             AllowAction::Remove { config, cidr } => allow::remove(&config.config, &cidr),
             AllowAction::List { config, json } => allow::list(&config.config, json),
         },
+        Command::Ban { action } => match action {
+            BanAction::Add {
+                config,
+                addr,
+                duration,
+                reason,
+            } => ban::add(&config.config, &addr, duration, &reason),
+            BanAction::Remove { config, addr } => ban::remove(&config.config, &addr),
+            BanAction::List { config, json } => ban::list(&config.config, json),
+        },
+        Command::Deny { .. } => Err(anyhow::anyhow!("deny: not available yet")),
         Command::Detach { config, ifaces } => detach::detach(&config.config, &ifaces),
     };
     done.map(|()| ExitCode::SUCCESS)

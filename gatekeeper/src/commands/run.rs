@@ -19,6 +19,8 @@
 //! `keep_attached_on_exit = true`, which leaves the pinned program enforcing for the next daemon
 //! to adopt. A crash or SIGKILL always leaves it enforcing.
 
+mod ban_socket;
+mod bans;
 mod ipv4_tables;
 mod links;
 mod reload;
@@ -98,6 +100,9 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
         ),
         ..LoadOptions::default()
     })?;
+    let counts = SharedCounts::default();
+    // Before attaching: after a reboot the maps are new, and the file has the bans.
+    bans::restore(&mut filter, &config, &counts);
     let interfaces = match start(&mut filter, path, &config) {
         Ok(interfaces) => interfaces,
         Err((err, attaching)) => {
@@ -121,13 +126,17 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
         config,
         filter,
         interfaces,
-        counts: SharedCounts::default(),
+        counts,
         settle: Settle::new(stamp),
+        ban_limits: None,
     };
     let result = runtime.block_on(daemon.serve(signals, events));
     let Daemon {
         mut filter, config, ..
     } = daemon;
+    if let Some(socket) = &config.bans.socket {
+        let _ = std::fs::remove_file(socket);
+    }
     if config.keep_attached_on_exit {
         info!(
             pin_dir = %config.pin_dir.display(),
@@ -291,6 +300,9 @@ struct Daemon {
     counts: SharedCounts,
     /// The config file's version in force, and a change waiting to settle.
     settle: Settle,
+    /// The ban socket's limits (allowlist, never_ban), replaced at every reload; `None` when
+    /// there is no ban socket.
+    ban_limits: Option<Arc<std::sync::RwLock<Arc<gatekeeper::bans::request::Limits>>>>,
 }
 
 /// What asked for a reload.
@@ -343,6 +355,8 @@ impl Daemon {
         if let Some(addr) = self.config.metrics_listen {
             scrape::serve(addr, self.config.pin_dir.clone(), Arc::clone(&self.counts))?;
         }
+        self.ban_limits = bans::start_socket(&self.config, &self.counts)?;
+        let mut sweep = tokio::time::interval(bans::SWEEP_INTERVAL);
         let mut link_watch = LinkWatch::open()?;
         self.publish_counts();
         let mut report = tokio::time::interval(SUPPRESSED_REPORT_INTERVAL);
@@ -378,6 +392,12 @@ impl Daemon {
                     self.check_interfaces(false);
                 }
                 _ = check.tick() => self.check_interfaces(false),
+                _ = sweep.tick() => {
+                    tokio::spawn(bans::sweep(
+                        bans::StoreAt::of(&self.config),
+                        Arc::clone(&self.counts),
+                    ));
+                }
                 ready = readable(&mut events) => {
                     let mut guard = ready?;
                     while let Some(item) = guard.get_inner_mut().next() {
@@ -530,6 +550,16 @@ impl Daemon {
                 ceiling = ?new.ipv4_dir24_blocks,
                 "ipv4_dir24_blocks changed: the new ceiling applies when the pool next grows"
             );
+        }
+        if let Some(limits) = &self.ban_limits
+            && let Ok(mut shared) = limits.write()
+        {
+            *shared = bans::limits(&new);
+        }
+        if new.bans.socket != self.config.bans.socket
+            || new.bans.socket_group != self.config.bans.socket_group
+        {
+            warn!("ban_socket or ban_socket_group changed: takes effect when the daemon restarts");
         }
         if new.metrics_listen != self.config.metrics_listen {
             warn!("metrics_listen changed: takes effect when the daemon restarts");

@@ -171,7 +171,10 @@ async fn connection(stream: UnixStream, service: BanService) {
     }
 }
 
-async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, answer: &Answer) -> std::io::Result<()> {
+async fn send(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    answer: &Answer,
+) -> std::io::Result<()> {
     let mut text = serde_json::to_vec(answer).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
     text.push(b'\n');
     write.write_all(&text).await
@@ -233,9 +236,7 @@ async fn handle(service: &BanService, by: &str, line: &str) -> Answer {
                 &Refusal::Full(format!("the ban table is full (max_bans = {max})")),
             )
         }
-        Ok(Err(PutError::Other(err))) => {
-            refused(service, by, &Refusal::Failed(format!("{err:#}")))
-        }
+        Ok(Err(PutError::Other(err))) => refused(service, by, &Refusal::Failed(format!("{err:#}"))),
         Err(err) => refused(service, by, &Refusal::Failed(err.to_string())),
     }
 }
