@@ -60,6 +60,27 @@ pub struct BanControl {
     pub never_ban: Vec<IpNet>,
 }
 
+/// Default and bounds of the open-port rules (see `gatekeeper_common` for the map sizes).
+pub const DEFAULT_MAX_BANS: u32 = gatekeeper_common::DEFAULT_MAX_BANS;
+pub const DEFAULT_RATE_LIMIT_SOURCES: u32 = gatekeeper_common::DEFAULT_RATE_LIMIT_SOURCES;
+pub const DEFAULT_BAN_IPV6_PREFIX: u8 = 64;
+/// Upper bound of `max_bans` and `rate_limit_sources` (entries per family).
+pub const MAX_TABLE_ENTRIES: u32 = 1 << 24;
+/// Upper bound of `syn_rate` (SYNs per second per source) and `syn_burst`.
+pub const MAX_SYN_RATE: u32 = 10_000;
+pub const MAX_SYN_BURST: u32 = 1_000_000;
+
+/// What a judged port admits (`[[port]] policy`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortPolicy {
+    /// Only allowlisted sources (today's behaviour; every `protected_ports` port).
+    #[default]
+    Allowlist,
+    /// Every source except denied, banned and over-rate ones (an Internet-facing MX).
+    Open,
+}
+
 /// How the program is attached to an interface.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -135,6 +156,20 @@ pub struct Config {
     /// Drop-list files (`CIDR ; comment` a line) whose networks are denied like `[[deny]]`.
     pub deny_feeds: Vec<PathBuf>,
     pub bans: BanControl,
+    /// The judged ports with policy "open" (a subset of `protected_ports`, sorted).
+    pub open_ports: Vec<u16>,
+    /// SYNs per second each source may send to an open port (0: no limit).
+    pub syn_rate: u32,
+    /// SYNs a source may send in a burst before `syn_rate` applies.
+    pub syn_burst: u32,
+    /// Sources whose SYN rate is tracked at once, per family (the LRU map's size).
+    pub rate_limit_sources: u32,
+    /// Bans each family's table holds at most.
+    pub max_bans: u32,
+    /// Leading bits of an IPv6 source that a ban (and the SYN rate) applies to.
+    pub ban_ipv6_prefix: u8,
+    /// `[[deny]]` entries: dropped on every judged port, whatever the allowlist says.
+    pub deny: Allowlist,
     pub allow: Allowlist,
 }
 
@@ -195,6 +230,20 @@ struct RawConfig {
     ban_requests_per_minute: Option<Spanned<u32>>,
     #[serde(default)]
     never_ban: Vec<Spanned<String>>,
+    #[serde(default)]
+    port: Vec<RawPort>,
+    #[serde(default)]
+    syn_rate: Option<Spanned<u32>>,
+    #[serde(default)]
+    syn_burst: Option<Spanned<u32>>,
+    #[serde(default)]
+    rate_limit_sources: Option<Spanned<u32>>,
+    #[serde(default)]
+    max_bans: Option<Spanned<u32>>,
+    #[serde(default)]
+    ban_ipv6_prefix: Option<Spanned<u32>>,
+    #[serde(default)]
+    deny: Vec<RawAllow>,
     /// Empty when the `[[allow]]` tables were read by the allowlist scanner.
     #[serde(default)]
     allow: Option<Vec<RawAllow>>,
@@ -206,6 +255,14 @@ struct RawAllow {
     cidr: Spanned<String>,
     #[serde(default)]
     comment: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPort {
+    number: Spanned<u32>,
+    #[serde(default)]
+    policy: PortPolicy,
 }
 
 /// The warning for an entry that admits a whole address family.
@@ -227,11 +284,16 @@ impl Config {
     /// at every load, `gatekeeper check` and `gatekeeper allow` print them.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        if self.allow.is_empty() {
+        if self.allow.is_empty() && self.has_allowlist_port() {
             warnings.push(self.empty_warning());
         }
         for entry in self.allow.iter().filter(|e| e.net.prefix_len() == 0) {
             warnings.push(everything_warning(entry.net));
+        }
+        if self.syn_rate != 0 && self.open_ports.is_empty() {
+            warnings.push(
+                "syn_rate is set but no [[port]] has policy \"open\": the SYN rate limit applies to open ports only".into(),
+            );
         }
         warnings
     }
@@ -241,13 +303,20 @@ impl Config {
     /// is the entry the edit added, if any.
     pub fn warnings_after_edit(&self, entries: usize, added: Option<IpNet>) -> Vec<String> {
         let mut warnings = Vec::new();
-        if entries == 0 {
+        if entries == 0 && self.has_allowlist_port() {
             warnings.push(self.empty_warning());
         }
         if let Some(net) = added.filter(|n| n.prefix_len() == 0) {
             warnings.push(everything_warning(net));
         }
         warnings
+    }
+
+    /// Whether some judged port has the "allowlist" policy.
+    pub fn has_allowlist_port(&self) -> bool {
+        self.protected_ports
+            .iter()
+            .any(|p| !self.open_ports.contains(p))
     }
 
     fn empty_warning(&self) -> String {
@@ -294,10 +363,10 @@ impl Config {
         };
 
         let interfaces = validate_interfaces(&raw.interfaces).map_err(|(s, m)| at(s, m))?;
-        let protected_ports = match &raw.protected_ports {
-            None => vec![DEFAULT_PORT],
-            Some(ports) => validate_ports(ports).map_err(|(s, m)| at(s, m))?,
-        };
+        let (protected_ports, open_ports) =
+            port_policies(&raw.protected_ports, &raw.port).map_err(|(s, m)| at(s, m))?;
+        let open = open_rules(&raw).map_err(|(s, m)| at(s, m))?;
+        let deny = deny_entries(raw.deny.as_slice()).map_err(|(s, m)| at(s, m))?;
         if let Some((offset, err)) = scanned.first_invalid {
             return Err(at(offset..offset, format!("allow entry {err}")));
         }
@@ -370,9 +439,152 @@ impl Config {
             ipv4_dir24_blocks,
             deny_feeds,
             bans,
+            open_ports,
+            syn_rate: open.syn_rate,
+            syn_burst: open.syn_burst,
+            rate_limit_sources: open.rate_limit_sources,
+            max_bans: open.max_bans,
+            ban_ipv6_prefix: open.ban_ipv6_prefix,
+            deny,
             allow,
         })
     }
+}
+
+/// The judged ports and which of them are open: `protected_ports` (all "allowlist") and the
+/// `[[port]]` tables; a port in both, or twice, is an error. Neither given: port 25, allowlist.
+fn port_policies(
+    protected: &Option<Spanned<Vec<Spanned<u32>>>>,
+    tables: &[RawPort],
+) -> Result<(Vec<u16>, Vec<u16>), SpannedError> {
+    let mut ports = match protected {
+        None if tables.is_empty() => vec![DEFAULT_PORT],
+        None => Vec::new(),
+        Some(ports) => validate_ports(ports)?,
+    };
+    let listed = ports.len();
+    let mut open = Vec::new();
+    for table in tables {
+        let value = *table.number.get_ref();
+        let port = match u16::try_from(value) {
+            Ok(p) if p != 0 => p,
+            _ => {
+                return Err((
+                    table.number.span(),
+                    format!("port {value} is not a TCP port (1-65535)"),
+                ));
+            }
+        };
+        if ports[..listed].contains(&port) {
+            return Err((
+                table.number.span(),
+                format!(
+                    "port {port} is in protected_ports and has a [[port]] table: give it in one place (protected_ports means policy \"allowlist\")"
+                ),
+            ));
+        }
+        if ports.contains(&port) {
+            return Err((
+                table.number.span(),
+                format!("port {port} has two [[port]] tables"),
+            ));
+        }
+        ports.push(port);
+        if table.policy == PortPolicy::Open {
+            open.push(port);
+        }
+    }
+    open.sort_unstable();
+    Ok((ports, open))
+}
+
+/// The open-port rules' settings, validated.
+struct OpenRules {
+    syn_rate: u32,
+    syn_burst: u32,
+    rate_limit_sources: u32,
+    max_bans: u32,
+    ban_ipv6_prefix: u8,
+}
+
+fn open_rules(raw: &RawConfig) -> Result<OpenRules, SpannedError> {
+    let in_range = |value: &Option<Spanned<u32>>,
+                    name: &str,
+                    range: std::ops::RangeInclusive<u32>,
+                    default: u32,
+                    why: &str|
+     -> Result<u32, SpannedError> {
+        match value {
+            None => Ok(default),
+            Some(v) if range.contains(v.get_ref()) => Ok(*v.get_ref()),
+            Some(v) => Err((
+                v.span(),
+                format!(
+                    "{name} {} is out of range ({}-{}{why})",
+                    v.get_ref(),
+                    range.start(),
+                    range.end()
+                ),
+            )),
+        }
+    };
+    let syn_rate = in_range(
+        &raw.syn_rate,
+        "syn_rate",
+        0..=MAX_SYN_RATE,
+        0,
+        "; 0 turns the limit off",
+    )?;
+    let syn_burst = in_range(
+        &raw.syn_burst,
+        "syn_burst",
+        1..=MAX_SYN_BURST,
+        syn_rate.max(1),
+        "",
+    )?;
+    let rate_limit_sources = in_range(
+        &raw.rate_limit_sources,
+        "rate_limit_sources",
+        1..=MAX_TABLE_ENTRIES,
+        DEFAULT_RATE_LIMIT_SOURCES,
+        "",
+    )?;
+    let max_bans = in_range(
+        &raw.max_bans,
+        "max_bans",
+        1..=MAX_TABLE_ENTRIES,
+        DEFAULT_MAX_BANS,
+        "",
+    )?;
+    let ban_ipv6_prefix = in_range(
+        &raw.ban_ipv6_prefix,
+        "ban_ipv6_prefix",
+        32..=128,
+        u32::from(DEFAULT_BAN_IPV6_PREFIX),
+        "",
+    )?;
+    Ok(OpenRules {
+        syn_rate,
+        syn_burst,
+        rate_limit_sources,
+        max_bans,
+        ban_ipv6_prefix: u8::try_from(ban_ipv6_prefix).unwrap_or(DEFAULT_BAN_IPV6_PREFIX),
+    })
+}
+
+/// The `[[deny]]` tables as a compact list; a bad or repeated network is an error at its `cidr`.
+fn deny_entries(raw: &[RawAllow]) -> Result<Allowlist, SpannedError> {
+    let mut list = Allowlist::default();
+    for entry in raw {
+        let net = parse_cidr(entry.cidr.get_ref())
+            .map_err(|e| (entry.cidr.span(), format!("deny entry {e}")))?;
+        list.push(net, entry.comment.as_deref());
+    }
+    if let Some((index, net)) = list.first_duplicate() {
+        let span = raw.get(index).map_or(0..0, |e| e.cidr.span());
+        return Err((span, format!("deny entry \"{net}\" is listed twice")));
+    }
+    Ok(list)
 }
 
 /// An absolute path setting, or where it is not.
@@ -714,6 +926,81 @@ cidr = "203.0.113.7"
         );
         let e = error("interfaces = [\"eth0\"]\nban_max_secs = 0\n");
         assert!(e.contains("ban_max_secs must be at least 1"), "{e}");
+    }
+
+    #[test]
+    fn port_policies_rate_limits_bans_and_deny_entries() {
+        let config = parse(
+            "interfaces = [\"eth0\"]\nprotected_ports = [587]\nsyn_rate = 20\nsyn_burst = 40\nrate_limit_sources = 1000\nmax_bans = 500\nban_ipv6_prefix = 56\n[[port]]\nnumber = 25\npolicy = \"open\"\n[[port]]\nnumber = 465\npolicy = \"allowlist\"\n[[deny]]\ncidr = \"203.0.113.0/28\"\ncomment = \"hijacked netblock\"\n[[deny]]\ncidr = \"2001:db8:bad::/48\"\n[[allow]]\ncidr = \"198.51.100.0/24\"\n",
+        )
+        .expect("valid config");
+        assert_eq!(config.protected_ports, [587, 25, 465]);
+        assert_eq!(config.open_ports, [25]);
+        assert_eq!((config.syn_rate, config.syn_burst), (20, 40));
+        assert_eq!((config.rate_limit_sources, config.max_bans), (1000, 500));
+        assert_eq!(config.ban_ipv6_prefix, 56);
+        assert_eq!(config.deny.len(), 2);
+        assert_eq!(config.deny.comment(0), Some("hijacked netblock"));
+        assert_eq!(config.allow.len(), 1);
+
+        let config = parse("interfaces = [\"eth0\"]\n[[port]]\nnumber = 25\npolicy = \"open\"\n")
+            .expect("valid config");
+        assert_eq!(
+            (
+                config.protected_ports.as_slice(),
+                config.open_ports.as_slice()
+            ),
+            (&[25][..], &[25][..])
+        );
+        assert_eq!(
+            (config.syn_rate, config.max_bans, config.ban_ipv6_prefix),
+            (0, DEFAULT_MAX_BANS, 64)
+        );
+        assert!(config.warnings().is_empty(), "{:?}", config.warnings());
+
+        let e = error(
+            "interfaces = [\"eth0\"]\nprotected_ports = [25]\n[[port]]\nnumber = 25\npolicy = \"open\"\n",
+        );
+        assert!(
+            e.starts_with("gk.toml:4:10: port 25 is in protected_ports and has a [[port]] table"),
+            "{e}"
+        );
+        let e = error("interfaces = [\"eth0\"]\n[[port]]\nnumber = 25\n[[port]]\nnumber = 25\n");
+        assert!(
+            e.starts_with("gk.toml:5:10: port 25 has two [[port]] tables"),
+            "{e}"
+        );
+        let e = error("interfaces = [\"eth0\"]\n[[port]]\nnumber = 25\npolicy = \"closed\"\n");
+        assert!(e.starts_with("gk.toml:4:10: "), "{e}");
+        let e = error("interfaces = [\"eth0\"]\nban_ipv6_prefix = 16\n");
+        assert!(
+            e.starts_with("gk.toml:2:19: ban_ipv6_prefix 16 is out of range (32-128)"),
+            "{e}"
+        );
+        let e = error("interfaces = [\"eth0\"]\nsyn_burst = 0\n");
+        assert!(
+            e.starts_with("gk.toml:2:13: syn_burst 0 is out of range"),
+            "{e}"
+        );
+        let e = error("interfaces = [\"eth0\"]\n[[deny]]\ncidr = \"203.0.113.1/24\"\n");
+        assert!(
+            e.starts_with("gk.toml:3:8: deny entry \"203.0.113.1/24\" has host bits"),
+            "{e}"
+        );
+        let e = error(
+            "interfaces = [\"eth0\"]\n[[deny]]\ncidr = \"203.0.113.0/24\"\n[[deny]]\ncidr = \"203.0.113.0/24\"\n",
+        );
+        assert!(
+            e.starts_with("gk.toml:5:8: deny entry \"203.0.113.0/24\" is listed twice"),
+            "{e}"
+        );
+        let config = parse("interfaces = [\"eth0\"]\nsyn_rate = 5\n").expect("valid");
+        assert!(
+            config
+                .warnings()
+                .iter()
+                .any(|w| w.contains("syn_rate is set"))
+        );
     }
 
     #[test]

@@ -315,6 +315,11 @@ impl Filter {
         &mut self.rules
     }
 
+    /// The allowlist maps and the rules at once (a sync writes both).
+    pub fn maps_and_rules(&mut self) -> (&mut FilterMaps, &mut Rules) {
+        (&mut self.maps, &mut self.rules)
+    }
+
     /// The drop-event ring buffer, once: whoever takes it reads the events.
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()

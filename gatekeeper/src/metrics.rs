@@ -224,10 +224,14 @@ mod tests {
         let text = expose::render(snapshot());
         for line in [
             "# TYPE gatekeeper_frames_total counter",
-            "gatekeeper_frames_total{interface=\"we\\\"ird\",family=\"ipv4\",verdict=\"dropped\"} 1",
-            "gatekeeper_frames_total{interface=\"we\\\"ird\",family=\"other\",verdict=\"malformed\"} 8",
-            "gatekeeper_drop_events_total{interface=\"we\\\"ird\",result=\"sent\"} 27",
-            "gatekeeper_drop_events_total{interface=\"we\\\"ird\",result=\"suppressed\"} 30",
+            "gatekeeper_frames_total{interface=\"we\\\"ird\",family=\"ipv4\",verdict=\"dropped\"} 2",
+            "gatekeeper_frames_total{interface=\"we\\\"ird\",family=\"ipv4\",verdict=\"denied_list\"} 4",
+            "gatekeeper_frames_total{interface=\"we\\\"ird\",family=\"ipv6\",verdict=\"banned\"} 5",
+            "gatekeeper_frames_total{interface=\"we\\\"ird\",family=\"ipv4\",verdict=\"rate_limited\"} 6",
+            "gatekeeper_frames_total{interface=\"we\\\"ird\",family=\"ipv4\",verdict=\"passed_open\"} 1",
+            "gatekeeper_frames_total{interface=\"we\\\"ird\",family=\"other\",verdict=\"malformed\"} 12",
+            "gatekeeper_drop_events_total{interface=\"we\\\"ird\",result=\"sent\"} 39",
+            "gatekeeper_drop_events_total{interface=\"we\\\"ird\",result=\"suppressed\"} 42",
             "# TYPE gatekeeper_allowlist_entries gauge",
             "gatekeeper_allowlist_entries{family=\"ipv4\"} 2",
             "gatekeeper_allowlist_entries{family=\"ipv6\"} 1",

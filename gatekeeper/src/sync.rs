@@ -4,7 +4,7 @@
 use ipnet::IpNet;
 use tracing::warn;
 
-use crate::{config::Config, maps::FilterMaps, policy::Policy};
+use crate::{config::Config, maps::FilterMaps, policy::Policy, rules::DenyMaps};
 
 /// What a sync changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -12,21 +12,49 @@ pub struct SyncReport {
     pub added: Vec<IpNet>,
     pub removed: Vec<IpNet>,
     pub policy_changed: bool,
+    /// Deny entries put in and taken out.
+    pub deny_added: usize,
+    pub deny_removed: usize,
 }
 
 impl SyncReport {
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty() && !self.policy_changed
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && !self.policy_changed
+            && self.deny_added == 0
+            && self.deny_removed == 0
     }
 }
 
-/// Makes the maps enforce `config`; the caller logs the report (one line per event). If an insert
-/// fails (the allowlist is full), the entries this call added are taken out again and the maps
-/// stay as they were.
+/// The deny networks `config` wants in force, sorted and without duplicates.
+pub fn wanted_deny(config: &Config) -> Vec<IpNet> {
+    let mut nets = config.deny.sorted_nets();
+    nets.dedup();
+    nets
+}
+
+/// Makes the maps enforce `config`; the caller logs the report (one line per event). The deny list
+/// is brought in line first (its new entries are in force before a port opens), then the
+/// allowlist and the policy. If an allowlist insert fails (the allowlist is full), the allowlist
+/// entries this call added are taken out again and the allowlist stays as it was.
 ///
 /// File and live state are compared as two sorted lists in one pass: no set of either is built,
 /// so a million entries cost two sorted vectors of networks (18 bytes each).
-pub fn apply(maps: &mut FilterMaps, config: &Config) -> anyhow::Result<SyncReport> {
+pub fn apply(
+    maps: &mut FilterMaps,
+    deny: &mut DenyMaps,
+    config: &Config,
+) -> anyhow::Result<SyncReport> {
+    let deny_report = deny.sync(&wanted_deny(config))?;
+    let mut report = apply_allowlist(maps, config)?;
+    report.deny_added = deny_report.added.len();
+    report.deny_removed = deny_report.removed.len();
+    Ok(report)
+}
+
+/// The allowlist and policy half of [`apply`].
+fn apply_allowlist(maps: &mut FilterMaps, config: &Config) -> anyhow::Result<SyncReport> {
     let mut live = maps.nets()?;
     live.sort_unstable();
     let wanted = config.allow.sorted_nets();

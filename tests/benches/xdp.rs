@@ -270,6 +270,7 @@ fn main() -> anyhow::Result<()> {
                 ports: vec![25],
                 event_rate: gatekeeper::config::DEFAULT_DROP_EVENT_RATE,
                 event_burst: gatekeeper::config::DEFAULT_DROP_EVENT_BURST,
+                ..Policy::default()
             })?;
             let started = Instant::now();
             for net in v4.iter().chain(allowlist_v6().iter()) {

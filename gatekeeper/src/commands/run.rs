@@ -91,15 +91,13 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
     // Pins this start creates (none yet) are its own to remove if it fails; pins an earlier
     // daemon left keep the filter it left enforcing.
     let fresh = !FilterMaps::is_pinned(&config.pin_dir);
-    let mut filter = Filter::load_with(&LoadOptions {
-        pin_dir: Some(&config.pin_dir),
-        ipv4_lookup: config.ipv4_lookup,
-        dir24_blocks: dir24::pool_size(
+    let mut filter = Filter::load_with(&load_options(
+        &config,
+        dir24::pool_size(
             dir24::blocks_needed(config.allow.nets()),
             config.ipv4_dir24_blocks,
         ),
-        ..LoadOptions::default()
-    })?;
+    ))?;
     let counts = SharedCounts::default();
     // Before attaching: after a reboot the maps are new, and the file has the bans.
     bans::restore(&mut filter, &config, &counts);
@@ -177,6 +175,8 @@ fn fill(filter: &mut Filter, path: &Path, config: &Config) -> anyhow::Result<()>
     info!(
         added = report.added.len(),
         removed = report.removed.len(),
+        deny_entries = config.deny.len(),
+        open_ports = %join_ports(&config.open_ports),
         config = %path.display(),
         mode = %config.mode,
         ports = %join_ports(&config.protected_ports),
@@ -194,6 +194,9 @@ fn load_options(config: &Config, blocks: u32) -> LoadOptions<'_> {
         pin_dir: Some(&config.pin_dir),
         ipv4_lookup: config.ipv4_lookup,
         dir24_blocks: blocks,
+        max_bans: config.max_bans,
+        rate_limit_sources: config.rate_limit_sources,
+        ban_ipv6_prefix: config.ban_ipv6_prefix,
         ..LoadOptions::default()
     }
 }
@@ -225,13 +228,15 @@ fn fit_ipv4_tables(filter: &mut Filter, config: &Config) -> anyhow::Result<()> {
 /// (larger tables filled and swapped in without a gap) and applies again, up to the
 /// `ipv4_dir24_blocks` ceiling.
 fn apply_growing(filter: &mut Filter, config: &Config) -> anyhow::Result<sync::SyncReport> {
-    match sync::apply(filter.maps(), config) {
+    let (maps, rules) = filter.maps_and_rules();
+    match sync::apply(maps, &mut rules.deny, config) {
         Err(err) if err.downcast_ref::<dir24::OutOfBlocks>().is_some() => {
             let Some(blocks) = ipv4_tables::grown_pool(filter.maps(), config)? else {
                 return Err(err);
             };
             filter.replace_ipv4_tables(&load_options(config, blocks))?;
-            sync::apply(filter.maps(), config)
+            let (maps, rules) = filter.maps_and_rules();
+            sync::apply(maps, &mut rules.deny, config)
         }
         other => other,
     }
@@ -569,6 +574,8 @@ impl Daemon {
             took_ms = took.as_millis() as u64,
             added = report.added.len(),
             removed = report.removed.len(),
+            deny_added = report.deny_added,
+            deny_removed = report.deny_removed,
             policy_changed = report.policy_changed,
             mode = %new.mode,
             ports = %join_ports(&new.protected_ports),

@@ -125,7 +125,9 @@ fn apply(job: &Job, text: &str) -> anyhow::Result<Step> {
     if let Some(blocks) = ipv4_tables::lookup_switch(&maps, &config) {
         return Ok(Step::Refit(Refit { config, blocks }));
     }
-    let report = match sync::apply(&mut maps, &config) {
+    let mut deny = gatekeeper::rules::DenyMaps::open_pinned(&job.pin_dir)
+        .context("opening the pinned deny list for the reload")?;
+    let report = match sync::apply(&mut maps, &mut deny, &config) {
         Err(err) if err.downcast_ref::<dir24::OutOfBlocks>().is_some() => {
             return match ipv4_tables::grown_pool(&maps, &config)? {
                 Some(blocks) => Ok(Step::Refit(Refit { config, blocks })),
