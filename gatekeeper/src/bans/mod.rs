@@ -16,13 +16,13 @@ pub mod store;
 
 use crate::config::Config;
 
-/// The size of each family's ban table. (`max_bans` in the config, once the data plane's config
-/// keys are in; until then the program's default.)
-pub fn max_bans(_config: &Config) -> u32 {
-    gatekeeper_common::DEFAULT_MAX_BANS
+/// The size of each family's ban table (`max_bans`, default 100,000). Pinned tables keep the size
+/// they were made with until the pins are removed.
+pub fn max_bans(config: &Config) -> u32 {
+    config.max_bans
 }
 
 /// The leading bits of an IPv6 source a ban covers (`ban_ipv6_prefix`, default 64).
-pub fn v6_prefix(_config: &Config) -> u8 {
-    64
+pub fn v6_prefix(config: &Config) -> u8 {
+    config.ban_ipv6_prefix
 }
