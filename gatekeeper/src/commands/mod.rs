@@ -3,6 +3,7 @@
 mod allow;
 mod ban;
 mod check;
+mod deny;
 mod detach;
 mod run;
 mod stats;
@@ -13,7 +14,7 @@ use std::process::ExitCode;
 use clap::CommandFactory as _;
 use gatekeeper_support::cli_docs;
 
-use crate::cli::{AllowAction, BanAction, Cli, Command};
+use crate::cli::{AllowAction, BanAction, Cli, Command, DenyAction};
 
 /// The command name in completions and man pages.
 const BIN: &str = "gatekeeper";
@@ -50,7 +51,15 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             BanAction::Remove { config, addr } => ban::remove(&config.config, &addr),
             BanAction::List { config, json } => ban::list(&config.config, json),
         },
-        Command::Deny { .. } => Err(anyhow::anyhow!("deny: not available yet")),
+        Command::Deny { action } => match action {
+            DenyAction::Add {
+                config,
+                cidr,
+                comment,
+            } => deny::add(&config.config, &cidr, comment.as_deref()),
+            DenyAction::Remove { config, cidr } => deny::remove(&config.config, &cidr),
+            DenyAction::List { config, json } => deny::list(&config.config, json),
+        },
         Command::Detach { config, ifaces } => detach::detach(&config.config, &ifaces),
     };
     done.map(|()| ExitCode::SUCCESS)
