@@ -4,7 +4,12 @@
 use ipnet::IpNet;
 use tracing::warn;
 
-use crate::{config::Config, maps::FilterMaps, policy::Policy, rules::DenyMaps};
+use crate::{
+    config::Config,
+    maps::FilterMaps,
+    policy::Policy,
+    rules::{DenyMaps, DenySyncReport},
+};
 
 /// What a sync changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -27,17 +32,35 @@ impl SyncReport {
     }
 }
 
-/// The deny networks `config` wants in force, sorted and without duplicates.
-pub fn wanted_deny(config: &Config) -> Vec<IpNet> {
-    let mut nets = config.deny.sorted_nets();
+/// The deny networks in force: the config's `[[deny]]` entries (`entries`, sorted) and the deny
+/// feeds' networks (`feed_nets`, sorted), as one sorted list without duplicates. Every deny sync
+/// passes this union, whoever triggers it (a config reload or a feed change): a sync of either
+/// half alone would take the other half's entries out.
+pub fn wanted_deny(entries: &[IpNet], feed_nets: &[IpNet]) -> Vec<IpNet> {
+    let mut nets = Vec::with_capacity(entries.len() + feed_nets.len());
+    nets.extend_from_slice(entries);
+    nets.extend_from_slice(feed_nets);
+    nets.sort_unstable();
     nets.dedup();
     nets
 }
 
-/// Makes the maps enforce `config`; the caller logs the report (one line per event). The deny list
-/// is brought in line first (its new entries are in force before a port opens), then the
-/// allowlist and the policy. If an allowlist insert fails (the allowlist is full), the allowlist
-/// entries this call added are taken out again and the allowlist stays as it was.
+/// Brings the kernel's deny list in line with [`wanted_deny`] of the config's sorted `[[deny]]`
+/// entries and the feeds' networks. Call under the config's edit lock (the CLI's edits and the
+/// daemon's syncs go one at a time).
+pub fn apply_deny(
+    deny: &mut DenyMaps,
+    entries: &[IpNet],
+    feed_nets: &[IpNet],
+) -> anyhow::Result<DenySyncReport> {
+    deny.sync(&wanted_deny(entries, feed_nets))
+}
+
+/// Makes the maps enforce `config` and the deny feeds' networks (`feed_nets`, sorted); the
+/// caller logs the report (one line per event). The deny list is brought in line first (its new
+/// entries are in force before a port opens), then the allowlist and the policy. If an allowlist
+/// insert fails (the allowlist is full), the allowlist entries this call added are taken out
+/// again and the allowlist stays as it was.
 ///
 /// File and live state are compared as two sorted lists in one pass: no set of either is built,
 /// so a million entries cost two sorted vectors of networks (18 bytes each).
@@ -45,8 +68,9 @@ pub fn apply(
     maps: &mut FilterMaps,
     deny: &mut DenyMaps,
     config: &Config,
+    feed_nets: &[IpNet],
 ) -> anyhow::Result<SyncReport> {
-    let deny_report = deny.sync(&wanted_deny(config))?;
+    let deny_report = apply_deny(deny, &config.deny.sorted_nets(), feed_nets)?;
     let mut report = apply_allowlist(maps, config)?;
     report.deny_added = deny_report.added.len();
     report.deny_removed = deny_report.removed.len();

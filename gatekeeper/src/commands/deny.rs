@@ -255,10 +255,7 @@ pub fn list(path: &Path, json: bool) -> anyhow::Result<()> {
         })
     };
     let (feeds, feed_nets) = read_feeds(&config);
-    let mut wanted = config.deny.sorted_nets();
-    wanted.extend(feed_nets);
-    wanted.sort_unstable();
-    wanted.dedup();
+    let wanted = gatekeeper::sync::wanted_deny(&config.deny.sorted_nets(), &feed_nets);
     let live_nets: Vec<IpNet> = live.iter().flatten().map(|e| e.net).collect();
     let rows = config
         .deny

@@ -21,6 +21,7 @@
 
 mod ban_socket;
 mod bans;
+mod feeds;
 mod ipv4_tables;
 mod links;
 mod reload;
@@ -55,7 +56,12 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-use self::{links::Interfaces, reload::Outcome, scrape::SharedCounts};
+use self::{
+    feeds::{FeedSet, FeedWatch},
+    links::Interfaces,
+    reload::Outcome,
+    scrape::SharedCounts,
+};
 use super::join_ports;
 
 /// How often the daemon reports drop events the kernel suppressed.
@@ -101,7 +107,8 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
     let counts = SharedCounts::default();
     // Before attaching: after a reboot the maps are new, and the file has the bans.
     bans::restore(&mut filter, &config, &counts);
-    let interfaces = match start(&mut filter, path, &config) {
+    let feeds = FeedSet::load(&config.deny_feeds);
+    let interfaces = match start(&mut filter, path, &config, &feeds) {
         Ok(interfaces) => interfaces,
         Err((err, attaching)) => {
             // A failed attach takes off what it attached unless the config keeps it attached
@@ -127,7 +134,10 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
         counts,
         settle: Settle::new(stamp),
         ban_limits: None,
+        feeds: FeedSet::default(),
+        feed_watch: FeedWatch::new(&FeedSet::default()),
     };
+    daemon.set_feeds(feeds);
     let result = runtime.block_on(daemon.serve(signals, events));
     let Daemon {
         mut filter, config, ..
@@ -153,29 +163,31 @@ fn start(
     filter: &mut Filter,
     path: &Path,
     config: &Config,
+    feeds: &FeedSet,
 ) -> Result<Interfaces, (anyhow::Error, bool)> {
-    fill(filter, path, config).map_err(|e| (e, false))?;
+    fill(filter, path, config, feeds).map_err(|e| (e, false))?;
     // After the fill, which may have replaced the program along with its tables.
     let mut interfaces = Interfaces::new(filter).map_err(|e| (e, false))?;
     attach_all(filter, &mut interfaces, config).map_err(|e| (e, true))?;
     Ok(interfaces)
 }
 
-/// Fills the maps from the config: before attaching, so the program never runs with an empty
-/// allowlist.
-fn fill(filter: &mut Filter, path: &Path, config: &Config) -> anyhow::Result<()> {
+/// Fills the maps from the config and the deny feeds: before attaching, so the program never
+/// runs with an empty allowlist or without its deny list.
+fn fill(filter: &mut Filter, path: &Path, config: &Config, feeds: &FeedSet) -> anyhow::Result<()> {
     let _edit = reload::edit_lock(path);
     fit_ipv4_tables(filter, config)?;
     // Pins this start adopts may have been edited by a gatekeeper that kept no summary: rebuilt
     // (from the tables that fit the config) before this program is attached.
     filter.maps().refill_summary()?;
-    let report = apply_growing(filter, config)?;
+    let report = apply_growing(filter, config, &feeds.union)?;
     // The windows of the tables the fill mapped stay in the maps, not in this process.
     filter.maps().release_tables();
     info!(
         added = report.added.len(),
         removed = report.removed.len(),
         deny_entries = config.deny.len(),
+        deny_feed_networks = feeds.union.len(),
         open_ports = %join_ports(&config.open_ports),
         config = %path.display(),
         mode = %config.mode,
@@ -227,16 +239,20 @@ fn fit_ipv4_tables(filter: &mut Filter, config: &Config) -> anyhow::Result<()> {
 /// Applies `config` to the maps at start; when the DIR-24-8 block pool is too small, grows it
 /// (larger tables filled and swapped in without a gap) and applies again, up to the
 /// `ipv4_dir24_blocks` ceiling.
-fn apply_growing(filter: &mut Filter, config: &Config) -> anyhow::Result<sync::SyncReport> {
+fn apply_growing(
+    filter: &mut Filter,
+    config: &Config,
+    feed_nets: &[ipnet::IpNet],
+) -> anyhow::Result<sync::SyncReport> {
     let (maps, rules) = filter.maps_and_rules();
-    match sync::apply(maps, &mut rules.deny, config) {
+    match sync::apply(maps, &mut rules.deny, config, feed_nets) {
         Err(err) if err.downcast_ref::<dir24::OutOfBlocks>().is_some() => {
             let Some(blocks) = ipv4_tables::grown_pool(filter.maps(), config)? else {
                 return Err(err);
             };
             filter.replace_ipv4_tables(&load_options(config, blocks))?;
             let (maps, rules) = filter.maps_and_rules();
-            sync::apply(maps, &mut rules.deny, config)
+            sync::apply(maps, &mut rules.deny, config, feed_nets)
         }
         other => other,
     }
@@ -308,6 +324,10 @@ struct Daemon {
     /// The ban socket's limits (allowlist, never_ban), replaced at every reload; `None` when
     /// there is no ban socket.
     ban_limits: Option<Arc<std::sync::RwLock<Arc<gatekeeper::bans::request::Limits>>>>,
+    /// The deny feeds in force (their networks are in the kernel's deny list with the config's
+    /// `[[deny]]` entries), and the watch on their files.
+    feeds: FeedSet,
+    feed_watch: FeedWatch,
 }
 
 /// What asked for a reload.
@@ -317,6 +337,8 @@ enum Trigger {
     Signal,
     /// The file changed and settled at this version.
     FileChanged(FileStamp),
+    /// A deny feed changed and settled (or vanished).
+    Feeds,
 }
 
 impl Trigger {
@@ -324,6 +346,7 @@ impl Trigger {
         match self {
             Trigger::Signal => "SIGHUP",
             Trigger::FileChanged(_) => "config file changed",
+            Trigger::Feeds => "deny feed changed",
         }
     }
 }
@@ -366,6 +389,7 @@ impl Daemon {
         self.publish_counts();
         let mut report = tokio::time::interval(SUPPRESSED_REPORT_INTERVAL);
         let mut poll = tokio::time::interval(CONFIG_POLL_INTERVAL);
+        let mut feed_poll = tokio::time::interval(feeds::POLL_INTERVAL);
         let mut check = tokio::time::interval(INTERFACE_CHECK_INTERVAL);
         let mut reloads = Reloads::default();
         let mut suppressed_reported = 0u64;
@@ -380,6 +404,11 @@ impl Daemon {
                 _ = poll.tick(), if reloads.running.is_none() => {
                     if let Look::Settled(stamp) = self.settle.look(FileStamp::of(&self.path)) {
                         self.request_reload(&mut reloads, Trigger::FileChanged(stamp));
+                    }
+                }
+                _ = feed_poll.tick(), if reloads.running.is_none() && !self.feed_watch.is_empty() => {
+                    if self.feed_watch.changed() {
+                        self.request_reload(&mut reloads, Trigger::Feeds);
                     }
                 }
                 outcome = finished(&mut reloads.running) => {
@@ -451,10 +480,17 @@ impl Daemon {
             path: self.path.clone(),
             iface_override: self.iface_override.clone(),
             pin_dir: self.config.pin_dir.clone(),
-            expected: match trigger {
-                Trigger::Signal => None,
-                Trigger::FileChanged(stamp) => Some(stamp),
+            kind: match trigger {
+                Trigger::Signal => reload::Kind::Config { expected: None },
+                Trigger::FileChanged(stamp) => reload::Kind::Config {
+                    expected: Some(stamp),
+                },
+                Trigger::Feeds => reload::Kind::Feeds {
+                    paths: self.config.deny_feeds.clone(),
+                    entries: self.config.deny.sorted_nets(),
+                },
             },
+            feeds: self.feeds.clone(),
         };
         reloads.running = Some((
             trigger,
@@ -489,6 +525,25 @@ impl Daemon {
                         );
                     }
                 }
+            }
+            Ok(Outcome::Feeds(feeds, report)) => {
+                info!(
+                    trigger = trigger.name(),
+                    deny_added = report.added.len(),
+                    deny_removed = report.removed.len(),
+                    feeds = feeds.feeds.len(),
+                    feed_networks = feeds.union.len(),
+                    "deny feeds reloaded"
+                );
+                self.set_feeds(feeds);
+            }
+            Ok(Outcome::FeedsFailed(err)) => {
+                // Not retried until a feed changes again: the next change or reload syncs all.
+                self.feed_watch = FeedWatch::settled_now(&self.config.deny_feeds);
+                error!(
+                    trigger = trigger.name(),
+                    "syncing the reloaded deny feeds failed, the deny list is as before: {err:#}"
+                );
             }
             Ok(Outcome::Applied(applied)) => {
                 self.settle.applied(Some(applied.stamp));
@@ -527,8 +582,10 @@ impl Daemon {
             config: new,
             report,
             took,
+            feeds,
             ..
         } = applied;
+        self.set_feeds(feeds);
         // New interfaces get the new allowlist right away; removed ones come off last.
         let attached = self.filter.attached();
         for iface in new.interfaces.iter().filter(|i| !attached.contains(i)) {
@@ -591,6 +648,17 @@ impl Daemon {
     fn check_interfaces(&mut self, retry: bool) {
         self.interfaces.check(&mut self.filter, &self.config, retry);
         self.publish_counts();
+    }
+
+    /// The feeds in force now: watched from their stamps, counted in the metrics.
+    fn set_feeds(&mut self, feeds: FeedSet) {
+        self.feed_watch = FeedWatch::new(&feeds);
+        let (entries, bad_lines) = feeds.counts();
+        self.counts_mut(|c| {
+            c.feed_entries = entries;
+            c.feed_bad_lines = bad_lines;
+        });
+        self.feeds = feeds;
     }
 
     fn counts_mut(&self, change: impl FnOnce(&mut metrics::DaemonCounts)) {
