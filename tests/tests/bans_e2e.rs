@@ -23,13 +23,14 @@ const TIMEOUT: Duration = Duration::from_millis(1500);
 /// For probes that are expected to time out.
 const PROBE: Duration = Duration::from_millis(400);
 
-/// The mail host with the partner allowlisted (port 25 under the allowlist policy: a ban of the
-/// partner shows that ban > allow), the ban state file and socket in the test's directory.
-fn setup(tag: &str, extra: &str) -> MailHost {
+/// The mail host with port 25 open (everyone may connect, but for bans) and the partner
+/// allowlisted (a ban of the partner shows that ban > allow), the ban state file and socket in
+/// the test's directory, and `never_ban` as given.
+fn setup(tag: &str, never_ban: &str, extra: &str) -> MailHost {
     let host = MailHost::new(tag);
     let dir = host.dir.path().to_path_buf();
     let keys = format!(
-        "keep_attached_on_exit = true\nban_state = \"{}\"\nban_socket = \"{}\"\nnever_ban = [\"192.0.2.64/27\"]\n{extra}",
+        "keep_attached_on_exit = true\nban_state = \"{}\"\nban_socket = \"{}\"\nnever_ban = [\"{never_ban}\"]\n{extra}\n[[port]]\nnumber = 25\npolicy = \"open\"\n",
         dir.join("state/bans.json").display(),
         dir.join("ban.sock").display(),
     );
@@ -59,12 +60,25 @@ fn a_ban_ends_on_time_with_the_daemon_stopped_and_survives_restart_and_reboot() 
     ) {
         return;
     }
-    let host = setup("gbn", "");
+    let host = setup("gbn", "198.51.100.0/24", "");
     let mut daemon = host.start_daemon("gatekeeper-run");
     assert!(
         partner(&host, TIMEOUT).is_banner(),
         "the partner connects before the ban"
     );
+    let stranger = |timeout| host.connect(IpAddr::V4(STRANGER_V4), timeout);
+    assert!(
+        stranger(TIMEOUT).is_banner(),
+        "port 25 is open: a stranger connects"
+    );
+    host.cli_ok(&["ban", "add", &STRANGER_V4.to_string(), "--for", "1h"]);
+    assert_eq!(
+        stranger(PROBE),
+        Outcome::TimedOut,
+        "a banned stranger is dropped on the open port"
+    );
+    host.cli_ok(&["ban", "remove", &STRANGER_V4.to_string()]);
+    assert!(stranger(TIMEOUT).is_banner(), "unbanned, it connects again");
 
     // A long ban: survives a restart (pins) and a reboot (state file, pins removed).
     let out = host.cli(&[
@@ -157,7 +171,7 @@ fn the_ban_socket_refuses_allowlisted_never_ban_and_outsiders() {
     if !kernel_tests_enabled("the_ban_socket_refuses_allowlisted_never_ban_and_outsiders") {
         return;
     }
-    let host = setup("gbs", "ban_max_secs = 600\n");
+    let host = setup("gbs", "192.0.2.64/27", "ban_max_secs = 600\n");
     let daemon = host.start_daemon("gatekeeper-run");
     let socket = host.dir.path().join("ban.sock");
 

@@ -87,7 +87,9 @@ fn a_feed_renamed_into_place_is_in_force_within_a_second_and_bad_lines_are_skipp
     // The feed now lists the stranger, with a bad line before it.
     replace_feed(
         &feed,
-        &format!("; DROP list\n203.0.113.0/24 ; SBL1\nnot-a-network ; SBL2\n{STRANGER_V4}/32 ; SBL3\n"),
+        &format!(
+            "; DROP list\n203.0.113.0/24 ; SBL1\nnot-a-network ; SBL2\n{STRANGER_V4}/32 ; SBL3\n"
+        ),
     );
     std::thread::sleep(FEED_DEADLINE);
     assert_eq!(
@@ -104,8 +106,8 @@ fn a_feed_renamed_into_place_is_in_force_within_a_second_and_bad_lines_are_skipp
     );
     let log = daemon.log();
     assert!(
-        log.lines().any(|l| l.contains("WARN")
-            && l.contains(&format!("{}:3: skipped", feed.display()))),
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains(&format!("{}:3: skipped", feed.display()))),
         "the bad line is reported with FILE:LINE:\n{log}"
     );
     let status: serde_json::Value =
