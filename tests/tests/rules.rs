@@ -361,9 +361,10 @@ fn syn_bucket_empties_and_refills_with_time() {
     let mut model = SynBucket::new(rate, burst);
     let mut model6 = SynBucket::new(rate, burst);
     let mut limited = 0;
-    // Bursts separated by gaps that refill part of the bucket (the gaps stay far from a credit
-    // boundary, so a tick of clock blur never changes the answer).
-    for gap_ms in [0u64, 300, 100, 700, 1_100] {
+    // Bursts separated by gaps that refill part of the bucket; the credit left at each SYN stays
+    // 50 ms or more away from a SYN's cost, so a tick of clock blur never changes the answer
+    // (after the gaps: 300 ms, then 100 + 250, then capped at 600, then full).
+    for gap_ms in [0u64, 300, 250, 700, 1_100] {
         sleep(Duration::from_millis(gap_ms));
         for _ in 0..4 {
             let now = clock::monotonic_ns();
