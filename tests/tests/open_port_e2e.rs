@@ -98,6 +98,12 @@ fn an_open_port_admits_strangers_except_denied_and_over_rate_ones() {
     );
     let stats = host.stats();
     assert!(host.counter(&stats, "ipv4", "denied_list") >= 2, "{stats}");
+    daemon
+        .wait_for_log(
+            &format!("dropped SYN from a source in the deny list source={DENIED} dest_port=25"),
+            Duration::from_secs(5),
+        )
+        .expect("a drop event naming the deny list");
     // Taken out again: the partner connects as before.
     host.write_config(&config(&host, "", &[&format!("{DENIED}/32")]));
     reload(&daemon);
@@ -130,6 +136,9 @@ fn an_open_port_admits_strangers_except_denied_and_over_rate_ones() {
     let stats = host.stats();
     assert!(host.counter(&stats, "ipv4", "rate_limited") >= 1, "{stats}");
     assert!(host.counter(&stats, "ipv4", "passed_open") >= 4, "{stats}");
+    daemon
+        .wait_for_log("rule=rate_limited", Duration::from_secs(5))
+        .expect("a drop event naming the rate limit");
     stop_cleanly(&mut daemon);
 }
 
