@@ -322,7 +322,7 @@ fn spend_syn_credit<K>(map: &LruHashMap<K, RateBucket>, key: &K, config: &Filter
     };
     // A full LRU map evicts its least recently used bucket; an insert that still fails leaves
     // the source unlimited for this SYN rather than refusing it.
-    let _ = map.insert(key, &fresh, 0);
+    let _ = map.insert(key, fresh, 0);
     true
 }
 

@@ -440,7 +440,7 @@ impl Daemon {
                                 source = %drop.source,
                                 dest_port = drop.dest_port,
                                 iface = %events::interface_name(drop.ifindex),
-                                rule = drop.rule,
+                                rule = %drop.rule,
                                 "{}", drop.message()
                             ),
                             None => warn!(len = item.len(), "undecodable drop event"),
