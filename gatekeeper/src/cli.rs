@@ -51,6 +51,10 @@ pub enum Command {
     },
     /// Validate the config file without touching the kernel; exit 1 with FILE:LINE:COLUMN if bad.
     ///
+    /// A valid config is explained: each judged port with its policy (`protected_ports` means
+    /// "allowlist"; open ports with their SYN limit), the precedence ban > deny > allow, the deny
+    /// entries and feeds, the ban table, the ban socket (path, group, limits) and `never_ban`.
+    ///
     /// A valid config whose allowlist admits a whole address family (0.0.0.0/0, ::/0) or nobody
     /// (no entries) gets a `gatekeeper: warning:` line on stderr; the exit status stays 0.
     Check {

@@ -123,7 +123,29 @@ pub fn sorted_difference<'a, T: Ord + Copy>(
 
 #[cfg(test)]
 mod tests {
-    use super::sorted_difference;
+    use super::{sorted_difference, wanted_deny};
+
+    #[test]
+    fn the_wanted_deny_set_is_the_sorted_union_of_entries_and_feeds() {
+        let n = |s: &str| s.parse::<ipnet::IpNet>().expect("cidr");
+        let entries = [n("192.0.2.0/28"), n("203.0.113.0/24")];
+        let feeds = [
+            n("198.51.100.0/24"),
+            n("203.0.113.0/24"),
+            n("2001:db8::/32"),
+        ];
+        assert_eq!(
+            wanted_deny(&entries, &feeds),
+            [
+                n("192.0.2.0/28"),
+                n("198.51.100.0/24"),
+                n("203.0.113.0/24"),
+                n("2001:db8::/32")
+            ]
+        );
+        assert_eq!(wanted_deny(&entries, &[]), entries);
+        assert_eq!(wanted_deny(&[], &feeds[..1]), feeds[..1]);
+    }
 
     #[test]
     fn sorted_difference_is_the_set_difference() {

@@ -184,3 +184,83 @@ impl FeedWatch {
         changed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("cidr")
+    }
+
+    #[test]
+    fn a_refresh_loads_only_changed_feeds_and_unites_them() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let a = dir.path().join("a.txt");
+        let b = dir.path().join("b.txt");
+        let missing = dir.path().join("missing.txt");
+        std::fs::write(&a, "203.0.113.0/24 ; x\nbogus\n192.0.2.0/28\n").expect("write a");
+        std::fs::write(&b, "192.0.2.0/28\n2001:db8::/32\n").expect("write b");
+        let paths = [a.clone(), b.clone(), missing.clone()];
+        let set = FeedSet::load(&paths);
+        assert_eq!(
+            *set.union,
+            [
+                net("192.0.2.0/28"),
+                net("203.0.113.0/24"),
+                net("2001:db8::/32")
+            ]
+        );
+        assert_eq!(set.counts(), (4, 1), "networks per feed summed, bad lines");
+        assert!(set.feeds[2].nets.is_empty() && set.feeds[2].stamp.is_none());
+
+        // Nothing changed: the same loads (the very same allocations).
+        let again = set.refreshed(&paths);
+        assert!(Arc::ptr_eq(&again.union, &set.union));
+        assert!(Arc::ptr_eq(&again.feeds[0].nets, &set.feeds[0].nets));
+
+        // One feed replaced by rename: only it is loaded again.
+        let tmp = dir.path().join("b.part");
+        std::fs::write(&tmp, "198.51.100.0/24\n").expect("write tmp");
+        std::fs::rename(&tmp, &b).expect("rename");
+        let changed = set.refreshed(&paths);
+        assert!(Arc::ptr_eq(&changed.feeds[0].nets, &set.feeds[0].nets));
+        assert_eq!(
+            *changed.union,
+            [
+                net("192.0.2.0/28"),
+                net("198.51.100.0/24"),
+                net("203.0.113.0/24")
+            ]
+        );
+
+        // A feed taken out of the config leaves the union.
+        let fewer = changed.refreshed(&paths[1..]);
+        assert_eq!(*fewer.union, [net("198.51.100.0/24")]);
+    }
+
+    #[test]
+    fn the_watch_sees_a_new_file_and_a_vanished_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let feed = dir.path().join("drop.txt");
+        let mut watch = FeedWatch::new(&FeedSet::load(std::slice::from_ref(&feed)));
+        assert!(!watch.changed(), "missing, as loaded");
+        std::fs::write(&feed, "192.0.2.0/24\n").expect("write");
+        // Written long ago as far as the settle rule goes: set its mtime back.
+        let old = std::time::SystemTime::now() - Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&feed)
+            .and_then(|f| f.set_modified(old))
+            .expect("mtime");
+        assert!(!watch.changed(), "first look: changing");
+        assert!(
+            watch.changed(),
+            "second look, same stamp, written long ago: settled"
+        );
+        let mut watch = FeedWatch::new(&FeedSet::load(std::slice::from_ref(&feed)));
+        assert!(!watch.changed());
+        std::fs::remove_file(&feed).expect("remove");
+        assert!(watch.changed(), "a feed taken away counts as a change");
+    }
+}
