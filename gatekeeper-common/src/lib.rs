@@ -32,6 +32,23 @@ pub mod map_names {
     pub const ENTRY: &str = "GK_ENTRY";
     /// The IPv4 summary in front of the allowlist lookups (see [`super::summary`]).
     pub const SUMMARY_V4: &str = "GK_SUMMARY_V4";
+    /// IPv4 bans: hash of `[u8; 4]` (network order) -> [`super::Ban`]; sized at load time
+    /// (`max_bans`).
+    pub const BANS_V4: &str = "GK_BANS_V4";
+    /// IPv6 bans: hash of `[u8; 16]`, masked to `ban_ipv6_prefix` -> [`super::Ban`].
+    pub const BANS_V6: &str = "GK_BANS_V6";
+    /// IPv4 deny list: LPM trie of `[u8; 4]` (network order) -> [`super::RuleValue`].
+    pub const DENY_V4: &str = "GK_DENY_V4";
+    /// IPv6 deny list: LPM trie of `[u8; 16]` -> [`super::RuleValue`].
+    pub const DENY_V6: &str = "GK_DENY_V6";
+    /// The /24 bitmap in front of the IPv4 ban and deny lookups (see [`super::blocked`]).
+    pub const BLOCKED_V4: &str = "GK_BLOCKED_V4";
+    /// Userspace bookkeeping for `BLOCKED_V4` (see [`super::blocked`]); the program never reads it.
+    pub const BLOCKED_REFS: &str = "GK_BLOCKED_REFS";
+    /// Per-source SYN token buckets, IPv4: LRU hash of `[u8; 4]` -> [`super::RateBucket`].
+    pub const RATE_V4: &str = "GK_RATE_V4";
+    /// Per-source SYN token buckets, IPv6: LRU hash of `[u8; 16]` (masked like bans).
+    pub const RATE_V6: &str = "GK_RATE_V6";
 }
 
 /// Name of the filter program in the eBPF object.
@@ -118,6 +135,33 @@ pub mod summary {
     );
 }
 
+/// The /24 bitmap in front of the IPv4 ban and deny lookups: bit `a >> 8` of address `a` is set
+/// while a deny entry or a ban covers at least one address of that /24. A clear bit means "neither
+/// banned nor denied" and skips both lookups; a set bit only means "look further", so userspace
+/// sets it *before* inserting an entry and clears it *after* removing the last one.
+///
+/// Which /24s still need their bit is decided by userspace from the deny trie itself (entries of
+/// /24 and shorter: one trie lookup at /24) and from reference counts in `BLOCKED_REFS` for the
+/// things smaller than a /24 (deny entries longer than /24 and IPv4 bans), kept per kind so the
+/// deny side and the ban side, each under its own lock, never write the same count.
+pub mod blocked {
+    /// Words of the bitmap: 2^24 bits.
+    pub const WORDS: u32 = 1 << 18;
+    /// In a `BLOCKED_REFS` key: the /24 index is in the low 24 bits, the kind above.
+    pub const REF_KIND_SHIFT: u32 = 24;
+    /// Kind of reference: a deny entry longer than /24 inside the /24.
+    pub const REF_DENY: u32 = 0;
+    /// Kind of reference: an IPv4 ban inside the /24.
+    pub const REF_BAN: u32 = 1;
+}
+
+/// Default size of each ban map (`max_bans`).
+pub const DEFAULT_MAX_BANS: u32 = 100_000;
+/// Default size of each rate-limit map (`rate_limit_sources`).
+pub const DEFAULT_RATE_LIMIT_SOURCES: u32 = 65_536;
+/// Largest number of entries each deny trie can hold.
+pub const DENY_CAPACITY: u32 = 1 << 20;
+
 /// IPv4 lookup: the kernel LPM trie (no extra memory; cost grows with the list).
 pub const LOOKUP_TRIE: u32 = 0;
 /// IPv4 lookup: DIR-24-8 (constant cost; 64 MiB + 1 KiB per long block of kernel memory).
@@ -188,8 +232,17 @@ pub struct FilterConfig {
     /// [`LOOKUP_TRIE`] or [`LOOKUP_DIR24`] for IPv4 sources.
     pub v4_lookup: u32,
     pub _reserved: u32,
-    /// Bit `port % 64` of word `port / 64` set: the TCP port is protected.
+    /// Bit `port % 64` of word `port / 64` set: the TCP port is judged.
     pub ports: [u64; PORT_BITMAP_WORDS],
+    /// The judged ports whose policy is "open" (a subset of `ports`): every source except
+    /// denied, banned and over-rate ones; the others are "allowlist" ports.
+    pub open_ports: [u64; PORT_BITMAP_WORDS],
+    /// Nanoseconds of credit one SYN costs on an open port (`1e9 / syn_rate`; 0: no limit).
+    pub syn_interval_ns: u64,
+    /// The bucket's capacity in nanoseconds (`syn_burst * syn_interval_ns`).
+    pub syn_burst_ns: u64,
+    /// Mask applied to IPv6 sources before the ban and rate lookups (`ban_ipv6_prefix`).
+    pub ban_v6_mask: [u8; 16],
 }
 
 impl FilterConfig {
@@ -202,6 +255,10 @@ impl FilterConfig {
             v4_lookup: LOOKUP_TRIE,
             _reserved: 0,
             ports: [0; PORT_BITMAP_WORDS],
+            open_ports: [0; PORT_BITMAP_WORDS],
+            syn_interval_ns: 0,
+            syn_burst_ns: 0,
+            ban_v6_mask: v6_prefix_mask(64),
         }
     }
 
@@ -212,6 +269,59 @@ impl FilterConfig {
     pub fn is_protected(&self, port: u16) -> bool {
         self.ports[usize::from(port >> 6)] & (1u64 << (port & 63)) != 0
     }
+
+    /// Judges `port` with the "open" policy (and protects it).
+    pub fn open(&mut self, port: u16) {
+        self.protect(port);
+        self.open_ports[usize::from(port >> 6)] |= 1u64 << (port & 63);
+    }
+
+    pub fn is_open(&self, port: u16) -> bool {
+        self.open_ports[usize::from(port >> 6)] & (1u64 << (port & 63)) != 0
+    }
+}
+
+/// The mask keeping the first `prefix_len` bits of an IPv6 address (`prefix_len` above 128 counts
+/// as 128).
+pub const fn v6_prefix_mask(prefix_len: u32) -> [u8; 16] {
+    let mut mask = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        let bits = prefix_len.saturating_sub(i as u32 * 8);
+        mask[i] = if bits >= 8 { 0xff } else { !(0xffu8 >> bits) };
+        i += 1;
+    }
+    mask
+}
+
+/// Value of a ban: the source is dropped while the program's clock is before `deadline_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Ban {
+    /// `CLOCK_MONOTONIC` nanoseconds (what `bpf_ktime_get_ns` reads; the coarse clock the program
+    /// reads on 5.11+ lags it by at most a tick). An expired entry is ignored until swept.
+    pub deadline_ns: u64,
+    /// Segments dropped (or counted, in monitor mode) by this ban (bumped atomically).
+    pub hits: u64,
+}
+
+/// Value of a deny entry in the deny tries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RuleValue {
+    /// Segments dropped (or counted, in monitor mode) by this entry (bumped atomically).
+    pub hits: u64,
+}
+
+/// Per-source SYN token bucket on open ports, in nanoseconds of credit: one SYN costs
+/// `syn_interval_ns`, elapsed time refills, capacity `syn_burst_ns`. Updated by every CPU without
+/// a lock: concurrent SYNs of one source may both spend the same credit (approximate, never
+/// unsafe).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RateBucket {
+    pub tokens_ns: u64,
+    pub last_ns: u64,
 }
 
 /// Value of an allowlist entry in the tries.
@@ -277,6 +387,17 @@ pub enum Counter {
     /// Drop events not sent: rate limit reached or ring buffer full.
     #[strum(serialize = "events_suppressed")]
     EventSuppressed = 10,
+    /// TCP to a judged port from a banned source (deadline in the future): dropped (or counted).
+    Banned = 11,
+    /// TCP to a judged port from a source in the deny list: dropped (or counted).
+    #[strum(serialize = "denied_list")]
+    DeniedList = 12,
+    /// A SYN to an open port from a source over its rate: dropped (or counted).
+    RateLimited = 13,
+    /// TCP to an open port from a source outside the allowlist, neither denied, banned nor over
+    /// its rate: passed.
+    #[strum(serialize = "passed_open")]
+    PassedOpen = 14,
 }
 
 /// Counters per (slot, family); a power of two so the index is a shift.
@@ -285,7 +406,7 @@ pub const COUNTERS_PER_FAMILY: u32 = 16;
 pub const COUNTER_COUNT: u32 = <Counter as strum::EnumCount>::COUNT as u32;
 // Every counter's index fits its family's block.
 const _: () = assert!(COUNTER_COUNT <= COUNTERS_PER_FAMILY);
-const _: () = assert!(Counter::EventSuppressed as u32 == COUNTER_COUNT - 1);
+const _: () = assert!(Counter::PassedOpen as u32 == COUNTER_COUNT - 1);
 pub const COUNTER_ENTRIES: u32 = MAX_IFACE_SLOTS * FAMILIES * COUNTERS_PER_FAMILY;
 
 /// Index of a counter in the `COUNTERS` array.
@@ -307,7 +428,30 @@ pub struct DropEvent {
     pub monitor: u16,
     /// Source address; IPv4 in the first 4 bytes (network order).
     pub source: [u8; 16],
-    pub _pad2: u32,
+    /// Which rule dropped it: one of [`rule`].
+    pub rule: u32,
+}
+
+/// The rule named in a [`DropEvent`].
+pub mod rule {
+    /// Not in the allowlist of an allowlist port (counter `dropped`).
+    pub const ALLOWLIST: u32 = 0;
+    /// In the deny list (counter `denied_list`).
+    pub const DENIED_LIST: u32 = 1;
+    /// Banned (counter `banned`).
+    pub const BANNED: u32 = 2;
+    /// Over its SYN rate on an open port (counter `rate_limited`).
+    pub const RATE_LIMITED: u32 = 3;
+
+    /// The counter name an operator knows the rule by.
+    pub const fn name(rule: u32) -> &'static str {
+        match rule {
+            DENIED_LIST => "denied_list",
+            BANNED => "banned",
+            RATE_LIMITED => "rate_limited",
+            _ => "dropped",
+        }
+    }
 }
 
 /// Per-CPU token bucket state for drop events.
@@ -325,4 +469,7 @@ mod pod {
     unsafe impl aya::Pod for super::AllowValue {}
     unsafe impl aya::Pod for super::DropEvent {}
     unsafe impl aya::Pod for super::TokenBucket {}
+    unsafe impl aya::Pod for super::Ban {}
+    unsafe impl aya::Pod for super::RuleValue {}
+    unsafe impl aya::Pod for super::RateBucket {}
 }

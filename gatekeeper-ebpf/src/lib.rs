@@ -1,9 +1,12 @@
 //! The gatekeeper XDP program's logic and maps. `src/main.rs` is the production object (only the
 //! `gatekeeper` program); `gatekeeper-ebpf-bench` links the same code into the benchmark object.
 //!
-//! Judges exactly one kind of packet: a TCP segment to a protected port. Its source address must be
-//! in the IPv4 or IPv6 allowlist, otherwise the frame is dropped (enforce mode) or counted (monitor
-//! mode) before the kernel allocates anything for it. Every other frame (ARP, neighbour discovery,
+//! Judges exactly one kind of packet: a TCP segment to a judged port. A banned source (deadline in
+//! the future) or one in the deny list is dropped on every judged port; otherwise the port's policy
+//! decides: on an "allowlist" port the source must be in the IPv4 or IPv6 allowlist, on an "open"
+//! port every source passes except one whose SYNs exceed its per-source rate (allowlisted sources
+//! are never limited). A refused frame is dropped (enforce mode) or counted under its rule's counter
+//! and passed (monitor mode) before the kernel allocates anything for it. Every other frame (ARP, neighbour discovery,
 //! UDP, other TCP ports, ...) passes untouched, so the filter can never cut the host off its
 //! network. Work per packet is bounded: at most two VLAN tags and eight IPv6 extension headers are
 //! walked; a frame that needs more and could be TCP to a protected port is dropped (fail closed).
@@ -16,17 +19,19 @@ mod parse;
 use aya_ebpf::{
     Global,
     bindings::{
-        BPF_F_MMAPABLE,
+        BPF_F_MMAPABLE, BPF_F_NO_PREALLOC,
         xdp_action::{XDP_DROP, XDP_PASS},
     },
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::map,
-    maps::{Array, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
 use gatekeeper_common::{
-    ALLOWLIST_CAPACITY, COUNTER_ENTRIES, Counter, DropEvent, Family, FilterConfig, IFINDEX_LIMIT,
-    LOOKUP_DIR24, MAX_IFACE_SLOTS, Mode, TokenBucket, counter_index, dir24, summary,
+    ALLOWLIST_CAPACITY, Ban, COUNTER_ENTRIES, Counter, DEFAULT_MAX_BANS,
+    DEFAULT_RATE_LIMIT_SOURCES, DENY_CAPACITY, DropEvent, Family, FilterConfig, IFINDEX_LIMIT,
+    LOOKUP_DIR24, MAX_IFACE_SLOTS, Mode, RateBucket, RuleValue, TokenBucket, blocked,
+    counter_index, dir24, rule, summary,
 };
 use parse::{Judged, Segment};
 
@@ -55,6 +60,40 @@ static SUMMARY_V4: Array<u64> = Array::with_max_entries(summary::WORDS, BPF_F_MM
 /// Entry id -> prefix length and DIR-24-8 hit counter (see `map_names::ENTRY`).
 #[map(name = "GK_ENTRY")]
 static ENTRY: Array<u64> = Array::with_max_entries(ALLOWLIST_CAPACITY, BPF_F_MMAPABLE);
+
+// Bans, deny lists, SYN buckets (see gatekeeper_common::map_names). The ban and rate maps are
+// sized at load time from the config (`max_bans`, `rate_limit_sources`).
+#[map(name = "GK_BANS_V4")]
+static BANS_V4: HashMap<[u8; 4], Ban> =
+    HashMap::with_max_entries(DEFAULT_MAX_BANS, BPF_F_NO_PREALLOC);
+
+#[map(name = "GK_BANS_V6")]
+static BANS_V6: HashMap<[u8; 16], Ban> =
+    HashMap::with_max_entries(DEFAULT_MAX_BANS, BPF_F_NO_PREALLOC);
+
+#[map(name = "GK_DENY_V4")]
+static DENY_V4: LpmTrie<[u8; 4], RuleValue> = LpmTrie::with_max_entries(DENY_CAPACITY, 0);
+
+#[map(name = "GK_DENY_V6")]
+static DENY_V6: LpmTrie<[u8; 16], RuleValue> = LpmTrie::with_max_entries(DENY_CAPACITY, 0);
+
+/// The /24 bitmap in front of the IPv4 ban and deny lookups (see gatekeeper_common::blocked).
+#[map(name = "GK_BLOCKED_V4")]
+static BLOCKED_V4: Array<u64> = Array::with_max_entries(blocked::WORDS, BPF_F_MMAPABLE);
+
+/// Userspace's reference counts for `GK_BLOCKED_V4`. The program never reads them; the map is in
+/// the object so the loader creates and pins it with the others (an exported map symbol is kept).
+#[map(name = "GK_BLOCKED_REFS")]
+static BLOCKED_REFS: HashMap<u32, u32> =
+    HashMap::with_max_entries(DEFAULT_MAX_BANS + DENY_CAPACITY, BPF_F_NO_PREALLOC);
+
+#[map(name = "GK_RATE_V4")]
+static RATE_V4: LruHashMap<[u8; 4], RateBucket> =
+    LruHashMap::with_max_entries(DEFAULT_RATE_LIMIT_SOURCES, 0);
+
+#[map(name = "GK_RATE_V6")]
+static RATE_V6: LruHashMap<[u8; 16], RateBucket> =
+    LruHashMap::with_max_entries(DEFAULT_RATE_LIMIT_SOURCES, 0);
 
 #[map(name = "GK_CONFIG")]
 static CONFIG: Array<FilterConfig> = Array::with_max_entries(2, 0);
@@ -97,7 +136,7 @@ pub fn filter(ctx: &XdpContext) -> u32 {
     let verdict = decide(&judged, config);
     count(slot, verdict.family, verdict.counter);
     if let Some(segment) = verdict.report {
-        report_drop(ctx, segment, config, slot);
+        report_drop(ctx, segment, config, slot, verdict.rule);
     }
     verdict.action
 }
@@ -109,49 +148,182 @@ struct Verdict<'a> {
     action: u32,
     /// Set only for dropped (or, in monitor mode, would-be-dropped) SYNs when events are on.
     report: Option<&'a Segment>,
+    /// The rule a reported segment broke (`gatekeeper_common::rule`).
+    rule: u32,
 }
 
 #[inline(always)]
 fn decide<'a>(judged: &'a Judged, config: &FilterConfig) -> Verdict<'a> {
     let enforce = config.mode != Mode::Monitor as u32;
     match judged {
-        Judged::Pass(family, counter) => Verdict {
-            family: *family,
-            counter: *counter,
-            action: XDP_PASS,
-            report: None,
-        },
+        Judged::Pass(family, counter) => passed(*family, *counter),
         Judged::Unjudgeable(family) => Verdict {
             family: *family,
             counter: Counter::Unjudgeable,
             action: if enforce { XDP_DROP } else { XDP_PASS },
             report: None,
+            rule: rule::ALLOWLIST,
         },
         // The segment's fields are read only in this arm: elsewhere they were never written, and
         // kernels before 6.3 (5.10, 6.1 point releases) refuse a read of unwritten stack even
         // when its value is then ignored, as a flattened `a && b && segment.syn_only` would do.
-        Judged::Segment(segment) => {
+        Judged::Segment(segment) => judge_segment(segment, config, enforce),
+    }
+}
+
+#[inline(always)]
+fn passed<'a>(family: Family, counter: Counter) -> Verdict<'a> {
+    Verdict {
+        family,
+        counter,
+        action: XDP_PASS,
+        report: None,
+        rule: rule::ALLOWLIST,
+    }
+}
+
+/// Ban, then deny list, then the port's policy: bans and deny entries win over allow entries.
+#[inline(always)]
+fn judge_segment<'a>(segment: &'a Segment, config: &FilterConfig, enforce: bool) -> Verdict<'a> {
+    let (counter, rule) = match blocked_rule(segment, config) {
+        Some(blocked) => blocked,
+        None => {
             if allowed(segment, config) {
-                return Verdict {
-                    family: segment.family,
-                    counter: Counter::Allowed,
-                    action: XDP_PASS,
-                    report: None,
-                };
+                return passed(segment.family, Counter::Allowed);
             }
-            let report = (config.event_interval_ns != 0 && segment.syn_only).then_some(segment);
-            Verdict {
-                family: segment.family,
-                counter: if enforce {
+            if !config.is_open(segment.dest_port) {
+                let counter = if enforce {
                     Counter::Dropped
                 } else {
                     Counter::WouldDrop
-                },
-                action: if enforce { XDP_DROP } else { XDP_PASS },
-                report,
+                };
+                (counter, rule::ALLOWLIST)
+            } else if segment.syn_only
+                && config.syn_interval_ns != 0
+                && !within_rate(segment, config)
+            {
+                (Counter::RateLimited, rule::RATE_LIMITED)
+            } else {
+                return passed(segment.family, Counter::PassedOpen);
             }
         }
+    };
+    let report = (config.event_interval_ns != 0 && segment.syn_only).then_some(segment);
+    Verdict {
+        family: segment.family,
+        counter,
+        action: if enforce { XDP_DROP } else { XDP_PASS },
+        report,
+        rule,
     }
+}
+
+/// The ban or deny entry that refuses the source, if any (bumping its hit counter). For IPv4 the
+/// /24 bitmap answers first: a clear bit means no ban or deny entry touches the source's /24.
+#[inline(always)]
+fn blocked_rule(segment: &Segment, config: &FilterConfig) -> Option<(Counter, u32)> {
+    match segment.family {
+        Family::Ipv4 => {
+            let mut v4 = [0u8; 4];
+            v4.copy_from_slice(&segment.source[..4]);
+            let addr = u32::from_be_bytes(v4);
+            let word = BLOCKED_V4.get(addr >> 14)?;
+            if (*word >> ((addr >> 8) & 63)) & 1 == 0 {
+                return None;
+            }
+            if let Some(ban) = BANS_V4.get_ptr_mut(v4)
+                && ban_in_force(ban)
+            {
+                return Some((Counter::Banned, rule::BANNED));
+            }
+            let value = DENY_V4.get(Key::new(32, v4))?;
+            atomic_add(&value.hits, 1);
+            Some((Counter::DeniedList, rule::DENIED_LIST))
+        }
+        _ => {
+            if let Some(ban) = BANS_V6.get_ptr_mut(masked_v6(segment, config))
+                && ban_in_force(ban)
+            {
+                return Some((Counter::Banned, rule::BANNED));
+            }
+            let value = DENY_V6.get(Key::new(128, segment.source))?;
+            atomic_add(&value.hits, 1);
+            Some((Counter::DeniedList, rule::DENIED_LIST))
+        }
+    }
+}
+
+/// Whether the ban's deadline is still ahead (bumping its hit counter if so). An expired entry
+/// changes nothing: it only waits for the daemon's sweep.
+#[inline(always)]
+fn ban_in_force(ban: *mut Ban) -> bool {
+    // SAFETY: a pointer into a map value the kernel keeps valid for this program run (the ban
+    // maps are not preallocated, so an entry removed meanwhile is freed only after an RCU grace
+    // period).
+    let ban = unsafe { &*ban };
+    if now_ns() >= ban.deadline_ns {
+        return false;
+    }
+    atomic_add(&ban.hits, 1);
+    true
+}
+
+/// The IPv6 source cut to the ban prefix: the key of the ban and rate maps.
+#[inline(always)]
+fn masked_v6(segment: &Segment, config: &FilterConfig) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = segment.source[i] & config.ban_v6_mask[i];
+    }
+    key
+}
+
+/// Spends one SYN's credit from the source's bucket; false when it has too little (over the rate).
+#[inline(always)]
+fn within_rate(segment: &Segment, config: &FilterConfig) -> bool {
+    match segment.family {
+        Family::Ipv4 => {
+            let mut v4 = [0u8; 4];
+            v4.copy_from_slice(&segment.source[..4]);
+            spend_syn_credit(&RATE_V4, &v4, config)
+        }
+        _ => spend_syn_credit(&RATE_V6, &masked_v6(segment, config), config),
+    }
+}
+
+/// The token bucket in nanoseconds: elapsed time refills it up to `syn_burst_ns`, a SYN costs
+/// `syn_interval_ns`; no division on the packet path. A source seen for the first time starts
+/// with a full bucket. Two CPUs updating one bucket at once may both spend the same credit: the
+/// limit is approximate under such races, never unsafe.
+#[inline(always)]
+fn spend_syn_credit<K>(map: &LruHashMap<K, RateBucket>, key: &K, config: &FilterConfig) -> bool {
+    let now = now_ns();
+    let cost = config.syn_interval_ns;
+    if let Some(bucket) = map.get_ptr_mut(key) {
+        // SAFETY: a pointer into a map value valid for this program run; racing writers only
+        // make the count approximate.
+        let bucket = unsafe { &mut *bucket };
+        let elapsed = now.saturating_sub(bucket.last_ns);
+        let tokens = bucket
+            .tokens_ns
+            .saturating_add(elapsed)
+            .min(config.syn_burst_ns);
+        bucket.last_ns = now;
+        if tokens < cost {
+            bucket.tokens_ns = tokens;
+            return false;
+        }
+        bucket.tokens_ns = tokens - cost;
+        return true;
+    }
+    let fresh = RateBucket {
+        tokens_ns: config.syn_burst_ns.saturating_sub(cost),
+        last_ns: now,
+    };
+    // A full LRU map evicts its least recently used bucket; an insert that still fails leaves
+    // the source unlimited for this SYN rather than refusing it.
+    let _ = map.insert(key, fresh, 0);
+    true
 }
 
 /// Looks the source up in its family's allowlist, bumping the matching entry's hit counter.
@@ -278,7 +450,7 @@ fn count(slot: u32, family: Family, counter: Counter) {
 
 /// Sends a drop event if this CPU's token bucket has a token; counts it either way.
 #[inline(always)]
-fn report_drop(ctx: &XdpContext, segment: &Segment, config: &FilterConfig, slot: u32) {
+fn report_drop(ctx: &XdpContext, segment: &Segment, config: &FilterConfig, slot: u32, rule: u32) {
     if !take_token(config) {
         count(slot, segment.family, Counter::EventSuppressed);
         return;
@@ -290,7 +462,7 @@ fn report_drop(ctx: &XdpContext, segment: &Segment, config: &FilterConfig, slot:
         dest_port: segment.dest_port,
         monitor: u16::from(config.mode == Mode::Monitor as u32),
         source: segment.source,
-        _pad2: 0,
+        rule,
     };
     match EVENTS.output::<DropEvent>(&event, 0) {
         Ok(()) => count(slot, segment.family, Counter::EventSent),
@@ -305,16 +477,7 @@ fn take_token(config: &FilterConfig) -> bool {
     };
     // SAFETY: per-CPU value, only this CPU touches it while the program runs.
     let bucket = unsafe { &mut *bucket };
-    // The coarse clock (jiffies resolution) costs a fraction of the precise one, and a rate of
-    // a few events per second needs no better; kernels before 5.11 only have the precise one.
-    // SAFETY: both helpers have no preconditions.
-    let now = unsafe {
-        if GK_COARSE_CLOCK.load() != 0 {
-            bpf_ktime_get_coarse_ns()
-        } else {
-            bpf_ktime_get_ns()
-        }
-    };
+    let now = now_ns();
     // Dividing only when at least one token is due keeps the flood path free of divisions.
     let elapsed = now.saturating_sub(bucket.last_ns);
     // `checked_div`: the caller only reports with a non-zero interval, but a division the compiler
@@ -331,6 +494,21 @@ fn take_token(config: &FilterConfig) -> bool {
     }
     bucket.tokens -= 1;
     true
+}
+
+/// CLOCK_MONOTONIC(_COARSE) in nanoseconds: ban deadlines and the SYN buckets are on it.
+#[inline(always)]
+fn now_ns() -> u64 {
+    // The coarse clock (jiffies resolution) costs a fraction of the precise one, and event rates,
+    // SYN rates and ban deadlines need no better; kernels before 5.11 only have the precise one.
+    // SAFETY: both helpers have no preconditions.
+    unsafe {
+        if GK_COARSE_CLOCK.load() != 0 {
+            bpf_ktime_get_coarse_ns()
+        } else {
+            bpf_ktime_get_ns()
+        }
+    }
 }
 
 /// What every object built from this crate needs besides its programs: the panic handler (the

@@ -245,6 +245,31 @@ pub(crate) fn classify(line: &str) -> Result<Line<'_>, Unusual> {
     classify_any(line)
 }
 
+/// [`classify`] for the tables named `table` (`deny`), whose entries have the same keys: the
+/// header of any other array of tables is [`Unusual`] (for `allow`, exactly [`classify`]).
+pub(crate) fn classify_in<'l>(line: &'l str, table: &str) -> Result<Line<'l>, Unusual> {
+    if table == "allow" {
+        return classify(line);
+    }
+    match header_name(line) {
+        Some(name) if name == table => Ok(Line::Header),
+        Some(_) => Err(Unusual),
+        None => classify(line),
+    }
+}
+
+/// The name in a `[[name]]` header line; `None` if the line is not one.
+pub(crate) fn header_name(line: &str) -> Option<&str> {
+    let body = line
+        .strip_suffix('\n')
+        .map_or(line, |l| l.strip_suffix('\r').unwrap_or(l));
+    let inner = skip_ws(skip_ws(body).strip_prefix("[[")?);
+    let end = inner.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))?;
+    let (name, rest) = inner.split_at(end);
+    let after = skip_ws(rest).strip_prefix("]]")?;
+    (!name.is_empty() && line_end_ok(after)).then_some(name)
+}
+
 /// [`classify`] without the shortcuts for the common lines.
 fn classify_any(line: &str) -> Result<Line<'_>, Unusual> {
     let body = line

@@ -17,8 +17,28 @@ use std::io::{self, Read, Write};
 use ipnet::IpNet;
 
 use crate::{
-    allowlist::{Line, classify},
+    allowlist::{Line, classify, classify_in},
     cidr::parse_cidr,
+};
+
+/// Which array of tables an edit works on: `[[allow]]` or `[[deny]]` (same keys).
+#[derive(Clone, Copy, Debug)]
+pub struct Tables {
+    pub name: &'static str,
+    /// What follows the tables (another array of tables, e.g. `[[allow]]` after `[[deny]]`) is
+    /// copied as it is, and the first entry goes before it: only for callers that validated the
+    /// whole file. Otherwise anything after the tables is [`Spliced::Unusual`].
+    pub copy_tail: bool,
+}
+
+pub const ALLOW: Tables = Tables {
+    name: "allow",
+    copy_tail: false,
+};
+
+pub const DENY: Tables = Tables {
+    name: "deny",
+    copy_tail: true,
 };
 
 /// The edit to make.
@@ -70,29 +90,50 @@ impl Table {
     }
 }
 
-/// Streams `input` (the old file) into `out` with `edit` applied. `head_ok` checks the text
-/// before the first entry (the settings); false makes the edit [`Spliced::Unusual`].
+/// Streams `input` (the old file) into `out` with `edit` applied to its `[[allow]]` tables.
+/// `head_ok` checks the text before the first entry (the settings); false makes the edit
+/// [`Spliced::Unusual`].
 pub fn splice(
-    mut input: impl Read,
+    input: impl Read,
     out: &mut impl Write,
     edit: Edit<'_>,
     head_ok: impl FnOnce(&str) -> bool,
 ) -> io::Result<Spliced> {
+    splice_in(input, out, ALLOW, edit, head_ok)
+}
+
+/// [`splice`] for the array of tables `tables`.
+pub fn splice_in(
+    mut input: impl Read,
+    out: &mut impl Write,
+    tables: Tables,
+    edit: Edit<'_>,
+    head_ok: impl FnOnce(&str) -> bool,
+) -> io::Result<Spliced> {
     let mut lines = LineReader::new(&mut input);
-    // The settings: everything before the first `[[allow]]` header.
+    // The settings: everything before the first header of the edited tables.
     let mut head = String::new();
     let first_header = loop {
         let Some(line) = lines.next_line()? else {
-            // No `[[allow]]` tables: the full-document path adds the first one.
+            // No such tables: the full-document path adds the first one.
             return Ok(Spliced::Unusual);
         };
         let trimmed = line.trim_start_matches([' ', '\t']);
-        if trimmed.starts_with("[[") && classify(line) == Ok(Line::Header) {
+        if trimmed.starts_with("[[") && classify_in(line, tables.name) == Ok(Line::Header) {
             break line.to_string();
         }
-        if trimmed.starts_with("allow") {
-            // An `allow` key of its own: not the layout this edit handles.
+        if trimmed.starts_with(tables.name)
+            && (tables.name == "allow"
+                || trimmed[tables.name.len()..]
+                    .trim_start_matches([' ', '\t'])
+                    .starts_with('='))
+        {
+            // A key of that name of its own: not the layout this edit handles.
             return Ok(Spliced::Unusual);
+        }
+        if tables.copy_tail && trimmed.starts_with('[') {
+            // Another table begins and none of ours came first: the first entry goes here.
+            return first_entry_before(line.to_string(), lines, out, tables, edit, head, head_ok);
         }
         head.push_str(line);
     };
@@ -127,16 +168,22 @@ pub fn splice(
     };
     // Blank and comment lines after the current table's last key: its tail or the next prefix.
     let mut pending = String::new();
-    // `[[allow]]` tables read, the first one included.
-    let mut tables = 1;
+    // Tables read, the first one included.
+    let mut count = 1;
+    // The first line after the tables, when the caller lets the rest be copied.
+    let mut tail = None;
     while let Some(line) = lines.next_line()? {
-        let Ok(kind) = classify(line) else {
+        let Ok(kind) = classify_in(line, tables.name) else {
+            if tables.copy_tail && line.trim_start_matches([' ', '\t']).starts_with('[') {
+                tail = Some(line.to_string());
+                break;
+            }
             return Ok(Spliced::Unusual);
         };
         match kind {
             Line::Blank => pending.push_str(line),
             Line::Header => {
-                tables += 1;
+                count += 1;
                 if !state.finish(&table, out, false)? {
                     return Ok(Spliced::Unusual);
                 }
@@ -182,22 +229,73 @@ pub fn splice(
         _ => {}
     }
     let entries = match edit {
-        Edit::Add { .. } => tables + 1,
-        Edit::Remove { .. } => tables - 1,
+        Edit::Add { .. } => count + 1,
+        Edit::Remove { .. } => count - 1,
     };
     if let Edit::Add { net, comment } = edit {
-        let mut entry = new_entry(net, comment);
-        if crlf {
-            entry = entry.replace('\n', "\r\n");
-        }
-        if !entry_reads_back(&entry, net, comment) {
+        let Some(entry) = checked_entry(tables, net, comment, crlf) else {
             return Ok(Spliced::Unusual);
-        }
+        };
         out.write_all(entry.as_bytes())?;
     }
     // What follows the last entry (trailing comments), after a removed last entry's comments.
     out.write_all(pending.as_bytes())?;
+    if let Some(line) = tail {
+        if pending.is_empty() {
+            out.write_all(if crlf { b"\r\n" } else { b"\n" })?;
+        }
+        out.write_all(line.as_bytes())?;
+        lines.copy_rest(out)?;
+    }
     Ok(Spliced::Done { head, entries })
+}
+
+/// The first entry of `tables`, added before `header` (the first line of another table) with
+/// the rest of the file copied after it.
+fn first_entry_before<R: Read>(
+    header: String,
+    mut lines: LineReader<'_, R>,
+    out: &mut impl Write,
+    tables: Tables,
+    edit: Edit<'_>,
+    head: String,
+    head_ok: impl FnOnce(&str) -> bool,
+) -> io::Result<Spliced> {
+    let Edit::Add { net, comment } = edit else {
+        return Ok(Spliced::Missing);
+    };
+    if !head_ok(&head) {
+        return Ok(Spliced::Unusual);
+    }
+    let crlf = header.ends_with("\r\n");
+    let Some(entry) = checked_entry(tables, net, comment, crlf) else {
+        return Ok(Spliced::Unusual);
+    };
+    let body_end = trailing_blank_start(&head);
+    out.write_all(&head.as_bytes()[..body_end])?;
+    out.write_all(entry.as_bytes())?;
+    // The comments above the other table stay with it, after a blank line.
+    let prefix = &head[body_end..];
+    if !prefix.starts_with(['\r', '\n']) {
+        out.write_all(if crlf { b"\r\n" } else { b"\n" })?;
+    }
+    out.write_all(prefix.as_bytes())?;
+    out.write_all(header.as_bytes())?;
+    lines.copy_rest(out)?;
+    Ok(Spliced::Done { head, entries: 1 })
+}
+
+/// The lines of a new entry with the file's line ends, if the scanner reads them back.
+fn checked_entry(tables: Tables, net: IpNet, comment: Option<&str>, crlf: bool) -> Option<String> {
+    let mut entry = new_entry(net, comment);
+    if !entry_reads_back(&entry, net, comment) {
+        return None;
+    }
+    entry = entry.replacen("[[allow]]", &format!("[[{}]]", tables.name), 1);
+    if crlf {
+        entry = entry.replace('\n', "\r\n");
+    }
+    Some(entry)
 }
 
 struct State<'a> {
@@ -327,6 +425,15 @@ impl<'r, R: Read> LineReader<'r, R> {
         }
     }
 
+    /// Writes what is left of the input, as it is.
+    fn copy_rest(&mut self, out: &mut impl Write) -> io::Result<()> {
+        out.write_all(&self.text.as_bytes()[self.pos..])?;
+        self.pos = self.text.len();
+        out.write_all(&std::mem::take(&mut self.tail))?;
+        io::copy(self.input, out)?;
+        Ok(())
+    }
+
     /// The next line with its ending (the last one may have none); `None` at the end. Invalid
     /// UTF-8 is an `InvalidData` error (the caller's full parse words it).
     fn next_line(&mut self) -> io::Result<Option<&str>> {
@@ -435,6 +542,80 @@ mod tests {
             },
         );
         assert_eq!(tag, "unusual", "a comment the scanner cannot read back");
+    }
+
+    #[test]
+    fn deny_tables_are_edited_before_the_allow_tables_which_are_copied() {
+        let deny = |text: &str, edit| {
+            let mut out = Vec::new();
+            let outcome = splice_in(text.as_bytes(), &mut out, DENY, edit, |_| true).expect("io");
+            (String::from_utf8(out).expect("utf-8"), outcome)
+        };
+        let add = |cidr| Edit::Add {
+            net: net(cidr),
+            comment: Some("hijacked"),
+        };
+        let allow = "# partners\n[[allow]]\ncidr = \"192.0.2.1\"\n";
+        // No deny tables yet: the first goes before the allow tables, their comments stay theirs.
+        let (first, outcome) = deny(
+            &format!("mode = \"enforce\"\n\n{allow}"),
+            add("203.0.113.0/28"),
+        );
+        assert!(
+            matches!(outcome, Spliced::Done { entries: 1, .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            first,
+            format!(
+                "mode = \"enforce\"\n\n[[deny]]\ncidr = \"203.0.113.0/28\"\ncomment = \"hijacked\"\n\n{allow}"
+            )
+        );
+        let (second, outcome) = deny(&first, add("198.51.100.0/24"));
+        assert!(
+            matches!(outcome, Spliced::Done { entries: 2, .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            second,
+            format!(
+                "mode = \"enforce\"\n\n[[deny]]\ncidr = \"203.0.113.0/28\"\ncomment = \"hijacked\"\n\n[[deny]]\ncidr = \"198.51.100.0/24\"\ncomment = \"hijacked\"\n\n{allow}"
+            )
+        );
+        assert!(matches!(
+            deny(&second, add("198.51.100.0/24")).1,
+            Spliced::Duplicate
+        ));
+        let (removed, outcome) = deny(
+            &second,
+            Edit::Remove {
+                net: net("203.0.113.0/28"),
+            },
+        );
+        assert!(
+            matches!(outcome, Spliced::Done { entries: 1, .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            removed,
+            format!(
+                "mode = \"enforce\"\n\n[[deny]]\ncidr = \"198.51.100.0/24\"\ncomment = \"hijacked\"\n\n{allow}"
+            )
+        );
+        // A `deny_feeds` key is a setting, not an inline deny list.
+        let (_, outcome) = deny(
+            &format!("deny_feeds = []\n{allow}"),
+            Edit::Remove {
+                net: net("203.0.113.0/28"),
+            },
+        );
+        assert!(matches!(outcome, Spliced::Missing), "{outcome:?}");
+        let (_, outcome) = deny("deny = []\n", add("203.0.113.0/28"));
+        assert!(matches!(outcome, Spliced::Unusual), "{outcome:?}");
+        // The allow edit still reads deny tables before its own as settings.
+        let (text, tag) = run(&second, add("198.51.100.0/24"));
+        assert_eq!(tag, "done");
+        assert!(text.starts_with(&second), "{text}");
     }
 
     #[test]

@@ -35,6 +35,52 @@ pub const MAX_DIR24_BLOCKS: u32 = 1 << 20;
 pub const DEFAULT_DROP_EVENT_RATE: u32 = 10;
 pub const DEFAULT_DROP_EVENT_BURST: u32 = 20;
 
+/// Where bans are kept across reboots when the config does not say.
+pub const DEFAULT_BAN_STATE: &str = "/var/lib/gatekeeper/bans.json";
+
+/// The longest ban a ban-socket request may ask for (a week), unless `ban_max_secs` says.
+pub const DEFAULT_BAN_MAX_SECS: u64 = 7 * 86_400;
+
+/// Ban-socket requests taken per minute, unless `ban_requests_per_minute` says.
+pub const DEFAULT_BAN_REQUESTS_PER_MINUTE: u32 = 600;
+
+/// The bans' control side: the state file, the ban socket and its limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BanControl {
+    /// The JSON file that brings bans back after a reboot.
+    pub state: PathBuf,
+    /// The Unix socket the relay asks for bans on; off when `None`.
+    pub socket: Option<PathBuf>,
+    /// The group the socket belongs to (mode 0660): who may ask; root only when `None`.
+    pub socket_group: Option<String>,
+    /// Requests asking for longer get this.
+    pub max_secs: u64,
+    pub requests_per_minute: u32,
+    /// Ranges never banned through the socket (the site's own networks), besides the allowlist.
+    pub never_ban: Vec<IpNet>,
+}
+
+/// Default and bounds of the open-port rules (see `gatekeeper_common` for the map sizes).
+pub const DEFAULT_MAX_BANS: u32 = gatekeeper_common::DEFAULT_MAX_BANS;
+pub const DEFAULT_RATE_LIMIT_SOURCES: u32 = gatekeeper_common::DEFAULT_RATE_LIMIT_SOURCES;
+pub const DEFAULT_BAN_IPV6_PREFIX: u8 = 64;
+/// Upper bound of `max_bans` and `rate_limit_sources` (entries per family).
+pub const MAX_TABLE_ENTRIES: u32 = 1 << 24;
+/// Upper bound of `syn_rate` (SYNs per second per source) and `syn_burst`.
+pub const MAX_SYN_RATE: u32 = 10_000;
+pub const MAX_SYN_BURST: u32 = 1_000_000;
+
+/// What a judged port admits (`[[port]] policy`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortPolicy {
+    /// Only allowlisted sources (today's behaviour; every `protected_ports` port).
+    #[default]
+    Allowlist,
+    /// Every source except denied, banned and over-rate ones (an Internet-facing MX).
+    Open,
+}
+
 /// How the program is attached to an interface.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -107,6 +153,23 @@ pub struct Config {
     /// The most DIR-24-8 second-level blocks the daemon may create (`None`: up to
     /// [`MAX_DIR24_BLOCKS`]); the pool is sized from the list, with headroom, and grows with it.
     pub ipv4_dir24_blocks: Option<u32>,
+    /// Drop-list files (`CIDR ; comment` a line) whose networks are denied like `[[deny]]`.
+    pub deny_feeds: Vec<PathBuf>,
+    pub bans: BanControl,
+    /// The judged ports with policy "open" (a subset of `protected_ports`, sorted).
+    pub open_ports: Vec<u16>,
+    /// SYNs per second each source may send to an open port (0: no limit).
+    pub syn_rate: u32,
+    /// SYNs a source may send in a burst before `syn_rate` applies.
+    pub syn_burst: u32,
+    /// Sources whose SYN rate is tracked at once, per family (the LRU map's size).
+    pub rate_limit_sources: u32,
+    /// Bans each family's table holds at most.
+    pub max_bans: u32,
+    /// Leading bits of an IPv6 source that a ban (and the SYN rate) applies to.
+    pub ban_ipv6_prefix: u8,
+    /// `[[deny]]` entries: dropped on every judged port, whatever the allowlist says.
+    pub deny: Allowlist,
     pub allow: Allowlist,
 }
 
@@ -153,6 +216,34 @@ struct RawConfig {
     ipv4_lookup: Ipv4Lookup,
     #[serde(default)]
     ipv4_dir24_blocks: Option<Spanned<u32>>,
+    #[serde(default)]
+    deny_feeds: Vec<Spanned<PathBuf>>,
+    #[serde(default)]
+    ban_state: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    ban_socket: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    ban_socket_group: Option<Spanned<String>>,
+    #[serde(default)]
+    ban_max_secs: Option<Spanned<u64>>,
+    #[serde(default)]
+    ban_requests_per_minute: Option<Spanned<u32>>,
+    #[serde(default)]
+    never_ban: Vec<Spanned<String>>,
+    #[serde(default)]
+    port: Vec<RawPort>,
+    #[serde(default)]
+    syn_rate: Option<Spanned<u32>>,
+    #[serde(default)]
+    syn_burst: Option<Spanned<u32>>,
+    #[serde(default)]
+    rate_limit_sources: Option<Spanned<u32>>,
+    #[serde(default)]
+    max_bans: Option<Spanned<u32>>,
+    #[serde(default)]
+    ban_ipv6_prefix: Option<Spanned<u32>>,
+    #[serde(default)]
+    deny: Vec<RawAllow>,
     /// Empty when the `[[allow]]` tables were read by the allowlist scanner.
     #[serde(default)]
     allow: Option<Vec<RawAllow>>,
@@ -164,6 +255,14 @@ struct RawAllow {
     cidr: Spanned<String>,
     #[serde(default)]
     comment: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPort {
+    number: Spanned<u32>,
+    #[serde(default)]
+    policy: PortPolicy,
 }
 
 /// The warning for an entry that admits a whole address family.
@@ -185,11 +284,16 @@ impl Config {
     /// at every load, `gatekeeper check` and `gatekeeper allow` print them.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        if self.allow.is_empty() {
+        if self.allow.is_empty() && self.has_allowlist_port() {
             warnings.push(self.empty_warning());
         }
         for entry in self.allow.iter().filter(|e| e.net.prefix_len() == 0) {
             warnings.push(everything_warning(entry.net));
+        }
+        if self.syn_rate != 0 && self.open_ports.is_empty() {
+            warnings.push(
+                "syn_rate is set but no [[port]] has policy \"open\": the SYN rate limit applies to open ports only".into(),
+            );
         }
         warnings
     }
@@ -199,13 +303,20 @@ impl Config {
     /// is the entry the edit added, if any.
     pub fn warnings_after_edit(&self, entries: usize, added: Option<IpNet>) -> Vec<String> {
         let mut warnings = Vec::new();
-        if entries == 0 {
+        if entries == 0 && self.has_allowlist_port() {
             warnings.push(self.empty_warning());
         }
         if let Some(net) = added.filter(|n| n.prefix_len() == 0) {
             warnings.push(everything_warning(net));
         }
         warnings
+    }
+
+    /// Whether some judged port has the "allowlist" policy.
+    pub fn has_allowlist_port(&self) -> bool {
+        self.protected_ports
+            .iter()
+            .any(|p| !self.open_ports.contains(p))
     }
 
     fn empty_warning(&self) -> String {
@@ -252,10 +363,10 @@ impl Config {
         };
 
         let interfaces = validate_interfaces(&raw.interfaces).map_err(|(s, m)| at(s, m))?;
-        let protected_ports = match &raw.protected_ports {
-            None => vec![DEFAULT_PORT],
-            Some(ports) => validate_ports(ports).map_err(|(s, m)| at(s, m))?,
-        };
+        let (protected_ports, open_ports) =
+            port_policies(&raw.protected_ports, &raw.port).map_err(|(s, m)| at(s, m))?;
+        let open = open_rules(&raw).map_err(|(s, m)| at(s, m))?;
+        let deny = deny_entries(raw.deny.as_slice()).map_err(|(s, m)| at(s, m))?;
         if let Some((offset, err)) = scanned.first_invalid {
             return Err(at(offset..offset, format!("allow entry {err}")));
         }
@@ -267,6 +378,13 @@ impl Config {
                 format!("allow entry \"{net}\" is listed twice"),
             ));
         }
+        let bans = ban_control(&raw).map_err(|(s, m)| at(s, m))?;
+        let deny_feeds = raw
+            .deny_feeds
+            .iter()
+            .map(|feed| absolute("deny_feeds entry", feed))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|(s, m)| at(s, m))?;
         let ipv4_dir24_blocks = match raw.ipv4_dir24_blocks {
             None => None,
             Some(blocks) if (1..=MAX_DIR24_BLOCKS).contains(blocks.get_ref()) => {
@@ -319,9 +437,221 @@ impl Config {
             metrics_listen,
             ipv4_lookup: raw.ipv4_lookup,
             ipv4_dir24_blocks,
+            deny_feeds,
+            bans,
+            open_ports,
+            syn_rate: open.syn_rate,
+            syn_burst: open.syn_burst,
+            rate_limit_sources: open.rate_limit_sources,
+            max_bans: open.max_bans,
+            ban_ipv6_prefix: open.ban_ipv6_prefix,
+            deny,
             allow,
         })
     }
+}
+
+/// The judged ports and which of them are open: `protected_ports` (all "allowlist") and the
+/// `[[port]]` tables; a port in both, or twice, is an error. Neither given: port 25, allowlist.
+fn port_policies(
+    protected: &Option<Spanned<Vec<Spanned<u32>>>>,
+    tables: &[RawPort],
+) -> Result<(Vec<u16>, Vec<u16>), SpannedError> {
+    let mut ports = match protected {
+        None if tables.is_empty() => vec![DEFAULT_PORT],
+        None => Vec::new(),
+        Some(ports) => validate_ports(ports)?,
+    };
+    let listed = ports.len();
+    let mut open = Vec::new();
+    for table in tables {
+        let value = *table.number.get_ref();
+        let port = match u16::try_from(value) {
+            Ok(p) if p != 0 => p,
+            _ => {
+                return Err((
+                    table.number.span(),
+                    format!("port {value} is not a TCP port (1-65535)"),
+                ));
+            }
+        };
+        if ports[..listed].contains(&port) {
+            return Err((
+                table.number.span(),
+                format!(
+                    "port {port} is in protected_ports and has a [[port]] table: give it in one place (protected_ports means policy \"allowlist\")"
+                ),
+            ));
+        }
+        if ports.contains(&port) {
+            return Err((
+                table.number.span(),
+                format!("port {port} has two [[port]] tables"),
+            ));
+        }
+        ports.push(port);
+        if table.policy == PortPolicy::Open {
+            open.push(port);
+        }
+    }
+    open.sort_unstable();
+    Ok((ports, open))
+}
+
+/// The open-port rules' settings, validated.
+struct OpenRules {
+    syn_rate: u32,
+    syn_burst: u32,
+    rate_limit_sources: u32,
+    max_bans: u32,
+    ban_ipv6_prefix: u8,
+}
+
+fn open_rules(raw: &RawConfig) -> Result<OpenRules, SpannedError> {
+    let in_range = |value: &Option<Spanned<u32>>,
+                    name: &str,
+                    range: std::ops::RangeInclusive<u32>,
+                    default: u32,
+                    why: &str|
+     -> Result<u32, SpannedError> {
+        match value {
+            None => Ok(default),
+            Some(v) if range.contains(v.get_ref()) => Ok(*v.get_ref()),
+            Some(v) => Err((
+                v.span(),
+                format!(
+                    "{name} {} is out of range ({}-{}{why})",
+                    v.get_ref(),
+                    range.start(),
+                    range.end()
+                ),
+            )),
+        }
+    };
+    let syn_rate = in_range(
+        &raw.syn_rate,
+        "syn_rate",
+        0..=MAX_SYN_RATE,
+        0,
+        "; 0 turns the limit off",
+    )?;
+    let syn_burst = in_range(
+        &raw.syn_burst,
+        "syn_burst",
+        1..=MAX_SYN_BURST,
+        syn_rate.max(1),
+        "",
+    )?;
+    let rate_limit_sources = in_range(
+        &raw.rate_limit_sources,
+        "rate_limit_sources",
+        1..=MAX_TABLE_ENTRIES,
+        DEFAULT_RATE_LIMIT_SOURCES,
+        "",
+    )?;
+    let max_bans = in_range(
+        &raw.max_bans,
+        "max_bans",
+        1..=MAX_TABLE_ENTRIES,
+        DEFAULT_MAX_BANS,
+        "",
+    )?;
+    let ban_ipv6_prefix = in_range(
+        &raw.ban_ipv6_prefix,
+        "ban_ipv6_prefix",
+        32..=128,
+        u32::from(DEFAULT_BAN_IPV6_PREFIX),
+        "",
+    )?;
+    Ok(OpenRules {
+        syn_rate,
+        syn_burst,
+        rate_limit_sources,
+        max_bans,
+        ban_ipv6_prefix: u8::try_from(ban_ipv6_prefix).unwrap_or(DEFAULT_BAN_IPV6_PREFIX),
+    })
+}
+
+/// The `[[deny]]` tables as a compact list; a bad or repeated network is an error at its `cidr`.
+fn deny_entries(raw: &[RawAllow]) -> Result<Allowlist, SpannedError> {
+    let mut list = Allowlist::default();
+    for entry in raw {
+        let net = parse_cidr(entry.cidr.get_ref())
+            .map_err(|e| (entry.cidr.span(), format!("deny entry {e}")))?;
+        list.push(net, entry.comment.as_deref());
+    }
+    if let Some((index, net)) = list.first_duplicate() {
+        let span = raw.get(index).map_or(0..0, |e| e.cidr.span());
+        return Err((span, format!("deny entry \"{net}\" is listed twice")));
+    }
+    Ok(list)
+}
+
+/// An absolute path setting, or where it is not.
+fn absolute(what: &str, path: &Spanned<PathBuf>) -> Result<PathBuf, SpannedError> {
+    if path.get_ref().is_absolute() {
+        Ok(path.get_ref().clone())
+    } else {
+        Err((
+            path.span(),
+            format!(
+                "{what} \"{}\" must be an absolute path",
+                path.get_ref().display()
+            ),
+        ))
+    }
+}
+
+/// The ban state file, socket and limits, validated.
+fn ban_control(raw: &RawConfig) -> Result<BanControl, SpannedError> {
+    let state = match &raw.ban_state {
+        Some(path) => absolute("ban_state", path)?,
+        None => PathBuf::from(DEFAULT_BAN_STATE),
+    };
+    let socket = raw
+        .ban_socket
+        .as_ref()
+        .map(|path| absolute("ban_socket", path))
+        .transpose()?;
+    let socket_group = match &raw.ban_socket_group {
+        Some(group) if group.get_ref().trim().is_empty() => {
+            return Err((group.span(), "ban_socket_group is empty".into()));
+        }
+        Some(group) => Some(group.get_ref().trim().to_string()),
+        None => None,
+    };
+    let max_secs = match &raw.ban_max_secs {
+        Some(secs) if *secs.get_ref() == 0 => {
+            return Err((secs.span(), "ban_max_secs must be at least 1".into()));
+        }
+        Some(secs) => *secs.get_ref(),
+        None => DEFAULT_BAN_MAX_SECS,
+    };
+    let requests_per_minute = match &raw.ban_requests_per_minute {
+        Some(rate) if *rate.get_ref() == 0 => {
+            return Err((
+                rate.span(),
+                "ban_requests_per_minute must be at least 1 (leave ban_socket out to turn the socket off)".into(),
+            ));
+        }
+        Some(rate) => *rate.get_ref(),
+        None => DEFAULT_BAN_REQUESTS_PER_MINUTE,
+    };
+    let never_ban = raw
+        .never_ban
+        .iter()
+        .map(|entry| {
+            parse_cidr(entry.get_ref()).map_err(|e| (entry.span(), format!("never_ban entry {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(BanControl {
+        state,
+        socket,
+        socket_group,
+        max_secs,
+        requests_per_minute,
+        never_ban,
+    })
 }
 
 /// The entries the TOML parser read, as the scanner would have returned them.
@@ -553,6 +883,123 @@ cidr = "203.0.113.7"
         assert!(
             e.starts_with("gk.toml:2:18: metrics_listen \"localhost\" is not an address"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn ban_control_and_deny_feeds() {
+        let config = parse("interfaces = [\"eth0\"]\n").expect("valid config");
+        assert_eq!(config.bans.state, Path::new(DEFAULT_BAN_STATE));
+        assert_eq!(config.bans.socket, None);
+        assert_eq!(config.bans.max_secs, DEFAULT_BAN_MAX_SECS);
+        assert_eq!(
+            config.bans.requests_per_minute,
+            DEFAULT_BAN_REQUESTS_PER_MINUTE
+        );
+        assert!(config.deny_feeds.is_empty() && config.bans.never_ban.is_empty());
+        let config = parse(
+            "interfaces = [\"eth0\"]\nban_socket = \"/run/gatekeeper/ban.sock\"\nban_socket_group = \"smtp-relay\"\nban_max_secs = 3600\nban_requests_per_minute = 60\nnever_ban = [\"192.0.2.0/24\", \"2001:db8::/32\"]\nban_state = \"/var/lib/gk/bans.json\"\ndeny_feeds = [\"/var/lib/gatekeeper/feeds/drop.txt\"]\n",
+        )
+        .expect("valid config");
+        assert_eq!(
+            config.bans.socket.as_deref(),
+            Some(Path::new("/run/gatekeeper/ban.sock"))
+        );
+        assert_eq!(config.bans.socket_group.as_deref(), Some("smtp-relay"));
+        assert_eq!(config.bans.max_secs, 3600);
+        assert_eq!(config.bans.requests_per_minute, 60);
+        assert_eq!(config.bans.never_ban.len(), 2);
+        assert_eq!(config.bans.state, Path::new("/var/lib/gk/bans.json"));
+        assert_eq!(
+            config.deny_feeds,
+            [Path::new("/var/lib/gatekeeper/feeds/drop.txt")]
+        );
+        let e = error("interfaces = [\"eth0\"]\nnever_ban = [\"192.0.2.1/24\"]\n");
+        assert!(
+            e.starts_with("gk.toml:2:14: never_ban entry \"192.0.2.1/24\" has host bits"),
+            "{e}"
+        );
+        let e = error("interfaces = [\"eth0\"]\ndeny_feeds = [\"drop.txt\"]\n");
+        assert!(
+            e.contains("deny_feeds entry \"drop.txt\" must be an absolute path"),
+            "{e}"
+        );
+        let e = error("interfaces = [\"eth0\"]\nban_max_secs = 0\n");
+        assert!(e.contains("ban_max_secs must be at least 1"), "{e}");
+    }
+
+    #[test]
+    fn port_policies_rate_limits_bans_and_deny_entries() {
+        let config = parse(
+            "interfaces = [\"eth0\"]\nprotected_ports = [587]\nsyn_rate = 20\nsyn_burst = 40\nrate_limit_sources = 1000\nmax_bans = 500\nban_ipv6_prefix = 56\n[[port]]\nnumber = 25\npolicy = \"open\"\n[[port]]\nnumber = 465\npolicy = \"allowlist\"\n[[deny]]\ncidr = \"203.0.113.0/28\"\ncomment = \"hijacked netblock\"\n[[deny]]\ncidr = \"2001:db8:bad::/48\"\n[[allow]]\ncidr = \"198.51.100.0/24\"\n",
+        )
+        .expect("valid config");
+        assert_eq!(config.protected_ports, [587, 25, 465]);
+        assert_eq!(config.open_ports, [25]);
+        assert_eq!((config.syn_rate, config.syn_burst), (20, 40));
+        assert_eq!((config.rate_limit_sources, config.max_bans), (1000, 500));
+        assert_eq!(config.ban_ipv6_prefix, 56);
+        assert_eq!(config.deny.len(), 2);
+        assert_eq!(config.deny.comment(0), Some("hijacked netblock"));
+        assert_eq!(config.allow.len(), 1);
+
+        let config = parse("interfaces = [\"eth0\"]\n[[port]]\nnumber = 25\npolicy = \"open\"\n")
+            .expect("valid config");
+        assert_eq!(
+            (
+                config.protected_ports.as_slice(),
+                config.open_ports.as_slice()
+            ),
+            (&[25][..], &[25][..])
+        );
+        assert_eq!(
+            (config.syn_rate, config.max_bans, config.ban_ipv6_prefix),
+            (0, DEFAULT_MAX_BANS, 64)
+        );
+        assert!(config.warnings().is_empty(), "{:?}", config.warnings());
+
+        let e = error(
+            "interfaces = [\"eth0\"]\nprotected_ports = [25]\n[[port]]\nnumber = 25\npolicy = \"open\"\n",
+        );
+        assert!(
+            e.starts_with("gk.toml:4:10: port 25 is in protected_ports and has a [[port]] table"),
+            "{e}"
+        );
+        let e = error("interfaces = [\"eth0\"]\n[[port]]\nnumber = 25\n[[port]]\nnumber = 25\n");
+        assert!(
+            e.starts_with("gk.toml:5:10: port 25 has two [[port]] tables"),
+            "{e}"
+        );
+        let e = error("interfaces = [\"eth0\"]\n[[port]]\nnumber = 25\npolicy = \"closed\"\n");
+        assert!(e.starts_with("gk.toml:4:10: "), "{e}");
+        let e = error("interfaces = [\"eth0\"]\nban_ipv6_prefix = 16\n");
+        assert!(
+            e.starts_with("gk.toml:2:19: ban_ipv6_prefix 16 is out of range (32-128)"),
+            "{e}"
+        );
+        let e = error("interfaces = [\"eth0\"]\nsyn_burst = 0\n");
+        assert!(
+            e.starts_with("gk.toml:2:13: syn_burst 0 is out of range"),
+            "{e}"
+        );
+        let e = error("interfaces = [\"eth0\"]\n[[deny]]\ncidr = \"203.0.113.1/24\"\n");
+        assert!(
+            e.starts_with("gk.toml:3:8: deny entry \"203.0.113.1/24\" has host bits"),
+            "{e}"
+        );
+        let e = error(
+            "interfaces = [\"eth0\"]\n[[deny]]\ncidr = \"203.0.113.0/24\"\n[[deny]]\ncidr = \"203.0.113.0/24\"\n",
+        );
+        assert!(
+            e.starts_with("gk.toml:5:8: deny entry \"203.0.113.0/24\" is listed twice"),
+            "{e}"
+        );
+        let config = parse("interfaces = [\"eth0\"]\nsyn_rate = 5\n").expect("valid");
+        assert!(
+            config
+                .warnings()
+                .iter()
+                .any(|w| w.contains("syn_rate is set"))
         );
     }
 

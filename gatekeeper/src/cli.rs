@@ -51,6 +51,10 @@ pub enum Command {
     },
     /// Validate the config file without touching the kernel; exit 1 with FILE:LINE:COLUMN if bad.
     ///
+    /// A valid config is explained: each judged port with its policy (`protected_ports` means
+    /// "allowlist"; open ports with their SYN limit), the precedence ban > deny > allow, the deny
+    /// entries and feeds, the ban table, the ban socket (path, group, limits) and `never_ban`.
+    ///
     /// A valid config whose allowlist admits a whole address family (0.0.0.0/0, ::/0) or nobody
     /// (no entries) gets a `gatekeeper: warning:` line on stderr; the exit status stays 0.
     Check {
@@ -74,6 +78,26 @@ pub enum Command {
     Allow {
         #[command(subcommand)]
         action: AllowAction,
+    },
+    /// Edit or list the deny list: `[[deny]]` entries of the config file, dropped on every judged
+    /// port (open or allowlist) even when an allow entry covers them: deny wins over allow.
+    ///
+    /// Edited like `allow` (comments kept, atomic replace, `<config>.lock`); the running daemon
+    /// applies the change through its usual reload of the file (within a second). Large lists
+    /// belong in `deny_feeds` files, not here.
+    Deny {
+        #[command(subcommand)]
+        action: DenyAction,
+    },
+    /// Ban single sources for a while: dropped on every judged port until the ban ends, enforced
+    /// by the program itself (a ban ends on time even while the daemon is down).
+    ///
+    /// Bans live in the pinned maps (they survive a daemon restart) and in the `ban_state` file
+    /// (they survive a reboot), changed under `bans.lock` next to it. An IPv4 ban covers the
+    /// address, an IPv6 ban its /`ban_ipv6_prefix` (default /64). Precedence: ban > deny > allow.
+    Ban {
+        #[command(subcommand)]
+        action: BanAction,
     },
     /// Show interfaces, attachment mode, policy, entry counts, and whether the live maps match
     /// the config file.
@@ -125,6 +149,70 @@ pub enum AllowAction {
         cidr: String,
     },
     /// List the entries with their hit counters (live, when the filter is loaded).
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DenyAction {
+    /// Deny a network (CIDR, or a single address) on every judged port.
+    Add {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// IPv4 or IPv6 network without host bits, or an address.
+        #[arg(value_name = "CIDR")]
+        cidr: String,
+        /// Why; stored next to it in the config file.
+        #[arg(long, value_name = "TEXT")]
+        comment: Option<String>,
+    },
+    /// Remove a network from the deny list.
+    Remove {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(value_name = "CIDR")]
+        cidr: String,
+    },
+    /// List the `[[deny]]` entries with their hit counters (live, when the filter is loaded), and
+    /// the deny feeds.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BanAction {
+    /// Ban a source: an address (IPv6: its /64, or /ban_ipv6_prefix). Banning a source that is
+    /// banned already keeps the later of the two deadlines.
+    Add {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(value_name = "ADDR")]
+        addr: String,
+        /// How long: 90s, 10m, 1h, 7d, 1h30m.
+        #[arg(long = "for", value_name = "DURATION", value_parser = gatekeeper::bans::duration::parse)]
+        duration: std::time::Duration,
+        /// Why; stored with the ban and shown by `ban list`.
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        reason: String,
+    },
+    /// Lift a ban before its time.
+    Remove {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(value_name = "ADDR")]
+        addr: String,
+    },
+    /// List the bans in force with the time left, the reason and their hit counters.
     List {
         #[command(flatten)]
         config: ConfigArg,
@@ -201,6 +289,51 @@ mod tests {
         };
         assert_eq!(ifaces, ["eth0", "eth1"]);
         assert_eq!(config.config, PathBuf::from(DEFAULT_CONFIG_PATH));
+    }
+
+    #[test]
+    fn deny_and_ban_parse() {
+        assert!(matches!(
+            parse(&["deny", "add", "203.0.113.0/28", "--comment", "hijacked"])
+                .expect("parses")
+                .command,
+            Command::Deny {
+                action: DenyAction::Add { .. }
+            }
+        ));
+        let Command::Ban {
+            action:
+                BanAction::Add {
+                    addr,
+                    duration,
+                    reason,
+                    ..
+                },
+        } = parse(&[
+            "ban",
+            "add",
+            "203.0.113.9",
+            "--for",
+            "1h",
+            "--reason",
+            "guessing",
+        ])
+        .expect("parses")
+        .command
+        else {
+            panic!("not ban add");
+        };
+        assert_eq!(addr, "203.0.113.9");
+        assert_eq!(duration, std::time::Duration::from_secs(3600));
+        assert_eq!(reason, "guessing");
+        assert!(parse(&["ban", "add", "203.0.113.9", "--for", "soon"]).is_err());
+        assert!(parse(&["ban", "add", "203.0.113.9"]).is_err());
+        assert!(matches!(
+            parse(&["ban", "list", "--json"]).expect("parses").command,
+            Command::Ban {
+                action: BanAction::List { json: true, .. }
+            }
+        ));
     }
 
     #[test]

@@ -34,11 +34,22 @@ pub enum EditError {
 pub struct ConfigDocument {
     path: PathBuf,
     doc: DocumentMut,
+    /// The array of tables edited: `allow`, or `deny` (same keys).
+    table: &'static str,
 }
 
 impl ConfigDocument {
     /// Parses `text`, read from `path`.
     pub fn parse(text: &str, path: &Path) -> Result<ConfigDocument, EditError> {
+        Self::parse_for(text, path, "allow")
+    }
+
+    /// [`ConfigDocument::parse`] for edits of the `table` entries (`deny`).
+    pub fn parse_for(
+        text: &str,
+        path: &Path,
+        table: &'static str,
+    ) -> Result<ConfigDocument, EditError> {
         let doc = text.parse::<DocumentMut>().map_err(|e| EditError::Syntax {
             path: path.to_path_buf(),
             message: e.message().to_string(),
@@ -46,6 +57,7 @@ impl ConfigDocument {
         Ok(ConfigDocument {
             path: path.to_path_buf(),
             doc,
+            table,
         })
     }
 
@@ -66,10 +78,10 @@ impl ConfigDocument {
             path: self.path.clone(),
         };
         let root = self.doc.as_table_mut();
-        if !root.contains_key("allow") {
-            root.insert("allow", Item::ArrayOfTables(ArrayOfTables::new()));
+        if !root.contains_key(self.table) {
+            root.insert(self.table, Item::ArrayOfTables(ArrayOfTables::new()));
         }
-        match root.get_mut("allow") {
+        match root.get_mut(self.table) {
             Some(Item::ArrayOfTables(tables)) => {
                 let mut table = Table::new();
                 table.insert("cidr", value(net.to_string()));
@@ -105,7 +117,7 @@ impl ConfigDocument {
             });
         };
         let mut orphaned: Option<String> = None;
-        match self.doc.as_table_mut().get_mut("allow") {
+        match self.doc.as_table_mut().get_mut(self.table) {
             Some(Item::ArrayOfTables(tables)) => {
                 let prefix = tables
                     .get(index)
@@ -145,10 +157,10 @@ impl ConfigDocument {
             let trailing = self.doc.trailing().as_str().unwrap_or("").to_string();
             self.doc.set_trailing(format!("{lines}{trailing}"));
         }
-        if let Some(Item::ArrayOfTables(tables)) = self.doc.get("allow")
+        if let Some(Item::ArrayOfTables(tables)) = self.doc.get(self.table)
             && tables.is_empty()
         {
-            self.doc.as_table_mut().remove("allow");
+            self.doc.as_table_mut().remove(self.table);
         }
         Ok(())
     }
@@ -156,7 +168,7 @@ impl ConfigDocument {
     /// Index of the entry for `net`, if present.
     fn position(&self, net: IpNet) -> Result<Option<usize>, EditError> {
         let same = |cidr: Option<&str>| cidr.and_then(|c| parse_cidr(c).ok()) == Some(net);
-        match self.doc.get("allow") {
+        match self.doc.get(self.table) {
             None => Ok(None),
             Some(Item::ArrayOfTables(tables)) => Ok(tables
                 .iter()
@@ -201,6 +213,17 @@ pub enum Streamed {
 /// with every line outside the edited entry kept byte for byte. `path` names the file in
 /// messages.
 pub fn stream(real: &Path, path: &Path, edit: Edit<'_>) -> anyhow::Result<Streamed> {
+    stream_in(real, path, allowlist_edit::ALLOW, edit)
+}
+
+/// [`stream`] for the array of tables `tables` (`[[deny]]`: the caller validated the whole file,
+/// see [`allowlist_edit::Tables::copy_tail`]).
+pub fn stream_in(
+    real: &Path,
+    path: &Path,
+    tables: allowlist_edit::Tables,
+    edit: Edit<'_>,
+) -> anyhow::Result<Streamed> {
     let old = fs::File::open(real).with_context(|| format!("{}: cannot read", path.display()))?;
     let input = old.try_clone()?;
     let mut staged = gatekeeper_support::atomic::stage(real)
@@ -208,7 +231,7 @@ pub fn stream(real: &Path, path: &Path, edit: Edit<'_>) -> anyhow::Result<Stream
     let mut config = None;
     let outcome = {
         let mut out = std::io::BufWriter::with_capacity(1 << 16, staged.file());
-        let outcome = allowlist_edit::splice(input, &mut out, edit, |head| {
+        let outcome = allowlist_edit::splice_in(input, &mut out, tables, edit, |head| {
             config = Config::parse(head, path).ok();
             config.as_ref().is_some_and(|c| c.allow.is_empty())
         });

@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use gatekeeper_common::DropEvent;
+use gatekeeper_common::{DropEvent, rule};
 
 /// A decoded drop event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -12,6 +12,31 @@ pub struct Drop {
     pub ifindex: u32,
     /// Only counted (monitor mode), not dropped.
     pub monitor: bool,
+    /// The rule that refused it, by its counter's name: `dropped` (not in the allowlist of an
+    /// allowlist port), `denied_list`, `banned` or `rate_limited`.
+    pub rule: &'static str,
+}
+
+impl Drop {
+    /// The log line's message: what happened, and which rule did it.
+    pub fn message(&self) -> &'static str {
+        match (self.rule, self.monitor) {
+            ("denied_list", false) => "dropped SYN from a source in the deny list",
+            ("denied_list", true) => {
+                "would drop SYN from a source in the deny list (monitor mode, passed)"
+            }
+            ("banned", false) => "dropped SYN from a banned source",
+            ("banned", true) => "would drop SYN from a banned source (monitor mode, passed)",
+            ("rate_limited", false) => "dropped SYN from a source over its SYN rate",
+            ("rate_limited", true) => {
+                "would drop SYN from a source over its SYN rate (monitor mode, passed)"
+            }
+            (_, false) => "dropped SYN from a source outside the allowlist",
+            (_, true) => {
+                "would drop SYN from a source outside the allowlist (monitor mode, passed)"
+            }
+        }
+    }
 }
 
 /// Decodes one ring-buffer record; `None` if it is not a whole event.
@@ -36,6 +61,7 @@ pub fn decode(bytes: &[u8]) -> Option<Drop> {
         dest_port: event.dest_port,
         ifindex: event.ifindex,
         monitor: event.monitor != 0,
+        rule: rule::name(event.rule),
     })
 }
 
@@ -80,6 +106,9 @@ mod tests {
         let drop = decode(&bytes(&event)).expect("event");
         assert_eq!(drop.source, "203.0.113.66".parse::<IpAddr>().unwrap());
         assert_eq!((drop.dest_port, drop.ifindex), (25, 7));
+        assert_eq!(drop.rule, "dropped");
+        event.rule = rule::BANNED;
+        assert_eq!(decode(&bytes(&event)).unwrap().rule, "banned");
         event.family = 6;
         event.source = "2001:db8::66".parse::<Ipv6Addr>().unwrap().octets();
         assert_eq!(

@@ -13,10 +13,13 @@ use aya::{
         xdp::{XdpLink, XdpLinkId},
     },
 };
-use gatekeeper_common::{COARSE_CLOCK_GLOBAL, PROGRAM_NAME, dir24, map_names, summary};
+use gatekeeper_common::{
+    COARSE_CLOCK_GLOBAL, DEFAULT_MAX_BANS, DEFAULT_RATE_LIMIT_SOURCES, DENY_CAPACITY, PROGRAM_NAME,
+    dir24, map_names, summary,
+};
 use tracing::{error, info, warn};
 
-use crate::{compat, config::XdpMode, maps::FilterMaps, netlink, verifier};
+use crate::{compat, config::XdpMode, maps::FilterMaps, netlink, rules::Rules, verifier};
 
 /// Pinned XDP links are named `link-<interface>` in the pin directory.
 pub const LINK_PIN_PREFIX: &str = "link-";
@@ -32,6 +35,7 @@ pub use crate::object::{IPV4_TABLE_MAPS, PINNED_MAPS, PROGRAM_OBJECT};
 pub struct Filter {
     ebpf: Ebpf,
     maps: FilterMaps,
+    rules: Rules,
     events: Option<RingBuf<MapData>>,
     /// Links this process owns (without a pin directory): detached when dropped.
     links: Vec<(String, XdpLinkId)>,
@@ -79,6 +83,12 @@ pub struct LoadOptions<'a> {
     /// Create the IPv4 tables ([`IPV4_TABLE_MAPS`]) anew instead of reusing their pins (for
     /// [`Filter::replace_ipv4_tables`]); the other maps are still shared through the pins.
     pub fresh_ipv4_tables: bool,
+    /// Size of each ban table (`max_bans`). Pinned tables keep the size they were made with.
+    pub max_bans: u32,
+    /// Size of each SYN rate-limit table (`rate_limit_sources`).
+    pub rate_limit_sources: u32,
+    /// Leading bits of an IPv6 source that key its ban (`ban_ipv6_prefix`).
+    pub ban_ipv6_prefix: u8,
 }
 
 impl Default for LoadOptions<'_> {
@@ -90,6 +100,9 @@ impl Default for LoadOptions<'_> {
             dir24_blocks: dir24::DEFAULT_LONG_BLOCKS,
             verifier_log_dir: None,
             fresh_ipv4_tables: false,
+            max_bans: DEFAULT_MAX_BANS,
+            rate_limit_sources: DEFAULT_RATE_LIMIT_SOURCES,
+            ban_ipv6_prefix: 64,
         }
     }
 }
@@ -153,7 +166,15 @@ impl Filter {
             .map_max_entries(map_names::DIR24, tbl24)
             .map_max_entries(map_names::DIR24_LONG, long)
             .map_max_entries(map_names::ENTRY, entries)
-            .map_max_entries(map_names::SUMMARY_V4, summary);
+            .map_max_entries(map_names::SUMMARY_V4, summary)
+            .map_max_entries(map_names::BANS_V4, options.max_bans.max(1))
+            .map_max_entries(map_names::BANS_V6, options.max_bans.max(1))
+            .map_max_entries(
+                map_names::BLOCKED_REFS,
+                options.max_bans.max(1).saturating_add(DENY_CAPACITY),
+            )
+            .map_max_entries(map_names::RATE_V4, options.rate_limit_sources.max(1))
+            .map_max_entries(map_names::RATE_V6, options.rate_limit_sources.max(1));
         let coarse_clock = u32::from(has_coarse_clock());
         loader.override_global(COARSE_CLOCK_GLOBAL, &coarse_clock, true);
         for (name, path) in pins {
@@ -172,6 +193,7 @@ impl Filter {
         verifier::load_xdp(program, PROGRAM_NAME, &log_dir)?;
         let mut maps = FilterMaps::take_from(&mut ebpf)?;
         maps.prefer_ipv4_lookup(options.ipv4_lookup);
+        let rules = Rules::take_from(&mut ebpf, options.ban_ipv6_prefix)?;
         let events = ebpf
             .take_map(map_names::EVENTS)
             .map(RingBuf::try_from)
@@ -180,6 +202,7 @@ impl Filter {
         Ok(Filter {
             ebpf,
             maps,
+            rules,
             events,
             links: Vec::new(),
             pinned_links: Vec::new(),
@@ -285,6 +308,16 @@ impl Filter {
     /// The maps: policy, allowlists, counters.
     pub fn maps(&mut self) -> &mut FilterMaps {
         &mut self.maps
+    }
+
+    /// The deny lists and bans.
+    pub fn rules(&mut self) -> &mut Rules {
+        &mut self.rules
+    }
+
+    /// The allowlist maps and the rules at once (a sync writes both).
+    pub fn maps_and_rules(&mut self) -> (&mut FilterMaps, &mut Rules) {
+        (&mut self.maps, &mut self.rules)
     }
 
     /// The drop-event ring buffer, once: whoever takes it reads the events.

@@ -2,10 +2,12 @@
 //! and serves the admin CLI. The binary in `main.rs` is a thin shell around this library, which the
 //! end-to-end tests and benchmarks also use.
 
+pub mod bans;
 pub mod bpffs;
 pub mod capabilities;
 pub mod compat;
 pub mod config;
+pub mod deny_feed;
 pub mod dir24;
 pub mod edit;
 pub mod events;
@@ -18,6 +20,7 @@ pub mod netlink;
 pub mod object;
 pub mod occupant;
 pub mod policy;
+pub mod rules;
 pub mod stats;
 pub mod summary;
 pub mod sync;

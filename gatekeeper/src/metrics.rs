@@ -7,6 +7,7 @@ use gatekeeper_support::metrics as expose;
 use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
 
 use crate::{
+    bans::request::Refusal,
     maps::FilterMaps,
     stats::{self, InterfaceStats},
 };
@@ -19,6 +20,18 @@ pub struct DaemonCounts {
     pub attached_interfaces: usize,
     /// Interfaces in the config without the filter (gone, attaching failed, another program).
     pub unfiltered_interfaces: usize,
+    /// Ban-socket requests that became (or extended) a ban.
+    pub ban_requests_accepted: u64,
+    /// Ban-socket requests refused, by [`crate::bans::request::Refusal::LABELS`].
+    pub ban_requests_refused: [u64; 7],
+    /// Bans refused because the ban table was full (`max_bans`), from the socket or at start.
+    pub bans_refused_full: u64,
+    /// Deny-feed lines skipped as not a network, at the last load of each feed.
+    pub feed_bad_lines: u64,
+    /// Networks the deny feeds hold, at their last load.
+    pub feed_entries: u64,
+    /// Bans the sweeper removed after their deadline.
+    pub bans_expired: u64,
 }
 
 /// Everything one scrape shows, read from the pinned maps and the daemon.
@@ -127,6 +140,44 @@ impl Collector for Snapshot {
             "gatekeeper_interfaces_unfiltered",
             "Interfaces in the config that the filter is not attached to (gone, attaching failed, or another XDP program there); anything but 0 means SMTP is unprotected there.",
             expose::gauge_value(self.daemon.unfiltered_interfaces),
+        )?;
+        let refused = Refusal::LABELS
+            .iter()
+            .zip(self.daemon.ban_requests_refused)
+            .map(|(reason, count)| ([("result", "refused"), ("reason", *reason)], count));
+        expose::counter_family(
+            e,
+            "gatekeeper_ban_requests",
+            "Ban-socket requests, accepted or refused (by reason).",
+            std::iter::once((
+                [("result", "accepted"), ("reason", "")],
+                self.daemon.ban_requests_accepted,
+            ))
+            .chain(refused),
+        )?;
+        expose::counter(
+            e,
+            "gatekeeper_bans_refused_full",
+            "Bans refused because the ban table was full (max_bans); nothing is evicted.",
+            self.daemon.bans_refused_full,
+        )?;
+        expose::counter(
+            e,
+            "gatekeeper_bans_expired",
+            "Bans the daemon swept after their deadline.",
+            self.daemon.bans_expired,
+        )?;
+        expose::gauge(
+            e,
+            "gatekeeper_deny_feed_entries",
+            "Networks in the deny feeds at their last load.",
+            expose::gauge_value(self.daemon.feed_entries),
+        )?;
+        expose::gauge(
+            e,
+            "gatekeeper_deny_feed_bad_lines",
+            "Deny-feed lines skipped (not a network) at the last load of each feed.",
+            expose::gauge_value(self.daemon.feed_bad_lines),
         )
     }
 }
@@ -161,6 +212,9 @@ mod tests {
                 reload_failures: 1,
                 attached_interfaces: 1,
                 unfiltered_interfaces: 2,
+                ban_requests_accepted: 4,
+                ban_requests_refused: [0, 0, 0, 5, 0, 0, 0],
+                ..DaemonCounts::default()
             },
         }
     }
@@ -170,10 +224,14 @@ mod tests {
         let text = expose::render(snapshot());
         for line in [
             "# TYPE gatekeeper_frames_total counter",
-            "gatekeeper_frames_total{interface=\"we\\\"ird\",family=\"ipv4\",verdict=\"dropped\"} 1",
-            "gatekeeper_frames_total{interface=\"we\\\"ird\",family=\"other\",verdict=\"malformed\"} 8",
-            "gatekeeper_drop_events_total{interface=\"we\\\"ird\",result=\"sent\"} 27",
-            "gatekeeper_drop_events_total{interface=\"we\\\"ird\",result=\"suppressed\"} 30",
+            "gatekeeper_frames_total{interface=\"we\\\"ird\",family=\"ipv4\",verdict=\"dropped\"} 2",
+            "gatekeeper_frames_total{interface=\"we\\\"ird\",family=\"ipv4\",verdict=\"denied_list\"} 4",
+            "gatekeeper_frames_total{interface=\"we\\\"ird\",family=\"ipv6\",verdict=\"banned\"} 5",
+            "gatekeeper_frames_total{interface=\"we\\\"ird\",family=\"ipv4\",verdict=\"rate_limited\"} 6",
+            "gatekeeper_frames_total{interface=\"we\\\"ird\",family=\"ipv4\",verdict=\"passed_open\"} 1",
+            "gatekeeper_frames_total{interface=\"we\\\"ird\",family=\"other\",verdict=\"malformed\"} 12",
+            "gatekeeper_drop_events_total{interface=\"we\\\"ird\",result=\"sent\"} 39",
+            "gatekeeper_drop_events_total{interface=\"we\\\"ird\",result=\"suppressed\"} 42",
             "# TYPE gatekeeper_allowlist_entries gauge",
             "gatekeeper_allowlist_entries{family=\"ipv4\"} 2",
             "gatekeeper_allowlist_entries{family=\"ipv6\"} 1",
@@ -184,6 +242,10 @@ mod tests {
             "gatekeeper_attached_interfaces 1",
             "# TYPE gatekeeper_interfaces_unfiltered gauge",
             "gatekeeper_interfaces_unfiltered 2",
+            "gatekeeper_ban_requests_total{result=\"accepted\",reason=\"\"} 4",
+            "gatekeeper_ban_requests_total{result=\"refused\",reason=\"allowlisted\"} 5",
+            "gatekeeper_bans_refused_full_total 0",
+            "gatekeeper_deny_feed_bad_lines 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

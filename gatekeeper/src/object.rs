@@ -9,7 +9,7 @@ pub static PROGRAM_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gatekeeper"));
 
 /// The names of every map the controller pins, in a stable order.
-pub const PINNED_MAPS: [&str; 12] = [
+pub const PINNED_MAPS: [&str; 20] = [
     map_names::DIR24,
     map_names::DIR24_LONG,
     map_names::ENTRY,
@@ -22,6 +22,14 @@ pub const PINNED_MAPS: [&str; 12] = [
     map_names::EVENTS,
     map_names::EVENT_BUCKET,
     map_names::SUMMARY_V4,
+    map_names::BANS_V4,
+    map_names::BANS_V6,
+    map_names::DENY_V4,
+    map_names::DENY_V6,
+    map_names::BLOCKED_V4,
+    map_names::BLOCKED_REFS,
+    map_names::RATE_V4,
+    map_names::RATE_V6,
 ];
 
 /// The maps that hold the IPv4 lookup tables: sized at load from the list, and replaced as a set

@@ -1,7 +1,8 @@
-//! What the program enforces besides the allowlist: mode, protected ports, drop-event limits.
+//! What the program enforces besides the allowlist and the deny and ban tables: mode, judged ports
+//! and their policies, the SYN rate on open ports, the IPv6 ban prefix, drop-event limits.
 
-use gatekeeper_common::FilterConfig;
 pub use gatekeeper_common::Mode;
+use gatekeeper_common::{FilterConfig, v6_prefix_mask};
 use serde::Serialize;
 
 use crate::config::Config;
@@ -16,7 +17,33 @@ pub struct Policy {
     pub event_rate: u32,
     /// Drop events each CPU may report in a burst.
     pub event_burst: u32,
+    /// The judged ports with policy "open" (sorted; each also in `ports`).
+    pub open_ports: Vec<u16>,
+    /// SYNs per second a source may send to an open port (0: no limit).
+    pub syn_rate: u32,
+    /// SYNs a source may send in a burst.
+    pub syn_burst: u32,
+    /// Leading bits of an IPv6 source that key its ban and its SYN bucket.
+    pub ban_ipv6_prefix: u8,
 }
+
+impl Default for Policy {
+    /// Enforcing, no ports, no events, no limit, IPv6 bans per /64.
+    fn default() -> Self {
+        Policy {
+            mode: Mode::Enforce,
+            ports: Vec::new(),
+            event_rate: 0,
+            event_burst: 0,
+            open_ports: Vec::new(),
+            syn_rate: 0,
+            syn_burst: 0,
+            ban_ipv6_prefix: 64,
+        }
+    }
+}
+
+const NS_PER_SEC: u64 = 1_000_000_000;
 
 impl Policy {
     /// The policy half of `config`, as the program applies it.
@@ -28,6 +55,14 @@ impl Policy {
             ports,
             event_rate: config.drop_event_rate,
             event_burst: config.drop_event_burst,
+            open_ports: config.open_ports.clone(),
+            syn_rate: config.syn_rate,
+            syn_burst: if config.syn_rate == 0 {
+                0
+            } else {
+                config.syn_burst
+            },
+            ban_ipv6_prefix: config.ban_ipv6_prefix,
         }
     }
 
@@ -37,6 +72,15 @@ impl Policy {
         for port in &self.ports {
             config.protect(*port);
         }
+        for port in &self.open_ports {
+            config.open(*port);
+        }
+        // Credit in nanoseconds: the program refills by elapsed time and never divides.
+        if self.syn_rate != 0 {
+            config.syn_interval_ns = NS_PER_SEC / u64::from(self.syn_rate);
+            config.syn_burst_ns = u64::from(self.syn_burst.max(1)) * config.syn_interval_ns;
+        }
+        config.ban_v6_mask = v6_prefix_mask(u32::from(self.ban_ipv6_prefix));
         config.event_burst = self.event_burst;
         config.event_interval_ns = match self.event_rate {
             0 => 0,
@@ -47,7 +91,24 @@ impl Policy {
 
     pub fn from_filter_config(config: &FilterConfig) -> Policy {
         let ports = (0..=u16::MAX).filter(|p| config.is_protected(*p)).collect();
+        let open_ports = (0..=u16::MAX).filter(|p| config.is_open(*p)).collect();
+        let (syn_rate, syn_burst) = match config.syn_interval_ns {
+            0 => (0, 0),
+            ns => (
+                u32::try_from(NS_PER_SEC / ns).unwrap_or(u32::MAX),
+                u32::try_from(config.syn_burst_ns / ns).unwrap_or(u32::MAX),
+            ),
+        };
+        let ban_ipv6_prefix = config
+            .ban_v6_mask
+            .iter()
+            .map(|b| b.count_ones())
+            .sum::<u32>();
         Policy {
+            open_ports,
+            syn_rate,
+            syn_burst,
+            ban_ipv6_prefix: u8::try_from(ban_ipv6_prefix).unwrap_or(128),
             mode: Mode::from_raw(config.mode),
             ports,
             event_rate: match config.event_interval_ns {
@@ -118,10 +179,30 @@ mod tests {
             ports: vec![25, 465, 587, 65535],
             event_rate: 20,
             event_burst: 50,
+            ..Policy::default()
         };
         let config = policy.to_filter_config();
         assert!(config.is_protected(25) && config.is_protected(65535));
         assert!(!config.is_protected(26) && !config.is_protected(0));
+        assert!(!config.is_open(25));
         assert_eq!(Policy::from_filter_config(&config), policy);
+        for syn_rate in [1, 3, 7, 20, 333, 9_999, 10_000] {
+            let policy = Policy {
+                ports: vec![25, 587],
+                open_ports: vec![25],
+                syn_rate,
+                syn_burst: 40,
+                ban_ipv6_prefix: 56,
+                ..Policy::default()
+            };
+            let config = policy.to_filter_config();
+            assert!(config.is_open(25) && !config.is_open(587));
+            assert_eq!(config.syn_burst_ns, 40 * config.syn_interval_ns);
+            assert_eq!(
+                Policy::from_filter_config(&config),
+                policy,
+                "rate {syn_rate}"
+            );
+        }
     }
 }

@@ -10,8 +10,12 @@ use crate::{
 /// Counters in display order; their names come from the enum (`gatekeeper_common::Counter`).
 pub const COUNTERS: [Counter; COUNTER_COUNT as usize] = [
     Counter::Allowed,
+    Counter::PassedOpen,
     Counter::Dropped,
     Counter::WouldDrop,
+    Counter::DeniedList,
+    Counter::Banned,
+    Counter::RateLimited,
     Counter::Unjudgeable,
     Counter::PassOtherPort,
     Counter::PassNotTcp,

@@ -4,7 +4,12 @@
 use ipnet::IpNet;
 use tracing::warn;
 
-use crate::{config::Config, maps::FilterMaps, policy::Policy};
+use crate::{
+    config::Config,
+    maps::FilterMaps,
+    policy::Policy,
+    rules::{DenyMaps, DenySyncReport},
+};
 
 /// What a sync changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -12,21 +17,68 @@ pub struct SyncReport {
     pub added: Vec<IpNet>,
     pub removed: Vec<IpNet>,
     pub policy_changed: bool,
+    /// Deny entries put in and taken out.
+    pub deny_added: usize,
+    pub deny_removed: usize,
 }
 
 impl SyncReport {
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty() && !self.policy_changed
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && !self.policy_changed
+            && self.deny_added == 0
+            && self.deny_removed == 0
     }
 }
 
-/// Makes the maps enforce `config`; the caller logs the report (one line per event). If an insert
-/// fails (the allowlist is full), the entries this call added are taken out again and the maps
-/// stay as they were.
+/// The deny networks in force: the config's `[[deny]]` entries (`entries`, sorted) and the deny
+/// feeds' networks (`feed_nets`, sorted), as one sorted list without duplicates. Every deny sync
+/// passes this union, whoever triggers it (a config reload or a feed change): a sync of either
+/// half alone would take the other half's entries out.
+pub fn wanted_deny(entries: &[IpNet], feed_nets: &[IpNet]) -> Vec<IpNet> {
+    let mut nets = Vec::with_capacity(entries.len() + feed_nets.len());
+    nets.extend_from_slice(entries);
+    nets.extend_from_slice(feed_nets);
+    nets.sort_unstable();
+    nets.dedup();
+    nets
+}
+
+/// Brings the kernel's deny list in line with [`wanted_deny`] of the config's sorted `[[deny]]`
+/// entries and the feeds' networks. Call under the config's edit lock (the CLI's edits and the
+/// daemon's syncs go one at a time).
+pub fn apply_deny(
+    deny: &mut DenyMaps,
+    entries: &[IpNet],
+    feed_nets: &[IpNet],
+) -> anyhow::Result<DenySyncReport> {
+    deny.sync(&wanted_deny(entries, feed_nets))
+}
+
+/// Makes the maps enforce `config` and the deny feeds' networks (`feed_nets`, sorted); the
+/// caller logs the report (one line per event). The deny list is brought in line first (its new
+/// entries are in force before a port opens), then the allowlist and the policy. If an allowlist
+/// insert fails (the allowlist is full), the allowlist entries this call added are taken out
+/// again and the allowlist stays as it was.
 ///
 /// File and live state are compared as two sorted lists in one pass: no set of either is built,
 /// so a million entries cost two sorted vectors of networks (18 bytes each).
-pub fn apply(maps: &mut FilterMaps, config: &Config) -> anyhow::Result<SyncReport> {
+pub fn apply(
+    maps: &mut FilterMaps,
+    deny: &mut DenyMaps,
+    config: &Config,
+    feed_nets: &[IpNet],
+) -> anyhow::Result<SyncReport> {
+    let deny_report = apply_deny(deny, &config.deny.sorted_nets(), feed_nets)?;
+    let mut report = apply_allowlist(maps, config)?;
+    report.deny_added = deny_report.added.len();
+    report.deny_removed = deny_report.removed.len();
+    Ok(report)
+}
+
+/// The allowlist and policy half of [`apply`].
+fn apply_allowlist(maps: &mut FilterMaps, config: &Config) -> anyhow::Result<SyncReport> {
     let mut live = maps.nets()?;
     live.sort_unstable();
     let wanted = config.allow.sorted_nets();
@@ -71,7 +123,29 @@ pub fn sorted_difference<'a, T: Ord + Copy>(
 
 #[cfg(test)]
 mod tests {
-    use super::sorted_difference;
+    use super::{sorted_difference, wanted_deny};
+
+    #[test]
+    fn the_wanted_deny_set_is_the_sorted_union_of_entries_and_feeds() {
+        let n = |s: &str| s.parse::<ipnet::IpNet>().expect("cidr");
+        let entries = [n("192.0.2.0/28"), n("203.0.113.0/24")];
+        let feeds = [
+            n("198.51.100.0/24"),
+            n("203.0.113.0/24"),
+            n("2001:db8::/32"),
+        ];
+        assert_eq!(
+            wanted_deny(&entries, &feeds),
+            [
+                n("192.0.2.0/28"),
+                n("198.51.100.0/24"),
+                n("203.0.113.0/24"),
+                n("2001:db8::/32")
+            ]
+        );
+        assert_eq!(wanted_deny(&entries, &[]), entries);
+        assert_eq!(wanted_deny(&[], &feeds[..1]), feeds[..1]);
+    }
 
     #[test]
     fn sorted_difference_is_the_set_difference() {

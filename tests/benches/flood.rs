@@ -405,6 +405,7 @@ fn receiver<'a>(
                 ports: vec![SMTP_PORT],
                 event_rate: gatekeeper::config::DEFAULT_DROP_EVENT_RATE,
                 event_burst: gatekeeper::config::DEFAULT_DROP_EVENT_BURST,
+                ..Policy::default()
             })?;
             host.on_this_thread(|| filter.attach(iface, XdpMode::Native, 0))??;
             Receiver::Xdp(Box::new(filter))

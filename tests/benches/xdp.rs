@@ -22,6 +22,7 @@ use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use gatekeeper::{
     filter::{Filter, Ipv4Lookup, LoadOptions, xdp_program},
     policy::{Mode, Policy},
+    rules::clock,
 };
 use gatekeeper_bench_objects::{
     BASELINE_PROGRAM_NAME, BASELINE_SPREAD_PROGRAM_NAME, BENCH_OBJECT, BENCH_SPREAD_PROGRAM_NAME,
@@ -60,10 +61,14 @@ fn options() -> anyhow::Result<Options> {
         match arg.as_str() {
             "--sizes" => {
                 let list = args.next().context("--sizes needs a list like 10,10000")?;
-                options.sizes = list
-                    .split(',')
-                    .map(|s| s.trim().parse().context("--sizes takes numbers"))
-                    .collect::<anyhow::Result<_>>()?;
+                // `none`: only the open-port rows.
+                options.sizes = if list == "none" {
+                    Vec::new()
+                } else {
+                    list.split(',')
+                        .map(|s| s.trim().parse().context("--sizes takes numbers"))
+                        .collect::<anyhow::Result<_>>()?
+                };
             }
             "--shapes" => {
                 let list = args
@@ -270,6 +275,7 @@ fn main() -> anyhow::Result<()> {
                 ports: vec![25],
                 event_rate: gatekeeper::config::DEFAULT_DROP_EVENT_RATE,
                 event_burst: gatekeeper::config::DEFAULT_DROP_EVENT_BURST,
+                ..Policy::default()
             })?;
             let started = Instant::now();
             for net in v4.iter().chain(allowlist_v6().iter()) {
@@ -350,6 +356,8 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    open_port_rows(&options, base_ns, base_spread_ns, &mut results)?;
+
     let report = json!({
         "benchmark": "xdp",
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
@@ -367,5 +375,150 @@ fn main() -> anyhow::Result<()> {
     }
     std::fs::write(&options.json, serde_json::to_string_pretty(&report)?)?;
     println!("\nwrote {}", options.json.display());
+    Ok(())
+}
+
+/// Deny entries, bans and the SYN limit behind the open-port rows (the figures).
+const OPEN_DENY_ENTRIES: usize = 100_000;
+const OPEN_BANS: usize = 10_000;
+
+/// An open port 25 with 100,000 deny entries, 10,000 bans and the SYN rate limiter on, beside an
+/// allowlist port 587 with the same rules: what each verdict costs against the empty program.
+/// The limiter's rate is high enough that the measured stranger stays within it, except for the
+/// source the benchmark first pushes over it.
+fn open_port_rows(
+    options: &Options,
+    base_ns: f64,
+    base_spread_ns: f64,
+    results: &mut Vec<serde_json::Value>,
+) -> anyhow::Result<()> {
+    let mut filter = Filter::load_with(&LoadOptions {
+        object: BENCH_OBJECT,
+        ipv4_lookup: Ipv4Lookup::Dir24,
+        dir24_blocks: 1,
+        ..LoadOptions::default()
+    })?;
+    // 10,000 SYNs a second with a burst of 2,000,000: a source stays within its rate for a whole
+    // measurement unless pushed over first.
+    filter.maps().set_policy(&Policy {
+        mode: Mode::Enforce,
+        ports: vec![25, 587],
+        open_ports: vec![25],
+        syn_rate: 10_000,
+        syn_burst: 2_000_000,
+        event_rate: gatekeeper::config::DEFAULT_DROP_EVENT_RATE,
+        event_burst: gatekeeper::config::DEFAULT_DROP_EVENT_BURST,
+        ..Policy::default()
+    })?;
+    for net in allowlist_v4(&mut Rng::new(0x0be5), 10_000)
+        .iter()
+        .chain(allowlist_v6().iter())
+    {
+        filter.maps().insert(*net)?;
+    }
+    // The measured sources: a stranger whose /24 nothing touches, one sharing its /24 with a ban
+    // and a deny entry (the bitmap says "look further"), a banned one, a denied one, one pushed
+    // over its rate.
+    let clear = Ipv4Addr::new(203, 0, 113, 66);
+    let neighbour = Ipv4Addr::new(192, 0, 2, 66);
+    let banned = Ipv4Addr::new(192, 0, 2, 9);
+    let denied = Ipv4Addr::new(192, 0, 2, 200);
+    let limited = Ipv4Addr::new(203, 0, 113, 77);
+    let banned_v6 = Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 0, 0, 0, 0, 9);
+    let started = Instant::now();
+    let mut rng = Rng::new(0xde17);
+    let rules = filter.rules();
+    rules.deny.insert("192.0.2.192/26".parse()?)?;
+    let mut denied_count = 1;
+    while denied_count < OPEN_DENY_ENTRIES {
+        // Routed-like prefixes from /16 to /28, away from the measured sources' /24s.
+        let len = 16 + rng.below(13) as u8;
+        let addr = Ipv4Addr::from(rng.next_u64() as u32);
+        let net = Ipv4Net::new(addr, len)?.trunc();
+        let touches = [clear, neighbour, limited, PARTNER_V4, STRANGER_V4]
+            .iter()
+            .any(|a| {
+                net.contains(a) || Ipv4Net::new(*a, 24).is_ok_and(|n| net.contains(&n.network()))
+            });
+        if !touches && rules.deny.insert(IpNet::V4(net))? {
+            denied_count += 1;
+        }
+    }
+    let until = clock::deadline_after(std::time::Duration::from_secs(3600));
+    rules.bans.ban(banned.into(), until)?;
+    rules.bans.ban(banned_v6.into(), until)?;
+    let mut bans = 2;
+    while bans < OPEN_BANS {
+        let addr = if bans % 10 == 0 {
+            std::net::IpAddr::V6(Ipv6Addr::from(u128::from(rng.next_u64()) << 64))
+        } else {
+            std::net::IpAddr::V4(Ipv4Addr::from(rng.next_u64() as u32))
+        };
+        if rules.bans.ban(addr, until)?.new {
+            bans += 1;
+        }
+    }
+    let fill_seconds = started.elapsed().as_secs_f64();
+    let program = filter.program_mut()?;
+    // Push `limited` over its rate: more SYNs at once than its burst.
+    let over = tcp_v4(limited, HOST_V4, 25, TCP_SYN);
+    program
+        .test_run(TestRunOptions {
+            data_in: Some(&over),
+            repeat: 2_100_000,
+            ..Default::default()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    println!(
+        "\nopen port 25 (allowlist port 587) with {OPEN_DENY_ENTRIES} deny entries, {OPEN_BANS} bans, SYN limit on; filled in {fill_seconds:.1} s"
+    );
+    let rows: [(&str, Vec<u8>); 9] = [
+        (
+            "open port, SYN, passed, IPv4",
+            tcp_v4(clear, HOST_V4, 25, TCP_SYN),
+        ),
+        (
+            "open port, SYN, passed, /24 of a ban",
+            tcp_v4(neighbour, HOST_V4, 25, TCP_SYN),
+        ),
+        (
+            "open port, SYN, allowlisted, IPv4",
+            tcp_v4(PARTNER_V4, HOST_V4, 25, TCP_SYN),
+        ),
+        (
+            "open port, SYN, banned, IPv4",
+            tcp_v4(banned, HOST_V4, 25, TCP_SYN),
+        ),
+        (
+            "open port, SYN, denied, IPv4",
+            tcp_v4(denied, HOST_V4, 25, TCP_SYN),
+        ),
+        ("open port, SYN, rate-limited, IPv4", over.clone()),
+        (
+            "open port, SYN, passed, IPv6",
+            tcp_v6(STRANGER_V6, HOST_V6, 25, TCP_SYN),
+        ),
+        (
+            "open port, SYN, banned, IPv6",
+            tcp_v6(banned_v6, HOST_V6, 25, TCP_SYN),
+        ),
+        (
+            "allowlist port, SYN, allowed, IPv4",
+            tcp_v4(PARTNER_V4, HOST_V4, 587, TCP_SYN),
+        ),
+    ];
+    println!("{:<44}{:>10}{:>9}", "class", "ns", "ratio");
+    for (name, frame) in &rows {
+        let ns = measure(program, frame, options.repeat, options.rounds)?;
+        println!("{name:<44}{ns:>10.1}{:>8.2}x", ns / base_ns);
+        results.push(json!({"class": name, "mode": "hot", "shape": "open", "lookup": "dir24", "entries": 10_000, "deny_entries": OPEN_DENY_ENTRIES, "bans": OPEN_BANS, "ns": ns, "baseline_ns": base_ns, "ratio": ns / base_ns}));
+    }
+    // Every run a new source: a new bucket in the LRU map each SYN (evicting when full).
+    let spread = filter.sibling_program(BENCH_SPREAD_PROGRAM_NAME)?;
+    let frame = tcp_v4(STRANGER_V4, HOST_V4, 25, TCP_SYN);
+    let ns = measure(spread, &frame, options.repeat, options.rounds)?;
+    let name = "open port, SYN, many sources, IPv4";
+    println!("{name:<44}{ns:>10.1}{:>8.2}x", ns / base_spread_ns);
+    results.push(json!({"class": name, "mode": "spread", "shape": "open", "lookup": "dir24", "entries": 10_000, "deny_entries": OPEN_DENY_ENTRIES, "bans": OPEN_BANS, "ns": ns, "baseline_ns": base_spread_ns, "ratio": ns / base_spread_ns}));
     Ok(())
 }

@@ -20,6 +20,7 @@ pub fn loaded(options: &LoadOptions, mode: Mode, ports: &[u16]) -> Filter {
         ports: ports.to_vec(),
         event_rate: 0,
         event_burst: 0,
+        ..Policy::default()
     };
     filter.maps().set_policy(&policy).expect("set the policy");
     filter

@@ -24,6 +24,10 @@ pub enum Class {
     WouldDrop,
     Unjudgeable,
     Malformed,
+    Banned,
+    DeniedList,
+    RateLimited,
+    PassedOpen,
 }
 
 /// Address family of the counter.
@@ -44,11 +48,63 @@ pub struct Expected {
     pub syn_only: bool,
 }
 
-/// The policy and allowlist the reference judges by.
+/// The policy and lists the reference judges by.
 pub struct Rules<'a> {
+    /// Every judged port.
     pub ports: &'a [u16],
+    /// The judged ports with policy "open" (the others are "allowlist" ports).
+    pub open: &'a [u16],
     pub monitor: bool,
     pub allow: &'a [IpNet],
+    pub deny: &'a [IpNet],
+    /// Sources whose ban is in force now (expired bans are left out by the caller).
+    pub banned: &'a [IpNet],
+    /// Whether a SYN to an open port from a source outside the allowlist is over its rate (the
+    /// caller's bucket model decides; `|_| false` without a limiter).
+    pub over_rate: &'a dyn Fn(IpAddr) -> bool,
+}
+
+/// Every source is within its rate (no limiter).
+pub fn no_limit(_: IpAddr) -> bool {
+    false
+}
+
+/// The per-source SYN token bucket of open ports, in nanoseconds of credit, as the README states
+/// it: a source starts with a full bucket of `burst` SYNs; elapsed time refills it up to `burst`
+/// SYNs' worth; a SYN costs `1e9 / rate` ns of credit and is over the rate when less is left.
+#[derive(Clone, Copy, Debug)]
+pub struct SynBucket {
+    interval_ns: u64,
+    capacity_ns: u64,
+    tokens_ns: u64,
+    last_ns: Option<u64>,
+}
+
+impl SynBucket {
+    pub fn new(rate: u32, burst: u32) -> SynBucket {
+        let interval_ns = 1_000_000_000 / u64::from(rate);
+        SynBucket {
+            interval_ns,
+            capacity_ns: u64::from(burst) * interval_ns,
+            tokens_ns: 0,
+            last_ns: None,
+        }
+    }
+
+    /// Spends one SYN at `now_ns`; false when it is over the rate.
+    pub fn spend(&mut self, now_ns: u64) -> bool {
+        let tokens = match self.last_ns {
+            None => self.capacity_ns,
+            Some(last) => (self.tokens_ns + now_ns.saturating_sub(last)).min(self.capacity_ns),
+        };
+        self.last_ns = Some(now_ns);
+        if tokens < self.interval_ns {
+            self.tokens_ns = tokens;
+            return false;
+        }
+        self.tokens_ns = tokens - self.interval_ns;
+        true
+    }
 }
 
 const MAX_VLAN_TAGS: usize = 2;
@@ -61,6 +117,7 @@ enum Parsed {
     Segment {
         family: Fam,
         source: IpAddr,
+        port: u16,
         syn_only: bool,
     },
 }
@@ -75,20 +132,37 @@ impl Rules<'_> {
             Parsed::Segment {
                 family,
                 source,
+                port,
                 syn_only,
             } => {
-                let class = if self.allow.iter().any(|net| net.contains(&source)) {
+                // Bans, then deny entries, win over the allowlist on every judged port; an open
+                // port admits everyone else, up to the SYN rate for sources outside the allowlist.
+                let listed = |list: &[IpNet]| list.iter().any(|net| net.contains(&source));
+                let class = if listed(self.banned) {
+                    Class::Banned
+                } else if listed(self.deny) {
+                    Class::DeniedList
+                } else if listed(self.allow) {
                     Class::Allowed
-                } else if enforce {
-                    Class::Dropped
+                } else if !self.open.contains(&port) {
+                    if enforce {
+                        Class::Dropped
+                    } else {
+                        Class::WouldDrop
+                    }
+                } else if syn_only && (self.over_rate)(source) {
+                    Class::RateLimited
                 } else {
-                    Class::WouldDrop
+                    Class::PassedOpen
                 };
-                (family, class, syn_only && class != Class::Allowed)
+                let refused = !matches!(class, Class::Allowed | Class::PassedOpen);
+                (family, class, syn_only && refused)
             }
         };
         let action = match class {
-            Class::Dropped => Action::Drop,
+            Class::Dropped | Class::Banned | Class::DeniedList | Class::RateLimited if enforce => {
+                Action::Drop
+            }
             Class::Unjudgeable if enforce => Action::Drop,
             _ => Action::Pass,
         };
@@ -228,6 +302,7 @@ impl Rules<'_> {
         Parsed::Segment {
             family,
             source,
+            port,
             syn_only,
         }
     }

@@ -14,7 +14,7 @@ use gatekeeper_tests::{
     generate::{FrameGen, Rng, random_v4_net, random_v6_net},
     kernel_tests_enabled,
     program::{XDP_DROP, XDP_PASS, loaded, verdict},
-    reference::{Action, Class, Fam, Rules},
+    reference::{Action, Class, Fam, Rules, no_limit},
     summary,
 };
 use ipnet::{IpNet, Ipv4Net};
@@ -77,8 +77,12 @@ fn run(mode: Mode, lookup: Ipv4Lookup, frames: usize, batch: usize) {
             .frame();
             let rules = Rules {
                 ports: &PORTS,
+                open: &[],
                 monitor: mode == Mode::Monitor,
                 allow: &allow,
+                deny: &[],
+                banned: &[],
+                over_rate: &no_limit,
             };
             let expected = rules.judge(&generated.frame);
             let verdict = verdict(&mut filter, &generated.frame);

@@ -183,6 +183,7 @@ fn auto_lookup_switches_to_dir24_for_long_lists() {
         ports: vec![25],
         event_rate: 0,
         event_burst: 0,
+        ..gatekeeper::policy::Policy::default()
     };
     let mut filter = Filter::load(None).expect("load");
     let mut rng = Rng::new(7);

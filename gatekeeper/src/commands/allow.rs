@@ -22,7 +22,7 @@ use gatekeeper_support::{allowlist_edit::Edit, atomic::Staged};
 use ipnet::IpNet;
 
 /// How long an edit waits for another admin's edit to finish.
-const LOCK_WAIT: Duration = Duration::from_secs(10);
+pub(super) const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// The config file, locked and read, validated as it is now (the full-document path).
 struct Locked {
@@ -40,7 +40,7 @@ fn read_whole(real: &Path, path: &Path) -> anyhow::Result<Locked> {
 }
 
 /// The edited file, ready to be put in place.
-enum NewFile {
+pub(super) enum NewFile {
     /// Streamed line by line into a staged temp file (the usual layout, any size); `old` is the
     /// replaced file, readable after the commit.
     Staged { staged: Staged, old: std::fs::File },
@@ -49,7 +49,7 @@ enum NewFile {
 }
 
 impl NewFile {
-    fn commit(self, real: &Path) -> anyhow::Result<Restore> {
+    pub(super) fn commit(self, real: &Path) -> anyhow::Result<Restore> {
         Ok(match self {
             NewFile::Staged { staged, old } => {
                 staged.commit()?;
@@ -64,13 +64,13 @@ impl NewFile {
 }
 
 /// How to put the old file back after a commit.
-enum Restore {
+pub(super) enum Restore {
     File(std::fs::File),
     Text(String),
 }
 
 impl Restore {
-    fn restore(self, real: &Path) -> anyhow::Result<()> {
+    pub(super) fn restore(self, real: &Path) -> anyhow::Result<()> {
         match self {
             Restore::File(mut old) => edit::restore(real, &mut old),
             Restore::Text(old) => edit::write_atomic(real, &old),
@@ -154,6 +154,8 @@ pub fn add(path: &Path, cidr: &str, comment: Option<&str>) -> anyhow::Result<()>
     let _lock = lock::lock_config(&real, LOCK_WAIT)?;
     let (new_file, config, warnings) = prepare(&real, path, Edit::Add { net, comment })?;
     bpffs::require_pins_visible(&config.pin_dir)?;
+    let mut warnings = warnings;
+    warnings.extend(super::deny::shadowing_allow(&config, net));
     let mut live = FilterMaps::open_if_pinned(&config.pin_dir)?;
     let mut inserted = false;
     if let Some(maps) = live.as_mut()

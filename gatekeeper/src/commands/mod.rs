@@ -1,7 +1,9 @@
 //! One module per CLI verb.
 
 mod allow;
+mod ban;
 mod check;
+mod deny;
 mod detach;
 mod run;
 mod stats;
@@ -12,7 +14,7 @@ use std::process::ExitCode;
 use clap::CommandFactory as _;
 use gatekeeper_support::cli_docs;
 
-use crate::cli::{AllowAction, Cli, Command};
+use crate::cli::{AllowAction, BanAction, Cli, Command, DenyAction};
 
 /// The command name in completions and man pages.
 const BIN: &str = "gatekeeper";
@@ -38,6 +40,25 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             } => allow::add(&config.config, &cidr, comment.as_deref()),
             AllowAction::Remove { config, cidr } => allow::remove(&config.config, &cidr),
             AllowAction::List { config, json } => allow::list(&config.config, json),
+        },
+        Command::Ban { action } => match action {
+            BanAction::Add {
+                config,
+                addr,
+                duration,
+                reason,
+            } => ban::add(&config.config, &addr, duration, &reason),
+            BanAction::Remove { config, addr } => ban::remove(&config.config, &addr),
+            BanAction::List { config, json } => ban::list(&config.config, json),
+        },
+        Command::Deny { action } => match action {
+            DenyAction::Add {
+                config,
+                cidr,
+                comment,
+            } => deny::add(&config.config, &cidr, comment.as_deref()),
+            DenyAction::Remove { config, cidr } => deny::remove(&config.config, &cidr),
+            DenyAction::List { config, json } => deny::list(&config.config, json),
         },
         Command::Detach { config, ifaces } => detach::detach(&config.config, &ifaces),
     };

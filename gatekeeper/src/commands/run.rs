@@ -19,6 +19,9 @@
 //! `keep_attached_on_exit = true`, which leaves the pinned program enforcing for the next daemon
 //! to adopt. A crash or SIGKILL always leaves it enforcing.
 
+mod ban_socket;
+mod bans;
+mod feeds;
 mod ipv4_tables;
 mod links;
 mod reload;
@@ -53,7 +56,12 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-use self::{links::Interfaces, reload::Outcome, scrape::SharedCounts};
+use self::{
+    feeds::{FeedSet, FeedWatch},
+    links::Interfaces,
+    reload::Outcome,
+    scrape::SharedCounts,
+};
 use super::join_ports;
 
 /// How often the daemon reports drop events the kernel suppressed.
@@ -89,16 +97,18 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
     // Pins this start creates (none yet) are its own to remove if it fails; pins an earlier
     // daemon left keep the filter it left enforcing.
     let fresh = !FilterMaps::is_pinned(&config.pin_dir);
-    let mut filter = Filter::load_with(&LoadOptions {
-        pin_dir: Some(&config.pin_dir),
-        ipv4_lookup: config.ipv4_lookup,
-        dir24_blocks: dir24::pool_size(
+    let mut filter = Filter::load_with(&load_options(
+        &config,
+        dir24::pool_size(
             dir24::blocks_needed(config.allow.nets()),
             config.ipv4_dir24_blocks,
         ),
-        ..LoadOptions::default()
-    })?;
-    let interfaces = match start(&mut filter, path, &config) {
+    ))?;
+    let counts = SharedCounts::default();
+    // Before attaching: after a reboot the maps are new, and the file has the bans.
+    bans::restore(&mut filter, &config, &counts);
+    let feeds = FeedSet::load(&config.deny_feeds);
+    let interfaces = match start(&mut filter, path, &config, &feeds) {
         Ok(interfaces) => interfaces,
         Err((err, attaching)) => {
             // A failed attach takes off what it attached unless the config keeps it attached
@@ -121,13 +131,20 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
         config,
         filter,
         interfaces,
-        counts: SharedCounts::default(),
+        counts,
         settle: Settle::new(stamp),
+        ban_limits: None,
+        feeds: FeedSet::default(),
+        feed_watch: FeedWatch::new(&FeedSet::default()),
     };
+    daemon.set_feeds(feeds);
     let result = runtime.block_on(daemon.serve(signals, events));
     let Daemon {
         mut filter, config, ..
     } = daemon;
+    if let Some(socket) = &config.bans.socket {
+        let _ = std::fs::remove_file(socket);
+    }
     if config.keep_attached_on_exit {
         info!(
             pin_dir = %config.pin_dir.display(),
@@ -146,28 +163,32 @@ fn start(
     filter: &mut Filter,
     path: &Path,
     config: &Config,
+    feeds: &FeedSet,
 ) -> Result<Interfaces, (anyhow::Error, bool)> {
-    fill(filter, path, config).map_err(|e| (e, false))?;
+    fill(filter, path, config, feeds).map_err(|e| (e, false))?;
     // After the fill, which may have replaced the program along with its tables.
     let mut interfaces = Interfaces::new(filter).map_err(|e| (e, false))?;
     attach_all(filter, &mut interfaces, config).map_err(|e| (e, true))?;
     Ok(interfaces)
 }
 
-/// Fills the maps from the config: before attaching, so the program never runs with an empty
-/// allowlist.
-fn fill(filter: &mut Filter, path: &Path, config: &Config) -> anyhow::Result<()> {
+/// Fills the maps from the config and the deny feeds: before attaching, so the program never
+/// runs with an empty allowlist or without its deny list.
+fn fill(filter: &mut Filter, path: &Path, config: &Config, feeds: &FeedSet) -> anyhow::Result<()> {
     let _edit = reload::edit_lock(path);
     fit_ipv4_tables(filter, config)?;
     // Pins this start adopts may have been edited by a gatekeeper that kept no summary: rebuilt
     // (from the tables that fit the config) before this program is attached.
     filter.maps().refill_summary()?;
-    let report = apply_growing(filter, config)?;
+    let report = apply_growing(filter, config, &feeds.union)?;
     // The windows of the tables the fill mapped stay in the maps, not in this process.
     filter.maps().release_tables();
     info!(
         added = report.added.len(),
         removed = report.removed.len(),
+        deny_entries = config.deny.len(),
+        deny_feed_networks = feeds.union.len(),
+        open_ports = %join_ports(&config.open_ports),
         config = %path.display(),
         mode = %config.mode,
         ports = %join_ports(&config.protected_ports),
@@ -185,6 +206,9 @@ fn load_options(config: &Config, blocks: u32) -> LoadOptions<'_> {
         pin_dir: Some(&config.pin_dir),
         ipv4_lookup: config.ipv4_lookup,
         dir24_blocks: blocks,
+        max_bans: config.max_bans,
+        rate_limit_sources: config.rate_limit_sources,
+        ban_ipv6_prefix: config.ban_ipv6_prefix,
         ..LoadOptions::default()
     }
 }
@@ -215,14 +239,20 @@ fn fit_ipv4_tables(filter: &mut Filter, config: &Config) -> anyhow::Result<()> {
 /// Applies `config` to the maps at start; when the DIR-24-8 block pool is too small, grows it
 /// (larger tables filled and swapped in without a gap) and applies again, up to the
 /// `ipv4_dir24_blocks` ceiling.
-fn apply_growing(filter: &mut Filter, config: &Config) -> anyhow::Result<sync::SyncReport> {
-    match sync::apply(filter.maps(), config) {
+fn apply_growing(
+    filter: &mut Filter,
+    config: &Config,
+    feed_nets: &[ipnet::IpNet],
+) -> anyhow::Result<sync::SyncReport> {
+    let (maps, rules) = filter.maps_and_rules();
+    match sync::apply(maps, &mut rules.deny, config, feed_nets) {
         Err(err) if err.downcast_ref::<dir24::OutOfBlocks>().is_some() => {
             let Some(blocks) = ipv4_tables::grown_pool(filter.maps(), config)? else {
                 return Err(err);
             };
             filter.replace_ipv4_tables(&load_options(config, blocks))?;
-            sync::apply(filter.maps(), config)
+            let (maps, rules) = filter.maps_and_rules();
+            sync::apply(maps, &mut rules.deny, config, feed_nets)
         }
         other => other,
     }
@@ -291,6 +321,13 @@ struct Daemon {
     counts: SharedCounts,
     /// The config file's version in force, and a change waiting to settle.
     settle: Settle,
+    /// The ban socket's limits (allowlist, never_ban), replaced at every reload; `None` when
+    /// there is no ban socket.
+    ban_limits: Option<Arc<std::sync::RwLock<Arc<gatekeeper::bans::request::Limits>>>>,
+    /// The deny feeds in force (their networks are in the kernel's deny list with the config's
+    /// `[[deny]]` entries), and the watch on their files.
+    feeds: FeedSet,
+    feed_watch: FeedWatch,
 }
 
 /// What asked for a reload.
@@ -300,6 +337,8 @@ enum Trigger {
     Signal,
     /// The file changed and settled at this version.
     FileChanged(FileStamp),
+    /// A deny feed changed and settled (or vanished).
+    Feeds,
 }
 
 impl Trigger {
@@ -307,6 +346,7 @@ impl Trigger {
         match self {
             Trigger::Signal => "SIGHUP",
             Trigger::FileChanged(_) => "config file changed",
+            Trigger::Feeds => "deny feed changed",
         }
     }
 }
@@ -343,10 +383,13 @@ impl Daemon {
         if let Some(addr) = self.config.metrics_listen {
             scrape::serve(addr, self.config.pin_dir.clone(), Arc::clone(&self.counts))?;
         }
+        self.ban_limits = bans::start_socket(&self.config, &self.counts)?;
+        let mut sweep = tokio::time::interval(bans::SWEEP_INTERVAL);
         let mut link_watch = LinkWatch::open()?;
         self.publish_counts();
         let mut report = tokio::time::interval(SUPPRESSED_REPORT_INTERVAL);
         let mut poll = tokio::time::interval(CONFIG_POLL_INTERVAL);
+        let mut feed_poll = tokio::time::interval(feeds::POLL_INTERVAL);
         let mut check = tokio::time::interval(INTERFACE_CHECK_INTERVAL);
         let mut reloads = Reloads::default();
         let mut suppressed_reported = 0u64;
@@ -361,6 +404,11 @@ impl Daemon {
                 _ = poll.tick(), if reloads.running.is_none() => {
                     if let Look::Settled(stamp) = self.settle.look(FileStamp::of(&self.path)) {
                         self.request_reload(&mut reloads, Trigger::FileChanged(stamp));
+                    }
+                }
+                _ = feed_poll.tick(), if reloads.running.is_none() && !self.feed_watch.is_empty() => {
+                    if self.feed_watch.changed() {
+                        self.request_reload(&mut reloads, Trigger::Feeds);
                     }
                 }
                 outcome = finished(&mut reloads.running) => {
@@ -378,21 +426,22 @@ impl Daemon {
                     self.check_interfaces(false);
                 }
                 _ = check.tick() => self.check_interfaces(false),
+                _ = sweep.tick() => {
+                    tokio::spawn(bans::sweep(
+                        bans::StoreAt::of(&self.config),
+                        Arc::clone(&self.counts),
+                    ));
+                }
                 ready = readable(&mut events) => {
                     let mut guard = ready?;
                     while let Some(item) = guard.get_inner_mut().next() {
                         match events::decode(&item) {
-                            Some(drop) if drop.monitor => info!(
-                                source = %drop.source,
-                                dest_port = drop.dest_port,
-                                iface = %events::interface_name(drop.ifindex),
-                                "would drop SYN from a source outside the allowlist (monitor mode, passed)"
-                            ),
                             Some(drop) => info!(
                                 source = %drop.source,
                                 dest_port = drop.dest_port,
                                 iface = %events::interface_name(drop.ifindex),
-                                "dropped SYN from a source outside the allowlist"
+                                rule = %drop.rule,
+                                "{}", drop.message()
                             ),
                             None => warn!(len = item.len(), "undecodable drop event"),
                         }
@@ -431,10 +480,17 @@ impl Daemon {
             path: self.path.clone(),
             iface_override: self.iface_override.clone(),
             pin_dir: self.config.pin_dir.clone(),
-            expected: match trigger {
-                Trigger::Signal => None,
-                Trigger::FileChanged(stamp) => Some(stamp),
+            kind: match trigger {
+                Trigger::Signal => reload::Kind::Config { expected: None },
+                Trigger::FileChanged(stamp) => reload::Kind::Config {
+                    expected: Some(stamp),
+                },
+                Trigger::Feeds => reload::Kind::Feeds {
+                    paths: self.config.deny_feeds.clone(),
+                    entries: self.config.deny.sorted_nets(),
+                },
             },
+            feeds: self.feeds.clone(),
         };
         reloads.running = Some((
             trigger,
@@ -469,6 +525,25 @@ impl Daemon {
                         );
                     }
                 }
+            }
+            Ok(Outcome::Feeds(feeds, report)) => {
+                info!(
+                    trigger = trigger.name(),
+                    deny_added = report.added.len(),
+                    deny_removed = report.removed.len(),
+                    feeds = feeds.feeds.len(),
+                    feed_networks = feeds.union.len(),
+                    "deny feeds reloaded"
+                );
+                self.set_feeds(feeds);
+            }
+            Ok(Outcome::FeedsFailed(err)) => {
+                // Not retried until a feed changes again: the next change or reload syncs all.
+                self.feed_watch = FeedWatch::settled_now(&self.config.deny_feeds);
+                error!(
+                    trigger = trigger.name(),
+                    "syncing the reloaded deny feeds failed, the deny list is as before: {err:#}"
+                );
             }
             Ok(Outcome::Applied(applied)) => {
                 self.settle.applied(Some(applied.stamp));
@@ -507,8 +582,10 @@ impl Daemon {
             config: new,
             report,
             took,
+            feeds,
             ..
         } = applied;
+        self.set_feeds(feeds);
         // New interfaces get the new allowlist right away; removed ones come off last.
         let attached = self.filter.attached();
         for iface in new.interfaces.iter().filter(|i| !attached.contains(i)) {
@@ -536,6 +613,16 @@ impl Daemon {
                 "ipv4_dir24_blocks changed: the new ceiling applies when the pool next grows"
             );
         }
+        if let Some(limits) = &self.ban_limits
+            && let Ok(mut shared) = limits.write()
+        {
+            *shared = bans::limits(&new);
+        }
+        if new.bans.socket != self.config.bans.socket
+            || new.bans.socket_group != self.config.bans.socket_group
+        {
+            warn!("ban_socket or ban_socket_group changed: takes effect when the daemon restarts");
+        }
         if new.metrics_listen != self.config.metrics_listen {
             warn!("metrics_listen changed: takes effect when the daemon restarts");
         }
@@ -544,6 +631,8 @@ impl Daemon {
             took_ms = took.as_millis() as u64,
             added = report.added.len(),
             removed = report.removed.len(),
+            deny_added = report.deny_added,
+            deny_removed = report.deny_removed,
             policy_changed = report.policy_changed,
             mode = %new.mode,
             ports = %join_ports(&new.protected_ports),
@@ -559,6 +648,17 @@ impl Daemon {
     fn check_interfaces(&mut self, retry: bool) {
         self.interfaces.check(&mut self.filter, &self.config, retry);
         self.publish_counts();
+    }
+
+    /// The feeds in force now: watched from their stamps, counted in the metrics.
+    fn set_feeds(&mut self, feeds: FeedSet) {
+        self.feed_watch = FeedWatch::new(&feeds);
+        let (entries, bad_lines) = feeds.counts();
+        self.counts_mut(|c| {
+            c.feed_entries = entries;
+            c.feed_bad_lines = bad_lines;
+        });
+        self.feeds = feeds;
     }
 
     fn counts_mut(&self, change: impl FnOnce(&mut metrics::DaemonCounts)) {

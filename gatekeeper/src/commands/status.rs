@@ -12,7 +12,8 @@ use gatekeeper::{
     maps::FilterMaps,
     netlink,
     policy::Policy,
-    sync::sorted_difference,
+    rules::DenyMaps,
+    sync::{self, sorted_difference},
 };
 use ipnet::IpNet;
 use serde_json::{Value, json};
@@ -98,13 +99,14 @@ pub fn status(path: &Path, json_out: bool) -> anyhow::Result<Health> {
             )
         }
     };
+    let deny = deny_report(&config, maps.is_some());
     let all_attached = interfaces
         .iter()
         .filter(|i| i["configured"] == true)
         .all(|i| i["attached"] == true);
     let health = match &in_sync {
         Value::Null => Health::NotLoaded,
-        Value::Bool(true) if all_attached => Health::AsConfigured,
+        Value::Bool(true) if all_attached && deny["in_sync"] != false => Health::AsConfigured,
         _ => Health::Differs,
     };
     let report = json!({
@@ -120,6 +122,7 @@ pub fn status(path: &Path, json_out: bool) -> anyhow::Result<Health> {
         "live_entries": live.as_ref().map(|(_, e)| counts(e)),
         "in_sync": in_sync,
         "difference": difference,
+        "deny": deny,
     });
     if json_out {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -130,6 +133,47 @@ pub fn status(path: &Path, json_out: bool) -> anyhow::Result<Health> {
         );
     }
     Ok(health)
+}
+
+/// The deny list: the config's entries, every feed (read now: networks, bad lines), the live
+/// entries and whether they are the union of both (the daemon syncs it on every reload and feed
+/// change).
+fn deny_report(config: &Config, loaded: bool) -> Value {
+    let (feeds, feed_nets) = super::deny::read_feeds(config);
+    let wanted = sync::wanted_deny(&config.deny.sorted_nets(), &feed_nets);
+    let live = loaded
+        .then(|| DenyMaps::open_pinned(&config.pin_dir).and_then(|d| d.nets()))
+        .and_then(Result::ok)
+        .map(|mut nets| {
+            nets.sort_unstable();
+            nets
+        });
+    let (in_sync, missing, extra) = match &live {
+        Some(live) => {
+            let missing = sorted_difference(&wanted, live).count();
+            let extra = sorted_difference(live, &wanted).count();
+            (
+                Value::Bool(missing == 0 && extra == 0),
+                json!(missing),
+                json!(extra),
+            )
+        }
+        None => (Value::Null, Value::Null, Value::Null),
+    };
+    json!({
+        "config_entries": config.deny.len(),
+        "feeds": feeds.iter().map(|f| json!({
+            "path": f.path,
+            "entries": f.entries,
+            "bad_lines": f.bad_lines,
+            "unreadable": f.unreadable,
+        })).collect::<Vec<_>>(),
+        "wanted_entries": wanted.len(),
+        "live_entries": live.as_ref().map(Vec::len),
+        "in_sync": in_sync,
+        "missing_from_live": missing,
+        "live_not_wanted": extra,
+    })
 }
 
 fn same_policy(a: &Policy, b: &Policy) -> bool {
@@ -235,6 +279,39 @@ fn render(report: &Value, config: &Config, live_policy: Option<&Policy>) -> Stri
             report["live_entries"]["ipv6"]
         )),
         None => out.push_str("live:     the filter is not loaded\n"),
+    }
+    let deny = &report["deny"];
+    out.push_str(&format!(
+        "deny:     {} [[deny]] entries + {} feed(s) = {} networks wanted, live: {}{}\n",
+        deny["config_entries"],
+        deny["feeds"].as_array().map_or(0, Vec::len),
+        deny["wanted_entries"],
+        match deny["live_entries"].as_u64() {
+            Some(n) => n.to_string(),
+            None => "-".into(),
+        },
+        match deny["in_sync"] {
+            Value::Bool(true) => " (in sync)".to_string(),
+            Value::Bool(false) => format!(
+                " (NOT in sync: {} missing, {} not wanted; the daemon syncs on reload and feed change)",
+                deny["missing_from_live"], deny["live_not_wanted"]
+            ),
+            _ => String::new(),
+        }
+    ));
+    for feed in deny["feeds"].as_array().into_iter().flatten() {
+        match feed["unreadable"].as_str() {
+            Some(why) => out.push_str(&format!(
+                "  feed {}: UNREADABLE, counts as empty ({why})\n",
+                s(&feed["path"])
+            )),
+            None => out.push_str(&format!(
+                "  feed {}: {} networks, {} bad lines skipped\n",
+                s(&feed["path"]),
+                feed["entries"],
+                feed["bad_lines"]
+            )),
+        }
     }
     match &report["in_sync"] {
         Value::Bool(true) => out.push_str("in sync:  yes, the live maps match the config file\n"),

@@ -56,6 +56,14 @@ pub const SUITES: &[Suite] = &[
         skip: &[],
         env: &[("GATEKEEPER_FRAMES", "10000"), ("RUST_TEST_THREADS", "1")],
     },
+    // Bans, deny entries, open ports and the SYN bucket against the reference, the /24 bitmap,
+    // a full ban table, pinned bans: fewer frames, one test at a time, as for differential.
+    Suite {
+        name: "rules",
+        only: &[],
+        skip: &[],
+        env: &[("GATEKEEPER_FRAMES", "5000"), ("RUST_TEST_THREADS", "1")],
+    },
     // Namespaces, a veth and real TCP against the real daemon.
     Suite {
         name: "filter_e2e",

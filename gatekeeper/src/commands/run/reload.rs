@@ -13,12 +13,14 @@ use gatekeeper::{
     config::Config,
     dir24, lock,
     maps::FilterMaps,
+    rules::{DenyMaps, DenySyncReport},
     sync::{self, SyncReport},
 };
 use gatekeeper_support::{lock_holder, settle, stamp::FileStamp};
+use ipnet::IpNet;
 use tracing::warn;
 
-use super::ipv4_tables;
+use super::{feeds::FeedSet, ipv4_tables};
 
 /// How long a reload waits for the config's edit lock before asking who holds it.
 const EDIT_LOCK_WAIT: Duration = Duration::from_millis(500);
@@ -36,14 +38,29 @@ pub(super) struct Job {
     pub iface_override: Vec<String>,
     /// The pin directory in force (changing it needs a restart).
     pub pin_dir: PathBuf,
-    /// The version of the file that settled, or `None` to read what is there now (SIGHUP).
-    pub expected: Option<FileStamp>,
+    pub kind: Kind,
+    /// The deny feeds in force: loaded again where their files changed.
+    pub feeds: FeedSet,
+}
+
+/// What a job reloads.
+pub(super) enum Kind {
+    /// The config file (and the feeds it names): the version of the file that settled, or
+    /// `None` to read what is there now (SIGHUP).
+    Config { expected: Option<FileStamp> },
+    /// The deny feeds only: the config in force names them (`paths`) and has these `[[deny]]`
+    /// entries (sorted).
+    Feeds {
+        paths: Vec<PathBuf>,
+        entries: Vec<IpNet>,
+    },
 }
 
 /// A config applied to the maps; the loop attaches and detaches interfaces after it.
 pub(super) struct Applied {
     pub config: Config,
     pub report: SyncReport,
+    pub feeds: FeedSet,
     pub stamp: FileStamp,
     pub took: Duration,
 }
@@ -64,13 +81,21 @@ pub(super) enum Outcome {
     Changed,
     /// Not applied, with the version of the file that was refused.
     Refused(anyhow::Error, Option<FileStamp>),
+    /// The deny feeds loaded again and the deny list synced (a [`Kind::Feeds`] job).
+    Feeds(FeedSet, DenySyncReport),
+    /// Syncing the reloaded feeds failed: the deny list is as before.
+    FeedsFailed(anyhow::Error),
 }
 
 /// Runs on a blocking thread.
 pub(super) fn run(job: Job) -> Outcome {
     let started = Instant::now();
     let _edit = edit_lock(&job.path);
-    let Some(stamp) = job.expected.or_else(|| FileStamp::of(&job.path)) else {
+    let expected = match &job.kind {
+        Kind::Config { expected } => *expected,
+        Kind::Feeds { paths, entries } => return sync_feeds(&job, paths, entries),
+    };
+    let Some(stamp) = expected.or_else(|| FileStamp::of(&job.path)) else {
         return Outcome::Refused(anyhow::anyhow!("cannot read {}", job.path.display()), None);
     };
     let text = match settle::read_if_unchanged(&job.path, stamp) {
@@ -84,9 +109,10 @@ pub(super) fn run(job: Job) -> Outcome {
         }
     };
     match apply(&job, &text) {
-        Ok(Step::Applied(config, report)) => Outcome::Applied(Box::new(Applied {
+        Ok(Step::Applied(config, report, feeds)) => Outcome::Applied(Box::new(Applied {
             config,
             report,
+            feeds,
             stamp,
             took: started.elapsed(),
         })),
@@ -95,8 +121,22 @@ pub(super) fn run(job: Job) -> Outcome {
     }
 }
 
+/// A [`Kind::Feeds`] job: the changed feeds loaded again, and the deny list synced to the union
+/// of the config's `[[deny]]` entries and every feed (never one half alone: it would take the
+/// other's entries out).
+fn sync_feeds(job: &Job, paths: &[PathBuf], entries: &[IpNet]) -> Outcome {
+    let feeds = job.feeds.refreshed(paths);
+    let synced = DenyMaps::open_pinned(&job.pin_dir)
+        .context("opening the pinned deny list")
+        .and_then(|mut deny| sync::apply_deny(&mut deny, entries, &feeds.union));
+    match synced {
+        Ok(report) => Outcome::Feeds(feeds, report),
+        Err(err) => Outcome::FeedsFailed(err),
+    }
+}
+
 enum Step {
-    Applied(Config, SyncReport),
+    Applied(Config, SyncReport, FeedSet),
     Refit(Refit),
 }
 
@@ -125,7 +165,10 @@ fn apply(job: &Job, text: &str) -> anyhow::Result<Step> {
     if let Some(blocks) = ipv4_tables::lookup_switch(&maps, &config) {
         return Ok(Step::Refit(Refit { config, blocks }));
     }
-    let report = match sync::apply(&mut maps, &config) {
+    let mut deny = DenyMaps::open_pinned(&job.pin_dir)
+        .context("opening the pinned deny list for the reload")?;
+    let feeds = job.feeds.refreshed(&config.deny_feeds);
+    let report = match sync::apply(&mut maps, &mut deny, &config, &feeds.union) {
         Err(err) if err.downcast_ref::<dir24::OutOfBlocks>().is_some() => {
             return match ipv4_tables::grown_pool(&maps, &config)? {
                 Some(blocks) => Ok(Step::Refit(Refit { config, blocks })),
@@ -144,7 +187,7 @@ fn apply(job: &Job, text: &str) -> anyhow::Result<Step> {
             report.removed.len()
         );
     }
-    Ok(Step::Applied(config, report))
+    Ok(Step::Applied(config, report, feeds))
 }
 
 /// More than [`MASS_REMOVAL_PERCENT`] of `before`, and more than [`MASS_REMOVAL_MIN`].

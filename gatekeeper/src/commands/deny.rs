@@ -1,0 +1,349 @@
+//! `gatekeeper deny add|remove|list`: `[[deny]]` entries edited in the config file like the
+//! allowlist (comments kept, atomic replace, under the config's edit lock). The kernel's deny set
+//! is the union of these entries and the deny feeds, so only the daemon writes it (its reload of
+//! the file, within a second): a CLI that took an entry out of the kernel could remove a network
+//! a feed still lists.
+
+use std::{io::Write as _, path::Path};
+
+use anyhow::{Context as _, anyhow};
+use gatekeeper::{
+    bans::request::overlapping,
+    bpffs,
+    config::{Config, parse_cidr},
+    deny_feed,
+    edit::{self, ConfigDocument, Streamed},
+    lock,
+    maps::FilterMaps,
+    rules::{BanMaps, DenyMaps},
+    sync::sorted_difference,
+};
+use gatekeeper_support::allowlist_edit::{self, Edit};
+use ipnet::IpNet;
+
+use super::allow::{LOCK_WAIT, NewFile};
+
+/// At most this many overlapping entries are named in a warning; the rest are counted.
+const NAMED_OVERLAPS: usize = 5;
+
+fn parse_net(cidr: &str) -> anyhow::Result<IpNet> {
+    parse_cidr(cidr).map_err(|e| anyhow!("invalid deny entry: {e}"))
+}
+
+/// Reads and validates the whole file (a `[[deny]]` edit may put the first entry before the
+/// `[[allow]]` tables, which it then copies unread: they must be valid already), checks the
+/// edit against its entries and makes the new file.
+fn prepare(real: &Path, path: &Path, change: Edit<'_>) -> anyhow::Result<(NewFile, Config)> {
+    let text = gatekeeper::config::read_text(real, path)?;
+    let config = Config::parse(&text, path).context(
+        "the config file is not valid as it stands; fix it (`gatekeeper check`) before editing it with `gatekeeper deny`",
+    )?;
+    match change {
+        Edit::Add { net, .. } if config.deny.nets().contains(&net) => {
+            anyhow::bail!("{net} is already in the deny list of {}", path.display())
+        }
+        Edit::Remove { net } if !config.deny.nets().contains(&net) => anyhow::bail!(
+            "{net} is not in the deny list of {} (see `gatekeeper deny list`)",
+            path.display()
+        ),
+        _ => {}
+    }
+    if let Streamed::Ready { staged, old, .. } =
+        edit::stream_in(real, path, allowlist_edit::DENY, change)?
+    {
+        return Ok((NewFile::Staged { staged, old }, config));
+    }
+    let mut doc = ConfigDocument::parse_for(&text, path, "deny")?;
+    match change {
+        Edit::Add { net, comment } => doc.add(net, comment)?,
+        Edit::Remove { net } => doc.remove(net)?,
+    }
+    let new = doc.text();
+    Config::parse(&new, path).context("the edited config would not be valid; nothing changed")?;
+    Ok((NewFile::Text { new, old: text }, config))
+}
+
+/// "applies when …": what happens next to a file-only change.
+fn applies(config: &Config) -> &'static str {
+    if FilterMaps::is_pinned(&config.pin_dir) {
+        "the running daemon applies it when it reloads the file (within a second); a stopped one at `gatekeeper run`"
+    } else {
+        "the filter is not loaded; it applies when `gatekeeper run` starts"
+    }
+}
+
+pub fn add(path: &Path, cidr: &str, comment: Option<&str>) -> anyhow::Result<()> {
+    let net = parse_net(cidr)?;
+    let real = edit::resolve(path)?;
+    let _lock = lock::lock_config(&real, LOCK_WAIT)?;
+    let (new_file, config) = prepare(&real, path, Edit::Add { net, comment })?;
+    bpffs::require_pins_visible(&config.pin_dir)?;
+    new_file
+        .commit(&real)
+        .with_context(|| format!("{} not changed", path.display()))?;
+    super::print_each(&shadowed_allow(&config, net));
+    println!(
+        "added {net} to the deny list of {} ({})",
+        path.display(),
+        applies(&config)
+    );
+    Ok(())
+}
+
+pub fn remove(path: &Path, cidr: &str) -> anyhow::Result<()> {
+    let net = parse_net(cidr)?;
+    let real = edit::resolve(path)?;
+    let _lock = lock::lock_config(&real, LOCK_WAIT)?;
+    let (new_file, config) = prepare(&real, path, Edit::Remove { net })?;
+    bpffs::require_pins_visible(&config.pin_dir)?;
+    new_file
+        .commit(&real)
+        .with_context(|| format!("{} not changed", path.display()))?;
+    let feeds: Vec<String> = config
+        .deny_feeds
+        .iter()
+        .filter(|feed| deny_feed::load(feed).nets.contains(&net))
+        .map(|feed| feed.display().to_string())
+        .collect();
+    if !feeds.is_empty() {
+        super::print_each(&[format!(
+            "{net} is still denied: the deny feed {} lists it",
+            feeds.join(", ")
+        )]);
+    }
+    println!(
+        "removed {net} from the deny list of {} ({})",
+        path.display(),
+        applies(&config)
+    );
+    Ok(())
+}
+
+/// "a, b, c and 4 more"
+fn named(nets: &[IpNet]) -> String {
+    let shown: Vec<String> = nets
+        .iter()
+        .take(NAMED_OVERLAPS)
+        .map(IpNet::to_string)
+        .collect();
+    match nets.len().saturating_sub(NAMED_OVERLAPS) {
+        0 => shown.join(", "),
+        more => format!("{} and {more} more", shown.join(", ")),
+    }
+}
+
+/// Whether the two networks share an address.
+fn overlaps(a: IpNet, b: IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// The warning for a new deny entry `net` over allow entries: deny wins.
+fn shadowed_allow(config: &Config, net: IpNet) -> Vec<String> {
+    let covered: Vec<IpNet> = config
+        .allow
+        .nets()
+        .iter()
+        .copied()
+        .filter(|allow| overlaps(*allow, net))
+        .collect();
+    if covered.is_empty() {
+        return Vec::new();
+    }
+    vec![format!(
+        "{net} overlaps the allow entr{} {}: deny wins over allow (ban > deny > allow), so those sources are dropped on every judged port",
+        if covered.len() == 1 { "y" } else { "ies" },
+        named(&covered)
+    )]
+}
+
+/// The warnings for a new allow entry `net` that a deny entry, a deny feed or a live ban
+/// overrides (ban > deny > allow). Feeds are read and bans listed here: an admin's edit, not a
+/// hot path.
+pub(super) fn shadowing_allow(config: &Config, net: IpNet) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let Some(deny) = overlapping(config.deny.nets(), net) {
+        warnings.push(format!(
+            "{net} overlaps the deny entry {deny}: deny wins over allow, so those sources stay dropped"
+        ));
+    }
+    for feed in &config.deny_feeds {
+        if let Some(deny) = overlapping(&deny_feed::load(feed).nets, net) {
+            warnings.push(format!(
+                "{net} overlaps {deny} in the deny feed {}: deny wins over allow, so those sources stay dropped",
+                feed.display()
+            ));
+        }
+    }
+    let bans = FilterMaps::is_pinned(&config.pin_dir)
+        .then(|| BanMaps::open_pinned(&config.pin_dir, config.ban_ipv6_prefix))
+        .and_then(Result::ok)
+        .and_then(|maps| maps.list().ok())
+        .unwrap_or_default();
+    let banned: Vec<IpNet> = bans
+        .iter()
+        .map(|ban| ban.source)
+        .filter(|source| overlaps(*source, net))
+        .collect();
+    if !banned.is_empty() {
+        warnings.push(format!(
+            "{net} covers the banned source{} {}: a ban wins over allow until it ends (`gatekeeper ban remove` lifts it)",
+            if banned.len() == 1 { "" } else { "s" },
+            named(&banned)
+        ));
+    }
+    warnings
+}
+
+/// One row of `deny list`.
+struct Row<'a> {
+    net: IpNet,
+    comment: Option<&'a str>,
+    in_config: bool,
+    /// `None` when the filter is not loaded; `Some(None)` when loaded but the entry is not live.
+    hits: Option<Option<u64>>,
+}
+
+/// A deny feed as `deny list` and `status` report it: read from its file now.
+pub struct FeedSummary {
+    pub path: String,
+    pub entries: usize,
+    pub bad_lines: usize,
+    pub unreadable: Option<String>,
+}
+
+/// Every feed of `config`, read now, and their networks (sorted, deduplicated).
+pub fn read_feeds(config: &Config) -> (Vec<FeedSummary>, Vec<IpNet>) {
+    let mut all = Vec::new();
+    let summaries = config
+        .deny_feeds
+        .iter()
+        .map(|path| {
+            let feed = deny_feed::load(path);
+            let summary = FeedSummary {
+                path: path.display().to_string(),
+                entries: feed.nets.len(),
+                bad_lines: feed.bad_lines.len(),
+                unreadable: feed.unreadable,
+            };
+            all.extend(feed.nets);
+            summary
+        })
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    (summaries, all)
+}
+
+/// Lists the `[[deny]]` entries in file order with their live hit counters, the feeds with
+/// their counts, and live entries neither lists (left by an earlier config, until the daemon's
+/// next sync).
+pub fn list(path: &Path, json: bool) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    bpffs::require_pins_visible(&config.pin_dir)?;
+    let live = if FilterMaps::is_pinned(&config.pin_dir) {
+        let mut entries = DenyMaps::open_pinned(&config.pin_dir)?.entries()?;
+        entries.sort_unstable_by_key(|e| e.net);
+        Some(entries)
+    } else {
+        None
+    };
+    let hits_of = |net: IpNet| {
+        live.as_ref().map(|l| {
+            l.binary_search_by_key(&net, |e| e.net)
+                .ok()
+                .map(|at| l[at].hits)
+        })
+    };
+    let (feeds, feed_nets) = read_feeds(&config);
+    let wanted = gatekeeper::sync::wanted_deny(&config.deny.sorted_nets(), &feed_nets);
+    let live_nets: Vec<IpNet> = live.iter().flatten().map(|e| e.net).collect();
+    let rows = config
+        .deny
+        .iter()
+        .map(|entry| Row {
+            net: entry.net,
+            comment: entry.comment,
+            in_config: true,
+            hits: hits_of(entry.net),
+        })
+        .chain(sorted_difference(&live_nets, &wanted).map(|net| Row {
+            net,
+            comment: None,
+            in_config: false,
+            hits: hits_of(net),
+        }));
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if json {
+        write!(
+            out,
+            "{{\"config\":{},\"loaded\":{},\"entries\":[",
+            serde_json::to_string(&path.display().to_string())?,
+            live.is_some()
+        )?;
+        for (i, row) in rows.enumerate() {
+            if i > 0 {
+                out.write_all(b",")?;
+            }
+            serde_json::to_writer(
+                &mut out,
+                &serde_json::json!({
+                    "cidr": row.net.to_string(),
+                    "comment": row.comment,
+                    "in_config": row.in_config,
+                    "live": row.hits.map(|h| h.is_some()),
+                    "hits": row.hits.flatten(),
+                }),
+            )?;
+            out.write_all(b"\n")?;
+        }
+        out.write_all(b"],\"feeds\":[")?;
+        for (i, feed) in feeds.iter().enumerate() {
+            if i > 0 {
+                out.write_all(b",")?;
+            }
+            serde_json::to_writer(
+                &mut out,
+                &serde_json::json!({
+                    "path": feed.path,
+                    "entries": feed.entries,
+                    "bad_lines": feed.bad_lines,
+                    "unreadable": feed.unreadable,
+                }),
+            )?;
+        }
+        writeln!(out, "]}}")?;
+        return Ok(out.flush()?);
+    }
+    writeln!(out, "{:<44} {:>12}  COMMENT", "CIDR", "HITS")?;
+    for row in rows {
+        let hits = match row.hits {
+            Some(Some(n)) => n.to_string(),
+            Some(None) => "NOT LIVE".into(),
+            None => "-".into(),
+        };
+        let comment = if row.in_config {
+            row.comment.unwrap_or("")
+        } else {
+            "(live only: in neither the config file nor a feed)"
+        };
+        writeln!(out, "{:<44} {hits:>12}  {comment}", row.net.to_string())?;
+    }
+    for feed in &feeds {
+        match &feed.unreadable {
+            Some(why) => writeln!(
+                out,
+                "feed {}: unreadable, counts as empty ({why})",
+                feed.path
+            )?,
+            None => writeln!(
+                out,
+                "feed {}: {} networks, {} bad lines skipped",
+                feed.path, feed.entries, feed.bad_lines
+            )?,
+        }
+    }
+    if live.is_none() {
+        writeln!(out, "(the filter is not loaded: no live hit counters)")?;
+    }
+    Ok(out.flush()?)
+}

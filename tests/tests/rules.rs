@@ -1,0 +1,533 @@
+//! The deny list, bans and the SYN rate limit of open ports, through the real program
+//! (`BPF_PROG_TEST_RUN`) and the rules module that fills its maps: generated frames must get the
+//! reference classifier's verdict while deny entries and bans (some expiring during the run) are
+//! edited between batches; the /24 bitmap in front of the IPv4 lookups must stay exact; the SYN
+//! bucket must refill with elapsed time; a full ban table refuses; bans outlive the loader.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    thread::sleep,
+    time::Duration,
+};
+
+use gatekeeper::{
+    filter::{Filter, Ipv4Lookup, LoadOptions},
+    policy::{Mode, Policy},
+    rules::{BanError, clock},
+};
+use gatekeeper_common::{Counter, Family};
+use gatekeeper_tests::{
+    dirs::PinDir,
+    frames::{tcp_v4, tcp_v6},
+    generate::{FrameGen, Rng, random_in_v4, random_in_v6, random_v4_net, random_v6_net},
+    kernel_tests_enabled,
+    program::{XDP_DROP, XDP_PASS, verdict},
+    reference::{Action, Class, Fam, Rules, SynBucket, no_limit},
+};
+use ipnet::IpNet;
+
+const PORTS: [u16; 3] = [25, 465, 587];
+const OPEN: [u16; 1] = [25];
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+const HOST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const HOST6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+/// Bans whose deadline is this close to the clock when a frame is judged are left out of that
+/// frame's sources: the program reads a coarse clock (one tick behind), so "now" is blurred there.
+const BLUR_NS: u64 = 50_000_000;
+
+fn seed() -> u64 {
+    std::env::var("GATEKEEPER_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x0b4e_d0e5)
+}
+
+fn frames(default: usize) -> usize {
+    std::env::var("GATEKEEPER_FRAMES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn policy(mode: Mode, syn_rate: u32, syn_burst: u32) -> Policy {
+    Policy {
+        mode,
+        ports: PORTS.to_vec(),
+        open_ports: OPEN.to_vec(),
+        syn_rate,
+        syn_burst,
+        ..Policy::default()
+    }
+}
+
+fn load(options: &LoadOptions, policy: &Policy) -> Filter {
+    let mut filter = Filter::load_with(options).expect("load the XDP program");
+    filter.maps().set_policy(policy).expect("set the policy");
+    filter
+}
+
+/// A deny network no shorter than /12 (a /1 would deny half of everything and starve the other
+/// classes).
+fn deny_net(rng: &mut Rng, existing: &[IpNet]) -> IpNet {
+    loop {
+        let net = if rng.chance(75) {
+            random_v4_net(rng, existing, false)
+        } else {
+            random_v6_net(rng)
+        };
+        let min = if net.addr().is_ipv4() { 12 } else { 32 };
+        if net.prefix_len() >= min && !existing.contains(&net) {
+            return net;
+        }
+    }
+}
+
+/// A ban: its address, the source it covers and its deadline.
+#[derive(Clone, Copy, Debug)]
+struct LiveBan {
+    addr: IpAddr,
+    source: IpNet,
+    deadline_ns: u64,
+}
+
+/// A deadline: in force for long, already expired, just expired, or expiring during the run.
+fn deadline(rng: &mut Rng) -> u64 {
+    let now = clock::monotonic_ns();
+    match rng.below(4) {
+        0 => now + 3_600_000_000_000,
+        1 => now.saturating_sub(3_600_000_000_000),
+        2 => now.saturating_sub(2 * BLUR_NS),
+        _ => now + 2 * BLUR_NS + rng.below(400) as u64 * 1_000_000,
+    }
+}
+
+fn run(mode: Mode, total: usize, batch: usize) {
+    let total = frames(total);
+    let seed = seed();
+    eprintln!("rules differential: mode {mode}, {total} frames, seed {seed}");
+    let mut rng = Rng::new(seed ^ (mode as u64));
+    let options = LoadOptions {
+        ipv4_lookup: Ipv4Lookup::Dir24,
+        ..LoadOptions::default()
+    };
+    let mut filter = load(&options, &policy(mode, 0, 0));
+    let mut allow: Vec<IpNet> = Vec::new();
+    for _ in 0..30 {
+        let net = if rng.chance(75) {
+            random_v4_net(&mut rng, &allow, false)
+        } else {
+            random_v6_net(&mut rng)
+        };
+        if !allow.contains(&net) {
+            filter.maps().insert(net).expect("allow insert");
+            allow.push(net);
+        }
+    }
+    let mut deny: Vec<IpNet> = Vec::new();
+    let mut bans: Vec<LiveBan> = Vec::new();
+    // Every /24 a deny entry or ban ever touched: where the bitmap is checked.
+    let mut touched: Vec<u32> = Vec::new();
+    let mut tally: HashMap<(Fam, Class), u64> = HashMap::new();
+    let mut checked = 0;
+    while checked < total {
+        edit_rules(
+            &mut rng,
+            &mut filter,
+            &allow,
+            &mut deny,
+            &mut bans,
+            &mut touched,
+        );
+        assert_bitmap_exact(&mut filter, &deny, &bans, &touched);
+        // Sources: from every list, so that each rule is hit often.
+        let mut pool: Vec<IpNet> = allow.clone();
+        pool.extend(&deny);
+        pool.extend(bans.iter().map(|b| b.source));
+        let mut sent = 0;
+        while sent < batch.min(total - checked) {
+            let generated = FrameGen {
+                rng: &mut rng,
+                protected: &PORTS,
+                allow: &pool,
+            }
+            .frame();
+            let now = clock::monotonic_ns();
+            // Frames without a known shape (mutated ones) may carry any ban's source.
+            let blurred = bans.iter().any(|b| {
+                b.deadline_ns.abs_diff(now) < BLUR_NS
+                    && generated
+                        .shape
+                        .as_ref()
+                        .is_none_or(|shape| b.source.contains(&shape.source))
+            });
+            if blurred {
+                continue;
+            }
+            let banned: Vec<IpNet> = bans
+                .iter()
+                .filter(|b| b.deadline_ns > now)
+                .map(|b| b.source)
+                .collect();
+            let expected = Rules {
+                ports: &PORTS,
+                open: &OPEN,
+                monitor: mode == Mode::Monitor,
+                allow: &allow,
+                deny: &deny,
+                banned: &banned,
+                over_rate: &no_limit,
+            }
+            .judge(&generated.frame);
+            let got = verdict(&mut filter, &generated.frame);
+            let want = match expected.action {
+                Action::Pass => XDP_PASS,
+                Action::Drop => XDP_DROP,
+            };
+            assert_eq!(
+                got, want,
+                "frame #{checked} (seed {seed}): kernel {got}, reference {expected:?}\nframe: {:02x?}",
+                generated.frame
+            );
+            *tally.entry((expected.family, expected.class)).or_default() += 1;
+            checked += 1;
+            sent += 1;
+        }
+    }
+    let counters = filter.maps().counters(0).expect("counters");
+    for (fam, family) in [(Fam::V4, Family::Ipv4), (Fam::V6, Family::Ipv6)] {
+        for (class, counter) in [
+            (Class::Allowed, Counter::Allowed),
+            (Class::Dropped, Counter::Dropped),
+            (Class::WouldDrop, Counter::WouldDrop),
+            (Class::Banned, Counter::Banned),
+            (Class::DeniedList, Counter::DeniedList),
+            (Class::PassedOpen, Counter::PassedOpen),
+            (Class::RateLimited, Counter::RateLimited),
+        ] {
+            let want = tally.get(&(fam, class)).copied().unwrap_or(0);
+            let got = counters.0[family as usize][counter as usize];
+            assert_eq!(
+                got, want,
+                "counter {counter:?} for {family:?} (seed {seed})"
+            );
+        }
+    }
+    let count = |class| {
+        tally
+            .iter()
+            .filter(|((_, c), _)| *c == class)
+            .map(|(_, n)| *n)
+            .sum::<u64>()
+    };
+    eprintln!("rules differential: {checked} frames agree; {tally:?}");
+    if std::env::var_os("GATEKEEPER_SEED").is_none() {
+        for class in [
+            Class::Allowed,
+            Class::Banned,
+            Class::DeniedList,
+            Class::PassedOpen,
+        ] {
+            assert!(count(class) > 0, "the generator must exercise {class:?}");
+        }
+    }
+}
+
+/// Adds and removes deny entries and bans through the rules module, as the daemon and the CLI do.
+fn edit_rules(
+    rng: &mut Rng,
+    filter: &mut Filter,
+    allow: &[IpNet],
+    deny: &mut Vec<IpNet>,
+    bans: &mut Vec<LiveBan>,
+    touched: &mut Vec<u32>,
+) {
+    let rules = filter.rules();
+    for _ in 0..8 {
+        if rng.chance(40) && !deny.is_empty() {
+            let victim = deny.remove(rng.below(deny.len()));
+            assert!(
+                rules.deny.remove(victim).expect("deny remove"),
+                "{victim} was in"
+            );
+        } else {
+            let net = deny_net(rng, deny);
+            assert!(
+                rules.deny.insert(net).expect("deny insert"),
+                "{net} was new"
+            );
+            deny.push(net);
+            if let IpNet::V4(v4) = net {
+                let first = u32::from(v4.network()) >> 8;
+                let last = u32::from(v4.broadcast()) >> 8;
+                touched.extend([first, last, first + (last - first) / 2]);
+            }
+        }
+    }
+    for _ in 0..8 {
+        if rng.chance(40) && !bans.is_empty() {
+            let victim = bans.remove(rng.below(bans.len()));
+            assert!(rules.bans.unban(victim.addr).expect("unban"), "{victim:?}");
+            continue;
+        }
+        // Banned sources come from the allowlist a third of the time: bans win over it.
+        let addr = match (rng.chance(33), allow.is_empty(), rng.chance(70)) {
+            (true, false, _) => match *rng.pick(allow) {
+                IpNet::V4(n) => IpAddr::V4(random_in_v4(rng, n)),
+                IpNet::V6(n) => IpAddr::V6(random_in_v6(rng, n)),
+            },
+            (_, _, true) => IpAddr::V4(Ipv4Addr::from(rng.next_u64() as u32)),
+            _ => IpAddr::V6(Ipv6Addr::from(u128::from(rng.next_u64()) << 64)),
+        };
+        let source = rules.bans.source_of(addr);
+        if bans.iter().any(|b| b.source == source) {
+            continue;
+        }
+        let deadline_ns = deadline(rng);
+        let outcome = rules.bans.ban(addr, deadline_ns).expect("ban");
+        assert!(
+            outcome.new && outcome.deadline_ns == deadline_ns,
+            "{outcome:?}"
+        );
+        // A second ban of the same source keeps the later deadline.
+        let again = rules.bans.ban(addr, deadline_ns / 2).expect("ban again");
+        assert_eq!((again.new, again.deadline_ns), (false, deadline_ns));
+        bans.push(LiveBan {
+            addr,
+            source,
+            deadline_ns,
+        });
+        if let IpAddr::V4(v4) = addr {
+            touched.push(u32::from(v4) >> 8);
+        }
+    }
+    let listed = rules.bans.list().expect("ban list");
+    assert_eq!(listed.len(), bans.len(), "ban list");
+}
+
+/// The bitmap's bit for each touched /24 is set exactly when a deny entry or a ban covers part of
+/// it.
+fn assert_bitmap_exact(filter: &mut Filter, deny: &[IpNet], bans: &[LiveBan], touched: &[u32]) {
+    let rules = filter.rules();
+    for &x in touched {
+        let low = Ipv4Addr::from(x << 8);
+        let high = Ipv4Addr::from((x << 8) | 0xff);
+        let needed = deny.iter().any(|n| match n {
+            IpNet::V4(n) => n.network() <= high && n.broadcast() >= low,
+            IpNet::V6(_) => false,
+        }) || bans
+            .iter()
+            .any(|b| matches!(b.addr, IpAddr::V4(a) if u32::from(a) >> 8 == x));
+        assert_eq!(rules.deny.blocked_bit(x), needed, "bitmap bit of {low}/24");
+    }
+}
+
+#[test]
+fn open_ports_deny_and_bans_match_the_reference_in_enforce_mode() {
+    if !kernel_tests_enabled("open_ports_deny_and_bans_match_the_reference_in_enforce_mode") {
+        return;
+    }
+    run(Mode::Enforce, 40_000, 2_000);
+}
+
+#[test]
+fn monitor_mode_counts_every_rule_and_passes() {
+    if !kernel_tests_enabled("monitor_mode_counts_every_rule_and_passes") {
+        return;
+    }
+    run(Mode::Monitor, 10_000, 2_000);
+}
+
+/// SYNs of one source to an open port, judged against the reference bucket at the clock read
+/// just before each: the bucket empties, refills with elapsed time, and never limits a partner
+/// or another source.
+#[test]
+fn syn_bucket_empties_and_refills_with_time() {
+    if !kernel_tests_enabled("syn_bucket_empties_and_refills_with_time") {
+        return;
+    }
+    // 5 SYNs a second (200 ms of credit each), bursts of 3.
+    let (rate, burst) = (5, 3);
+    let mut filter = load(&LoadOptions::default(), &policy(Mode::Enforce, rate, burst));
+    let partner: Ipv4Addr = "198.51.100.7".parse().unwrap();
+    filter
+        .maps()
+        .insert("198.51.100.0/24".parse().unwrap())
+        .expect("allow");
+    let stranger: Ipv4Addr = "203.0.113.9".parse().unwrap();
+    let other: Ipv4Addr = "203.0.113.10".parse().unwrap();
+    let stranger6: Ipv6Addr = "2001:db8:99::9".parse().unwrap();
+    let mut model = SynBucket::new(rate, burst);
+    let mut model6 = SynBucket::new(rate, burst);
+    let mut limited = 0;
+    // Bursts separated by gaps that refill part of the bucket; the credit left at each SYN stays
+    // 50 ms or more away from a SYN's cost, so a tick of clock blur never changes the answer
+    // (after the gaps: 300 ms, then 100 + 250, then capped at 600, then full).
+    for gap_ms in [0u64, 300, 250, 700, 1_100] {
+        sleep(Duration::from_millis(gap_ms));
+        for _ in 0..4 {
+            let now = clock::monotonic_ns();
+            let want = if model.spend(now) { XDP_PASS } else { XDP_DROP };
+            limited += u64::from(want == XDP_DROP);
+            let got = verdict(&mut filter, &tcp_v4(stranger, HOST, 25, SYN));
+            assert_eq!(got, want, "SYN after a {gap_ms} ms gap");
+            let want6 = if model6.spend(now) {
+                XDP_PASS
+            } else {
+                XDP_DROP
+            };
+            limited += u64::from(want6 == XDP_DROP);
+            let got6 = verdict(&mut filter, &tcp_v6(stranger6, HOST6, 25, SYN));
+            assert_eq!(got6, want6, "IPv6 SYN after a {gap_ms} ms gap");
+        }
+        // Only SYNs spend credit: the limited source's established traffic still passes.
+        assert_eq!(
+            verdict(&mut filter, &tcp_v4(stranger, HOST, 25, ACK)),
+            XDP_PASS
+        );
+        // Another source has a bucket of its own; partners have none.
+        assert_eq!(
+            verdict(&mut filter, &tcp_v4(other, HOST, 25, SYN)),
+            XDP_PASS
+        );
+        for _ in 0..10 {
+            assert_eq!(
+                verdict(&mut filter, &tcp_v4(partner, HOST, 25, SYN)),
+                XDP_PASS
+            );
+        }
+        // An allowlist port never rate-limits: the stranger is refused there by the allowlist.
+        assert_eq!(
+            verdict(&mut filter, &tcp_v4(stranger, HOST, 587, SYN)),
+            XDP_DROP
+        );
+    }
+    assert!(limited >= 2, "the bursts must go over the rate");
+    let counters = filter.maps().counters(0).expect("counters");
+    let v4 = counters.0[Family::Ipv4 as usize];
+    let v6 = counters.0[Family::Ipv6 as usize];
+    assert_eq!(
+        v4[Counter::RateLimited as usize] + v6[Counter::RateLimited as usize],
+        limited
+    );
+    assert_eq!(
+        v4[Counter::Dropped as usize],
+        5,
+        "the allowlist port's refusals"
+    );
+}
+
+#[test]
+fn a_full_ban_table_refuses_new_bans_and_evicts_none() {
+    if !kernel_tests_enabled("a_full_ban_table_refuses_new_bans_and_evicts_none") {
+        return;
+    }
+    let options = LoadOptions {
+        max_bans: 4,
+        ..LoadOptions::default()
+    };
+    let mut filter = load(&options, &policy(Mode::Enforce, 0, 0));
+    let until = clock::deadline_after(Duration::from_secs(600));
+    let addr = |i: u8| IpAddr::V4(Ipv4Addr::new(203, 0, 113, i));
+    for i in 1..=4 {
+        filter.rules().bans.ban(addr(i), until).expect("room for 4");
+    }
+    match filter.rules().bans.ban(addr(5), until) {
+        Err(BanError::TableFull { capacity: 4, .. }) => {}
+        other => panic!("expected a full table, got {other:?}"),
+    }
+    // Extending a ban still works when the table is full; nothing was evicted.
+    let later = filter.rules().bans.ban(addr(1), until + 1).expect("extend");
+    assert_eq!((later.new, later.deadline_ns), (false, until + 1));
+    assert_eq!(filter.rules().bans.list().expect("list").len(), 4);
+    assert_eq!(
+        verdict(
+            &mut filter,
+            &tcp_v4(Ipv4Addr::new(203, 0, 113, 4), HOST, 25, SYN)
+        ),
+        XDP_DROP
+    );
+    assert_eq!(
+        verdict(
+            &mut filter,
+            &tcp_v4(Ipv4Addr::new(203, 0, 113, 5), HOST, 25, SYN)
+        ),
+        XDP_PASS,
+        "the refused ban must not drop"
+    );
+    // Expired bans are swept; the others stay.
+    let now = clock::monotonic_ns();
+    filter.rules().bans.ban(addr(2), 0).expect("no-op");
+    let swept = filter.rules().bans.remove_expired(now).expect("sweep");
+    assert!(swept.is_empty(), "{swept:?}");
+    assert_eq!(
+        filter
+            .rules()
+            .bans
+            .remove_expired(until)
+            .expect("sweep")
+            .len(),
+        3,
+        "every ban but the extended one ends at `until`"
+    );
+}
+
+#[test]
+fn pinned_bans_and_deny_entries_outlive_the_loader() {
+    if !kernel_tests_enabled("pinned_bans_and_deny_entries_outlive_the_loader") {
+        return;
+    }
+    let pins = PinDir::new("gk-rules");
+    std::fs::create_dir_all(pins.path()).expect("create the pin directory");
+    let options = LoadOptions {
+        pin_dir: Some(pins.path()),
+        ..LoadOptions::default()
+    };
+    let banned = Ipv4Addr::new(203, 0, 113, 77);
+    let denied = Ipv4Addr::new(198, 51, 100, 200);
+    {
+        let mut filter = load(&options, &policy(Mode::Enforce, 0, 0));
+        let until = clock::deadline_after(Duration::from_secs(600));
+        filter
+            .rules()
+            .bans
+            .ban(IpAddr::V4(banned), until)
+            .expect("ban");
+        filter
+            .rules()
+            .deny
+            .insert("198.51.100.192/26".parse().unwrap())
+            .expect("deny");
+        filter
+            .maps()
+            .insert("198.51.100.0/24".parse().unwrap())
+            .expect("allow");
+    }
+    // A new loader adopts the pinned maps: the ban and the deny entry still win over the allow
+    // entry, and the CLI's view of the pins sees them too.
+    let mut filter = load(&options, &policy(Mode::Enforce, 0, 0));
+    assert_eq!(
+        verdict(&mut filter, &tcp_v4(banned, HOST, 25, SYN)),
+        XDP_DROP
+    );
+    assert_eq!(
+        verdict(&mut filter, &tcp_v4(denied, HOST, 587, SYN)),
+        XDP_DROP
+    );
+    assert_eq!(
+        verdict(
+            &mut filter,
+            &tcp_v4(Ipv4Addr::new(198, 51, 100, 1), HOST, 587, SYN)
+        ),
+        XDP_PASS
+    );
+    let cli = gatekeeper::rules::Rules::open_pinned(pins.path(), 64).expect("open pins");
+    let bans = cli.bans.list().expect("list");
+    assert_eq!(bans.len(), 1);
+    assert_eq!(bans[0].hits, 1, "the ban counts its drop");
+    let deny = cli.deny.entries().expect("deny entries");
+    assert_eq!(deny.len(), 1);
+    assert_eq!(deny[0].hits, 1);
+    filter.unpin().expect("unpin");
+}
