@@ -8,7 +8,9 @@
 //! handshake that follows) and re-read them when their identity, size or
 //! modification time changed. A file that cannot be read or parsed leaves the
 //! previous list in force — a half-written or broken file must not lock every
-//! partner out — and is logged once per change.
+//! partner out — and is logged once per change. A gatekeeper config that makes
+//! the listener's port `open` admits everyone: the XDP filter already sheds the
+//! denied, banned and rate-limited sources there.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -99,7 +101,7 @@ impl Admission {
     fn read_all(&self) -> anyhow::Result<Vec<IpNet>> {
         let mut ranges = self.fixed.clone();
         for file in &self.files {
-            ranges.extend(load_gatekeeper_allow(file)?);
+            ranges.extend(load_gatekeeper_allow(file, self.listener.port())?);
         }
         Ok(ranges)
     }
@@ -139,7 +141,7 @@ mod tests {
         let file = dir.join("gatekeeper.toml");
         let fixed: Vec<IpNet> = fixed.iter().map(|n| n.parse().expect("net")).collect();
         let mut allow = fixed.clone();
-        allow.extend(load_gatekeeper_allow(&file).expect("initial file"));
+        allow.extend(load_gatekeeper_allow(&file, 25).expect("initial file"));
         ListenerConfig {
             address: "127.0.0.1:25".parse().expect("addr"),
             role: crate::config::Role::Mta,
@@ -164,6 +166,24 @@ mod tests {
     const NONE: &str = "interfaces = [\"eth0\"]\n";
     const ONE: &str = "interfaces = [\"eth0\"]\n[[allow]]\ncidr = \"198.51.100.0/24\"\n";
     const TWO: &str = "interfaces = [\"eth0\"]\n[[allow]]\ncidr = \"198.51.100.0/24\"\n[[allow]]\ncidr = \"203.0.113.66/32\"\n";
+
+    #[test]
+    fn a_port_the_gatekeeper_makes_open_admits_everyone() {
+        let dir = Scratch::new();
+        write_atomically(dir.path(), ONE);
+        let mut a = Admission::new(&listener(dir.path(), &[]));
+        assert!(!a.admits(ip("203.0.113.9")));
+        // The admin opens port 25: the relay follows the filter.
+        let open25 = format!("{ONE}[[port]]\nnumber = 25\npolicy = \"open\"\n");
+        write_atomically(dir.path(), &open25);
+        assert!(a.admits(ip("203.0.113.9")));
+        assert!(a.admits(ip("2001:db8:6600::66")));
+        // Another port open leaves this listener's port to the allowlist.
+        let open587 = format!("{ONE}[[port]]\nnumber = 587\npolicy = \"open\"\n");
+        write_atomically(dir.path(), &open587);
+        assert!(!a.admits(ip("203.0.113.9")));
+        assert!(a.admits(ip("198.51.100.9")));
+    }
 
     #[test]
     fn picks_up_additions_and_removals() {

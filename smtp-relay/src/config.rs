@@ -552,7 +552,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         for (k, gk) in l.allow_gatekeeper.iter().enumerate() {
             let gk = resolve(&base, gk);
             gatekeeper_files.push(gk.clone());
-            let ranges = load_gatekeeper_allow(&gk)
+            let ranges = load_gatekeeper_allow(&gk, l.address.port())
                 .map_err(|e| Invalid::from_error(at.key("allow_gatekeeper").index(k), &e))?;
             allow.extend(ranges);
         }
@@ -795,8 +795,17 @@ fn addresses_clash(a: SocketAddr, b: SocketAddr) -> bool {
 /// Reads the `[[allow]]` networks of a gatekeeper config through the
 /// gatekeeper's own schema, so the relay admits exactly the peers the XDP
 /// filter admits and refuses the files the gatekeeper refuses.
-pub fn load_gatekeeper_allow(path: &Path) -> anyhow::Result<Vec<IpNet>> {
+/// The peers a gatekeeper config admits to `port`: its `[[allow]]` entries, or everyone when
+/// the config makes that port `open` (its XDP filter then admits every source it has not denied,
+/// banned or rate-limited, and the relay must not refuse what the filter lets through).
+pub fn load_gatekeeper_allow(path: &Path, port: u16) -> anyhow::Result<Vec<IpNet>> {
     let gk = gatekeeper_config::Config::load(path).context("invalid gatekeeper config")?;
+    if gk.open_ports.contains(&port) {
+        return Ok(vec![
+            IpNet::V4(ipnet::Ipv4Net::default()),
+            IpNet::V6(ipnet::Ipv6Net::default()),
+        ]);
+    }
     Ok(gk.allow.nets().to_vec())
 }
 
