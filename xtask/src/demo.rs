@@ -5,7 +5,8 @@
 //! 2001:db8:100::/48), the smtp-relay (a certificate made on the spot, one user) and, on its
 //! loopback, a capturing next hop standing for the internal mail server. On the Internet side a
 //! partner mail server (198.51.100.10, 2001:db8:100::10) and a stranger (203.0.113.66,
-//! 2001:db8:6600::66) try their luck.
+//! 2001:db8:6600::66) try their luck; later a password guesser (203.0.113.99) tries port 587 once
+//! the admin has opened it to everyone, and is banned at XDP on the relay's evidence.
 //!
 //! Every step checks what it shows; the demo exits 0 only when all of them behaved as expected.
 //! Namespaces, daemons and pins are removed on success, failure and Ctrl-C alike.
@@ -43,6 +44,10 @@ const NET_IF: &str = "gkdemo-inet";
 const MAIL_HOST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 25);
 const PARTNER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 const STRANGER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 66);
+/// Guesses passwords on the open submission port until the relay has it banned.
+const GUESSER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 99);
+/// AUTH failures after which the relay asks for a ban (its `[bans] auth_failures` trigger).
+const GUESSES: u32 = 10;
 // The same three over IPv6, all on one /32 of the documentation prefix, so no routes are needed.
 const MAIL_HOST_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x25);
 const PARTNER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x10);
@@ -54,7 +59,7 @@ const NEXT_HOP: &str = "127.0.0.1:2525";
 const USER: &str = "partner-relay";
 const PASSWORD: &str = "demo-password-only";
 const TIMEOUT: Duration = Duration::from_secs(2);
-const STEPS: usize = 9;
+const STEPS: usize = 10;
 
 /// The SMTP client the partner and the stranger use: Python's smtplib, a client not written here.
 const CLIENT: &str = r#"
@@ -89,6 +94,46 @@ with Client(host, port, source_address=(source, 0), timeout=10) as smtp:
         sys.exit(3)
 "#;
 
+/// The password guesser: AUTH PLAIN with a new wrong password each time (one mechanism per
+/// attempt, as brute-forcing tools do), reconnecting whenever the relay hangs up, until it can no
+/// longer connect (banned) or has tried `max_guesses` passwords.
+const GUESSER_CLIENT: &str = r#"
+import smtplib, ssl, sys
+source, host, port, max_guesses = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+context = ssl.create_default_context()
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+guesses = 0
+while guesses < max_guesses:
+    try:
+        smtp = smtplib.SMTP(host, port, source_address=(source, 0), timeout=3)
+    except OSError as failed:
+        print(f"    after {guesses} wrong passwords the guesser cannot connect any more:", failed)
+        sys.exit(0 if guesses else 2)
+    try:
+        smtp.ehlo("guesser.example")
+        smtp.starttls(context=context)
+        smtp.ehlo("guesser.example")
+        while guesses < max_guesses:
+            password = f"Winter2026-{guesses + 1}"
+            try:
+                smtp.auth("PLAIN", lambda challenge=None: f"\0admin\0{password}")
+                print("    a guess was accepted: the demo user table is wrong")
+                sys.exit(1)
+            except smtplib.SMTPAuthenticationError as refused:
+                guesses += 1
+                print(f"    guess {guesses} (admin / {password}):", refused.smtp_code, refused.smtp_error.decode())
+    except (smtplib.SMTPServerDisconnected, OSError) as closed:
+        print("    the session ended:", closed or "closed by the relay")
+    finally:
+        try:
+            smtp.close()
+        except OSError:
+            pass
+print(f"    still connecting after {guesses} wrong passwords")
+sys.exit(3)
+"#;
+
 pub fn run(args: &Args) -> anyhow::Result<()> {
     if !shell::is_root() {
         bail!(
@@ -108,6 +153,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     link.left.add_addr(DMZ_IF, &format!("{MAIL_HOST}/24"))?;
     link.right.add_addr(NET_IF, &format!("{PARTNER}/24"))?;
     link.right.add_addr(NET_IF, &format!("{STRANGER}/24"))?;
+    link.right.add_addr(NET_IF, &format!("{GUESSER}/24"))?;
     link.left.add_addr(DMZ_IF, &format!("{MAIL_HOST_V6}/32"))?;
     link.right.add_addr(NET_IF, &format!("{PARTNER_V6}/32"))?;
     link.right.add_addr(NET_IF, &format!("{STRANGER_V6}/32"))?;
@@ -123,6 +169,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let _pins = PinDir::at(PIN_DIR.into());
     let client = dir.path().join("smtp-client.py");
     std::fs::write(&client, CLIENT).context("writing the demo's SMTP client")?;
+    let guesser = dir.path().join("guesser.py");
+    std::fs::write(&guesser, GUESSER_CLIENT).context("writing the demo's password guesser")?;
     step(&format!(
         "demo 2/{STEPS}: the mail host's configuration: a TLS certificate made on the spot, a user for the partner, the allowlist"
     ));
@@ -153,8 +201,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     .context("making the demo certificate with openssl")?;
     let hash = hash_password(&relay, PASSWORD)?;
     let gk_config = dir.path().join("gatekeeper.toml");
+    let (ban_socket, ban_state) = (dir.path().join("ban.sock"), dir.path().join("bans.json"));
     let gk_text = format!(
-        "# Who may open SMTP sessions to this host.\ninterfaces = [\"{DMZ_IF}\"]\nxdp_mode = \"native\"\nprotected_ports = [25, 587]\npin_dir = \"{PIN_DIR}\"\n\n[[allow]]\ncidr = \"198.51.100.0/24\"\ncomment = \"partner relays\"\n\n[[allow]]\ncidr = \"2001:db8:100::/48\"\ncomment = \"partner relays, IPv6\"\n"
+        "# Who may open SMTP sessions to this host.\ninterfaces = [\"{DMZ_IF}\"]\nxdp_mode = \"native\"\nprotected_ports = [25, 587]\npin_dir = \"{PIN_DIR}\"\n# The relay asks for bans here; they are kept in ban_state across reboots.\nban_socket = \"{}\"\nban_state = \"{}\"\n\n[[allow]]\ncidr = \"198.51.100.0/24\"\ncomment = \"partner relays\"\n\n[[allow]]\ncidr = \"2001:db8:100::/48\"\ncomment = \"partner relays, IPv6\"\n",
+        ban_socket.display(),
+        ban_state.display(),
     );
     std::fs::write(&gk_config, &gk_text).context("writing the demo gatekeeper config")?;
     let relay_config = dir.path().join("smtp-relay.toml");
@@ -262,7 +313,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     gk_daemon.wait_for_log(&format!("source={STRANGER_V6}"), Duration::from_secs(5))?;
     show_log("gatekeeper", &gk_daemon, "dropped SYN")?;
     for family in ["ipv4", "ipv6"] {
-        let dropped = dropped_count(&link, &gatekeeper, &gk_config, family)?;
+        let dropped = counter(&link, &gatekeeper, &gk_config, family, "dropped")?;
         ensure!(
             dropped >= 1,
             "`gatekeeper stats` counts no dropped {family} frame"
@@ -337,9 +388,18 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             .arg(&gk_config),
     )?;
 
+    open_port_ban(
+        &link,
+        &gatekeeper,
+        &gk_config,
+        &guesser,
+        &mut gk_daemon,
+        &mut relay_daemon,
+    )?;
+
     if args.keep {
         step(&format!(
-            "demo 9/{STEPS}: keeping everything up for you to explore (Ctrl-C ends it)"
+            "demo 10/{STEPS}: keeping everything up for you to explore (Ctrl-C ends it)"
         ));
         let (gk, gk_conf, d) = (
             gatekeeper.display(),
@@ -363,13 +423,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         println!(
             "      ip netns exec {NET_NS} python3 {d}/smtp-client.py {PARTNER} {MAIL_HOST} 587 auth {USER} {PASSWORD}"
         );
+        println!("    the bans, with the time each has left:");
+        println!("      nsenter --net=/run/netns/{DMZ_NS} {gk} ban list --config {gk_conf}");
         println!("    the daemons' logs: {d}/gatekeeper.log, {d}/relay.log");
         loop {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
     step(&format!(
-        "demo 9/{STEPS}: stopping the daemons (the gatekeeper detaches) and removing the namespaces"
+        "demo 10/{STEPS}: stopping the daemons (the gatekeeper detaches) and removing the namespaces"
     ));
     ensure!(
         gk_daemon.stop_with(libc::SIGTERM, Duration::from_secs(10))?,
@@ -387,12 +449,123 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Step 9: the admin opens port 587 to everyone; a password guesser gets in, fails AUTH ten
+/// times, the relay asks the gatekeeper's ban socket, and the guesser's next SYN is dropped at XDP.
+fn open_port_ban(
+    link: &Link,
+    gatekeeper: &Path,
+    gk_config: &Path,
+    guesser: &Path,
+    gk_daemon: &mut Daemon,
+    relay_daemon: &mut Daemon,
+) -> anyhow::Result<()> {
+    step(&format!(
+        "demo 9/{STEPS}: the admin opens port 587 to everyone; a stranger ({GUESSER}) guesses passwords there, the relay asks the gatekeeper for a ban, and its next SYN is dropped at XDP"
+    ));
+    // Written as an admin's editor would: a new file renamed over the old one.
+    let text = std::fs::read_to_string(gk_config).context("reading the demo gatekeeper config")?;
+    ensure!(
+        text.contains("protected_ports = [25, 587]"),
+        "the demo config lost its protected_ports line"
+    );
+    // A table goes after every top-level key: at the end of the file.
+    let opened = text.replace("protected_ports = [25, 587]", "protected_ports = [25]")
+        + "\n# Submission open to the whole Internet: bans, deny entries and SYN limits still apply.\n[[port]]\nnumber = 587\npolicy = \"open\"\n";
+    let staged = gk_config.with_extension("toml.new");
+    std::fs::write(&staged, &opened).context("writing the opened config")?;
+    std::fs::rename(&staged, gk_config).context("renaming the opened config into place")?;
+    for line in opened.lines().filter(|l| {
+        l.starts_with("protected_ports")
+            || l.starts_with("[[port]]")
+            || l.starts_with("number")
+            || l.starts_with("policy")
+    }) {
+        println!("      | {line}");
+    }
+    let submission = SocketAddr::new(IpAddr::V4(MAIL_HOST), 587);
+    let mut last = None;
+    let reached = wait_until(Duration::from_secs(10), || {
+        let outcome = connect(&link.right, IpAddr::V4(GUESSER), submission, TIMEOUT);
+        let banner = matches!(&outcome, Outcome::Banner(line) if line.starts_with("220 "));
+        last = Some(outcome);
+        banner
+    });
+    if reached.is_err() {
+        bail!(
+            "the stranger never got the banner on port 587 after it was opened (last: {last:?})\ngatekeeper:\n{}\nsmtp-relay:\n{}",
+            gk_daemon.log(),
+            relay_daemon.log()
+        );
+    }
+    println!(
+        "    ok: the daemon and the relay picked up the change: {GUESSER} gets the banner on port 587"
+    );
+
+    let mut cmd = link.right.command(&["python3"]);
+    cmd.arg(guesser).args([
+        GUESSER.to_string(),
+        MAIL_HOST.to_string(),
+        "587".into(),
+        (3 * GUESSES).to_string(),
+    ]);
+    println!("    $ {}", shell::display(&cmd));
+    let status = cmd.status().context("running the password guesser")?;
+    ensure!(status.success(), "the password guesser failed ({status})");
+    relay_daemon.wait_for_log("event=\"ban\"", Duration::from_secs(10))?;
+    show_log("smtp-relay", relay_daemon, "event=\"ban\"")?;
+    gk_daemon.wait_for_log("banned (ban socket)", Duration::from_secs(10))?;
+    show_log("gatekeeper", gk_daemon, "banned (ban socket)")?;
+
+    let outcome = connect(&link.right, IpAddr::V4(GUESSER), submission, TIMEOUT);
+    ensure!(
+        outcome == Outcome::TimedOut,
+        "the banned guesser's SYN should have been dropped, got {outcome:?}"
+    );
+    println!("    ok: no answer within {TIMEOUT:?}: the banned source's SYN is dropped at XDP");
+    match connect(&link.right, IpAddr::V4(PARTNER), submission, TIMEOUT) {
+        Outcome::Banner(line) if line.starts_with("220 ") => {
+            println!("    ok: the partner still gets the banner on port 587: {line:?}")
+        }
+        other => bail!("the partner should still reach port 587, got {other:?}"),
+    }
+    shell::run(
+        link.left
+            .nsenter()
+            .arg(gatekeeper)
+            .args(["ban", "list", "--config"])
+            .arg(gk_config),
+    )?;
+    let banned = counter(link, gatekeeper, gk_config, "ipv4", "banned")?;
+    ensure!(
+        banned >= 1,
+        "`gatekeeper stats` counts no banned ipv4 frame"
+    );
+    println!(
+        "    ok: `gatekeeper stats` counts {banned} ipv4 frame(s) dropped as `banned` on {DMZ_IF}"
+    );
+    Ok(())
+}
+
+/// Polls `ready` every 100 ms until it holds or `limit` has passed.
+fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if ready() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("not within {limit:?}")
+}
+
 fn relay_text(dir: &TempDir, hash: &str) -> String {
     let path = |name: &str| dir.path().join(name).display().to_string();
     format!(
         r#"hostname = "mx.example.org"
 spool_dir = "{spool}"
 local_domains = ["example.org"]
+# Short AUTH failure delays, so the demo's password guesser is done in a second.
+auth_failure_delay_ms = 5
 
 [tls]
 cert = "{cert}"
@@ -432,11 +605,17 @@ tls = "none"
 host = "127.0.0.1"
 port = 2525
 tls = "none"
+
+# Evidence the relay has becomes a ban at XDP: the gatekeeper's ban socket.
+[bans]
+socket = "{ban_socket}"
+auth_failures = {{ count = {GUESSES}, within_secs = 600, ban_secs = 3600 }}
 "#,
         spool = path("spool"),
         cert = path("cert.pem"),
         key = path("key.pem"),
         gatekeeper = path("gatekeeper.toml"),
+        ban_socket = path("ban.sock"),
     )
 }
 
@@ -488,13 +667,14 @@ fn python_client_status(
     Ok(cmd.status().context("running python3")?.code())
 }
 
-/// The `dropped` counter of one family (`ipv4`, `ipv6`) on the demo interface, from
-/// `gatekeeper stats --json`.
-fn dropped_count(
+/// One counter (`dropped`, `banned`, ...) of one family (`ipv4`, `ipv6`) on the demo interface,
+/// from `gatekeeper stats --json`.
+fn counter(
     link: &Link,
     gatekeeper: &Path,
     config: &Path,
     family: &str,
+    name: &str,
 ) -> anyhow::Result<u64> {
     let out = link
         .left
@@ -516,8 +696,8 @@ fn dropped_count(
         .into_iter()
         .flatten()
         .find(|i| i["interface"] == DMZ_IF)
-        .and_then(|i| i["counters"][family]["dropped"].as_u64())
-        .with_context(|| format!("no {family} dropped counter for {DMZ_IF} in {stats}"))
+        .and_then(|i| i["counters"][family][name].as_u64())
+        .with_context(|| format!("no {family} {name} counter for {DMZ_IF} in {stats}"))
 }
 
 /// Prints the log lines of `daemon` that contain `needle`; none is a failure.
