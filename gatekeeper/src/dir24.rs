@@ -171,6 +171,36 @@ impl Mapped<u32> {
     }
 }
 
+impl Mapped<u32> {
+    /// Cells `index..index + count`, which must lie in one window (a second-level block does:
+    /// blocks are 1 KiB, aligned, and windows a multiple of that), for `f` to load and store
+    /// with one window lookup instead of one per cell (a new block is 256 stores; a million of
+    /// them was a tenth of a daemon's start). `f` must not use this mapping otherwise: another
+    /// window mapped meanwhile could unmap this one.
+    pub(crate) fn with_run<R>(
+        &self,
+        index: usize,
+        count: usize,
+        f: impl FnOnce(&[AtomicU32]) -> R,
+    ) -> R {
+        if count == 0 {
+            return f(&[]);
+        }
+        let first = index * size_of::<u32>() / WINDOW;
+        let last = ((index + count) * size_of::<u32>() - 1) / WINDOW;
+        assert!(
+            first == last && index + count <= self.len,
+            "a run of cells crosses a window or the table's end"
+        );
+        let ptr = self.cell_ptr(index);
+        // SAFETY: `count` aligned u32 cells of one mapped window (checked above), seen as
+        // atomics as in `load`; the window stays mapped while `f` runs, since only a lookup
+        // through this mapping (which `f` must not make) unmaps windows.
+        let cells = unsafe { std::slice::from_raw_parts(ptr.cast::<AtomicU32>(), count) };
+        f(cells)
+    }
+}
+
 impl Mapped<u64> {
     pub(crate) fn load(&self, index: usize) -> u64 {
         // SAFETY: as for `Mapped<u32>::load`.
@@ -517,23 +547,31 @@ impl Dir24 {
         count: usize,
         f: impl Fn(&Dir24, u32) -> Option<u32>,
     ) {
-        let base = block as usize * 256 + offset;
-        for index in base..base + count {
-            let old = self.long.load(index);
-            if let Some(new) = f(self, old)
-                && new != old
-            {
-                self.long.store(index, new);
-            }
-        }
+        // `f` reads the entry table only, never this mapping (see `with_run`).
+        self.long
+            .with_run(block as usize * 256 + offset, count, |cells| {
+                for cell in cells {
+                    let old = cell.load(Ordering::Acquire);
+                    if let Some(new) = f(self, old)
+                        && new != old
+                    {
+                        cell.store(new, Ordering::Release);
+                    }
+                }
+            });
     }
 
     /// If every address of `block` resolves the same way, points the /24 at that value directly
     /// and retires the block.
     fn collapse(&mut self, slot: usize, block: u32) {
-        let base = block as usize * 256;
-        let first = self.long.load(base);
-        if (base..base + 256).all(|index| self.long.load(index) == first) {
+        let uniform = self.long.with_run(block as usize * 256, 256, |cells| {
+            let first = cells[0].load(Ordering::Acquire);
+            cells
+                .iter()
+                .all(|cell| cell.load(Ordering::Acquire) == first)
+                .then_some(first)
+        });
+        if let Some(first) = uniform {
             self.tbl24.store(slot, first);
             // Free for other processes from now on (they start later than the grace period);
             // this process keeps it aside until the grace period is over.
