@@ -283,16 +283,23 @@ pub fn copy_values(old: &MapData, new: &MapData, name: &str) -> anyhow::Result<(
 
 /// Second-level blocks a list of networks needs: one per /24 that holds a prefix longer than /24.
 pub fn blocks_needed<'a>(nets: impl IntoIterator<Item = &'a ipnet::IpNet>) -> u32 {
-    let mut slots: Vec<u32> = nets
-        .into_iter()
-        .filter_map(|net| match net {
-            ipnet::IpNet::V4(v4) if v4.prefix_len() > 24 => Some(u32::from(v4.network()) >> 8),
-            _ => None,
-        })
-        .collect();
-    slots.sort_unstable();
-    slots.dedup();
-    u32::try_from(slots.len()).unwrap_or(u32::MAX)
+    // One bit per /24 (2 MiB, whose pages are only touched where entries are): a pass, no sort
+    // (the daemon sizes its tables from this before it loads a million-entry list).
+    let mut seen = vec![0u64; (TBL24_ENTRIES as usize).div_ceil(64)];
+    let mut count = 0u32;
+    for net in nets {
+        if let ipnet::IpNet::V4(v4) = net
+            && v4.prefix_len() > 24
+        {
+            let slot = (u32::from(v4.network()) >> 8) as usize;
+            let (word, bit) = (slot / 64, 1u64 << (slot % 64));
+            if seen[word] & bit == 0 {
+                seen[word] |= bit;
+                count = count.saturating_add(1);
+            }
+        }
+    }
+    count
 }
 
 /// The pool to create for a list that needs `needed` blocks: a sixteenth more and 256 blocks of

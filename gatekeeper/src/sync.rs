@@ -1,8 +1,8 @@
 //! Bringing the live maps in line with a config, without a gap: new allowlist entries go in
 //! before the policy switches, and old entries come out last.
 
+use gatekeeper_support::allowlist::sort_nets;
 use ipnet::IpNet;
-use tracing::warn;
 
 use crate::{config::Config, maps::FilterMaps, policy::Policy};
 
@@ -27,28 +27,31 @@ impl SyncReport {
 /// File and live state are compared as two sorted lists in one pass: no set of either is built,
 /// so a million entries cost two sorted vectors of networks (18 bytes each).
 pub fn apply(maps: &mut FilterMaps, config: &Config) -> anyhow::Result<SyncReport> {
+    apply_sorted(maps, config, &config.allow.sorted_nets())
+}
+
+/// [`apply`] with the config's networks sorted already (`wanted`, from
+/// [`gatekeeper_support::allowlist::Allowlist::sorted_nets`]): the daemon's start sorts them
+/// while the kernel makes the maps.
+pub fn apply_sorted(
+    maps: &mut FilterMaps,
+    config: &Config,
+    wanted: &[IpNet],
+) -> anyhow::Result<SyncReport> {
     let mut live = maps.nets()?;
-    live.sort_unstable();
-    let wanted = config.allow.sorted_nets();
+    sort_nets(&mut live);
     let mut report = SyncReport::default();
 
-    for net in sorted_difference(&wanted, &live) {
-        if let Err(err) = maps.insert_new(net) {
-            for added in &report.added {
-                if let Err(undo) = maps.remove(*added) {
-                    warn!(entry = %added, error = %undo, "could not take back a new entry");
-                }
-            }
-            return Err(err);
-        }
-        report.added.push(net);
-    }
+    let added: Vec<IpNet> = sorted_difference(wanted, &live).collect();
+    // All or nothing: a failed insert takes back what went in before it.
+    maps.insert_new_all(&added)?;
+    report.added = added;
     let policy = Policy::of(config);
     if maps.policy()? != policy {
         maps.set_policy(&policy)?;
         report.policy_changed = true;
     }
-    for net in sorted_difference(&live, &wanted) {
+    for net in sorted_difference(&live, wanted) {
         maps.remove(net)?;
         report.removed.push(net);
     }

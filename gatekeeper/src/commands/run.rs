@@ -51,6 +51,7 @@ use tokio::{
     signal::unix::{Signal, SignalKind, signal},
     task::JoinHandle,
 };
+use ipnet::IpNet;
 use tracing::{error, info, warn};
 
 use self::{links::Interfaces, reload::Outcome, scrape::SharedCounts};
@@ -89,16 +90,24 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
     // Pins this start creates (none yet) are its own to remove if it fails; pins an earlier
     // daemon left keep the filter it left enforcing.
     let fresh = !FilterMaps::is_pinned(&config.pin_dir);
-    let mut filter = Filter::load_with(&LoadOptions {
-        pin_dir: Some(&config.pin_dir),
-        ipv4_lookup: config.ipv4_lookup,
-        dir24_blocks: dir24::pool_size(
-            dir24::blocks_needed(config.allow.nets()),
-            config.ipv4_dir24_blocks,
-        ),
-        ..LoadOptions::default()
-    })?;
-    let interfaces = match start(&mut filter, path, &config) {
+    // The list is sorted (for the sync) on a second thread while the kernel makes the maps
+    // (zeroing a gigabyte of tables for a million spread entries takes seconds).
+    let (filter, wanted) = std::thread::scope(|scope| {
+        let sorting = scope.spawn(|| config.allow.sorted_nets());
+        let filter = Filter::load_with(&LoadOptions {
+            pin_dir: Some(&config.pin_dir),
+            ipv4_lookup: config.ipv4_lookup,
+            dir24_blocks: dir24::pool_size(
+                dir24::blocks_needed(config.allow.nets()),
+                config.ipv4_dir24_blocks,
+            ),
+            ..LoadOptions::default()
+        });
+        (filter, sorting.join())
+    });
+    let mut filter = filter?;
+    let wanted = wanted.map_err(|_| anyhow!("sorting the allowlist failed"))?;
+    let interfaces = match start(&mut filter, path, &config, &wanted) {
         Ok(interfaces) => interfaces,
         Err((err, attaching)) => {
             // A failed attach takes off what it attached unless the config keeps it attached
@@ -146,23 +155,24 @@ fn start(
     filter: &mut Filter,
     path: &Path,
     config: &Config,
+    wanted: &[IpNet],
 ) -> Result<Interfaces, (anyhow::Error, bool)> {
-    fill(filter, path, config).map_err(|e| (e, false))?;
+    fill(filter, path, config, wanted).map_err(|e| (e, false))?;
     // After the fill, which may have replaced the program along with its tables.
     let mut interfaces = Interfaces::new(filter).map_err(|e| (e, false))?;
     attach_all(filter, &mut interfaces, config).map_err(|e| (e, true))?;
     Ok(interfaces)
 }
 
-/// Fills the maps from the config: before attaching, so the program never runs with an empty
-/// allowlist.
-fn fill(filter: &mut Filter, path: &Path, config: &Config) -> anyhow::Result<()> {
+/// Fills the maps from the config (`wanted`: its networks, sorted): before attaching, so the
+/// program never runs with an empty allowlist.
+fn fill(filter: &mut Filter, path: &Path, config: &Config, wanted: &[IpNet]) -> anyhow::Result<()> {
     let _edit = reload::edit_lock(path);
     fit_ipv4_tables(filter, config)?;
     // Pins this start adopts may have been edited by a gatekeeper that kept no summary: rebuilt
     // (from the tables that fit the config) before this program is attached.
     filter.maps().refill_summary()?;
-    let report = apply_growing(filter, config)?;
+    let report = apply_growing(filter, config, wanted)?;
     // The windows of the tables the fill mapped stay in the maps, not in this process.
     filter.maps().release_tables();
     info!(
@@ -215,14 +225,18 @@ fn fit_ipv4_tables(filter: &mut Filter, config: &Config) -> anyhow::Result<()> {
 /// Applies `config` to the maps at start; when the DIR-24-8 block pool is too small, grows it
 /// (larger tables filled and swapped in without a gap) and applies again, up to the
 /// `ipv4_dir24_blocks` ceiling.
-fn apply_growing(filter: &mut Filter, config: &Config) -> anyhow::Result<sync::SyncReport> {
-    match sync::apply(filter.maps(), config) {
+fn apply_growing(
+    filter: &mut Filter,
+    config: &Config,
+    wanted: &[IpNet],
+) -> anyhow::Result<sync::SyncReport> {
+    match sync::apply_sorted(filter.maps(), config, wanted) {
         Err(err) if err.downcast_ref::<dir24::OutOfBlocks>().is_some() => {
             let Some(blocks) = ipv4_tables::grown_pool(filter.maps(), config)? else {
                 return Err(err);
             };
             filter.replace_ipv4_tables(&load_options(config, blocks))?;
-            sync::apply(filter.maps(), config)
+            sync::apply_sorted(filter.maps(), config, wanted)
         }
         other => other,
     }
