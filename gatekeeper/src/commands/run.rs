@@ -107,7 +107,10 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
     });
     let mut filter = filter?;
     let wanted = wanted.map_err(|_| anyhow!("sorting the allowlist failed"))?;
-    let interfaces = match start(&mut filter, path, &config, &wanted) {
+    let started = start(&mut filter, path, &config, &wanted);
+    // Not kept for the daemon's life: a million networks are 24 MB.
+    drop(wanted);
+    let interfaces = match started {
         Ok(interfaces) => interfaces,
         Err((err, attaching)) => {
             // A failed attach takes off what it attached unless the config keeps it attached
