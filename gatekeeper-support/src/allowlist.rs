@@ -118,7 +118,10 @@ impl Allowlist {
             .windows(2)
             .filter(|w| w[0].0 == w[1].0)
             .map(|w| w[1].1 as usize);
-        v4_dup.chain(v6_dup).min().map(|i| (i, self.nets[i]))
+        v4_dup
+            .chain(v6_dup)
+            .min()
+            .map(|i| (i, self.nets[i]))
     }
 }
 
@@ -142,11 +145,7 @@ pub fn sort_nets(nets: &mut [IpNet]) {
         nets.sort_unstable();
         return;
     }
-    let mut v6: Vec<IpNet> = nets
-        .iter()
-        .copied()
-        .filter(|n| n.addr().is_ipv6())
-        .collect();
+    let mut v6: Vec<IpNet> = nets.iter().copied().filter(|n| n.addr().is_ipv6()).collect();
     v4.sort_unstable();
     v6.sort_unstable();
     let v4 = v4.into_iter().map(|key| {
@@ -333,7 +332,7 @@ fn classify_any(line: &str) -> Result<Line<'_>, Unusual> {
 /// How the project writes a `cidr` line, up to the value.
 const PLAIN_CIDR: &str = "cidr = \"";
 /// The offset of its value in the line, counted from the opening quote as the general path does.
-pub(crate) const VALUE_AT: usize = PLAIN_CIDR.len() - 1;
+const VALUE_AT: usize = PLAIN_CIDR.len() - 1;
 
 /// The value of a `cidr` line written the project's way (`cidr = "VALUE"` and the line end,
 /// VALUE only address characters), found without the general path's steps: the line every
@@ -495,11 +494,7 @@ mod tests {
                     } else {
                         // Few addresses and all lengths: equal addresses of several lengths.
                         let addr = std::net::Ipv4Addr::from((r as u32) & 0xff00_0f00);
-                        IpNet::V4(
-                            Ipv4Net::new(addr, (r >> 40) as u8 % 33)
-                                .expect("len")
-                                .trunc(),
-                        )
+                        IpNet::V4(Ipv4Net::new(addr, (r >> 40) as u8 % 33).expect("len").trunc())
                     }
                 })
                 .collect();

@@ -461,11 +461,7 @@ impl FilterMaps {
         if self.dir24.is_none() || v4.len() < PARALLEL_FILL_MIN {
             return self.insert_new_each(nets);
         }
-        let v6: Vec<IpNet> = nets
-            .iter()
-            .copied()
-            .filter(|n| n.addr().is_ipv6())
-            .collect();
+        let v6: Vec<IpNet> = nets.iter().copied().filter(|n| n.addr().is_ipv6()).collect();
         self.insert_new_v4_parallel(&v4)?;
         if let Err(err) = self.insert_new_each(&v6) {
             self.take_back(v4.iter().rev().map(|n| IpNet::V4(*n)));
@@ -546,10 +542,7 @@ impl FilterMaps {
                 }
             }
             let registry = registry.join().unwrap_or_else(|_| {
-                (
-                    0,
-                    Some(anyhow::anyhow!("the allowlist registry thread panicked")),
-                )
+                (0, Some(anyhow::anyhow!("the allowlist registry thread panicked")))
             });
             (registry, tables)
         });
@@ -603,9 +596,7 @@ impl FilterMaps {
         match self.allow_v4.get(&parent, 0) {
             Ok(ancestor) => Ok(ancestor.id + 1),
             Err(aya::maps::MapError::KeyNotFound) => Ok(NONE),
-            Err(err) => {
-                Err(err).with_context(|| format!("removing {net} from the allowlist failed"))
-            }
+            Err(err) => Err(err).with_context(|| format!("removing {net} from the allowlist failed")),
         }
     }
 

@@ -46,12 +46,12 @@ use gatekeeper_support::{
     settle::{Look, Settle},
     stamp::FileStamp,
 };
-use ipnet::IpNet;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{Signal, SignalKind, signal},
     task::JoinHandle,
 };
+use ipnet::IpNet;
 use tracing::{error, info, warn};
 
 use self::{links::Interfaces, reload::Outcome, scrape::SharedCounts};
