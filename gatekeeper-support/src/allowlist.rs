@@ -9,7 +9,7 @@
 //! dotted keys, other tables) makes the caller parse the whole file with the TOML parser instead,
 //! so odd but valid files still load and odd invalid ones get the TOML parser's own message.
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::cidr::{CidrError, parse_cidr};
 
@@ -89,21 +89,73 @@ impl Allowlist {
     /// merges against the live maps in one pass.
     pub fn sorted_nets(&self) -> Vec<IpNet> {
         let mut nets = self.nets.clone();
-        nets.sort_unstable();
+        sort_nets(&mut nets);
         nets
     }
 
     /// The first entry (in file order) whose network an earlier entry already lists, as
-    /// `(index, net)`. One sort of the indices, not a hash set of every entry.
+    /// `(index, net)`. One sort of `(network, index)` keys, not a hash set of every entry:
+    /// equal networks end up next to each other, in file order.
     pub fn first_duplicate(&self) -> Option<(usize, IpNet)> {
-        let mut order: Vec<u32> = (0..u32::try_from(self.nets.len()).ok()?).collect();
-        order.sort_unstable_by_key(|&i| (self.nets[i as usize], i));
-        order
+        u32::try_from(self.nets.len()).ok()?;
+        // IPv4 as integers (network, length, index), which sort several times faster than
+        // the enum; IPv6 as pairs.
+        let mut v4: Vec<u128> = Vec::new();
+        let mut v6: Vec<(Ipv6Net, u32)> = Vec::new();
+        for (index, net) in (0u32..).zip(&self.nets) {
+            match net {
+                IpNet::V4(n) => v4.push((u128::from(v4_key(*n)) << 32) | u128::from(index)),
+                IpNet::V6(n) => v6.push((*n, index)),
+            }
+        }
+        v4.sort_unstable();
+        v6.sort_unstable();
+        let v4_dup = v4
             .windows(2)
-            .filter(|w| self.nets[w[0] as usize] == self.nets[w[1] as usize])
-            .map(|w| w[1] as usize)
-            .min()
-            .map(|i| (i, self.nets[i]))
+            .filter(|w| w[0] >> 32 == w[1] >> 32)
+            .map(|w| (w[1] & 0xffff_ffff) as usize);
+        let v6_dup = v6
+            .windows(2)
+            .filter(|w| w[0].0 == w[1].0)
+            .map(|w| w[1].1 as usize);
+        v4_dup.chain(v6_dup).min().map(|i| (i, self.nets[i]))
+    }
+}
+
+/// An IPv4 network as an integer that sorts as [`Ipv4Net`] does (address, then length).
+fn v4_key(net: Ipv4Net) -> u64 {
+    (u64::from(u32::from(net.addr())) << 8) | u64::from(net.prefix_len())
+}
+
+/// Sorts networks in [`IpNet`]'s order (IPv4 first, then by address and length). IPv4 ones are
+/// sorted as integers: a million random entries in a fraction of the generic sort's time, and
+/// the controller sorts both the file's and the kernel's list (start, reload, `status`).
+pub fn sort_nets(nets: &mut [IpNet]) {
+    let mut v4: Vec<u64> = nets
+        .iter()
+        .filter_map(|net| match net {
+            IpNet::V4(n) => Some(v4_key(*n)),
+            IpNet::V6(_) => None,
+        })
+        .collect();
+    if v4.len() < 64 {
+        nets.sort_unstable();
+        return;
+    }
+    let mut v6: Vec<IpNet> = nets
+        .iter()
+        .copied()
+        .filter(|n| n.addr().is_ipv6())
+        .collect();
+    v4.sort_unstable();
+    v6.sort_unstable();
+    let v4 = v4.into_iter().map(|key| {
+        let addr = std::net::Ipv4Addr::from(u32::try_from(key >> 8).unwrap_or(0));
+        // Rebuilt from a valid network's address and length: never out of range.
+        IpNet::V4(Ipv4Net::new(addr, (key & 0xff) as u8).unwrap_or_default())
+    });
+    for (slot, net) in nets.iter_mut().zip(v4.chain(v6)) {
+        *slot = net;
     }
 }
 
@@ -450,6 +502,41 @@ mod tests {
     }
 
     #[test]
+    fn sort_nets_sorts_as_the_enum_does() {
+        let mut seed = 0x5eed_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for (count, v6_share) in [(10, 2), (1000, 0), (1000, 3), (5000, 10)] {
+            let nets: Vec<IpNet> = (0..count)
+                .map(|_| {
+                    let r = next();
+                    if v6_share != 0 && r % v6_share == 0 {
+                        let addr = std::net::Ipv6Addr::from(u128::from(r) << 64);
+                        IpNet::V6(Ipv6Net::new(addr, (r % 129) as u8).expect("len").trunc())
+                    } else {
+                        // Few addresses and all lengths: equal addresses of several lengths.
+                        let addr = std::net::Ipv4Addr::from((r as u32) & 0xff00_0f00);
+                        IpNet::V4(
+                            Ipv4Net::new(addr, (r >> 40) as u8 % 33)
+                                .expect("len")
+                                .trunc(),
+                        )
+                    }
+                })
+                .collect();
+            let mut expected = nets.clone();
+            expected.sort_unstable();
+            let mut sorted = nets;
+            sort_nets(&mut sorted);
+            assert_eq!(sorted, expected, "{count} nets");
+        }
+    }
+
+    #[test]
     fn duplicates_are_found_in_file_order() {
         let mut list = Allowlist::default();
         for n in [
@@ -461,6 +548,17 @@ mod tests {
             list.push(net(n), None);
         }
         assert_eq!(list.first_duplicate(), Some((2, net("192.0.2.0/24"))));
+        let mut list = Allowlist::default();
+        for n in [
+            "2001:db8::/32",
+            "192.0.2.0/24",
+            "192.0.2.0/25",
+            "2001:db8::/32",
+            "192.0.2.0/25",
+        ] {
+            list.push(net(n), None);
+        }
+        assert_eq!(list.first_duplicate(), Some((3, net("2001:db8::/32"))));
         let mut list = Allowlist::default();
         list.push(net("192.0.2.0/24"), Some("x"));
         assert_eq!(list.first_duplicate(), None);

@@ -171,6 +171,36 @@ impl Mapped<u32> {
     }
 }
 
+impl Mapped<u32> {
+    /// Cells `index..index + count`, which must lie in one window (a second-level block does:
+    /// blocks are 1 KiB, aligned, and windows a multiple of that), for `f` to load and store
+    /// with one window lookup instead of one per cell (a new block is 256 stores; a million of
+    /// them was a tenth of a daemon's start). `f` must not use this mapping otherwise: another
+    /// window mapped meanwhile could unmap this one.
+    pub(crate) fn with_run<R>(
+        &self,
+        index: usize,
+        count: usize,
+        f: impl FnOnce(&[AtomicU32]) -> R,
+    ) -> R {
+        if count == 0 {
+            return f(&[]);
+        }
+        let first = index * size_of::<u32>() / WINDOW;
+        let last = ((index + count) * size_of::<u32>() - 1) / WINDOW;
+        assert!(
+            first == last && index + count <= self.len,
+            "a run of cells crosses a window or the table's end"
+        );
+        let ptr = self.cell_ptr(index);
+        // SAFETY: `count` aligned u32 cells of one mapped window (checked above), seen as
+        // atomics as in `load`; the window stays mapped while `f` runs, since only a lookup
+        // through this mapping (which `f` must not make) unmaps windows.
+        let cells = unsafe { std::slice::from_raw_parts(ptr.cast::<AtomicU32>(), count) };
+        f(cells)
+    }
+}
+
 impl Mapped<u64> {
     pub(crate) fn load(&self, index: usize) -> u64 {
         // SAFETY: as for `Mapped<u32>::load`.
@@ -253,16 +283,23 @@ pub fn copy_values(old: &MapData, new: &MapData, name: &str) -> anyhow::Result<(
 
 /// Second-level blocks a list of networks needs: one per /24 that holds a prefix longer than /24.
 pub fn blocks_needed<'a>(nets: impl IntoIterator<Item = &'a ipnet::IpNet>) -> u32 {
-    let mut slots: Vec<u32> = nets
-        .into_iter()
-        .filter_map(|net| match net {
-            ipnet::IpNet::V4(v4) if v4.prefix_len() > 24 => Some(u32::from(v4.network()) >> 8),
-            _ => None,
-        })
-        .collect();
-    slots.sort_unstable();
-    slots.dedup();
-    u32::try_from(slots.len()).unwrap_or(u32::MAX)
+    // One bit per /24 (2 MiB, whose pages are only touched where entries are): a pass, no sort
+    // (the daemon sizes its tables from this before it loads a million-entry list).
+    let mut seen = vec![0u64; (TBL24_ENTRIES as usize).div_ceil(64)];
+    let mut count = 0u32;
+    for net in nets {
+        if let ipnet::IpNet::V4(v4) = net
+            && v4.prefix_len() > 24
+        {
+            let slot = (u32::from(v4.network()) >> 8) as usize;
+            let (word, bit) = (slot / 64, 1u64 << (slot % 64));
+            if seen[word] & bit == 0 {
+                seen[word] |= bit;
+                count = count.saturating_add(1);
+            }
+        }
+    }
+    count
 }
 
 /// The pool to create for a list that needs `needed` blocks: a sixteenth more and 256 blocks of
@@ -517,23 +554,31 @@ impl Dir24 {
         count: usize,
         f: impl Fn(&Dir24, u32) -> Option<u32>,
     ) {
-        let base = block as usize * 256 + offset;
-        for index in base..base + count {
-            let old = self.long.load(index);
-            if let Some(new) = f(self, old)
-                && new != old
-            {
-                self.long.store(index, new);
-            }
-        }
+        // `f` reads the entry table only, never this mapping (see `with_run`).
+        self.long
+            .with_run(block as usize * 256 + offset, count, |cells| {
+                for cell in cells {
+                    let old = cell.load(Ordering::Acquire);
+                    if let Some(new) = f(self, old)
+                        && new != old
+                    {
+                        cell.store(new, Ordering::Release);
+                    }
+                }
+            });
     }
 
     /// If every address of `block` resolves the same way, points the /24 at that value directly
     /// and retires the block.
     fn collapse(&mut self, slot: usize, block: u32) {
-        let base = block as usize * 256;
-        let first = self.long.load(base);
-        if (base..base + 256).all(|index| self.long.load(index) == first) {
+        let uniform = self.long.with_run(block as usize * 256, 256, |cells| {
+            let first = cells[0].load(Ordering::Acquire);
+            cells
+                .iter()
+                .all(|cell| cell.load(Ordering::Acquire) == first)
+                .then_some(first)
+        });
+        if let Some(first) = uniform {
             self.tbl24.store(slot, first);
             // Free for other processes from now on (they start later than the grace period);
             // this process keeps it aside until the grace period is over.

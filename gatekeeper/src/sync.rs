@@ -1,8 +1,8 @@
 //! Bringing the live maps in line with a config, without a gap: new allowlist entries go in
 //! before the policy switches, and old entries come out last.
 
+use gatekeeper_support::allowlist::sort_nets;
 use ipnet::IpNet;
-use tracing::warn;
 
 use crate::{
     config::Config,
@@ -70,37 +70,46 @@ pub fn apply(
     config: &Config,
     feed_nets: &[IpNet],
 ) -> anyhow::Result<SyncReport> {
+    apply_sorted(maps, deny, config, feed_nets, &config.allow.sorted_nets())
+}
+
+/// [`apply`] with the config's allowlist sorted already (`wanted`, from
+/// [`gatekeeper_support::allowlist::Allowlist::sorted_nets`]): the daemon's start sorts it
+/// while the kernel makes the maps.
+pub fn apply_sorted(
+    maps: &mut FilterMaps,
+    deny: &mut DenyMaps,
+    config: &Config,
+    feed_nets: &[IpNet],
+    wanted: &[IpNet],
+) -> anyhow::Result<SyncReport> {
     let deny_report = apply_deny(deny, &config.deny.sorted_nets(), feed_nets)?;
-    let mut report = apply_allowlist(maps, config)?;
+    let mut report = apply_allowlist(maps, config, wanted)?;
     report.deny_added = deny_report.added.len();
     report.deny_removed = deny_report.removed.len();
     Ok(report)
 }
 
-/// The allowlist and policy half of [`apply`].
-fn apply_allowlist(maps: &mut FilterMaps, config: &Config) -> anyhow::Result<SyncReport> {
+/// The allowlist and policy half of [`apply_sorted`].
+fn apply_allowlist(
+    maps: &mut FilterMaps,
+    config: &Config,
+    wanted: &[IpNet],
+) -> anyhow::Result<SyncReport> {
     let mut live = maps.nets()?;
-    live.sort_unstable();
-    let wanted = config.allow.sorted_nets();
+    sort_nets(&mut live);
     let mut report = SyncReport::default();
 
-    for net in sorted_difference(&wanted, &live) {
-        if let Err(err) = maps.insert_new(net) {
-            for added in &report.added {
-                if let Err(undo) = maps.remove(*added) {
-                    warn!(entry = %added, error = %undo, "could not take back a new entry");
-                }
-            }
-            return Err(err);
-        }
-        report.added.push(net);
-    }
+    let added: Vec<IpNet> = sorted_difference(wanted, &live).collect();
+    // All or nothing: a failed insert takes back what went in before it.
+    maps.insert_new_all(&added)?;
+    report.added = added;
     let policy = Policy::of(config);
     if maps.policy()? != policy {
         maps.set_policy(&policy)?;
         report.policy_changed = true;
     }
-    for net in sorted_difference(&live, &wanted) {
+    for net in sorted_difference(&live, wanted) {
         maps.remove(net)?;
         report.removed.push(net);
     }

@@ -49,6 +49,7 @@ use gatekeeper_support::{
     settle::{Look, Settle},
     stamp::FileStamp,
 };
+use ipnet::IpNet;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{Signal, SignalKind, signal},
@@ -97,18 +98,29 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
     // Pins this start creates (none yet) are its own to remove if it fails; pins an earlier
     // daemon left keep the filter it left enforcing.
     let fresh = !FilterMaps::is_pinned(&config.pin_dir);
-    let mut filter = Filter::load_with(&load_options(
-        &config,
-        dir24::pool_size(
-            dir24::blocks_needed(config.allow.nets()),
-            config.ipv4_dir24_blocks,
-        ),
-    ))?;
+    // The list is sorted (for the sync) on a second thread while the kernel makes the maps
+    // (zeroing a gigabyte of tables for a million spread entries takes seconds).
+    let (filter, wanted) = std::thread::scope(|scope| {
+        let sorting = scope.spawn(|| config.allow.sorted_nets());
+        let filter = Filter::load_with(&load_options(
+            &config,
+            dir24::pool_size(
+                dir24::blocks_needed(config.allow.nets()),
+                config.ipv4_dir24_blocks,
+            ),
+        ));
+        (filter, sorting.join())
+    });
+    let mut filter = filter?;
+    let wanted = wanted.map_err(|_| anyhow!("sorting the allowlist failed"))?;
     let counts = SharedCounts::default();
     // Before attaching: after a reboot the maps are new, and the file has the bans.
     bans::restore(&mut filter, &config, &counts);
     let feeds = FeedSet::load(&config.deny_feeds);
-    let interfaces = match start(&mut filter, path, &config, &feeds) {
+    let started = start(&mut filter, path, &config, &feeds, &wanted);
+    // Not kept for the daemon's life: a million networks are 24 MB.
+    drop(wanted);
+    let interfaces = match started {
         Ok(interfaces) => interfaces,
         Err((err, attaching)) => {
             // A failed attach takes off what it attached unless the config keeps it attached
@@ -164,23 +176,30 @@ fn start(
     path: &Path,
     config: &Config,
     feeds: &FeedSet,
+    wanted: &[IpNet],
 ) -> Result<Interfaces, (anyhow::Error, bool)> {
-    fill(filter, path, config, feeds).map_err(|e| (e, false))?;
+    fill(filter, path, config, feeds, wanted).map_err(|e| (e, false))?;
     // After the fill, which may have replaced the program along with its tables.
     let mut interfaces = Interfaces::new(filter).map_err(|e| (e, false))?;
     attach_all(filter, &mut interfaces, config).map_err(|e| (e, true))?;
     Ok(interfaces)
 }
 
-/// Fills the maps from the config and the deny feeds: before attaching, so the program never
-/// runs with an empty allowlist or without its deny list.
-fn fill(filter: &mut Filter, path: &Path, config: &Config, feeds: &FeedSet) -> anyhow::Result<()> {
+/// Fills the maps from the config (`wanted`: its allowlist, sorted) and the deny feeds: before
+/// attaching, so the program never runs with an empty allowlist or without its deny list.
+fn fill(
+    filter: &mut Filter,
+    path: &Path,
+    config: &Config,
+    feeds: &FeedSet,
+    wanted: &[IpNet],
+) -> anyhow::Result<()> {
     let _edit = reload::edit_lock(path);
     fit_ipv4_tables(filter, config)?;
     // Pins this start adopts may have been edited by a gatekeeper that kept no summary: rebuilt
     // (from the tables that fit the config) before this program is attached.
     filter.maps().refill_summary()?;
-    let report = apply_growing(filter, config, &feeds.union)?;
+    let report = apply_growing(filter, config, &feeds.union, wanted)?;
     // The windows of the tables the fill mapped stay in the maps, not in this process.
     filter.maps().release_tables();
     info!(
@@ -242,17 +261,18 @@ fn fit_ipv4_tables(filter: &mut Filter, config: &Config) -> anyhow::Result<()> {
 fn apply_growing(
     filter: &mut Filter,
     config: &Config,
-    feed_nets: &[ipnet::IpNet],
+    feed_nets: &[IpNet],
+    wanted: &[IpNet],
 ) -> anyhow::Result<sync::SyncReport> {
     let (maps, rules) = filter.maps_and_rules();
-    match sync::apply(maps, &mut rules.deny, config, feed_nets) {
+    match sync::apply_sorted(maps, &mut rules.deny, config, feed_nets, wanted) {
         Err(err) if err.downcast_ref::<dir24::OutOfBlocks>().is_some() => {
             let Some(blocks) = ipv4_tables::grown_pool(filter.maps(), config)? else {
                 return Err(err);
             };
             filter.replace_ipv4_tables(&load_options(config, blocks))?;
             let (maps, rules) = filter.maps_and_rules();
-            sync::apply(maps, &mut rules.deny, config, feed_nets)
+            sync::apply_sorted(maps, &mut rules.deny, config, feed_nets, wanted)
         }
         other => other,
     }

@@ -15,6 +15,7 @@ use gatekeeper::{
     rules::DenyMaps,
     sync::{self, sorted_difference},
 };
+use gatekeeper_support::allowlist::sort_nets;
 use ipnet::IpNet;
 use serde_json::{Value, json};
 
@@ -55,6 +56,23 @@ pub fn status(path: &Path, json_out: bool) -> anyhow::Result<Health> {
     // "Not loaded" only from a process that can see the pins.
     let daemon_running = bpffs::pin_dir_visible(dir)? && lock::try_lock_pin_dir(dir)?.is_none();
     let maps = FilterMaps::open_if_pinned(dir)?;
+    // Both sides as sorted lists, compared in one merge (keys only from the kernel): the file's
+    // list sorted on a second thread while this one reads the kernel's.
+    let (wanted, live) = std::thread::scope(|scope| -> anyhow::Result<_> {
+        let sorting = scope.spawn(|| config.allow.sorted_nets());
+        let live = match &maps {
+            Some(maps) => {
+                let mut entries = maps.nets()?;
+                sort_nets(&mut entries);
+                Some((maps.policy()?, entries))
+            }
+            None => None,
+        };
+        let wanted = sorting
+            .join()
+            .map_err(|_| anyhow::anyhow!("sorting the allowlist failed"))?;
+        Ok((wanted, live))
+    })?;
 
     let mut names: Vec<String> = config.interfaces.clone();
     for iface in filter::pinned_link_ifaces(dir)? {
@@ -65,16 +83,6 @@ pub fn status(path: &Path, json_out: bool) -> anyhow::Result<Health> {
     let interfaces: Vec<Value> = names.iter().map(|i| interface(dir, i, &config)).collect();
 
     let wanted_policy = Policy::of(&config);
-    // Both sides as sorted lists, compared in one merge (keys only from the kernel).
-    let wanted = config.allow.sorted_nets();
-    let live = match &maps {
-        Some(maps) => {
-            let mut entries = maps.nets()?;
-            entries.sort_unstable();
-            Some((maps.policy()?, entries))
-        }
-        None => None,
-    };
     let counts = |set: &[IpNet]| {
         let v4 = set.iter().filter(|n| n.addr().is_ipv4()).count();
         json!({ "ipv4": v4, "ipv6": set.len() - v4 })
