@@ -356,7 +356,8 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
-    open_port_rows(&options, base_ns, base_spread_ns, &mut results)?;
+    let mut open_port = Vec::new();
+    open_port_rows(&options, base_ns, base_spread_ns, &mut open_port)?;
 
     let report = json!({
         "benchmark": "xdp",
@@ -369,6 +370,7 @@ fn main() -> anyhow::Result<()> {
         "baseline_spread_ns": base_spread_ns,
         "results": results,
         "loads": loads,
+        "open_port": open_port,
     });
     if let Some(dir) = options.json.parent() {
         std::fs::create_dir_all(dir)?;
