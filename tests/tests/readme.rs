@@ -131,6 +131,8 @@ const SUBCOMMANDS: &[(&str, &[&str])] = &[
             "status",
             "stats",
             "allow",
+            "deny",
+            "ban",
             "detach",
             "completions",
             "man",
@@ -682,16 +684,31 @@ fn build_binaries() -> anyhow::Result<()> {
         .map_err(|err| anyhow::anyhow!(err))
 }
 
-/// The example unit `name` (with or without `.service`), which must exist.
+/// The example unit `name` (with or without `.service`; a `.timer`; an instance `a@b` of the
+/// template `a@`), which must exist in examples/ or examples/systemd/.
 fn unit_file(name: &str) -> anyhow::Result<String> {
-    let name = name.strip_suffix(".service").unwrap_or(name);
-    let path = repo_root().join("examples").join(format!("{name}.service"));
-    fs::read_to_string(&path).with_context(|| {
+    let (name, kind) = match name.strip_suffix(".timer") {
+        Some(timer) => (timer, "timer"),
+        None => (name.strip_suffix(".service").unwrap_or(name), "service"),
+    };
+    let template = match name.split_once('@') {
+        Some((base, _instance)) => format!("{base}@"),
+        None => name.to_string(),
+    };
+    let file = format!("{template}.{kind}");
+    let shipped = [
+        repo_root().join("examples"),
+        repo_root().join("examples/systemd"),
+    ]
+    .into_iter()
+    .map(|dir| dir.join(&file))
+    .find(|path| path.is_file())
+    .with_context(|| {
         format!(
-            "the unit {name} is not shipped: {} is missing",
-            path.display()
+            "the unit {name}.{kind} is not shipped: no examples/{file} or examples/systemd/{file}"
         )
-    })
+    })?;
+    Ok(fs::read_to_string(&shipped)?)
 }
 
 /// What `systemctl` is asked to do, and to which units.
@@ -944,8 +961,9 @@ impl Sandbox {
         fs::write(
             r.join("etc/gatekeeper/gatekeeper.toml"),
             format!(
-                "# tests/tests/readme.rs: a pin_dir of the test's own, never the real one.\npin_dir = \"{}\"\n\n{}",
+                "# tests/tests/readme.rs: a pin_dir and ban state of the test's own, never the real ones.\npin_dir = \"{}\"\nban_state = \"{}\"\n\n{}",
                 pins.path().display(),
+                r.join("var/lib/gatekeeper/bans.json").display(),
                 rewrite_paths(&gatekeeper_toml, r)
             ),
         )?;
@@ -1132,7 +1150,9 @@ impl Sandbox {
             return Ok(());
         }
         let (action, now, units) = systemctl_args(words);
-        for unit in units {
+        // Timers start units that fetch from the Internet (deny feeds): checked to be shipped
+        // (`check_tool`), never played in the sandbox.
+        for unit in units.into_iter().filter(|u| !u.ends_with(".timer")) {
             match action.as_str() {
                 "start" | "restart" => self.start_unit(&unit)?,
                 "enable" if now => self.start_unit(&unit)?,
@@ -1409,6 +1429,77 @@ impl Sandbox {
                     other => bail!("no check for `gatekeeper allow {other}`"),
                 }
             }
+            ("gatekeeper", "deny") => {
+                // Parsed: the example config shows a [[deny]] entry in a comment.
+                let table: toml::Table = fs::read_to_string(self.gatekeeper_config())?.parse()?;
+                let cidrs: Vec<&str> = table
+                    .get("deny")
+                    .and_then(|a| a.as_array())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| e.get("cidr").and_then(|c| c.as_str()))
+                    .collect();
+                match ours[2].as_str() {
+                    "add" => {
+                        let cidr = arg("add")?;
+                        ensure!(
+                            cidrs.contains(&cidr.as_str()),
+                            "{cidr} is not in the config's [[deny]]: {cidrs:?}"
+                        );
+                    }
+                    "remove" => {
+                        let cidr = arg("remove")?;
+                        ensure!(
+                            !cidrs.contains(&cidr.as_str()),
+                            "{cidr} is still in the config's [[deny]]"
+                        );
+                    }
+                    "list" => {
+                        if json {
+                            let listed = parse_json(stdout)?;
+                            // Live-only rows (a removal the daemon has not synced yet) aside.
+                            let n = listed["entries"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter(|e| e["in_config"] == true)
+                                .count();
+                            ensure!(n == cidrs.len(), "{n} entries listed, {cidrs:?} configured");
+                        } else {
+                            ensure!(stdout.contains("CIDR"), "no table");
+                        }
+                        for cidr in cidrs {
+                            ensure!(stdout.contains(cidr), "{cidr} is not listed");
+                        }
+                    }
+                    other => bail!("no check for `gatekeeper deny {other}`"),
+                }
+            }
+            ("gatekeeper", "ban") => match ours[2].as_str() {
+                "add" => {
+                    let addr = arg("add")?;
+                    ensure!(
+                        stdout.starts_with("banned ") && stdout.contains(&addr),
+                        "not banned"
+                    );
+                    let state = self.root().join("var/lib/gatekeeper/bans.json");
+                    let file = fs::read_to_string(&state)
+                        .with_context(|| format!("no ban state file {}", state.display()))?;
+                    ensure!(file.contains(&addr), "{addr} is not in {}", state.display());
+                }
+                "remove" => {
+                    ensure!(stdout.starts_with("lifted the ban of "), "not lifted");
+                }
+                "list" => {
+                    if json {
+                        let listed = parse_json(stdout)?;
+                        ensure!(listed["bans"].is_array(), "no bans array");
+                    } else {
+                        ensure!(stdout.contains("SOURCE"), "no table");
+                    }
+                }
+                other => bail!("no check for `gatekeeper ban {other}`"),
+            },
             ("gatekeeper", "detach") => {
                 ensure!(
                     stdout.contains(&format!("detached from {HOST_IF}")),

@@ -48,8 +48,20 @@ fn prepare(real: &Path, path: &Path, change: Edit<'_>) -> anyhow::Result<(NewFil
         ),
         _ => {}
     }
-    if let Streamed::Ready { staged, old, .. } =
-        edit::stream_in(real, path, allowlist_edit::DENY, change)?
+    let expected = match change {
+        Edit::Add { .. } => config.deny.len() + 1,
+        Edit::Remove { .. } => config.deny.len() - 1,
+    };
+    // The stream counts the entries it saw: fewer than the file has means it stopped at the
+    // first other table (`[[port]]`) and would have split the `[[deny]]` tables around it; the
+    // document editor puts the entry after the others instead.
+    if let Streamed::Ready {
+        staged,
+        old,
+        entries,
+        ..
+    } = edit::stream_in(real, path, allowlist_edit::DENY, change)?
+        && entries == expected
     {
         return Ok((NewFile::Staged { staged, old }, config));
     }
@@ -346,4 +358,125 @@ pub fn list(path: &Path, json: bool) -> anyhow::Result<()> {
         writeln!(out, "(the filter is not loaded: no live hit counters)")?;
     }
     Ok(out.flush()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Applies one edit to `text` in a temp file through [`prepare`]; the new text.
+    fn edited(text: &str, change: Edit<'_>) -> String {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("gk.toml");
+        std::fs::write(&path, text).expect("write");
+        let (new_file, _) = prepare(&path, &path, change).expect("prepared");
+        new_file.commit(&path).expect("committed");
+        std::fs::read_to_string(&path).expect("read")
+    }
+
+    fn net(s: &str) -> IpNet {
+        parse_cidr(s).expect("cidr")
+    }
+
+    #[test]
+    fn entries_are_added_after_the_others_and_removed_with_comments_kept() {
+        let head = "interfaces = [\"eth0\"]\n";
+        let port = "\n[[port]]\nnumber = 25\npolicy = \"open\"\n";
+        let allow = "\n# partners\n[[allow]]\ncidr = \"198.51.100.0/24\"\n";
+        // The first entry goes before the other tables.
+        let first = edited(
+            &format!("{head}{port}{allow}"),
+            Edit::Add {
+                net: net("203.0.113.0/28"),
+                comment: Some("hijacked"),
+            },
+        );
+        assert_eq!(
+            first,
+            format!(
+                "{head}\n[[deny]]\ncidr = \"203.0.113.0/28\"\ncomment = \"hijacked\"\n{port}{allow}"
+            )
+        );
+        // Deny tables after a [[port]] table: the new one joins them, not split before [[port]].
+        let deny = "\n# ours\n[[deny]]\ncidr = \"203.0.113.0/28\"\n";
+        let text = format!("{head}{port}{deny}{allow}");
+        let second = edited(
+            &text,
+            Edit::Add {
+                net: net("192.0.2.0/24"),
+                comment: None,
+            },
+        );
+        let config = Config::parse(&second, Path::new("gk.toml")).expect("valid");
+        assert_eq!(
+            config.deny.nets(),
+            [net("203.0.113.0/28"), net("192.0.2.0/24")]
+        );
+        assert!(
+            second.find("[[port]]") < second.find("[[deny]]"),
+            "{second}"
+        );
+        assert!(second.contains("# ours\n[[deny]]"), "{second}");
+        let removed = edited(
+            &second,
+            Edit::Remove {
+                net: net("203.0.113.0/28"),
+            },
+        );
+        let config = Config::parse(&removed, Path::new("gk.toml")).expect("valid");
+        assert_eq!(config.deny.nets(), [net("192.0.2.0/24")]);
+        assert!(removed.contains("# partners\n[[allow]]"), "{removed}");
+    }
+
+    #[test]
+    fn duplicates_and_missing_entries_are_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("gk.toml");
+        std::fs::write(
+            &path,
+            "interfaces = [\"eth0\"]\n[[deny]]\ncidr = \"203.0.113.0/28\"\n",
+        )
+        .expect("write");
+        let dup = prepare(
+            &path,
+            &path,
+            Edit::Add {
+                net: net("203.0.113.0/28"),
+                comment: None,
+            },
+        )
+        .err()
+        .expect("duplicate");
+        assert!(
+            dup.to_string().contains("is already in the deny list"),
+            "{dup}"
+        );
+        let missing = prepare(
+            &path,
+            &path,
+            Edit::Remove {
+                net: net("192.0.2.0/24"),
+            },
+        )
+        .err()
+        .expect("missing");
+        assert!(
+            missing.to_string().contains("is not in the deny list"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn a_deny_entry_over_allow_entries_warns() {
+        let config = Config::parse(
+            "interfaces = [\"eth0\"]\n[[allow]]\ncidr = \"198.51.100.0/24\"\n[[allow]]\ncidr = \"192.0.2.1\"\n",
+            Path::new("gk.toml"),
+        )
+        .expect("valid");
+        let warnings = shadowed_allow(&config, net("198.51.100.128/25"));
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("198.51.100.0/24"), "{warnings:?}");
+        assert!(warnings[0].contains("deny wins"), "{warnings:?}");
+        assert!(shadowed_allow(&config, net("203.0.113.0/24")).is_empty());
+    }
 }
