@@ -43,6 +43,8 @@ pub mod map_names {
     pub const DENY_V6: &str = "GK_DENY_V6";
     /// The /24 bitmap in front of the IPv4 ban and deny lookups (see [`super::blocked`]).
     pub const BLOCKED_V4: &str = "GK_BLOCKED_V4";
+    /// The same for IPv6, one bit per /24 (the top 24 bits of the address).
+    pub const BLOCKED_V6: &str = "GK_BLOCKED_V6";
     /// Userspace bookkeeping for `BLOCKED_V4` (see [`super::blocked`]); the program never reads it.
     pub const BLOCKED_REFS: &str = "GK_BLOCKED_REFS";
     /// Per-source SYN token buckets, IPv4: LRU hash of `[u8; 4]` -> [`super::RateBucket`].
@@ -135,24 +137,29 @@ pub mod summary {
     );
 }
 
-/// The /24 bitmap in front of the IPv4 ban and deny lookups: bit `a >> 8` of address `a` is set
-/// while a deny entry or a ban covers at least one address of that /24. A clear bit means "neither
-/// banned nor denied" and skips both lookups; a set bit only means "look further", so userspace
-/// sets it *before* inserting an entry and clears it *after* removing the last one.
+/// The /24 bitmaps in front of the ban and deny lookups, one per family: bit `r` is set while a
+/// deny entry or a ban covers at least one address of the region `r` (the top 24 bits of the
+/// address: an IPv4 /24, an IPv6 /24). A clear bit means "neither banned nor denied" and skips
+/// both lookups; a set bit only means "look further", so userspace sets it *before* inserting an
+/// entry and clears it *after* removing the last one.
 ///
-/// Which /24s still need their bit is decided by userspace from the deny trie itself (entries of
-/// /24 and shorter: one trie lookup at /24) and from reference counts in `BLOCKED_REFS` for the
-/// things smaller than a /24 (deny entries longer than /24 and IPv4 bans), kept per kind so the
-/// deny side and the ban side, each under its own lock, never write the same count.
+/// Which regions still need their bit is decided by userspace from the deny trie itself (entries
+/// of /24 and shorter: one trie lookup at /24) and from reference counts in `BLOCKED_REFS` for the
+/// things smaller than a region (deny entries longer than /24, bans), kept per family and kind so
+/// the deny side and the ban side, each under its own lock, never write the same count.
 pub mod blocked {
-    /// Words of the bitmap: 2^24 bits.
+    /// Words of each bitmap: 2^24 bits.
     pub const WORDS: u32 = 1 << 18;
-    /// In a `BLOCKED_REFS` key: the /24 index is in the low 24 bits, the kind above.
+    /// In a `BLOCKED_REFS` key: the region is in the low 24 bits, the kind above.
     pub const REF_KIND_SHIFT: u32 = 24;
-    /// Kind of reference: a deny entry longer than /24 inside the /24.
+    /// Kind of reference: an IPv4 deny entry longer than /24 inside the region.
     pub const REF_DENY: u32 = 0;
-    /// Kind of reference: an IPv4 ban inside the /24.
+    /// Kind of reference: an IPv4 ban inside the region.
     pub const REF_BAN: u32 = 1;
+    /// Kind of reference: an IPv6 deny entry longer than /24 inside the region.
+    pub const REF_DENY_V6: u32 = 2;
+    /// Kind of reference: an IPv6 ban inside the region.
+    pub const REF_BAN_V6: u32 = 3;
 }
 
 /// Default size of each ban map (`max_bans`).

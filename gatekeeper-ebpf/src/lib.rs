@@ -81,7 +81,11 @@ static DENY_V6: LpmTrie<[u8; 16], RuleValue> = LpmTrie::with_max_entries(DENY_CA
 #[map(name = "GK_BLOCKED_V4")]
 static BLOCKED_V4: Array<u64> = Array::with_max_entries(blocked::WORDS, BPF_F_MMAPABLE);
 
-/// Userspace's reference counts for `GK_BLOCKED_V4`. The program never reads them; the map is in
+/// The same for IPv6 sources (by their top 24 bits).
+#[map(name = "GK_BLOCKED_V6")]
+static BLOCKED_V6: Array<u64> = Array::with_max_entries(blocked::WORDS, BPF_F_MMAPABLE);
+
+/// Userspace's reference counts for `GK_BLOCKED_V4` and `GK_BLOCKED_V6`. The program never reads them; the map is in
 /// the object so the loader creates and pins it with the others (an exported map symbol is kept).
 #[map(name = "GK_BLOCKED_REFS")]
 static BLOCKED_REFS: HashMap<u32, u32> =
@@ -227,8 +231,7 @@ fn blocked_rule(segment: &Segment, config: &FilterConfig) -> Option<(Counter, u3
             let mut v4 = [0u8; 4];
             v4.copy_from_slice(&segment.source[..4]);
             let addr = u32::from_be_bytes(v4);
-            let word = BLOCKED_V4.get(addr >> 14)?;
-            if (*word >> ((addr >> 8) & 63)) & 1 == 0 {
+            if !region_flagged(&BLOCKED_V4, addr >> 8) {
                 return None;
             }
             if let Some(ban) = BANS_V4.get_ptr_mut(v4)
@@ -241,6 +244,12 @@ fn blocked_rule(segment: &Segment, config: &FilterConfig) -> Option<(Counter, u3
             Some((Counter::DeniedList, rule::DENIED_LIST))
         }
         _ => {
+            let region = (u32::from(segment.source[0]) << 16)
+                | (u32::from(segment.source[1]) << 8)
+                | u32::from(segment.source[2]);
+            if !region_flagged(&BLOCKED_V6, region) {
+                return None;
+            }
             if let Some(ban) = BANS_V6.get_ptr_mut(masked_v6(segment, config))
                 && ban_in_force(ban)
             {
@@ -250,6 +259,16 @@ fn blocked_rule(segment: &Segment, config: &FilterConfig) -> Option<(Counter, u3
             atomic_add(&value.hits, 1);
             Some((Counter::DeniedList, rule::DENIED_LIST))
         }
+    }
+}
+
+/// Whether a deny entry or a ban touches region `region` (the source's top 24 bits).
+#[inline(always)]
+fn region_flagged(bitmap: &Array<u64>, region: u32) -> bool {
+    match bitmap.get(region >> 6) {
+        Some(word) => (*word >> (region & 63)) & 1 != 0,
+        // Unreachable (the index is below the map's size); look further if it ever happened.
+        None => true,
     }
 }
 

@@ -356,7 +356,8 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
-    open_port_rows(&options, base_ns, base_spread_ns, &mut results)?;
+    let mut open_port = Vec::new();
+    open_port_rows(&options, base_ns, base_spread_ns, &mut open_port)?;
 
     let report = json!({
         "benchmark": "xdp",
@@ -369,6 +370,7 @@ fn main() -> anyhow::Result<()> {
         "baseline_spread_ns": base_spread_ns,
         "results": results,
         "loads": loads,
+        "open_port": open_port,
     });
     if let Some(dir) = options.json.parent() {
         std::fs::create_dir_all(dir)?;
@@ -424,7 +426,9 @@ fn open_port_rows(
     let banned = Ipv4Addr::new(192, 0, 2, 9);
     let denied = Ipv4Addr::new(192, 0, 2, 200);
     let limited = Ipv4Addr::new(203, 0, 113, 77);
-    let banned_v6 = Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 0, 0, 0, 0, 9);
+    // 3fff::/20 is documentation space too (RFC 9637), in another /24 region than 2001:db8::.
+    let banned_v6 = Ipv6Addr::new(0x3fff, 0, 0xbad, 0, 0, 0, 0, 9);
+    let neighbour_v6 = Ipv6Addr::new(0x3fff, 0, 0x66, 0, 0, 0, 0, 66);
     let started = Instant::now();
     let mut rng = Rng::new(0xde17);
     let rules = filter.rules();
@@ -472,7 +476,7 @@ fn open_port_rows(
     println!(
         "\nopen port 25 (allowlist port 587) with {OPEN_DENY_ENTRIES} deny entries, {OPEN_BANS} bans, SYN limit on; filled in {fill_seconds:.1} s"
     );
-    let rows: [(&str, Vec<u8>); 9] = [
+    let rows: [(&str, Vec<u8>); 10] = [
         (
             "open port, SYN, passed, IPv4",
             tcp_v4(clear, HOST_V4, 25, TCP_SYN),
@@ -497,6 +501,10 @@ fn open_port_rows(
         (
             "open port, SYN, passed, IPv6",
             tcp_v6(STRANGER_V6, HOST_V6, 25, TCP_SYN),
+        ),
+        (
+            "open port, SYN, passed, IPv6 /24 of a ban",
+            tcp_v6(neighbour_v6, HOST_V6, 25, TCP_SYN),
         ),
         (
             "open port, SYN, banned, IPv6",

@@ -68,7 +68,7 @@ fn load(options: &LoadOptions, policy: &Policy) -> Filter {
     filter
 }
 
-/// A deny network no shorter than /12 (a /1 would deny half of everything and starve the other
+/// A deny network no shorter than /12 for IPv4 (a /1 would deny half of everything and starve the other
 /// classes).
 fn deny_net(rng: &mut Rng, existing: &[IpNet]) -> IpNet {
     loop {
@@ -77,7 +77,7 @@ fn deny_net(rng: &mut Rng, existing: &[IpNet]) -> IpNet {
         } else {
             random_v6_net(rng)
         };
-        let min = if net.addr().is_ipv4() { 12 } else { 32 };
+        let min = if net.addr().is_ipv4() { 12 } else { 16 };
         if net.prefix_len() >= min && !existing.contains(&net) {
             return net;
         }
@@ -127,8 +127,9 @@ fn run(mode: Mode, total: usize, batch: usize) {
     }
     let mut deny: Vec<IpNet> = Vec::new();
     let mut bans: Vec<LiveBan> = Vec::new();
-    // Every /24 a deny entry or ban ever touched: where the bitmap is checked.
-    let mut touched: Vec<u32> = Vec::new();
+    // An address in every region (top 24 bits) a deny entry or ban ever touched: where the
+    // bitmaps are checked.
+    let mut touched: Vec<IpAddr> = Vec::new();
     let mut tally: HashMap<(Fam, Class), u64> = HashMap::new();
     let mut checked = 0;
     while checked < total {
@@ -241,7 +242,7 @@ fn edit_rules(
     allow: &[IpNet],
     deny: &mut Vec<IpNet>,
     bans: &mut Vec<LiveBan>,
-    touched: &mut Vec<u32>,
+    touched: &mut Vec<IpAddr>,
 ) {
     let rules = filter.rules();
     for _ in 0..8 {
@@ -258,11 +259,7 @@ fn edit_rules(
                 "{net} was new"
             );
             deny.push(net);
-            if let IpNet::V4(v4) = net {
-                let first = u32::from(v4.network()) >> 8;
-                let last = u32::from(v4.broadcast()) >> 8;
-                touched.extend([first, last, first + (last - first) / 2]);
-            }
+            touched.extend([net.network(), net.broadcast()]);
         }
     }
     for _ in 0..8 {
@@ -298,28 +295,31 @@ fn edit_rules(
             source,
             deadline_ns,
         });
-        if let IpAddr::V4(v4) = addr {
-            touched.push(u32::from(v4) >> 8);
-        }
+        touched.push(addr);
     }
     let listed = rules.bans.list().expect("ban list");
     assert_eq!(listed.len(), bans.len(), "ban list");
 }
 
-/// The bitmap's bit for each touched /24 is set exactly when a deny entry or a ban covers part of
-/// it.
-fn assert_bitmap_exact(filter: &mut Filter, deny: &[IpNet], bans: &[LiveBan], touched: &[u32]) {
+/// The bitmaps' bit for each touched region (the top 24 bits of an address) is set exactly when
+/// a deny entry or a ban of that family covers part of it.
+fn assert_bitmap_exact(filter: &mut Filter, deny: &[IpNet], bans: &[LiveBan], touched: &[IpAddr]) {
+    let region = |addr: IpAddr| match addr {
+        IpAddr::V4(v4) => (4, u128::from(u32::from(v4) >> 8)),
+        IpAddr::V6(v6) => (6, u128::from(v6) >> 104),
+    };
     let rules = filter.rules();
-    for &x in touched {
-        let low = Ipv4Addr::from(x << 8);
-        let high = Ipv4Addr::from((x << 8) | 0xff);
-        let needed = deny.iter().any(|n| match n {
-            IpNet::V4(n) => n.network() <= high && n.broadcast() >= low,
-            IpNet::V6(_) => false,
-        }) || bans
-            .iter()
-            .any(|b| matches!(b.addr, IpAddr::V4(a) if u32::from(a) >> 8 == x));
-        assert_eq!(rules.deny.blocked_bit(x), needed, "bitmap bit of {low}/24");
+    for &addr in touched {
+        let want = region(addr);
+        let needed = deny.iter().any(|n| {
+            let (low, high) = (region(n.network()), region(n.broadcast()));
+            low.0 == want.0 && low.1 <= want.1 && want.1 <= high.1
+        }) || bans.iter().any(|b| region(b.addr) == want);
+        assert_eq!(
+            rules.deny.blocked_bit(addr),
+            needed,
+            "bitmap bit of the region of {addr}"
+        );
     }
 }
 

@@ -165,6 +165,7 @@ fn render(machine: &Value, results: &Results, chart_prefix: &str) -> Report {
     );
     flood_section(&mut md, &mut charts, results.flood, chart_prefix);
     xdp_section(&mut md, &mut charts, results.xdp, chart_prefix);
+    open_port_section(&mut md, results.xdp);
     control_section(&mut md, results.control);
     relay_section(&mut md, results.relay);
     Report {
@@ -599,6 +600,39 @@ fn xdp_section(
         }
         let _ = writeln!(md);
     }
+}
+
+/// The open-port rows of `bench xdp`: port 25 open with 100,000 deny entries, 10,000 bans and the
+/// SYN limiter on.
+fn open_port_section(md: &mut String, xdp: Option<&Value>) {
+    let Some(rows) = xdp.and_then(|x| x["open_port"].as_array()) else {
+        return;
+    };
+    let Some(first) = rows.first() else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "### An open port: deny list, bans, SYN limit
+
+Port 25 `open` (587 `allowlist`) with {}          deny entries, {} bans and the SYN rate limiter on, 10,000 allowlist entries (dir24), as          ratios against the empty program of the same run. Targets: a SYN passed on the open port          ≤ 2.5x, a banned SYN ≤ 3x.
+
+| class | mode | ns | ratio |
+|---|---|---:|---:|",
+        thousands(f(&first["deny_entries"])),
+        thousands(f(&first["bans"])),
+    );
+    for r in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {}x |",
+            r["class"].as_str().unwrap_or("–"),
+            r["mode"].as_str().unwrap_or("–"),
+            fixed(f(&r["ns"]), 1),
+            fixed(f(&r["ratio"]), 2),
+        );
+    }
+    let _ = writeln!(md);
 }
 
 /// The control-plane rows of `bench xdp` (tests/benches/control.rs).

@@ -182,6 +182,15 @@ fn fill(filter: &mut Filter, path: &Path, config: &Config, feeds: &FeedSet) -> a
     // Pins this start adopts may have been edited by a gatekeeper that kept no summary: rebuilt
     // (from the tables that fit the config) before this program is attached.
     filter.maps().refill_summary()?;
+    let (v4_bans, _) = filter.rules().bans.capacity();
+    if v4_bans != config.max_bans {
+        // Adopted pins keep their size: the bans in them must survive the restart.
+        warn!(
+            pinned = v4_bans,
+            max_bans = config.max_bans,
+            "the pinned ban tables were made for another max_bans; they keep their size until `gatekeeper detach` removes them"
+        );
+    }
     let report = apply_growing(filter, config, &feeds.union)?;
     // The windows of the tables the fill mapped stay in the maps, not in this process.
     filter.maps().release_tables();

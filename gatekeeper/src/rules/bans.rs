@@ -11,7 +11,7 @@ use gatekeeper_common::{Ban, map_names, v6_prefix_mask};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::{
-    blocked::{Blocked, RefKind},
+    blocked::{Blocked, RefKind, region_of},
     deny::is_errno,
     pinned::data_of,
 };
@@ -60,7 +60,8 @@ pub struct LiveBan {
 pub struct BanMaps {
     v4: HashMap<MapData, [u8; 4], Ban>,
     v6: HashMap<MapData, [u8; 16], Ban>,
-    blocked: Blocked,
+    /// The bitmaps in front of the lookups: `[IPv4, IPv6]`.
+    blocked: [Blocked; 2],
     v6_prefix: u8,
     capacity: (u32, u32),
 }
@@ -69,7 +70,7 @@ impl BanMaps {
     pub(super) fn new(
         v4: Map,
         v6: Map,
-        blocked: Blocked,
+        blocked: [Blocked; 2],
         ban_ipv6_prefix: u8,
     ) -> anyhow::Result<BanMaps> {
         let capacity_of = |map: &Map, name: &str| -> anyhow::Result<u32> {
@@ -136,7 +137,7 @@ impl BanMaps {
                     return self.extend_v4(key, old, deadline_ns, source);
                 }
                 let slash24 = u32::from(v4) >> 8;
-                self.blocked.add_ref(RefKind::Ban, slash24)?;
+                self.blocked[0].add_ref(RefKind::Ban, slash24)?;
                 let ban = Ban {
                     deadline_ns,
                     hits: 0,
@@ -148,7 +149,7 @@ impl BanMaps {
                         new: true,
                     }),
                     Err(err) => {
-                        self.blocked.drop_ref(RefKind::Ban, slash24)?;
+                        self.blocked[0].drop_ref(RefKind::Ban, slash24)?;
                         if is_errno(&err, libc::EEXIST) {
                             // Another writer ignoring the lock got there first: extend it.
                             let old = lookup(&self.v4, &key).with_context(context)?;
@@ -166,10 +167,17 @@ impl BanMaps {
                     deadline_ns: old.map_or(deadline_ns, |o| o.deadline_ns.max(deadline_ns)),
                     hits: old.map_or(0, |o| o.hits),
                 };
+                let region = region_of(IpAddr::V6(v6));
+                if new {
+                    self.blocked[1].add_ref(RefKind::Ban, region)?;
+                }
                 let flags = if new { NO_EXIST } else { EXIST };
-                self.v6
-                    .insert(key, ban, flags)
-                    .map_err(|err| self.refused(err, "IPv6", self.capacity.1, source))?;
+                if let Err(err) = self.v6.insert(key, ban, flags) {
+                    if new {
+                        self.blocked[1].drop_ref(RefKind::Ban, region)?;
+                    }
+                    return Err(self.refused(err, "IPv6", self.capacity.1, source));
+                }
                 Ok(BanOutcome {
                     source,
                     deadline_ns: ban.deadline_ns,
@@ -231,14 +239,18 @@ impl BanMaps {
                     Err(MapError::KeyNotFound) => return Ok(false),
                     Err(err) => return Err(err).with_context(context),
                 }
-                self.blocked.drop_ref(RefKind::Ban, u32::from(v4) >> 8)?;
+                self.blocked[0].drop_ref(RefKind::Ban, u32::from(v4) >> 8)?;
                 Ok(true)
             }
-            IpAddr::V6(v6) => match self.v6.remove(&self.v6_key(v6)) {
-                Ok(()) => Ok(true),
-                Err(MapError::KeyNotFound) => Ok(false),
-                Err(err) => Err(err).with_context(context),
-            },
+            IpAddr::V6(v6) => {
+                match self.v6.remove(&self.v6_key(v6)) {
+                    Ok(()) => {}
+                    Err(MapError::KeyNotFound) => return Ok(false),
+                    Err(err) => return Err(err).with_context(context),
+                }
+                self.blocked[1].drop_ref(RefKind::Ban, region_of(IpAddr::V6(v6)))?;
+                Ok(true)
+            }
         }
     }
 

@@ -8,16 +8,16 @@ use aya::maps::{LpmTrie, Map, MapData, MapError, lpm_trie::Key};
 use gatekeeper_common::{RuleValue, map_names};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::blocked::{Blocked, RefKind, slash24s};
+use super::blocked::{Blocked, RefKind, region_of, regions};
 
 /// `BPF_NOEXIST`: insert only if the exact key is not there.
 const NO_EXIST: u64 = 1;
 
-/// The deny tries of both families, and the IPv4 bitmap in front of them.
+/// The deny tries of both families, and the bitmaps in front of them (`[IPv4, IPv6]`).
 pub struct DenyMaps {
     v4: LpmTrie<MapData, [u8; 4], RuleValue>,
     v6: LpmTrie<MapData, [u8; 16], RuleValue>,
-    blocked: Blocked,
+    blocked: [Blocked; 2],
 }
 
 /// A deny entry as the kernel holds it.
@@ -36,7 +36,7 @@ pub struct DenySyncReport {
 }
 
 impl DenyMaps {
-    pub(super) fn new(v4: Map, v6: Map, blocked: Blocked) -> anyhow::Result<DenyMaps> {
+    pub(super) fn new(v4: Map, v6: Map, blocked: [Blocked; 2]) -> anyhow::Result<DenyMaps> {
         Ok(DenyMaps {
             v4: LpmTrie::try_from(v4).context(map_names::DENY_V4)?,
             v6: LpmTrie::try_from(v6).context(map_names::DENY_V6)?,
@@ -52,81 +52,98 @@ impl DenyMaps {
     /// Adds `net` (normalised to its network); false if it was there already. Call under the
     /// config's edit lock.
     pub fn insert(&mut self, net: IpNet) -> anyhow::Result<bool> {
-        let context = || format!("adding {net} to the deny list failed");
-        match net.trunc() {
-            IpNet::V6(v6) => {
-                let key = Key::new(u32::from(v6.prefix_len()), v6.network().octets());
-                match self.v6.insert(&key, RuleValue::default(), NO_EXIST) {
-                    Ok(()) => Ok(true),
-                    Err(err) if is_errno(&err, libc::EEXIST) => Ok(false),
-                    Err(err) => Err(err).with_context(context),
-                }
+        let net = net.trunc();
+        // The bitmap first: it must never hide what the trie holds.
+        let small = net.prefix_len() > 24;
+        let region = region_of(net.network());
+        let blocked = self.blocked_mut(net);
+        if small {
+            blocked.add_ref(RefKind::Deny, region)?;
+        } else {
+            blocked.cover(net);
+        }
+        let value = RuleValue::default();
+        let inserted = match net {
+            IpNet::V4(v4) => self.v4.insert(
+                &Key::new(u32::from(v4.prefix_len()), v4.network().octets()),
+                value,
+                NO_EXIST,
+            ),
+            IpNet::V6(v6) => self.v6.insert(
+                &Key::new(u32::from(v6.prefix_len()), v6.network().octets()),
+                value,
+                NO_EXIST,
+            ),
+        };
+        let inserted = match inserted {
+            Ok(()) => Ok(true),
+            Err(err) if is_errno(&err, libc::EEXIST) => Ok(false),
+            Err(err) => Err(err).with_context(|| format!("adding {net} to the deny list failed")),
+        };
+        if !matches!(inserted, Ok(true)) {
+            // Nothing new went in: give back what was taken for it.
+            let blocked = self.blocked_mut(net);
+            if small {
+                blocked.drop_ref(RefKind::Deny, region)?;
+            } else {
+                blocked.settle(regions(net))?;
             }
-            IpNet::V4(v4) => {
-                // The bitmap first: it must never hide what the trie holds.
-                let small = v4.prefix_len() > 24;
-                let slash24 = slash24s(v4).start;
-                if small {
-                    self.blocked.add_ref(RefKind::Deny, slash24)?;
-                } else {
-                    self.blocked.cover(v4);
-                }
-                let key = Key::new(u32::from(v4.prefix_len()), v4.network().octets());
-                let inserted = match self.v4.insert(&key, RuleValue::default(), NO_EXIST) {
-                    Ok(()) => Ok(true),
-                    Err(err) if is_errno(&err, libc::EEXIST) => Ok(false),
-                    Err(err) => Err(err).with_context(context),
-                };
-                if !matches!(inserted, Ok(true)) {
-                    // Nothing new went in: give back what was taken for it.
-                    if small {
-                        self.blocked.drop_ref(RefKind::Deny, slash24)?;
-                    } else {
-                        self.blocked.settle(slash24s(v4))?;
-                    }
-                }
-                inserted
-            }
+        }
+        inserted
+    }
+
+    fn blocked_mut(&mut self, net: IpNet) -> &mut Blocked {
+        match net {
+            IpNet::V4(_) => &mut self.blocked[0],
+            IpNet::V6(_) => &mut self.blocked[1],
         }
     }
 
     /// Removes exactly `net`; false if it was not an entry. Call under the config's edit lock.
     pub fn remove(&mut self, net: IpNet) -> anyhow::Result<bool> {
-        let context = || format!("removing {net} from the deny list failed");
-        match net.trunc() {
-            IpNet::V6(v6) => {
-                let key = Key::new(u32::from(v6.prefix_len()), v6.network().octets());
-                match self.v6.remove(&key) {
-                    Ok(()) => Ok(true),
-                    Err(MapError::KeyNotFound) => Ok(false),
-                    Err(err) => Err(err).with_context(context),
-                }
-            }
-            IpNet::V4(v4) => {
-                let key = Key::new(u32::from(v4.prefix_len()), v4.network().octets());
-                match self.v4.remove(&key) {
-                    Ok(()) => {}
-                    Err(MapError::KeyNotFound) => return Ok(false),
-                    Err(err) => return Err(err).with_context(context),
-                }
-                if v4.prefix_len() > 24 {
-                    self.blocked.drop_ref(RefKind::Deny, slash24s(v4).start)?;
-                } else if !self.covered_whole(v4)? {
-                    self.blocked.settle(slash24s(v4))?;
-                }
-                Ok(true)
+        let net = net.trunc();
+        let removed = match net {
+            IpNet::V4(v4) => self
+                .v4
+                .remove(&Key::new(u32::from(v4.prefix_len()), v4.network().octets())),
+            IpNet::V6(v6) => self
+                .v6
+                .remove(&Key::new(u32::from(v6.prefix_len()), v6.network().octets())),
+        };
+        match removed {
+            Ok(()) => {}
+            Err(MapError::KeyNotFound) => return Ok(false),
+            Err(err) => {
+                return Err(err)
+                    .with_context(|| format!("removing {net} from the deny list failed"));
             }
         }
+        if net.prefix_len() > 24 {
+            self.blocked_mut(net)
+                .drop_ref(RefKind::Deny, region_of(net.network()))?;
+        } else if !self.covered_whole(net)? {
+            self.blocked_mut(net).settle(regions(net))?;
+        }
+        Ok(true)
     }
 
     /// Whether a remaining entry of the same or a shorter prefix covers all of `net` (then every
     /// bit of it stays).
-    fn covered_whole(&self, net: Ipv4Net) -> anyhow::Result<bool> {
-        let key = Key::new(u32::from(net.prefix_len()), net.network().octets());
-        match self.v4.get(&key, 0) {
+    fn covered_whole(&self, net: IpNet) -> anyhow::Result<bool> {
+        let found = match net {
+            IpNet::V4(v4) => self.v4.get(
+                &Key::new(u32::from(v4.prefix_len()), v4.network().octets()),
+                0,
+            ),
+            IpNet::V6(v6) => self.v6.get(
+                &Key::new(u32::from(v6.prefix_len()), v6.network().octets()),
+                0,
+            ),
+        };
+        match found {
             Ok(_) => Ok(true),
             Err(MapError::KeyNotFound) => Ok(false),
-            Err(err) => Err(err).context("reading the IPv4 deny list failed"),
+            Err(err) => Err(err).context("reading the deny list failed"),
         }
     }
 
@@ -198,9 +215,11 @@ impl DenyMaps {
         Ok(report)
     }
 
-    /// Whether the IPv4 bitmap has /24 `slash24`'s bit set (for tests and `check`).
-    pub fn blocked_bit(&self, slash24: u32) -> bool {
-        self.blocked.is_set(slash24)
+    /// Whether the bitmap of `addr`'s family has the bit of `addr`'s region (top 24 bits) set
+    /// (for tests and `check`).
+    pub fn blocked_bit(&self, addr: std::net::IpAddr) -> bool {
+        let family = usize::from(addr.is_ipv6());
+        self.blocked[family].is_set(region_of(addr))
     }
 }
 

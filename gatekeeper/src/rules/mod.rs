@@ -6,8 +6,9 @@
 //! - [`BanMaps`]: the ban tables, one entry per source (IPv4 /32, IPv6 masked to
 //!   `ban_ipv6_prefix`) with a deadline on `CLOCK_MONOTONIC` ([`clock`]); a full table refuses a
 //!   new ban with [`BanError::TableFull`], it never evicts.
-//! - both keep the IPv4 /24 bitmap in front of the lookups ([`blocked`]) exact enough: a bit is set
-//!   before an entry goes in and cleared only after the last entry of its /24 came out.
+//! - both keep the /24 bitmaps in front of the lookups ([`blocked`], one per family) exact enough:
+//!   a bit is set before an entry goes in and cleared only after the last entry of its /24 came
+//!   out.
 //!
 //! Both work on a freshly loaded program's maps ([`Rules::take_from`]) or on the maps a daemon
 //! pinned ([`DenyMaps::open_pinned`], [`BanMaps::open_pinned`]), so the CLI edits the same state as
@@ -27,12 +28,13 @@ pub use deny::{DenyMaps, DenySyncReport, LiveDeny};
 use gatekeeper_common::map_names;
 
 /// The maps of the rules (all pinned with the filter's other maps).
-pub const RULE_MAPS: [&str; 8] = [
+pub const RULE_MAPS: [&str; 9] = [
     map_names::BANS_V4,
     map_names::BANS_V6,
     map_names::DENY_V4,
     map_names::DENY_V6,
     map_names::BLOCKED_V4,
+    map_names::BLOCKED_V6,
     map_names::BLOCKED_REFS,
     map_names::RATE_V4,
     map_names::RATE_V6,
@@ -42,6 +44,9 @@ pub const RULE_MAPS: [&str; 8] = [
 pub struct Rules {
     pub deny: DenyMaps,
     pub bans: BanMaps,
+    /// The handles the halves work through are duplicates; these originals stay open because
+    /// programs of the same object loaded later (benchmark twins) refer to them by fd.
+    _originals: [aya::maps::Map; 3],
 }
 
 impl Rules {
@@ -59,11 +64,17 @@ impl Rules {
     }
 
     fn from_data(maps: pinned::RuleMapData, ban_ipv6_prefix: u8) -> anyhow::Result<Rules> {
-        let deny_blocked = blocked::Blocked::open(&maps.blocked, &maps.refs, &maps.deny_v4)?;
-        let ban_blocked = blocked::Blocked::open(&maps.blocked, &maps.refs, &maps.deny_v4)?;
+        let open = || -> anyhow::Result<[blocked::Blocked; 2]> {
+            Ok([
+                blocked::Blocked::open_v4(&maps.blocked_v4, &maps.refs, &maps.deny_v4)?,
+                blocked::Blocked::open_v6(&maps.blocked_v6, &maps.refs, &maps.deny_v6)?,
+            ])
+        };
+        let (deny_blocked, ban_blocked) = (open()?, open()?);
         Ok(Rules {
             deny: DenyMaps::new(maps.deny_v4, maps.deny_v6, deny_blocked)?,
             bans: BanMaps::new(maps.bans_v4, maps.bans_v6, ban_blocked, ban_ipv6_prefix)?,
+            _originals: [maps.blocked_v4, maps.blocked_v6, maps.refs],
         })
     }
 }

@@ -15,7 +15,8 @@ pub(super) struct RuleMapData {
     pub bans_v6: Map,
     pub deny_v4: Map,
     pub deny_v6: Map,
-    pub blocked: Map,
+    pub blocked_v4: Map,
+    pub blocked_v6: Map,
     pub refs: Map,
 }
 
@@ -30,7 +31,8 @@ impl RuleMapData {
             bans_v6: take(map_names::BANS_V6)?,
             deny_v4: take(map_names::DENY_V4)?,
             deny_v6: take(map_names::DENY_V6)?,
-            blocked: take(map_names::BLOCKED_V4)?,
+            blocked_v4: take(map_names::BLOCKED_V4)?,
+            blocked_v6: take(map_names::BLOCKED_V6)?,
             refs: take(map_names::BLOCKED_REFS)?,
         })
     }
@@ -43,7 +45,8 @@ impl RuleMapData {
             bans_v6: Map::HashMap(open(map_names::BANS_V6)?),
             deny_v4: Map::LpmTrie(open(map_names::DENY_V4)?),
             deny_v6: Map::LpmTrie(open(map_names::DENY_V6)?),
-            blocked: Map::Array(open(map_names::BLOCKED_V4)?),
+            blocked_v4: Map::Array(open(map_names::BLOCKED_V4)?),
+            blocked_v6: Map::Array(open(map_names::BLOCKED_V6)?),
             refs: Map::HashMap(open(map_names::BLOCKED_REFS)?),
         })
     }
