@@ -13,7 +13,9 @@
 //! enforcing the previous one. The blocking part of a reload (edit lock, read, parse, map fill)
 //! runs on a blocking thread ([`reload`]), metrics render on another ([`scrape`]), so neither a
 //! foreign lock holder nor a flood of scrapes holds the loop up. Link events and a check every
-//! second keep the filter on the configured interfaces ([`links`]).
+//! second keep the filter on the configured interfaces ([`links`]). The deny feeds are followed
+//! like the config file ([`feeds`]); every deny sync, after a reload or a feed change, writes the
+//! union of the `[[deny]]` entries and all feeds.
 //!
 //! Stopping: SIGINT/SIGTERM detach the program and remove the pins, unless
 //! `keep_attached_on_exit = true`, which leaves the pinned program enforcing for the next daemon
