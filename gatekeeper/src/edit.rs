@@ -17,15 +17,32 @@ use gatekeeper_support::{
 
 use crate::config::{Config, parse_cidr};
 
+/// What the operator calls the entries of the array of tables `table`.
+fn list_name(table: &str) -> &'static str {
+    if table == "deny" {
+        "deny list"
+    } else {
+        "allowlist"
+    }
+}
+
 /// An edit that cannot be made; nothing was changed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EditError {
-    #[error("{net} is already in the allowlist of {path}")]
-    Duplicate { net: IpNet, path: PathBuf },
-    #[error("{net} is not in the allowlist of {path} (see `gatekeeper allow list`)")]
-    Missing { net: IpNet, path: PathBuf },
-    #[error("{path}: `allow` is not a list of [[allow]] tables; edit the file by hand")]
-    Layout { path: PathBuf },
+    #[error("{net} is already in the {} of {path}", list_name(.table))]
+    Duplicate {
+        net: IpNet,
+        path: PathBuf,
+        table: &'static str,
+    },
+    #[error("{net} is not in the {} of {path} (see `gatekeeper {table} list`)", list_name(.table))]
+    Missing {
+        net: IpNet,
+        path: PathBuf,
+        table: &'static str,
+    },
+    #[error("{path}: `{table}` is not a list of [[{table}]] tables; edit the file by hand")]
+    Layout { path: PathBuf, table: &'static str },
     #[error("{path}: cannot parse as TOML: {message}")]
     Syntax { path: PathBuf, message: String },
 }
@@ -72,10 +89,12 @@ impl ConfigDocument {
             return Err(EditError::Duplicate {
                 net,
                 path: self.path.clone(),
+                table: self.table,
             });
         }
         let layout = EditError::Layout {
             path: self.path.clone(),
+            table: self.table,
         };
         let root = self.doc.as_table_mut();
         if !root.contains_key(self.table) {
@@ -114,6 +133,7 @@ impl ConfigDocument {
             return Err(EditError::Missing {
                 net,
                 path: self.path.clone(),
+                table: self.table,
             });
         };
         let mut orphaned: Option<String> = None;
@@ -150,6 +170,7 @@ impl ConfigDocument {
             _ => {
                 return Err(EditError::Layout {
                     path: self.path.clone(),
+                    table: self.table,
                 });
             }
         }
@@ -176,6 +197,7 @@ impl ConfigDocument {
             Some(Item::Value(Value::Array(array))) => Ok(inline_position(array, same)),
             Some(_) => Err(EditError::Layout {
                 path: self.path.clone(),
+                table: self.table,
             }),
         }
     }

@@ -54,9 +54,9 @@ pub fn load(path: &Path, now_unix: u64) -> anyhow::Result<Vec<BanRecord>> {
         .collect())
 }
 
-/// Writes `bans` to `path` atomically (mode 0600 for a new file), creating its directory (0700)
-/// if needed.
-pub fn save(path: &Path, bans: &[BanRecord]) -> anyhow::Result<()> {
+/// Creates the directory of `path` (0700, with missing parents) unless it exists: the state file
+/// and its lock live there, and only the daemon's user has business in it.
+pub fn create_parent(path: &Path) -> anyhow::Result<()> {
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
         && !dir.exists()
@@ -67,6 +67,13 @@ pub fn save(path: &Path, bans: &[BanRecord]) -> anyhow::Result<()> {
             .create(dir)
             .with_context(|| format!("creating {}", dir.display()))?;
     }
+    Ok(())
+}
+
+/// Writes `bans` to `path` atomically (mode 0600 for a new file), creating its directory (0700)
+/// if needed.
+pub fn save(path: &Path, bans: &[BanRecord]) -> anyhow::Result<()> {
+    create_parent(path)?;
     let file = File {
         bans: bans.to_vec(),
     };

@@ -125,17 +125,7 @@ impl<M: BanTable> BanStore<M> {
     /// Takes the lock of the bans in `state` (waiting for another change to finish).
     pub fn lock(state: &Path, maps: Option<M>, max_bans: u32) -> anyhow::Result<BanStore<M>> {
         let lock_path = state::lock_path(state);
-        if let Some(dir) = lock_path.parent()
-            && !dir.as_os_str().is_empty()
-            && !dir.exists()
-        {
-            use std::os::unix::fs::DirBuilderExt as _;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .with_context(|| format!("creating {}", dir.display()))?;
-        }
+        state::create_parent(&lock_path)?;
         let lock = gatekeeper_support::lock::lock_file_waiting(&lock_path, LOCK_WAIT)
             .with_context(|| format!("opening the lock file {}", lock_path.display()))?
             .with_context(|| {

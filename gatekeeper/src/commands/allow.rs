@@ -16,9 +16,10 @@ use gatekeeper::{
     edit::{self, ConfigDocument, EditError, Streamed},
     lock,
     maps::FilterMaps,
-    sync::sorted_difference,
 };
 use gatekeeper_support::{allowlist_edit::Edit, atomic::Staged};
+
+use super::entry_rows::{self, Live};
 use ipnet::IpNet;
 
 /// How long an edit waits for another admin's edit to finish.
@@ -107,6 +108,7 @@ fn prepare(
                 return Err(EditError::Duplicate {
                     net,
                     path: path.to_path_buf(),
+                    table: "allow",
                 }
                 .into());
             }
@@ -116,6 +118,7 @@ fn prepare(
                 return Err(EditError::Missing {
                     net,
                     path: path.to_path_buf(),
+                    table: "allow",
                 }
                 .into());
             }
@@ -218,92 +221,38 @@ pub fn remove(path: &Path, cidr: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One row of `allow list`.
-struct Row<'a> {
-    net: IpNet,
-    comment: Option<&'a str>,
-    in_config: bool,
-    /// `None` when the filter is not loaded; `Some(None)` when loaded but the entry is not live.
-    hits: Option<Option<u64>>,
-}
-
 /// Lists the config's entries in file order with their live hit counters, then live entries the
-/// file lacks. File and live state are matched through one sorted copy of the live entries (a
-/// binary search per file entry), and rows are written as they are made, not collected.
+/// file lacks (see [`entry_rows`]).
 pub fn list(path: &Path, json: bool) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     bpffs::require_pins_visible(&config.pin_dir)?;
-    let live = FilterMaps::open_if_pinned(&config.pin_dir)?
-        .map(|maps| maps.entries())
-        .transpose()?
-        .map(|mut entries| {
-            entries.sort_unstable_by_key(|e| e.net);
-            entries
-        });
-    let hits_of = |net: IpNet| {
-        live.as_ref().map(|l| {
-            l.binary_search_by_key(&net, |e| e.net)
-                .ok()
-                .map(|at| l[at].hits)
-        })
-    };
-    let in_file = config.allow.iter().map(|entry| Row {
-        net: entry.net,
-        comment: entry.comment,
-        in_config: true,
-        hits: hits_of(entry.net),
-    });
+    let live = Live::new(
+        FilterMaps::open_if_pinned(&config.pin_dir)?
+            .map(|maps| maps.entries())
+            .transpose()?
+            .map(|entries| entries.into_iter().map(|e| (e.net, e.hits)).collect()),
+    );
     let wanted = config.allow.sorted_nets();
-    let live_nets: Vec<IpNet> = live.iter().flatten().map(|e| e.net).collect();
-    let live_only = sorted_difference(&live_nets, &wanted).map(|net| Row {
-        net,
-        comment: None,
-        in_config: false,
-        hits: hits_of(net),
-    });
-    let rows = in_file.chain(live_only);
+    let live_nets = live.nets();
+    let rows = live.rows(
+        config.allow.iter().map(|entry| (entry.net, entry.comment)),
+        &wanted,
+        &live_nets,
+    );
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if json {
         write!(
             out,
             "{{\"config\":{},\"loaded\":{},\"entries\":[",
             serde_json::to_string(&path.display().to_string())?,
-            live.is_some()
+            live.is_loaded()
         )?;
-        for (i, row) in rows.enumerate() {
-            if i > 0 {
-                out.write_all(b",")?;
-            }
-            serde_json::to_writer(
-                &mut out,
-                &serde_json::json!({
-                    "cidr": row.net.to_string(),
-                    "comment": row.comment,
-                    "in_config": row.in_config,
-                    "live": row.hits.map(|h| h.is_some()),
-                    "hits": row.hits.flatten(),
-                }),
-            )?;
-            out.write_all(b"\n")?;
-        }
+        entry_rows::write_json(&mut out, rows)?;
         writeln!(out, "]}}")?;
         return Ok(out.flush()?);
     }
-    writeln!(out, "{:<44} {:>12}  COMMENT", "CIDR", "HITS")?;
-    for row in rows {
-        let hits = match row.hits {
-            Some(Some(n)) => n.to_string(),
-            Some(None) => "NOT LIVE".into(),
-            None => "-".into(),
-        };
-        let comment = if row.in_config {
-            row.comment.unwrap_or("")
-        } else {
-            "(live only: not in the config file)"
-        };
-        writeln!(out, "{:<44} {hits:>12}  {comment}", row.net.to_string())?;
-    }
-    if live.is_none() {
+    entry_rows::write_table(&mut out, rows, "(live only: not in the config file)")?;
+    if !live.is_loaded() {
         writeln!(out, "(the filter is not loaded: no live hit counters)")?;
     }
     Ok(out.flush()?)

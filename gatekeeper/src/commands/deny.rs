@@ -12,16 +12,18 @@ use gatekeeper::{
     bpffs,
     config::{Config, parse_cidr},
     deny_feed,
-    edit::{self, ConfigDocument, Streamed},
+    edit::{self, ConfigDocument, EditError, Streamed},
     lock,
     maps::FilterMaps,
     rules::{BanMaps, DenyMaps},
-    sync::sorted_difference,
 };
 use gatekeeper_support::allowlist_edit::{self, Edit};
 use ipnet::IpNet;
 
-use super::allow::{LOCK_WAIT, NewFile};
+use super::{
+    allow::{LOCK_WAIT, NewFile},
+    entry_rows::{self, Live},
+};
 
 /// At most this many overlapping entries are named in a warning; the rest are counted.
 const NAMED_OVERLAPS: usize = 5;
@@ -40,12 +42,21 @@ fn prepare(real: &Path, path: &Path, change: Edit<'_>) -> anyhow::Result<(NewFil
     )?;
     match change {
         Edit::Add { net, .. } if config.deny.nets().contains(&net) => {
-            anyhow::bail!("{net} is already in the deny list of {}", path.display())
+            return Err(EditError::Duplicate {
+                net,
+                path: path.to_path_buf(),
+                table: "deny",
+            }
+            .into());
         }
-        Edit::Remove { net } if !config.deny.nets().contains(&net) => anyhow::bail!(
-            "{net} is not in the deny list of {} (see `gatekeeper deny list`)",
-            path.display()
-        ),
+        Edit::Remove { net } if !config.deny.nets().contains(&net) => {
+            return Err(EditError::Missing {
+                net,
+                path: path.to_path_buf(),
+                table: "deny",
+            }
+            .into());
+        }
         _ => {}
     }
     let expected = match change {
@@ -206,15 +217,6 @@ pub(super) fn shadowing_allow(config: &Config, net: IpNet) -> Vec<String> {
     warnings
 }
 
-/// One row of `deny list`.
-struct Row<'a> {
-    net: IpNet,
-    comment: Option<&'a str>,
-    in_config: bool,
-    /// `None` when the filter is not loaded; `Some(None)` when loaded but the entry is not live.
-    hits: Option<Option<u64>>,
-}
-
 /// A deny feed as `deny list` and `status` report it: read from its file now.
 pub struct FeedSummary {
     pub path: String,
@@ -252,62 +254,29 @@ pub fn read_feeds(config: &Config) -> (Vec<FeedSummary>, Vec<IpNet>) {
 pub fn list(path: &Path, json: bool) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     bpffs::require_pins_visible(&config.pin_dir)?;
-    let live = if FilterMaps::is_pinned(&config.pin_dir) {
-        let mut entries = DenyMaps::open_pinned(&config.pin_dir)?.entries()?;
-        entries.sort_unstable_by_key(|e| e.net);
-        Some(entries)
+    let live = Live::new(if FilterMaps::is_pinned(&config.pin_dir) {
+        let entries = DenyMaps::open_pinned(&config.pin_dir)?.entries()?;
+        Some(entries.into_iter().map(|e| (e.net, e.hits)).collect())
     } else {
         None
-    };
-    let hits_of = |net: IpNet| {
-        live.as_ref().map(|l| {
-            l.binary_search_by_key(&net, |e| e.net)
-                .ok()
-                .map(|at| l[at].hits)
-        })
-    };
+    });
     let (feeds, feed_nets) = read_feeds(&config);
     let wanted = gatekeeper::sync::wanted_deny(&config.deny.sorted_nets(), &feed_nets);
-    let live_nets: Vec<IpNet> = live.iter().flatten().map(|e| e.net).collect();
-    let rows = config
-        .deny
-        .iter()
-        .map(|entry| Row {
-            net: entry.net,
-            comment: entry.comment,
-            in_config: true,
-            hits: hits_of(entry.net),
-        })
-        .chain(sorted_difference(&live_nets, &wanted).map(|net| Row {
-            net,
-            comment: None,
-            in_config: false,
-            hits: hits_of(net),
-        }));
+    let live_nets = live.nets();
+    let rows = live.rows(
+        config.deny.iter().map(|entry| (entry.net, entry.comment)),
+        &wanted,
+        &live_nets,
+    );
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if json {
         write!(
             out,
             "{{\"config\":{},\"loaded\":{},\"entries\":[",
             serde_json::to_string(&path.display().to_string())?,
-            live.is_some()
+            live.is_loaded()
         )?;
-        for (i, row) in rows.enumerate() {
-            if i > 0 {
-                out.write_all(b",")?;
-            }
-            serde_json::to_writer(
-                &mut out,
-                &serde_json::json!({
-                    "cidr": row.net.to_string(),
-                    "comment": row.comment,
-                    "in_config": row.in_config,
-                    "live": row.hits.map(|h| h.is_some()),
-                    "hits": row.hits.flatten(),
-                }),
-            )?;
-            out.write_all(b"\n")?;
-        }
+        entry_rows::write_json(&mut out, rows)?;
         out.write_all(b"],\"feeds\":[")?;
         for (i, feed) in feeds.iter().enumerate() {
             if i > 0 {
@@ -326,20 +295,11 @@ pub fn list(path: &Path, json: bool) -> anyhow::Result<()> {
         writeln!(out, "]}}")?;
         return Ok(out.flush()?);
     }
-    writeln!(out, "{:<44} {:>12}  COMMENT", "CIDR", "HITS")?;
-    for row in rows {
-        let hits = match row.hits {
-            Some(Some(n)) => n.to_string(),
-            Some(None) => "NOT LIVE".into(),
-            None => "-".into(),
-        };
-        let comment = if row.in_config {
-            row.comment.unwrap_or("")
-        } else {
-            "(live only: in neither the config file nor a feed)"
-        };
-        writeln!(out, "{:<44} {hits:>12}  {comment}", row.net.to_string())?;
-    }
+    entry_rows::write_table(
+        &mut out,
+        rows,
+        "(live only: in neither the config file nor a feed)",
+    )?;
     for feed in &feeds {
         match &feed.unreadable {
             Some(why) => writeln!(
@@ -354,7 +314,7 @@ pub fn list(path: &Path, json: bool) -> anyhow::Result<()> {
             )?,
         }
     }
-    if live.is_none() {
+    if !live.is_loaded() {
         writeln!(out, "(the filter is not loaded: no live hit counters)")?;
     }
     Ok(out.flush()?)

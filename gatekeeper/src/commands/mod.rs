@@ -5,6 +5,7 @@ mod ban;
 mod check;
 mod deny;
 mod detach;
+mod entry_rows;
 mod run;
 mod stats;
 mod status;
