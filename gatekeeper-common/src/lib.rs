@@ -47,9 +47,11 @@ pub mod map_names {
     pub const BLOCKED_V6: &str = "GK_BLOCKED_V6";
     /// Userspace bookkeeping for `BLOCKED_V4` (see [`super::blocked`]); the program never reads it.
     pub const BLOCKED_REFS: &str = "GK_BLOCKED_REFS";
-    /// Per-source SYN token buckets, IPv4: LRU hash of `[u8; 4]` -> [`super::RateBucket`].
+    /// Per-source SYN token buckets, IPv4: an array of pairs of [`super::RateSlotV4`], two-way
+    /// set associative by a hash of the source (see [`super::RateBucket`]); sized at load time.
     pub const RATE_V4: &str = "GK_RATE_V4";
     /// Per-source SYN token buckets, IPv6: LRU hash of `[u8; 16]` (masked like bans).
+    /// The same for IPv6 sources masked like bans: an array of [`super::RateSlotV6`].
     pub const RATE_V6: &str = "GK_RATE_V6";
 }
 
@@ -57,6 +59,8 @@ pub mod map_names {
 pub const PROGRAM_NAME: &str = "gatekeeper";
 /// Global (`.rodata`) the loader sets to 1 when the kernel has `bpf_ktime_get_coarse_ns` (5.11+).
 pub const COARSE_CLOCK_GLOBAL: &str = "GK_COARSE_CLOCK";
+/// Global (`.rodata`) the loader sets to the number of values (pairs of slots) of each rate map.
+pub const RATE_PAIRS_GLOBAL: &str = "GK_RATE_PAIRS";
 
 /// Largest number of entries each allowlist trie can hold (and of entry ids).
 pub const ALLOWLIST_CAPACITY: u32 = 1 << 20;
@@ -324,11 +328,34 @@ pub struct RuleValue {
 /// `syn_interval_ns`, elapsed time refills, capacity `syn_burst_ns`. Updated by every CPU without
 /// a lock: concurrent SYNs of one source may both spend the same credit (approximate, never
 /// unsafe).
+///
+/// The buckets live in array maps, two-way set associative: a source's hash names a pair of
+/// slots; a source in neither takes the one used least recently, with a full bucket. An array
+/// read costs a few instructions where an LRU hash lookup costs tens of nanoseconds (measured,
+/// docs/benchmarks.md); memory stays fixed whatever the flood, as with an LRU map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RateBucket {
     pub tokens_ns: u64,
+    /// Clock of the last SYN; 0: the slot is free.
     pub last_ns: u64,
+}
+
+/// One IPv4 slot of `RATE_V4`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RateSlotV4 {
+    pub source: [u8; 4],
+    pub _pad: u32,
+    pub bucket: RateBucket,
+}
+
+/// One IPv6 slot of `RATE_V6` (the source masked to the ban prefix).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RateSlotV6 {
+    pub source: [u8; 16],
+    pub bucket: RateBucket,
 }
 
 /// Value of an allowlist entry in the tries.
@@ -479,4 +506,6 @@ mod pod {
     unsafe impl aya::Pod for super::Ban {}
     unsafe impl aya::Pod for super::RuleValue {}
     unsafe impl aya::Pod for super::RateBucket {}
+    unsafe impl aya::Pod for super::RateSlotV4 {}
+    unsafe impl aya::Pod for super::RateSlotV6 {}
 }

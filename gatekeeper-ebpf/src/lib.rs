@@ -24,14 +24,14 @@ use aya_ebpf::{
     },
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
 use gatekeeper_common::{
     ALLOWLIST_CAPACITY, Ban, COUNTER_ENTRIES, Counter, DEFAULT_MAX_BANS,
     DEFAULT_RATE_LIMIT_SOURCES, DENY_CAPACITY, DropEvent, Family, FilterConfig, IFINDEX_LIMIT,
-    LOOKUP_DIR24, MAX_IFACE_SLOTS, Mode, RateBucket, RuleValue, TokenBucket, blocked,
-    counter_index, dir24, rule, summary,
+    LOOKUP_DIR24, MAX_IFACE_SLOTS, Mode, RateBucket, RateSlotV4, RateSlotV6, RuleValue,
+    TokenBucket, blocked, counter_index, dir24, rule, summary,
 };
 use parse::{Judged, Segment};
 
@@ -91,13 +91,17 @@ static BLOCKED_V6: Array<u64> = Array::with_max_entries(blocked::WORDS, BPF_F_MM
 static BLOCKED_REFS: HashMap<u32, u32> =
     HashMap::with_max_entries(DEFAULT_MAX_BANS + DENY_CAPACITY, BPF_F_NO_PREALLOC);
 
+// One value per pair of slots: one array read per SYN.
 #[map(name = "GK_RATE_V4")]
-static RATE_V4: LruHashMap<[u8; 4], RateBucket> =
-    LruHashMap::with_max_entries(DEFAULT_RATE_LIMIT_SOURCES, 0);
+static RATE_V4: Array<[RateSlotV4; 2]> = Array::with_max_entries(DEFAULT_RATE_LIMIT_SOURCES / 2, 0);
 
 #[map(name = "GK_RATE_V6")]
-static RATE_V6: LruHashMap<[u8; 16], RateBucket> =
-    LruHashMap::with_max_entries(DEFAULT_RATE_LIMIT_SOURCES, 0);
+static RATE_V6: Array<[RateSlotV6; 2]> = Array::with_max_entries(DEFAULT_RATE_LIMIT_SOURCES / 2, 0);
+
+/// Pairs of slots (values) of each rate map: the loader sets it to the maps' size (`.rodata`,
+/// known to the verifier). An index past a map's end only finds no slot (the SYN passes).
+#[unsafe(no_mangle)]
+static GK_RATE_PAIRS: Global<u32> = Global::new(DEFAULT_RATE_LIMIT_SOURCES / 2);
 
 #[map(name = "GK_CONFIG")]
 static CONFIG: Array<FilterConfig> = Array::with_max_entries(2, 0);
@@ -140,7 +144,7 @@ pub fn filter(ctx: &XdpContext) -> u32 {
     let verdict = decide(&judged, config);
     count(slot, verdict.family, verdict.counter);
     if let Some(segment) = verdict.report {
-        report_drop(ctx, segment, config, slot, verdict.rule);
+        report_drop(ctx, segment, config, slot, verdict.rule, verdict.now);
     }
     verdict.action
 }
@@ -154,6 +158,8 @@ struct Verdict<'a> {
     report: Option<&'a Segment>,
     /// The rule a reported segment broke (`gatekeeper_common::rule`).
     rule: u32,
+    /// The clock, when a rule read it (0: not read); the drop event's token bucket reuses it.
+    now: u64,
 }
 
 #[inline(always)]
@@ -167,6 +173,7 @@ fn decide<'a>(judged: &'a Judged, config: &FilterConfig) -> Verdict<'a> {
             action: if enforce { XDP_DROP } else { XDP_PASS },
             report: None,
             rule: rule::ALLOWLIST,
+            now: 0,
         },
         // The segment's fields are read only in this arm: elsewhere they were never written, and
         // kernels before 6.3 (5.10, 6.1 point releases) refuse a read of unwritten stack even
@@ -183,13 +190,15 @@ fn passed<'a>(family: Family, counter: Counter) -> Verdict<'a> {
         action: XDP_PASS,
         report: None,
         rule: rule::ALLOWLIST,
+        now: 0,
     }
 }
 
 /// Ban, then deny list, then the port's policy: bans and deny entries win over allow entries.
 #[inline(always)]
 fn judge_segment<'a>(segment: &'a Segment, config: &FilterConfig, enforce: bool) -> Verdict<'a> {
-    let (counter, rule) = match blocked_rule(segment, config) {
+    let mut clock = Clock(0);
+    let (counter, rule) = match blocked_rule(segment, config, &mut clock) {
         Some(blocked) => blocked,
         None => {
             if allowed(segment, config) {
@@ -204,7 +213,7 @@ fn judge_segment<'a>(segment: &'a Segment, config: &FilterConfig, enforce: bool)
                 (counter, rule::ALLOWLIST)
             } else if segment.syn_only
                 && config.syn_interval_ns != 0
-                && !within_rate(segment, config)
+                && !within_rate(segment, config, &mut clock)
             {
                 (Counter::RateLimited, rule::RATE_LIMITED)
             } else {
@@ -219,13 +228,18 @@ fn judge_segment<'a>(segment: &'a Segment, config: &FilterConfig, enforce: bool)
         action: if enforce { XDP_DROP } else { XDP_PASS },
         report,
         rule,
+        now: clock.0,
     }
 }
 
 /// The ban or deny entry that refuses the source, if any (bumping its hit counter). For IPv4 the
 /// /24 bitmap answers first: a clear bit means no ban or deny entry touches the source's /24.
 #[inline(always)]
-fn blocked_rule(segment: &Segment, config: &FilterConfig) -> Option<(Counter, u32)> {
+fn blocked_rule(
+    segment: &Segment,
+    config: &FilterConfig,
+    clock: &mut Clock,
+) -> Option<(Counter, u32)> {
     match segment.family {
         Family::Ipv4 => {
             let mut v4 = [0u8; 4];
@@ -235,7 +249,7 @@ fn blocked_rule(segment: &Segment, config: &FilterConfig) -> Option<(Counter, u3
                 return None;
             }
             if let Some(ban) = BANS_V4.get_ptr_mut(v4)
-                && ban_in_force(ban)
+                && ban_in_force(ban, clock)
             {
                 return Some((Counter::Banned, rule::BANNED));
             }
@@ -251,7 +265,7 @@ fn blocked_rule(segment: &Segment, config: &FilterConfig) -> Option<(Counter, u3
                 return None;
             }
             if let Some(ban) = BANS_V6.get_ptr_mut(masked_v6(segment, config))
-                && ban_in_force(ban)
+                && ban_in_force(ban, clock)
             {
                 return Some((Counter::Banned, rule::BANNED));
             }
@@ -275,12 +289,12 @@ fn region_flagged(bitmap: &Array<u64>, region: u32) -> bool {
 /// Whether the ban's deadline is still ahead (bumping its hit counter if so). An expired entry
 /// changes nothing: it only waits for the daemon's sweep.
 #[inline(always)]
-fn ban_in_force(ban: *mut Ban) -> bool {
+fn ban_in_force(ban: *mut Ban, clock: &mut Clock) -> bool {
     // SAFETY: a pointer into a map value the kernel keeps valid for this program run (the ban
     // maps are not preallocated, so an entry removed meanwhile is freed only after an RCU grace
     // period).
     let ban = unsafe { &*ban };
-    if now_ns() >= ban.deadline_ns {
+    if clock.now() >= ban.deadline_ns {
         return false;
     }
     atomic_add(&ban.hits, 1);
@@ -299,49 +313,98 @@ fn masked_v6(segment: &Segment, config: &FilterConfig) -> [u8; 16] {
 
 /// Spends one SYN's credit from the source's bucket; false when it has too little (over the rate).
 #[inline(always)]
-fn within_rate(segment: &Segment, config: &FilterConfig) -> bool {
+fn within_rate(segment: &Segment, config: &FilterConfig, clock: &mut Clock) -> bool {
+    let now = clock.now();
     match segment.family {
         Family::Ipv4 => {
             let mut v4 = [0u8; 4];
             v4.copy_from_slice(&segment.source[..4]);
-            spend_syn_credit(&RATE_V4, &v4, config)
+            let hash = u32::from_ne_bytes(v4).wrapping_mul(0x9e37_79b1);
+            let Some(pair) = RATE_V4.get_ptr_mut(pair_index(hash)) else {
+                return true;
+            };
+            // SAFETY: a pointer into an array map value valid for this program run; racing CPUs
+            // only make the buckets approximate.
+            let [a, b] = unsafe { &mut *pair };
+            let slot = if a.source == v4 && a.bucket.last_ns != 0 {
+                a
+            } else if b.source == v4 && b.bucket.last_ns != 0 {
+                b
+            } else {
+                let victim = if a.bucket.last_ns <= b.bucket.last_ns {
+                    a
+                } else {
+                    b
+                };
+                victim.source = v4;
+                return fresh_bucket(&mut victim.bucket, config, now);
+            };
+            spend(&mut slot.bucket, config, now)
         }
-        _ => spend_syn_credit(&RATE_V6, &masked_v6(segment, config), config),
+        _ => {
+            let key = masked_v6(segment, config);
+            let mut high = [0u8; 8];
+            let mut low = [0u8; 8];
+            high.copy_from_slice(&key[..8]);
+            low.copy_from_slice(&key[8..]);
+            let folded = u64::from_ne_bytes(high) ^ u64::from_ne_bytes(low).rotate_left(29);
+            let hash = (folded.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32;
+            let Some(pair) = RATE_V6.get_ptr_mut(pair_index(hash)) else {
+                return true;
+            };
+            // SAFETY: as for IPv4.
+            let [a, b] = unsafe { &mut *pair };
+            let slot = if a.source == key && a.bucket.last_ns != 0 {
+                a
+            } else if b.source == key && b.bucket.last_ns != 0 {
+                b
+            } else {
+                let victim = if a.bucket.last_ns <= b.bucket.last_ns {
+                    a
+                } else {
+                    b
+                };
+                victim.source = key;
+                return fresh_bucket(&mut victim.bucket, config, now);
+            };
+            spend(&mut slot.bucket, config, now)
+        }
     }
 }
 
-/// The token bucket in nanoseconds: elapsed time refills it up to `syn_burst_ns`, a SYN costs
-/// `syn_interval_ns`; no division on the packet path. A source seen for the first time starts
-/// with a full bucket. Two CPUs updating one bucket at once may both spend the same credit: the
-/// limit is approximate under such races, never unsafe.
+/// The pair of slots `hash` names: `hash * pairs / 2^32`, without a division.
 #[inline(always)]
-fn spend_syn_credit<K>(map: &LruHashMap<K, RateBucket>, key: &K, config: &FilterConfig) -> bool {
-    let now = now_ns();
+fn pair_index(hash: u32) -> u32 {
+    let pairs = GK_RATE_PAIRS.load();
+    ((u64::from(hash) * u64::from(pairs)) >> 32) as u32
+}
+
+/// A source seen for the first time (or again after its slot was taken) starts with a full bucket
+/// and spends one SYN from it.
+#[inline(always)]
+fn fresh_bucket(bucket: &mut RateBucket, config: &FilterConfig, now: u64) -> bool {
+    bucket.tokens_ns = config.syn_burst_ns.saturating_sub(config.syn_interval_ns);
+    // 0 marks a free slot; the clock is never 0 in practice, this keeps it so.
+    bucket.last_ns = now | 1;
+    true
+}
+
+/// The token bucket in nanoseconds: elapsed time refills it up to `syn_burst_ns`, a SYN costs
+/// `syn_interval_ns`; no division on the packet path.
+#[inline(always)]
+fn spend(bucket: &mut RateBucket, config: &FilterConfig, now: u64) -> bool {
     let cost = config.syn_interval_ns;
-    if let Some(bucket) = map.get_ptr_mut(key) {
-        // SAFETY: a pointer into a map value valid for this program run; racing writers only
-        // make the count approximate.
-        let bucket = unsafe { &mut *bucket };
-        let elapsed = now.saturating_sub(bucket.last_ns);
-        let tokens = bucket
-            .tokens_ns
-            .saturating_add(elapsed)
-            .min(config.syn_burst_ns);
-        bucket.last_ns = now;
-        if tokens < cost {
-            bucket.tokens_ns = tokens;
-            return false;
-        }
-        bucket.tokens_ns = tokens - cost;
-        return true;
+    let elapsed = now.saturating_sub(bucket.last_ns);
+    let tokens = bucket
+        .tokens_ns
+        .saturating_add(elapsed)
+        .min(config.syn_burst_ns);
+    bucket.last_ns = now | 1;
+    if tokens < cost {
+        bucket.tokens_ns = tokens;
+        return false;
     }
-    let fresh = RateBucket {
-        tokens_ns: config.syn_burst_ns.saturating_sub(cost),
-        last_ns: now,
-    };
-    // A full LRU map evicts its least recently used bucket; an insert that still fails leaves
-    // the source unlimited for this SYN rather than refusing it.
-    let _ = map.insert(key, fresh, 0);
+    bucket.tokens_ns = tokens - cost;
     true
 }
 
@@ -469,8 +532,15 @@ fn count(slot: u32, family: Family, counter: Counter) {
 
 /// Sends a drop event if this CPU's token bucket has a token; counts it either way.
 #[inline(always)]
-fn report_drop(ctx: &XdpContext, segment: &Segment, config: &FilterConfig, slot: u32, rule: u32) {
-    if !take_token(config) {
+fn report_drop(
+    ctx: &XdpContext,
+    segment: &Segment,
+    config: &FilterConfig,
+    slot: u32,
+    rule: u32,
+    now: u64,
+) {
+    if !take_token(config, now) {
         count(slot, segment.family, Counter::EventSuppressed);
         return;
     }
@@ -490,13 +560,13 @@ fn report_drop(ctx: &XdpContext, segment: &Segment, config: &FilterConfig, slot:
 }
 
 #[inline(always)]
-fn take_token(config: &FilterConfig) -> bool {
+fn take_token(config: &FilterConfig, now: u64) -> bool {
     let Some(bucket) = EVENT_BUCKET.get_ptr_mut(0) else {
         return false;
     };
     // SAFETY: per-CPU value, only this CPU touches it while the program runs.
     let bucket = unsafe { &mut *bucket };
-    let now = now_ns();
+    let now = if now != 0 { now } else { now_ns() };
     // Dividing only when at least one token is due keeps the flood path free of divisions.
     let elapsed = now.saturating_sub(bucket.last_ns);
     // `checked_div`: the caller only reports with a non-zero interval, but a division the compiler
@@ -513,6 +583,20 @@ fn take_token(config: &FilterConfig) -> bool {
     }
     bucket.tokens -= 1;
     true
+}
+
+/// The clock, read at most once per frame: a ban check, the SYN bucket and the drop event's token
+/// bucket share the reading.
+struct Clock(u64);
+
+impl Clock {
+    #[inline(always)]
+    fn now(&mut self) -> u64 {
+        if self.0 == 0 {
+            self.0 = now_ns();
+        }
+        self.0
+    }
 }
 
 /// CLOCK_MONOTONIC(_COARSE) in nanoseconds: ban deadlines and the SYN buckets are on it.

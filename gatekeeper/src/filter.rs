@@ -15,7 +15,7 @@ use aya::{
 };
 use gatekeeper_common::{
     COARSE_CLOCK_GLOBAL, DEFAULT_MAX_BANS, DEFAULT_RATE_LIMIT_SOURCES, DENY_CAPACITY, PROGRAM_NAME,
-    dir24, map_names, summary,
+    RATE_PAIRS_GLOBAL, dir24, map_names, summary,
 };
 use tracing::{error, info, warn};
 
@@ -151,6 +151,7 @@ impl Filter {
 
     fn load_pinned(options: &LoadOptions<'_>, pins: &[(&str, PathBuf)]) -> anyhow::Result<Filter> {
         let mut loader = EbpfLoader::new();
+        let rate_pairs = rate_pairs(options, pins)?;
         // The DIR-24-8 tables shrink to one value each when the trie serves IPv4, and the summary
         // to its /16 level (its /20 and /24 levels are kept exact from the DIR-24-8 first level).
         let (tbl24, long, entries, summary) = match options.ipv4_lookup {
@@ -173,8 +174,9 @@ impl Filter {
                 map_names::BLOCKED_REFS,
                 options.max_bans.max(1).saturating_add(DENY_CAPACITY),
             )
-            .map_max_entries(map_names::RATE_V4, options.rate_limit_sources.max(1))
-            .map_max_entries(map_names::RATE_V6, options.rate_limit_sources.max(1));
+            .map_max_entries(map_names::RATE_V4, rate_pairs)
+            .map_max_entries(map_names::RATE_V6, rate_pairs);
+        loader.override_global(RATE_PAIRS_GLOBAL, &rate_pairs, true);
         let coarse_clock = u32::from(has_coarse_clock());
         loader.override_global(COARSE_CLOCK_GLOBAL, &coarse_clock, true);
         for (name, path) in pins {
@@ -579,6 +581,23 @@ pub fn remove_pins(dir: &Path) -> anyhow::Result<()> {
     // Other files (an admin's, a newer version's) keep the directory.
     let _ = std::fs::remove_dir(dir);
     Ok(())
+}
+
+/// Values (pairs of slots) of each rate map: pinned maps keep the size they were made with (the
+/// program must index the maps it gets), new ones get half of `rate_limit_sources`, rounded up.
+fn rate_pairs(options: &LoadOptions<'_>, pins: &[(&str, PathBuf)]) -> anyhow::Result<u32> {
+    let pinned = pins
+        .iter()
+        .find(|(name, path)| *name == map_names::RATE_V4 && path.exists());
+    if let Some((_, path)) = pinned {
+        let map = MapData::from_pin(path)
+            .with_context(|| format!("opening the pinned map {}", path.display()))?;
+        return Ok(map
+            .info()
+            .context("reading the rate map's info")?
+            .max_entries());
+    }
+    Ok(options.rate_limit_sources.clamp(2, 1 << 30).div_ceil(2))
 }
 
 /// Whether the kernel has `bpf_ktime_get_coarse_ns` (Linux 5.11 and later), probed once. Without

@@ -397,7 +397,7 @@ fn open_port_rows(
     let mut filter = Filter::load_with(&LoadOptions {
         object: BENCH_OBJECT,
         ipv4_lookup: Ipv4Lookup::Dir24,
-        dir24_blocks: 1,
+        dir24_blocks: DIR24_BLOCKS,
         ..LoadOptions::default()
     })?;
     // 10,000 SYNs a second with a burst of 2,000,000: a source stays within its rate for a whole
