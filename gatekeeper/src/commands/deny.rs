@@ -270,12 +270,7 @@ pub fn list(path: &Path, json: bool) -> anyhow::Result<()> {
     );
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if json {
-        write!(
-            out,
-            "{{\"config\":{},\"loaded\":{},\"entries\":[",
-            serde_json::to_string(&path.display().to_string())?,
-            live.is_loaded()
-        )?;
+        entry_rows::write_json_head(&mut out, path, live.is_loaded())?;
         entry_rows::write_json(&mut out, rows)?;
         out.write_all(b"],\"feeds\":[")?;
         for (i, feed) in feeds.iter().enumerate() {

@@ -3,7 +3,10 @@
 //! daemon's next sync). File and live state are matched through one sorted copy of the live
 //! entries (a binary search per file entry), and rows are written as they are made.
 
-use std::io::{self, Write};
+use std::{
+    io::{self, Write},
+    path::Path,
+};
 
 use gatekeeper::sync::sorted_difference;
 use ipnet::IpNet;
@@ -67,6 +70,15 @@ impl Live {
     pub fn nets(&self) -> Vec<IpNet> {
         self.0.iter().flatten().map(|(net, _)| *net).collect()
     }
+}
+
+/// The start of a list's JSON object, up to the opening bracket of its `entries` array.
+pub fn write_json_head(out: &mut impl Write, config: &Path, loaded: bool) -> io::Result<()> {
+    write!(
+        out,
+        "{{\"config\":{},\"loaded\":{loaded},\"entries\":[",
+        serde_json::to_string(&config.display().to_string())?,
+    )
 }
 
 /// `rows` as the elements of a JSON array, one a line (the brackets are the caller's).

@@ -25,20 +25,6 @@ mod pinned;
 use aya::Ebpf;
 pub use bans::{BanError, BanMaps, BanOutcome, LiveBan};
 pub use deny::{DenyMaps, DenySyncReport, LiveDeny};
-use gatekeeper_common::map_names;
-
-/// The maps of the rules (all pinned with the filter's other maps).
-pub const RULE_MAPS: [&str; 9] = [
-    map_names::BANS_V4,
-    map_names::BANS_V6,
-    map_names::DENY_V4,
-    map_names::DENY_V6,
-    map_names::BLOCKED_V4,
-    map_names::BLOCKED_V6,
-    map_names::BLOCKED_REFS,
-    map_names::RATE_V4,
-    map_names::RATE_V6,
-];
 
 /// The deny and ban halves of a loaded program.
 pub struct Rules {
