@@ -17,10 +17,12 @@ use serde::{Deserialize, Serialize};
 use crate::address;
 
 pub mod bans;
+pub mod dns;
 pub mod duration;
 pub mod locate;
 
 pub use bans::BansConfig;
+pub use dns::DnsConfig;
 
 pub use locate::{ConfigError, Invalid, KeyPath};
 
@@ -100,6 +102,8 @@ struct RawConfig {
     delivery: Option<RawDelivery>,
     /// The gatekeeper's ban socket and the triggers; off when absent.
     bans: Option<bans::RawBans>,
+    /// Nameservers for the checks (and delivery without its own); off when absent.
+    dns: Option<dns::RawDns>,
 }
 
 /// The documented defaults (README, configuration reference), in one place.
@@ -130,6 +134,7 @@ impl Default for RawConfig {
             metrics_listen: None,
             delivery: None,
             bans: None,
+            dns: None,
         }
     }
 }
@@ -410,6 +415,8 @@ pub struct Config {
     pub delivery: Option<DeliveryConfig>,
     /// `None`: no `[bans]` table; the relay asks for no bans.
     pub bans: Option<BansConfig>,
+    /// `None`: no `[dns]` table; no check may use DNS.
+    pub dns: Option<DnsConfig>,
 }
 
 impl Config {
@@ -625,10 +632,20 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         ));
     }
 
-    let delivery = match raw.delivery {
+    let dns = match raw.dns {
+        Some(d) => Some(dns::validate(d, &root.key("dns"))?),
+        None => None,
+    };
+    let mut delivery = match raw.delivery {
         Some(d) => Some(validate_delivery(d, &base, &root.key("delivery"))?),
         None => None,
     };
+    // Delivery asks its own nameservers when it has them, else those of `[dns]`.
+    if let (Some(delivery), Some(dns)) = (delivery.as_mut(), dns.as_ref())
+        && delivery.nameservers.is_empty()
+    {
+        delivery.nameservers = dns.nameservers.clone();
+    }
     let bans = match raw.bans {
         Some(b) => Some(bans::validate(b, &base, &root.key("bans"))?),
         None => None,
@@ -653,6 +670,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         metrics_listen: raw.metrics_listen,
         delivery,
         bans,
+        dns,
     })
 }
 

@@ -42,6 +42,7 @@ pub mod control;
 pub mod data;
 pub mod delivery;
 pub mod disconnect;
+pub mod dns;
 pub mod envelope;
 pub mod metrics;
 pub mod password;

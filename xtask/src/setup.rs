@@ -180,6 +180,13 @@ const TOOLS: &[(&str, &[&str], &str, &str)] = &[
         "acl",
         "POSIX ACLs on the config the tests of `gatekeeper allow` edit",
     ),
+    (
+        // Debian installs daemons outside a normal user's PATH.
+        "/usr/sbin/nsd",
+        &["-v"],
+        "nsd",
+        "an authoritative DNS server on loopback for the relay's SPF/DKIM/DMARC/DNSBL tests",
+    ),
 ];
 
 fn ensure_tools(apt: &mut Apt) -> anyhow::Result<()> {

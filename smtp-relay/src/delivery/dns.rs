@@ -1,16 +1,12 @@
 //! DNS for delivery: MX and address lookups through the nameservers listed
-//! in the config (hickory-resolver, UDP with TCP fallback, no hosts file,
-//! no search domains). Without configured nameservers, host names of
+//! in the config (`[delivery].nameservers`, else `[dns]`; built by
+//! [`crate::dns::resolver`]). Without configured nameservers, host names of
 //! routes fall back to the system resolver and MX lookups are refused.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{
-    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
-};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 
 /// Lookup failures, split the way delivery needs them.
@@ -41,30 +37,8 @@ impl Dns {
         if nameservers.is_empty() {
             return Ok(Dns { resolver: None });
         }
-        let servers = nameservers
-            .iter()
-            .map(|ns| {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = ns.port();
-                let mut tcp = ConnectionConfig::tcp();
-                tcp.port = ns.port();
-                let mut c = NameServerConfig::udp_and_tcp(ns.ip());
-                c.connections = vec![udp, tcp];
-                c
-            })
-            .collect();
-        let mut opts = ResolverOpts::default();
-        opts.use_hosts_file = ResolveHosts::Never;
-        opts.timeout = Duration::from_secs(5);
-        opts.attempts = 2;
-        opts.ndots = 0;
-        let resolver = TokioResolver::builder_with_config(
-            ResolverConfig::from_name_servers(servers),
-            TokioRuntimeProvider::default(),
-        )
-        .with_options(opts)
-        .build()
-        .map_err(|e| anyhow::anyhow!("DNS resolver: {e}"))?;
+        // Delivery waits longer than a check: a deferred message costs a retry cycle.
+        let resolver = crate::dns::resolver(nameservers, Duration::from_secs(5), 2, 8192)?;
         Ok(Dns {
             resolver: Some(resolver),
         })

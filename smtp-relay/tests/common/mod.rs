@@ -9,6 +9,7 @@ pub mod aiosmtpd;
 pub mod dns;
 pub mod logs;
 pub mod nexthop;
+pub mod nsd;
 pub mod process;
 
 use std::io::{BufRead as _, BufReader, Read, Write};
