@@ -10,9 +10,12 @@
 //!
 //! Phases: 10 and 50 concurrent clients, one 4 KB message per connection
 //! (messages/second and p50/p99 from the end of DATA to the 250), then
-//! `--sessions` (1000) sessions open at once (peak RSS of the relay). Every
-//! accepted message must reach the sink. `--json FILE` also writes the
-//! figures there, for the benchmark report.
+//! `--sessions` (1000) sessions open at once (peak RSS of the relay), then the
+//! 10- and 50-client phases again against a relay with every open-MX check on
+//! (SPF, DKIM, DMARC, DNSBL), the answers from NSD on loopback and each
+//! message DKIM-signed (Ed25519) by a key published there. Every accepted
+//! message must reach the sink. `--json FILE` also writes the figures there,
+//! for the benchmark report.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,8 +25,41 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use base64ct::Encoding as _;
+use mail_auth::common::crypto::Ed25519Key;
+use mail_auth::common::headers::HeaderWriter as _;
+use mail_auth::dkim::DkimSigner;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+
+/// The tests' NSD fixture, shared rather than copied.
+#[allow(dead_code)] // the timeout fixture is for the tests
+#[path = "../tests/common/nsd.rs"]
+mod nsd;
+
+/// The one thing `nsd.rs` needs from the tests' support: a temp dir removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("smtp-relay-bench-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !self.0.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
 
 /// A next hop that takes everything: 250 to each command, counts messages.
 async fn sink(listener: TcpListener, count: Arc<AtomicU64>) {
@@ -134,6 +170,20 @@ fn body() -> Vec<u8> {
         );
     }
     b
+}
+
+/// `body()` with a DKIM-Signature (Ed25519, d=sender.example, s=bench) made by `key`.
+fn signed_body(key: Ed25519Key) -> anyhow::Result<Vec<u8>> {
+    let message = body();
+    let signature = DkimSigner::from_key(key)
+        .domain("sender.example")
+        .selector("bench")
+        .headers(["From", "To", "Subject"])
+        .sign(&message)
+        .map_err(|e| anyhow::anyhow!("DKIM signing: {e}"))?;
+    let mut signed = signature.to_header().into_bytes();
+    signed.extend_from_slice(&message);
+    Ok(signed)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -249,8 +299,11 @@ async fn measure(
     messages: usize,
     count: &AtomicU64,
     what: &str,
+    body: Vec<u8>,
 ) -> anyhow::Result<(u64, Vec<serde_json::Value>)> {
-    let body = Arc::new(body());
+    let body = Arc::new(body);
+    // Everything sent before has reached the sink (each measure waits for it).
+    let base = count.load(Ordering::Relaxed);
     println!("bench: {what}: 4 KB messages, one per connection, forwarded to a sink on loopback");
     let mut sent = 0u64;
     let mut phases = Vec::new();
@@ -275,12 +328,82 @@ async fn measure(
             lat.len()
         );
     }
-    let waited = wait_count(count, sent, Duration::from_secs(300)).await?;
+    let waited = wait_count(count, base + sent, Duration::from_secs(300)).await?;
     println!(
         "  all {sent} messages reached the sink ({:.1}s after the last 250)",
         waited.as_secs_f64()
     );
     Ok((sent, phases))
+}
+
+/// The relay's config: one `mta` listener, mail for example.org forwarded to the sink; `extra`
+/// appended (the checks' tables).
+fn relay_config(sessions: usize, sink: SocketAddr, extra: &str) -> String {
+    format!(
+        "hostname = \"bench.example\"\nspool_dir = \"spool\"\nlocal_domains = [\"example.org\"]\n\
+         max_connections = {}\nmax_connections_per_client = {}\n\n\
+         [tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\n\
+         [[listener]]\naddress = \"127.0.0.1:0\"\nrole = \"mta\"\nallow = [\"127.0.0.0/8\"]\n\n\
+         [delivery]\nconnections_per_destination = 8\nmax_deliveries = 64\nretry_initial_secs = 1.0\n\n\
+         [[delivery.route]]\ndomain = \"example.org\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\n\
+         {extra}",
+        sessions + 100,
+        sessions + 100,
+        sink.port()
+    )
+}
+
+/// The 10- and 50-client phases against a relay with SPF, DKIM, DMARC and a DNSBL on. NSD on
+/// loopback serves sender.example (SPF admitting 127.0.0.0/8, the DKIM key, DMARC p=reject) and
+/// a DNSBL zone that lists someone else; every message is signed, so each check passes and the
+/// relay does the whole work (DKIM verification per message; DNS answers cached at their TTL,
+/// as a resolver would).
+async fn measure_checks(
+    relay_bin: &Path,
+    dir: &Path,
+    sessions: usize,
+    sink: SocketAddr,
+    messages: usize,
+    count: &AtomicU64,
+    already: u64,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let pkcs8 = Ed25519Key::generate_pkcs8().map_err(|e| anyhow::anyhow!("key: {e}"))?;
+    let key = Ed25519Key::from_pkcs8_der(&pkcs8).map_err(|e| anyhow::anyhow!("key: {e}"))?;
+    let public = base64ct::Base64::encode_string(&key.public_key());
+    let signed = signed_body(key)?;
+    let sender_zone = format!(
+        "@ IN TXT \"v=spf1 ip4:127.0.0.0/8 -all\"\n\
+         bench._domainkey IN TXT \"v=DKIM1; k=ed25519; p={public}\"\n\
+         _dmarc IN TXT \"v=DMARC1; p=reject\"\n"
+    );
+    let nsd = nsd::Nsd::start(&[
+        ("sender.example", &sender_zone),
+        ("bl.bench.test", "2.0.0.127 IN A 127.0.0.2\n"),
+    ]);
+    let extra = format!(
+        "{}\n[sender_auth]\nspf = true\ndkim = true\ndmarc = true\n\n\
+         [screen]\nthreshold = 3\n\n[[screen.dnsbl]]\nzone = \"bl.bench.test\"\nweight = 3\n",
+        nsd.dns_section()
+    );
+    let spool = dir.join("spool");
+    let _ = std::fs::remove_dir_all(&spool);
+    let config = dir.join("relay-checks.toml");
+    std::fs::write(&config, relay_config(sessions, sink, &extra))?;
+    let (relay, addr) = start_relay(relay_bin, &config)?;
+    anyhow::ensure!(
+        count.load(Ordering::Relaxed) == already,
+        "sink count is off"
+    );
+    let (_, phases) = measure(
+        addr,
+        messages,
+        count,
+        "smtp-relay with SPF, DKIM, DMARC and a DNSBL checked (NSD on loopback)",
+        signed,
+    )
+    .await?;
+    drop(relay);
+    Ok(phases)
 }
 
 /// Writes the figures for `cargo xtask bench report`.
@@ -322,7 +445,7 @@ async fn main() -> anyhow::Result<()> {
         let count = Arc::new(AtomicU64::new(0));
         let sink_listener = TcpListener::bind(("127.0.0.1", sink_port)).await?;
         tokio::spawn(sink(sink_listener, count.clone()));
-        let (_, phases) = measure(addr, messages, &count, &name).await?;
+        let (_, phases) = measure(addr, messages, &count, &name, body()).await?;
         return write_json(
             json.as_deref(),
             &serde_json::json!({ "name": name, "phases": phases }),
@@ -345,20 +468,7 @@ async fn main() -> anyhow::Result<()> {
     let sink_addr = sink_listener.local_addr()?;
     tokio::spawn(sink(sink_listener, count.clone()));
     let config = dir.join("relay.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "hostname = \"bench.example\"\nspool_dir = \"spool\"\nlocal_domains = [\"example.org\"]\n\
-             max_connections = {}\nmax_connections_per_client = {}\n\n\
-             [tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\n\
-             [[listener]]\naddress = \"127.0.0.1:0\"\nrole = \"mta\"\nallow = [\"127.0.0.0/8\"]\n\n\
-             [delivery]\nconnections_per_destination = 8\nmax_deliveries = 64\nretry_initial_secs = 1.0\n\n\
-             [[delivery.route]]\ndomain = \"example.org\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n",
-            sessions + 100,
-            sessions + 100,
-            sink_addr.port()
-        ),
-    )?;
+    std::fs::write(&config, relay_config(sessions, sink_addr, ""))?;
     let (relay, addr) = start_relay(&relay_bin, &config)?;
     let pid = relay.0.id();
     let (mut sent, phases) = measure(
@@ -366,6 +476,7 @@ async fn main() -> anyhow::Result<()> {
         messages,
         &count,
         "smtp-relay, durable queue (synced before 250)",
+        body(),
     )
     .await?;
     let body = Arc::new(body());
@@ -398,11 +509,16 @@ async fn main() -> anyhow::Result<()> {
     );
     drop(relay);
     anyhow::ensure!(errors == 0, "{errors} sessions failed");
+    let checks = measure_checks(
+        &relay_bin, &dir, sessions, sink_addr, messages, &count, sent,
+    )
+    .await?;
     write_json(
         json.as_deref(),
         &serde_json::json!({
             "name": "smtp-relay",
             "phases": phases,
+            "checks_phases": checks,
             "sessions": {
                 "open": sessions,
                 "errors": errors,
