@@ -363,7 +363,8 @@ pub struct Limits {
     pub text_line: usize,
     /// Error replies before the session is closed.
     pub errors: u32,
-    /// Commands per session.
+    /// Commands per transaction (counted from the end of the previous one),
+    /// so one connection may carry any number of messages.
     pub commands: u32,
     /// Concurrent sessions per client address.
     pub per_client: usize,

@@ -127,6 +127,45 @@ fn commands_per_session() {
     still_serving(&server);
 }
 
+/// `max_commands` counts per transaction: a sender reusing one connection
+/// for many messages (3 commands each, 1,201 in all with EHLO) is never cut
+/// off by the default 1,000, nor by a transaction ended with RSET.
+#[test]
+fn commands_count_per_transaction_so_one_connection_carries_400_messages() {
+    let server = server("commands400", "", &[]);
+    let mut c = Client::connect(server.addr(Role::Mta));
+    c.ehlo();
+    for i in 0..400 {
+        let r = c.send_mail(
+            "a@sender.example",
+            &["alice@example.org"],
+            format!("Subject: {i}\r\n\r\nmessage {i}\r\n").as_bytes(),
+        );
+        assert_eq!(r.code, 250, "message {i}: {r:?}");
+    }
+    // Transactions ended by RSET count as ended too.
+    for _ in 0..400 {
+        c.cmd("MAIL FROM:<a@sender.example>").expect(250, "2.1.0");
+        c.cmd("RSET").expect(250, "2.0.0");
+    }
+    c.cmd("NOOP").expect(250, "2.0.0");
+    assert_eq!(server.setup.spool().queued_ids().expect("list").len(), 400);
+}
+
+/// Outside a transaction RSET starts nothing over: NOOP and RSET alone are
+/// still cut off at `max_commands`.
+#[test]
+fn rset_without_a_transaction_does_not_reset_the_command_count() {
+    let server = server("commandsrset", "max_commands = 6", &[]);
+    let mut c = Client::connect(server.addr(Role::Mta));
+    for _ in 0..3 {
+        c.cmd("NOOP").expect(250, "2.0.0");
+        c.cmd("RSET").expect(250, "2.0.0");
+    }
+    c.cmd("RSET").expect(421, "4.7.0");
+    assert_eq!(c.read_reply().code, 0, "closed after too many commands");
+}
+
 #[test]
 fn sessions_total() {
     let server = server(
