@@ -19,6 +19,7 @@ use crate::address;
 pub mod bans;
 pub mod duration;
 pub mod locate;
+pub mod nets;
 
 pub use bans::BansConfig;
 
@@ -75,6 +76,7 @@ struct RawConfig {
     #[serde(deserialize_with = "duration::secs")]
     command_timeout_secs: Duration,
     max_connections: usize,
+    #[serde(deserialize_with = "nets::list")]
     trusted_networks: Vec<IpNet>,
     max_command_line: usize,
     max_text_line: usize,
@@ -270,7 +272,7 @@ struct RawTls {
 struct RawListener {
     address: SocketAddr,
     role: Role,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nets::list")]
     allow: Vec<IpNet>,
     #[serde(default)]
     allow_gatekeeper: Vec<PathBuf>,
@@ -1102,6 +1104,46 @@ tls = "none"
             e.contains("trusted_networks = [\"10.0.0.0/8\", \"10.0.0.0/40\"]"),
             "{e}"
         );
+    }
+
+    /// `allow = ["127.0.0.1"]` works as in the gatekeeper (it used to fail
+    /// with "invalid IP address syntax"); host bits are refused there and here.
+    #[test]
+    fn networks_take_bare_addresses_and_refuse_host_bits_like_the_gatekeeper() {
+        let text = good()
+            .replace(
+                "trusted_networks = []",
+                "trusted_networks = [\"192.0.2.7\", \"2001:db8::7\"]",
+            )
+            .replace("allow = [\"127.0.0.0/8\"]", "allow = [\"127.0.0.1\"]");
+        let c = parse(&text).expect("bare addresses are valid");
+        let net = |s: &str| s.parse::<IpNet>().expect("net");
+        assert_eq!(
+            c.trusted_networks,
+            vec![net("192.0.2.7/32"), net("2001:db8::7/128")]
+        );
+        assert!(c.listeners[2].admits("127.0.0.1".parse().expect("ip")));
+        assert!(!c.listeners[2].admits("127.0.0.2".parse().expect("ip")));
+        for (from, to, bad) in [
+            (
+                "allow = [\"127.0.0.0/8\"]",
+                "allow = [\"127.0.0.1/8\"]",
+                "\"127.0.0.1/8\"",
+            ),
+            (
+                "trusted_networks = []",
+                "trusted_networks = [\"192.0.2.0/24\", \"192.0.2.7/24\"]",
+                "\"192.0.2.7/24\"",
+            ),
+        ] {
+            let text = good().replacen(from, to, 1);
+            let e = err(&text);
+            assert!(e.starts_with(&position(&text, bad)), "{e}");
+            assert!(
+                e.contains(&format!("{bad} has host bits set; the network is")),
+                "{e}"
+            );
+        }
     }
 
     #[test]
