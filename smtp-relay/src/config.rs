@@ -709,6 +709,13 @@ fn validate_hop(raw: RawHop, base: &Path, at: &KeyPath) -> Result<HopConfig, Inv
     })
 }
 
+/// A `[delivery]` table that can send nothing anywhere: every message
+/// would wait out `max_queue_lifetime_secs` (5 days) and then bounce.
+const NO_WAY_TO_DELIVER: &str = "no way to deliver: no [[delivery.route]], no \
+    [delivery.smarthost] and no nameservers for MX lookups, so every message would wait in \
+    the queue until it expires (max_queue_lifetime_secs) and bounce; add a route to your \
+    mail store, a smarthost or nameservers (without a [delivery] table mail only queues)";
+
 fn validate_delivery(
     raw: RawDelivery,
     base: &Path,
@@ -767,6 +774,13 @@ fn validate_delivery(
             .with_context(|| format!("ca_file {}", ca.display()))
             .map_err(|e| Invalid::from_error(at.key("ca_file"), &e))?;
     }
+    // Checked last, so a wrong key in the table is named first. (When a
+    // resolver is shared across the config, its nameservers count here too.)
+    ensure(
+        !routes.is_empty() || smarthost.is_some() || !raw.nameservers.is_empty(),
+        at,
+        NO_WAY_TO_DELIVER,
+    )?;
     Ok(DeliveryConfig {
         routes,
         smarthost,
@@ -1011,14 +1025,39 @@ tls = "none"
         }
     }
 
+    /// `check` used to pass a `[delivery]` table that can send nowhere.
+    #[test]
+    fn delivery_with_no_way_to_deliver_is_refused() {
+        let text = good() + "\n[delivery]\nretry_initial_secs = 1.0\n";
+        let e = err(&text);
+        assert_eq!(
+            e,
+            format!(
+                "{}delivery: {NO_WAY_TO_DELIVER}",
+                position(&text, "[delivery]")
+            )
+        );
+        assert!(e.contains("no way to deliver"), "{e}");
+        for way in [
+            "nameservers = [\"192.0.2.53:53\"]\n",
+            "[delivery.smarthost]\nhost = \"192.0.2.25\"\n",
+            "[[delivery.route]]\ndomain = \"example.org\"\nhost = \"192.0.2.25\"\n",
+        ] {
+            let c = parse(&(text.clone() + way)).expect("one way is enough");
+            assert!(c.delivery.is_some());
+        }
+        // Without [delivery] mail only queues, as documented: no error.
+        assert!(parse(&good()).expect("valid").delivery.is_none());
+    }
+
     #[test]
     fn durations_with_units_or_plain_numbers() {
         let text = good().replace(
             "trusted_networks = []",
             "trusted_networks = []\ncommand_timeout_secs = \"5m\"\nauth_failure_delay_ms = \"1s\"\n\
              data_timeout_secs = 120",
-        ) + "\n[delivery]\nmax_queue_lifetime_secs = \"5d\"\nretry_max_secs = \"1h30m\"\n\
-             connection_idle_secs = 2.5\n";
+        ) + "\n[delivery]\nnameservers = [\"192.0.2.53:53\"]\nmax_queue_lifetime_secs = \"5d\"\n\
+             retry_max_secs = \"1h30m\"\nconnection_idle_secs = 2.5\n";
         let c = parse(&text).expect("valid");
         assert_eq!(c.command_timeout, Duration::from_secs(300));
         assert_eq!(c.limits.auth_delay, Duration::from_secs(1));
