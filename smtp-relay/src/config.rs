@@ -374,8 +374,8 @@ pub struct Limits {
     /// Each wait for message data (RFC 5321 4.5.3.2).
     pub data_timeout: Duration,
     /// AUTH brute-force throttle: base delay after a failure, failures
-    /// (per client address or per user) before `454 4.7.0`, and the window
-    /// in which failures count.
+    /// (per client address, or per address and user) before `454 4.7.0`,
+    /// and the window in which failures count. See [`crate::throttle`].
     pub auth_delay: Duration,
     pub auth_max_failures: u32,
     pub auth_window: Duration,
