@@ -352,7 +352,8 @@ pub struct DeliveryConfig {
 pub struct UserConfig {
     pub name: String,
     pub password_hash: String,
-    /// Plain-form addresses (domain lowercased) this user may use in MAIL.
+    /// Plain-form addresses (domain lowercased) this user may use in MAIL,
+    /// and `@domain` entries for any address of that domain.
     pub senders: Vec<String>,
 }
 
@@ -598,15 +599,15 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         })?;
         let mut senders = Vec::new();
         for (k, s) in u.senders.iter().enumerate() {
-            let plain = address::parse_mailbox(s)
-                .ok()
-                .and_then(|m| m.plain_form())
-                .ok_or_else(|| {
-                    Invalid::new(
-                        at.key("senders").index(k),
-                        format!("user {:?}: not a plain local@domain address", u.name),
-                    )
-                })?;
+            let plain = sender_entry(s).ok_or_else(|| {
+                Invalid::new(
+                    at.key("senders").index(k),
+                    format!(
+                        "user {:?}: neither a plain local@domain address nor @domain",
+                        u.name
+                    ),
+                )
+            })?;
             senders.push(plain);
         }
         users.push(UserConfig {
@@ -657,6 +658,20 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         delivery,
         bans,
     })
+}
+
+/// A `senders` entry in its stored form: a plain `local@domain` address or
+/// `@domain` (any address of that domain), domain lowercased; `None` for
+/// anything else (relay tricks, address literals, a trailing dot).
+fn sender_entry(entry: &str) -> Option<String> {
+    match entry.strip_prefix('@') {
+        Some(domain) => {
+            address::is_host_name(domain).then(|| format!("@{}", domain.to_ascii_lowercase()))
+        }
+        None => address::parse_mailbox(entry)
+            .ok()
+            .and_then(|m| m.plain_form()),
+    }
 }
 
 fn validate_hop(raw: RawHop, base: &Path, at: &KeyPath) -> Result<HopConfig, Invalid> {
@@ -1239,7 +1254,7 @@ tls = "none"
             (
                 ("[\"alice@Example.org\"]", "[\"alice%x@example.org\"]"),
                 "\"alice%x@example.org\"",
-                "user[0].senders[0] = \"alice%x@example.org\": user \"alice\": not a plain",
+                "user[0].senders[0] = \"alice%x@example.org\": user \"alice\": neither a plain",
             ),
         ];
         for ((from, to), at, expected) in cases {
@@ -1323,6 +1338,37 @@ pre_greet = { delay_ms = 2000, ban_secs = 3600 }
         ] {
             let e = err(&text.replacen(from, to, 1));
             assert!(e.contains(expected), "expected {expected:?} in: {e}");
+        }
+    }
+
+    /// `senders` could not say "any address of this domain".
+    #[test]
+    fn senders_take_a_whole_domain() {
+        let text = good().replace(
+            "senders = [\"alice@Example.org\"]",
+            "senders = [\"alice@Example.org\", \"@Example.NET\"]",
+        );
+        let c = parse(&text).expect("valid");
+        assert_eq!(
+            c.users[0].senders,
+            vec!["alice@example.org", "@example.net"]
+        );
+        for bad in [
+            "@",
+            "@[192.0.2.1]",
+            "@example.net.",
+            "@@example.net",
+            "@a b",
+        ] {
+            let text = good().replace(
+                "senders = [\"alice@Example.org\"]",
+                &format!("senders = [{bad:?}]"),
+            );
+            let e = err(&text);
+            assert!(
+                e.contains("user[0].senders[0]") && e.contains("nor @domain"),
+                "{bad}: {e}"
+            );
         }
     }
 
