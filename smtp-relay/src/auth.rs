@@ -16,7 +16,36 @@ use crate::password::{self, check_hash};
 
 struct User {
     hash: String,
-    senders: Vec<String>,
+    senders: Vec<Sender>,
+}
+
+/// An entry of a user's `senders`, as the config validated it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Sender {
+    /// `local@domain`: exactly this address (domain lowercased).
+    Address(String),
+    /// `@domain`: any local part of exactly this domain (lowercased), no
+    /// subdomains.
+    Domain(String),
+}
+
+impl Sender {
+    fn from_config(entry: &str) -> Sender {
+        match entry.strip_prefix('@') {
+            Some(domain) => Sender::Domain(domain.to_owned()),
+            None => Sender::Address(entry.to_owned()),
+        }
+    }
+
+    /// Whether `plain` (a plain-form address, domain lowercased) is this.
+    fn matches(&self, plain: &str) -> bool {
+        match self {
+            Sender::Address(address) => address == plain,
+            Sender::Domain(domain) => plain
+                .rsplit_once('@')
+                .is_some_and(|(local, d)| !local.is_empty() && d == domain),
+        }
+    }
 }
 
 /// The configured users.
@@ -33,7 +62,7 @@ impl Users {
                 u.name.clone(),
                 User {
                     hash: u.password_hash.clone(),
-                    senders: u.senders.clone(),
+                    senders: u.senders.iter().map(|s| Sender::from_config(s)).collect(),
                 },
             );
         }
@@ -57,11 +86,13 @@ impl Users {
         ok && known
     }
 
-    /// Whether `user` may use `sender` (plain form, domain lowercased) in MAIL.
+    /// Whether `user` may use `sender` (plain form, domain lowercased) in
+    /// MAIL: one of their `senders` addresses, or any address of one of
+    /// their `@domain` entries.
     pub fn may_send_as(&self, user: &str, sender_plain: &str) -> bool {
         self.users
             .get(user)
-            .is_some_and(|u| u.senders.iter().any(|s| s == sender_plain))
+            .is_some_and(|u| u.senders.iter().any(|s| s.matches(sender_plain)))
     }
 }
 
@@ -158,6 +189,34 @@ mod tests {
         assert!(u.may_send_as("alice", "alice@example.org"));
         assert!(!u.may_send_as("alice", "bob@example.org"));
         assert!(!u.may_send_as("bob", "alice@example.org"));
+    }
+
+    #[test]
+    fn a_domain_entry_allows_any_address_of_exactly_that_domain() {
+        let u = Users::from_config(&[UserConfig {
+            name: "relay".into(),
+            password_hash: password::cheap_hash("s3cret"),
+            senders: vec!["@example.org".into(), "boss@example.net".into()],
+        }])
+        .expect("users");
+        for ok in [
+            "alice@example.org",
+            "x.y+tag@example.org",
+            "boss@example.net",
+        ] {
+            assert!(u.may_send_as("relay", ok), "{ok}");
+        }
+        for refused in [
+            "alice@sub.example.org",
+            "alice@example.org.evil.example",
+            "alice@notexample.org",
+            "other@example.net",
+            "example.org",
+            "@example.org",
+        ] {
+            assert!(!u.may_send_as("relay", refused), "{refused}");
+        }
+        assert!(!u.may_send_as("nobody", "alice@example.org"));
     }
 
     #[test]

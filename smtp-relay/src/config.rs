@@ -20,6 +20,7 @@ pub mod bans;
 pub mod dns;
 pub mod duration;
 pub mod locate;
+pub mod nets;
 
 pub use bans::BansConfig;
 pub use dns::DnsConfig;
@@ -77,6 +78,7 @@ struct RawConfig {
     #[serde(deserialize_with = "duration::secs")]
     command_timeout_secs: Duration,
     max_connections: usize,
+    #[serde(deserialize_with = "nets::list")]
     trusted_networks: Vec<IpNet>,
     max_command_line: usize,
     max_text_line: usize,
@@ -275,7 +277,7 @@ struct RawTls {
 struct RawListener {
     address: SocketAddr,
     role: Role,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nets::list")]
     allow: Vec<IpNet>,
     #[serde(default)]
     allow_gatekeeper: Vec<PathBuf>,
@@ -355,7 +357,8 @@ pub struct DeliveryConfig {
 pub struct UserConfig {
     pub name: String,
     pub password_hash: String,
-    /// Plain-form addresses (domain lowercased) this user may use in MAIL.
+    /// Plain-form addresses (domain lowercased) this user may use in MAIL,
+    /// and `@domain` entries for any address of that domain.
     pub senders: Vec<String>,
 }
 
@@ -368,7 +371,8 @@ pub struct Limits {
     pub text_line: usize,
     /// Error replies before the session is closed.
     pub errors: u32,
-    /// Commands per session.
+    /// Commands per transaction (counted from the end of the previous one),
+    /// so one connection may carry any number of messages.
     pub commands: u32,
     /// Concurrent sessions per client address.
     pub per_client: usize,
@@ -376,8 +380,8 @@ pub struct Limits {
     /// Each wait for message data (RFC 5321 4.5.3.2).
     pub data_timeout: Duration,
     /// AUTH brute-force throttle: base delay after a failure, failures
-    /// (per client address or per user) before `454 4.7.0`, and the window
-    /// in which failures count.
+    /// (per client address, or per address and user) before `454 4.7.0`,
+    /// and the window in which failures count. See [`crate::throttle`].
     pub auth_delay: Duration,
     pub auth_max_failures: u32,
     pub auth_window: Duration,
@@ -602,15 +606,15 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         })?;
         let mut senders = Vec::new();
         for (k, s) in u.senders.iter().enumerate() {
-            let plain = address::parse_mailbox(s)
-                .ok()
-                .and_then(|m| m.plain_form())
-                .ok_or_else(|| {
-                    Invalid::new(
-                        at.key("senders").index(k),
-                        format!("user {:?}: not a plain local@domain address", u.name),
-                    )
-                })?;
+            let plain = sender_entry(s).ok_or_else(|| {
+                Invalid::new(
+                    at.key("senders").index(k),
+                    format!(
+                        "user {:?}: neither a plain local@domain address nor @domain",
+                        u.name
+                    ),
+                )
+            })?;
             senders.push(plain);
         }
         users.push(UserConfig {
@@ -674,6 +678,20 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
     })
 }
 
+/// A `senders` entry in its stored form: a plain `local@domain` address or
+/// `@domain` (any address of that domain), domain lowercased; `None` for
+/// anything else (relay tricks, address literals, a trailing dot).
+fn sender_entry(entry: &str) -> Option<String> {
+    match entry.strip_prefix('@') {
+        Some(domain) => {
+            address::is_host_name(domain).then(|| format!("@{}", domain.to_ascii_lowercase()))
+        }
+        None => address::parse_mailbox(entry)
+            .ok()
+            .and_then(|m| m.plain_form()),
+    }
+}
+
 fn validate_hop(raw: RawHop, base: &Path, at: &KeyPath) -> Result<HopConfig, Invalid> {
     ensure(
         address::is_host_name(&raw.host) || raw.host.parse::<IpAddr>().is_ok(),
@@ -723,6 +741,13 @@ fn validate_hop(raw: RawHop, base: &Path, at: &KeyPath) -> Result<HopConfig, Inv
         auth,
     })
 }
+
+/// A `[delivery]` table that can send nothing anywhere: every message
+/// would wait out `max_queue_lifetime_secs` (5 days) and then bounce.
+const NO_WAY_TO_DELIVER: &str = "no way to deliver: no [[delivery.route]], no \
+    [delivery.smarthost] and no nameservers for MX lookups, so every message would wait in \
+    the queue until it expires (max_queue_lifetime_secs) and bounce; add a route to your \
+    mail store, a smarthost or nameservers (without a [delivery] table mail only queues)";
 
 fn validate_delivery(
     raw: RawDelivery,
@@ -782,6 +807,13 @@ fn validate_delivery(
             .with_context(|| format!("ca_file {}", ca.display()))
             .map_err(|e| Invalid::from_error(at.key("ca_file"), &e))?;
     }
+    // Checked last, so a wrong key in the table is named first. (When a
+    // resolver is shared across the config, its nameservers count here too.)
+    ensure(
+        !routes.is_empty() || smarthost.is_some() || !raw.nameservers.is_empty(),
+        at,
+        NO_WAY_TO_DELIVER,
+    )?;
     Ok(DeliveryConfig {
         routes,
         smarthost,
@@ -1026,14 +1058,39 @@ tls = "none"
         }
     }
 
+    /// `check` used to pass a `[delivery]` table that can send nowhere.
+    #[test]
+    fn delivery_with_no_way_to_deliver_is_refused() {
+        let text = good() + "\n[delivery]\nretry_initial_secs = 1.0\n";
+        let e = err(&text);
+        assert_eq!(
+            e,
+            format!(
+                "{}delivery: {NO_WAY_TO_DELIVER}",
+                position(&text, "[delivery]")
+            )
+        );
+        assert!(e.contains("no way to deliver"), "{e}");
+        for way in [
+            "nameservers = [\"192.0.2.53:53\"]\n",
+            "[delivery.smarthost]\nhost = \"192.0.2.25\"\n",
+            "[[delivery.route]]\ndomain = \"example.org\"\nhost = \"192.0.2.25\"\n",
+        ] {
+            let c = parse(&(text.clone() + way)).expect("one way is enough");
+            assert!(c.delivery.is_some());
+        }
+        // Without [delivery] mail only queues, as documented: no error.
+        assert!(parse(&good()).expect("valid").delivery.is_none());
+    }
+
     #[test]
     fn durations_with_units_or_plain_numbers() {
         let text = good().replace(
             "trusted_networks = []",
             "trusted_networks = []\ncommand_timeout_secs = \"5m\"\nauth_failure_delay_ms = \"1s\"\n\
              data_timeout_secs = 120",
-        ) + "\n[delivery]\nmax_queue_lifetime_secs = \"5d\"\nretry_max_secs = \"1h30m\"\n\
-             connection_idle_secs = 2.5\n";
+        ) + "\n[delivery]\nnameservers = [\"192.0.2.53:53\"]\nmax_queue_lifetime_secs = \"5d\"\n\
+             retry_max_secs = \"1h30m\"\nconnection_idle_secs = 2.5\n";
         let c = parse(&text).expect("valid");
         assert_eq!(c.command_timeout, Duration::from_secs(300));
         assert_eq!(c.limits.auth_delay, Duration::from_secs(1));
@@ -1121,6 +1178,46 @@ tls = "none"
         );
     }
 
+    /// `allow = ["127.0.0.1"]` works as in the gatekeeper (it used to fail
+    /// with "invalid IP address syntax"); host bits are refused there and here.
+    #[test]
+    fn networks_take_bare_addresses_and_refuse_host_bits_like_the_gatekeeper() {
+        let text = good()
+            .replace(
+                "trusted_networks = []",
+                "trusted_networks = [\"192.0.2.7\", \"2001:db8::7\"]",
+            )
+            .replace("allow = [\"127.0.0.0/8\"]", "allow = [\"127.0.0.1\"]");
+        let c = parse(&text).expect("bare addresses are valid");
+        let net = |s: &str| s.parse::<IpNet>().expect("net");
+        assert_eq!(
+            c.trusted_networks,
+            vec![net("192.0.2.7/32"), net("2001:db8::7/128")]
+        );
+        assert!(c.listeners[2].admits("127.0.0.1".parse().expect("ip")));
+        assert!(!c.listeners[2].admits("127.0.0.2".parse().expect("ip")));
+        for (from, to, bad) in [
+            (
+                "allow = [\"127.0.0.0/8\"]",
+                "allow = [\"127.0.0.1/8\"]",
+                "\"127.0.0.1/8\"",
+            ),
+            (
+                "trusted_networks = []",
+                "trusted_networks = [\"192.0.2.0/24\", \"192.0.2.7/24\"]",
+                "\"192.0.2.7/24\"",
+            ),
+        ] {
+            let text = good().replacen(from, to, 1);
+            let e = err(&text);
+            assert!(e.starts_with(&position(&text, bad)), "{e}");
+            assert!(
+                e.contains(&format!("{bad} has host bits set; the network is")),
+                "{e}"
+            );
+        }
+    }
+
     #[test]
     fn durations_out_of_range_name_key_and_value() {
         let text = good() + "\n[delivery]\nretry_max_secs = \"0s\"\n";
@@ -1175,7 +1272,7 @@ tls = "none"
             (
                 ("[\"alice@Example.org\"]", "[\"alice%x@example.org\"]"),
                 "\"alice%x@example.org\"",
-                "user[0].senders[0] = \"alice%x@example.org\": user \"alice\": not a plain",
+                "user[0].senders[0] = \"alice%x@example.org\": user \"alice\": neither a plain",
             ),
         ];
         for ((from, to), at, expected) in cases {
@@ -1259,6 +1356,37 @@ pre_greet = { delay_ms = 2000, ban_secs = 3600 }
         ] {
             let e = err(&text.replacen(from, to, 1));
             assert!(e.contains(expected), "expected {expected:?} in: {e}");
+        }
+    }
+
+    /// `senders` could not say "any address of this domain".
+    #[test]
+    fn senders_take_a_whole_domain() {
+        let text = good().replace(
+            "senders = [\"alice@Example.org\"]",
+            "senders = [\"alice@Example.org\", \"@Example.NET\"]",
+        );
+        let c = parse(&text).expect("valid");
+        assert_eq!(
+            c.users[0].senders,
+            vec!["alice@example.org", "@example.net"]
+        );
+        for bad in [
+            "@",
+            "@[192.0.2.1]",
+            "@example.net.",
+            "@@example.net",
+            "@a b",
+        ] {
+            let text = good().replace(
+                "senders = [\"alice@Example.org\"]",
+                &format!("senders = [{bad:?}]"),
+            );
+            let e = err(&text);
+            assert!(
+                e.contains("user[0].senders[0]") && e.contains("nor @domain"),
+                "{bad}: {e}"
+            );
         }
     }
 

@@ -27,7 +27,8 @@ pub struct Policy {
     pub users: Arc<Users>,
     /// Error replies before the session is closed.
     pub max_errors: u32,
-    /// Commands per session.
+    /// Commands per transaction: since the session began or the last
+    /// transaction ended (end of DATA, or RSET with a transaction open).
     pub max_commands: u32,
 }
 
@@ -98,6 +99,7 @@ pub struct Session {
     trusted: bool,
     transaction: Option<Transaction>,
     errors: u32,
+    /// Commands since the session began or the last transaction ended.
     commands: u32,
     auth_failures: u32,
 }
@@ -275,7 +277,11 @@ impl Session {
             Command::Rcpt { path, params } => self.rcpt(path, &params),
             Command::Data => self.data(),
             Command::Rset => {
-                self.transaction = None;
+                // A transaction that ended starts the command budget over;
+                // RSET alone does not, or NOOP/RSET loops would never end.
+                if self.transaction.take().is_some() {
+                    self.commands = 0;
+                }
                 r(250, "2.0.0", "OK")
             }
             Command::Noop => r(250, "2.0.0", "OK"),
@@ -470,9 +476,12 @@ impl Session {
         )
     }
 
-    /// Ends the transaction after DATA, whatever its outcome.
+    /// Ends the transaction after DATA, whatever its outcome. The command
+    /// budget starts over: `max_commands` counts per transaction, so a
+    /// sender may reuse one connection for any number of messages.
     pub fn data_done(&mut self) {
         self.transaction = None;
+        self.commands = 0;
     }
 }
 
@@ -582,6 +591,29 @@ mod tests {
             assert!(matches!(s.handle(parse(b"BOGUS")), Action::Reply(_)));
         }
         assert!(matches!(s.handle(parse(b"BOGUS")), Action::Close(r) if r.code == 421));
+    }
+
+    #[test]
+    fn commands_count_per_transaction() {
+        let mut s = session(Role::Mta, false);
+        code(&mut s, "EHLO c.example");
+        // 1,000 allowed per transaction; 500 messages are 1,500 commands.
+        for _ in 0..500 {
+            assert_eq!(code(&mut s, "MAIL FROM:<a@x.example>"), 250);
+            assert_eq!(code(&mut s, "RCPT TO:<b@example.org>"), 250);
+            assert_eq!(code(&mut s, "DATA"), 354);
+            s.data_done();
+        }
+        for _ in 0..600 {
+            assert_eq!(code(&mut s, "MAIL FROM:<a@x.example>"), 250);
+            assert_eq!(code(&mut s, "RSET"), 250);
+        }
+        // Without a transaction RSET starts nothing over.
+        for _ in 0..500 {
+            assert_eq!(code(&mut s, "RSET"), 250);
+            assert_eq!(code(&mut s, "NOOP"), 250);
+        }
+        assert!(matches!(s.handle(parse(b"NOOP")), Action::Close(r) if r.code == 421));
     }
 
     #[test]

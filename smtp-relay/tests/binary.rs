@@ -236,12 +236,21 @@ fn bad_configs_fail_with_a_clear_error() {
         ),
         (
             // A CA file without a certificate in it.
-            format!("{good}\n[delivery]\nca_file = \"key.pem\"\n"),
+            format!(
+                "{good}\n[delivery]\nnameservers = [\"192.0.2.53:53\"]\nca_file = \"key.pem\"\n"
+            ),
             vec!["relay.toml", "ca_file", "key.pem"],
         ),
         (
-            format!("{good}\n[delivery]\nca_file = \"nowhere.pem\"\n"),
+            format!(
+                "{good}\n[delivery]\nnameservers = [\"192.0.2.53:53\"]\nca_file = \"nowhere.pem\"\n"
+            ),
             vec!["relay.toml", "nowhere.pem"],
+        ),
+        (
+            // Nowhere to send: every message would wait 5 days.
+            format!("{good}\n[delivery]\nretry_initial_secs = 1.0\n"),
+            vec!["relay.toml", "delivery: no way to deliver", "nameservers"],
         ),
         (
             format!(

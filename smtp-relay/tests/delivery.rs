@@ -299,6 +299,64 @@ fn next_hop_down_retries_with_growing_delays() {
     assert_eq!(hop.messages().len(), 1);
 }
 
+/// A next hop that refuses us at its greeting (421), or does not accept
+/// the connection at all, is named in the delivery log (`next_hop`) and in
+/// the envelope, so the operator knows which host to look at.
+#[test]
+fn a_next_hop_that_refuses_or_is_closed_is_named_in_log_and_envelope() {
+    let hop = NextHop::start(
+        "127.0.0.1:0",
+        Script {
+            down: true,
+            ..Script::default()
+        },
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let tail = delivery(
+        &[
+            ("example.org", hop.addr, "none"),
+            ("other.example", closed, "none"),
+        ],
+        "",
+    );
+    let server = TestServer::start_with("namedhop", &config_with("", &tail));
+    let refused = submit_mta(&server, "a@sender.example", &["alice@example.org"], MESSAGE);
+    let unreachable = submit_authenticated(
+        &server,
+        "alice@example.org",
+        &["friend@other.example"],
+        MESSAGE,
+    );
+    for (id, host, reply) in [
+        (&refused, hop.addr, "421 4.3.2"),
+        (&unreachable, closed, "refused"),
+    ] {
+        let deferred = || {
+            logs::lines_with(&[
+                "event=\"delivery\"",
+                &format!("queue_id={id}"),
+                "outcome=\"deferred\"",
+            ])
+        };
+        wait_until("a deferred attempt", WAIT, || !deferred().is_empty());
+        let line = &deferred()[0];
+        assert!(
+            line.contains(&format!("next_hop=\"{host}\"")),
+            "next hop not named: {line}"
+        );
+        assert!(line.contains(reply), "{line}");
+        // The envelope is rewritten after the log line.
+        let last = || {
+            let env = server.setup.spool().read_envelope(id).expect("queued");
+            env.recipients[0].last.clone()
+        };
+        wait_until("the answer in the envelope", WAIT, || last().is_some());
+        assert_eq!(last().and_then(|a| a.host()), Some(host), "{:?}", last());
+    }
+}
+
 /// 451 after DATA, then 250: delivered exactly once.
 #[test]
 fn temporary_failure_then_success_delivers_once() {

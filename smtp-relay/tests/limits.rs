@@ -127,6 +127,45 @@ fn commands_per_session() {
     still_serving(&server);
 }
 
+/// `max_commands` counts per transaction: a sender reusing one connection
+/// for many messages (3 commands each, 1,201 in all with EHLO) is never cut
+/// off by the default 1,000, nor by a transaction ended with RSET.
+#[test]
+fn commands_count_per_transaction_so_one_connection_carries_400_messages() {
+    let server = server("commands400", "", &[]);
+    let mut c = Client::connect(server.addr(Role::Mta));
+    c.ehlo();
+    for i in 0..400 {
+        let r = c.send_mail(
+            "a@sender.example",
+            &["alice@example.org"],
+            format!("Subject: {i}\r\n\r\nmessage {i}\r\n").as_bytes(),
+        );
+        assert_eq!(r.code, 250, "message {i}: {r:?}");
+    }
+    // Transactions ended by RSET count as ended too.
+    for _ in 0..400 {
+        c.cmd("MAIL FROM:<a@sender.example>").expect(250, "2.1.0");
+        c.cmd("RSET").expect(250, "2.0.0");
+    }
+    c.cmd("NOOP").expect(250, "2.0.0");
+    assert_eq!(server.setup.spool().queued_ids().expect("list").len(), 400);
+}
+
+/// Outside a transaction RSET starts nothing over: NOOP and RSET alone are
+/// still cut off at `max_commands`.
+#[test]
+fn rset_without_a_transaction_does_not_reset_the_command_count() {
+    let server = server("commandsrset", "max_commands = 6", &[]);
+    let mut c = Client::connect(server.addr(Role::Mta));
+    for _ in 0..3 {
+        c.cmd("NOOP").expect(250, "2.0.0");
+        c.cmd("RSET").expect(250, "2.0.0");
+    }
+    c.cmd("RSET").expect(421, "4.7.0");
+    assert_eq!(c.read_reply().code, 0, "closed after too many commands");
+}
+
 #[test]
 fn sessions_total() {
     let server = server(
@@ -234,7 +273,7 @@ fn try_auth(server: &TestServer, source: IpAddr, user: &str, password: &str) -> 
 }
 
 #[test]
-fn auth_brute_force_is_slowed_then_refused_per_address_and_user() {
+fn auth_brute_force_is_slowed_then_refused_per_address() {
     let server = server(
         "bruteforce",
         "auth_max_failures = 3\nauth_failure_window_secs = 60",
@@ -252,11 +291,9 @@ fn auth_brute_force_is_slowed_then_refused_per_address_and_user() {
     assert!(a[2].1 >= Duration::from_millis(600), "{a:?}");
     // The address is refused now, even with a correct password for bob.
     assert_eq!(try_auth(&server, v4, "bob", "bobs password").0, 454);
-    // alice is refused from a fresh address, even with her password;
-    // bob from that address is fine.
+    // From an address that did not fail, alice's password works.
     let fresh: IpAddr = "127.0.0.2".parse().expect("ip");
-    assert_eq!(try_auth(&server, fresh, "alice", PASSWORD).0, 454);
-    assert_eq!(try_auth(&server, fresh, "bob", "bobs password").0, 235);
+    assert_eq!(try_auth(&server, fresh, "alice", PASSWORD).0, 235);
     // A user that does not exist gets exactly the same treatment.
     let g: Vec<(u16, Duration)> = (0..3)
         .map(|_| try_auth(&server, v6, "ghost", "wrong"))
@@ -266,8 +303,31 @@ fn auth_brute_force_is_slowed_then_refused_per_address_and_user() {
         a.iter().map(|(c, _)| *c).collect::<Vec<_>>()
     );
     assert!(g[2].1 >= Duration::from_millis(600), "{g:?}");
-    let other: IpAddr = "127.0.0.3".parse().expect("ip");
-    assert_eq!(try_auth(&server, other, "ghost", "anything").0, 454);
+    assert_eq!(try_auth(&server, v6, "ghost", "anything").0, 454);
     assert!(!logs::lines_with(&["event=\"auth\"", "outcome=\"throttled\"", "ghost"]).is_empty());
     still_serving(&server);
+}
+
+/// Ten failed logins for a user from one address lock out that address,
+/// not the user: the right password from another address still works
+/// (failures from anywhere used to lock the name out for 15 minutes).
+#[test]
+fn failures_from_one_address_never_lock_a_user_out_elsewhere() {
+    let server = server(
+        "nolockout",
+        "",
+        &[("auth_failure_delay_ms = 20", "auth_failure_delay_ms = 1")],
+    );
+    let guesser: IpAddr = "127.0.0.2".parse().expect("ip");
+    let alice_at_home: IpAddr = "127.0.0.3".parse().expect("ip");
+    // auth_max_failures is 10 by default.
+    for i in 0..10 {
+        let (code, _) = try_auth(&server, guesser, "alice", &format!("guess {i}"));
+        assert_eq!(code, 535, "guess {i}");
+    }
+    assert_eq!(try_auth(&server, guesser, "alice", PASSWORD).0, 454);
+    assert_eq!(try_auth(&server, alice_at_home, "alice", PASSWORD).0, 235);
+    // Her success does not let the guesser in again.
+    assert_eq!(try_auth(&server, guesser, "alice", PASSWORD).0, 454);
+    assert_eq!(try_auth(&server, guesser, "bob", "bobs password").0, 454);
 }

@@ -308,6 +308,40 @@ fn authenticated_relay_is_accepted_sender_bound_and_forwarded() {
     assert_eq!(arrived, ids);
 }
 
+/// `senders = ["@example.net"]`: any local part of exactly that domain,
+/// case-insensitive; no subdomain, no other domain, no relay trick.
+#[test]
+fn a_senders_domain_entry_covers_every_address_of_that_domain_only() {
+    let config = config_with("", "").replace(
+        "senders = [\"bob@example.org\"]",
+        "senders = [\"bob@example.org\", \"@Example.NET\"]",
+    );
+    let server = TestServer::start_with("senderdomain", &config);
+    let mut c = Client::connect_tls(server.addr(Role::Submissions), &server.setup.ca());
+    c.ehlo();
+    c.auth_plain("bob", "bobs password").expect(235, "2.7.0");
+    for ok in [
+        "anyone@example.net",
+        "Someone.Else@EXAMPLE.net",
+        "bob@example.org",
+    ] {
+        c.cmd(&format!("MAIL FROM:<{ok}>")).expect(250, "2.1.0");
+        c.cmd("RSET").expect(250, "2.0.0");
+    }
+    for refused in [
+        "anyone@sub.example.net",
+        "anyone@example.net.evil.example",
+        "alice@example.org",
+        "user%other.example@example.net",
+        "\"quoted\"@example.net",
+        "anyone@example.net.",
+        "",
+    ] {
+        c.cmd(&format!("MAIL FROM:<{refused}>"))
+            .expect(553, "5.7.1");
+    }
+}
+
 #[test]
 fn peers_outside_the_ranges_get_554_at_connect() {
     let dir = common::TempDir::new("gk");
