@@ -19,8 +19,10 @@ use crate::address;
 pub mod bans;
 pub mod duration;
 pub mod locate;
+pub mod recipients;
 
 pub use bans::BansConfig;
+pub use recipients::RecipientsConfig;
 
 pub use locate::{ConfigError, Invalid, KeyPath};
 
@@ -100,6 +102,8 @@ struct RawConfig {
     delivery: Option<RawDelivery>,
     /// The gatekeeper's ban socket and the triggers; off when absent.
     bans: Option<bans::RawBans>,
+    /// Recipient validation at RCPT time; every local part accepted when absent.
+    recipients: Option<recipients::RawRecipients>,
 }
 
 /// The documented defaults (README, configuration reference), in one place.
@@ -130,6 +134,7 @@ impl Default for RawConfig {
             metrics_listen: None,
             delivery: None,
             bans: None,
+            recipients: None,
         }
     }
 }
@@ -410,6 +415,8 @@ pub struct Config {
     pub delivery: Option<DeliveryConfig>,
     /// `None`: no `[bans]` table; the relay asks for no bans.
     pub bans: Option<BansConfig>,
+    /// `None`: no `[recipients]` table; every local recipient is accepted.
+    pub recipients: Option<RecipientsConfig>,
 }
 
 impl Config {
@@ -633,6 +640,13 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         Some(b) => Some(bans::validate(b, &base, &root.key("bans"))?),
         None => None,
     };
+    let recipients = raw
+        .recipients
+        .map(|r| {
+            let at = root.key("recipients");
+            recipients::validate(r, &base, &at, &local_domains, delivery.as_ref())
+        })
+        .transpose()?;
 
     Ok(Config {
         path: path.to_owned(),
@@ -653,6 +667,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         metrics_listen: raw.metrics_listen,
         delivery,
         bans,
+        recipients,
     })
 }
 

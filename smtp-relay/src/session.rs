@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use ipnet::IpNet;
 
@@ -14,6 +15,9 @@ use crate::auth::{Mechanism, Users};
 use crate::command::{Command, CommandError, Param};
 use crate::config::{Config, Role};
 use crate::envelope::BodyType;
+use crate::recipients::harvest::{Harvest, Step};
+use crate::recipients::{Directory, RecipientResult, Verdict};
+use crate::refusal::Refusal;
 use crate::reply::Reply;
 use crate::spool::{ENVELOPE_VERSION, Envelope, Recipient};
 
@@ -29,6 +33,8 @@ pub struct Policy {
     pub max_errors: u32,
     /// Commands per session.
     pub max_commands: u32,
+    /// Which local recipients exist (`[recipients]`); `None` accepts every local part.
+    pub recipients: Option<Arc<Directory>>,
 }
 
 impl Policy {
@@ -42,6 +48,7 @@ impl Policy {
             users,
             max_errors: config.limits.errors,
             max_commands: config.limits.commands,
+            recipients: None,
         }
     }
 
@@ -73,6 +80,15 @@ pub enum Action {
     /// Send the 354 reply, read the message, spool it with this envelope,
     /// then call [`Session::data_done`].
     Data(Reply, Box<Envelope>),
+    /// Check that this local recipient exists ([`Directory::verify`], which may probe the
+    /// next hop), then call [`Session::rcpt_verified`].
+    VerifyRcpt(Box<PendingRcpt>),
+}
+
+/// A local recipient waiting for [`Directory::verify`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct PendingRcpt {
+    pub address: String,
 }
 
 /// After this many failed AUTH attempts the client is disconnected.
@@ -100,6 +116,8 @@ pub struct Session {
     errors: u32,
     commands: u32,
     auth_failures: u32,
+    /// Unknown recipients in this session.
+    harvest: Harvest,
 }
 
 fn r(code: u16, enhanced: &'static str, text: &str) -> Action {
@@ -135,6 +153,7 @@ impl Session {
             errors: 0,
             commands: 0,
             auth_failures: 0,
+            harvest: Harvest::default(),
         }
     }
 
@@ -433,8 +452,90 @@ impl Session {
             audit::relay_denied(self.client, self.tls, &tx.sender, &address);
             return r(554, "5.7.1", "Relay access denied");
         }
+        if local
+            && self
+                .policy
+                .recipients
+                .as_ref()
+                .is_some_and(|d| d.checks(&address))
+        {
+            return Action::VerifyRcpt(Box::new(PendingRcpt { address }));
+        }
         tx.recipients.push(Recipient::new(address, local));
         r(250, "2.1.5", "Recipient OK")
+    }
+
+    /// The answer to a RCPT that needed [`Action::VerifyRcpt`], and how long to hold it back
+    /// (the harvest tarpit). Unknown recipients count towards closing the session.
+    pub fn rcpt_verified(&mut self, pending: PendingRcpt, verdict: &Verdict) -> (Action, Duration) {
+        let Some(tx) = self.transaction.as_mut() else {
+            return (r(503, "5.5.1", "Need MAIL before RCPT"), Duration::ZERO);
+        };
+        let address = pending.address;
+        let (reply, reason, delay) = match verdict.result {
+            RecipientResult::Known => {
+                tx.recipients.push(Recipient::new(address, true));
+                return (r(250, "2.1.5", "Recipient OK"), Duration::ZERO);
+            }
+            RecipientResult::Unverified => (
+                Reply::new(
+                    451,
+                    "4.4.3",
+                    "Recipient verification unavailable, try later",
+                ),
+                Refusal::RecipientUnverified,
+                Duration::ZERO,
+            ),
+            RecipientResult::Unknown => {
+                let (delay, max) = self
+                    .policy
+                    .recipients
+                    .as_ref()
+                    .map_or((Duration::ZERO, u32::MAX), |d| {
+                        (d.unknown_delay, d.unknown_max)
+                    });
+                match self.harvest.unknown(delay, max) {
+                    Step::Refuse(delay) => (
+                        Reply::new(
+                            550,
+                            "5.1.1",
+                            format!("<{address}>: Recipient address rejected: User unknown"),
+                        ),
+                        Refusal::UnknownRecipient,
+                        delay,
+                    ),
+                    Step::Close => (
+                        Reply::new(421, "4.7.0", "Too many unknown recipients, closing"),
+                        Refusal::UnknownRecipient,
+                        Duration::ZERO,
+                    ),
+                }
+            }
+        };
+        audit::recipient_refused(
+            &audit::RecipientEvent {
+                client: self.client,
+                tls: self.tls,
+                user: self.user.as_deref(),
+                sender: &tx.sender,
+                recipient: &address,
+                result: verdict.result.as_str(),
+                source: verdict.source.into(),
+                detail: &verdict.detail,
+                reply: &reply,
+            },
+            reason,
+        );
+        if reply.code == 421 {
+            audit::recipient_harvest(
+                self.client,
+                self.tls,
+                self.user.as_deref(),
+                self.harvest.count(),
+            );
+            return (Action::Close(reply), Duration::ZERO);
+        }
+        (Action::Reply(reply), delay)
     }
 
     fn data(&mut self) -> Action {
@@ -509,6 +610,7 @@ mod tests {
             users: Arc::new(users),
             max_errors: 20,
             max_commands: 1000,
+            recipients: None,
         })
     }
 
@@ -528,14 +630,14 @@ mod tests {
             Action::Reply(r) | Action::Close(r) | Action::StartTls(r) | Action::Data(r, _) => {
                 r.code
             }
-            Action::Auth { .. } => 0,
+            Action::Auth { .. } | Action::VerifyRcpt(_) => 0,
         }
     }
 
     fn reply(s: &mut Session, line: &str) -> Reply {
         match s.handle(parse(line.as_bytes())) {
             Action::Reply(r) | Action::Close(r) | Action::StartTls(r) | Action::Data(r, _) => r,
-            Action::Auth { .. } => panic!("unexpected AUTH action"),
+            Action::Auth { .. } | Action::VerifyRcpt(_) => panic!("unexpected action"),
         }
     }
 
