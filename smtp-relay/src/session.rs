@@ -811,4 +811,97 @@ mod tests {
         assert!(matches!(s.auth_failed(), Action::Reply(r) if r.code == 535));
         assert!(matches!(s.auth_failed(), Action::Close(r) if r.code == 421));
     }
+
+    /// A session whose example.org recipients are checked against a list (unknown_max 4).
+    fn checked_session() -> Session {
+        let dir = std::env::temp_dir().join(format!("smtp-relay-session-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("list"), "alice@example.org\n").expect("write");
+        let text = "hostname = \"mx.example.org\"\nspool_dir = \"spool\"\n\
+            local_domains = [\"example.org\", \"example.net\"]\n\
+            [tls]\ncert = \"c\"\nkey = \"k\"\n\
+            [[listener]]\naddress = \"127.0.0.1:25\"\nrole = \"mta\"\nallow = [\"0.0.0.0/0\"]\n\
+            [recipients]\nunknown_max = 4\nunknown_delay_ms = 100\n\
+            [[recipients.domain]]\ndomain = \"example.org\"\nsource = \"list\"\nfile = \"list\"\n";
+        let config = Config::parse(text, &dir.join("relay.toml")).expect("config");
+        let directory = Directory::new(&config).expect("directory").expect("some");
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut policy = Arc::into_inner(policy(vec![])).expect("sole owner");
+        policy.recipients = Some(Arc::new(directory));
+        policy.local_domains = config.local_domains.clone();
+        policy.max_recipients = 10;
+        Session::new(
+            Arc::new(policy),
+            Role::Mta,
+            "127.0.0.1:25".parse().expect("addr"),
+            "192.0.2.7:4000".parse().expect("addr"),
+            false,
+        )
+    }
+
+    fn pending(s: &mut Session, line: &str) -> PendingRcpt {
+        match s.handle(parse(line.as_bytes())) {
+            Action::VerifyRcpt(p) => *p,
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    fn verdict(result: RecipientResult) -> Verdict {
+        Verdict {
+            result,
+            source: crate::config::recipients::Source::List,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn local_recipients_are_checked_postmaster_and_other_domains_are_not() {
+        let mut s = checked_session();
+        code(&mut s, "EHLO c.example");
+        assert_eq!(code(&mut s, "MAIL FROM:<x@sender.example>"), 250);
+        assert_eq!(code(&mut s, "RCPT TO:<Postmaster>"), 250);
+        assert_eq!(code(&mut s, "RCPT TO:<PostMaster@Example.ORG>"), 250);
+        assert_eq!(code(&mut s, "RCPT TO:<anyone@example.net>"), 250);
+        assert_eq!(code(&mut s, "RCPT TO:<victim@other.example>"), 554);
+        let p = pending(&mut s, "RCPT TO:<Alice@Example.org>");
+        assert_eq!(p.address, "Alice@Example.org");
+        let (a, delay) = s.rcpt_verified(p, &verdict(RecipientResult::Known));
+        assert!(matches!(a, Action::Reply(r) if r.code == 250) && delay.is_zero());
+        let p = pending(&mut s, "RCPT TO:<nobody@example.org>");
+        let (a, _) = s.rcpt_verified(p, &verdict(RecipientResult::Unverified));
+        assert!(matches!(a, Action::Reply(r) if (r.code, r.enhanced) == (451, Some("4.4.3"))));
+        let p = pending(&mut s, "RCPT TO:<nobody@example.org>");
+        let (a, _) = s.rcpt_verified(p, &verdict(RecipientResult::Unknown));
+        let Action::Reply(r) = a else { panic!("{a:?}") };
+        assert_eq!((r.code, r.enhanced), (550, Some("5.1.1")));
+        assert_eq!(
+            r.lines,
+            ["<nobody@example.org>: Recipient address rejected: User unknown"]
+        );
+        assert!(matches!(s.handle(parse(b"DATA")), Action::Data(_, env)
+            if env.recipients.iter().map(|r| r.address.as_str()).collect::<Vec<_>>()
+                == ["postmaster@example.org", "PostMaster@Example.ORG", "anyone@example.net",
+                    "Alice@Example.org"]));
+    }
+
+    #[test]
+    fn unknown_recipients_are_slowed_then_the_session_closes() {
+        let mut s = checked_session();
+        code(&mut s, "EHLO c.example");
+        code(&mut s, "MAIL FROM:<x@sender.example>");
+        let mut delays = Vec::new();
+        for i in 0..4 {
+            let p = pending(&mut s, &format!("RCPT TO:<u{i}@example.org>"));
+            match s.rcpt_verified(p, &verdict(RecipientResult::Unknown)) {
+                (Action::Reply(r), delay) if r.code == 550 => delays.push(delay.as_millis()),
+                (Action::Close(r), _) => {
+                    assert_eq!((r.code, r.enhanced, i), (421, Some("4.7.0"), 3));
+                    assert_eq!(delays, [0, 0, 0]);
+                    return;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        panic!("never closed: {delays:?}");
+    }
 }

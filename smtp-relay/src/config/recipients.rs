@@ -217,3 +217,158 @@ pub fn list_domains(domains: &[(String, Rule)], file: &Path) -> Vec<String> {
         .map(|(d, _)| d.clone())
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const BASE: &str = r#"
+hostname = "mx.example.org"
+spool_dir = "spool"
+local_domains = ["example.org", "Example.NET", "example.com"]
+
+[tls]
+cert = "cert.pem"
+key = "key.pem"
+
+[[listener]]
+address = "127.0.0.1:25"
+role = "mta"
+allow = ["127.0.0.0/8"]
+"#;
+
+    const DELIVERY: &str = r#"
+[[delivery.route]]
+domain = "example.org"
+host = "127.0.0.1"
+port = 2525
+tls = "none"
+"#;
+
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(tag: &str) -> Dir {
+            let d =
+                std::env::temp_dir().join(format!("smtp-relay-rcfg-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&d).expect("mkdir");
+            Dir(d)
+        }
+        fn parse(&self, text: &str) -> Result<Config, String> {
+            Config::parse(text, &self.0.join("relay.toml")).map_err(|e| format!("{e:#}"))
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn defaults_and_rules() {
+        let dir = Dir::new("ok");
+        std::fs::write(dir.0.join("staff"), "alice@example.net\n@example.com\n").expect("write");
+        let text = format!(
+            "{BASE}\n[recipients]\nunknown_delay_ms = 10\n\n\
+             [[recipients.domain]]\ndomain = \"Example.ORG\"\nsource = \"verify\"\n\n\
+             [[recipients.domain]]\ndomain = \"example.net\"\nsource = \"list\"\nfile = \"staff\"\n\n\
+             [[recipients.domain]]\ndomain = \"example.com\"\nsource = \"list\"\nfile = \"staff\"\n\
+             {DELIVERY}"
+        );
+        let c = dir
+            .parse(&text)
+            .expect("valid")
+            .recipients
+            .expect("recipients");
+        assert_eq!(c.positive_ttl, Duration::from_secs(86_400));
+        assert_eq!(c.negative_ttl, Duration::from_secs(600));
+        assert_eq!(c.tempfail_ttl, Duration::from_secs(30));
+        assert_eq!((c.probe_concurrency, c.unknown_max), (8, 10));
+        assert_eq!(c.unknown_delay, Duration::from_millis(10));
+        assert_eq!(c.domains[0].0, "example.org");
+        assert!(matches!(&c.domains[0].1, Rule::Verify(h) if h.port == 2525));
+        assert_eq!(c.domains[1].1, Rule::List(dir.0.join("staff")));
+        assert_eq!(
+            list_domains(&c.domains, &dir.0.join("staff")),
+            ["example.net", "example.com"]
+        );
+        assert_eq!(dir.parse(BASE).expect("valid").recipients, None);
+        let bans = format!(
+            "{BASE}\n[bans]\nunknown_recipients = {{ count = 20, within_secs = \"10m\", ban_secs = \"1h\" }}\n"
+        );
+        let trigger = dir
+            .parse(&bans)
+            .expect("valid")
+            .bans
+            .and_then(|b| b.unknown_recipients);
+        assert_eq!(
+            trigger.map(|t| (t.count, t.within, t.ban)),
+            Some((20, Duration::from_secs(600), Duration::from_secs(3600)))
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key_and_why() {
+        let dir = Dir::new("bad");
+        std::fs::write(dir.0.join("staff"), "alice@example.org\nbob@\n").expect("write");
+        let table = |body: &str| format!("{BASE}\n[recipients]\n[[recipients.domain]]\n{body}\n");
+        for (text, needle) in [
+            (
+                table("domain = \"example.org\"\nsource = \"verify\""),
+                "recipients.domain[0].source = \"verify\": example.org has no [[delivery.route]]",
+            ),
+            (
+                format!(
+                    "{}\n[delivery]\nnameservers = [\"127.0.0.1:53\"]\n",
+                    table("domain = \"example.org\"\nsource = \"verify\"")
+                ),
+                "never public MX",
+            ),
+            (
+                table("domain = \"other.example\"\nsource = \"accept\""),
+                "recipients.domain[0].domain = \"other.example\": not one of local_domains",
+            ),
+            (
+                table("domain = \"example.org\"\nsource = \"list\""),
+                "source = \"list\" needs a file",
+            ),
+            (
+                table("domain = \"example.org\"\nsource = \"accept\"\nfile = \"staff\""),
+                "only a source = \"list\" reads a file",
+            ),
+            (
+                table("domain = \"example.org\"\nsource = \"list\"\nfile = \"staff\""),
+                "staff:2: \"bob@\": not a plain local@domain address",
+            ),
+            (
+                table("domain = \"example.org\"\nsource = \"list\"\nfile = \"missing\""),
+                "recipients.domain[0].file = \"missing\":",
+            ),
+            (
+                table("domain = \"example.org\"\nsource = \"maybe\""),
+                "unknown variant `maybe`",
+            ),
+            (
+                format!("{BASE}\n[recipients]\nunknown_delay_ms = \"11s\"\n"),
+                "recipients.unknown_delay_ms = \"11s\": at most 10 s",
+            ),
+            (
+                format!("{BASE}\n[recipients]\nunknown_max = 0\n"),
+                "recipients.unknown_max = 0: must be positive",
+            ),
+            (
+                format!(
+                    "{}[[recipients.domain]]\ndomain = \"EXAMPLE.org\"\nsource = \"accept\"\n",
+                    table("domain = \"example.org\"\nsource = \"accept\"")
+                ),
+                "example.org is configured twice",
+            ),
+        ] {
+            let e = dir.parse(&text).expect_err(&text);
+            assert!(e.contains(needle), "{needle:?} not in {e}");
+            assert!(e.contains("relay.toml:"), "{e}");
+        }
+    }
+}
