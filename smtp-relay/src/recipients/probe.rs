@@ -215,3 +215,148 @@ impl Prober {
         Err(last)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::recipients::{Directory, RecipientResult};
+
+    /// A next hop on loopback that knows alice, holds every RCPT answer back `delay` (or
+    /// never greets), and counts connections and how many were open at once.
+    struct Hop {
+        addr: std::net::SocketAddr,
+        connections: Arc<AtomicUsize>,
+        most_at_once: Arc<AtomicUsize>,
+    }
+
+    async fn hop(delay: Duration, silent: bool) -> Hop {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let most_at_once = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let (c, m) = (connections.clone(), most_at_once.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now, Ordering::SeqCst);
+                let open = open.clone();
+                tokio::spawn(async move {
+                    let (r, mut w) = tcp.into_split();
+                    if silent {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        return;
+                    }
+                    let mut lines = BufReader::new(r).lines();
+                    let mut counted = true;
+                    let _ = w.write_all(b"220 hop.test\r\n").await;
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let upper = line.to_ascii_uppercase();
+                        let reply = if upper.starts_with("RCPT") {
+                            tokio::time::sleep(delay).await;
+                            if upper.contains("<ALICE@") {
+                                "250 2.1.5 ok"
+                            } else {
+                                "550 5.1.1 unknown"
+                            }
+                        } else if upper == "QUIT" {
+                            // Closed before the client hears so: it may connect again at once.
+                            open.fetch_sub(1, Ordering::SeqCst);
+                            counted = false;
+                            let _ = w.write_all(b"221 bye\r\n").await;
+                            break;
+                        } else {
+                            "250 ok"
+                        };
+                        let _ = w.write_all(format!("{reply}\r\n").as_bytes()).await;
+                    }
+                    if counted {
+                        open.fetch_sub(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        Hop {
+            addr,
+            connections,
+            most_at_once,
+        }
+    }
+
+    fn directory(hop: std::net::SocketAddr, extra: &str) -> Arc<Directory> {
+        let text = format!(
+            "hostname = \"mx.example.org\"\nspool_dir = \"s\"\nlocal_domains = [\"example.org\"]\n\
+             [tls]\ncert = \"c\"\nkey = \"k\"\n\
+             [[listener]]\naddress = \"127.0.0.1:25\"\nrole = \"mta\"\nallow = [\"0.0.0.0/0\"]\n\
+             [delivery]\nconnect_timeout_secs = 5\nreply_timeout_secs = 5\n\
+             [[delivery.route]]\ndomain = \"example.org\"\nhost = \"{}\"\nport = {}\ntls = \"none\"\n\
+             [recipients]\n{extra}\n\
+             [[recipients.domain]]\ndomain = \"example.org\"\nsource = \"verify\"\n",
+            hop.ip(),
+            hop.port()
+        );
+        let config =
+            Config::parse(&text, std::path::Path::new("/nonexistent/relay.toml")).expect("config");
+        Arc::new(Directory::new(&config).expect("directory").expect("some"))
+    }
+
+    async fn results(d: &Arc<Directory>, addresses: &[String]) -> Vec<RecipientResult> {
+        let tasks: Vec<_> = addresses
+            .iter()
+            .map(|a| {
+                let (d, a) = (d.clone(), a.clone());
+                tokio::spawn(async move { d.verify(&a).await.result })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.expect("task"));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn concurrent_rcpts_for_one_address_share_one_probe() {
+        let h = hop(Duration::from_millis(300), false).await;
+        let d = directory(h.addr, "");
+        let same = vec!["alice@example.org".to_owned(); 5];
+        assert_eq!(results(&d, &same).await, [RecipientResult::Known; 5]);
+        assert_eq!(h.connections.load(Ordering::SeqCst), 1);
+        let other = vec![
+            "Nobody@example.org".to_owned(),
+            "nobody@EXAMPLE.org".to_owned(),
+        ];
+        assert_eq!(results(&d, &other).await, [RecipientResult::Unknown; 2]);
+        assert_eq!(h.connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn probes_run_at_most_probe_concurrency_at_once() {
+        let h = hop(Duration::from_millis(100), false).await;
+        let d = directory(h.addr, "probe_concurrency = 2");
+        let many: Vec<String> = (0..6).map(|i| format!("u{i}@example.org")).collect();
+        assert_eq!(results(&d, &many).await, [RecipientResult::Unknown; 6]);
+        assert_eq!(h.connections.load(Ordering::SeqCst), 6);
+        assert!(h.most_at_once.load(Ordering::SeqCst) <= 2);
+    }
+
+    #[tokio::test]
+    async fn a_silent_hop_is_unverified_after_probe_timeout() {
+        let h = hop(Duration::ZERO, true).await;
+        let d = directory(h.addr, "probe_timeout_secs = 0.3");
+        let got = tokio::time::timeout(Duration::from_secs(10), d.verify("alice@example.org"))
+            .await
+            .expect("bounded by probe_timeout_secs");
+        assert_eq!(got.result, RecipientResult::Unverified);
+        assert!(
+            got.detail.contains("no answer from the next hop"),
+            "{got:?}"
+        );
+    }
+}
