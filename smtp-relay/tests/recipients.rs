@@ -346,3 +346,47 @@ fn check_reports_recipient_config_errors() {
         "{text}"
     );
 }
+
+#[test]
+fn the_readme_example_is_a_valid_config() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let section = readme
+        .split("\n## Recipient validation\n")
+        .nth(1)
+        .expect("the README has a Recipient validation section");
+    let block = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a toml example in the section");
+    let setup = Setup::new(
+        "rcpt-readme",
+        &config_with(
+            "",
+            &format!(
+                "{}\n{block}",
+                delivery_section(
+                    &[(
+                        "example.org",
+                        "127.0.0.1:2525".parse().expect("addr"),
+                        "none"
+                    )],
+                    ""
+                )
+            ),
+        ),
+    );
+    std::fs::create_dir_all(setup.dir.path().join("recipients")).expect("mkdir");
+    std::fs::write(
+        setup.dir.path().join("recipients/example.net"),
+        "alice@example.net\nsales@example.net\n",
+    )
+    .expect("write");
+    let prepared = smtp_relay::prepare(&setup.config).expect("the README example is valid");
+    let r = prepared.config.recipients.expect("[recipients]");
+    assert_eq!(r.domains.len(), 2);
+    assert_eq!(r.negative_ttl, Duration::from_secs(600));
+    let bans = prepared.config.bans.expect("[bans]");
+    assert!(bans.unknown_recipients.is_some());
+}
