@@ -148,6 +148,38 @@ pub fn message(e: &MessageEvent<'_>) {
     }
 }
 
+/// A RCPT for a local recipient refused by `[recipients]`: unknown (`550 5.1.1`) or not
+/// confirmed by the next hop (`451 4.4.3`). `detail` says why (the hop's reply, the list).
+pub struct RecipientEvent<'a> {
+    pub client: SocketAddr,
+    pub tls: bool,
+    pub user: Option<&'a str>,
+    pub sender: &'a str,
+    pub recipient: &'a str,
+    /// `unknown` or `unverified`.
+    pub result: &'a str,
+    /// `list` or `verify`.
+    pub source: &'a str,
+    pub detail: &'a str,
+    pub reply: &'a Reply,
+}
+
+pub fn recipient_refused(e: &RecipientEvent<'_>, reason: Refusal) {
+    metrics::refused(reason);
+    let outcome = format!("{} {}", e.reply.code, e.reply.enhanced.unwrap_or(""));
+    warn!(target: "audit", event = "recipient", client = %e.client, tls = e.tls,
+        user = ?user_or_none(e.user), sender = ?e.sender, recipient = ?e.recipient,
+        result = e.result, source = e.source, detail = ?e.detail, outcome,
+        "recipient refused");
+}
+
+pub fn recipient_harvest(client: SocketAddr, tls: bool, user: Option<&str>, unknown: u32) {
+    metrics::refused(Refusal::RecipientHarvest);
+    warn!(target: "audit", event = "recipient_harvest", client = %client, tls,
+        user = user_or_none(user), unknown, outcome = "421 4.7.0",
+        "too many unknown recipients, closing");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

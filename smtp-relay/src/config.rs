@@ -22,8 +22,11 @@ pub mod duration;
 pub mod locate;
 pub mod nets;
 
+pub mod recipients;
+
 pub use bans::BansConfig;
 pub use dns::DnsConfig;
+pub use recipients::RecipientsConfig;
 
 pub use locate::{ConfigError, Invalid, KeyPath};
 
@@ -106,6 +109,8 @@ struct RawConfig {
     bans: Option<bans::RawBans>,
     /// Nameservers for the checks (and delivery without its own); off when absent.
     dns: Option<dns::RawDns>,
+    /// Recipient validation at RCPT time; every local part accepted when absent.
+    recipients: Option<recipients::RawRecipients>,
 }
 
 /// The documented defaults (README, configuration reference), in one place.
@@ -137,6 +142,7 @@ impl Default for RawConfig {
             delivery: None,
             bans: None,
             dns: None,
+            recipients: None,
         }
     }
 }
@@ -421,6 +427,8 @@ pub struct Config {
     pub bans: Option<BansConfig>,
     /// `None`: no `[dns]` table; no check may use DNS.
     pub dns: Option<DnsConfig>,
+    /// `None`: no `[recipients]` table; every local recipient is accepted.
+    pub recipients: Option<RecipientsConfig>,
 }
 
 impl Config {
@@ -640,20 +648,27 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         Some(d) => Some(dns::validate(d, &root.key("dns"))?),
         None => None,
     };
-    let mut delivery = match raw.delivery {
-        Some(d) => Some(validate_delivery(d, &base, &root.key("delivery"))?),
+    let shared_nameservers = dns.as_ref().map_or(&[][..], |d| &d.nameservers[..]);
+    let delivery = match raw.delivery {
+        Some(d) => Some(validate_delivery(
+            d,
+            shared_nameservers,
+            &base,
+            &root.key("delivery"),
+        )?),
         None => None,
     };
-    // Delivery asks its own nameservers when it has them, else those of `[dns]`.
-    if let (Some(delivery), Some(dns)) = (delivery.as_mut(), dns.as_ref())
-        && delivery.nameservers.is_empty()
-    {
-        delivery.nameservers = dns.nameservers.clone();
-    }
     let bans = match raw.bans {
         Some(b) => Some(bans::validate(b, &base, &root.key("bans"))?),
         None => None,
     };
+    let recipients = raw
+        .recipients
+        .map(|r| {
+            let at = root.key("recipients");
+            recipients::validate(r, &base, &at, &local_domains, delivery.as_ref())
+        })
+        .transpose()?;
 
     Ok(Config {
         path: path.to_owned(),
@@ -675,6 +690,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         delivery,
         bans,
         dns,
+        recipients,
     })
 }
 
@@ -745,15 +761,20 @@ fn validate_hop(raw: RawHop, base: &Path, at: &KeyPath) -> Result<HopConfig, Inv
 /// A `[delivery]` table that can send nothing anywhere: every message
 /// would wait out `max_queue_lifetime_secs` (5 days) and then bounce.
 const NO_WAY_TO_DELIVER: &str = "no way to deliver: no [[delivery.route]], no \
-    [delivery.smarthost] and no nameservers for MX lookups, so every message would wait in \
+    [delivery.smarthost] and no nameservers for MX lookups ([delivery] or [dns]), so every message would wait in \
     the queue until it expires (max_queue_lifetime_secs) and bounce; add a route to your \
     mail store, a smarthost or nameservers (without a [delivery] table mail only queues)";
 
+/// `shared_nameservers`: those of `[dns]`, which delivery asks when `[delivery]` names none.
 fn validate_delivery(
-    raw: RawDelivery,
+    mut raw: RawDelivery,
+    shared_nameservers: &[SocketAddr],
     base: &Path,
     at: &KeyPath,
 ) -> Result<DeliveryConfig, Invalid> {
+    if raw.nameservers.is_empty() {
+        raw.nameservers = shared_nameservers.to_vec();
+    }
     let mut routes: Vec<(String, HopConfig)> = Vec::new();
     for (i, r) in raw.routes.into_iter().enumerate() {
         let route = at.key("route").index(i);
@@ -807,8 +828,8 @@ fn validate_delivery(
             .with_context(|| format!("ca_file {}", ca.display()))
             .map_err(|e| Invalid::from_error(at.key("ca_file"), &e))?;
     }
-    // Checked last, so a wrong key in the table is named first. (When a
-    // resolver is shared across the config, its nameservers count here too.)
+    // Checked last, so a wrong key in the table is named first. The nameservers of `[dns]`
+    // count here too.
     ensure(
         !routes.is_empty() || smarthost.is_some() || !raw.nameservers.is_empty(),
         at,

@@ -25,6 +25,8 @@ pub enum Disconnect {
     IoError,
     /// The client sent input before the greeting (`[bans] pre_greet`).
     PreGreet,
+    /// Closed with `421 4.7.0` after `[recipients] unknown_max` unknown recipients.
+    RecipientHarvest,
 }
 
 impl Disconnect {
@@ -52,7 +54,8 @@ mod tests {
                 "shutdown",
                 "tls_failed",
                 "io_error",
-                "pre_greet"
+                "pre_greet",
+                "recipient_harvest"
             ]
         );
     }

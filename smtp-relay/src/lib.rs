@@ -28,6 +28,7 @@
 //! - [`refusal`]: refusal reasons (metric labels) and message outcomes.
 //! - [`throttle`]: AUTH brute-force delays and lockout.
 //! - [`bans`]: ban triggers and the client of the gatekeeper's ban socket.
+//! - [`recipients`]: recipient validation at RCPT time (lists, next-hop probes, harvesting).
 
 pub mod address;
 pub mod admission;
@@ -46,6 +47,7 @@ pub mod dns;
 pub mod envelope;
 pub mod metrics;
 pub mod password;
+pub mod recipients;
 pub mod refusal;
 pub mod reply;
 pub mod server;

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 
 use crate::bans::{BanResult, Trigger};
 use crate::disconnect::Disconnect;
+use crate::recipients::RecipientResult;
 use crate::refusal::Refusal;
 
 pub struct Counter(AtomicU64);
@@ -95,6 +96,28 @@ pub fn ban_result(trigger: Trigger, result: BanResult) {
 
 pub fn ban_result_count(trigger: Trigger, result: BanResult) -> u64 {
     BAN_RESULTS[trigger as usize][result as usize].get()
+}
+
+/// Recipient checks at RCPT time by result (`[recipients]`).
+static RECIPIENT_CHECKS: [Counter; RecipientResult::COUNT] =
+    [const { Counter::new() }; RecipientResult::COUNT];
+/// Answers of the recipient probe cache: hits, misses.
+static RECIPIENT_CACHE: [Counter; 2] = [const { Counter::new() }; 2];
+
+pub fn recipient_checked(result: RecipientResult) {
+    RECIPIENT_CHECKS[result as usize].inc();
+}
+
+pub fn recipient_check_count(result: RecipientResult) -> u64 {
+    RECIPIENT_CHECKS[result as usize].get()
+}
+
+pub fn recipient_cache(hit: bool) {
+    RECIPIENT_CACHE[usize::from(hit)].inc();
+}
+
+pub fn recipient_cache_count(hit: bool) -> u64 {
+    RECIPIENT_CACHE[usize::from(hit)].get()
 }
 
 /// The exposition text (Prometheus text format 0.0.4).
@@ -180,6 +203,30 @@ impl Collector for Snapshot {
                 })
             }),
         )?;
+        expose::counter_family(
+            e,
+            "smtp_relay_checks",
+            "Checks made on sessions, by check and result.",
+            RecipientResult::iter().map(|r| {
+                (
+                    [("check", "recipient"), ("result", r.as_str())],
+                    recipient_check_count(r),
+                )
+            }),
+        )?;
+        expose::counter_family(
+            e,
+            "smtp_relay_check_cache",
+            "Answers of the checks' caches (hit, miss), by check.",
+            [("hit", true), ("miss", false)]
+                .into_iter()
+                .map(|(label, hit)| {
+                    (
+                        [("check", "recipient"), ("result", label)],
+                        recipient_cache_count(hit),
+                    )
+                }),
+        )?;
         let depth = QUEUE_DEPTH.get();
         let oldest = OLDEST_RECEIVED_AT.get();
         let age = if depth == 0 || oldest == 0 {
@@ -230,6 +277,8 @@ mod tests {
             "smtp_relay_bans_requested_total{trigger=\"auth_failures\"} ",
             "smtp_relay_ban_results_total{trigger=\"pre_greet\",result=\"dropped\"} ",
             "smtp_relay_queue_depth ",
+            "smtp_relay_checks_total{check=\"recipient\",result=\"unknown\"} ",
+            "smtp_relay_check_cache_total{check=\"recipient\",result=\"hit\"} ",
             "smtp_relay_oldest_message_age_seconds ",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");

@@ -20,6 +20,12 @@ pub enum Refusal {
     LineTooLong,
     AuthThrottled,
     Timeout,
+    /// RCPT for a local recipient that does not exist (`550 5.1.1`).
+    UnknownRecipient,
+    /// RCPT for a local recipient the next hop could not confirm (`451 4.4.3`).
+    RecipientUnverified,
+    /// Too many unknown recipients in one session (`421 4.7.0`).
+    RecipientHarvest,
 }
 
 impl Refusal {
@@ -59,6 +65,9 @@ mod tests {
                 "line_too_long",
                 "auth_throttled",
                 "timeout",
+                "unknown_recipient",
+                "recipient_unverified",
+                "recipient_harvest",
             ]
         );
     }

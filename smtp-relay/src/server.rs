@@ -144,6 +144,10 @@ impl Server {
             }
         };
         let (bans, ban_client) = Bans::new(config.bans.as_ref());
+        let mut policy = Policy::from_config(config, prepared.users.clone());
+        policy.recipients = crate::recipients::Directory::new(config)
+            .with_context(|| format!("{}: [recipients]", config.path.display()))?
+            .map(Arc::new);
         Ok(Server {
             metrics,
             control,
@@ -151,7 +155,7 @@ impl Server {
             _lock: lock,
             listeners,
             shared: Arc::new(Shared {
-                policy: Arc::new(Policy::from_config(config, prepared.users.clone())),
+                policy: Arc::new(policy),
                 tls: prepared.tls,
                 spool,
                 timeout: config.command_timeout,
@@ -526,6 +530,46 @@ async fn serve(
             Action::Data(reply, envelope) => {
                 receive(conn, session, shared, reply, *envelope).await?;
             }
+            Action::VerifyRcpt(pending) => {
+                if verify_rcpt(conn, session, shared, *pending).await {
+                    return Ok(Disconnect::RecipientHarvest);
+                }
+            }
+        }
+    }
+}
+
+/// Checks a local recipient (`[recipients]`), holds an unknown one's answer back as the
+/// harvest tarpit says, and queues the reply. True when the session must close.
+async fn verify_rcpt(
+    conn: &mut Conn,
+    session: &mut Session,
+    shared: &Shared,
+    pending: crate::session::PendingRcpt,
+) -> bool {
+    let verdict = match &shared.policy.recipients {
+        Some(directory) => directory.verify(&pending.address).await,
+        None => crate::recipients::Verdict::accepted(),
+    };
+    if verdict.result == crate::recipients::RecipientResult::Unknown {
+        shared.bans.unknown_recipient(session.client().ip());
+    }
+    let (action, delay) = session.rcpt_verified(pending, &verdict);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    match action {
+        Action::Close(reply) => {
+            conn.queue(&reply);
+            true
+        }
+        Action::Reply(reply) => {
+            conn.queue(&reply);
+            false
+        }
+        _ => {
+            conn.queue(&Reply::new(451, "4.3.0", "Internal error"));
+            false
         }
     }
 }

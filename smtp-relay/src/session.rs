@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use ipnet::IpNet;
 
@@ -14,6 +15,9 @@ use crate::auth::{Mechanism, Users};
 use crate::command::{Command, CommandError, Param};
 use crate::config::{Config, Role};
 use crate::envelope::BodyType;
+use crate::recipients::harvest::{Harvest, Step};
+use crate::recipients::{Directory, RecipientResult, Verdict};
+use crate::refusal::Refusal;
 use crate::reply::Reply;
 use crate::spool::{ENVELOPE_VERSION, Envelope, Recipient};
 
@@ -30,6 +34,8 @@ pub struct Policy {
     /// Commands per transaction: since the session began or the last
     /// transaction ended (end of DATA, or RSET with a transaction open).
     pub max_commands: u32,
+    /// Which local recipients exist (`[recipients]`); `None` accepts every local part.
+    pub recipients: Option<Arc<Directory>>,
 }
 
 impl Policy {
@@ -43,6 +49,7 @@ impl Policy {
             users,
             max_errors: config.limits.errors,
             max_commands: config.limits.commands,
+            recipients: None,
         }
     }
 
@@ -74,6 +81,15 @@ pub enum Action {
     /// Send the 354 reply, read the message, spool it with this envelope,
     /// then call [`Session::data_done`].
     Data(Reply, Box<Envelope>),
+    /// Check that this local recipient exists ([`Directory::verify`], which may probe the
+    /// next hop), then call [`Session::rcpt_verified`].
+    VerifyRcpt(Box<PendingRcpt>),
+}
+
+/// A local recipient waiting for [`Directory::verify`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct PendingRcpt {
+    pub address: String,
 }
 
 /// After this many failed AUTH attempts the client is disconnected.
@@ -102,6 +118,8 @@ pub struct Session {
     /// Commands since the session began or the last transaction ended.
     commands: u32,
     auth_failures: u32,
+    /// Unknown recipients in this session.
+    harvest: Harvest,
 }
 
 fn r(code: u16, enhanced: &'static str, text: &str) -> Action {
@@ -137,6 +155,7 @@ impl Session {
             errors: 0,
             commands: 0,
             auth_failures: 0,
+            harvest: Harvest::default(),
         }
     }
 
@@ -439,8 +458,90 @@ impl Session {
             audit::relay_denied(self.client, self.tls, &tx.sender, &address);
             return r(554, "5.7.1", "Relay access denied");
         }
+        if local
+            && self
+                .policy
+                .recipients
+                .as_ref()
+                .is_some_and(|d| d.checks(&address))
+        {
+            return Action::VerifyRcpt(Box::new(PendingRcpt { address }));
+        }
         tx.recipients.push(Recipient::new(address, local));
         r(250, "2.1.5", "Recipient OK")
+    }
+
+    /// The answer to a RCPT that needed [`Action::VerifyRcpt`], and how long to hold it back
+    /// (the harvest tarpit). Unknown recipients count towards closing the session.
+    pub fn rcpt_verified(&mut self, pending: PendingRcpt, verdict: &Verdict) -> (Action, Duration) {
+        let Some(tx) = self.transaction.as_mut() else {
+            return (r(503, "5.5.1", "Need MAIL before RCPT"), Duration::ZERO);
+        };
+        let address = pending.address;
+        let (reply, reason, delay) = match verdict.result {
+            RecipientResult::Known => {
+                tx.recipients.push(Recipient::new(address, true));
+                return (r(250, "2.1.5", "Recipient OK"), Duration::ZERO);
+            }
+            RecipientResult::Unverified => (
+                Reply::new(
+                    451,
+                    "4.4.3",
+                    "Recipient verification unavailable, try later",
+                ),
+                Refusal::RecipientUnverified,
+                Duration::ZERO,
+            ),
+            RecipientResult::Unknown => {
+                let (delay, max) = self
+                    .policy
+                    .recipients
+                    .as_ref()
+                    .map_or((Duration::ZERO, u32::MAX), |d| {
+                        (d.unknown_delay, d.unknown_max)
+                    });
+                match self.harvest.unknown(delay, max) {
+                    Step::Refuse(delay) => (
+                        Reply::new(
+                            550,
+                            "5.1.1",
+                            format!("<{address}>: Recipient address rejected: User unknown"),
+                        ),
+                        Refusal::UnknownRecipient,
+                        delay,
+                    ),
+                    Step::Close => (
+                        Reply::new(421, "4.7.0", "Too many unknown recipients, closing"),
+                        Refusal::UnknownRecipient,
+                        Duration::ZERO,
+                    ),
+                }
+            }
+        };
+        audit::recipient_refused(
+            &audit::RecipientEvent {
+                client: self.client,
+                tls: self.tls,
+                user: self.user.as_deref(),
+                sender: &tx.sender,
+                recipient: &address,
+                result: verdict.result.as_str(),
+                source: verdict.source.into(),
+                detail: &verdict.detail,
+                reply: &reply,
+            },
+            reason,
+        );
+        if reply.code == 421 {
+            audit::recipient_harvest(
+                self.client,
+                self.tls,
+                self.user.as_deref(),
+                self.harvest.count(),
+            );
+            return (Action::Close(reply), Duration::ZERO);
+        }
+        (Action::Reply(reply), delay)
     }
 
     fn data(&mut self) -> Action {
@@ -518,6 +619,7 @@ mod tests {
             users: Arc::new(users),
             max_errors: 20,
             max_commands: 1000,
+            recipients: None,
         })
     }
 
@@ -537,14 +639,14 @@ mod tests {
             Action::Reply(r) | Action::Close(r) | Action::StartTls(r) | Action::Data(r, _) => {
                 r.code
             }
-            Action::Auth { .. } => 0,
+            Action::Auth { .. } | Action::VerifyRcpt(_) => 0,
         }
     }
 
     fn reply(s: &mut Session, line: &str) -> Reply {
         match s.handle(parse(line.as_bytes())) {
             Action::Reply(r) | Action::Close(r) | Action::StartTls(r) | Action::Data(r, _) => r,
-            Action::Auth { .. } => panic!("unexpected AUTH action"),
+            Action::Auth { .. } | Action::VerifyRcpt(_) => panic!("unexpected action"),
         }
     }
 
@@ -740,5 +842,98 @@ mod tests {
         assert!(matches!(s.auth_failed(), Action::Reply(r) if r.code == 535));
         assert!(matches!(s.auth_failed(), Action::Reply(r) if r.code == 535));
         assert!(matches!(s.auth_failed(), Action::Close(r) if r.code == 421));
+    }
+
+    /// A session whose example.org recipients are checked against a list (unknown_max 4).
+    fn checked_session() -> Session {
+        let dir = std::env::temp_dir().join(format!("smtp-relay-session-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("list"), "alice@example.org\n").expect("write");
+        let text = "hostname = \"mx.example.org\"\nspool_dir = \"spool\"\n\
+            local_domains = [\"example.org\", \"example.net\"]\n\
+            [tls]\ncert = \"c\"\nkey = \"k\"\n\
+            [[listener]]\naddress = \"127.0.0.1:25\"\nrole = \"mta\"\nallow = [\"0.0.0.0/0\"]\n\
+            [recipients]\nunknown_max = 4\nunknown_delay_ms = 100\n\
+            [[recipients.domain]]\ndomain = \"example.org\"\nsource = \"list\"\nfile = \"list\"\n";
+        let config = Config::parse(text, &dir.join("relay.toml")).expect("config");
+        let directory = Directory::new(&config).expect("directory").expect("some");
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut policy = Arc::into_inner(policy(vec![])).expect("sole owner");
+        policy.recipients = Some(Arc::new(directory));
+        policy.local_domains = config.local_domains.clone();
+        policy.max_recipients = 10;
+        Session::new(
+            Arc::new(policy),
+            Role::Mta,
+            "127.0.0.1:25".parse().expect("addr"),
+            "192.0.2.7:4000".parse().expect("addr"),
+            false,
+        )
+    }
+
+    fn pending(s: &mut Session, line: &str) -> PendingRcpt {
+        match s.handle(parse(line.as_bytes())) {
+            Action::VerifyRcpt(p) => *p,
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    fn verdict(result: RecipientResult) -> Verdict {
+        Verdict {
+            result,
+            source: crate::config::recipients::Source::List,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn local_recipients_are_checked_postmaster_and_other_domains_are_not() {
+        let mut s = checked_session();
+        code(&mut s, "EHLO c.example");
+        assert_eq!(code(&mut s, "MAIL FROM:<x@sender.example>"), 250);
+        assert_eq!(code(&mut s, "RCPT TO:<Postmaster>"), 250);
+        assert_eq!(code(&mut s, "RCPT TO:<PostMaster@Example.ORG>"), 250);
+        assert_eq!(code(&mut s, "RCPT TO:<anyone@example.net>"), 250);
+        assert_eq!(code(&mut s, "RCPT TO:<victim@other.example>"), 554);
+        let p = pending(&mut s, "RCPT TO:<Alice@Example.org>");
+        assert_eq!(p.address, "Alice@Example.org");
+        let (a, delay) = s.rcpt_verified(p, &verdict(RecipientResult::Known));
+        assert!(matches!(a, Action::Reply(r) if r.code == 250) && delay.is_zero());
+        let p = pending(&mut s, "RCPT TO:<nobody@example.org>");
+        let (a, _) = s.rcpt_verified(p, &verdict(RecipientResult::Unverified));
+        assert!(matches!(a, Action::Reply(r) if (r.code, r.enhanced) == (451, Some("4.4.3"))));
+        let p = pending(&mut s, "RCPT TO:<nobody@example.org>");
+        let (a, _) = s.rcpt_verified(p, &verdict(RecipientResult::Unknown));
+        let Action::Reply(r) = a else { panic!("{a:?}") };
+        assert_eq!((r.code, r.enhanced), (550, Some("5.1.1")));
+        assert_eq!(
+            r.lines,
+            ["<nobody@example.org>: Recipient address rejected: User unknown"]
+        );
+        assert!(matches!(s.handle(parse(b"DATA")), Action::Data(_, env)
+            if env.recipients.iter().map(|r| r.address.as_str()).collect::<Vec<_>>()
+                == ["postmaster@example.org", "PostMaster@Example.ORG", "anyone@example.net",
+                    "Alice@Example.org"]));
+    }
+
+    #[test]
+    fn unknown_recipients_are_slowed_then_the_session_closes() {
+        let mut s = checked_session();
+        code(&mut s, "EHLO c.example");
+        code(&mut s, "MAIL FROM:<x@sender.example>");
+        let mut delays = Vec::new();
+        for i in 0..4 {
+            let p = pending(&mut s, &format!("RCPT TO:<u{i}@example.org>"));
+            match s.rcpt_verified(p, &verdict(RecipientResult::Unknown)) {
+                (Action::Reply(r), delay) if r.code == 550 => delays.push(delay.as_millis()),
+                (Action::Close(r), _) => {
+                    assert_eq!((r.code, r.enhanced, i), (421, Some("4.7.0"), 3));
+                    assert_eq!(delays, [0, 0, 0]);
+                    return;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        panic!("never closed: {delays:?}");
     }
 }

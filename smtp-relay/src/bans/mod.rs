@@ -39,6 +39,7 @@ pub enum Trigger {
     Connections,
     Smuggling,
     PreGreet,
+    UnknownRecipients,
 }
 
 impl Trigger {
@@ -53,6 +54,7 @@ impl Trigger {
             Trigger::Connections => "connections",
             Trigger::Smuggling => "smuggling",
             Trigger::PreGreet => "pre-greet",
+            Trigger::UnknownRecipients => "unknown-recipients",
         }
     }
 }
@@ -149,6 +151,7 @@ struct Active {
     config: BansConfig,
     auth_failures: Option<Mutex<Counter>>,
     connections: Option<Mutex<Counter>>,
+    unknown_recipients: Option<Mutex<Counter>>,
     recent: Recent,
     tx: mpsc::Sender<Request>,
     /// Set while requests are being dropped, so the WARN comes once per episode.
@@ -181,6 +184,7 @@ impl Bans {
             active: Some(Active {
                 auth_failures: config.auth_failures.as_ref().map(counter),
                 connections: config.connections.as_ref().map(counter),
+                unknown_recipients: config.unknown_recipients.as_ref().map(counter),
                 config: config.clone(),
                 recent,
                 tx,
@@ -226,6 +230,15 @@ impl Bans {
         {
             self.request(a, ip, Trigger::PreGreet, p.ban);
         }
+    }
+
+    /// A RCPT from `ip` was refused as an unknown recipient.
+    pub fn unknown_recipient(&self, ip: IpAddr) {
+        self.count(ip, Trigger::UnknownRecipients, |a| {
+            a.unknown_recipients
+                .as_ref()
+                .zip(a.config.unknown_recipients)
+        });
     }
 
     fn count(

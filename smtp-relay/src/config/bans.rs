@@ -24,6 +24,7 @@ pub(super) struct RawBans {
     connections: Option<RawCount>,
     smuggling: Option<RawSmuggling>,
     pre_greet: Option<RawPreGreet>,
+    unknown_recipients: Option<RawCount>,
 }
 
 impl Default for RawBans {
@@ -35,6 +36,7 @@ impl Default for RawBans {
             connections: None,
             smuggling: None,
             pre_greet: None,
+            unknown_recipients: None,
         }
     }
 }
@@ -93,6 +95,8 @@ pub struct BansConfig {
     /// A fake end of data in DATA (SMTP smuggling): the ban's length.
     pub smuggling: Option<Duration>,
     pub pre_greet: Option<PreGreet>,
+    /// RCPTs refused as unknown (`550 5.1.1`, see `[recipients]`): a recipient harvester.
+    pub unknown_recipients: Option<CountTrigger>,
 }
 
 /// A ban length: whole seconds on the socket, so at least one.
@@ -144,6 +148,10 @@ pub(super) fn validate(raw: RawBans, base: &Path, at: &KeyPath) -> Result<BansCo
         }
         None => None,
     };
+    let unknown_recipients = raw
+        .unknown_recipients
+        .map(|r| count_trigger(r, &at.key("unknown_recipients")))
+        .transpose()?;
     Ok(BansConfig {
         socket: resolve(base, &raw.socket),
         request_timeout,
@@ -151,5 +159,6 @@ pub(super) fn validate(raw: RawBans, base: &Path, at: &KeyPath) -> Result<BansCo
         connections,
         smuggling,
         pre_greet,
+        unknown_recipients,
     })
 }

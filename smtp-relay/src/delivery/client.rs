@@ -416,6 +416,25 @@ impl SmtpClient {
         .await
         .map_err(|_| ClientError::Timeout(stage))?
     }
+
+    /// Recipient verification (`[recipients] source = "verify"`): `MAIL FROM:<>`, `RCPT TO`,
+    /// then `RSET`, never DATA. Returns the reply to RCPT. A refused MAIL says nothing about
+    /// the recipient, so it is an `Err` (`Refused`), as is any trouble on the connection.
+    pub async fn probe(&mut self, recipient: &str) -> Result<HostResponse, ClientError> {
+        let mail = self.command("MAIL FROM:<>", "MAIL").await?;
+        if mail.code != 250 {
+            return Err(ClientError::Refused {
+                stage: "MAIL",
+                reply: mail,
+            });
+        }
+        let rcpt = self
+            .command(&format!("RCPT TO:<{recipient}>"), "RCPT")
+            .await?;
+        // The answer is in; a hop that fumbles RSET changes nothing about it.
+        let _ = self.rset().await;
+        Ok(rcpt)
+    }
 }
 
 /// RFC 5321 4.5.2 transparency plus the terminating `.CRLF`. The stored

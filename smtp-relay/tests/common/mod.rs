@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod aiosmtpd;
+pub mod ban_socket;
 pub mod dns;
 pub mod logs;
 pub mod nexthop;

@@ -38,6 +38,9 @@ pub struct Script {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Require AUTH PLAIN with these credentials before MAIL.
     pub auth: Option<(String, String)>,
+    /// The only recipients that exist (compared without case); others get `550 5.1.1`.
+    /// `None`: every recipient exists.
+    pub known_rcpts: Option<Vec<String>>,
 }
 
 struct Shared {
@@ -46,6 +49,8 @@ struct Shared {
     /// Times of every accepted connection.
     connects: Mutex<Vec<Instant>>,
     data_ends: AtomicUsize,
+    /// Every RCPT address, in order (probes included).
+    rcpts_seen: Mutex<Vec<String>>,
     stop: AtomicBool,
 }
 
@@ -86,6 +91,7 @@ impl NextHop {
             captured: Mutex::new(Vec::new()),
             connects: Mutex::new(Vec::new()),
             data_ends: AtomicUsize::new(0),
+            rcpts_seen: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
         });
         let s = shared.clone();
@@ -123,6 +129,11 @@ impl NextHop {
 
     pub fn connect_times(&self) -> Vec<Instant> {
         self.shared.connects.lock().expect("lock").clone()
+    }
+
+    /// Every RCPT address the hop was sent, in order.
+    pub fn rcpts_seen(&self) -> Vec<String> {
+        self.shared.rcpts_seen.lock().expect("lock").clone()
     }
 
     pub fn data_ends(&self) -> usize {
@@ -244,14 +255,19 @@ fn session(tcp: TcpStream, s: &Shared, n: usize) -> std::io::Result<()> {
             say(&mut r, "250 2.1.0 ok")?;
         } else if upper.starts_with("RCPT TO:") {
             let addr = angle(&line);
-            let refusal = s
-                .script
-                .lock()
-                .expect("lock")
-                .refuse_rcpt
-                .iter()
-                .find(|(a, _)| *a == addr)
-                .map(|(_, reply)| reply.clone());
+            let refusal = {
+                let sc = s.script.lock().expect("lock");
+                sc.refuse_rcpt
+                    .iter()
+                    .find(|(a, _)| *a == addr)
+                    .map(|(_, reply)| reply.clone())
+                    .or_else(|| {
+                        let known = sc.known_rcpts.as_ref()?;
+                        (!known.iter().any(|k| k.eq_ignore_ascii_case(&addr)))
+                            .then(|| format!("550 5.1.1 <{addr}>: no such user here"))
+                    })
+            };
+            s.rcpts_seen.lock().expect("lock").push(addr.clone());
             match refusal {
                 Some(reply) => say(&mut r, &reply)?,
                 None if from.is_some() => {

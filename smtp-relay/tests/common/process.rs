@@ -106,6 +106,25 @@ impl Relay {
         }
     }
 
+    /// The value of `series` (name and labels, e.g. `x_total{a="b"}`) on the metrics endpoint
+    /// (`metrics_listen` in the config).
+    pub fn metric(&self, series: &str) -> u64 {
+        use std::io::{Read as _, Write as _};
+        let line = self.wait_for_log(&["event=\"metrics_listening\""]);
+        let addr: SocketAddr = field(&line, "address")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line}"));
+        let mut tcp = std::net::TcpStream::connect(addr).expect("connect to metrics");
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
+        let mut text = String::new();
+        tcp.read_to_string(&mut text).expect("read");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{series} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing in {text}"))
+    }
+
     pub fn wait_exit(&mut self) -> ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(40);
         loop {
