@@ -20,9 +20,11 @@ pub mod bans;
 pub mod dns;
 pub mod duration;
 pub mod locate;
+pub mod screen;
 
 pub use bans::BansConfig;
 pub use dns::DnsConfig;
+pub use screen::ScreenConfig;
 
 pub use locate::{ConfigError, Invalid, KeyPath};
 
@@ -104,6 +106,8 @@ struct RawConfig {
     bans: Option<bans::RawBans>,
     /// Nameservers for the checks (and delivery without its own); off when absent.
     dns: Option<dns::RawDns>,
+    /// Connection-time screening (DNS lists, pre-greet, HELO); off when absent.
+    screen: Option<screen::RawScreen>,
 }
 
 /// The documented defaults (README, configuration reference), in one place.
@@ -135,6 +139,7 @@ impl Default for RawConfig {
             delivery: None,
             bans: None,
             dns: None,
+            screen: None,
         }
     }
 }
@@ -417,6 +422,8 @@ pub struct Config {
     pub bans: Option<BansConfig>,
     /// `None`: no `[dns]` table; no check may use DNS.
     pub dns: Option<DnsConfig>,
+    /// `None`: no `[screen]` table; no connection-time screening.
+    pub screen: Option<ScreenConfig>,
 }
 
 impl Config {
@@ -650,6 +657,10 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         Some(b) => Some(bans::validate(b, &base, &root.key("bans"))?),
         None => None,
     };
+    let screen = raw
+        .screen
+        .map(|s| screen::validate(s, dns.as_ref(), bans.as_ref(), &root.key("screen")))
+        .transpose()?;
 
     Ok(Config {
         path: path.to_owned(),
@@ -671,6 +682,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         delivery,
         bans,
         dns,
+        screen,
     })
 }
 

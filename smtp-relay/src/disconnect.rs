@@ -25,6 +25,8 @@ pub enum Disconnect {
     IoError,
     /// The client sent input before the greeting (`[bans] pre_greet`).
     PreGreet,
+    /// The DNS lists' score reached `[screen] threshold`: refused at connect.
+    Screened,
 }
 
 impl Disconnect {
@@ -52,7 +54,8 @@ mod tests {
                 "shutdown",
                 "tls_failed",
                 "io_error",
-                "pre_greet"
+                "pre_greet",
+                "screened"
             ]
         );
     }

@@ -28,12 +28,15 @@
 //! - [`refusal`]: refusal reasons (metric labels) and message outcomes.
 //! - [`throttle`]: AUTH brute-force delays and lockout.
 //! - [`bans`]: ban triggers and the client of the gatekeeper's ban socket.
+//! - [`screen`]: connection-time screening (DNS lists, pre-greet, HELO).
+//! - [`check`]: names of the checks and their results (metric labels).
 
 pub mod address;
 pub mod admission;
 pub mod audit;
 pub mod auth;
 pub mod bans;
+pub mod check;
 pub mod clock;
 pub mod command;
 pub mod config;
@@ -48,6 +51,7 @@ pub mod metrics;
 pub mod password;
 pub mod refusal;
 pub mod reply;
+pub mod screen;
 pub mod server;
 pub mod session;
 pub mod spool;

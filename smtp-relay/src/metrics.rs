@@ -13,6 +13,7 @@ use strum::{EnumCount as _, IntoEnumIterator as _};
 use tokio::net::TcpListener;
 
 use crate::bans::{BanResult, Trigger};
+use crate::check::{Check, CheckResult};
 use crate::disconnect::Disconnect;
 use crate::refusal::Refusal;
 
@@ -95,6 +96,18 @@ pub fn ban_result(trigger: Trigger, result: BanResult) {
 
 pub fn ban_result_count(trigger: Trigger, result: BanResult) -> u64 {
     BAN_RESULTS[trigger as usize][result as usize].get()
+}
+
+/// Check outcomes, by [`Check`] and [`CheckResult`].
+static CHECKS: [[Counter; CheckResult::COUNT]; Check::COUNT] =
+    [const { [const { Counter::new() }; CheckResult::COUNT] }; Check::COUNT];
+
+pub fn check(check: Check, result: CheckResult) {
+    CHECKS[check as usize][result as usize].inc();
+}
+
+pub fn check_count(check: Check, result: CheckResult) -> u64 {
+    CHECKS[check as usize][result as usize].get()
 }
 
 /// The exposition text (Prometheus text format 0.0.4).
@@ -180,6 +193,19 @@ impl Collector for Snapshot {
                 })
             }),
         )?;
+        expose::counter_family(
+            e,
+            "smtp_relay_checks",
+            "Connection-time checks of strangers (DNS lists, HELO, pre-greet), by result.",
+            Check::iter().flat_map(|c| {
+                c.results().iter().map(move |&r| {
+                    (
+                        [("check", c.as_str()), ("result", r.as_str())],
+                        check_count(c, r),
+                    )
+                })
+            }),
+        )?;
         let depth = QUEUE_DEPTH.get();
         let oldest = OLDEST_RECEIVED_AT.get();
         let age = if depth == 0 || oldest == 0 {
@@ -230,6 +256,9 @@ mod tests {
             "smtp_relay_bans_requested_total{trigger=\"auth_failures\"} ",
             "smtp_relay_ban_results_total{trigger=\"pre_greet\",result=\"dropped\"} ",
             "smtp_relay_queue_depth ",
+            "smtp_relay_checks_total{check=\"dnsbl\",result=\"temperror\"} ",
+            "smtp_relay_checks_total{check=\"helo\",result=\"ours\"} ",
+            "smtp_relay_checks_total{check=\"pre_greet\",result=\"talker\"} ",
             "smtp_relay_oldest_message_age_seconds ",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");

@@ -20,6 +20,10 @@ pub enum Refusal {
     LineTooLong,
     AuthThrottled,
     Timeout,
+    /// The DNS lists' score reached `[screen] threshold` (`554 5.7.1` at connect).
+    Dnsbl,
+    /// A stranger's EHLO/HELO name was bad or ours (`[screen] helo = "reject"`).
+    HeloRejected,
 }
 
 impl Refusal {
@@ -59,6 +63,8 @@ mod tests {
                 "line_too_long",
                 "auth_throttled",
                 "timeout",
+                "dnsbl",
+                "helo_rejected",
             ]
         );
     }

@@ -11,7 +11,9 @@ use ipnet::IpNet;
 use crate::address::{Class, Path};
 use crate::audit;
 use crate::auth::{Mechanism, Users};
+use crate::check::CheckResult;
 use crate::command::{Command, CommandError, Param};
+use crate::config::screen::HeloCheck;
 use crate::config::{Config, Role};
 use crate::envelope::BodyType;
 use crate::reply::Reply;
@@ -29,6 +31,8 @@ pub struct Policy {
     pub max_errors: u32,
     /// Commands per session.
     pub max_commands: u32,
+    /// The HELO check on strangers of `mta` listeners (`[screen] helo`).
+    pub helo_check: HeloCheck,
 }
 
 impl Policy {
@@ -42,6 +46,7 @@ impl Policy {
             users,
             max_errors: config.limits.errors,
             max_commands: config.limits.commands,
+            helo_check: config.screen.as_ref().map_or(HeloCheck::Off, |s| s.helo),
         }
     }
 
@@ -100,6 +105,8 @@ pub struct Session {
     errors: u32,
     commands: u32,
     auth_failures: u32,
+    /// The address the client connected to, when known (a HELO claiming it is ours).
+    local_ip: Option<IpAddr>,
 }
 
 fn r(code: u16, enhanced: &'static str, text: &str) -> Action {
@@ -135,7 +142,13 @@ impl Session {
             errors: 0,
             commands: 0,
             auth_failures: 0,
+            local_ip: None,
         }
+    }
+
+    /// The address the client connected to (the listener may be a wildcard).
+    pub fn set_local_ip(&mut self, ip: IpAddr) {
+        self.local_ip = Some(ip);
     }
 
     pub fn client(&self) -> SocketAddr {
@@ -245,12 +258,18 @@ impl Session {
     fn command(&mut self, cmd: Command) -> Action {
         match cmd {
             Command::Ehlo(name) => {
+                if let Some(refused) = self.judge_helo(&name) {
+                    return refused;
+                }
                 self.transaction = None;
                 let reply = self.ehlo_reply(&name);
                 self.helo = Some((name, true));
                 Action::Reply(reply)
             }
             Command::Helo(name) => {
+                if let Some(refused) = self.judge_helo(&name) {
+                    return refused;
+                }
                 self.transaction = None;
                 self.helo = Some((name, false));
                 Action::Reply(Reply::bare(250, vec![self.policy.hostname.clone()]))
@@ -292,6 +311,41 @@ impl Session {
             }),
             Command::NotImplemented(_) => r(502, "5.5.1", "Command not implemented"),
         }
+    }
+
+    /// The `[screen] helo` check of a stranger on an `mta` listener: the refusal under
+    /// `reject` when the name is junk or ours; audited (and counted) either way.
+    fn judge_helo(&self, name: &str) -> Option<Action> {
+        if self.policy.helo_check == HeloCheck::Off
+            || self.role != Role::Mta
+            || self.trusted
+            || self.user.is_some()
+        {
+            return None;
+        }
+        let mut addresses = vec![self.listener.ip()];
+        addresses.extend(self.local_ip);
+        addresses.retain(|a| !a.is_unspecified());
+        let result = crate::screen::helo::judge(
+            name,
+            &crate::screen::helo::Ours {
+                hostname: &self.policy.hostname,
+                local_domains: &self.policy.local_domains,
+                addresses: &addresses,
+            },
+        );
+        crate::metrics::check(crate::check::Check::Helo, result);
+        let reply = match result {
+            CheckResult::Pass => return None,
+            CheckResult::Ours => Reply::new(550, "5.7.1", "HELO name is ours"),
+            _ => Reply::new(501, "5.5.2", "Invalid HELO name (RFC 5321 4.1.3)"),
+        };
+        if self.policy.helo_check == HeloCheck::Log {
+            audit::helo(self.client, name, result, None);
+            return None;
+        }
+        audit::helo(self.client, name, result, Some(&reply));
+        Some(Action::Reply(reply))
     }
 
     fn auth(&mut self, mechanism: &str, initial: Option<String>) -> Action {
@@ -509,6 +563,7 @@ mod tests {
             users: Arc::new(users),
             max_errors: 20,
             max_commands: 1000,
+            helo_check: HeloCheck::Off,
         })
     }
 
