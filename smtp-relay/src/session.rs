@@ -742,6 +742,56 @@ mod tests {
         assert_eq!(code(&mut s, "RCPT TO:<j\u{f6}rg@example.org>"), 553);
     }
 
+    fn helo_session(check: HeloCheck, role: Role, client: &str, trusted: Vec<IpNet>) -> Session {
+        let mut p = Arc::try_unwrap(policy(trusted)).unwrap_or_else(|_| panic!("shared policy"));
+        p.helo_check = check;
+        Session::new(
+            Arc::new(p),
+            role,
+            "0.0.0.0:25".parse().expect("addr"),
+            client.parse().expect("addr"),
+            false,
+        )
+    }
+
+    #[test]
+    fn helo_check_judges_strangers_on_mta_only() {
+        let mut s = helo_session(HeloCheck::Reject, Role::Mta, "192.0.2.7:4000", vec![]);
+        s.set_local_ip("198.51.100.25".parse().expect("ip"));
+        let r = reply(&mut s, "EHLO mx.example.org");
+        assert_eq!((r.code, r.enhanced), (550, Some("5.7.1")));
+        assert_eq!(code(&mut s, "HELO [198.51.100.25]"), 550);
+        let r = reply(&mut s, "EHLO localhost");
+        assert_eq!((r.code, r.enhanced), (501, Some("5.5.2")));
+        assert_eq!(
+            code(&mut s, "MAIL FROM:<a@x.example>"),
+            503,
+            "no HELO taken"
+        );
+        assert_eq!(code(&mut s, "EHLO c.example"), 250);
+        assert_eq!(code(&mut s, "MAIL FROM:<a@x.example>"), 250);
+        // Logged only, trusted clients, our users on submission, or the check off: no refusal.
+        for mut s in [
+            helo_session(HeloCheck::Log, Role::Mta, "192.0.2.7:4000", vec![]),
+            helo_session(
+                HeloCheck::Reject,
+                Role::Mta,
+                "192.0.2.7:4000",
+                vec!["192.0.2.0/24".parse().expect("net")],
+            ),
+            helo_session(
+                HeloCheck::Reject,
+                Role::Submission,
+                "192.0.2.7:4000",
+                vec![],
+            ),
+            helo_session(HeloCheck::Off, Role::Mta, "192.0.2.7:4000", vec![]),
+        ] {
+            assert_eq!(code(&mut s, "EHLO mx.example.org"), 250);
+            assert_eq!(code(&mut s, "HELO localhost"), 250);
+        }
+    }
+
     #[test]
     fn trusted_networks_may_relay() {
         let mut s = Session::new(
