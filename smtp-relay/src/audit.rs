@@ -180,6 +180,50 @@ pub fn recipient_harvest(client: SocketAddr, tls: bool, user: Option<&str>, unkn
         "too many unknown recipients, closing");
 }
 
+/// `zone:weight,...` for the log.
+fn weighted(entries: &[(String, i64)]) -> String {
+    let parts: Vec<String> = entries.iter().map(|(z, w)| format!("{z}:{w}")).collect();
+    parts.join(",")
+}
+
+/// The DNS lists' verdict on a connecting client (one line per decision; `cached` when it
+/// came from the verdict cache).
+pub fn screen(client: SocketAddr, d: &crate::screen::Decision, cached: bool) {
+    let listed = weighted(&d.listed);
+    let wl = weighted(&d.welcome);
+    let temperror = d.temperror.join(",");
+    if d.blocked() {
+        metrics::refused(Refusal::Dnsbl);
+        warn!(target: "audit", event = "screen", client = %client, listed, wl, temperror,
+            score = d.score, threshold = d.threshold, cached, outcome = "554 5.7.1",
+            blocked_using = d.blocked_by().unwrap_or(""),
+            "client refused: DNS list score reached the threshold");
+    } else {
+        info!(target: "audit", event = "screen", client = %client, listed, wl, temperror,
+            score = d.score, threshold = d.threshold, cached, outcome = "pass",
+            "DNS lists checked");
+    }
+}
+
+/// A stranger's EHLO/HELO name judged bad or ours: refused with `reply`, or only logged
+/// (`outcome="logged"`) under `helo = "log"`.
+pub fn helo(
+    client: SocketAddr,
+    name: &str,
+    result: crate::check::CheckResult,
+    reply: Option<&Reply>,
+) {
+    let outcome = match reply {
+        Some(r) => {
+            metrics::refused(Refusal::HeloRejected);
+            format!("{} {}", r.code, r.enhanced.unwrap_or(""))
+        }
+        None => "logged".to_owned(),
+    };
+    warn!(target: "audit", event = "helo", client = %client, helo = ?name,
+        result = result.as_str(), outcome, "suspicious HELO name");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,12 +21,13 @@ pub mod dns;
 pub mod duration;
 pub mod locate;
 pub mod nets;
-
 pub mod recipients;
+pub mod screen;
 
 pub use bans::BansConfig;
 pub use dns::DnsConfig;
 pub use recipients::RecipientsConfig;
+pub use screen::ScreenConfig;
 
 pub use locate::{ConfigError, Invalid, KeyPath};
 
@@ -111,6 +112,8 @@ struct RawConfig {
     dns: Option<dns::RawDns>,
     /// Recipient validation at RCPT time; every local part accepted when absent.
     recipients: Option<recipients::RawRecipients>,
+    /// Connection-time screening (DNS lists, pre-greet, HELO); off when absent.
+    screen: Option<screen::RawScreen>,
 }
 
 /// The documented defaults (README, configuration reference), in one place.
@@ -143,6 +146,7 @@ impl Default for RawConfig {
             bans: None,
             dns: None,
             recipients: None,
+            screen: None,
         }
     }
 }
@@ -429,6 +433,8 @@ pub struct Config {
     pub dns: Option<DnsConfig>,
     /// `None`: no `[recipients]` table; every local recipient is accepted.
     pub recipients: Option<RecipientsConfig>,
+    /// `None`: no `[screen]` table; no connection-time screening.
+    pub screen: Option<ScreenConfig>,
 }
 
 impl Config {
@@ -669,6 +675,10 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
             recipients::validate(r, &base, &at, &local_domains, delivery.as_ref())
         })
         .transpose()?;
+    let screen = raw
+        .screen
+        .map(|s| screen::validate(s, dns.as_ref(), bans.as_ref(), &root.key("screen")))
+        .transpose()?;
 
     Ok(Config {
         path: path.to_owned(),
@@ -691,6 +701,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         bans,
         dns,
         recipients,
+        screen,
     })
 }
 

@@ -27,6 +27,8 @@ pub enum Disconnect {
     PreGreet,
     /// Closed with `421 4.7.0` after `[recipients] unknown_max` unknown recipients.
     RecipientHarvest,
+    /// The DNS lists' score reached `[screen] threshold`: refused at connect.
+    Screened,
 }
 
 impl Disconnect {
@@ -55,7 +57,8 @@ mod tests {
                 "tls_failed",
                 "io_error",
                 "pre_greet",
-                "recipient_harvest"
+                "recipient_harvest",
+                "screened"
             ]
         );
     }

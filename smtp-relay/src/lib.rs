@@ -29,12 +29,15 @@
 //! - [`throttle`]: AUTH brute-force delays and lockout.
 //! - [`bans`]: ban triggers and the client of the gatekeeper's ban socket.
 //! - [`recipients`]: recipient validation at RCPT time (lists, next-hop probes, harvesting).
+//! - [`screen`]: connection-time screening (DNS lists, pre-greet, HELO).
+//! - [`check`]: names of the checks and their results (metric labels).
 
 pub mod address;
 pub mod admission;
 pub mod audit;
 pub mod auth;
 pub mod bans;
+pub mod check;
 pub mod clock;
 pub mod command;
 pub mod config;
@@ -50,6 +53,7 @@ pub mod password;
 pub mod recipients;
 pub mod refusal;
 pub mod reply;
+pub mod screen;
 pub mod server;
 pub mod session;
 pub mod spool;

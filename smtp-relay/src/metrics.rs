@@ -13,6 +13,7 @@ use strum::{EnumCount as _, IntoEnumIterator as _};
 use tokio::net::TcpListener;
 
 use crate::bans::{BanResult, Trigger};
+use crate::check::{Check, CheckResult};
 use crate::disconnect::Disconnect;
 use crate::recipients::RecipientResult;
 use crate::refusal::Refusal;
@@ -120,6 +121,18 @@ pub fn recipient_cache_count(hit: bool) -> u64 {
     RECIPIENT_CACHE[usize::from(hit)].get()
 }
 
+/// Check outcomes, by [`Check`] and [`CheckResult`].
+static CHECKS: [[Counter; CheckResult::COUNT]; Check::COUNT] =
+    [const { [const { Counter::new() }; CheckResult::COUNT] }; Check::COUNT];
+
+pub fn check(check: Check, result: CheckResult) {
+    CHECKS[check as usize][result as usize].inc();
+}
+
+pub fn check_count(check: Check, result: CheckResult) -> u64 {
+    CHECKS[check as usize][result as usize].get()
+}
+
 /// The exposition text (Prometheus text format 0.0.4).
 pub fn render(now: u64) -> String {
     expose::render(Snapshot { now })
@@ -206,13 +219,22 @@ impl Collector for Snapshot {
         expose::counter_family(
             e,
             "smtp_relay_checks",
-            "Checks made on sessions, by check and result.",
-            RecipientResult::iter().map(|r| {
-                (
-                    [("check", "recipient"), ("result", r.as_str())],
-                    recipient_check_count(r),
-                )
-            }),
+            "Checks made on sessions (DNS lists, HELO, pre-greet, recipients), by check and result.",
+            Check::iter()
+                .flat_map(|c| {
+                    c.results().iter().map(move |&r| {
+                        (
+                            [("check", c.as_str()), ("result", r.as_str())],
+                            check_count(c, r),
+                        )
+                    })
+                })
+                .chain(RecipientResult::iter().map(|r| {
+                    (
+                        [("check", "recipient"), ("result", r.as_str())],
+                        recipient_check_count(r),
+                    )
+                })),
         )?;
         expose::counter_family(
             e,
@@ -279,6 +301,9 @@ mod tests {
             "smtp_relay_queue_depth ",
             "smtp_relay_checks_total{check=\"recipient\",result=\"unknown\"} ",
             "smtp_relay_check_cache_total{check=\"recipient\",result=\"hit\"} ",
+            "smtp_relay_checks_total{check=\"dnsbl\",result=\"temperror\"} ",
+            "smtp_relay_checks_total{check=\"helo\",result=\"ours\"} ",
+            "smtp_relay_checks_total{check=\"pre_greet\",result=\"talker\"} ",
             "smtp_relay_oldest_message_age_seconds ",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");

@@ -26,6 +26,10 @@ pub enum Refusal {
     RecipientUnverified,
     /// Too many unknown recipients in one session (`421 4.7.0`).
     RecipientHarvest,
+    /// The DNS lists' score reached `[screen] threshold` (`554 5.7.1` at connect).
+    Dnsbl,
+    /// A stranger's EHLO/HELO name was bad or ours (`[screen] helo = "reject"`).
+    HeloRejected,
 }
 
 impl Refusal {
@@ -68,6 +72,8 @@ mod tests {
                 "unknown_recipient",
                 "recipient_unverified",
                 "recipient_harvest",
+                "dnsbl",
+                "helo_rejected",
             ]
         );
     }

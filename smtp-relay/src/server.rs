@@ -25,6 +25,7 @@ use crate::delivery::Queue;
 use crate::disconnect::Disconnect;
 use crate::refusal::{MessageOutcome, Refusal};
 use crate::reply::Reply;
+use crate::screen::Screen;
 use crate::session::{Action, Policy, Session};
 use crate::spool::{Envelope, Spool};
 use crate::throttle::AuthThrottle;
@@ -49,6 +50,8 @@ struct Shared {
     bans: Bans,
     /// The delivery queue; `None` without a `[delivery]` table.
     pub(crate) queue: Option<Queue>,
+    /// Connection-time screening (inert without `[screen]`).
+    screen: Screen,
 }
 
 /// Bound listeners, ready to serve.
@@ -148,6 +151,12 @@ impl Server {
         policy.recipients = crate::recipients::Directory::new(config)
             .with_context(|| format!("{}: [recipients]", config.path.display()))?
             .map(Arc::new);
+        let screen = Screen::new(
+            config.screen.as_ref(),
+            config.dns.as_ref(),
+            &config.trusted_networks,
+        )
+        .with_context(|| format!("{}: [screen]", config.path.display()))?;
         Ok(Server {
             metrics,
             control,
@@ -169,6 +178,7 @@ impl Server {
                 ),
                 bans,
                 queue,
+                screen,
             }),
         })
     }
@@ -397,17 +407,37 @@ async fn handle(
     audit::connect(peer, config.address, config.role.as_str());
     let _ = tcp.set_nodelay(true);
     let implicit_tls = config.role == Role::Submissions;
+    let local_ip = tcp.local_addr().ok().map(|a| a.ip());
+    let screened = shared.screen.applies(config.role, peer.ip());
     // On 465 the client speaks first (TLS), so there is no greeting to talk before.
-    let talked_first = match shared.bans.pre_greet_delay() {
-        Some(delay) if !implicit_tls => match talks_before_greeting(&tcp, delay).await {
-            Some(talked) => talked,
-            None => {
-                audit::disconnect(peer, false, None, Disconnect::Eof);
-                return;
+    let pre_greet = match shared.bans.pre_greet_delay() {
+        _ if implicit_tls => None,
+        Some(delay) => Some(delay),
+        None if screened => shared.screen.pre_greet_delay(),
+        None => None,
+    };
+    // The DNS lists are asked while the greeting is held back: no added wait.
+    let (talked, lists) = tokio::join!(
+        async {
+            match pre_greet {
+                Some(delay) => talks_before_greeting(&tcp, delay).await,
+                None => Some(false),
             }
         },
-        _ => false,
+        async {
+            match screened {
+                true => shared.screen.connect(peer).await,
+                false => None,
+            }
+        }
+    );
+    let Some(talked_first) = talked else {
+        audit::disconnect(peer, false, None, Disconnect::Eof);
+        return;
     };
+    if pre_greet.is_some() {
+        crate::screen::pre_greet_result(talked_first);
+    }
     let mut conn = Conn::new(Stream::Plain(tcp), shared.timeout);
     if talked_first {
         audit::pre_greet(peer);
@@ -419,6 +449,12 @@ async fn handle(
         ));
         conn.close().await;
         audit::disconnect(peer, false, None, Disconnect::PreGreet);
+        return;
+    }
+    if let Some(refusal) = lists.and_then(|d| d.refusal(peer.ip())) {
+        conn.queue(&refusal);
+        conn.close().await;
+        audit::disconnect(peer, false, None, Disconnect::Screened);
         return;
     }
     if implicit_tls {
@@ -439,6 +475,9 @@ async fn handle(
         peer,
         implicit_tls,
     );
+    if let Some(ip) = local_ip {
+        session.set_local_ip(ip);
+    }
     conn.queue(&session.greeting());
     let reason = match serve(&mut conn, &mut session, shared, &mut stop).await {
         Ok(reason) => reason,

@@ -12,7 +12,9 @@ use ipnet::IpNet;
 use crate::address::{Class, Path};
 use crate::audit;
 use crate::auth::{Mechanism, Users};
+use crate::check::CheckResult;
 use crate::command::{Command, CommandError, Param};
+use crate::config::screen::HeloCheck;
 use crate::config::{Config, Role};
 use crate::envelope::BodyType;
 use crate::recipients::harvest::{Harvest, Step};
@@ -36,6 +38,8 @@ pub struct Policy {
     pub max_commands: u32,
     /// Which local recipients exist (`[recipients]`); `None` accepts every local part.
     pub recipients: Option<Arc<Directory>>,
+    /// The HELO check on strangers of `mta` listeners (`[screen] helo`).
+    pub helo_check: HeloCheck,
 }
 
 impl Policy {
@@ -50,6 +54,7 @@ impl Policy {
             max_errors: config.limits.errors,
             max_commands: config.limits.commands,
             recipients: None,
+            helo_check: config.screen.as_ref().map_or(HeloCheck::Off, |s| s.helo),
         }
     }
 
@@ -120,6 +125,8 @@ pub struct Session {
     auth_failures: u32,
     /// Unknown recipients in this session.
     harvest: Harvest,
+    /// The address the client connected to, when known (a HELO claiming it is ours).
+    local_ip: Option<IpAddr>,
 }
 
 fn r(code: u16, enhanced: &'static str, text: &str) -> Action {
@@ -156,7 +163,13 @@ impl Session {
             commands: 0,
             auth_failures: 0,
             harvest: Harvest::default(),
+            local_ip: None,
         }
+    }
+
+    /// The address the client connected to (the listener may be a wildcard).
+    pub fn set_local_ip(&mut self, ip: IpAddr) {
+        self.local_ip = Some(ip);
     }
 
     pub fn client(&self) -> SocketAddr {
@@ -266,12 +279,18 @@ impl Session {
     fn command(&mut self, cmd: Command) -> Action {
         match cmd {
             Command::Ehlo(name) => {
+                if let Some(refused) = self.judge_helo(&name) {
+                    return refused;
+                }
                 self.transaction = None;
                 let reply = self.ehlo_reply(&name);
                 self.helo = Some((name, true));
                 Action::Reply(reply)
             }
             Command::Helo(name) => {
+                if let Some(refused) = self.judge_helo(&name) {
+                    return refused;
+                }
                 self.transaction = None;
                 self.helo = Some((name, false));
                 Action::Reply(Reply::bare(250, vec![self.policy.hostname.clone()]))
@@ -317,6 +336,41 @@ impl Session {
             }),
             Command::NotImplemented(_) => r(502, "5.5.1", "Command not implemented"),
         }
+    }
+
+    /// The `[screen] helo` check of a stranger on an `mta` listener: the refusal under
+    /// `reject` when the name is junk or ours; audited (and counted) either way.
+    fn judge_helo(&self, name: &str) -> Option<Action> {
+        if self.policy.helo_check == HeloCheck::Off
+            || self.role != Role::Mta
+            || self.trusted
+            || self.user.is_some()
+        {
+            return None;
+        }
+        let mut addresses = vec![self.listener.ip()];
+        addresses.extend(self.local_ip);
+        addresses.retain(|a| !a.is_unspecified());
+        let result = crate::screen::helo::judge(
+            name,
+            &crate::screen::helo::Ours {
+                hostname: &self.policy.hostname,
+                local_domains: &self.policy.local_domains,
+                addresses: &addresses,
+            },
+        );
+        crate::metrics::check(crate::check::Check::Helo, result);
+        let reply = match result {
+            CheckResult::Pass => return None,
+            CheckResult::Ours => Reply::new(550, "5.7.1", "HELO name is ours"),
+            _ => Reply::new(501, "5.5.2", "Invalid HELO name (RFC 5321 4.1.3)"),
+        };
+        if self.policy.helo_check == HeloCheck::Log {
+            audit::helo(self.client, name, result, None);
+            return None;
+        }
+        audit::helo(self.client, name, result, Some(&reply));
+        Some(Action::Reply(reply))
     }
 
     fn auth(&mut self, mechanism: &str, initial: Option<String>) -> Action {
@@ -620,6 +674,7 @@ mod tests {
             max_errors: 20,
             max_commands: 1000,
             recipients: None,
+            helo_check: HeloCheck::Off,
         })
     }
 
@@ -819,6 +874,56 @@ mod tests {
             250
         );
         assert_eq!(code(&mut s, "RCPT TO:<j\u{f6}rg@example.org>"), 553);
+    }
+
+    fn helo_session(check: HeloCheck, role: Role, client: &str, trusted: Vec<IpNet>) -> Session {
+        let mut p = Arc::try_unwrap(policy(trusted)).unwrap_or_else(|_| panic!("shared policy"));
+        p.helo_check = check;
+        Session::new(
+            Arc::new(p),
+            role,
+            "0.0.0.0:25".parse().expect("addr"),
+            client.parse().expect("addr"),
+            false,
+        )
+    }
+
+    #[test]
+    fn helo_check_judges_strangers_on_mta_only() {
+        let mut s = helo_session(HeloCheck::Reject, Role::Mta, "192.0.2.7:4000", vec![]);
+        s.set_local_ip("198.51.100.25".parse().expect("ip"));
+        let r = reply(&mut s, "EHLO mx.example.org");
+        assert_eq!((r.code, r.enhanced), (550, Some("5.7.1")));
+        assert_eq!(code(&mut s, "HELO [198.51.100.25]"), 550);
+        let r = reply(&mut s, "EHLO localhost");
+        assert_eq!((r.code, r.enhanced), (501, Some("5.5.2")));
+        assert_eq!(
+            code(&mut s, "MAIL FROM:<a@x.example>"),
+            503,
+            "no HELO taken"
+        );
+        assert_eq!(code(&mut s, "EHLO c.example"), 250);
+        assert_eq!(code(&mut s, "MAIL FROM:<a@x.example>"), 250);
+        // Logged only, trusted clients, our users on submission, or the check off: no refusal.
+        for mut s in [
+            helo_session(HeloCheck::Log, Role::Mta, "192.0.2.7:4000", vec![]),
+            helo_session(
+                HeloCheck::Reject,
+                Role::Mta,
+                "192.0.2.7:4000",
+                vec!["192.0.2.0/24".parse().expect("net")],
+            ),
+            helo_session(
+                HeloCheck::Reject,
+                Role::Submission,
+                "192.0.2.7:4000",
+                vec![],
+            ),
+            helo_session(HeloCheck::Off, Role::Mta, "192.0.2.7:4000", vec![]),
+        ] {
+            assert_eq!(code(&mut s, "EHLO mx.example.org"), 250);
+            assert_eq!(code(&mut s, "HELO localhost"), 250);
+        }
     }
 
     #[test]

@@ -190,6 +190,12 @@ fn example_config_passes_check() {
         .expect("the example has [bans]");
     assert_eq!(bans.socket, Path::new("/run/gatekeeper/ban.sock"));
     assert!(bans.auth_failures.is_some() && bans.smuggling.is_some());
+    let screen = prepared
+        .config
+        .screen
+        .as_ref()
+        .expect("the example has [screen]");
+    assert_eq!((screen.threshold, screen.dnsbl.len()), (3, 1));
     // And the check is real: without the certificate it fails.
     std::fs::remove_file(root.join("tls/fullchain.pem")).expect("rm");
     let (ok, out) = check(&config);
