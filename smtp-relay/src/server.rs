@@ -417,7 +417,7 @@ async fn handle(
         None => None,
     };
     // The DNS lists are asked while the greeting is held back: no added wait.
-    let (talked, lists) = tokio::join!(
+    let (talked, lists) = crate::screen::before_greeting(
         async {
             match pre_greet {
                 Some(delay) => talks_before_greeting(&tcp, delay).await,
@@ -429,8 +429,9 @@ async fn handle(
                 true => shared.screen.connect(peer).await,
                 false => None,
             }
-        }
-    );
+        },
+    )
+    .await;
     let Some(talked_first) = talked else {
         audit::disconnect(peer, false, None, Disconnect::Eof);
         return;

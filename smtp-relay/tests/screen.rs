@@ -265,6 +265,25 @@ fn a_pre_greet_talker_is_refused_without_a_bans_table() {
     // Our own users on submission are not held back.
     let said = talk_first(server.addr(Role::Submission), ip("127.0.0.3"));
     assert!(said.starts_with("220 "), "{said:?}");
+    drop(server);
+
+    // With lists that never answer, a talker is still answered at once: it does not wait for
+    // dnsbl_timeout_ms (5 s here).
+    let silent = SilentDns::start();
+    let tail = format!(
+        "[dns]\nnameservers = [\"{}\"]\ntimeout_ms = 10000\n\n[screen]\n\
+         pre_greet_delay_ms = 300\ndnsbl_timeout_ms = 5000\n[[screen.dnsbl]]\nzone = \"bl.test\"\n",
+        silent.addr
+    );
+    let server = relay("screen-pregreet-lists", "", &tail);
+    let started = Instant::now();
+    let said = talk_first(mta(&server), ip("127.0.0.3"));
+    assert!(said.starts_with("554 5.5.1 "), "{said:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the talker waited {:?} for the lists",
+        started.elapsed()
+    );
 }
 
 #[test]

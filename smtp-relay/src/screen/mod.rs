@@ -7,6 +7,7 @@
 pub mod dnsbl;
 pub mod helo;
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -156,6 +157,30 @@ impl Screen {
     }
 }
 
+/// Runs the pre-greet wait (`Some(talked)`, `None`: the client left) and the lists' verdict
+/// together. A client that talks first or leaves is answered at once, without waiting for the
+/// lists (their verdict no longer matters, and a talker would only send more meanwhile); one
+/// that waits gets the lists' verdict too.
+pub async fn before_greeting(
+    pre_greet: impl Future<Output = Option<bool>>,
+    lists: impl Future<Output = Option<Arc<Decision>>>,
+) -> (Option<bool>, Option<Arc<Decision>>) {
+    tokio::pin!(pre_greet, lists);
+    let mut decided: Option<Option<Arc<Decision>>> = None;
+    loop {
+        tokio::select! {
+            talked = &mut pre_greet => {
+                return match (talked, decided) {
+                    (Some(false), Some(decision)) => (talked, decision),
+                    (Some(false), None) => (talked, lists.await),
+                    _ => (talked, None),
+                };
+            }
+            decision = &mut lists, if decided.is_none() => decided = Some(decision),
+        }
+    }
+}
+
 /// Counts `pre_greet` for a client that was held back: it talked first or it waited.
 pub fn pre_greet_result(talked: bool) {
     crate::metrics::check(
@@ -292,6 +317,46 @@ mod tests {
             ),
             CheckResult::Ignored
         );
+    }
+
+    fn blocked() -> Option<Arc<Decision>> {
+        Some(Arc::new(Decision {
+            listed: vec![("bl.test".into(), 1)],
+            welcome: vec![],
+            temperror: vec![],
+            score: 1,
+            threshold: 1,
+        }))
+    }
+
+    #[tokio::test]
+    async fn a_talker_does_not_wait_for_the_lists_and_a_patient_client_gets_their_verdict() {
+        // Lists that would take a minute: the talker is answered without them.
+        let slow_lists = async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            blocked()
+        };
+        let (talked, decision) = tokio::time::timeout(
+            Duration::from_secs(30),
+            before_greeting(async { Some(true) }, slow_lists),
+        )
+        .await
+        .expect("the talker waited for the lists");
+        assert_eq!((talked, decision), (Some(true), None));
+        // Waiting longer than the lists take, or shorter: the verdict is there either way.
+        for wait in [1, 60] {
+            let pre = async move {
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                Some(false)
+            };
+            let lists = async {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                blocked()
+            };
+            let (talked, decision) = before_greeting(pre, lists).await;
+            assert_eq!(talked, Some(false));
+            assert!(decision.is_some_and(|d| d.blocked()), "wait {wait}");
+        }
     }
 
     #[test]
