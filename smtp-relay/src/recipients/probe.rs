@@ -10,6 +10,7 @@
 //! "unavailable": the client gets `451 4.4.3`, never `250`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,39 @@ pub enum Answer {
     Unavailable(String),
 }
 
+/// Probes under way, by lowercased address.
+type Inflight = Mutex<HashMap<String, Arc<OnceCell<Answer>>>>;
+
+/// One RCPT's share of a probe. Dropping it (answered, or the session went away) takes the
+/// probe out of the map, so abandoned probes cannot pile up there.
+struct Flight<'a> {
+    map: &'a Inflight,
+    key: &'a str,
+    cell: Arc<OnceCell<Answer>>,
+}
+
+impl<'a> Flight<'a> {
+    fn join(map: &'a Inflight, key: &'a str) -> Flight<'a> {
+        let cell = lock(map)
+            .entry(key.to_owned())
+            .or_insert_with(|| Arc::new(OnceCell::new()))
+            .clone();
+        Flight { map, key, cell }
+    }
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        let mut map = lock(self.map);
+        if map
+            .get(self.key)
+            .is_some_and(|c| Arc::ptr_eq(c, &self.cell))
+        {
+            map.remove(self.key);
+        }
+    }
+}
+
 /// Probes and their cached answers, one per process.
 pub struct Prober {
     dns: Dns,
@@ -44,10 +78,11 @@ pub struct Prober {
     positive_ttl: Duration,
     negative_ttl: Duration,
     tempfail_ttl: Duration,
-    permits: Semaphore,
+    /// Held from connect to the end of QUIT: it bounds connections to next hops.
+    permits: Arc<Semaphore>,
     cache: Mutex<super::cache::Cache<Answer>>,
-    /// Probes under way by lowercased address; later askers wait for the same answer.
-    inflight: Mutex<HashMap<String, Arc<OnceCell<Answer>>>>,
+    /// Probes under way; later askers wait for the same answer.
+    inflight: Inflight,
     /// Hops (`host:port`) that could not be reached, until when they count as down.
     down: Mutex<HashMap<String, Instant>>,
 }
@@ -74,7 +109,7 @@ impl Prober {
             positive_ttl: r.positive_ttl,
             negative_ttl: r.negative_ttl,
             tempfail_ttl: r.tempfail_ttl,
-            permits: Semaphore::new(r.probe_concurrency),
+            permits: Arc::new(Semaphore::new(r.probe_concurrency)),
             cache: Mutex::new(super::cache::Cache::new(r.cache_entries)),
             inflight: Mutex::new(HashMap::new()),
             down: Mutex::new(HashMap::new()),
@@ -90,27 +125,25 @@ impl Prober {
             return answer;
         }
         metrics::recipient_cache(false);
-        let cell = lock(&self.inflight)
-            .entry(key.clone())
-            .or_insert_with(|| Arc::new(OnceCell::new()))
-            .clone();
+        let flight = Flight::join(&self.inflight, &key);
         // If the session running the probe goes away, the next waiter runs it instead.
-        let answer = cell
+        flight
+            .cell
             .get_or_init(|| self.probe_and_remember(&key, address, hop))
             .await
-            .clone();
-        let mut inflight = lock(&self.inflight);
-        if inflight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            inflight.remove(&key);
-        }
-        answer
+            .clone()
     }
 
     async fn probe_and_remember(&self, key: &str, address: &str, hop: &HopConfig) -> Answer {
-        let answer = match tokio::time::timeout(self.timeout, self.probe(address, hop)).await {
+        let connecting = AtomicBool::new(false);
+        let probe = self.probe(address, hop, &connecting);
+        let answer = match tokio::time::timeout(self.timeout, probe).await {
             Ok(answer) => answer,
             Err(_) => {
-                self.mark_down(hop);
+                // Down only when the hop itself was slow, not when the wait was for a permit.
+                if connecting.load(Ordering::Relaxed) {
+                    self.mark_down(hop);
+                }
                 Answer::Unavailable(format!(
                     "no answer from the next hop within {:?}",
                     self.timeout
@@ -147,8 +180,8 @@ impl Prober {
         }
     }
 
-    /// One probe, waiting for a permit first.
-    async fn probe(&self, address: &str, hop: &HopConfig) -> Answer {
+    /// One probe, waiting for a permit first; `connecting` is set once it has one.
+    async fn probe(&self, address: &str, hop: &HopConfig, connecting: &AtomicBool) -> Answer {
         if self.is_down(hop) {
             return Answer::Unavailable(format!(
                 "next hop {} unreachable (remembered for {:?})",
@@ -156,12 +189,14 @@ impl Prober {
                 self.tempfail_ttl
             ));
         }
-        let Ok(_permit) = self.permits.acquire().await else {
+        let Ok(permit) = self.permits.clone().acquire_owned().await else {
             return Answer::Unavailable("shutting down".into());
         };
+        connecting.store(true, Ordering::Relaxed);
         let mut client = match self.connect(hop).await {
             Ok(c) => c,
             Err(e) => {
+                drop(permit);
                 self.mark_down(hop);
                 return Answer::Unavailable(e);
             }
@@ -172,7 +207,11 @@ impl Prober {
             Ok(reply) => Answer::Unavailable(reply.to_string()),
             Err(e) => Answer::Unavailable(e.to_string()),
         };
-        client.quit().await;
+        // The answer is in: a hop slow to say goodbye must not delay it (or time it out).
+        tokio::spawn(async move {
+            client.quit().await;
+            drop(permit);
+        });
         answer
     }
 
@@ -218,7 +257,7 @@ impl Prober {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
     use tokio::net::TcpListener;
