@@ -1,0 +1,351 @@
+//! One family's ban slots (layout and protocol in `gatekeeper_common::ban_slots`), mapped into
+//! this process: every read and write is a single aligned 8-byte atomic access, in the order the
+//! program relies on, so a program run racing a writer sees either no ban or a whole one.
+//! Writers serialise under the ban lock; nothing here takes it.
+
+use std::{
+    collections::HashMap,
+    mem::{offset_of, size_of},
+    ptr::NonNull,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use anyhow::Context as _;
+use aya::maps::{Map, MapData};
+use gatekeeper_common::{BanBucketV4, BanBucketV6, ban_slots};
+
+use super::pinned::data_of;
+
+/// Which family's bucket layout a table has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Layout {
+    V4,
+    V6,
+}
+
+/// A source as the slots key it: [`ban_slots::v4_key`], or the masked IPv6 source's halves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum SlotKey {
+    V4(u64),
+    V6([u64; 2]),
+}
+
+/// Where a ban sits: bucket and way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Slot {
+    bucket: u32,
+    way: usize,
+}
+
+/// A used slot's contents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct SlotBan {
+    pub key: SlotKey,
+    pub deadline_ns: u64,
+    pub hits: u64,
+}
+
+/// Word offsets of one bucket's fields (the buckets are arrays of `u64`).
+struct Fields {
+    words: usize,
+    key: usize,
+    key_words: usize,
+    deadline: usize,
+    hits: usize,
+    overflow: usize,
+}
+
+const V4_FIELDS: Fields = Fields {
+    words: size_of::<BanBucketV4>() / 8,
+    key: offset_of!(BanBucketV4, keys) / 8,
+    key_words: 1,
+    deadline: offset_of!(BanBucketV4, deadlines) / 8,
+    hits: offset_of!(BanBucketV4, hits) / 8,
+    overflow: offset_of!(BanBucketV4, overflow) / 8,
+};
+
+const V6_FIELDS: Fields = Fields {
+    words: size_of::<BanBucketV6>() / 8,
+    key: offset_of!(BanBucketV6, keys) / 8,
+    key_words: 2,
+    deadline: offset_of!(BanBucketV6, deadlines) / 8,
+    hits: offset_of!(BanBucketV6, hits) / 8,
+    overflow: offset_of!(BanBucketV6, overflow) / 8,
+};
+
+/// One family's slot map, mapped.
+pub(super) struct SlotTable {
+    words: NonNull<AtomicU64>,
+    bytes: usize,
+    buckets: u32,
+    layout: Layout,
+}
+
+// SAFETY: the mapping is shared memory only reached through atomics.
+unsafe impl Send for SlotTable {}
+
+impl Drop for SlotTable {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping `open` made; no reference into it outlives `self`.
+        unsafe { libc::munmap(self.words.as_ptr().cast(), self.bytes) };
+    }
+}
+
+impl SlotTable {
+    /// Maps the slot map `map` (named `name`, a `BPF_F_MMAPABLE` array of `layout`'s buckets).
+    pub fn open(map: &Map, name: &str, layout: Layout) -> anyhow::Result<SlotTable> {
+        let data: &MapData = data_of(map, name)?;
+        let info = data
+            .info()
+            .with_context(|| format!("reading {name}'s info"))?;
+        let fields = fields(layout);
+        anyhow::ensure!(
+            info.value_size() as usize == fields.words * 8 && info.max_entries() > 0,
+            "{name} holds values of {} bytes, expected {}",
+            info.value_size(),
+            fields.words * 8
+        );
+        let buckets = info.max_entries();
+        let bytes = buckets as usize * fields.words * 8;
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        // SAFETY: mapping the value area of a BPF_F_MMAPABLE array map, shared; the kernel lays
+        // the values out back to back from offset 0 (each a multiple of 8 bytes).
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                data.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("mapping {name}"));
+        }
+        let words = NonNull::new(ptr.cast::<AtomicU64>()).context("mmap returned null")?;
+        Ok(SlotTable {
+            words,
+            bytes,
+            buckets,
+            layout,
+        })
+    }
+
+    pub fn buckets(&self) -> u32 {
+        self.buckets
+    }
+
+    fn fields(&self) -> &'static Fields {
+        fields(self.layout)
+    }
+
+    fn word(&self, bucket: u32, offset: usize) -> &AtomicU64 {
+        let fields = self.fields();
+        let index = (bucket % self.buckets) as usize * fields.words + offset % fields.words;
+        // SAFETY: `index` is inside the mapping, which lives as long as `self`.
+        unsafe { &*self.words.as_ptr().add(index) }
+    }
+
+    fn key_word(&self, slot: Slot, half: usize) -> &AtomicU64 {
+        let fields = self.fields();
+        self.word(slot.bucket, fields.key + slot.way * fields.key_words + half)
+    }
+
+    fn deadline(&self, slot: Slot) -> &AtomicU64 {
+        self.word(slot.bucket, self.fields().deadline + slot.way)
+    }
+
+    fn hits(&self, slot: Slot) -> &AtomicU64 {
+        self.word(slot.bucket, self.fields().hits + slot.way)
+    }
+
+    fn overflow(&self, bucket: u32) -> &AtomicU64 {
+        self.word(bucket, self.fields().overflow)
+    }
+
+    /// The two candidate buckets of `key`.
+    pub fn candidates(&self, key: SlotKey) -> [u32; 2] {
+        let (first, second) = match key {
+            SlotKey::V4(word) => ban_slots::buckets_v4((word >> 32) as u32, self.buckets),
+            SlotKey::V6(halves) => ban_slots::buckets_v6(halves, self.buckets),
+        };
+        [first, second]
+    }
+
+    /// What slot `slot` holds, if it is used.
+    fn used(&self, slot: Slot) -> Option<SlotBan> {
+        match self.layout {
+            Layout::V4 => {
+                let key = self.key_word(slot, 0).load(Ordering::Acquire);
+                (key & 1 == 1).then(|| SlotBan {
+                    key: SlotKey::V4(key),
+                    deadline_ns: self.deadline(slot).load(Ordering::Acquire),
+                    hits: self.hits(slot).load(Ordering::Acquire),
+                })
+            }
+            Layout::V6 => {
+                let deadline_ns = self.deadline(slot).load(Ordering::Acquire);
+                (deadline_ns != 0).then(|| SlotBan {
+                    key: SlotKey::V6([
+                        self.key_word(slot, 0).load(Ordering::Acquire),
+                        self.key_word(slot, 1).load(Ordering::Acquire),
+                    ]),
+                    deadline_ns,
+                    hits: self.hits(slot).load(Ordering::Acquire),
+                })
+            }
+        }
+    }
+
+    /// The slot holding `key`, with its ban.
+    pub fn find(&self, key: SlotKey) -> Option<(Slot, SlotBan)> {
+        for bucket in self.candidates(key) {
+            for way in 0..ban_slots::WAYS {
+                let slot = Slot { bucket, way };
+                if let Some(ban) = self.used(slot).filter(|b| b.key == key) {
+                    return Some((slot, ban));
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether `slot` is free and out of its quarantine at `now_ns`.
+    fn reusable(&self, slot: Slot, now_ns: u64) -> bool {
+        let freed_at = match self.layout {
+            Layout::V4 => {
+                let key = self.key_word(slot, 0).load(Ordering::Acquire);
+                if key & 1 == 1 {
+                    return false;
+                }
+                key
+            }
+            Layout::V6 => {
+                if self.deadline(slot).load(Ordering::Acquire) != 0 {
+                    return false;
+                }
+                self.hits(slot).load(Ordering::Acquire)
+            }
+        };
+        // 0: never used. A stamp ahead of now (another boot's? impossible for pinned maps, but
+        // cheap to allow) counts from now.
+        freed_at == 0 || now_ns.saturating_sub(freed_at) >= ban_slots::QUARANTINE_NS
+    }
+
+    /// Puts a new ban of `key` into the candidate bucket with more reusable ways (the first on a
+    /// tie); `None` when both have none (the ban goes to the hash map).
+    pub fn place(&self, key: SlotKey, deadline_ns: u64, now_ns: u64) -> Option<Slot> {
+        let mut best: Option<(Slot, usize)> = None;
+        for bucket in self.candidates(key) {
+            let reusable: Vec<usize> = (0..ban_slots::WAYS)
+                .filter(|&way| self.reusable(Slot { bucket, way }, now_ns))
+                .collect();
+            if let Some(&way) = reusable.first()
+                && best.is_none_or(|(_, free)| reusable.len() > free)
+            {
+                best = Some((Slot { bucket, way }, reusable.len()));
+            }
+        }
+        let (slot, _) = best?;
+        // A deadline of 0 marks a free IPv6 slot: a ban that is over already gets 1.
+        let deadline_ns = deadline_ns.max(1);
+        match key {
+            SlotKey::V4(word) => {
+                // Deadline and hits first, the key last: a run that sees the key sees the ban.
+                self.deadline(slot).store(deadline_ns, Ordering::Release);
+                self.hits(slot).store(0, Ordering::Release);
+                self.key_word(slot, 0).store(word, Ordering::Release);
+            }
+            SlotKey::V6(halves) => {
+                // Key and hits first, the deadline (non-zero: used) last.
+                self.key_word(slot, 0).store(halves[0], Ordering::Release);
+                self.key_word(slot, 1).store(halves[1], Ordering::Release);
+                self.hits(slot).store(0, Ordering::Release);
+                self.deadline(slot).store(deadline_ns, Ordering::Release);
+            }
+        }
+        Some(slot)
+    }
+
+    /// Moves the deadline of the ban in `slot` (one 8-byte store; its hits stay).
+    pub fn set_deadline(&self, slot: Slot, deadline_ns: u64) {
+        self.deadline(slot)
+            .store(deadline_ns.max(1), Ordering::Release);
+    }
+
+    /// Frees `slot`, stamped with `now_ns` so it is not reused before the quarantine is over.
+    pub fn free(&self, slot: Slot, now_ns: u64) {
+        // Never 0 (that reads "never used") and, for IPv4, bit 0 clear (free).
+        let stamp = (now_ns | 2) & !1;
+        match self.layout {
+            Layout::V4 => self.key_word(slot, 0).store(stamp, Ordering::Release),
+            Layout::V6 => {
+                self.deadline(slot).store(0, Ordering::Release);
+                self.hits(slot).store(stamp, Ordering::Release);
+            }
+        }
+    }
+
+    /// Counts one more (`delta` 1) or one fewer (`delta` -1) overflowed ban of `key` in both its
+    /// buckets.
+    pub fn add_overflow(&self, key: SlotKey, delta: i64) {
+        for bucket in self.candidates(key) {
+            let word = self.overflow(bucket);
+            if delta >= 0 {
+                word.fetch_add(delta.unsigned_abs(), Ordering::AcqRel);
+            } else {
+                let down = delta.unsigned_abs();
+                // Never below 0: a counter too low would hide a ban; too high only costs a lookup.
+                let _ = word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                    Some(v.saturating_sub(down))
+                });
+            }
+        }
+    }
+
+    /// Every used slot.
+    pub fn bans(&self) -> Vec<SlotBan> {
+        let mut bans = Vec::new();
+        for bucket in 0..self.buckets {
+            for way in 0..ban_slots::WAYS {
+                if let Some(ban) = self.used(Slot { bucket, way }) {
+                    bans.push(ban);
+                }
+            }
+        }
+        bans
+    }
+
+    /// The sum of the overflow counters (each overflowed ban counts twice: once per bucket).
+    pub fn overflow_total(&self) -> u64 {
+        (0..self.buckets)
+            .map(|b| self.overflow(b).load(Ordering::Acquire))
+            .sum()
+    }
+
+    /// Sets every bucket's overflow counter to what the hash map's `keys` need. One store per
+    /// bucket whose counter differs, so a counter a ban needs never reads 0 on the way.
+    pub fn rebuild_overflow(&self, keys: &[SlotKey]) {
+        let mut wanted: HashMap<u32, u64> = HashMap::new();
+        for key in keys {
+            for bucket in self.candidates(*key) {
+                *wanted.entry(bucket).or_default() += 1;
+            }
+        }
+        for bucket in 0..self.buckets {
+            let want = wanted.get(&bucket).copied().unwrap_or(0);
+            let word = self.overflow(bucket);
+            if word.load(Ordering::Acquire) != want {
+                word.store(want, Ordering::Release);
+            }
+        }
+    }
+}
+
+fn fields(layout: Layout) -> &'static Fields {
+    match layout {
+        Layout::V4 => &V4_FIELDS,
+        Layout::V6 => &V6_FIELDS,
+    }
+}
