@@ -531,3 +531,219 @@ fn pinned_bans_and_deny_entries_outlive_the_loader() {
     assert_eq!(deny[0].hits, 1);
     filter.unpin().expect("unpin");
 }
+
+/// Every ban of a full table at the default `max_bans` (100,000 per family) is dropped by the
+/// program and no other source is: the ban slots (two buckets of four per source) and the few
+/// bans that overflow into the hash maps together hold them all, and `max_bans` holds exactly.
+#[test]
+fn a_full_default_size_ban_table_drops_every_ban_and_nothing_else() {
+    if !kernel_tests_enabled("a_full_default_size_ban_table_drops_every_ban_and_nothing_else") {
+        return;
+    }
+    let options = LoadOptions::default();
+    let max = options.max_bans as usize;
+    let mut filter = load(&options, &policy(Mode::Enforce, 0, 0));
+    let until = clock::deadline_after(Duration::from_secs(600));
+    let mut rng = Rng::new(seed() ^ 0xf011);
+    let mut banned: std::collections::HashSet<IpAddr> = std::collections::HashSet::new();
+    // Distinct /64s (the ban prefix) and distinct IPv4 addresses, outside 192.0.2.0/24 (HOST).
+    let (mut v4, mut v6) = (0, 0);
+    while v4 < max || v6 < max {
+        let addr = if v4 < max {
+            IpAddr::V4(Ipv4Addr::from(rng.next_u64() as u32))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(u128::from(rng.next_u64()) << 64))
+        };
+        if addr == IpAddr::V4(HOST) || !banned.insert(addr) {
+            continue;
+        }
+        let outcome = filter.rules().bans.ban(addr, until).expect("room");
+        assert!(outcome.new, "{addr}");
+        if addr.is_ipv4() {
+            v4 += 1;
+        } else {
+            v6 += 1;
+        }
+    }
+    let (over_v4, over_v6) = filter.rules().bans.overflow_counters();
+    eprintln!(
+        "full table: {} buckets a family; overflow counters {over_v4} (IPv4), {over_v6} (IPv6)",
+        filter.rules().bans.buckets()
+    );
+    for addr in [
+        IpAddr::V4(Ipv4Addr::new(203, 0, 113, 250)),
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xfff, 0, 0, 0, 0, 1)),
+    ] {
+        match filter.rules().bans.ban(addr, until) {
+            Err(BanError::TableFull { .. }) => {}
+            other => panic!("expected a full table for {addr}, got {other:?}"),
+        }
+    }
+    assert_eq!(filter.rules().bans.list().expect("list").len(), 2 * max);
+    let frame = |addr: IpAddr| match addr {
+        IpAddr::V4(a) => tcp_v4(a, HOST, 25, SYN),
+        IpAddr::V6(a) => tcp_v6(a, HOST6, 25, SYN),
+    };
+    for addr in &banned {
+        assert_eq!(verdict(&mut filter, &frame(*addr)), XDP_DROP, "{addr}");
+    }
+    let mut strangers = 0;
+    while strangers < 50_000 {
+        let addr = if strangers % 2 == 0 {
+            IpAddr::V4(Ipv4Addr::from(rng.next_u64() as u32))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(
+                (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64()),
+            ))
+        };
+        let masked = match addr {
+            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) >> 64 << 64)),
+            v4 => v4,
+        };
+        if banned.contains(&masked) || addr == IpAddr::V4(HOST) {
+            continue;
+        }
+        strangers += 1;
+        assert_eq!(verdict(&mut filter, &frame(addr)), XDP_PASS, "{addr}");
+    }
+}
+
+/// A ban whose two buckets have no free slot lives in the hash map, counted in both buckets: the
+/// program still drops it, and lifting it takes the counts back to zero. A tiny `max_bans` and
+/// the quarantine of freed slots force that path: each ban lifted at once leaves its slot
+/// unusable for a second, so the few slots run out.
+#[test]
+fn a_ban_whose_buckets_are_full_lives_in_the_hash_map_and_still_drops() {
+    if !kernel_tests_enabled("a_ban_whose_buckets_are_full_lives_in_the_hash_map_and_still_drops") {
+        return;
+    }
+    let options = LoadOptions {
+        max_bans: 4,
+        ..LoadOptions::default()
+    };
+    let mut filter = load(&options, &policy(Mode::Enforce, 0, 0));
+    assert_eq!(filter.rules().bans.buckets(), 2, "max_bans / 2 buckets");
+    let until = clock::deadline_after(Duration::from_secs(600));
+    let v4 = |i: u16| IpAddr::V4(Ipv4Addr::new(203, 0, 113, i as u8));
+    let v6 = |i: u16| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xbad, i, 0, 0, 0, 1));
+    let frame = |addr: IpAddr| match addr {
+        IpAddr::V4(a) => tcp_v4(a, HOST, 25, SYN),
+        IpAddr::V6(a) => tcp_v6(a, HOST6, 25, SYN),
+    };
+    for (family, addr) in [("IPv4", &v4 as &dyn Fn(u16) -> IpAddr), ("IPv6", &v6)] {
+        // Ban and lift until a ban finds every slot of its buckets quarantined (at most 8 slots).
+        let mut overflowed = None;
+        for i in 1..=20 {
+            let a = addr(i);
+            assert!(filter.rules().bans.ban(a, until).expect("ban").new);
+            if filter.rules().bans.overflowed(a).expect("overflowed") {
+                overflowed = Some(a);
+                break;
+            }
+            assert_eq!(verdict(&mut filter, &frame(a)), XDP_DROP, "{a} in a slot");
+            assert!(filter.rules().bans.unban(a).expect("unban"));
+            assert_eq!(verdict(&mut filter, &frame(a)), XDP_PASS, "{a} lifted");
+        }
+        let a = overflowed.unwrap_or_else(|| panic!("{family}: no ban reached the hash map"));
+        let counters = filter.rules().bans.overflow_counters();
+        let counted = if family == "IPv4" {
+            counters.0
+        } else {
+            counters.1
+        };
+        assert_eq!(
+            counted, 2,
+            "{family}: counted once in each of its two buckets"
+        );
+        assert_eq!(
+            verdict(&mut filter, &frame(a)),
+            XDP_DROP,
+            "{a} in the hash map"
+        );
+        // Found, extended and listed like any other ban, with its hit.
+        let later = filter.rules().bans.ban(a, until + 5).expect("extend");
+        assert_eq!((later.new, later.deadline_ns), (false, until + 5));
+        let live = filter.rules().bans.get(a).expect("get").expect("banned");
+        assert_eq!((live.deadline_ns, live.hits), (until + 5, 1));
+        assert!(filter.rules().bans.list().expect("list").contains(&live));
+        // max_bans counts it: three more fit, the fourth does not.
+        for i in 100..103 {
+            filter.rules().bans.ban(addr(i), until).expect("room for 4");
+        }
+        match filter.rules().bans.ban(addr(103), until) {
+            Err(BanError::TableFull { capacity: 4, .. }) => {}
+            other => panic!("{family}: expected a full table, got {other:?}"),
+        }
+        assert!(filter.rules().bans.unban(a).expect("lift"));
+        assert_eq!(verdict(&mut filter, &frame(a)), XDP_PASS, "{a} lifted");
+        // (Those three may have overflowed too: every slot is still quarantined.)
+        for i in 100..103 {
+            assert!(filter.rules().bans.unban(addr(i)).expect("lift"));
+        }
+        let counters = filter.rules().bans.overflow_counters();
+        assert_eq!(
+            if family == "IPv4" {
+                counters.0
+            } else {
+                counters.1
+            },
+            0,
+            "{family}: lifting it clears the counts"
+        );
+    }
+}
+
+/// Ban hash maps pinned by a gatekeeper without ban slots (an upgrade) hold bans the new program
+/// finds only once the daemon's start-up repair counted them as overflow; after it they drop.
+#[test]
+fn bans_in_hash_maps_pinned_without_slots_drop_after_the_repair() {
+    if !kernel_tests_enabled("bans_in_hash_maps_pinned_without_slots_drop_after_the_repair") {
+        return;
+    }
+    let pins = PinDir::new("gk-bans-up");
+    std::fs::create_dir_all(pins.path()).expect("create the pin directory");
+    let options = LoadOptions {
+        pin_dir: Some(pins.path()),
+        ..LoadOptions::default()
+    };
+    let banned = [
+        IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 7, 7, 0, 0, 0, 1)),
+    ];
+    let until = clock::deadline_after(Duration::from_secs(600));
+    {
+        let mut filter = load(&options, &policy(Mode::Enforce, 0, 0));
+        filter.rules().bans.set_force_overflow(true);
+        for addr in banned {
+            filter.rules().bans.ban(addr, until).expect("ban");
+        }
+    }
+    // What an older gatekeeper leaves: the hash maps with their bans, no slots, no count.
+    for name in ["GK_BAN_SLOTS_V4", "GK_BAN_SLOTS_V6", "GK_BAN_COUNT"] {
+        std::fs::remove_file(pins.path().join(name)).expect("remove a pin");
+    }
+    let mut filter = load(&options, &policy(Mode::Enforce, 0, 0));
+    let frame = |addr: IpAddr| match addr {
+        IpAddr::V4(a) => tcp_v4(a, HOST, 25, SYN),
+        IpAddr::V6(a) => tcp_v6(a, HOST6, 25, SYN),
+    };
+    for addr in banned {
+        assert_eq!(
+            verdict(&mut filter, &frame(addr)),
+            XDP_PASS,
+            "{addr}: not counted as overflow yet (this is why the daemon repairs before attaching)"
+        );
+    }
+    filter.rules().bans.repair().expect("repair");
+    assert_eq!(filter.rules().bans.overflow_counters(), (2, 2));
+    for addr in banned {
+        assert_eq!(verdict(&mut filter, &frame(addr)), XDP_DROP, "{addr}");
+    }
+    // The count was rebuilt too: lifting both leaves room for max_bans again, counters at 0.
+    for addr in banned {
+        assert!(filter.rules().bans.unban(addr).expect("lift"));
+    }
+    assert_eq!(filter.rules().bans.overflow_counters(), (0, 0));
+    assert!(filter.rules().bans.list().expect("list").is_empty());
+    filter.unpin().expect("unpin");
+}
