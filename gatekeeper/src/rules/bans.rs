@@ -194,9 +194,10 @@ impl BanMaps {
     }
 
     /// Bans `addr` until `deadline_ns` (`CLOCK_MONOTONIC`, see [`super::clock::deadline_after`]).
-    /// A source banned already keeps the later of its two deadlines (and its hits). Call under the
-    /// ban lock.
+    /// A source banned already keeps the later of its two deadlines (and its hits). A deadline of
+    /// 0 is kept as 1 (0 marks a free slot; both are long past). Call under the ban lock.
     pub fn ban(&mut self, addr: IpAddr, deadline_ns: u64) -> Result<BanOutcome, BanError> {
+        let deadline_ns = deadline_ns.max(1);
         let source = self.source_of(addr);
         let context = || format!("banning {source} failed");
         let fam = Fam::of(addr);
@@ -237,7 +238,7 @@ impl BanMaps {
         if !self.force_overflow && table.place(key, deadline_ns, now).is_some() {
             return Ok(BanOutcome {
                 source,
-                deadline_ns: deadline_ns.max(1),
+                deadline_ns,
                 new: true,
             });
         }
