@@ -458,6 +458,9 @@ impl BanMaps {
                 hits: ban.hits,
             });
         }
+        for table in &self.slots {
+            table.release();
+        }
         bans.sort_by_key(|b| !b.source.addr().is_ipv4());
         Ok(bans)
     }
@@ -495,6 +498,7 @@ impl BanMaps {
             let table = &self.slots[fam as usize];
             table.rebuild_overflow(&keys);
             let count = table.bans().len() + keys.len();
+            table.release();
             self.set_count(fam, count as u64)?;
         }
         Ok(())

@@ -1,20 +1,21 @@
 //! One family's ban slots (layout and protocol in `gatekeeper_common::ban_slots`), mapped into
-//! this process: every read and write is a single aligned 8-byte atomic access, in the order the
-//! program relies on, so a program run racing a writer sees either no ban or a whole one.
-//! Writers serialise under the ban lock; nothing here takes it.
+//! this process in windows ([`crate::dir24::Mapped`]: the kernel makes a whole BPF array mapping
+//! resident at once, and a daemon must not hold 12 MiB for a restore it did at start): every read
+//! and write is a single aligned 8-byte atomic access, in the order the program relies on, so a
+//! program run racing a writer sees either no ban or a whole one. Writers serialise under the ban
+//! lock; nothing here takes it (so the overflow counters, which only writers change, are read and
+//! stored rather than swapped).
 
 use std::{
     collections::HashMap,
     mem::{offset_of, size_of},
-    ptr::NonNull,
-    sync::atomic::{AtomicU64, Ordering},
 };
 
-use anyhow::Context as _;
 use aya::maps::{Map, MapData};
 use gatekeeper_common::{BanBucketV4, BanBucketV6, ban_slots};
 
 use super::pinned::data_of;
+use crate::dir24::Mapped;
 
 /// Which family's bucket layout a table has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,58 +76,21 @@ const V6_FIELDS: Fields = Fields {
 
 /// One family's slot map, mapped.
 pub(super) struct SlotTable {
-    words: NonNull<AtomicU64>,
-    bytes: usize,
+    cells: Mapped<u64>,
     buckets: u32,
     layout: Layout,
-}
-
-// SAFETY: the mapping is shared memory only reached through atomics.
-unsafe impl Send for SlotTable {}
-
-impl Drop for SlotTable {
-    fn drop(&mut self) {
-        // SAFETY: unmapping the mapping `open` made; no reference into it outlives `self`.
-        unsafe { libc::munmap(self.words.as_ptr().cast(), self.bytes) };
-    }
 }
 
 impl SlotTable {
     /// Maps the slot map `map` (named `name`, a `BPF_F_MMAPABLE` array of `layout`'s buckets).
     pub fn open(map: &Map, name: &str, layout: Layout) -> anyhow::Result<SlotTable> {
         let data: &MapData = data_of(map, name)?;
-        let info = data
-            .info()
-            .with_context(|| format!("reading {name}'s info"))?;
-        let fields = fields(layout);
-        anyhow::ensure!(
-            info.value_size() as usize == fields.words * 8 && info.max_entries() > 0,
-            "{name} holds values of {} bytes, expected {}",
-            info.value_size(),
-            fields.words * 8
-        );
-        let buckets = info.max_entries();
-        let bytes = buckets as usize * fields.words * 8;
-        use std::os::fd::{AsFd as _, AsRawFd as _};
-        // SAFETY: mapping the value area of a BPF_F_MMAPABLE array map, shared; the kernel lays
-        // the values out back to back from offset 0 (each a multiple of 8 bytes).
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                data.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("mapping {name}"));
-        }
-        let words = NonNull::new(ptr.cast::<AtomicU64>()).context("mmap returned null")?;
+        let words = fields(layout).words;
+        let cells = Mapped::with_value_size(data, name, (words * 8) as u32)?;
+        let buckets = u32::try_from(cells.len() / words).unwrap_or(u32::MAX);
+        anyhow::ensure!(buckets > 0, "{name} has no buckets");
         Ok(SlotTable {
-            words,
-            bytes,
+            cells,
             buckets,
             layout,
         })
@@ -140,28 +104,35 @@ impl SlotTable {
         fields(self.layout)
     }
 
-    fn word(&self, bucket: u32, offset: usize) -> &AtomicU64 {
+    /// The index of word `offset` of bucket `bucket`.
+    fn word(&self, bucket: u32, offset: usize) -> usize {
         let fields = self.fields();
-        let index = (bucket % self.buckets) as usize * fields.words + offset % fields.words;
-        // SAFETY: `index` is inside the mapping, which lives as long as `self`.
-        unsafe { &*self.words.as_ptr().add(index) }
+        (bucket % self.buckets) as usize * fields.words + offset % fields.words
     }
 
-    fn key_word(&self, slot: Slot, half: usize) -> &AtomicU64 {
+    fn key_word(&self, slot: Slot, half: usize) -> usize {
         let fields = self.fields();
         self.word(slot.bucket, fields.key + slot.way * fields.key_words + half)
     }
 
-    fn deadline(&self, slot: Slot) -> &AtomicU64 {
+    fn deadline(&self, slot: Slot) -> usize {
         self.word(slot.bucket, self.fields().deadline + slot.way)
     }
 
-    fn hits(&self, slot: Slot) -> &AtomicU64 {
+    fn hits(&self, slot: Slot) -> usize {
         self.word(slot.bucket, self.fields().hits + slot.way)
     }
 
-    fn overflow(&self, bucket: u32) -> &AtomicU64 {
+    fn overflow(&self, bucket: u32) -> usize {
         self.word(bucket, self.fields().overflow)
+    }
+
+    fn load(&self, word: usize) -> u64 {
+        self.cells.load(word)
+    }
+
+    fn store(&self, word: usize, value: u64) {
+        self.cells.store(word, value);
     }
 
     /// The two candidate buckets of `key`.
@@ -177,22 +148,22 @@ impl SlotTable {
     fn used(&self, slot: Slot) -> Option<SlotBan> {
         match self.layout {
             Layout::V4 => {
-                let key = self.key_word(slot, 0).load(Ordering::Acquire);
+                let key = self.load(self.key_word(slot, 0));
                 (key & 1 == 1).then(|| SlotBan {
                     key: SlotKey::V4(key),
-                    deadline_ns: self.deadline(slot).load(Ordering::Acquire),
-                    hits: self.hits(slot).load(Ordering::Acquire),
+                    deadline_ns: self.load(self.deadline(slot)),
+                    hits: self.load(self.hits(slot)),
                 })
             }
             Layout::V6 => {
-                let deadline_ns = self.deadline(slot).load(Ordering::Acquire);
+                let deadline_ns = self.load(self.deadline(slot));
                 (deadline_ns != 0).then(|| SlotBan {
                     key: SlotKey::V6([
-                        self.key_word(slot, 0).load(Ordering::Acquire),
-                        self.key_word(slot, 1).load(Ordering::Acquire),
+                        self.load(self.key_word(slot, 0)),
+                        self.load(self.key_word(slot, 1)),
                     ]),
                     deadline_ns,
-                    hits: self.hits(slot).load(Ordering::Acquire),
+                    hits: self.load(self.hits(slot)),
                 })
             }
         }
@@ -215,21 +186,20 @@ impl SlotTable {
     fn reusable(&self, slot: Slot, now_ns: u64) -> bool {
         let freed_at = match self.layout {
             Layout::V4 => {
-                let key = self.key_word(slot, 0).load(Ordering::Acquire);
+                let key = self.load(self.key_word(slot, 0));
                 if key & 1 == 1 {
                     return false;
                 }
                 key
             }
             Layout::V6 => {
-                if self.deadline(slot).load(Ordering::Acquire) != 0 {
+                if self.load(self.deadline(slot)) != 0 {
                     return false;
                 }
-                self.hits(slot).load(Ordering::Acquire)
+                self.load(self.hits(slot))
             }
         };
-        // 0: never used. A stamp ahead of now (another boot's? impossible for pinned maps, but
-        // cheap to allow) counts from now.
+        // 0: never used. A stamp ahead of now (impossible: pins do not outlive a boot) waits.
         freed_at == 0 || now_ns.saturating_sub(freed_at) >= ban_slots::QUARANTINE_NS
     }
 
@@ -253,16 +223,16 @@ impl SlotTable {
         match key {
             SlotKey::V4(word) => {
                 // Deadline and hits first, the key last: a run that sees the key sees the ban.
-                self.deadline(slot).store(deadline_ns, Ordering::Release);
-                self.hits(slot).store(0, Ordering::Release);
-                self.key_word(slot, 0).store(word, Ordering::Release);
+                self.store(self.deadline(slot), deadline_ns);
+                self.store(self.hits(slot), 0);
+                self.store(self.key_word(slot, 0), word);
             }
             SlotKey::V6(halves) => {
                 // Key and hits first, the deadline (non-zero: used) last.
-                self.key_word(slot, 0).store(halves[0], Ordering::Release);
-                self.key_word(slot, 1).store(halves[1], Ordering::Release);
-                self.hits(slot).store(0, Ordering::Release);
-                self.deadline(slot).store(deadline_ns, Ordering::Release);
+                self.store(self.key_word(slot, 0), halves[0]);
+                self.store(self.key_word(slot, 1), halves[1]);
+                self.store(self.hits(slot), 0);
+                self.store(self.deadline(slot), deadline_ns);
             }
         }
         Some(slot)
@@ -270,8 +240,7 @@ impl SlotTable {
 
     /// Moves the deadline of the ban in `slot` (one 8-byte store; its hits stay).
     pub fn set_deadline(&self, slot: Slot, deadline_ns: u64) {
-        self.deadline(slot)
-            .store(deadline_ns.max(1), Ordering::Release);
+        self.store(self.deadline(slot), deadline_ns.max(1));
     }
 
     /// Frees `slot`, stamped with `now_ns` so it is not reused before the quarantine is over.
@@ -279,28 +248,27 @@ impl SlotTable {
         // Never 0 (that reads "never used") and, for IPv4, bit 0 clear (free).
         let stamp = (now_ns & !1).max(2);
         match self.layout {
-            Layout::V4 => self.key_word(slot, 0).store(stamp, Ordering::Release),
+            Layout::V4 => self.store(self.key_word(slot, 0), stamp),
             Layout::V6 => {
-                self.deadline(slot).store(0, Ordering::Release);
-                self.hits(slot).store(stamp, Ordering::Release);
+                self.store(self.deadline(slot), 0);
+                self.store(self.hits(slot), stamp);
             }
         }
     }
 
     /// Counts one more (`delta` 1) or one fewer (`delta` -1) overflowed ban of `key` in both its
-    /// buckets.
+    /// buckets (the same bucket twice when both choices name it: removal mirrors it). Never below
+    /// 0: a counter too low would hide a ban, one too high only costs a lookup.
     pub fn add_overflow(&self, key: SlotKey, delta: i64) {
         for bucket in self.candidates(key) {
             let word = self.overflow(bucket);
-            if delta >= 0 {
-                word.fetch_add(delta.unsigned_abs(), Ordering::AcqRel);
+            let count = self.load(word);
+            let count = if delta >= 0 {
+                count.saturating_add(delta.unsigned_abs())
             } else {
-                let down = delta.unsigned_abs();
-                // Never below 0: a counter too low would hide a ban; too high only costs a lookup.
-                let _ = word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-                    Some(v.saturating_sub(down))
-                });
-            }
+                count.saturating_sub(delta.unsigned_abs())
+            };
+            self.store(word, count);
         }
     }
 
@@ -319,9 +287,12 @@ impl SlotTable {
 
     /// The sum of the overflow counters (each overflowed ban counts twice: once per bucket).
     pub fn overflow_total(&self) -> u64 {
-        (0..self.buckets)
-            .map(|b| self.overflow(b).load(Ordering::Acquire))
-            .sum()
+        (0..self.buckets).map(|b| self.load(self.overflow(b))).sum()
+    }
+
+    /// Unmaps the table from this process until next used (after a scan of the whole table).
+    pub fn release(&self) {
+        self.cells.release();
     }
 
     /// Sets every bucket's overflow counter to what the hash map's `keys` need. One store per
@@ -336,8 +307,8 @@ impl SlotTable {
         for bucket in 0..self.buckets {
             let want = wanted.get(&bucket).copied().unwrap_or(0);
             let word = self.overflow(bucket);
-            if word.load(Ordering::Acquire) != want {
-                word.store(want, Ordering::Release);
+            if self.load(word) != want {
+                self.store(word, want);
             }
         }
     }
@@ -357,24 +328,20 @@ mod tests {
     use super::*;
 
     impl SlotTable {
-        /// A table in plain memory (what the kernel's map would hold, without the program).
+        /// A table in plain memory (a memfd: what the kernel's map would hold, without the
+        /// program).
         fn anonymous(buckets: u32, layout: Layout) -> SlotTable {
+            use std::os::fd::{FromRawFd as _, OwnedFd};
             let bytes = buckets as usize * fields(layout).words * 8;
-            // SAFETY: a fresh private anonymous mapping (zeroed), unmapped by `Drop`.
-            let ptr = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    bytes,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
+            // SAFETY: a fresh memfd, owned from here on.
+            let fd = unsafe {
+                let fd = libc::memfd_create(c"ban-slots".as_ptr(), 0);
+                assert!(fd >= 0, "memfd_create");
+                assert_eq!(libc::ftruncate(fd, bytes as libc::off_t), 0, "ftruncate");
+                OwnedFd::from_raw_fd(fd)
             };
-            assert_ne!(ptr, libc::MAP_FAILED);
             SlotTable {
-                words: NonNull::new(ptr.cast()).expect("mapped"),
-                bytes,
+                cells: Mapped::from_fd(fd, bytes),
                 buckets,
                 layout,
             }
@@ -494,7 +461,7 @@ mod tests {
         assert_eq!(table.overflow_total(), 20);
         for key in &hashed {
             for bucket in table.candidates(*key) {
-                assert!(table.overflow(bucket).load(Ordering::Relaxed) > 0);
+                assert!(table.load(table.overflow(bucket)) > 0);
             }
         }
         for key in &hashed {
