@@ -89,6 +89,9 @@ pub struct BanMaps {
     v6_prefix: u8,
     capacity: (u32, u32),
     force_overflow: bool,
+    /// The slot maps' own handles: the tables map duplicates, and programs of the same object
+    /// loaded later (benchmark twins) refer to these by fd.
+    _slot_maps: [Map; 2],
 }
 
 /// Which family a ban is of: index into the per-family arrays.
@@ -139,6 +142,7 @@ impl BanMaps {
             v6_prefix: ban_ipv6_prefix.min(128),
             capacity,
             force_overflow: false,
+            _slot_maps: [maps.slots_v4, maps.slots_v6],
         })
     }
 
