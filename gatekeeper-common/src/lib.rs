@@ -53,6 +53,14 @@ pub mod map_names {
     /// Per-source SYN token buckets, IPv6: LRU hash of `[u8; 16]` (masked like bans).
     /// The same for IPv6 sources masked like bans: an array of [`super::RateSlotV6`].
     pub const RATE_V6: &str = "GK_RATE_V6";
+    /// IPv4 ban slots in front of `BANS_V4`: an array of [`super::BanBucketV4`] (see
+    /// [`super::ban_slots`]); sized at load time (`max_bans` / 2 buckets, rounded up), mmapable.
+    pub const BAN_SLOTS_V4: &str = "GK_BAN_SLOTS_V4";
+    /// IPv6 ban slots in front of `BANS_V6`: an array of [`super::BanBucketV6`].
+    pub const BAN_SLOTS_V6: &str = "GK_BAN_SLOTS_V6";
+    /// Userspace bookkeeping: bans in force per family (`[IPv4, IPv6]`, slots and hash map
+    /// together), so `max_bans` holds exactly; the program never reads it.
+    pub const BAN_COUNT: &str = "GK_BAN_COUNT";
 }
 
 /// Name of the filter program in the eBPF object.
@@ -61,6 +69,8 @@ pub const PROGRAM_NAME: &str = "gatekeeper";
 pub const COARSE_CLOCK_GLOBAL: &str = "GK_COARSE_CLOCK";
 /// Global (`.rodata`) the loader sets to the number of values (pairs of slots) of each rate map.
 pub const RATE_PAIRS_GLOBAL: &str = "GK_RATE_PAIRS";
+/// Global (`.rodata`) the loader sets to the number of buckets of each ban slot map.
+pub const BAN_BUCKETS_GLOBAL: &str = "GK_BAN_BUCKETS";
 
 /// Largest number of entries each allowlist trie can hold (and of entry ids).
 pub const ALLOWLIST_CAPACITY: u32 = 1 << 20;
@@ -316,6 +326,101 @@ pub struct Ban {
     pub hits: u64,
 }
 
+/// The ban slots: a two-choice, 4-way set-associative table per family in front of the ban hash
+/// maps, because an array read costs a fraction of a kernel hash lookup (jhash, bucket walk,
+/// memcmp; docs/benchmarks.md). A source's two hashes name two buckets of [`BAN_WAYS`] slots;
+/// userspace (the only writer) puts a new ban in the one with more free slots. When both are full
+/// the ban goes to the hash map (`BANS_V4`/`BANS_V6`) and both buckets count it in `overflow`:
+/// the program looks in the hash map only when the source's first bucket has a non-zero count.
+/// With `max_bans / 2` buckets a full table fills at most half the slots, so that is rare.
+///
+/// Userspace writes single fields, in an order that lets a program run see either no ban or a
+/// whole one (IPv4: deadline, hits, then the key; IPv6: key, hits, then the deadline), extends a
+/// ban with one 8-byte store of the deadline, and lifts it by clearing the key (IPv4) or the
+/// deadline (IPv6). A freed slot records when it was freed and is not reused for
+/// [`ban_slots::QUARANTINE_NS`], so a run that matched the old key never reads a new ban's
+/// deadline.
+pub mod ban_slots {
+    /// Slots per bucket.
+    pub const WAYS: usize = 4;
+    /// A freed slot is not reused for this long (a program run lasts microseconds).
+    pub const QUARANTINE_NS: u64 = 1_000_000_000;
+
+    /// The key of a used IPv4 slot for `addr` (`u32::from_ne_bytes(octets)`): bit 0 set. A free
+    /// slot's key has bit 0 clear (its other bits: when it was freed, `CLOCK_MONOTONIC` ns).
+    #[inline(always)]
+    pub const fn v4_key(addr: u32) -> u64 {
+        ((addr as u64) << 32) | 1
+    }
+
+    /// The two candidate buckets of an IPv4 source (`addr` = `u32::from_ne_bytes(octets)`).
+    #[inline(always)]
+    pub const fn buckets_v4(addr: u32, buckets: u32) -> (u32, u32) {
+        let first = addr.wrapping_mul(0x9e37_79b1);
+        let second = addr.rotate_left(16).wrapping_mul(0x85eb_ca6b);
+        (scale(first, buckets), scale(second, buckets))
+    }
+
+    /// The two candidate buckets of a masked IPv6 source (`key`: its two native-endian halves).
+    #[inline(always)]
+    pub const fn buckets_v6(key: [u64; 2], buckets: u32) -> (u32, u32) {
+        let folded = key[0] ^ key[1].rotate_left(29);
+        let first = (folded.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32;
+        let second = (folded.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) >> 32) as u32;
+        (scale(first, buckets), scale(second, buckets))
+    }
+
+    /// A masked IPv6 source as the slots key it: two native-endian `u64`.
+    #[inline(always)]
+    pub fn v6_key(source: &[u8; 16]) -> [u64; 2] {
+        let mut high = [0u8; 8];
+        let mut low = [0u8; 8];
+        high.copy_from_slice(&source[..8]);
+        low.copy_from_slice(&source[8..]);
+        [u64::from_ne_bytes(high), u64::from_ne_bytes(low)]
+    }
+
+    /// `hash * buckets / 2^32`: any bucket count, no division.
+    #[inline(always)]
+    const fn scale(hash: u32, buckets: u32) -> u32 {
+        ((hash as u64 * buckets as u64) >> 32) as u32
+    }
+
+    /// Buckets of each family's slot map for a table of `max_bans` bans: 8 slots (two buckets)
+    /// for every 4 bans, so a full table fills half of them.
+    pub const fn buckets_for(max_bans: u32) -> u32 {
+        let bans = if max_bans < 2 { 2 } else { max_bans };
+        bans.div_ceil(2)
+    }
+}
+
+/// One bucket of `BAN_SLOTS_V4` (see [`ban_slots`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BanBucketV4 {
+    /// [`ban_slots::v4_key`] of the banned source, or a free slot (bit 0 clear).
+    pub keys: [u64; ban_slots::WAYS],
+    /// `CLOCK_MONOTONIC` ns, as in [`Ban`].
+    pub deadlines: [u64; ban_slots::WAYS],
+    /// Segments dropped (or counted) by the ban (bumped atomically).
+    pub hits: [u64; ban_slots::WAYS],
+    /// Bans of sources with this bucket as a candidate that live in the hash map.
+    pub overflow: u64,
+}
+
+/// One bucket of `BAN_SLOTS_V6` (see [`ban_slots`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BanBucketV6 {
+    /// The masked source ([`ban_slots::v6_key`]); meaningful only while the deadline is not 0.
+    pub keys: [[u64; 2]; ban_slots::WAYS],
+    /// `CLOCK_MONOTONIC` ns; 0: a free slot (no real deadline is 0).
+    pub deadlines: [u64; ban_slots::WAYS],
+    /// Segments dropped (or counted); in a free slot, when it was freed.
+    pub hits: [u64; ban_slots::WAYS],
+    pub overflow: u64,
+}
+
 /// Value of a deny entry in the deny tries.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -508,4 +613,6 @@ mod pod {
     unsafe impl aya::Pod for super::RateBucket {}
     unsafe impl aya::Pod for super::RateSlotV4 {}
     unsafe impl aya::Pod for super::RateSlotV6 {}
+    unsafe impl aya::Pod for super::BanBucketV4 {}
+    unsafe impl aya::Pod for super::BanBucketV6 {}
 }

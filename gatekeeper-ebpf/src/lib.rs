@@ -28,10 +28,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use gatekeeper_common::{
-    ALLOWLIST_CAPACITY, Ban, COUNTER_ENTRIES, Counter, DEFAULT_MAX_BANS,
+    ALLOWLIST_CAPACITY, Ban, BanBucketV4, BanBucketV6, COUNTER_ENTRIES, Counter, DEFAULT_MAX_BANS,
     DEFAULT_RATE_LIMIT_SOURCES, DENY_CAPACITY, DropEvent, Family, FilterConfig, IFINDEX_LIMIT,
     LOOKUP_DIR24, MAX_IFACE_SLOTS, Mode, RateBucket, RateSlotV4, RateSlotV6, RuleValue,
-    TokenBucket, blocked, counter_index, dir24, rule, summary,
+    TokenBucket, ban_slots, blocked, counter_index, dir24, rule, summary,
 };
 use parse::{Judged, Segment};
 
@@ -70,6 +70,24 @@ static BANS_V4: HashMap<[u8; 4], Ban> =
 #[map(name = "GK_BANS_V6")]
 static BANS_V6: HashMap<[u8; 16], Ban> =
     HashMap::with_max_entries(DEFAULT_MAX_BANS, BPF_F_NO_PREALLOC);
+
+// The ban slots in front of the ban hash maps (see gatekeeper_common::ban_slots): sized at load
+// time with the global below, written by userspace through mmap.
+#[map(name = "GK_BAN_SLOTS_V4")]
+static BAN_SLOTS_V4: Array<BanBucketV4> =
+    Array::with_max_entries(ban_slots::buckets_for(DEFAULT_MAX_BANS), BPF_F_MMAPABLE);
+
+#[map(name = "GK_BAN_SLOTS_V6")]
+static BAN_SLOTS_V6: Array<BanBucketV6> =
+    Array::with_max_entries(ban_slots::buckets_for(DEFAULT_MAX_BANS), BPF_F_MMAPABLE);
+
+/// Buckets of each ban slot map: the loader sets it to the maps' size (`.rodata`).
+#[unsafe(no_mangle)]
+static GK_BAN_BUCKETS: Global<u32> = Global::new(ban_slots::buckets_for(DEFAULT_MAX_BANS));
+
+/// Userspace's count of bans per family (`max_bans` is exact); the program never reads it.
+#[map(name = "GK_BAN_COUNT")]
+static BAN_COUNT: Array<u64> = Array::with_max_entries(2, 0);
 
 #[map(name = "GK_DENY_V4")]
 static DENY_V4: LpmTrie<[u8; 4], RuleValue> = LpmTrie::with_max_entries(DENY_CAPACITY, 0);
@@ -248,9 +266,7 @@ fn blocked_rule(
             if !region_flagged(&BLOCKED_V4, addr >> 8) {
                 return None;
             }
-            if let Some(ban) = BANS_V4.get_ptr_mut(v4)
-                && ban_in_force(ban, clock)
-            {
+            if banned_v4(v4, clock) {
                 return Some((Counter::Banned, rule::BANNED));
             }
             let value = DENY_V4.get(Key::new(32, v4))?;
@@ -264,9 +280,7 @@ fn blocked_rule(
             if !region_flagged(&BLOCKED_V6, region) {
                 return None;
             }
-            if let Some(ban) = BANS_V6.get_ptr_mut(masked_v6(segment, config))
-                && ban_in_force(ban, clock)
-            {
+            if banned_v6(masked_v6_words(segment, config), clock) {
                 return Some((Counter::Banned, rule::BANNED));
             }
             let value = DENY_V6.get(Key::new(128, segment.source))?;
@@ -274,6 +288,118 @@ fn blocked_rule(
             Some((Counter::DeniedList, rule::DENIED_LIST))
         }
     }
+}
+
+/// What the source's two ban buckets say.
+enum Probe {
+    /// The source's slot: its deadline and hit counter.
+    Slot(u64, *const u64),
+    /// Not in its buckets, but the hash map may hold it (its first bucket counts an overflow).
+    Overflow,
+    Absent,
+}
+
+/// Whether an IPv4 source is banned: its two buckets, then the hash map only when the first
+/// bucket says a ban overflowed there.
+#[inline(always)]
+fn banned_v4(v4: [u8; 4], clock: &mut Clock) -> bool {
+    match probe_v4(u32::from_ne_bytes(v4)) {
+        Probe::Slot(deadline, hits) => slot_in_force(deadline, hits, clock),
+        Probe::Absent => false,
+        Probe::Overflow => match BANS_V4.get_ptr_mut(v4) {
+            Some(ban) => ban_in_force(ban, clock),
+            None => false,
+        },
+    }
+}
+
+/// One 8-byte key load decides whether a slot holds the source (userspace stores the key last
+/// and frees a slot by clearing its bit 0); the deadline read next is stable (quarantine).
+#[inline(always)]
+fn probe_v4(addr: u32) -> Probe {
+    let want = ban_slots::v4_key(addr);
+    let (first, second) = ban_slots::buckets_v4(addr, GK_BAN_BUCKETS.load());
+    // An index past the map's end cannot happen (the loader sizes the maps and the global
+    // together); if it did, the hash map answers, so no ban is missed.
+    let Some(a) = BAN_SLOTS_V4.get(first) else {
+        return Probe::Overflow;
+    };
+    for i in 0..ban_slots::WAYS {
+        if a.keys[i] == want {
+            return Probe::Slot(a.deadlines[i], &a.hits[i]);
+        }
+    }
+    let Some(b) = BAN_SLOTS_V4.get(second) else {
+        return Probe::Overflow;
+    };
+    for i in 0..ban_slots::WAYS {
+        if b.keys[i] == want {
+            return Probe::Slot(b.deadlines[i], &b.hits[i]);
+        }
+    }
+    if a.overflow != 0 {
+        Probe::Overflow
+    } else {
+        Probe::Absent
+    }
+}
+
+/// The same for an IPv6 source masked to the ban prefix.
+#[inline(always)]
+fn banned_v6(words: [u64; 2], clock: &mut Clock) -> bool {
+    match probe_v6(words) {
+        Probe::Slot(deadline, hits) => slot_in_force(deadline, hits, clock),
+        Probe::Absent => false,
+        Probe::Overflow => {
+            let mut key = [0u8; 16];
+            key[..8].copy_from_slice(&words[0].to_ne_bytes());
+            key[8..].copy_from_slice(&words[1].to_ne_bytes());
+            match BANS_V6.get_ptr_mut(key) {
+                Some(ban) => ban_in_force(ban, clock),
+                None => false,
+            }
+        }
+    }
+}
+
+/// A slot is used while its deadline is not 0, which userspace stores after the key.
+#[inline(always)]
+fn probe_v6(want: [u64; 2]) -> Probe {
+    let (first, second) = ban_slots::buckets_v6(want, GK_BAN_BUCKETS.load());
+    let Some(a) = BAN_SLOTS_V6.get(first) else {
+        return Probe::Overflow;
+    };
+    for i in 0..ban_slots::WAYS {
+        let deadline = a.deadlines[i];
+        if deadline != 0 && a.keys[i] == want {
+            return Probe::Slot(deadline, &a.hits[i]);
+        }
+    }
+    let Some(b) = BAN_SLOTS_V6.get(second) else {
+        return Probe::Overflow;
+    };
+    for i in 0..ban_slots::WAYS {
+        let deadline = b.deadlines[i];
+        if deadline != 0 && b.keys[i] == want {
+            return Probe::Slot(deadline, &b.hits[i]);
+        }
+    }
+    if a.overflow != 0 {
+        Probe::Overflow
+    } else {
+        Probe::Absent
+    }
+}
+
+/// [`ban_in_force`] for a slot.
+#[inline(always)]
+fn slot_in_force(deadline: u64, hits: *const u64, clock: &mut Clock) -> bool {
+    if clock.now() >= deadline {
+        return false;
+    }
+    // SAFETY: points into an array map value, valid for the whole program run.
+    atomic_add(unsafe { &*hits }, 1);
+    true
 }
 
 /// Whether a deny entry or a ban touches region `region` (the source's top 24 bits).
@@ -304,11 +430,25 @@ fn ban_in_force(ban: *mut Ban, clock: &mut Clock) -> bool {
 /// The IPv6 source cut to the ban prefix: the key of the ban and rate maps.
 #[inline(always)]
 fn masked_v6(segment: &Segment, config: &FilterConfig) -> [u8; 16] {
+    let [high, low] = masked_v6_words(segment, config);
     let mut key = [0u8; 16];
-    for (i, byte) in key.iter_mut().enumerate() {
-        *byte = segment.source[i] & config.ban_v6_mask[i];
-    }
+    key[..8].copy_from_slice(&high.to_ne_bytes());
+    key[8..].copy_from_slice(&low.to_ne_bytes());
     key
+}
+
+/// The same as two native-endian words (the ban slots' key): two 8-byte loads and masks instead
+/// of sixteen byte loads, masks and shifts (`Segment` and `FilterConfig` keep both aligned).
+#[inline(always)]
+fn masked_v6_words(segment: &Segment, config: &FilterConfig) -> [u64; 2] {
+    let source = ban_slots::v6_key(&segment.source);
+    // The optimizer does not carry the map value's alignment to this field: read it as words.
+    const _: () = assert!(core::mem::offset_of!(FilterConfig, ban_v6_mask) % 8 == 0);
+    let mask = config.ban_v6_mask.as_ptr().cast::<u64>();
+    // SAFETY: the 16 bytes of the mask, 8-aligned (asserted above; the config is a map value,
+    // which the kernel aligns to 8).
+    let mask = unsafe { [mask.read(), mask.add(1).read()] };
+    [source[0] & mask[0], source[1] & mask[1]]
 }
 
 /// Spends one SYN's credit from the source's bucket; false when it has too little (over the rate).

@@ -37,10 +37,14 @@ const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 
 /// A TCP segment to a protected port, to be judged against the allowlist.
+///
+/// The source comes first in an 8-aligned struct, so its halves load as two 8-byte words (BPF
+/// has no unaligned loads: a byte array of unknown alignment is read a byte at a time).
+#[repr(C, align(8))]
 pub struct Segment {
-    pub family: Family,
     /// IPv4 sources use the first four bytes.
     pub source: [u8; 16],
+    pub family: Family,
     pub dest_port: u16,
     /// SYN without ACK: a connection attempt (the only kind reported as a drop event).
     pub syn_only: bool,

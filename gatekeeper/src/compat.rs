@@ -12,13 +12,15 @@ use gatekeeper_common::map_names;
 use crate::object::{PINNED_MAPS, PROGRAM_OBJECT};
 
 /// Maps whose capacity the loader sets from the config rather than taking from the object.
-const SIZED_AT_LOAD: [&str; 9] = [
+const SIZED_AT_LOAD: [&str; 11] = [
     map_names::DIR24,
     map_names::DIR24_LONG,
     map_names::ENTRY,
     map_names::SUMMARY_V4,
     map_names::BANS_V4,
     map_names::BANS_V6,
+    map_names::BAN_SLOTS_V4,
+    map_names::BAN_SLOTS_V6,
     map_names::BLOCKED_REFS,
     map_names::RATE_V4,
     map_names::RATE_V6,

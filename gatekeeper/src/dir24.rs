@@ -58,24 +58,41 @@ struct Windows {
 
 impl<T> Mapped<T> {
     pub(crate) fn new(map: &MapData, name: &str) -> anyhow::Result<Mapped<T>> {
+        Mapped::with_value_size(map, name, 8)
+    }
+
+    /// The same for a map of `value_size`-byte values (a multiple of 8, laid out back to back).
+    pub(crate) fn with_value_size(
+        map: &MapData,
+        name: &str,
+        value_size: u32,
+    ) -> anyhow::Result<Mapped<T>> {
         let info = map
             .info()
             .with_context(|| format!("reading {name}'s info"))?;
         anyhow::ensure!(
-            info.value_size() == 8,
-            "{name} holds {}-byte values, expected 8",
+            info.value_size() == value_size,
+            "{name} holds {}-byte values, expected {value_size}",
             info.value_size()
         );
-        let len = info.max_entries() as usize * 8 / size_of::<T>();
-        // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let bytes = (len * size_of::<T>()).div_ceil(page) * page;
         let fd = map
             .fd()
             .as_fd()
             .try_clone_to_owned()
             .with_context(|| format!("duplicating {name}'s descriptor"))?;
-        Ok(Mapped {
+        Ok(Mapped::from_fd(
+            fd,
+            info.max_entries() as usize * value_size as usize,
+        ))
+    }
+
+    /// `bytes` of the file `fd` (a BPF array map, or a memfd in tests), seen as `T`s.
+    pub(crate) fn from_fd(fd: std::os::fd::OwnedFd, bytes: usize) -> Mapped<T> {
+        let len = bytes / size_of::<T>();
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let bytes = (len * size_of::<T>()).div_ceil(page) * page;
+        Mapped {
             fd,
             len,
             bytes,
@@ -84,7 +101,7 @@ impl<T> Mapped<T> {
                 order: VecDeque::new(),
             }),
             _cell: std::marker::PhantomData,
-        })
+        }
     }
 
     /// The address of cell `index` (< `len`), mapping its window if needed.

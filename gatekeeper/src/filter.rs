@@ -14,8 +14,8 @@ use aya::{
     },
 };
 use gatekeeper_common::{
-    COARSE_CLOCK_GLOBAL, DEFAULT_MAX_BANS, DEFAULT_RATE_LIMIT_SOURCES, DENY_CAPACITY, PROGRAM_NAME,
-    RATE_PAIRS_GLOBAL, dir24, map_names, summary,
+    BAN_BUCKETS_GLOBAL, COARSE_CLOCK_GLOBAL, DEFAULT_MAX_BANS, DEFAULT_RATE_LIMIT_SOURCES,
+    DENY_CAPACITY, PROGRAM_NAME, RATE_PAIRS_GLOBAL, ban_slots, dir24, map_names, summary,
 };
 use tracing::{error, info, warn};
 
@@ -152,6 +152,7 @@ impl Filter {
     fn load_pinned(options: &LoadOptions<'_>, pins: &[(&str, PathBuf)]) -> anyhow::Result<Filter> {
         let mut loader = EbpfLoader::new();
         let rate_pairs = rate_pairs(options, pins)?;
+        let ban_buckets = ban_buckets(options, pins)?;
         // The DIR-24-8 tables shrink to one value each when the trie serves IPv4, and the summary
         // to its /16 level (its /20 and /24 levels are kept exact from the DIR-24-8 first level).
         let (tbl24, long, entries, summary) = match options.ipv4_lookup {
@@ -175,8 +176,11 @@ impl Filter {
                 options.max_bans.max(1).saturating_add(DENY_CAPACITY),
             )
             .map_max_entries(map_names::RATE_V4, rate_pairs)
-            .map_max_entries(map_names::RATE_V6, rate_pairs);
+            .map_max_entries(map_names::RATE_V6, rate_pairs)
+            .map_max_entries(map_names::BAN_SLOTS_V4, ban_buckets)
+            .map_max_entries(map_names::BAN_SLOTS_V6, ban_buckets);
         loader.override_global(RATE_PAIRS_GLOBAL, &rate_pairs, true);
+        loader.override_global(BAN_BUCKETS_GLOBAL, &ban_buckets, true);
         let coarse_clock = u32::from(has_coarse_clock());
         loader.override_global(COARSE_CLOCK_GLOBAL, &coarse_clock, true);
         for (name, path) in pins {
@@ -586,18 +590,36 @@ pub fn remove_pins(dir: &Path) -> anyhow::Result<()> {
 /// Values (pairs of slots) of each rate map: pinned maps keep the size they were made with (the
 /// program must index the maps it gets), new ones get half of `rate_limit_sources`, rounded up.
 fn rate_pairs(options: &LoadOptions<'_>, pins: &[(&str, PathBuf)]) -> anyhow::Result<u32> {
-    let pinned = pins
-        .iter()
-        .find(|(name, path)| *name == map_names::RATE_V4 && path.exists());
-    if let Some((_, path)) = pinned {
-        let map = MapData::from_pin(path)
-            .with_context(|| format!("opening the pinned map {}", path.display()))?;
-        return Ok(map
-            .info()
-            .context("reading the rate map's info")?
-            .max_entries());
+    if let Some(pairs) = pinned_size(pins, map_names::RATE_V4)? {
+        return Ok(pairs);
     }
     Ok(options.rate_limit_sources.clamp(2, 1 << 30).div_ceil(2))
+}
+
+/// Buckets of each ban slot map: pinned maps keep theirs (the program must index the maps it
+/// gets); new ones get half of the ban tables' size, rounded up (a full table fills half the
+/// slots). Ban hash maps pinned by a gatekeeper without slots set that size: their bans are
+/// counted as overflow at start and stay enforced.
+fn ban_buckets(options: &LoadOptions<'_>, pins: &[(&str, PathBuf)]) -> anyhow::Result<u32> {
+    if let Some(buckets) = pinned_size(pins, map_names::BAN_SLOTS_V4)? {
+        return Ok(buckets);
+    }
+    let bans = pinned_size(pins, map_names::BANS_V4)?.unwrap_or(options.max_bans);
+    Ok(ban_slots::buckets_for(bans))
+}
+
+/// `max_entries` of the pinned map `name`, if it is pinned.
+fn pinned_size(pins: &[(&str, PathBuf)], name: &str) -> anyhow::Result<Option<u32>> {
+    let Some((_, path)) = pins.iter().find(|(n, path)| *n == name && path.exists()) else {
+        return Ok(None);
+    };
+    let map = MapData::from_pin(path)
+        .with_context(|| format!("opening the pinned map {}", path.display()))?;
+    Ok(Some(
+        map.info()
+            .with_context(|| format!("reading {name}'s info"))?
+            .max_entries(),
+    ))
 }
 
 /// Whether the kernel has `bpf_ktime_get_coarse_ns` (Linux 5.11 and later), probed once. Without

@@ -9,7 +9,7 @@ pub static PROGRAM_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gatekeeper"));
 
 /// The names of every map the controller pins, in a stable order.
-pub const PINNED_MAPS: [&str; 21] = [
+pub const PINNED_MAPS: [&str; 24] = [
     map_names::DIR24,
     map_names::DIR24_LONG,
     map_names::ENTRY,
@@ -24,6 +24,9 @@ pub const PINNED_MAPS: [&str; 21] = [
     map_names::SUMMARY_V4,
     map_names::BANS_V4,
     map_names::BANS_V6,
+    map_names::BAN_SLOTS_V4,
+    map_names::BAN_SLOTS_V6,
+    map_names::BAN_COUNT,
     map_names::DENY_V4,
     map_names::DENY_V6,
     map_names::BLOCKED_V4,

@@ -451,7 +451,15 @@ fn open_port_rows(
     let until = clock::deadline_after(std::time::Duration::from_secs(3600));
     rules.bans.ban(banned.into(), until)?;
     rules.bans.ban(banned_v6.into(), until)?;
-    let mut bans = 2;
+    // One ban per family in the overflow hash map (as if both its buckets were full), so the
+    // fallback's cost stays measured: the two bucket probes, then the hash lookup.
+    let banned_hash = Ipv4Addr::new(192, 0, 2, 10);
+    let banned_hash_v6 = Ipv6Addr::new(0x3fff, 0, 0xbad, 1, 0, 0, 0, 9);
+    rules.bans.set_force_overflow(true);
+    rules.bans.ban(banned_hash.into(), until)?;
+    rules.bans.ban(banned_hash_v6.into(), until)?;
+    rules.bans.set_force_overflow(false);
+    let mut bans = 4;
     while bans < OPEN_BANS {
         let addr = if bans % 10 == 0 {
             std::net::IpAddr::V6(Ipv6Addr::from(u128::from(rng.next_u64()) << 64))
@@ -476,7 +484,7 @@ fn open_port_rows(
     println!(
         "\nopen port 25 (allowlist port 587) with {OPEN_DENY_ENTRIES} deny entries, {OPEN_BANS} bans, SYN limit on; filled in {fill_seconds:.1} s"
     );
-    let rows: [(&str, Vec<u8>); 10] = [
+    let rows: [(&str, Vec<u8>); 12] = [
         (
             "open port, SYN, passed, IPv4",
             tcp_v4(clear, HOST_V4, 25, TCP_SYN),
@@ -494,6 +502,10 @@ fn open_port_rows(
             tcp_v4(banned, HOST_V4, 25, TCP_SYN),
         ),
         (
+            "open port, SYN, banned (overflow hash), IPv4",
+            tcp_v4(banned_hash, HOST_V4, 25, TCP_SYN),
+        ),
+        (
             "open port, SYN, denied, IPv4",
             tcp_v4(denied, HOST_V4, 25, TCP_SYN),
         ),
@@ -509,6 +521,10 @@ fn open_port_rows(
         (
             "open port, SYN, banned, IPv6",
             tcp_v6(banned_v6, HOST_V6, 25, TCP_SYN),
+        ),
+        (
+            "open port, SYN, banned (overflow hash), IPv6",
+            tcp_v6(banned_hash_v6, HOST_V6, 25, TCP_SYN),
         ),
         (
             "allowlist port, SYN, allowed, IPv4",

@@ -97,7 +97,9 @@ fn deadline(rng: &mut Rng) -> u64 {
     let now = clock::monotonic_ns();
     match rng.below(4) {
         0 => now + 3_600_000_000_000,
-        1 => now.saturating_sub(3_600_000_000_000),
+        // At least 1: a ban's deadline is never 0 (that marks a free IPv6 ban slot), and a guest
+        // kernel booted a minute ago has no "an hour ago".
+        1 => now.saturating_sub(3_600_000_000_000).max(1),
         2 => now.saturating_sub(2 * BLUR_NS),
         _ => now + 2 * BLUR_NS + rng.below(400) as u64 * 1_000_000,
     }
@@ -529,5 +531,318 @@ fn pinned_bans_and_deny_entries_outlive_the_loader() {
     let deny = cli.deny.entries().expect("deny entries");
     assert_eq!(deny.len(), 1);
     assert_eq!(deny[0].hits, 1);
+    filter.unpin().expect("unpin");
+}
+
+/// Every ban of a full table at the default `max_bans` (100,000 per family) is dropped by the
+/// program and no other source is: the ban slots (two buckets of four per source) and the few
+/// bans that overflow into the hash maps together hold them all, and `max_bans` holds exactly.
+#[test]
+fn a_full_default_size_ban_table_drops_every_ban_and_nothing_else() {
+    if !kernel_tests_enabled("a_full_default_size_ban_table_drops_every_ban_and_nothing_else") {
+        return;
+    }
+    let options = LoadOptions::default();
+    let max = options.max_bans as usize;
+    let mut filter = load(&options, &policy(Mode::Enforce, 0, 0));
+    let until = clock::deadline_after(Duration::from_secs(600));
+    let mut rng = Rng::new(seed() ^ 0xf011);
+    let mut banned: std::collections::HashSet<IpAddr> = std::collections::HashSet::new();
+    // Distinct /64s (the ban prefix) and distinct IPv4 addresses, outside 192.0.2.0/24 (HOST).
+    let (mut v4, mut v6) = (0, 0);
+    while v4 < max || v6 < max {
+        let addr = if v4 < max {
+            IpAddr::V4(Ipv4Addr::from(rng.next_u64() as u32))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(u128::from(rng.next_u64()) << 64))
+        };
+        if addr == IpAddr::V4(HOST) || !banned.insert(addr) {
+            continue;
+        }
+        let outcome = filter.rules().bans.ban(addr, until).expect("room");
+        assert!(outcome.new, "{addr}");
+        if addr.is_ipv4() {
+            v4 += 1;
+        } else {
+            v6 += 1;
+        }
+    }
+    let (over_v4, over_v6) = filter.rules().bans.overflow_counters();
+    eprintln!(
+        "full table: {} buckets a family; overflow counters {over_v4} (IPv4), {over_v6} (IPv6)",
+        filter.rules().bans.buckets()
+    );
+    for addr in [
+        IpAddr::V4(Ipv4Addr::new(203, 0, 113, 250)),
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xfff, 0, 0, 0, 0, 1)),
+    ] {
+        match filter.rules().bans.ban(addr, until) {
+            Err(BanError::TableFull { .. }) => {}
+            other => panic!("expected a full table for {addr}, got {other:?}"),
+        }
+    }
+    assert_eq!(filter.rules().bans.list().expect("list").len(), 2 * max);
+    let frame = |addr: IpAddr| match addr {
+        IpAddr::V4(a) => tcp_v4(a, HOST, 25, SYN),
+        IpAddr::V6(a) => tcp_v6(a, HOST6, 25, SYN),
+    };
+    for addr in &banned {
+        assert_eq!(verdict(&mut filter, &frame(*addr)), XDP_DROP, "{addr}");
+    }
+    let mut strangers = 0;
+    while strangers < 50_000 {
+        let addr = if strangers % 2 == 0 {
+            IpAddr::V4(Ipv4Addr::from(rng.next_u64() as u32))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(
+                (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64()),
+            ))
+        };
+        let masked = match addr {
+            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) >> 64 << 64)),
+            v4 => v4,
+        };
+        if banned.contains(&masked) || addr == IpAddr::V4(HOST) {
+            continue;
+        }
+        strangers += 1;
+        assert_eq!(verdict(&mut filter, &frame(addr)), XDP_PASS, "{addr}");
+    }
+}
+
+/// A ban whose two buckets have no free slot lives in the hash map, counted in both buckets: the
+/// program still drops it, and lifting it takes the counts back to zero. A tiny `max_bans` and
+/// the quarantine of freed slots force that path: each ban lifted at once leaves its slot
+/// unusable for a second, so the few slots run out.
+#[test]
+fn a_ban_whose_buckets_are_full_lives_in_the_hash_map_and_still_drops() {
+    if !kernel_tests_enabled("a_ban_whose_buckets_are_full_lives_in_the_hash_map_and_still_drops") {
+        return;
+    }
+    let options = LoadOptions {
+        max_bans: 4,
+        ..LoadOptions::default()
+    };
+    let mut filter = load(&options, &policy(Mode::Enforce, 0, 0));
+    assert_eq!(filter.rules().bans.buckets(), 2, "max_bans / 2 buckets");
+    let until = clock::deadline_after(Duration::from_secs(600));
+    let v4 = |i: u16| IpAddr::V4(Ipv4Addr::new(203, 0, 113, i as u8));
+    let v6 = |i: u16| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xbad, i, 0, 0, 0, 1));
+    let frame = |addr: IpAddr| match addr {
+        IpAddr::V4(a) => tcp_v4(a, HOST, 25, SYN),
+        IpAddr::V6(a) => tcp_v6(a, HOST6, 25, SYN),
+    };
+    for (family, addr) in [("IPv4", &v4 as &dyn Fn(u16) -> IpAddr), ("IPv6", &v6)] {
+        // Ban and lift until a ban finds every slot of its buckets quarantined (at most 8 slots).
+        let mut overflowed = None;
+        for i in 1..=20 {
+            let a = addr(i);
+            assert!(filter.rules().bans.ban(a, until).expect("ban").new);
+            if filter.rules().bans.overflowed(a).expect("overflowed") {
+                overflowed = Some(a);
+                break;
+            }
+            assert_eq!(verdict(&mut filter, &frame(a)), XDP_DROP, "{a} in a slot");
+            assert!(filter.rules().bans.unban(a).expect("unban"));
+            assert_eq!(verdict(&mut filter, &frame(a)), XDP_PASS, "{a} lifted");
+        }
+        let a = overflowed.unwrap_or_else(|| panic!("{family}: no ban reached the hash map"));
+        let counters = filter.rules().bans.overflow_counters();
+        let counted = if family == "IPv4" {
+            counters.0
+        } else {
+            counters.1
+        };
+        assert_eq!(
+            counted, 2,
+            "{family}: counted once in each of its two buckets"
+        );
+        assert_eq!(
+            verdict(&mut filter, &frame(a)),
+            XDP_DROP,
+            "{a} in the hash map"
+        );
+        // Found, extended and listed like any other ban, with its hit.
+        let later = filter.rules().bans.ban(a, until + 5).expect("extend");
+        assert_eq!((later.new, later.deadline_ns), (false, until + 5));
+        let live = filter.rules().bans.get(a).expect("get").expect("banned");
+        assert_eq!((live.deadline_ns, live.hits), (until + 5, 1));
+        assert!(filter.rules().bans.list().expect("list").contains(&live));
+        // max_bans counts it: three more fit, the fourth does not.
+        for i in 100..103 {
+            filter.rules().bans.ban(addr(i), until).expect("room for 4");
+        }
+        match filter.rules().bans.ban(addr(103), until) {
+            Err(BanError::TableFull { capacity: 4, .. }) => {}
+            other => panic!("{family}: expected a full table, got {other:?}"),
+        }
+        assert!(filter.rules().bans.unban(a).expect("lift"));
+        assert_eq!(verdict(&mut filter, &frame(a)), XDP_PASS, "{a} lifted");
+        // (Those three may have overflowed too: every slot is still quarantined.)
+        for i in 100..103 {
+            assert!(filter.rules().bans.unban(addr(i)).expect("lift"));
+        }
+        let counters = filter.rules().bans.overflow_counters();
+        assert_eq!(
+            if family == "IPv4" {
+                counters.0
+            } else {
+                counters.1
+            },
+            0,
+            "{family}: lifting it clears the counts"
+        );
+    }
+}
+
+/// Ban hash maps pinned by a gatekeeper without ban slots (an upgrade) hold bans the new program
+/// finds only once the daemon's start-up repair counted them as overflow; after it they drop.
+#[test]
+fn bans_in_hash_maps_pinned_without_slots_drop_after_the_repair() {
+    if !kernel_tests_enabled("bans_in_hash_maps_pinned_without_slots_drop_after_the_repair") {
+        return;
+    }
+    let pins = PinDir::new("gk-bup");
+    std::fs::create_dir_all(pins.path()).expect("create the pin directory");
+    let options = LoadOptions {
+        pin_dir: Some(pins.path()),
+        ..LoadOptions::default()
+    };
+    let banned = [
+        IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 7, 7, 0, 0, 0, 1)),
+    ];
+    let until = clock::deadline_after(Duration::from_secs(600));
+    {
+        let mut filter = load(&options, &policy(Mode::Enforce, 0, 0));
+        filter.rules().bans.set_force_overflow(true);
+        for addr in banned {
+            filter.rules().bans.ban(addr, until).expect("ban");
+        }
+    }
+    // What an older gatekeeper leaves: the hash maps with their bans, no slots, no count.
+    for name in ["GK_BAN_SLOTS_V4", "GK_BAN_SLOTS_V6", "GK_BAN_COUNT"] {
+        std::fs::remove_file(pins.path().join(name)).expect("remove a pin");
+    }
+    let mut filter = load(&options, &policy(Mode::Enforce, 0, 0));
+    let frame = |addr: IpAddr| match addr {
+        IpAddr::V4(a) => tcp_v4(a, HOST, 25, SYN),
+        IpAddr::V6(a) => tcp_v6(a, HOST6, 25, SYN),
+    };
+    for addr in banned {
+        assert_eq!(
+            verdict(&mut filter, &frame(addr)),
+            XDP_PASS,
+            "{addr}: not counted as overflow yet (this is why the daemon repairs before attaching)"
+        );
+    }
+    filter.rules().bans.repair().expect("repair");
+    assert_eq!(filter.rules().bans.overflow_counters(), (2, 2));
+    for addr in banned {
+        assert_eq!(verdict(&mut filter, &frame(addr)), XDP_DROP, "{addr}");
+    }
+    // The count was rebuilt too: lifting both leaves room for max_bans again, counters at 0.
+    for addr in banned {
+        assert!(filter.rules().bans.unban(addr).expect("lift"));
+    }
+    assert_eq!(filter.rules().bans.overflow_counters(), (0, 0));
+    assert!(filter.rules().bans.list().expect("list").is_empty());
+    filter.unpin().expect("unpin");
+}
+
+/// While another handle of the pinned maps (as the CLI or the ban socket would) places and lifts
+/// bans in the same few buckets, in slots and through the overflow hash map, the program's
+/// verdict on a source banned all along and on one never banned does not change in any run.
+#[test]
+fn bans_placed_and_lifted_meanwhile_never_change_another_sources_verdict() {
+    if !kernel_tests_enabled(
+        "bans_placed_and_lifted_meanwhile_never_change_another_sources_verdict",
+    ) {
+        return;
+    }
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    let pins = PinDir::new("gk-brace");
+    std::fs::create_dir_all(pins.path()).expect("create the pin directory");
+    // 4 buckets of 4 slots a family: every source shares its buckets with the churn.
+    let options = LoadOptions {
+        pin_dir: Some(pins.path()),
+        max_bans: 8,
+        ..LoadOptions::default()
+    };
+    let mut filter = load(&options, &policy(Mode::Enforce, 0, 0));
+    let until = clock::deadline_after(Duration::from_secs(600));
+    let stable = [
+        IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1)),
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 1, 0, 0, 0, 1)),
+    ];
+    let never = [
+        IpAddr::V4(Ipv4Addr::new(203, 0, 113, 2)),
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 0, 0, 0, 1)),
+    ];
+    for addr in stable {
+        filter.rules().bans.ban(addr, until).expect("ban");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = Arc::clone(&stop);
+        let dir = pins.path().to_path_buf();
+        std::thread::spawn(move || {
+            let mut cli = gatekeeper::rules::Rules::open_pinned(&dir, 64).expect("open pins");
+            let churn: Vec<IpAddr> = (10..16u16)
+                .flat_map(|i| {
+                    [
+                        IpAddr::V4(Ipv4Addr::new(203, 0, 113, i as u8)),
+                        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, i, 0, 0, 0, 1)),
+                    ]
+                })
+                .collect();
+            let (mut rounds, mut overflowed) = (0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let until = clock::deadline_after(Duration::from_secs(600));
+                for addr in &churn {
+                    cli.bans.ban(*addr, until).expect("churn ban");
+                    overflowed += u64::from(cli.bans.overflowed(*addr).expect("overflowed"));
+                }
+                for addr in &churn {
+                    assert!(cli.bans.unban(*addr).expect("churn lift"), "{addr}");
+                }
+                rounds += 1;
+            }
+            (rounds, overflowed)
+        })
+    };
+    let frame = |addr: IpAddr| match addr {
+        IpAddr::V4(a) => tcp_v4(a, HOST, 25, SYN),
+        IpAddr::V6(a) => tcp_v6(a, HOST6, 25, SYN),
+    };
+    let frames: Vec<(Vec<u8>, u32, IpAddr)> = stable
+        .iter()
+        .map(|a| (frame(*a), XDP_DROP, *a))
+        .chain(never.iter().map(|a| (frame(*a), XDP_PASS, *a)))
+        .collect();
+    let started = std::time::Instant::now();
+    let mut runs = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        for (frame, want, addr) in &frames {
+            assert_eq!(
+                verdict(&mut filter, frame),
+                *want,
+                "{addr} after {runs} runs"
+            );
+            runs += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (rounds, overflowed) = writer.join().expect("the writer thread");
+    eprintln!(
+        "{runs} verdicts while {rounds} rounds of 12 bans and lifts ran ({overflowed} in the hash map)"
+    );
+    assert!(
+        rounds > 0 && overflowed > 0,
+        "the churn must reach the hash map too"
+    );
     filter.unpin().expect("unpin");
 }

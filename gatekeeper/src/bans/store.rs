@@ -47,6 +47,10 @@ pub trait BanTable {
     /// True if it was there.
     fn delete(&mut self, source: IpNet) -> anyhow::Result<bool>;
     fn entries(&self) -> anyhow::Result<Vec<(IpNet, LiveBan)>>;
+    /// Brings the maps' own bookkeeping in line with their bans (at daemon start).
+    fn repair(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// The network a ban of `addr` covers: the address itself for IPv4, its /`v6_prefix` for IPv6
@@ -297,10 +301,15 @@ impl<M: BanTable> BanStore<M> {
     }
 
     /// Puts the file's bans into the maps (at daemon start: after a reboot the maps are new and
-    /// empty; after a restart they hold these already). A live deadline later than the file's is
+    /// empty; after a restart they hold these already), after repairing the maps' bookkeeping. A live deadline later than the file's is
     /// kept. Returns how many were put, and the sources the maps refused as full.
     pub fn restore(&mut self) -> anyhow::Result<(usize, Vec<IpNet>)> {
         let now = Now::read();
+        // First (a broken state file must not stop it), before anything is counted against
+        // max_bans, and before the program is attached.
+        if let Some(maps) = self.maps.as_mut() {
+            maps.repair()?;
+        }
         let records = state::load(&self.state, now.unix)?;
         let Some(maps) = self.maps.as_mut() else {
             return Ok((0, Vec::new()));
@@ -350,6 +359,10 @@ impl BanTable for crate::rules::BanMaps {
         self.unban(source.addr())
     }
 
+    fn repair(&mut self) -> anyhow::Result<()> {
+        crate::rules::BanMaps::repair(self)
+    }
+
     fn entries(&self) -> anyhow::Result<Vec<(IpNet, LiveBan)>> {
         Ok(self
             .list()?
@@ -379,6 +392,9 @@ impl<T: BanTable> BanTable for &mut T {
     }
     fn entries(&self) -> anyhow::Result<Vec<(IpNet, LiveBan)>> {
         (**self).entries()
+    }
+    fn repair(&mut self) -> anyhow::Result<()> {
+        (**self).repair()
     }
 }
 

@@ -21,6 +21,7 @@ pub mod blocked;
 pub mod clock;
 mod deny;
 mod pinned;
+mod slots;
 
 use aya::Ebpf;
 pub use bans::{BanError, BanMaps, BanOutcome, LiveBan};
@@ -59,7 +60,17 @@ impl Rules {
         let (deny_blocked, ban_blocked) = (open()?, open()?);
         Ok(Rules {
             deny: DenyMaps::new(maps.deny_v4, maps.deny_v6, deny_blocked)?,
-            bans: BanMaps::new(maps.bans_v4, maps.bans_v6, ban_blocked, ban_ipv6_prefix)?,
+            bans: BanMaps::new(
+                bans::BanMapData {
+                    v4: maps.bans_v4,
+                    v6: maps.bans_v6,
+                    slots_v4: maps.slots_v4,
+                    slots_v6: maps.slots_v6,
+                    count: maps.ban_count,
+                },
+                ban_blocked,
+                ban_ipv6_prefix,
+            )?,
             _originals: [maps.blocked_v4, maps.blocked_v6, maps.refs],
         })
     }

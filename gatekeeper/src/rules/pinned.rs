@@ -18,6 +18,9 @@ pub(super) struct RuleMapData {
     pub blocked_v4: Map,
     pub blocked_v6: Map,
     pub refs: Map,
+    pub slots_v4: Map,
+    pub slots_v6: Map,
+    pub ban_count: Map,
 }
 
 impl RuleMapData {
@@ -34,6 +37,9 @@ impl RuleMapData {
             blocked_v4: take(map_names::BLOCKED_V4)?,
             blocked_v6: take(map_names::BLOCKED_V6)?,
             refs: take(map_names::BLOCKED_REFS)?,
+            slots_v4: take(map_names::BAN_SLOTS_V4)?,
+            slots_v6: take(map_names::BAN_SLOTS_V6)?,
+            ban_count: take(map_names::BAN_COUNT)?,
         })
     }
 
@@ -48,6 +54,9 @@ impl RuleMapData {
             blocked_v4: Map::Array(open(map_names::BLOCKED_V4)?),
             blocked_v6: Map::Array(open(map_names::BLOCKED_V6)?),
             refs: Map::HashMap(open(map_names::BLOCKED_REFS)?),
+            slots_v4: Map::Array(open(map_names::BAN_SLOTS_V4)?),
+            slots_v6: Map::Array(open(map_names::BAN_SLOTS_V6)?),
+            ban_count: Map::Array(open(map_names::BAN_COUNT)?),
         })
     }
 }

@@ -58,10 +58,12 @@ pub const SUITES: &[Suite] = &[
     },
     // Bans, deny entries, open ports and the SYN bucket against the reference, the /24 bitmap,
     // a full ban table, pinned bans: fewer frames, one test at a time, as for differential.
+    // The default-size ban table (200,000 bans, 250,000 test runs) is userspace placement over
+    // plain array reads: checked on the host; the guests check the slots and the overflow path.
     Suite {
         name: "rules",
         only: &[],
-        skip: &[],
+        skip: &["a_full_default_size_ban_table_drops_every_ban_and_nothing_else"],
         env: &[("GATEKEEPER_FRAMES", "5000"), ("RUST_TEST_THREADS", "1")],
     },
     // Namespaces, a veth and real TCP against the real daemon.
