@@ -20,9 +20,11 @@ pub mod bans;
 pub mod dns;
 pub mod duration;
 pub mod locate;
+pub mod sender_auth;
 
 pub use bans::BansConfig;
 pub use dns::DnsConfig;
+pub use sender_auth::{DmarcPolicy, SenderAuthConfig};
 
 pub use locate::{ConfigError, Invalid, KeyPath};
 
@@ -104,6 +106,8 @@ struct RawConfig {
     bans: Option<bans::RawBans>,
     /// Nameservers for the checks (and delivery without its own); off when absent.
     dns: Option<dns::RawDns>,
+    /// SPF, DKIM, DMARC, ARC; off when absent.
+    sender_auth: Option<sender_auth::RawSenderAuth>,
 }
 
 /// The documented defaults (README, configuration reference), in one place.
@@ -135,6 +139,7 @@ impl Default for RawConfig {
             delivery: None,
             bans: None,
             dns: None,
+            sender_auth: None,
         }
     }
 }
@@ -279,6 +284,8 @@ struct RawListener {
     allow: Vec<IpNet>,
     #[serde(default)]
     allow_gatekeeper: Vec<PathBuf>,
+    #[serde(default)]
+    dmarc_policy: DmarcPolicy,
 }
 
 #[derive(Debug, Deserialize)]
@@ -303,6 +310,8 @@ pub struct ListenerConfig {
     pub fixed_allow: Vec<IpNet>,
     /// The gatekeeper configs named in `allow_gatekeeper`, resolved.
     pub gatekeeper_files: Vec<PathBuf>,
+    /// What a DMARC `p=reject` failure gets here (`honor` only on `mta`).
+    pub dmarc_policy: DmarcPolicy,
 }
 
 impl ListenerConfig {
@@ -417,6 +426,8 @@ pub struct Config {
     pub bans: Option<BansConfig>,
     /// `None`: no `[dns]` table; no check may use DNS.
     pub dns: Option<DnsConfig>,
+    /// `None`: no `[sender_auth]` table; no SPF/DKIM/DMARC (forged results are still removed).
+    pub sender_auth: Option<SenderAuthConfig>,
 }
 
 impl Config {
@@ -569,12 +580,18 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
             "this listener admits no peer: set allow (e.g. [\"0.0.0.0/0\", \"::/0\"]) \
              or allow_gatekeeper",
         )?;
+        ensure(
+            l.dmarc_policy != DmarcPolicy::Honor || l.role == Role::Mta,
+            &at.key("dmarc_policy"),
+            "\"honor\" is only for role \"mta\" (clients elsewhere are authenticated)",
+        )?;
         listeners.push(ListenerConfig {
             address: l.address,
             role: l.role,
             allow,
             fixed_allow: l.allow,
             gatekeeper_files,
+            dmarc_policy: l.dmarc_policy,
         });
     }
 
@@ -650,6 +667,10 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         Some(b) => Some(bans::validate(b, &base, &root.key("bans"))?),
         None => None,
     };
+    let sender_auth = raw
+        .sender_auth
+        .map(|s| sender_auth::validate(s, &hostname, dns.is_some(), &root.key("sender_auth")))
+        .transpose()?;
 
     Ok(Config {
         path: path.to_owned(),
@@ -671,6 +692,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         delivery,
         bans,
         dns,
+        sender_auth,
     })
 }
 

@@ -28,6 +28,8 @@
 //! - [`refusal`]: refusal reasons (metric labels) and message outcomes.
 //! - [`throttle`]: AUTH brute-force delays and lockout.
 //! - [`bans`]: ban triggers and the client of the gatekeeper's ban socket.
+//! - [`sender_auth`]: SPF, DKIM, ARC, DMARC and our `Authentication-Results:` field.
+//! - [`message_sink`]: where DATA goes: the spool, or held for verification (bounded).
 
 pub mod address;
 pub mod admission;
@@ -44,10 +46,12 @@ pub mod delivery;
 pub mod disconnect;
 pub mod dns;
 pub mod envelope;
+pub mod message_sink;
 pub mod metrics;
 pub mod password;
 pub mod refusal;
 pub mod reply;
+pub mod sender_auth;
 pub mod server;
 pub mod session;
 pub mod spool;

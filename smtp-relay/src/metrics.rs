@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use crate::bans::{BanResult, Trigger};
 use crate::disconnect::Disconnect;
 use crate::refusal::Refusal;
+use crate::sender_auth::{AuthCheck, CheckResult};
 
 pub struct Counter(AtomicU64);
 
@@ -95,6 +96,18 @@ pub fn ban_result(trigger: Trigger, result: BanResult) {
 
 pub fn ban_result_count(trigger: Trigger, result: BanResult) -> u64 {
     BAN_RESULTS[trigger as usize][result as usize].get()
+}
+
+/// Sender authentication results, by check and result.
+static CHECKS: [[Counter; CheckResult::COUNT]; AuthCheck::COUNT] =
+    [const { [const { Counter::new() }; CheckResult::COUNT] }; AuthCheck::COUNT];
+
+pub fn checked(check: AuthCheck, result: CheckResult) {
+    CHECKS[check as usize][result as usize].inc();
+}
+
+pub fn check_count(check: AuthCheck, result: CheckResult) -> u64 {
+    CHECKS[check as usize][result as usize].get()
 }
 
 /// The exposition text (Prometheus text format 0.0.4).
@@ -180,6 +193,19 @@ impl Collector for Snapshot {
                 })
             }),
         )?;
+        expose::counter_family(
+            e,
+            "smtp_relay_checks",
+            "Sender authentication results (SPF, DKIM, ARC, DMARC), by check and result.",
+            AuthCheck::iter().flat_map(|c| {
+                CheckResult::iter().map(move |r| {
+                    (
+                        [("check", c.as_str()), ("result", r.as_str())],
+                        check_count(c, r),
+                    )
+                })
+            }),
+        )?;
         let depth = QUEUE_DEPTH.get();
         let oldest = OLDEST_RECEIVED_AT.get();
         let age = if depth == 0 || oldest == 0 {
@@ -229,6 +255,7 @@ mod tests {
             "smtp_relay_disconnects_total{reason=\"closed\"} ",
             "smtp_relay_bans_requested_total{trigger=\"auth_failures\"} ",
             "smtp_relay_ban_results_total{trigger=\"pre_greet\",result=\"dropped\"} ",
+            "smtp_relay_checks_total{check=\"dmarc\",result=\"temperror\"} ",
             "smtp_relay_queue_depth ",
             "smtp_relay_oldest_message_age_seconds ",
         ] {

@@ -20,6 +20,7 @@ pub enum Refusal {
     LineTooLong,
     AuthThrottled,
     Timeout,
+    DmarcReject,
 }
 
 impl Refusal {
@@ -59,6 +60,7 @@ mod tests {
                 "line_too_long",
                 "auth_throttled",
                 "timeout",
+                "dmarc_reject",
             ]
         );
     }
