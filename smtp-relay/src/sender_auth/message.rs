@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use mail_auth::dkim::DkimError;
 use mail_auth::dmarc::Policy;
 use mail_auth::{
     ArcOutput, AuthenticatedMessage, DkimOutput, DkimResult, DmarcOutput, DmarcResult, DnsError,
@@ -95,7 +96,7 @@ impl SenderAuth {
             verdict.header = ar.header();
             return verdict;
         };
-        let dkim: Vec<DkimOutput<'_>> = if self.dkim_on() {
+        let verified: Vec<DkimOutput<'_>> = if self.dkim_on() {
             within(deadline, self.auth.verify_dkim(&parsed), || {
                 vec![DkimOutput::temp_err(timed_out())]
             })
@@ -103,6 +104,7 @@ impl SenderAuth {
         } else {
             Vec::new()
         };
+        let dkim = body_hash_mismatch_is_fail(&verified);
         if self.dkim_on() {
             ar.dkim(&dkim, parsed.from());
             verdict.dkim = Some(CheckResult::of_dkim_all(&dkim));
@@ -181,6 +183,20 @@ impl SenderAuth {
         verdict.header = ar.header();
         verdict
     }
+}
+
+/// A body that does not match its signature's hash is `fail` (RFC 6376 3.7: PERMFAIL "body
+/// hash did not verify"; RFC 8601 2.7.1: signed, but failed verification). mail-auth says
+/// `neutral` there.
+fn body_hash_mismatch_is_fail<'a>(all: &'a [DkimOutput<'_>]) -> Vec<DkimOutput<'a>> {
+    all.iter()
+        .map(|o| match (o.result(), o.signature()) {
+            (DkimResult::Neutral(e @ Error::Dkim(DkimError::FailedBodyHashMatch)), Some(sig)) => {
+                DkimOutput::fail(e.clone()).with_signature(sig)
+            }
+            _ => o.clone(),
+        })
+        .collect()
 }
 
 /// Reject only a real `fail` under `p=reject` and `honor` (never a temperror or permerror),
