@@ -950,7 +950,9 @@ async fn finish_message(
         };
         c.wait_spf().await;
         let auth = &c.auth;
-        let v = auth.verify(&held, c.spf(), dmarc_policy).await;
+        let v = auth
+            .verify(&held, c.identity.ip, c.spf(), dmarc_policy)
+            .await;
         let reject = matches!(v.action, DmarcAction::Reject { .. });
         let mut prefix = format!("{received}{}", v.header);
         if let DmarcAction::Quarantine { policy, domain } = &v.action {

@@ -61,10 +61,11 @@ async fn within<T>(
 
 impl SenderAuth {
     /// Runs the checks that are on over `msg` (the message as received, before any header of
-    /// ours). `spf` is the transaction's SPF result, when SPF ran.
+    /// ours) from `client`. `spf` is the transaction's SPF result, when SPF ran.
     pub async fn verify(
         &self,
         msg: &[u8],
+        client: std::net::IpAddr,
         spf: Option<(&SpfOutput, &SpfIdentity)>,
         policy: DmarcPolicy,
     ) -> Verdict {
@@ -114,10 +115,7 @@ impl SenderAuth {
                 ArcOutput::default().with_result(DkimResult::TempError(timed_out()))
             })
             .await;
-            ar.arc(
-                &arc,
-                spf.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |(_, w)| w.ip),
-            );
+            ar.arc(&arc, client);
             verdict.arc = Some(CheckResult::of_dkim(arc.result()));
             Some(arc)
         } else {

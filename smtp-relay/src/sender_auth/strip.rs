@@ -13,6 +13,18 @@ const FIELD: &[u8] = b"authentication-results";
 /// anyway (`max_text_line` ≤ 16384); an A-R field this long is dropped whoever it claims.
 const HOLD_LIMIT: usize = 64 * 1024;
 
+/// The header field being read.
+#[derive(Debug)]
+enum Open {
+    None,
+    /// Held until its last line: judged then, on the whole field.
+    Held(Vec<u8>),
+    /// Too long to hold and not an A-R field: its further lines pass.
+    Passing,
+    /// An A-R field too long to read: dropped whoever it claims.
+    Dropping,
+}
+
 /// The filter over one message.
 #[derive(Debug)]
 pub struct Stripper {
@@ -21,10 +33,7 @@ pub struct Stripper {
     in_body: bool,
     /// The header line read so far (no line end yet).
     line: Vec<u8>,
-    /// The A-R field held until its end, if one is open.
-    field: Option<Vec<u8>>,
-    /// The open A-R field grew past [`HOLD_LIMIT`]: too long to read, so it goes.
-    field_too_long: bool,
+    field: Open,
     removed: usize,
 }
 
@@ -35,8 +44,7 @@ impl Stripper {
             id: id.into_bytes(),
             in_body: false,
             line: Vec::new(),
-            field: None,
-            field_too_long: false,
+            field: Open::None,
             removed: 0,
         }
     }
@@ -87,21 +95,27 @@ impl Stripper {
             out.extend_from_slice(&line);
             return;
         }
-        if matches!(line.first(), Some(b' ' | b'\t')) {
-            match &mut self.field {
-                Some(field) if field.len() + line.len() <= HOLD_LIMIT => {
-                    field.extend_from_slice(&line);
-                }
-                Some(_) => self.field_too_long = true,
-                None => out.extend_from_slice(&line),
-            }
+        if !matches!(line.first(), Some(b' ' | b'\t')) {
+            self.close_field(out);
+            self.field = Open::Held(line);
             return;
         }
-        self.close_field(out);
-        if field_name_is_ar(&line) {
-            self.field = Some(line);
-        } else {
-            out.extend_from_slice(&line);
+        match &mut self.field {
+            Open::Held(field) if field.len() + line.len() <= HOLD_LIMIT => {
+                field.extend_from_slice(&line);
+            }
+            Open::Held(field) => {
+                if is_ar_field(field) {
+                    self.removed += 1;
+                    self.field = Open::Dropping;
+                } else {
+                    out.append(field);
+                    out.extend_from_slice(&line);
+                    self.field = Open::Passing;
+                }
+            }
+            Open::Dropping => {}
+            Open::Passing | Open::None => out.extend_from_slice(&line),
         }
     }
 
@@ -110,11 +124,10 @@ impl Stripper {
         self.in_body = true;
     }
 
-    /// Decides on the held A-R field: out if it is ours (or too long to read), else kept.
+    /// Judges the held field: out if it is an A-R field of ours, else kept.
     fn close_field(&mut self, out: &mut Vec<u8>) {
-        let too_long = std::mem::take(&mut self.field_too_long);
-        if let Some(field) = self.field.take() {
-            if too_long || authserv_id(&field).is_some_and(|id| self.is_ours(id)) {
+        if let Open::Held(field) = std::mem::replace(&mut self.field, Open::None) {
+            if is_ar_field(&field) && authserv_id(&field).is_some_and(|id| self.is_ours(id)) {
                 self.removed += 1;
             } else {
                 out.extend_from_slice(&field);
@@ -128,14 +141,13 @@ impl Stripper {
     }
 }
 
-/// Whether a header line starts the `Authentication-Results` field (any case, optional
-/// white space before the colon as RFC 5322's obsolete syntax allows).
-fn field_name_is_ar(line: &[u8]) -> bool {
-    let Some(colon) = line.iter().position(|&b| b == b':') else {
+/// Whether a (whole) header field is `Authentication-Results`: any case, white space (even
+/// a line break, which a lax reader may unfold) allowed before the colon.
+fn is_ar_field(field: &[u8]) -> bool {
+    let Some(colon) = field.iter().position(|&b| b == b':') else {
         return false;
     };
-    let name = line[..colon].trim_ascii_end();
-    name.eq_ignore_ascii_case(FIELD)
+    field[..colon].trim_ascii().eq_ignore_ascii_case(FIELD)
 }
 
 /// The authserv-id of a whole (unfolded or folded) A-R field: the first value after the
