@@ -159,10 +159,15 @@ fn start_nsd(zones: &[(&'static str, String)]) -> Nsd {
 /// The relay with `[sender_auth]` (`table`), a second `mta` listener under
 /// `dmarc_policy = "honor"`, the `dns` table and delivery of example.org to `hop`.
 fn relay(tag: &str, dns: &str, table: &str, hop: &NextHop) -> TestServer {
+    relay_with(tag, "", dns, table, hop)
+}
+
+/// [`relay`] with top-level keys `top`.
+fn relay_with(tag: &str, top: &str, dns: &str, table: &str, hop: &NextHop) -> TestServer {
     let honor = "[[listener]]\naddress = \"127.0.0.1:0\"\nrole = \"mta\"\n\
                  allow = [\"127.0.0.0/8\"]\ndmarc_policy = \"honor\"\n";
     let config = format!(
-        "{}\n{dns}\n{table}\n{}",
+        "{top}\n{}\n{dns}\n{table}\n{}",
         config_text(honor, 1_000_000),
         delivery_section(&[("example.org", hop.addr, "none")], "")
     );
@@ -362,7 +367,7 @@ fn dmarc_results_and_the_listener_policy() {
     let server = relay(
         "auth-dmarc",
         &nsd.dns_section(),
-        "[sender_auth]\nspf = true\ndkim = true\ndmarc = true\n",
+        "[sender_auth]\nspf = true\ndkim = true\ndmarc = true\narc = true\n",
         &hop,
     );
     let (report_only, honor) = (mta(&server, false), mta(&server, true));
@@ -422,6 +427,8 @@ fn dmarc_results_and_the_listener_policy() {
     let m = by_subject(&got, "dmarc-pass");
     assert_eq!(result_of(m, "dmarc"), "pass");
     assert_eq!(result_of(m, "dkim"), "pass");
+    // No ARC set in the message.
+    assert_eq!(result_of(m, "arc"), "none");
     assert!(!String::from_utf8_lossy(&m.data).contains("X-Gatekeeper-Quarantine"));
 
     let m = by_subject(&got, "dmarc-reject-report");
@@ -618,4 +625,86 @@ fn checks_need_a_dns_table_and_honor_needs_an_mta_listener() {
         c.sender_auth.expect("table").authserv_id,
         "auth.example.org"
     );
+}
+
+#[test]
+fn spf_does_not_hold_up_pipelined_commands() {
+    // DNS that never answers: SPF takes its whole deadline, but only after the message.
+    let silent = SilentDns::start();
+    let hop = NextHop::start("127.0.0.1:0", Script::default());
+    let dns = format!(
+        "[dns]\nnameservers = [\"{}\"]\ntimeout_ms = 10000\n",
+        silent.addr
+    );
+    let server = relay(
+        "auth-pipelining",
+        &dns,
+        "[sender_auth]\nspf = true\ncheck_timeout_ms = 4000\n",
+        &hop,
+    );
+    let mut c = Client::connect(mta(&server, false));
+    c.ehlo();
+    let started = Instant::now();
+    c.send_raw(b"MAIL FROM:<a@pipelined.spf.test>\r\nRCPT TO:<user@example.org>\r\nNOOP\r\n");
+    c.read_reply().expect(250, "2.1.0");
+    c.read_reply().expect(250, "2.1.5");
+    c.read_reply().expect(250, "2.0.0");
+    let replies = started.elapsed();
+    // Far below the 4 s the lookup takes: the replies did not wait for it.
+    assert!(replies < Duration::from_secs(2), "{replies:?}");
+    // RSET ends the transaction (and its lookup); a new one works as usual.
+    c.cmd("RSET").expect(250, "2.0.0");
+    let r = c.send_mail(
+        "a@pipelined.spf.test",
+        &["user@example.org"],
+        message("a@pipelined.spf.test", "pipelined").as_bytes(),
+    );
+    r.expect(250, "2.0.0");
+    let got = hop.wait_for(1, WAIT);
+    assert_eq!(result_of(by_subject(&got, "pipelined"), "spf"), "temperror");
+}
+
+#[test]
+fn authenticated_and_trusted_clients_are_not_checked_but_still_stripped() {
+    let ed = DkimKey::ed25519();
+    let nsd = start_nsd(&zones(&ed, None));
+    let hop = NextHop::start("127.0.0.1:0", Script::default());
+    let server = relay_with(
+        "auth-scope",
+        "trusted_networks = [\"127.0.0.2/32\"]",
+        &nsd.dns_section(),
+        "[sender_auth]\nspf = true\ndkim = true\ndmarc = true\n",
+        &hop,
+    );
+    let forged = |subject: &str| {
+        format!(
+            "Authentication-Results: mx.example.org; spf=pass\r\n{}",
+            message("alice@example.org", subject)
+        )
+    };
+    let mut c = Client::connect_from(mta(&server, true), "127.0.0.2".parse().expect("ip"));
+    c.ehlo();
+    c.send_mail(
+        "a@fail.spf.test",
+        &["user@example.org"],
+        forged("trusted").as_bytes(),
+    )
+    .expect(250, "2.0.0");
+    let mut c = Client::connect_tls(server.addr(Role::Submissions), &server.setup.ca());
+    c.ehlo();
+    c.auth_plain("alice", common::PASSWORD).expect(235, "2.7.0");
+    c.send_mail(
+        "alice@example.org",
+        &["user@example.org"],
+        forged("authenticated").as_bytes(),
+    )
+    .expect(250, "2.0.0");
+    let got = hop.wait_for(2, WAIT);
+    for subject in ["trusted", "authenticated"] {
+        let text = String::from_utf8_lossy(&by_subject(&got, subject).data).into_owned();
+        assert!(
+            !text.contains("Authentication-Results"),
+            "{subject}: {text}"
+        );
+    }
 }
