@@ -30,7 +30,7 @@ impl MessageSink {
     /// Holds up to `limit` bytes (a little more: one read's worth) before asking to spill.
     pub fn holding(writer: SpoolWriter, authserv_id: &str, limit: usize) -> MessageSink {
         let mut sink = MessageSink::streaming(writer, authserv_id);
-        sink.held = Some((Vec::with_capacity(limit.min(256 * 1024)), limit));
+        sink.held = Some((Vec::with_capacity(limit.min(64 * 1024)), limit));
         sink
     }
 

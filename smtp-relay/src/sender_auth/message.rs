@@ -204,7 +204,7 @@ pub fn decide(dmarc: &DmarcOutput, policy: DmarcPolicy, sealed_by_trusted: bool)
     if !matches!(dmarc.result(), DmarcResult::Fail(_)) {
         return DmarcAction::Accept;
     }
-    let domain = dmarc.domain().to_owned();
+    let domain = printable_domain(dmarc.domain());
     match dmarc.policy() {
         Policy::Reject if policy == DmarcPolicy::Honor && !sealed_by_trusted => {
             DmarcAction::Reject { domain }
@@ -219,6 +219,22 @@ pub fn decide(dmarc: &DmarcOutput, policy: DmarcPolicy, sealed_by_trusted: bool)
         },
         Policy::None | Policy::Unspecified => DmarcAction::Accept,
     }
+}
+
+/// The From domain as it may appear in our reply and header: it comes from the message, so
+/// anything but letters, digits, dots, hyphens and underscores becomes `?` (no CR/LF ever
+/// reaches the client or the header block).
+fn printable_domain(domain: &str) -> String {
+    domain
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || ".-_".contains(c) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
 }
 
 impl CheckResult {
@@ -274,5 +290,19 @@ impl CheckResult {
             CheckResult::PermError => 5,
             CheckResult::None => 6,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_domain_from_the_message_cannot_break_a_reply_or_header() {
+        assert_eq!(printable_domain("example.com"), "example.com");
+        assert_eq!(
+            printable_domain("evil.example\r\n250 ok"),
+            "evil.example??250?ok"
+        );
     }
 }
