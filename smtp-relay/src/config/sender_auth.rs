@@ -143,10 +143,8 @@ pub(super) fn validate(
         .map_or("spf", |(key, _)| key);
         return Err(Invalid::new(
             at.key(on),
-            format!(
-                "sender_auth.{on} needs a [dns] table with the nameservers to ask (the \
-                 checks never use the system resolver)"
-            ),
+            "needs a [dns] table with the nameservers to ask (the checks never use the \
+             system resolver)",
         ));
     }
     Ok(config)
