@@ -85,12 +85,18 @@ impl DkimKey {
 
     /// `msg` with a DKIM-Signature of `domain`/`selector` on top.
     fn sign(&self, msg: &str, domain: &str, selector: &str) -> String {
+        self.sign_headers(msg, domain, selector, &HEADERS)
+    }
+
+    /// [`DkimKey::sign`] over the header fields `headers`.
+    fn sign_headers(&self, msg: &str, domain: &str, selector: &str, headers: &[&str]) -> String {
+        let headers = headers.iter().copied();
         let signature = match self {
             DkimKey::Ed25519(pkcs8) => {
                 DkimSigner::from_key(Ed25519Key::from_pkcs8_der(pkcs8).expect("key"))
                     .domain(domain)
                     .selector(selector)
-                    .headers(HEADERS)
+                    .headers(headers.clone())
                     .sign(msg.as_bytes())
             }
             DkimKey::Rsa(pem, _) => {
@@ -98,7 +104,7 @@ impl DkimKey {
                 DkimSigner::from_key(RsaKey::<Sha256>::from_key_der(der).expect("key"))
                     .domain(domain)
                     .selector(selector)
-                    .headers(HEADERS)
+                    .headers(headers.clone())
                     .sign(msg.as_bytes())
             }
         }
@@ -758,4 +764,40 @@ fn a_trusted_arc_sealer_turns_a_dmarc_reject_into_the_header() {
         String::from_utf8_lossy(&m.data)
             .contains("X-Gatekeeper-Quarantine: dmarc=fail policy=reject domain=reject.dmarc.test")
     );
+}
+
+#[test]
+fn verification_runs_on_the_bytes_as_received_before_the_forged_field_goes() {
+    // The signer covered a (forged) A-R field of ours: verifying after removing it would
+    // break the signature. The relay verifies first, then removes it.
+    let ed = DkimKey::ed25519();
+    let nsd = start_nsd(&zones(&ed, None));
+    let hop = NextHop::start("127.0.0.1:0", Script::default());
+    let server = relay(
+        "auth-original",
+        &nsd.dns_section(),
+        "[sender_auth]\ndkim = true\n",
+        &hop,
+    );
+    let msg = format!(
+        "Authentication-Results: mx.example.org; dkim=pass header.d=bank.example\r\n{}",
+        message("a@dkim.test", "signed-forgery")
+    );
+    let signed = ed.sign_headers(
+        &msg,
+        "dkim.test",
+        "ed",
+        &["From", "Subject", "Authentication-Results"],
+    );
+    send(
+        mta(&server, false),
+        "client.example",
+        "a@dkim.test",
+        &signed,
+    )
+    .expect(250, "2.0.0");
+    let got = hop.wait_for(1, WAIT);
+    let m = by_subject(&got, "signed-forgery");
+    assert_eq!(result_of(m, "dkim"), "pass", "{}", our_results(m));
+    assert!(!String::from_utf8_lossy(&m.data).contains("bank.example"));
 }
