@@ -148,6 +148,7 @@ mod tests {
             allow,
             fixed_allow: fixed,
             gatekeeper_files: vec![file],
+            dmarc_policy: Default::default(),
         }
     }
 

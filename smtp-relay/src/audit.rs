@@ -224,6 +224,35 @@ pub fn helo(
         result = result.as_str(), outcome, "suspicious HELO name");
 }
 
+/// The sender authentication results of one message (counted per check), on one line next
+/// to the message's own (`queue_id` ties them).
+pub fn check(client: SocketAddr, queue_id: &str, verdict: &crate::sender_auth::message::Verdict) {
+    use crate::sender_auth::{AuthCheck, CheckResult};
+    let name = |r: Option<CheckResult>| r.map_or("off", CheckResult::as_str);
+    for (check, result) in [
+        (AuthCheck::Spf, verdict.spf),
+        (AuthCheck::Dkim, verdict.dkim),
+        (AuthCheck::Arc, verdict.arc),
+        (AuthCheck::Dmarc, verdict.dmarc),
+    ] {
+        if let Some(result) = result {
+            metrics::checked(check, result);
+        }
+    }
+    let action = match &verdict.action {
+        crate::sender_auth::message::DmarcAction::Accept => "accept".to_owned(),
+        crate::sender_auth::message::DmarcAction::Quarantine { policy, domain } => {
+            format!("quarantine (p={policy} of {domain})")
+        }
+        crate::sender_auth::message::DmarcAction::Reject { domain } => {
+            format!("reject (p=reject of {domain})")
+        }
+    };
+    info!(target: "audit", event = "check", client = %client, queue_id,
+        spf = name(verdict.spf), dkim = name(verdict.dkim), arc = name(verdict.arc),
+        dmarc = name(verdict.dmarc), action, "sender authentication");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,11 +23,13 @@ pub mod locate;
 pub mod nets;
 pub mod recipients;
 pub mod screen;
+pub mod sender_auth;
 
 pub use bans::BansConfig;
 pub use dns::DnsConfig;
 pub use recipients::RecipientsConfig;
 pub use screen::ScreenConfig;
+pub use sender_auth::{DmarcPolicy, SenderAuthConfig};
 
 pub use locate::{ConfigError, Invalid, KeyPath};
 
@@ -114,6 +116,8 @@ struct RawConfig {
     recipients: Option<recipients::RawRecipients>,
     /// Connection-time screening (DNS lists, pre-greet, HELO); off when absent.
     screen: Option<screen::RawScreen>,
+    /// SPF, DKIM, DMARC, ARC; off when absent.
+    sender_auth: Option<sender_auth::RawSenderAuth>,
 }
 
 /// The documented defaults (README, configuration reference), in one place.
@@ -147,6 +151,7 @@ impl Default for RawConfig {
             dns: None,
             recipients: None,
             screen: None,
+            sender_auth: None,
         }
     }
 }
@@ -291,6 +296,8 @@ struct RawListener {
     allow: Vec<IpNet>,
     #[serde(default)]
     allow_gatekeeper: Vec<PathBuf>,
+    #[serde(default)]
+    dmarc_policy: DmarcPolicy,
 }
 
 #[derive(Debug, Deserialize)]
@@ -315,6 +322,8 @@ pub struct ListenerConfig {
     pub fixed_allow: Vec<IpNet>,
     /// The gatekeeper configs named in `allow_gatekeeper`, resolved.
     pub gatekeeper_files: Vec<PathBuf>,
+    /// What a DMARC `p=reject` failure gets here (`honor` only on `mta`).
+    pub dmarc_policy: DmarcPolicy,
 }
 
 impl ListenerConfig {
@@ -435,6 +444,8 @@ pub struct Config {
     pub recipients: Option<RecipientsConfig>,
     /// `None`: no `[screen]` table; no connection-time screening.
     pub screen: Option<ScreenConfig>,
+    /// `None`: no `[sender_auth]` table; no SPF/DKIM/DMARC (forged results are still removed).
+    pub sender_auth: Option<SenderAuthConfig>,
 }
 
 impl Config {
@@ -587,12 +598,18 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
             "this listener admits no peer: set allow (e.g. [\"0.0.0.0/0\", \"::/0\"]) \
              or allow_gatekeeper",
         )?;
+        ensure(
+            l.dmarc_policy != DmarcPolicy::Honor || l.role == Role::Mta,
+            &at.key("dmarc_policy"),
+            "\"honor\" is only for role \"mta\" (clients elsewhere are authenticated)",
+        )?;
         listeners.push(ListenerConfig {
             address: l.address,
             role: l.role,
             allow,
             fixed_allow: l.allow,
             gatekeeper_files,
+            dmarc_policy: l.dmarc_policy,
         });
     }
 
@@ -679,6 +696,10 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         .screen
         .map(|s| screen::validate(s, dns.as_ref(), bans.as_ref(), &root.key("screen")))
         .transpose()?;
+    let sender_auth = raw
+        .sender_auth
+        .map(|s| sender_auth::validate(s, &hostname, dns.is_some(), &root.key("sender_auth")))
+        .transpose()?;
 
     Ok(Config {
         path: path.to_owned(),
@@ -702,6 +723,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         dns,
         recipients,
         screen,
+        sender_auth,
     })
 }
 

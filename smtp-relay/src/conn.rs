@@ -12,8 +12,8 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Re
 use tokio::net::TcpStream;
 
 use crate::data::{Decoder, Outcome};
+use crate::message_sink::MessageSink;
 use crate::reply::Reply;
-use crate::spool::SpoolWriter;
 
 /// Read buffer size; also the largest line we could ever hold.
 const BUF_SIZE: usize = 16 * 1024;
@@ -75,6 +75,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
             MaybeTls::Switching => Poll::Ready(Err(switching())),
         }
     }
+}
+
+/// Where reading message data stopped.
+#[derive(Debug)]
+pub enum DataRead {
+    /// The end of the data, and whether the sink took every byte.
+    Done(Outcome, io::Result<()>),
+    /// The sink holds as much as it may: spill it, then read on.
+    SinkFull,
 }
 
 /// Result of reading one line.
@@ -237,12 +246,13 @@ impl Conn {
     /// Reads message data up to its real end, writing decoded bytes to
     /// `sink`. Network errors are `Err`; a failing sink does not stop the
     /// reading (we must still find the end to stay in sync) and is returned
-    /// beside the outcome.
+    /// beside the outcome. A sink that is full stops the reading
+    /// ([`DataRead::SinkFull`]); calling again with the same decoder goes on.
     pub async fn read_data(
         &mut self,
         decoder: &mut Decoder,
-        sink: &mut SpoolWriter,
-    ) -> io::Result<(Outcome, io::Result<()>)> {
+        sink: &mut MessageSink,
+    ) -> io::Result<DataRead> {
         let mut decoded = Vec::with_capacity(BUF_SIZE);
         let mut sink_result = Ok(());
         loop {
@@ -254,7 +264,11 @@ impl Conn {
                     sink_result = sink.write(&decoded).await;
                 }
                 if let Some(outcome) = outcome {
-                    return Ok((outcome, sink_result));
+                    return Ok(DataRead::Done(outcome, sink_result));
+                }
+                // Only a holding sink fills up, and holding never fails a write.
+                if sink.is_full() {
+                    return Ok(DataRead::SinkFull);
                 }
             }
             if self.fill().await? == 0 {

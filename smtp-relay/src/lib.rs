@@ -31,6 +31,8 @@
 //! - [`recipients`]: recipient validation at RCPT time (lists, next-hop probes, harvesting).
 //! - [`screen`]: connection-time screening (DNS lists, pre-greet, HELO).
 //! - [`check`]: names of the checks and their results (metric labels).
+//! - [`sender_auth`]: SPF, DKIM, ARC, DMARC and our `Authentication-Results:` field.
+//! - [`message_sink`]: where DATA goes: the spool, or held for verification (bounded).
 
 pub mod address;
 pub mod admission;
@@ -48,12 +50,14 @@ pub mod delivery;
 pub mod disconnect;
 pub mod dns;
 pub mod envelope;
+pub mod message_sink;
 pub mod metrics;
 pub mod password;
 pub mod recipients;
 pub mod refusal;
 pub mod reply;
 pub mod screen;
+pub mod sender_auth;
 pub mod server;
 pub mod session;
 pub mod spool;

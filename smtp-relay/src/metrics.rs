@@ -17,6 +17,7 @@ use crate::check::{Check, CheckResult};
 use crate::disconnect::Disconnect;
 use crate::recipients::RecipientResult;
 use crate::refusal::Refusal;
+use crate::sender_auth::{AuthCheck, CheckResult as AuthResult};
 
 pub struct Counter(AtomicU64);
 
@@ -121,6 +122,18 @@ pub fn recipient_cache_count(hit: bool) -> u64 {
     RECIPIENT_CACHE[usize::from(hit)].get()
 }
 
+/// Sender authentication results, by check and result.
+static AUTH_CHECKS: [[Counter; AuthResult::COUNT]; AuthCheck::COUNT] =
+    [const { [const { Counter::new() }; AuthResult::COUNT] }; AuthCheck::COUNT];
+
+pub fn checked(check: AuthCheck, result: AuthResult) {
+    AUTH_CHECKS[check as usize][result as usize].inc();
+}
+
+pub fn auth_check_count(check: AuthCheck, result: AuthResult) -> u64 {
+    AUTH_CHECKS[check as usize][result as usize].get()
+}
+
 /// Check outcomes, by [`Check`] and [`CheckResult`].
 static CHECKS: [[Counter; CheckResult::COUNT]; Check::COUNT] =
     [const { [const { Counter::new() }; CheckResult::COUNT] }; Check::COUNT];
@@ -219,7 +232,8 @@ impl Collector for Snapshot {
         expose::counter_family(
             e,
             "smtp_relay_checks",
-            "Checks made on sessions (DNS lists, HELO, pre-greet, recipients), by check and result.",
+            "Checks made on sessions (DNS lists, HELO, pre-greet, recipients, SPF, DKIM, ARC, \
+             DMARC), by check and result.",
             Check::iter()
                 .flat_map(|c| {
                     c.results().iter().map(move |&r| {
@@ -234,6 +248,14 @@ impl Collector for Snapshot {
                         [("check", "recipient"), ("result", r.as_str())],
                         recipient_check_count(r),
                     )
+                }))
+                .chain(AuthCheck::iter().flat_map(|c| {
+                    AuthResult::iter().map(move |r| {
+                        (
+                            [("check", c.as_str()), ("result", r.as_str())],
+                            auth_check_count(c, r),
+                        )
+                    })
                 })),
         )?;
         expose::counter_family(
@@ -298,6 +320,7 @@ mod tests {
             "smtp_relay_disconnects_total{reason=\"closed\"} ",
             "smtp_relay_bans_requested_total{trigger=\"auth_failures\"} ",
             "smtp_relay_ban_results_total{trigger=\"pre_greet\",result=\"dropped\"} ",
+            "smtp_relay_checks_total{check=\"dmarc\",result=\"temperror\"} ",
             "smtp_relay_queue_depth ",
             "smtp_relay_checks_total{check=\"recipient\",result=\"unknown\"} ",
             "smtp_relay_check_cache_total{check=\"recipient\",result=\"hit\"} ",

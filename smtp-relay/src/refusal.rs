@@ -30,6 +30,7 @@ pub enum Refusal {
     Dnsbl,
     /// A stranger's EHLO/HELO name was bad or ours (`[screen] helo = "reject"`).
     HeloRejected,
+    DmarcReject,
 }
 
 impl Refusal {
@@ -74,6 +75,7 @@ mod tests {
                 "recipient_harvest",
                 "dnsbl",
                 "helo_rejected",
+                "dmarc_reject",
             ]
         );
     }

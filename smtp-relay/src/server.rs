@@ -18,14 +18,17 @@ use tracing::{error, info, warn};
 use crate::admission::Admission;
 use crate::auth::{self, Mechanism, SaslError};
 use crate::bans::{BanClient, Bans};
-use crate::config::{Limits, ListenerConfig, Role};
-use crate::conn::{Conn, Line, Stream};
+use crate::config::{DmarcPolicy, Limits, ListenerConfig, Role};
+use crate::conn::{Conn, DataRead, Line, Stream};
 use crate::data::{Decoder, Outcome};
 use crate::delivery::Queue;
 use crate::disconnect::Disconnect;
+use crate::message_sink::MessageSink;
 use crate::refusal::{MessageOutcome, Refusal};
 use crate::reply::Reply;
 use crate::screen::Screen;
+use crate::sender_auth::message::{DmarcAction, Verdict};
+use crate::sender_auth::{SenderAuth, SessionAuth, TransactionAuth};
 use crate::session::{Action, Policy, Session};
 use crate::spool::{Envelope, Spool};
 use crate::throttle::AuthThrottle;
@@ -52,6 +55,10 @@ struct Shared {
     pub(crate) queue: Option<Queue>,
     /// Connection-time screening (inert without `[screen]`).
     screen: Screen,
+    /// SPF/DKIM/DMARC/ARC; `None` without a check switched on.
+    sender_auth: Option<Arc<SenderAuth>>,
+    /// Ours: `Authentication-Results:` fields claiming it are removed from every message.
+    authserv_id: String,
 }
 
 /// Bound listeners, ready to serve.
@@ -157,6 +164,11 @@ impl Server {
             &config.trusted_networks,
         )
         .with_context(|| format!("{}: [screen]", config.path.display()))?;
+        let sender_auth = sender_auth(config)?;
+        let authserv_id = config
+            .sender_auth
+            .as_ref()
+            .map_or_else(|| config.hostname.clone(), |s| s.authserv_id.clone());
         Ok(Server {
             metrics,
             control,
@@ -179,6 +191,8 @@ impl Server {
                 bans,
                 queue,
                 screen,
+                sender_auth,
+                authserv_id,
             }),
         })
     }
@@ -248,6 +262,27 @@ impl Server {
         info!(event = "shutdown", "stopped");
         Ok(())
     }
+}
+
+/// The checks of `[sender_auth]` over the `[dns]` resolver, when any is on.
+fn sender_auth(config: &crate::config::Config) -> anyhow::Result<Option<Arc<SenderAuth>>> {
+    let Some(sa) = config.sender_auth.as_ref().filter(|sa| sa.any()) else {
+        return Ok(None);
+    };
+    // Validation already refused a check without [dns]; say so again rather than panic.
+    let dns = config.dns.as_ref().with_context(|| {
+        format!(
+            "{}: [sender_auth] needs a [dns] table",
+            config.path.display()
+        )
+    })?;
+    let resolver = crate::dns::from_config(dns)
+        .with_context(|| format!("{}: [dns]", config.path.display()))?;
+    Ok(Some(Arc::new(SenderAuth::new(
+        resolver,
+        sa.clone(),
+        &config.hostname,
+    ))))
 }
 
 /// SIGHUP (`systemctl reload`): check the certificate and key now rather
@@ -480,7 +515,8 @@ async fn handle(
         session.set_local_ip(ip);
     }
     conn.queue(&session.greeting());
-    let reason = match serve(&mut conn, &mut session, shared, &mut stop).await {
+    let mut checks = SessionAuth::new(shared.sender_auth.clone(), config.role, config.dmarc_policy);
+    let reason = match serve(&mut conn, &mut session, shared, &mut stop, &mut checks).await {
         Ok(reason) => reason,
         Err(e) if e.kind() == io::ErrorKind::TimedOut => {
             crate::metrics::refused(Refusal::Timeout);
@@ -523,6 +559,7 @@ async fn serve(
     session: &mut Session,
     shared: &Shared,
     stop: &mut watch::Receiver<bool>,
+    checks: &mut SessionAuth,
 ) -> io::Result<Disconnect> {
     loop {
         let line = tokio::select! {
@@ -537,7 +574,15 @@ async fn serve(
             Line::TooLong => Err(crate::command::CommandError::LineTooLong),
             Line::Eof => return Ok(Disconnect::Eof),
         };
+        let had_transaction = session.sender().is_some();
         let mut action = session.handle(command);
+        checks.after_command(
+            had_transaction,
+            session.sender(),
+            session.client().ip(),
+            session.helo().unwrap_or_default(),
+            session.user().is_some() || session.trusted(),
+        );
         if let Action::Auth { mechanism, initial } = action {
             action = authenticate(conn, session, shared, mechanism, initial).await?;
         }
@@ -568,7 +613,17 @@ async fn serve(
                 session.tls_started();
             }
             Action::Data(reply, envelope) => {
-                receive(conn, session, shared, reply, *envelope).await?;
+                let policy = checks.dmarc_policy;
+                receive(
+                    conn,
+                    session,
+                    shared,
+                    reply,
+                    *envelope,
+                    checks.take(),
+                    policy,
+                )
+                .await?;
             }
             Action::VerifyRcpt(pending) => {
                 if verify_rcpt(conn, session, shared, *pending).await {
@@ -764,15 +819,22 @@ fn local_error() -> (Reply, MessageOutcome) {
 
 /// The DATA phase: 354, read to the real end into the spool, then 250 with
 /// the queue id only once the message is durable.
+///
+/// With sender authentication the message is held (up to `max_verify_size`) and verified on
+/// the bytes as received; our `Received:` and `Authentication-Results:` then go on top. Without
+/// it, or for SPF alone, our fields are written first and the message streams. Either way the
+/// client's `Authentication-Results:` claiming our authserv-id are removed.
 async fn receive(
     conn: &mut Conn,
     session: &mut Session,
     shared: &Shared,
     go_ahead: Reply,
     envelope: Envelope,
+    mut checks: Option<TransactionAuth>,
+    dmarc_policy: DmarcPolicy,
 ) -> io::Result<()> {
     session.data_done();
-    let mut writer = match shared.spool.begin().await {
+    let writer = match shared.spool.begin().await {
         Ok(w) => w,
         Err(e) => {
             error!(event = "spool_error", client = %session.client(), error = %e);
@@ -785,26 +847,91 @@ async fn receive(
         }
     };
     let id = writer.id().to_owned();
-    let header = received_header(
+    let received = received_header(
         session,
         &id,
         conn.tls_version().as_deref(),
         envelope.received_at,
     );
-    let header_written = writer.write(header.as_bytes()).await;
+    let hold = checks
+        .as_ref()
+        .filter(|c| c.verify_message)
+        .map(|c| usize::try_from(c.auth.config().max_verify_size).unwrap_or(usize::MAX));
+    let mut verdict: Option<Verdict> = None;
+    let (mut sink, header_written) = match hold {
+        Some(limit) => (
+            MessageSink::holding(writer, &shared.authserv_id, limit),
+            Ok(()),
+        ),
+        None => {
+            let mut sink = MessageSink::streaming(writer, &shared.authserv_id);
+            let mut prefix = received.clone();
+            if let Some(c) = checks.as_mut() {
+                // SPF alone: its result (started at MAIL FROM) goes on top, then the stream.
+                c.wait_spf().await;
+                let v = c.auth.without_message(c.spf());
+                prefix.push_str(&v.header);
+                verdict = Some(v);
+            }
+            let written = sink.write_ours(prefix.as_bytes()).await;
+            (sink, written)
+        }
+    };
     conn.queue(&go_ahead);
     let mut decoder =
         Decoder::with_line_limit(shared.policy.max_message_size, shared.limits.text_line);
     let command_timeout = conn.timeout();
     conn.set_timeout(shared.limits.data_timeout);
-    let read = conn.read_data(&mut decoder, &mut writer).await;
+    let mut spilled = Ok(());
+    let read = loop {
+        match conn.read_data(&mut decoder, &mut sink).await {
+            Ok(DataRead::SinkFull) => {
+                // Too large to verify: our fields with SPF only, then the rest streams.
+                let Some(c) = checks.as_mut() else {
+                    break Err(io::Error::other("a sink held data without checks"));
+                };
+                c.wait_spf().await;
+                let v = c.auth.without_message(c.spf());
+                let prefix = format!("{received}{}", v.header);
+                verdict = Some(v);
+                if let Err(e) = sink.spill(prefix.as_bytes()).await {
+                    spilled = Err(e);
+                }
+            }
+            Ok(DataRead::Done(outcome, result)) => break Ok((outcome, result)),
+            Err(e) => break Err(e),
+        }
+    };
     conn.set_timeout(command_timeout);
-    let (outcome, sink) = read?;
+    let (outcome, sink_result) = read?;
     if decoder.smuggling_attempt() {
         audit::smuggling_attempt(session.client(), session.tls(), session.user());
         shared.bans.smuggling(session.client().ip());
     }
-    let sink = header_written.and(sink);
+    let mut sink_result = header_written.and(spilled).and(sink_result);
+    if let (Outcome::Complete { .. }, Ok(())) = (&outcome, &sink_result) {
+        sink_result = finish_message(
+            &mut sink,
+            &received,
+            checks.as_mut(),
+            dmarc_policy,
+            &mut verdict,
+        )
+        .await;
+    }
+    if sink.removed() > 0 {
+        warn!(event = "forged_authentication_results", client = %session.client(), queue_id = %id,
+            removed = sink.removed(), "removed Authentication-Results fields claiming our authserv-id");
+    }
+    if let Some(v) = &verdict {
+        audit::check(session.client(), &id, v);
+    }
+    let rejected = verdict.as_ref().and_then(|v| match &v.action {
+        DmarcAction::Reject { domain } => Some(domain.clone()),
+        _ => None,
+    });
+    let writer = sink.into_writer();
+    let sink = sink_result;
     let size = match outcome {
         Outcome::Complete { size } => size,
         _ => 0,
@@ -841,6 +968,18 @@ async fn receive(
             error!(event = "spool_error", client = %session.client(), queue_id = %id, error = %e);
             local_error()
         }
+        // Nothing spooled (the writer's temp file goes with it), nothing bounced.
+        (Outcome::Complete { .. }, Ok(())) if rejected.is_some() => (
+            Reply::new(
+                550,
+                "5.7.1",
+                format!(
+                    "Message rejected: DMARC policy of {} (p=reject)",
+                    rejected.unwrap_or_default()
+                ),
+            ),
+            MessageOutcome::Refused(Refusal::DmarcReject),
+        ),
         (Outcome::Complete { .. }, Ok(())) => match writer.commit(envelope.clone()).await {
             Ok(()) => {
                 if envelope.recipients.iter().any(|r| !r.local) {
@@ -878,4 +1017,40 @@ async fn receive(
     });
     conn.queue(&reply);
     Ok(())
+}
+
+/// A message read completely: verified if it was held, then our fields and the message go to
+/// the spool (unless DMARC says reject), and the last partial line is flushed.
+async fn finish_message(
+    sink: &mut MessageSink,
+    received: &str,
+    checks: Option<&mut TransactionAuth>,
+    dmarc_policy: DmarcPolicy,
+    verdict: &mut Option<Verdict>,
+) -> io::Result<()> {
+    if let Some(held) = sink.take_held() {
+        let Some(c) = checks else {
+            return Err(io::Error::other("a sink held data without checks"));
+        };
+        c.wait_spf().await;
+        let auth = &c.auth;
+        let v = auth
+            .verify(&held, c.identity.ip, c.spf(), dmarc_policy)
+            .await;
+        let reject = matches!(v.action, DmarcAction::Reject { .. });
+        let mut prefix = format!("{received}{}", v.header);
+        if let DmarcAction::Quarantine { policy, domain } = &v.action {
+            prefix.push_str(&format!(
+                "{}: dmarc=fail policy={policy} domain={domain}\r\n",
+                auth.config().quarantine_header
+            ));
+        }
+        *verdict = Some(v);
+        if reject {
+            return Ok(());
+        }
+        sink.write_ours(prefix.as_bytes()).await?;
+        sink.write(&held).await?;
+    }
+    sink.finish().await
 }

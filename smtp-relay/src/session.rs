@@ -190,6 +190,14 @@ impl Session {
     pub fn hostname(&self) -> &str {
         &self.policy.hostname
     }
+    /// The open transaction's sender (`""` for `<>`); `None` outside a transaction.
+    pub fn sender(&self) -> Option<&str> {
+        self.transaction.as_ref().map(|t| t.sender.as_str())
+    }
+    /// Whether the client is in `trusted_networks`.
+    pub fn trusted(&self) -> bool {
+        self.trusted
+    }
 
     /// RFC 3848 protocol name for the Received header.
     pub fn protocol(&self) -> &'static str {

@@ -1,5 +1,5 @@
 //! `cargo xtask fuzz`: bounded in-process fuzzing of the relay's parsers
-//! (command, address, DATA decoder) on stable Rust.
+//! (command, address, DATA decoder, forged Authentication-Results removal) on stable Rust.
 
 use crate::shell::{self, step};
 
@@ -14,7 +14,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    step("fuzz: smtp-relay command parser, address parser, DATA decoder");
+    step("fuzz: smtp-relay command parser, address parser, DATA decoder, A-R strip");
     shell::run(shell::cargo().args([
         "run",
         "--release",

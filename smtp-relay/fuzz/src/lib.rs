@@ -12,6 +12,10 @@
 //! - DATA decoder: the result does not depend on how the input is split
 //!   into chunks; a complete message has only CRLF line endings and the
 //!   consumed input ends with `CRLF . CRLF` (or is `. CRLF` at the start).
+//! - strip (`sender_auth::strip`, the removal of forged
+//!   `Authentication-Results:` of our authserv-id): the result does not depend
+//!   on chunking, stripping twice changes nothing, the body is untouched, no
+//!   header field claiming our id is left, and nothing is added.
 //!
 //! Any failure found becomes a regression case in [`REGRESSIONS`].
 
@@ -19,6 +23,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
 use smtp_relay::data::{Decoder, Outcome};
+use smtp_relay::sender_auth::strip::{Stripper, authserv_id, strip_authserv};
 
 /// SplitMix64: small, fast, good enough to drive mutations.
 pub struct Rng(u64);
@@ -49,16 +54,23 @@ pub enum Target {
     Command,
     Address,
     Data,
+    Strip,
 }
 
 impl Target {
-    pub const ALL: [Target; 3] = [Target::Command, Target::Address, Target::Data];
+    pub const ALL: [Target; 4] = [
+        Target::Command,
+        Target::Address,
+        Target::Data,
+        Target::Strip,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Target::Command => "command",
             Target::Address => "address",
             Target::Data => "data",
+            Target::Strip => "strip",
         }
     }
 
@@ -109,18 +121,30 @@ impl Target {
                 b"line\r\n..\r\n.\r\n",
                 b"\r\n.\r\n",
             ],
+            Target::Strip => &[
+                b"Authentication-Results: mx.example.org; dkim=pass\r\nSubject: s\r\n\r\nbody\r\n",
+                b"Authentication-Results:\r\n\t(c (n) \\) mx.EXAMPLE.org.;\r\n\tspf=pass\r\n\r\n",
+                b"authentication-results : \"mx.example.org\" 1; none\r\nX: y\r\n",
+                b"Authentication-Results: other.example; spf=fail\r\n\r\nAuthentication-Results: mx.example.org\r\n",
+                b"From: a@b\r\n\tfolded\r\nAuthentication-Results: mx.example.org",
+            ],
         }
     }
 }
 
 /// Regression inputs, replayed by the unit tests and used as extra seeds:
 /// hand-picked edge cases, and every failure the fuzzer finds (add it here
-/// with the fix). The fuzzer has not found a failure so far.
+/// with the fix).
 pub const REGRESSIONS: &[(Target, &[u8])] = &[
     (Target::Data, b"\r\r\n.\r\n"),
     (Target::Data, b"\r\n.\r\r\n.\r\n"),
     (Target::Address, b"<\"\\\"@x>"),
     (Target::Command, b"MAIL FROM:<\xff@x>"),
+    // An A-R field name alone on its line, the colon on a continuation line.
+    (
+        Target::Strip,
+        b"authentication-results\n : \"mx.example.org\" 1y\r\n; none\r\nX: y\r\n",
+    ),
 ];
 
 /// One mutation of `input`, using `other` for splices.
@@ -180,7 +204,90 @@ pub fn check(target: Target, input: &[u8], rng: &mut Rng) -> Result<(), String> 
         Target::Command => check_command(input),
         Target::Address => check_address(input),
         Target::Data => check_data(input, rng),
+        Target::Strip => check_strip(input, rng),
     }
+}
+
+const AUTHSERV_ID: &str = "mx.example.org";
+
+fn strip_in_chunks(input: &[u8], chunks: &[usize]) -> Vec<u8> {
+    let mut s = Stripper::new(AUTHSERV_ID);
+    let mut out = Vec::new();
+    let mut sizes = chunks.iter().cycle();
+    let mut pos = 0;
+    while pos < input.len() {
+        let n = (*sizes.next().unwrap_or(&1)).max(1).min(input.len() - pos);
+        s.feed(&input[pos..pos + n], &mut out);
+        pos += n;
+    }
+    s.finish(&mut out);
+    out
+}
+
+/// Where the body starts: after the first empty line, if any.
+fn body_start(msg: &[u8]) -> Option<usize> {
+    let mut line_start = 0;
+    while line_start < msg.len() {
+        let rest = &msg[line_start..];
+        if rest.starts_with(b"\r\n") {
+            return Some(line_start + 2);
+        }
+        if rest.starts_with(b"\n") {
+            return Some(line_start + 1);
+        }
+        line_start += rest.iter().position(|&b| b == b'\n')? + 1;
+    }
+    None
+}
+
+/// The header fields (folded lines joined) of `msg`'s header block.
+fn header_fields(msg: &[u8]) -> Vec<Vec<u8>> {
+    let header = &msg[..body_start(msg).unwrap_or(msg.len())];
+    let mut fields: Vec<Vec<u8>> = Vec::new();
+    for line in header.split_inclusive(|&b| b == b'\n') {
+        match (line.first(), fields.last_mut()) {
+            (Some(b' ' | b'\t'), Some(last)) => last.extend_from_slice(line),
+            _ => fields.push(line.to_vec()),
+        }
+    }
+    fields
+}
+
+fn check_strip(input: &[u8], rng: &mut Rng) -> Result<(), String> {
+    let whole = strip_authserv(input, AUTHSERV_ID).into_owned();
+    let chunks: Vec<usize> = (0..4).map(|_| 1 + rng.below(16)).collect();
+    if strip_in_chunks(input, &chunks) != whole {
+        return Err(format!("chunking {chunks:?} changes the result"));
+    }
+    if strip_authserv(&whole, AUTHSERV_ID).as_ref() != whole.as_slice() {
+        return Err("stripping twice removes more".into());
+    }
+    if whole.len() > input.len() {
+        return Err("stripping added bytes".into());
+    }
+    if let Some(start) = body_start(input)
+        && !whole.ends_with(&input[start..])
+    {
+        return Err("the body changed".into());
+    }
+    for field in header_fields(&whole) {
+        let name_end = field.iter().position(|&b| b == b':').unwrap_or(0);
+        if field[..name_end]
+            .trim_ascii_end()
+            .eq_ignore_ascii_case(b"authentication-results")
+            && authserv_id(&field).is_some_and(|id| {
+                id.strip_suffix(b".")
+                    .unwrap_or(id)
+                    .eq_ignore_ascii_case(AUTHSERV_ID.as_bytes())
+            })
+        {
+            return Err(format!(
+                "a field of ours is left: {:?}",
+                String::from_utf8_lossy(&field)
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_command(input: &[u8]) -> Result<(), String> {

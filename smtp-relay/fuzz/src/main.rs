@@ -1,8 +1,9 @@
-//! Bounded fuzzing of the command parser, address parser and DATA decoder
+//! Bounded fuzzing of the command parser, address parser, DATA decoder and the
+//! removal of forged Authentication-Results
 //! (see the library of this crate). `cargo xtask fuzz` runs this in release
 //! mode.
 //!
-//! usage: fuzz [--secs N] [--seed S] [--target command|address|data]
+//! usage: fuzz [--secs N] [--seed S] [--target command|address|data|strip]
 //! Exits 1 with the failing input (escaped) on the first failure.
 
 use std::process::ExitCode;
@@ -24,7 +25,7 @@ fn main() -> ExitCode {
             _ => false,
         };
         if !parsed {
-            eprintln!("usage: fuzz [--secs N] [--seed S] [--target command|address|data]");
+            eprintln!("usage: fuzz [--secs N] [--seed S] [--target command|address|data|strip]");
             return ExitCode::from(2);
         }
     }
