@@ -149,3 +149,45 @@ pub(super) fn validate(
     }
     Ok(config)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str, dns: bool) -> Result<SenderAuthConfig, Invalid> {
+        let raw: RawSenderAuth = toml::from_str(text).expect("toml");
+        validate(
+            raw,
+            "mx.example.org",
+            dns,
+            &KeyPath::root().key("sender_auth"),
+        )
+    }
+
+    #[test]
+    fn defaults_and_the_dns_requirement() {
+        let c = check("", false).expect("an empty table needs no [dns]");
+        assert_eq!(c.authserv_id, "mx.example.org");
+        assert!(!c.any());
+        assert_eq!(c.check_timeout, Duration::from_secs(5));
+        assert_eq!(c.max_verify_size, 10 * 1024 * 1024);
+        let e = check("dmarc = true", false).expect_err("no [dns]");
+        assert!(e.message.contains("[dns]"), "{}", e.message);
+        assert!(check("dmarc = true", true).expect("with [dns]").any());
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for text in [
+            "authserv_id = \"not a host\"",
+            "quarantine_header = \"X-Bad: header\"",
+            "quarantine_header = \"\"",
+            "check_timeout_ms = 0",
+            "check_timeout_ms = 60001",
+            "max_verify_size = 0",
+            "arc_trusted_sealers = [\"no spaces allowed\"]",
+        ] {
+            assert!(check(text, true).is_err(), "{text} accepted");
+        }
+    }
+}
