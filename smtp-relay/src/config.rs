@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::address;
 
 pub mod bans;
+pub mod directory;
 pub mod dns;
 pub mod duration;
 pub mod locate;
@@ -28,6 +29,7 @@ pub use bans::BansConfig;
 pub use dns::DnsConfig;
 pub use recipients::RecipientsConfig;
 pub use screen::ScreenConfig;
+pub use directory::DirectoryConfig;
 
 pub use locate::{ConfigError, Invalid, KeyPath};
 
@@ -114,6 +116,8 @@ struct RawConfig {
     recipients: Option<recipients::RawRecipients>,
     /// Connection-time screening (DNS lists, pre-greet, HELO); off when absent.
     screen: Option<screen::RawScreen>,
+    /// The company directory (LDAP / Active Directory); off when absent.
+    directory: Option<directory::RawDirectory>,
 }
 
 /// The documented defaults (README, configuration reference), in one place.
@@ -147,6 +151,7 @@ impl Default for RawConfig {
             dns: None,
             recipients: None,
             screen: None,
+            directory: None,
         }
     }
 }
@@ -435,6 +440,8 @@ pub struct Config {
     pub recipients: Option<RecipientsConfig>,
     /// `None`: no `[screen]` table; no connection-time screening.
     pub screen: Option<ScreenConfig>,
+    /// `None`: no `[directory]` table; only `[[user]]` tables log in.
+    pub directory: Option<DirectoryConfig>,
 }
 
 impl Config {
@@ -638,13 +645,19 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         });
     }
 
+    let directory = raw
+        .directory
+        .map(|d| directory::validate(d, &base, &root.key("directory")))
+        .transpose()?;
     if users.is_empty()
+        && directory.is_none()
         && let Some(i) = listeners.iter().position(|l| l.role.requires_auth())
     {
         return Err(Invalid::new(
             root.key("listener").index(i).key("role"),
             format!(
-                "listener {} needs AUTH but no [[user]] is configured: nobody could send",
+                "listener {} needs AUTH but no [[user]] and no [directory] is configured: \
+                 nobody could send",
                 listeners[i].address
             ),
         ));
@@ -672,7 +685,14 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         .recipients
         .map(|r| {
             let at = root.key("recipients");
-            recipients::validate(r, &base, &at, &local_domains, delivery.as_ref())
+            recipients::validate(
+                r,
+                &base,
+                &at,
+                &local_domains,
+                delivery.as_ref(),
+                directory.is_some(),
+            )
         })
         .transpose()?;
     let screen = raw
@@ -702,6 +722,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         dns,
         recipients,
         screen,
+        directory,
     })
 }
 

@@ -31,6 +31,7 @@
 //! - [`recipients`]: recipient validation at RCPT time (lists, next-hop probes, harvesting).
 //! - [`screen`]: connection-time screening (DNS lists, pre-greet, HELO).
 //! - [`check`]: names of the checks and their results (metric labels).
+//! - [`directory`]: the company directory (LDAP / AD): AUTH, senders, recipients.
 
 pub mod address;
 pub mod admission;
@@ -45,6 +46,7 @@ pub mod conn;
 pub mod control;
 pub mod data;
 pub mod delivery;
+pub mod directory;
 pub mod disconnect;
 pub mod dns;
 pub mod envelope;
@@ -71,6 +73,8 @@ pub struct Prepared {
     pub config: config::Config,
     pub tls: tls::TlsStore,
     pub users: Arc<auth::Users>,
+    /// The company directory (`[directory]`), not yet connected.
+    pub directory: Option<directory::Shared>,
 }
 
 /// Loads and validates the config, the TLS certificate and key and the user
@@ -87,9 +91,16 @@ pub fn prepare(config_path: &Path) -> anyhow::Result<Prepared> {
             config.error_at(config::KeyPath::root().key("delivery").key("ca_file"), &e)
         })?;
     }
+    let directory = match &config.directory {
+        Some(d) => Some(Arc::new(directory::CompanyDirectory::new(d).map_err(|e| {
+            config.error_at(config::KeyPath::root().key("directory"), &e)
+        })?)),
+        None => None,
+    };
     Ok(Prepared {
         config,
         tls,
         users: Arc::new(users),
+        directory,
     })
 }

@@ -21,7 +21,7 @@ use crate::refusal::Refusal;
 pub struct Counter(AtomicU64);
 
 impl Counter {
-    const fn new() -> Counter {
+    pub const fn new() -> Counter {
         Counter(AtomicU64::new(0))
     }
     pub fn inc(&self) {
@@ -184,6 +184,7 @@ impl Collector for Snapshot {
             "Recipients failed permanently.",
             BOUNCED.get(),
         )?;
+        crate::directory::metrics::encode(e)?;
         expose::counter_family(
             e,
             "smtp_relay_refused",
