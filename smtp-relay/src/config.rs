@@ -26,10 +26,10 @@ pub mod recipients;
 pub mod screen;
 
 pub use bans::BansConfig;
+pub use directory::DirectoryConfig;
 pub use dns::DnsConfig;
 pub use recipients::RecipientsConfig;
 pub use screen::ScreenConfig;
-pub use directory::DirectoryConfig;
 
 pub use locate::{ConfigError, Invalid, KeyPath};
 

@@ -92,9 +92,9 @@ pub fn prepare(config_path: &Path) -> anyhow::Result<Prepared> {
         })?;
     }
     let directory = match &config.directory {
-        Some(d) => Some(Arc::new(directory::CompanyDirectory::new(d).map_err(|e| {
-            config.error_at(config::KeyPath::root().key("directory"), &e)
-        })?)),
+        Some(d) => Some(Arc::new(directory::CompanyDirectory::new(d).map_err(
+            |e| config.error_at(config::KeyPath::root().key("directory"), &e),
+        )?)),
         None => None,
     };
     Ok(Prepared {

@@ -228,14 +228,15 @@ fn execute(command: Command) -> anyhow::Result<()> {
         } => {
             logging::init(logging::Targets::Shown);
             let prepared = smtp_relay::prepare(&config)?;
-            let directory = prepared.directory.with_context(|| {
-                format!("{}: no [directory] table", config.display())
-            })?;
+            let directory = prepared
+                .directory
+                .with_context(|| format!("{}: no [directory] table", config.display()))?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            let text = runtime.block_on(smtp_relay::directory::test(&directory, user.as_deref()))?;
+            let text =
+                runtime.block_on(smtp_relay::directory::test(&directory, user.as_deref()))?;
             print!("{text}");
             Ok(())
         }

@@ -708,7 +708,9 @@ async fn authenticate(
         Ok(addresses) => {
             shared.throttle.succeeded(client.ip(), &user);
             audit::auth_succeeded(client, &user, mechanism.name());
-            Ok(Action::Reply(session.directory_auth_succeeded(user, addresses)))
+            Ok(Action::Reply(
+                session.directory_auth_succeeded(user, addresses),
+            ))
         }
         Err(why) => refuse_login(session, shared, client, &user, mechanism, why).await,
     }

@@ -491,12 +491,13 @@ impl Session {
                 Path::Mailbox {
                     mailbox,
                     source_route: false,
-                } => mailbox
-                    .plain_form()
-                    .is_some_and(|p| {
-                        self.policy.users.may_send_as(user, &p)
-                            || self.directory_senders.iter().any(|a| a.eq_ignore_ascii_case(&p))
-                    }),
+                } => mailbox.plain_form().is_some_and(|p| {
+                    self.policy.users.may_send_as(user, &p)
+                        || self
+                            .directory_senders
+                            .iter()
+                            .any(|a| a.eq_ignore_ascii_case(&p))
+                }),
                 _ => false,
             };
             if !owned {

@@ -180,7 +180,11 @@ fn server(url: &str, insecure_plaintext: bool, at: &KeyPath) -> Result<Server, I
     })
 }
 
-fn names(list: Option<Vec<String>>, default: &[&str], at: &KeyPath) -> Result<Vec<String>, Invalid> {
+fn names(
+    list: Option<Vec<String>>,
+    default: &[&str],
+    at: &KeyPath,
+) -> Result<Vec<String>, Invalid> {
     let list = list.unwrap_or_else(|| default.iter().map(|s| (*s).to_owned()).collect());
     ensure(!list.is_empty(), at, "empty: name at least one attribute")?;
     for (i, name) in list.iter().enumerate() {
@@ -244,7 +248,11 @@ pub(super) fn validate(
     )?;
     let address_attributes = names(
         raw.address_attributes,
-        if ad { &["mail", "proxyAddresses"] } else { &["mail"] },
+        if ad {
+            &["mail", "proxyAddresses"]
+        } else {
+            &["mail"]
+        },
         &at.key("address_attributes"),
     )?;
     let user_filter = raw.user_filter.unwrap_or_else(|| {
@@ -401,7 +409,9 @@ allow = ["127.0.0.0/8"]
                 "directory.login_attributes[0] = \"a b\": not an LDAP attribute name",
             ),
             (
-                table("servers = [\"ldaps://dc1.example.org\"]\nuser_filter = \"objectClass=user\""),
+                table(
+                    "servers = [\"ldaps://dc1.example.org\"]\nuser_filter = \"objectClass=user\"",
+                ),
                 "an LDAP filter in parentheses",
             ),
             (

@@ -52,7 +52,11 @@ pub fn same_dn(a: &str, b: &str) -> bool {
 }
 
 impl Account {
-    pub fn from_entry(dn: String, attrs: &HashMap<String, Vec<String>>, c: &DirectoryConfig) -> Account {
+    pub fn from_entry(
+        dn: String,
+        attrs: &HashMap<String, Vec<String>>,
+        c: &DirectoryConfig,
+    ) -> Account {
         let mut addresses: Vec<String> = Vec::new();
         // Primaries first: `mail` values and `SMTP:` (upper case) proxy addresses.
         let mut primary = Vec::new();
@@ -101,13 +105,28 @@ mod tests {
 
     #[test]
     fn addresses_from_mail_and_proxy_addresses() {
-        assert_eq!(address("SMTP:Alice@Example.org"), Some("alice@example.org".into()));
-        assert_eq!(address("smtp:al@example.org"), Some("al@example.org".into()));
+        assert_eq!(
+            address("SMTP:Alice@Example.org"),
+            Some("alice@example.org".into())
+        );
+        assert_eq!(
+            address("smtp:al@example.org"),
+            Some("al@example.org".into())
+        );
         assert_eq!(address("X500:/o=Org/cn=alice"), None);
         assert_eq!(address("sip:alice@example.org"), None);
-        assert_eq!(address("alice@example.org"), Some("alice@example.org".into()));
+        assert_eq!(
+            address("alice@example.org"),
+            Some("alice@example.org".into())
+        );
         assert_eq!(address("alice"), None);
-        assert!(same_dn("CN=Relay, OU=Groups,DC=example,DC=org", "cn=relay,ou=groups,dc=example,dc=org"));
-        assert!(!same_dn("cn=relay2,dc=example,dc=org", "cn=relay,dc=example,dc=org"));
+        assert!(same_dn(
+            "CN=Relay, OU=Groups,DC=example,DC=org",
+            "cn=relay,ou=groups,dc=example,dc=org"
+        ));
+        assert!(!same_dn(
+            "cn=relay2,dc=example,dc=org",
+            "cn=relay,dc=example,dc=org"
+        ));
     }
 }

@@ -204,7 +204,12 @@ impl CompanyDirectory {
             Membership::MemberOf => account.groups.iter().any(|g| account::same_dn(g, group)),
             Membership::GroupSearch => {
                 let (entries, _) = ldap
-                    .search(group, Scope::Base, &filter::member(&account.dn), vec!["1.1"])
+                    .search(
+                        group,
+                        Scope::Base,
+                        &filter::member(&account.dn),
+                        vec!["1.1"],
+                    )
                     .await
                     .map_err(ldap_error)?
                     .success()
@@ -383,7 +388,11 @@ pub async fn test(directory: &CompanyDirectory, user: Option<&str>) -> anyhow::R
             writeln!(
                 out,
                 "  may log in: {}",
-                if may { "yes (with the right password)" } else { "no" }
+                if may {
+                    "yes (with the right password)"
+                } else {
+                    "no"
+                }
             )?;
         }
     }

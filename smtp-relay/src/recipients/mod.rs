@@ -23,9 +23,9 @@ use std::time::Duration;
 
 use crate::config::recipients::{Rule, Source, list_domains};
 use crate::config::{Config, HopConfig};
-use crate::metrics;
 use crate::directory::CompanyDirectory;
 use crate::directory::recipients::RecipientLookup;
+use crate::metrics;
 use list::ListFile;
 use probe::{Answer, Prober};
 
@@ -206,9 +206,11 @@ impl Directory {
                         Source::Directory,
                         "not in the directory",
                     ),
-                    Err(e) => {
-                        Verdict::new(RecipientResult::Unverified, Source::Directory, e.to_string())
-                    }
+                    Err(e) => Verdict::new(
+                        RecipientResult::Unverified,
+                        Source::Directory,
+                        e.to_string(),
+                    ),
                 }
             }
         }
