@@ -187,6 +187,12 @@ const TOOLS: &[(&str, &[&str], &str, &str)] = &[
         "nsd",
         "an authoritative DNS server on loopback for the relay's SPF/DKIM/DMARC/DNSBL tests",
     ),
+    (
+        "/usr/sbin/slapd",
+        &["-VV"],
+        "slapd",
+        "OpenLDAP on loopback as the company directory of the relay's [directory] tests",
+    ),
 ];
 
 fn ensure_tools(apt: &mut Apt) -> anyhow::Result<()> {
