@@ -18,6 +18,7 @@ use crate::disconnect::Disconnect;
 use crate::recipients::RecipientResult;
 use crate::refusal::Refusal;
 
+#[derive(Default)]
 pub struct Counter(AtomicU64);
 
 impl Counter {

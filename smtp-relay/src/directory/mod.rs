@@ -12,7 +12,7 @@
 //! - [`account`]: an entry as the relay uses it.
 //! - [`pool`]: connections with failover.
 //! - [`recipients`]: the RCPT-time check, cached.
-//! - [`metrics`]: `smtp_relay_directory_*`.
+//! - [`metrics`]: the `smtp_relay_directory_*` counters.
 
 pub mod account;
 pub mod filter;
