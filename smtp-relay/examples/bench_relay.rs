@@ -1,7 +1,7 @@
 //! `cargo xtask bench relay`: throughput, latency and memory of the relay
 //! binary with durable queueing, forwarding to a sink on loopback.
 //!
-//! usage: bench_relay --relay PATH [--messages N] [--sessions N] [--json FILE]
+//! usage: bench_relay --relay PATH [--messages N] [--sessions N] [--only directory] [--json FILE]
 //!        bench_relay --mta ADDR --sink-port P [--messages N] [--name NAME] [--json FILE]
 //!
 //! The second form measures another MTA (e.g. Postfix) already listening on
@@ -15,7 +15,8 @@
 //! (SPF, DKIM, DMARC, DNSBL), the answers from NSD on loopback and each
 //! message DKIM-signed (Ed25519) by a key published there. Every accepted
 //! message must reach the sink. `--json FILE` also writes the figures there,
-//! for the benchmark report.
+//! for the benchmark report. Last, logins against the company directory (OpenLDAP slapd on
+//! loopback, see `support/bench_directory.rs`); `--only directory` runs that phase alone.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,15 @@ use tokio::net::{TcpListener, TcpStream};
 #[allow(dead_code)] // the timeout fixture is for the tests
 #[path = "../tests/common/nsd.rs"]
 mod nsd;
+
+/// The tests' slapd fixture (it needs `TempDir` and `write_certs` from here), for the
+/// directory phase.
+#[allow(dead_code)] // the tests' helpers beyond the bench's needs
+#[path = "../tests/common/slapd.rs"]
+mod slapd;
+
+#[path = "support/bench_directory.rs"]
+mod directory;
 
 /// The one thing `nsd.rs` needs from the tests' support: a temp dir removed on drop.
 struct TempDir(PathBuf);
@@ -214,12 +224,23 @@ impl Drop for Relay {
     }
 }
 
-fn write_certs(dir: &Path) -> anyhow::Result<()> {
-    let key = rcgen::KeyPair::generate()?;
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?.self_signed(&key)?;
-    std::fs::write(dir.join("cert.pem"), cert.pem())?;
-    std::fs::write(dir.join("key.pem"), key.serialize_pem())?;
-    Ok(())
+/// `ca.pem`, and `cert.pem`/`key.pem` for localhost and 127.0.0.1 signed by it (the
+/// directory phase's client and the relay's LDAP client verify them).
+fn write_certs(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).expect("ca cert");
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().expect("key");
+    let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("leaf params")
+        .signed_by(&key, &issuer)
+        .expect("leaf");
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("write ca");
+    std::fs::write(dir.join("cert.pem"), leaf.pem()).expect("write cert");
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("write key");
 }
 
 /// Starts the relay and returns it with its mta port (from the log).
@@ -424,6 +445,7 @@ async fn main() -> anyhow::Result<()> {
     let mut sessions = 1000usize;
     let mut json: Option<PathBuf> = None;
     let mut name = String::from("the MTA at --mta");
+    let mut only: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let v = args.next().context("missing value")?;
@@ -435,8 +457,9 @@ async fn main() -> anyhow::Result<()> {
             "--sessions" => sessions = v.parse()?,
             "--json" => json = Some(PathBuf::from(v)),
             "--name" => name = v,
+            "--only" => only = Some(v),
             _ => bail!(
-                "usage: bench_relay --relay PATH [--messages N] [--sessions N] [--json FILE]\n       \
+                "usage: bench_relay --relay PATH [--messages N] [--sessions N] [--only directory] [--json FILE]\n       \
                  bench_relay --mta ADDR --sink-port P [--messages N] [--name NAME] [--json FILE]"
             ),
         }
@@ -462,7 +485,14 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let _cleanup = Cleanup(dir.clone());
-    write_certs(&dir)?;
+    write_certs(&dir);
+    if only.as_deref() == Some("directory") {
+        let logins = directory::measure(&relay_bin, &dir).await?;
+        return write_json(
+            json.as_deref(),
+            &serde_json::json!({ "name": "smtp-relay", "directory": logins }),
+        );
+    }
     let count = Arc::new(AtomicU64::new(0));
     let sink_listener = TcpListener::bind("127.0.0.1:0").await?;
     let sink_addr = sink_listener.local_addr()?;
@@ -513,12 +543,14 @@ async fn main() -> anyhow::Result<()> {
         &relay_bin, &dir, sessions, sink_addr, messages, &count, sent,
     )
     .await?;
+    let logins = directory::measure(&relay_bin, &dir).await?;
     write_json(
         json.as_deref(),
         &serde_json::json!({
             "name": "smtp-relay",
             "phases": phases,
             "checks_phases": checks,
+            "directory": logins,
             "sessions": {
                 "open": sessions,
                 "errors": errors,
