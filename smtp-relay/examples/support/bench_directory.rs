@@ -85,7 +85,8 @@ fn client_tls(ca: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
 }
 
 pub async fn measure(relay_bin: &Path, dir: &Path) -> anyhow::Result<serde_json::Value> {
-    let mut ldif = slapd::base_ldif(&[]);
+    // groupOfNames needs a member; the relay reads memberOf (AD style) here anyway.
+    let mut ldif = slapd::base_ldif(&["cn=user0,ou=people,dc=example,dc=org"]);
     for i in 0..USERS {
         ldif.push_str(&slapd::ad_user(
             &format!("user{i}"),
