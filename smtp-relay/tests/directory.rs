@@ -247,6 +247,11 @@ fn a_directory_that_is_down_refuses_logins_and_recipients_temporarily() {
     // Up: a login and a recipient work (over ldaps://).
     let r = smtplib(&server, submission, json!([["login", "bob", "bob pw"]]));
     assert_eq!(codes(&r), [235], "{r:?}");
+    // A restart between two logins leaves the relay's idle connections dead: no 454, no WARN.
+    slapd.restart();
+    let r = smtplib(&server, submission, json!([["login", "bob", "bob pw"]]));
+    assert_eq!(codes(&r), [235], "{r:?}");
+    assert!(common::logs::lines_with(&["directory_down"]).is_empty());
     slapd.stop();
     for _ in 0..2 {
         let r = smtplib(
@@ -272,6 +277,21 @@ fn a_directory_that_is_down_refuses_logins_and_recipients_temporarily() {
     assert!(queued(&server).is_empty(), "nothing queued");
     let warns = common::logs::lines_with(&["directory_down"]);
     assert_eq!(warns.len(), 1, "one WARN per outage: {warns:?}");
+
+    // Back: logins and recipients work again, without a restart of the relay.
+    slapd.restart();
+    let r = smtplib(
+        &server,
+        submission,
+        json!([
+            ["login", "bob", "bob pw"],
+            ["mail", "bob@example.org"],
+            ["rcpt", "alice@example.org"],
+            ["rcpt", "nobody@example.org"]
+        ]),
+    );
+    assert_eq!(codes(&r), [235, 250, 250, 550], "{r:?}");
+    assert_eq!(common::logs::lines_with(&["directory_up"]).len(), 1);
 }
 
 #[test]

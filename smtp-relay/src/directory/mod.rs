@@ -127,9 +127,21 @@ impl CompanyDirectory {
     }
 
     /// Runs `op` within the timeout and keeps the outage state: one WARN when the directory
-    /// stops answering, one INFO when it is back.
-    async fn timed<T>(&self, what: &str, op: impl Future<Output = Op<T>>) -> Op<T> {
-        let result = match tokio::time::timeout(self.config.timeout, op).await {
+    /// stops answering, one INFO when it is back. A failure is tried once more on fresh
+    /// connections (within the same timeout): an idle connection the server closed, or a
+    /// server that went away while another answers, is no outage.
+    async fn timed<T, F: Future<Output = Op<T>>>(&self, what: &str, op: impl Fn() -> F) -> Op<T> {
+        let attempts = async {
+            match op().await {
+                Ok(v) => Ok(v),
+                Err(_) => {
+                    self.searches.clear();
+                    self.binds.clear();
+                    op().await
+                }
+            }
+        };
+        let result = match tokio::time::timeout(self.config.timeout, attempts).await {
             Ok(r) => r,
             Err(_) => Err(Unavailable(format!(
                 "no answer within {} ms",
@@ -260,7 +272,7 @@ impl CompanyDirectory {
             return Ok(Login::Refused(Refused::EmptyPassword));
         }
         let started = Instant::now();
-        let result = self.timed("login", self.try_login(name, password)).await;
+        let result = self.timed("login", || self.try_login(name, password)).await;
         let outcome = match &result {
             Ok(Login::Accepted(_)) => Outcome::Found,
             Ok(Login::Refused(_)) => Outcome::NotFound,
@@ -274,7 +286,7 @@ impl CompanyDirectory {
     pub async fn address_exists(&self, address: &str) -> Op<bool> {
         let started = Instant::now();
         let result = self
-            .timed("recipient", async {
+            .timed("recipient", || async {
                 let mut ldap = self.searches.get().await.map_err(ldap_error)?;
                 let f = filter::address(
                     &self.config.user_filter,
@@ -301,7 +313,7 @@ impl CompanyDirectory {
     /// What the relay would use for `name` (`directory test`); `None` when no entry or
     /// several match. Binds and searches as the service account only.
     pub async fn report(&self, name: &str) -> Op<Result<Report, Refused>> {
-        self.timed("test", async {
+        self.timed("test", || async {
             let mut ldap = self.searches.get().await.map_err(ldap_error)?;
             let account = match self.find(&mut ldap, name).await? {
                 Ok(a) => a,
@@ -318,7 +330,7 @@ impl CompanyDirectory {
 
     /// Connects and binds as the service account (`directory test` without a user).
     pub async fn check_service_bind(&self) -> Op<()> {
-        self.timed("test", async {
+        self.timed("test", || async {
             let ldap = self.searches.get().await.map_err(ldap_error)?;
             self.searches.put(ldap);
             Ok(())

@@ -113,7 +113,7 @@ pub struct Slapd {
     /// `ldap://127.0.0.1:PORT` (StartTLS) and `ldaps://127.0.0.1:PORT`.
     pub ldap_url: String,
     pub ldaps_url: String,
-    ldap_port: u16,
+    ports: (u16, u16),
     child: Option<Child>,
     dir: TempDir,
 }
@@ -171,12 +171,12 @@ impl Slapd {
         let mut slapd = Slapd {
             ldap_url: String::new(),
             ldaps_url: String::new(),
-            ldap_port: 0,
+            ports: (0, 0),
             child: None,
             dir,
         };
         for attempt in 0..5 {
-            if slapd.spawn() {
+            if slapd.spawn((free_port(), free_port())) {
                 return slapd;
             }
             eprintln!("slapd attempt {attempt} failed: {}", slapd.log());
@@ -188,9 +188,9 @@ impl Slapd {
         std::fs::read_to_string(self.dir.path().join("slapd.log")).unwrap_or_default()
     }
 
-    /// Starts slapd on two fresh ports; true once it accepts connections.
-    fn spawn(&mut self) -> bool {
-        let (ldap, ldaps) = (free_port(), free_port());
+    /// Starts slapd on `ports` (ldap, ldaps); true once it accepts connections.
+    fn spawn(&mut self, ports: (u16, u16)) -> bool {
+        let (ldap, ldaps) = ports;
         let log = std::fs::File::create(self.dir.path().join("slapd.log")).expect("log");
         let child = Command::new(SLAPD)
             .arg("-f")
@@ -207,7 +207,7 @@ impl Slapd {
             .spawn()
             .expect("start slapd");
         self.child = Some(child);
-        self.ldap_port = ldap;
+        self.ports = ports;
         self.ldap_url = format!("ldap://127.0.0.1:{ldap}");
         self.ldaps_url = format!("ldaps://127.0.0.1:{ldaps}");
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -240,6 +240,16 @@ impl Slapd {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Starts the stopped slapd again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        assert!(
+            self.spawn(self.ports),
+            "slapd did not restart: {}",
+            self.log()
+        );
     }
 
     /// A `[directory]` table for this server: `servers`, the service account, its password
