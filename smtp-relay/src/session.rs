@@ -872,6 +872,24 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_user_may_send_as_the_addresses_of_their_entry_only() {
+        let mut s = session(Role::Submission, true);
+        code(&mut s, "EHLO c.example");
+        let _ = s.directory_auth_succeeded(
+            "carol".into(),
+            vec!["carol@example.org".into(), "c.jones@example.org".into()],
+        );
+        assert_eq!(code(&mut s, "MAIL FROM:<alice@example.org>"), 553);
+        assert_eq!(code(&mut s, "MAIL FROM:<carol@example.org.evil>"), 553);
+        assert_eq!(code(&mut s, "MAIL FROM:<C.Jones@Example.ORG>"), 250);
+        code(&mut s, "RSET");
+        // A new TLS session forgets the login and its addresses.
+        s.tls_started();
+        code(&mut s, "EHLO c.example");
+        assert_eq!(code(&mut s, "MAIL FROM:<carol@example.org>"), 530);
+    }
+
+    #[test]
     fn submission_requires_auth_before_mail() {
         for role in [Role::Submission, Role::Submissions] {
             let mut s = session(role, role == Role::Submissions);

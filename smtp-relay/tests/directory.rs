@@ -348,3 +348,43 @@ fn openldap_schema_with_a_group_search_and_the_test_command() {
     let nobody = test("nobody");
     assert!(nobody.contains("not usable: no_such_user"), "{nobody}");
 }
+
+#[test]
+fn check_warns_about_plaintext_ldap_and_refuses_it_off_loopback() {
+    let setup = Setup::new("dir-check", "");
+    std::fs::write(setup.dir.path().join("ldap.pw"), "secret\n").expect("write");
+    let config = |server: &str| {
+        format!(
+            "hostname = \"mx.example.org\"\nspool_dir = \"spool\"\nlocal_domains = [\"example.org\"]\n\
+             [tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
+             [[listener]]\naddress = \"127.0.0.1:0\"\nrole = \"submission\"\nallow = [\"127.0.0.0/8\"]\n\
+             [directory]\nservers = [\"{server}\"]\ninsecure_plaintext = true\n\
+             bind_dn = \"cn=svc,dc=example,dc=org\"\nbind_password_file = \"ldap.pw\"\n\
+             base_dn = \"dc=example,dc=org\"\n"
+        )
+    };
+    let check = || {
+        Command::new(env!("CARGO_BIN_EXE_smtp-relay"))
+            .args(["check", "--config"])
+            .arg(&setup.config)
+            .output()
+            .expect("run smtp-relay")
+    };
+    setup.rewrite(&config("ldap://127.0.0.1:389"));
+    let out = check();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning") && stderr.contains("insecure_plaintext"),
+        "{stderr}"
+    );
+    setup.rewrite(&config("ldap://dc1.example.org"));
+    let out = check();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("directory.servers[0]")
+            && stderr.contains("only allowed for a server on loopback"),
+        "{stderr}"
+    );
+}

@@ -397,6 +397,10 @@ allow = ["127.0.0.0/8"]
         for (text, needle) in [
             (table("servers = []"), "directory.servers = []: empty"),
             (
+                BASE.to_owned(),
+                "needs AUTH but no [[user]] and no [directory] is configured",
+            ),
+            (
                 table("servers = [\"http://dc1.example.org\"]"),
                 "directory.servers[0] = \"http://dc1.example.org\": not an ldaps:// or ldap:// URL",
             ),

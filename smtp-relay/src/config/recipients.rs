@@ -365,6 +365,10 @@ tls = "none"
                 "unknown variant `maybe`",
             ),
             (
+                table("domain = \"example.org\"\nsource = \"directory\""),
+                "recipients.domain[0].source = \"directory\": source = \"directory\" needs a [directory] table",
+            ),
+            (
                 format!("{BASE}\n[recipients]\nunknown_delay_ms = \"11s\"\n"),
                 "recipients.unknown_delay_ms = \"11s\": at most 10 s",
             ),

@@ -129,4 +129,66 @@ mod tests {
             "cn=relay,dc=example,dc=org"
         ));
     }
+
+    fn config(disabled_attribute: Option<&str>) -> DirectoryConfig {
+        use crate::config::directory::Membership;
+        DirectoryConfig {
+            servers: Vec::new(),
+            ca_file: None,
+            insecure_plaintext: false,
+            bind_dn: String::new(),
+            bind_password_file: Default::default(),
+            base_dn: String::new(),
+            login_attributes: vec!["sAMAccountName".into()],
+            address_attributes: vec!["mail".into(), "proxyAddresses".into()],
+            user_filter: "(objectClass=user)".into(),
+            disabled_attribute: disabled_attribute.map(str::to_owned),
+            relay_group: None,
+            group_membership: Membership::MemberOf,
+            timeout: std::time::Duration::from_secs(1),
+            pool_size: 1,
+        }
+    }
+
+    fn entry(pairs: &[(&str, &[&str])]) -> HashMap<String, Vec<String>> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.iter().map(|s| (*s).to_owned()).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn an_entry_as_the_relay_uses_it() {
+        let attrs = entry(&[
+            ("mail", &["Alice@Example.org"]),
+            (
+                "proxyaddresses",
+                &[
+                    "smtp:a.smith@example.org",
+                    "SMTP:alice@example.org",
+                    "X500:/o=Example/cn=alice",
+                ],
+            ),
+            ("userAccountControl", &["512"]),
+            ("memberOf", &["CN=Relay,DC=example,DC=org"]),
+        ]);
+        let uac = config(Some("userAccountControl"));
+        let a = Account::from_entry("cn=alice".into(), &attrs, &uac);
+        assert_eq!(a.addresses, ["alice@example.org", "a.smith@example.org"]);
+        assert_eq!(a.groups, ["CN=Relay,DC=example,DC=org"]);
+        assert!(!a.disabled);
+        assert!(a.owns("A.Smith@example.org") && !a.owns("bob@example.org"));
+        for (value, disabled) in [
+            ("514", true),
+            ("66050", true),
+            ("66048", false),
+            ("junk", true),
+        ] {
+            let attrs = entry(&[("userAccountControl", &[value])]);
+            let a = Account::from_entry("cn=x".into(), &attrs, &uac);
+            assert_eq!(a.disabled, disabled, "{value}");
+        }
+        let attrs = entry(&[("userAccountControl", &["514"])]);
+        assert!(!Account::from_entry("cn=x".into(), &attrs, &config(None)).disabled);
+    }
 }
