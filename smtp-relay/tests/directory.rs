@@ -251,7 +251,9 @@ fn a_directory_that_is_down_refuses_logins_and_recipients_temporarily() {
     slapd.restart();
     let r = smtplib(&server, submission, json!([["login", "bob", "bob pw"]]));
     assert_eq!(codes(&r), [235], "{r:?}");
-    assert!(common::logs::lines_with(&["directory_down"]).is_empty());
+    let url = slapd.ldaps_url.clone();
+    let down = || common::logs::lines_with(&["directory_down", &url]);
+    assert!(down().is_empty());
     slapd.stop();
     for _ in 0..2 {
         let r = smtplib(
@@ -275,7 +277,7 @@ fn a_directory_that_is_down_refuses_logins_and_recipients_temporarily() {
         assert!(r[1].1.contains("4.4.3"), "{r:?}");
     }
     assert!(queued(&server).is_empty(), "nothing queued");
-    let warns = common::logs::lines_with(&["directory_down"]);
+    let warns = down();
     assert_eq!(warns.len(), 1, "one WARN per outage: {warns:?}");
 
     // Back: logins and recipients work again, without a restart of the relay.
@@ -291,7 +293,7 @@ fn a_directory_that_is_down_refuses_logins_and_recipients_temporarily() {
         ]),
     );
     assert_eq!(codes(&r), [235, 250, 250, 550], "{r:?}");
-    assert_eq!(common::logs::lines_with(&["directory_up"]).len(), 1);
+    assert_eq!(common::logs::lines_with(&["directory_up", &url]).len(), 1);
 }
 
 #[test]
@@ -387,4 +389,39 @@ fn check_warns_about_plaintext_ldap_and_refuses_it_off_loopback() {
             && stderr.contains("only allowed for a server on loopback"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_directory_that_does_not_answer_times_out_into_454_and_451() {
+    // Accepts connections and never says a word: the TLS handshake waits for its timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("ldaps://{}", silent.local_addr().expect("addr"));
+    let server = relay("dir-slow", |d| {
+        std::fs::write(d.join("ldap.pw"), "secret\n").expect("write");
+        format!(
+            "[directory]\nservers = [\"{url}\"]\nbind_dn = \"cn=svc,dc=example,dc=org\"\n\
+             bind_password_file = \"ldap.pw\"\nbase_dn = \"dc=example,dc=org\"\ntimeout_ms = 500\n"
+        )
+    });
+    let started = std::time::Instant::now();
+    let r = smtplib(
+        &server,
+        server.addr(Role::Submission),
+        json!([
+            ["login", "alice", "alice pw"],
+            ["new"],
+            ["mail", "x@other.example"]
+        ]),
+    );
+    assert_eq!(codes(&r)[..2], [454, 220], "{r:?}");
+    let r = smtplib(
+        &server,
+        server.addr(Role::Mta),
+        json!([["mail", "x@other.example"], ["rcpt", "alice@example.org"]]),
+    );
+    assert_eq!(codes(&r), [250, 451], "{r:?}");
+    // Four lookups (PLAIN, LOGIN, RCPT), each bounded by timeout_ms.
+    assert!(started.elapsed() < std::time::Duration::from_secs(8));
+    assert!(queued(&server).is_empty());
+    drop(silent);
 }

@@ -126,6 +126,16 @@ impl CompanyDirectory {
         &self.config
     }
 
+    /// The server URLs, for log lines.
+    fn servers(&self) -> String {
+        self.config
+            .servers
+            .iter()
+            .map(|s| s.url.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// Runs `op` within the timeout and keeps the outage state: one WARN when the directory
     /// stops answering, one INFO when it is back. A failure is tried once more on fresh
     /// connections (within the same timeout): an idle connection the server closed, or a
@@ -152,7 +162,11 @@ impl CompanyDirectory {
             Ok(_) => {
                 if self.down.swap(false, Ordering::Relaxed) {
                     metrics::set_down(false);
-                    info!(event = "directory_up", "the directory answers again");
+                    info!(
+                        event = "directory_up",
+                        servers = %self.servers(),
+                        "the directory answers again"
+                    );
                 }
             }
             Err(e) => {
@@ -163,6 +177,7 @@ impl CompanyDirectory {
                     metrics::set_down(true);
                     warn!(
                         event = "directory_down",
+                        servers = %self.servers(),
                         during = what,
                         error = %e,
                         "the directory does not answer: AUTH gets 454, directory recipients 451"
