@@ -419,7 +419,8 @@ impl Session {
         Reply::new(235, "2.7.0", "Authentication successful")
     }
 
-    /// A successful AUTH of a directory user, who may send as `addresses` (lowercased).
+    /// A successful AUTH; a directory user may also send as `addresses` (lowercased; empty
+    /// for `[[user]]` users, whose `senders` apply).
     pub fn directory_auth_succeeded(&mut self, user: String, addresses: Vec<String>) -> Reply {
         self.directory_senders = addresses;
         self.auth_succeeded(user)
