@@ -1,7 +1,7 @@
 //! `cargo xtask bench relay`: throughput, latency and memory of the relay
 //! binary with durable queueing, forwarding to a sink on loopback.
 //!
-//! usage: bench_relay --relay PATH [--messages N] [--sessions N] [--json FILE]
+//! usage: bench_relay --relay PATH [--messages N] [--sessions N] [--only directory] [--json FILE]
 //!        bench_relay --mta ADDR --sink-port P [--messages N] [--name NAME] [--json FILE]
 //!
 //! The second form measures another MTA (e.g. Postfix) already listening on
@@ -18,6 +18,9 @@
 //! phases with `[sender_auth]` on (SPF, DKIM, DMARC against NSD on loopback, every message
 //! DKIM-signed with Ed25519): its figures are reported as a ratio against the plain ones of
 //! the same run.
+//!
+//! Last, logins against the company directory (OpenLDAP slapd on loopback, see
+//! `support/bench_directory.rs`); `--only directory` runs that phase alone.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -35,6 +38,15 @@ use tokio::net::{TcpListener, TcpStream};
 #[path = "../tests/common/nsd.rs"]
 #[allow(dead_code)]
 mod nsd;
+
+/// The tests' slapd fixture (it needs `TempDir` and `write_certs` from here), for the
+/// directory phase.
+#[allow(dead_code)] // the tests' helpers beyond the bench's needs
+#[path = "../tests/common/slapd.rs"]
+mod slapd;
+
+#[path = "support/bench_directory.rs"]
+mod directory;
 
 /// The temp directory `nsd.rs` expects from its parent (as in the tests).
 pub struct TempDir(pub PathBuf);
@@ -199,20 +211,31 @@ impl Drop for Relay {
     }
 }
 
-fn write_certs(dir: &Path) -> anyhow::Result<()> {
-    let key = rcgen::KeyPair::generate()?;
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?.self_signed(&key)?;
-    std::fs::write(dir.join("cert.pem"), cert.pem())?;
-    std::fs::write(dir.join("key.pem"), key.serialize_pem())?;
-    Ok(())
+/// `ca.pem`, and `cert.pem`/`key.pem` for localhost and 127.0.0.1 signed by it (the
+/// directory phase's client and the relay's LDAP client verify them).
+fn write_certs(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).expect("ca cert");
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().expect("key");
+    let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("leaf params")
+        .signed_by(&key, &issuer)
+        .expect("leaf");
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("write ca");
+    std::fs::write(dir.join("cert.pem"), leaf.pem()).expect("write cert");
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("write key");
 }
 
 /// Starts the relay and returns it with its mta port (from the log) and a count of the log
-/// lines that contain `passed` (e.g. checks that passed).
+/// lines that contain `passed` (e.g. checks that passed), when given.
 fn start_relay(
     bin: &Path,
     config: &Path,
-    passed: &'static str,
+    passed: Option<&'static str>,
 ) -> anyhow::Result<(Relay, SocketAddr, Arc<AtomicU64>)> {
     use std::io::BufRead as _;
     let mut child = Command::new(bin)
@@ -243,7 +266,7 @@ fn start_relay(
     let counter = matched.clone();
     std::thread::spawn(move || {
         for line in lines.by_ref().map_while(Result::ok) {
-            if line.contains(passed) {
+            if passed.is_some_and(|p| line.contains(p)) {
                 counter.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -352,6 +375,7 @@ async fn main() -> anyhow::Result<()> {
     let mut sessions = 1000usize;
     let mut json: Option<PathBuf> = None;
     let mut name = String::from("the MTA at --mta");
+    let mut only: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let v = args.next().context("missing value")?;
@@ -363,8 +387,9 @@ async fn main() -> anyhow::Result<()> {
             "--sessions" => sessions = v.parse()?,
             "--json" => json = Some(PathBuf::from(v)),
             "--name" => name = v,
+            "--only" => only = Some(v),
             _ => bail!(
-                "usage: bench_relay --relay PATH [--messages N] [--sessions N] [--json FILE]\n       \
+                "usage: bench_relay --relay PATH [--messages N] [--sessions N] [--only directory] [--json FILE]\n       \
                  bench_relay --mta ADDR --sink-port P [--messages N] [--name NAME] [--json FILE]"
             ),
         }
@@ -390,7 +415,14 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let _cleanup = Cleanup(dir.clone());
-    write_certs(&dir)?;
+    write_certs(&dir);
+    if only.as_deref() == Some("directory") {
+        let logins = directory::measure(&relay_bin, &dir).await?;
+        return write_json(
+            json.as_deref(),
+            &serde_json::json!({ "name": "smtp-relay", "directory": logins }),
+        );
+    }
     let count = Arc::new(AtomicU64::new(0));
     let sink_listener = TcpListener::bind("127.0.0.1:0").await?;
     let sink_addr = sink_listener.local_addr()?;
@@ -410,7 +442,7 @@ async fn main() -> anyhow::Result<()> {
             sink_addr.port()
         ),
     )?;
-    let (relay, addr, _) = start_relay(&relay_bin, &config, "\0")?;
+    let (relay, addr, _) = start_relay(&relay_bin, &config, None)?;
     let pid = relay.0.id();
     let (mut sent, phases) = measure(
         addr,
@@ -452,11 +484,13 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(errors == 0, "{errors} sessions failed");
     let sender_auth =
         with_sender_auth(&relay_bin, &dir, &config, messages, &count, sent, &phases).await?;
+    let logins = directory::measure(&relay_bin, &dir).await?;
     write_json(
         json.as_deref(),
         &serde_json::json!({
             "name": "smtp-relay",
             "phases": phases,
+            "directory": logins,
             "sessions": {
                 "open": sessions,
                 "errors": errors,
@@ -523,7 +557,7 @@ async fn with_sender_auth(
     )?;
     // The checks must really pass (not end in temperror): count their audit lines.
     let passed = "spf=\"pass\" dkim=\"pass\" arc=\"off\" dmarc=\"pass\"";
-    let (relay, addr, checked) = start_relay(relay_bin, &config, passed)?;
+    let (relay, addr, checked) = start_relay(relay_bin, &config, Some(passed))?;
     anyhow::ensure!(
         count.load(Ordering::Relaxed) >= sent,
         "the sink is behind before the sender_auth phase"

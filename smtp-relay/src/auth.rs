@@ -73,6 +73,11 @@ impl Users {
         self.users.is_empty()
     }
 
+    /// Whether `name` is a `[[user]]` (they come before the directory).
+    pub fn contains(&self, name: &str) -> bool {
+        self.users.contains_key(name)
+    }
+
     /// Verifies a password on the blocking pool.
     pub async fn verify(self: &Arc<Self>, name: &str, password: &str) -> bool {
         let (hash, known) = match self.users.get(name) {

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::address;
 
 pub mod bans;
+pub mod directory;
 pub mod dns;
 pub mod duration;
 pub mod locate;
@@ -26,6 +27,7 @@ pub mod screen;
 pub mod sender_auth;
 
 pub use bans::BansConfig;
+pub use directory::DirectoryConfig;
 pub use dns::DnsConfig;
 pub use recipients::RecipientsConfig;
 pub use screen::ScreenConfig;
@@ -118,6 +120,8 @@ struct RawConfig {
     screen: Option<screen::RawScreen>,
     /// SPF, DKIM, DMARC, ARC; off when absent.
     sender_auth: Option<sender_auth::RawSenderAuth>,
+    /// The company directory (LDAP / Active Directory); off when absent.
+    directory: Option<directory::RawDirectory>,
 }
 
 /// The documented defaults (README, configuration reference), in one place.
@@ -152,6 +156,7 @@ impl Default for RawConfig {
             recipients: None,
             screen: None,
             sender_auth: None,
+            directory: None,
         }
     }
 }
@@ -446,6 +451,8 @@ pub struct Config {
     pub screen: Option<ScreenConfig>,
     /// `None`: no `[sender_auth]` table; no SPF/DKIM/DMARC (forged results are still removed).
     pub sender_auth: Option<SenderAuthConfig>,
+    /// `None`: no `[directory]` table; only `[[user]]` tables log in.
+    pub directory: Option<DirectoryConfig>,
 }
 
 impl Config {
@@ -655,13 +662,19 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         });
     }
 
+    let directory = raw
+        .directory
+        .map(|d| directory::validate(d, &base, &root.key("directory")))
+        .transpose()?;
     if users.is_empty()
+        && directory.is_none()
         && let Some(i) = listeners.iter().position(|l| l.role.requires_auth())
     {
         return Err(Invalid::new(
             root.key("listener").index(i).key("role"),
             format!(
-                "listener {} needs AUTH but no [[user]] is configured: nobody could send",
+                "listener {} needs AUTH but no [[user]] and no [directory] is configured: \
+                 nobody could send",
                 listeners[i].address
             ),
         ));
@@ -689,7 +702,14 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         .recipients
         .map(|r| {
             let at = root.key("recipients");
-            recipients::validate(r, &base, &at, &local_domains, delivery.as_ref())
+            recipients::validate(
+                r,
+                &base,
+                &at,
+                &local_domains,
+                delivery.as_ref(),
+                directory.is_some(),
+            )
         })
         .transpose()?;
     let screen = raw
@@ -724,6 +744,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         recipients,
         screen,
         sender_auth,
+        directory,
     })
 }
 

@@ -33,6 +33,7 @@
 //! - [`check`]: names of the checks and their results (metric labels).
 //! - [`sender_auth`]: SPF, DKIM, ARC, DMARC and our `Authentication-Results:` field.
 //! - [`message_sink`]: where DATA goes: the spool, or held for verification (bounded).
+//! - [`directory`]: the company directory (LDAP / AD): AUTH, senders, recipients.
 
 pub mod address;
 pub mod admission;
@@ -47,6 +48,7 @@ pub mod conn;
 pub mod control;
 pub mod data;
 pub mod delivery;
+pub mod directory;
 pub mod disconnect;
 pub mod dns;
 pub mod envelope;
@@ -75,6 +77,8 @@ pub struct Prepared {
     pub config: config::Config,
     pub tls: tls::TlsStore,
     pub users: Arc<auth::Users>,
+    /// The company directory (`[directory]`), not yet connected.
+    pub directory: Option<directory::Shared>,
 }
 
 /// Loads and validates the config, the TLS certificate and key and the user
@@ -91,9 +95,16 @@ pub fn prepare(config_path: &Path) -> anyhow::Result<Prepared> {
             config.error_at(config::KeyPath::root().key("delivery").key("ca_file"), &e)
         })?;
     }
+    let directory = match &config.directory {
+        Some(d) => Some(Arc::new(directory::CompanyDirectory::new(d).map_err(
+            |e| config.error_at(config::KeyPath::root().key("directory"), &e),
+        )?)),
+        None => None,
+    };
     Ok(Prepared {
         config,
         tls,
         users: Arc::new(users),
+        directory,
     })
 }

@@ -56,6 +56,19 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// Query the company directory (`[directory]`) as the relay would.
+    ///
+    /// Connects (failover in order), binds as the service account and, with
+    /// --user, searches that login name and prints the entry's DN, the
+    /// addresses it may send as, its groups, whether it is disabled and in
+    /// the relay group. Never asks for or prints a user's password.
+    Directory {
+        /// The relay's TOML config file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: DirectoryAction,
+    },
     /// Print an argon2id hash for a `[[user]]` password_hash entry.
     ///
     /// Prompts twice without echo, or reads one line from standard input
@@ -82,6 +95,16 @@ enum Command {
     /// Read it with `smtp-relay man | man -l -`, or install it with
     /// `smtp-relay man > /usr/local/share/man/man1/smtp-relay.1`.
     Man,
+}
+
+#[derive(Subcommand)]
+enum DirectoryAction {
+    /// Bind as the service account and show what the relay would use.
+    Test {
+        /// A login name to look up (sAMAccountName, userPrincipalName, uid, ...).
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -161,6 +184,9 @@ fn execute(command: Command) -> anyhow::Result<()> {
         Command::Man => cli_docs::man_pages(Cli::command(), BIN, &mut std::io::stdout()),
         Command::Check { config } => {
             let prepared = smtp_relay::prepare(&config)?;
+            for warning in smtp_relay::directory::warnings(&prepared.config) {
+                eprintln!("smtp-relay: warning: {}: {warning}", config.display());
+            }
             println!(
                 "{}: OK ({} listener(s), {} user(s))",
                 config.display(),
@@ -194,6 +220,24 @@ fn execute(command: Command) -> anyhow::Result<()> {
                     );
                 }
             }
+            Ok(())
+        }
+        Command::Directory {
+            config,
+            action: DirectoryAction::Test { user },
+        } => {
+            logging::init(logging::Targets::Shown);
+            let prepared = smtp_relay::prepare(&config)?;
+            let directory = prepared
+                .directory
+                .with_context(|| format!("{}: no [directory] table", config.display()))?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let text =
+                runtime.block_on(smtp_relay::directory::test(&directory, user.as_deref()))?;
+            print!("{text}");
             Ok(())
         }
         Command::HashPassword { stdin } => {

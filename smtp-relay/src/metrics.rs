@@ -19,10 +19,11 @@ use crate::recipients::RecipientResult;
 use crate::refusal::Refusal;
 use crate::sender_auth::{AuthCheck, CheckResult as AuthResult};
 
+#[derive(Default)]
 pub struct Counter(AtomicU64);
 
 impl Counter {
-    const fn new() -> Counter {
+    pub const fn new() -> Counter {
         Counter(AtomicU64::new(0))
     }
     pub fn inc(&self) {
@@ -197,6 +198,7 @@ impl Collector for Snapshot {
             "Recipients failed permanently.",
             BOUNCED.get(),
         )?;
+        crate::directory::metrics::encode(e)?;
         expose::counter_family(
             e,
             "smtp_relay_refused",

@@ -157,7 +157,16 @@ impl Server {
         let mut policy = Policy::from_config(config, prepared.users.clone());
         policy.recipients = crate::recipients::Directory::new(config)
             .with_context(|| format!("{}: [recipients]", config.path.display()))?
-            .map(Arc::new);
+            .map(|mut r| {
+                if let Some(d) = &prepared.directory {
+                    r.use_company_directory(d.clone());
+                }
+                Arc::new(r)
+            });
+        policy.directory = prepared.directory.clone();
+        for warning in crate::directory::warnings(config) {
+            warn!(event = "directory_insecure", "{warning}");
+        }
         let screen = Screen::new(
             config.screen.as_ref(),
             config.dns.as_ref(),
@@ -730,17 +739,54 @@ async fn authenticate(
             "Temporary authentication failure, try again later",
         )));
     }
-    if session.users().verify(&user, &password).await {
-        shared.throttle.succeeded(client.ip(), &user);
-        audit::auth_succeeded(client, &user, mechanism.name());
-        Ok(Action::Reply(session.auth_succeeded(user)))
-    } else {
-        let delay = shared.throttle.failed(client.ip(), &user);
-        audit::auth_failed(client, Some(&user), mechanism.name(), "bad credentials");
-        shared.bans.auth_failed(client.ip());
-        tokio::time::sleep(delay).await;
-        Ok(session.auth_failed())
+    // `[[user]]` tables first; a name they do not have goes to the directory.
+    let verified = match session.directory() {
+        Some(directory) if !session.users().contains(&user) => {
+            match directory.login(&user, &password).await {
+                Ok(crate::directory::Login::Accepted(account)) => Ok(account.addresses),
+                Ok(crate::directory::Login::Refused(why)) => Err(why.as_str()),
+                Err(e) => {
+                    audit::auth_failed(client, Some(&user), mechanism.name(), &e.to_string());
+                    return Ok(Action::Reply(Reply::new(
+                        454,
+                        "4.7.0",
+                        "Temporary authentication failure, try again later",
+                    )));
+                }
+            }
+        }
+        _ => match session.users().verify(&user, &password).await {
+            true => Ok(Vec::new()),
+            false => Err("bad credentials"),
+        },
+    };
+    match verified {
+        Ok(addresses) => {
+            shared.throttle.succeeded(client.ip(), &user);
+            audit::auth_succeeded(client, &user, mechanism.name());
+            Ok(Action::Reply(
+                session.directory_auth_succeeded(user, addresses),
+            ))
+        }
+        Err(why) => refuse_login(session, shared, client, &user, mechanism, why).await,
     }
+}
+
+/// A wrong password or an account that may not log in: the same 535 for all, after the
+/// brute-force delay.
+async fn refuse_login(
+    session: &mut Session,
+    shared: &Shared,
+    client: SocketAddr,
+    user: &str,
+    mechanism: Mechanism,
+    why: &str,
+) -> io::Result<Action> {
+    let delay = shared.throttle.failed(client.ip(), user);
+    audit::auth_failed(client, Some(user), mechanism.name(), why);
+    shared.bans.auth_failed(client.ip());
+    tokio::time::sleep(delay).await;
+    Ok(session.auth_failed())
 }
 
 /// Sends a 334 challenge and reads the response line. A too-long line is

@@ -40,6 +40,8 @@ pub struct Policy {
     pub recipients: Option<Arc<Directory>>,
     /// The HELO check on strangers of `mta` listeners (`[screen] helo`).
     pub helo_check: HeloCheck,
+    /// The company directory (`[directory]`): users beside the `[[user]]` tables.
+    pub directory: Option<crate::directory::Shared>,
 }
 
 impl Policy {
@@ -55,7 +57,13 @@ impl Policy {
             max_commands: config.limits.commands,
             recipients: None,
             helo_check: config.screen.as_ref().map_or(HeloCheck::Off, |s| s.helo),
+            directory: None,
         }
+    }
+
+    /// Whether anyone can log in: `[[user]]` tables or the directory.
+    fn auth_enabled(&self) -> bool {
+        !self.users.is_empty() || self.directory.is_some()
     }
 
     /// The domain used for `<Postmaster>`.
@@ -127,6 +135,8 @@ pub struct Session {
     harvest: Harvest,
     /// The address the client connected to, when known (a HELO claiming it is ours).
     local_ip: Option<IpAddr>,
+    /// A directory user's addresses (lowercased), for the sender binding.
+    directory_senders: Vec<String>,
 }
 
 fn r(code: u16, enhanced: &'static str, text: &str) -> Action {
@@ -164,6 +174,7 @@ impl Session {
             auth_failures: 0,
             harvest: Harvest::default(),
             local_ip: None,
+            directory_senders: Vec::new(),
         }
     }
 
@@ -186,6 +197,9 @@ impl Session {
     }
     pub fn users(&self) -> Arc<Users> {
         self.policy.users.clone()
+    }
+    pub fn directory(&self) -> Option<crate::directory::Shared> {
+        self.policy.directory.clone()
     }
     pub fn hostname(&self) -> &str {
         &self.policy.hostname
@@ -223,7 +237,7 @@ impl Session {
 
     /// AUTH is offered only inside TLS and only where users exist.
     fn auth_offered(&self) -> bool {
-        self.tls && !self.policy.users.is_empty()
+        self.tls && self.policy.auth_enabled()
     }
 
     fn ehlo_reply(&self, name: &str) -> Reply {
@@ -398,7 +412,7 @@ impl Session {
         if self.transaction.is_some() {
             return r(503, "5.5.1", "AUTH not allowed during a mail transaction");
         }
-        if self.policy.users.is_empty() {
+        if !self.policy.auth_enabled() {
             return r(502, "5.5.1", "Authentication not enabled");
         }
         match Mechanism::from_name(mechanism) {
@@ -411,6 +425,13 @@ impl Session {
     pub fn auth_succeeded(&mut self, user: String) -> Reply {
         self.user = Some(user);
         Reply::new(235, "2.7.0", "Authentication successful")
+    }
+
+    /// A successful AUTH; a directory user may also send as `addresses` (lowercased; empty
+    /// for `[[user]]` users, whose `senders` apply).
+    pub fn directory_auth_succeeded(&mut self, user: String, addresses: Vec<String>) -> Reply {
+        self.directory_senders = addresses;
+        self.auth_succeeded(user)
     }
 
     /// Records a failed AUTH; closes after too many.
@@ -430,6 +451,7 @@ impl Session {
         self.starttls_available = false;
         self.helo = None;
         self.user = None;
+        self.directory_senders.clear();
         self.transaction = None;
     }
 
@@ -478,9 +500,13 @@ impl Session {
                 Path::Mailbox {
                     mailbox,
                     source_route: false,
-                } => mailbox
-                    .plain_form()
-                    .is_some_and(|p| self.policy.users.may_send_as(user, &p)),
+                } => mailbox.plain_form().is_some_and(|p| {
+                    self.policy.users.may_send_as(user, &p)
+                        || self
+                            .directory_senders
+                            .iter()
+                            .any(|a| a.eq_ignore_ascii_case(&p))
+                }),
                 _ => false,
             };
             if !owned {
@@ -683,6 +709,7 @@ mod tests {
             max_commands: 1000,
             recipients: None,
             helo_check: HeloCheck::Off,
+            directory: None,
         })
     }
 
@@ -851,6 +878,24 @@ mod tests {
         assert_eq!(code(&mut s, "RCPT TO:<c@other.example>"), 250);
         assert_eq!(code(&mut s, "RCPT TO:<d@other.example>"), 250);
         assert_eq!(code(&mut s, "RCPT TO:<e@other.example>"), 452);
+    }
+
+    #[test]
+    fn a_directory_user_may_send_as_the_addresses_of_their_entry_only() {
+        let mut s = session(Role::Submission, true);
+        code(&mut s, "EHLO c.example");
+        let _ = s.directory_auth_succeeded(
+            "carol".into(),
+            vec!["carol@example.org".into(), "c.jones@example.org".into()],
+        );
+        assert_eq!(code(&mut s, "MAIL FROM:<alice@example.org>"), 553);
+        assert_eq!(code(&mut s, "MAIL FROM:<carol@example.org.evil>"), 553);
+        assert_eq!(code(&mut s, "MAIL FROM:<C.Jones@Example.ORG>"), 250);
+        code(&mut s, "RSET");
+        // A new TLS session forgets the login and its addresses.
+        s.tls_started();
+        code(&mut s, "EHLO c.example");
+        assert_eq!(code(&mut s, "MAIL FROM:<carol@example.org>"), 530);
     }
 
     #[test]

@@ -124,19 +124,7 @@ fn sigterm_stops_gracefully_and_auth_failures_are_logged() {
 }
 
 fn check(config: &Path) -> (bool, String) {
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(config)
-        .output()
-        .expect("run check");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    common::process::check(BIN, config)
 }
 
 #[test]

@@ -8,7 +8,6 @@ mod common;
 
 use std::net::IpAddr;
 use std::path::Path;
-use std::process::Command;
 
 use common::{TempDir, write_certs};
 use gatekeeper_support::gatekeeper_config;
@@ -92,17 +91,8 @@ fn the_relay_block_passes_check_and_does_what_the_text_says() {
     let text = relay_config_in(dir.path());
     let config_path = dir.path().join("smtp-relay.toml");
     std::fs::write(&config_path, &text).expect("write relay config");
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&config_path)
-        .output()
-        .expect("run check");
-    assert!(
-        out.status.success(),
-        "check refused the README example: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, printed) = common::process::check(BIN, &config_path);
+    assert!(ok, "check refused the README example: {printed}");
 
     let c = Config::load(&config_path).expect("valid");
     let stranger: IpAddr = "198.51.100.77".parse().expect("ip");

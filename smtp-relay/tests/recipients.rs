@@ -312,13 +312,8 @@ fn check_reports_recipient_config_errors() {
             "[recipients]\n[[recipients.domain]]\ndomain = \"example.org\"\nsource = \"verify\"\n",
         ),
     );
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&setup.config)
-        .output()
-        .expect("run check");
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = common::process::check(BIN, &setup.config);
+    assert!(!ok, "{text}");
     assert!(
         text.contains(
             "recipients.domain[0].source = \"verify\": example.org has no [[delivery.route]]"
@@ -334,13 +329,8 @@ fn check_reports_recipient_config_errors() {
         "",
         "[recipients]\n[[recipients.domain]]\ndomain = \"example.org\"\nsource = \"list\"\nfile = \"list\"\n",
     ));
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&setup.config)
-        .output()
-        .expect("run check");
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = common::process::check(BIN, &setup.config);
+    assert!(!ok, "{text}");
     assert!(
         text.contains("list:2: other.example is not a domain this list is used for"),
         "{text}"

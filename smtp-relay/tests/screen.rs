@@ -9,7 +9,6 @@ mod common;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::logs;
@@ -331,21 +330,8 @@ fn helo_names_that_are_junk_or_ours_are_refused_to_strangers() {
     assert!(!logged.is_empty(), "no audit line under helo = \"log\"");
 }
 
-/// `smtp-relay check` on `config`: success and what it printed.
 fn check(config: &Path) -> (bool, String) {
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(config)
-        .output()
-        .expect("run check");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    common::process::check(BIN, config)
 }
 
 #[test]

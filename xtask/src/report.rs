@@ -922,7 +922,33 @@ fn relay_section(md: &mut String, relay: Option<&Value>) {
             sessions["peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
         );
     }
+    directory_rows(md, &ours["directory"]);
     let _ = writeln!(md);
+}
+
+/// AUTH against the company directory (OpenLDAP slapd on loopback): the rate held, the
+/// login latency and the relay's memory.
+fn directory_rows(md: &mut String, d: &Value) {
+    let Some(offered) = d["offered_per_second"].as_u64() else {
+        return;
+    };
+    let num = |key: &str| d[key].as_f64().unwrap_or(f64::NAN);
+    let _ = writeln!(
+        md,
+        "\nAUTH against the company directory (`[directory]`, OpenLDAP slapd over ldaps on loopback, \
+         {} users, one session per login):\n\n\
+         | offered | sustained | logins | errors | AUTH→235 p50 | p99 | relay RSS | peak RSS |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|\n\
+         | {offered}/s | {:.1}/s | {} | {} | {:.1} ms | {:.1} ms | {:.1} MB | {:.1} MB |",
+        d["users"].as_u64().unwrap_or(0),
+        num("logins_per_second"),
+        d["logins"].as_u64().unwrap_or(0),
+        d["errors"].as_u64().unwrap_or(0),
+        num("p50_ms"),
+        num("p99_ms"),
+        num("rss_mb"),
+        num("peak_rss_mb"),
+    );
 }
 
 /// A horizontal bar chart: one bar per (label, value, annotation), scaled to the largest value.
@@ -996,7 +1022,10 @@ mod tests {
         let phase = |clients: u64, rate: f64| json!({"clients": clients, "messages": 3000, "messages_per_second": rate, "p50_ms": 2.0, "p99_ms": 4.0});
         let relay = json!({
             "smtp_relay": {"name": "smtp-relay", "phases": [phase(10, 2000.0), phase(50, 2200.0)],
-                "sessions": {"open": 1000, "errors": 0, "rss_mb": 23.3, "peak_rss_mb": 42.3}},
+                "sessions": {"open": 1000, "errors": 0, "rss_mb": 23.3, "peak_rss_mb": 42.3},
+                "directory": {"users": 100, "offered_per_second": 200, "logins": 3000,
+                    "errors": 0, "logins_per_second": 199.5, "p50_ms": 3.2, "p99_ms": 9.87,
+                    "rss_mb": 20.0, "peak_rss_mb": 30.5}},
             "postfix": {"name": "postfix 3.7.11", "phases": [phase(10, 500.0), phase(50, 550.0)]},
         });
         let mut md = String::new();
@@ -1008,6 +1037,10 @@ mod tests {
         );
         assert!(
             md.contains("1000 SMTP sessions open at once: 0 errors"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 200/s | 199.5/s | 3000 | 0 | 3.2 ms | 9.9 ms | 20.0 MB | 30.5 MB |"),
             "{md}"
         );
         let without = json!({"smtp_relay": relay["smtp_relay"].clone(), "postfix": null});

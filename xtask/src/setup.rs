@@ -14,7 +14,7 @@ pub const NIGHTLY: &str = "nightly";
 
 pub fn run() -> anyhow::Result<()> {
     step(
-        "setup: checking the toolchain (nightly + rust-src, LLVM 22, bpf-linker 0.13, iproute2, openssl, python3, and qemu, busybox-static, cpio, xz for the kernel matrix)",
+        "setup: checking the toolchain (nightly + rust-src, LLVM 22, bpf-linker 0.13, iproute2, openssl, python3, nsd, slapd, and qemu, busybox-static, cpio, xz for the kernel matrix)",
     );
     ensure_nightly()?;
     ensure_rust_src()?;
@@ -186,6 +186,12 @@ const TOOLS: &[(&str, &[&str], &str, &str)] = &[
         &["-v"],
         "nsd",
         "an authoritative DNS server on loopback for the relay's SPF/DKIM/DMARC/DNSBL tests",
+    ),
+    (
+        "/usr/sbin/slapd",
+        &["-VV"],
+        "slapd",
+        "OpenLDAP on loopback as the company directory of the relay's [directory] tests",
     ),
 ];
 

@@ -64,6 +64,8 @@ pub enum Source {
     Verify,
     /// Every local part (the default).
     Accept,
+    /// An enabled entry of the company directory (`[directory]`) with that address.
+    Directory,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +84,8 @@ pub enum Rule {
     /// The delivery route (or smarthost) that mail for the domain takes.
     Verify(HopConfig),
     Accept,
+    /// The company directory (`[directory]`).
+    Directory,
 }
 
 impl Rule {
@@ -90,6 +94,7 @@ impl Rule {
             Rule::List(_) => Source::List,
             Rule::Verify(_) => Source::Verify,
             Rule::Accept => Source::Accept,
+            Rule::Directory => Source::Directory,
         }
     }
 }
@@ -134,6 +139,7 @@ pub(super) fn validate(
     at: &KeyPath,
     local_domains: &[String],
     delivery: Option<&DeliveryConfig>,
+    has_directory: bool,
 ) -> Result<RecipientsConfig, Invalid> {
     positive(raw.positive_ttl_secs, &at.key("positive_ttl_secs"))?;
     positive(raw.negative_ttl_secs, &at.key("negative_ttl_secs"))?;
@@ -184,6 +190,14 @@ pub(super) fn validate(
                 )
             })?),
             Source::Accept => Rule::Accept,
+            Source::Directory => {
+                ensure(
+                    has_directory,
+                    &at.key("source"),
+                    "source = \"directory\" needs a [directory] table",
+                )?;
+                Rule::Directory
+            }
         };
         domains.push((domain, rule));
     }
@@ -349,6 +363,10 @@ tls = "none"
             (
                 table("domain = \"example.org\"\nsource = \"maybe\""),
                 "unknown variant `maybe`",
+            ),
+            (
+                table("domain = \"example.org\"\nsource = \"directory\""),
+                "recipients.domain[0].source = \"directory\": source = \"directory\" needs a [directory] table",
             ),
             (
                 format!("{BASE}\n[recipients]\nunknown_delay_ms = \"11s\"\n"),

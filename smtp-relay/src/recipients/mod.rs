@@ -4,6 +4,7 @@
 //!
 //! - [`list`]: a file of addresses and `@domain` catch-alls, followed on change;
 //! - [`probe`]: an RCPT probe to the domain's next hop, cached;
+//! - [`crate::directory::recipients`]: the company directory (`[directory]`), cached;
 //! - no check (`accept`, and every domain without a table).
 //!
 //! `postmaster@` of every local domain is always accepted (RFC 5321 4.5.1). [`harvest`] slows
@@ -22,6 +23,8 @@ use std::time::Duration;
 
 use crate::config::recipients::{Rule, Source, list_domains};
 use crate::config::{Config, HopConfig};
+use crate::directory::CompanyDirectory;
+use crate::directory::recipients::RecipientLookup;
 use crate::metrics;
 use list::ListFile;
 use probe::{Answer, Prober};
@@ -74,12 +77,16 @@ impl Verdict {
 enum Check {
     List(Arc<ListFile>),
     Verify(HopConfig),
+    Directory,
 }
 
 /// The recipients of the local domains, one per process.
 pub struct Directory {
     domains: HashMap<String, Check>,
     prober: Option<Prober>,
+    /// For `source = "directory"`; attached by [`Directory::use_company_directory`].
+    company: Option<RecipientLookup>,
+    settings: crate::config::RecipientsConfig,
     pub unknown_delay: Duration,
     pub unknown_max: u32,
 }
@@ -115,6 +122,7 @@ impl Directory {
                 }
                 Rule::Verify(hop) => Check::Verify(hop.clone()),
                 Rule::Accept => continue,
+                Rule::Directory => Check::Directory,
             };
             domains.insert(domain.clone(), check);
         }
@@ -126,9 +134,17 @@ impl Directory {
         Ok(Some(Directory {
             domains,
             prober,
+            company: None,
+            settings: r.clone(),
             unknown_delay: r.unknown_delay,
             unknown_max: r.unknown_max,
         }))
+    }
+
+    /// The company directory for the domains with `source = "directory"` (without it they
+    /// answer 451).
+    pub fn use_company_directory(&mut self, directory: Arc<CompanyDirectory>) {
+        self.company = Some(RecipientLookup::new(directory, &self.settings));
     }
 
     /// Whether the local recipient `address` needs [`Directory::verify`]: not for postmaster
@@ -173,6 +189,28 @@ impl Directory {
                     Answer::Unavailable(why) => {
                         Verdict::new(RecipientResult::Unverified, Source::Verify, why)
                     }
+                }
+            }
+            Some(Check::Directory) => {
+                let Some(company) = &self.company else {
+                    return Verdict::new(
+                        RecipientResult::Unverified,
+                        Source::Directory,
+                        "no directory",
+                    );
+                };
+                match company.exists(address).await {
+                    Ok(true) => Verdict::new(RecipientResult::Known, Source::Directory, ""),
+                    Ok(false) => Verdict::new(
+                        RecipientResult::Unknown,
+                        Source::Directory,
+                        "not in the directory",
+                    ),
+                    Err(e) => Verdict::new(
+                        RecipientResult::Unverified,
+                        Source::Directory,
+                        e.to_string(),
+                    ),
                 }
             }
         }

@@ -12,6 +12,7 @@ pub mod logs;
 pub mod nexthop;
 pub mod nsd;
 pub mod process;
+pub mod slapd;
 
 use std::io::{BufRead as _, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

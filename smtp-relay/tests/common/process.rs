@@ -9,6 +9,24 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// `smtp-relay check --config CONFIG` with the binary `bin`: whether it succeeded, and what it
+/// printed (stdout then stderr).
+pub fn check(bin: &str, config: &Path) -> (bool, String) {
+    let out = Command::new(bin)
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .expect("run smtp-relay check");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// The relay as a child process; killed by PID on drop.
 pub struct Relay {
     pub child: Child,
