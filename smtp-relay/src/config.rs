@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::address;
 
 pub mod bans;
+pub mod dkim;
 pub mod dns;
 pub mod duration;
 pub mod locate;
@@ -26,6 +27,7 @@ pub mod screen;
 pub mod sender_auth;
 
 pub use bans::BansConfig;
+pub use dkim::{DkimConfig, DkimKeyConfig};
 pub use dns::DnsConfig;
 pub use recipients::RecipientsConfig;
 pub use screen::ScreenConfig;
@@ -118,6 +120,8 @@ struct RawConfig {
     screen: Option<screen::RawScreen>,
     /// SPF, DKIM, DMARC, ARC; off when absent.
     sender_auth: Option<sender_auth::RawSenderAuth>,
+    /// DKIM signing keys; nothing is signed when absent.
+    dkim: Option<dkim::RawDkim>,
 }
 
 /// The documented defaults (README, configuration reference), in one place.
@@ -152,6 +156,7 @@ impl Default for RawConfig {
             recipients: None,
             screen: None,
             sender_auth: None,
+            dkim: None,
         }
     }
 }
@@ -446,6 +451,8 @@ pub struct Config {
     pub screen: Option<ScreenConfig>,
     /// `None`: no `[sender_auth]` table; no SPF/DKIM/DMARC (forged results are still removed).
     pub sender_auth: Option<SenderAuthConfig>,
+    /// `None`: no `[dkim]` table; outbound mail is not signed.
+    pub dkim: Option<DkimConfig>,
 }
 
 impl Config {
@@ -700,6 +707,10 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         .sender_auth
         .map(|s| sender_auth::validate(s, &hostname, dns.is_some(), &root.key("sender_auth")))
         .transpose()?;
+    let dkim = raw
+        .dkim
+        .map(|d| dkim::validate(d, &base, &root.key("dkim")))
+        .transpose()?;
 
     Ok(Config {
         path: path.to_owned(),
@@ -724,6 +735,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         recipients,
         screen,
         sender_auth,
+        dkim,
     })
 }
 

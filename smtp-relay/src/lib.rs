@@ -48,6 +48,7 @@ pub mod control;
 pub mod data;
 pub mod delivery;
 pub mod disconnect;
+pub mod dkim;
 pub mod dns;
 pub mod envelope;
 pub mod message_sink;
@@ -75,6 +76,8 @@ pub struct Prepared {
     pub config: config::Config,
     pub tls: tls::TlsStore,
     pub users: Arc<auth::Users>,
+    /// The `[dkim]` keys, read; `None` without the table.
+    pub dkim: Option<Arc<dkim::Signer>>,
 }
 
 /// Loads and validates the config, the TLS certificate and key and the user
@@ -91,7 +94,14 @@ pub fn prepare(config_path: &Path) -> anyhow::Result<Prepared> {
             config.error_at(config::KeyPath::root().key("delivery").key("ca_file"), &e)
         })?;
     }
+    let dkim = match &config.dkim {
+        Some(d) => Some(Arc::new(dkim::Signer::from_config(d).map_err(|e| {
+            config.error_at(config::KeyPath::root().key("dkim").key("key"), &e)
+        })?)),
+        None => None,
+    };
     Ok(Prepared {
+        dkim,
         config,
         tls,
         users: Arc::new(users),
