@@ -996,6 +996,42 @@ senders = ["alice@Example.org"]
     }
 
     #[test]
+    fn dkim_keys_are_validated() {
+        let key = |d: &str, s: &str| {
+            format!(
+                "[[dkim.key]]\ndomain = \"{d}\"\nselector = \"{s}\"\nprivate_key = \"dkim/{s}.key\"\n"
+            )
+        };
+        let c = parse(&format!(
+            "{}\n{}{}",
+            good(),
+            key("Example.ORG", "ed1"),
+            key("example.org", "rsa1")
+        ))
+        .expect("valid");
+        let dkim = c.dkim.expect("[dkim]");
+        assert_eq!(dkim.keys.len(), 2);
+        assert_eq!(dkim.keys[0].domain, "example.org");
+        assert_eq!(
+            dkim.keys[0].private_key,
+            Path::new("/etc/smtp-relay/dkim/ed1.key")
+        );
+        assert!(parse(&good()).expect("valid").dkim.is_none());
+        for (text, want) in [
+            (
+                key("example.org", "a").repeat(2),
+                "already has a key with this selector",
+            ),
+            (key("not a domain", "a"), "not a domain"),
+            (key("example.org", "bad selector"), "not a selector"),
+            ("[dkim]\n".to_owned(), "no [[dkim.key]]"),
+        ] {
+            let e = err(&format!("{}\n{text}", good()));
+            assert!(e.contains(want), "{e}");
+        }
+    }
+
+    #[test]
     fn unknown_key_is_refused_with_file_and_line() {
         let text = good().replace(
             "trusted_networks = []",

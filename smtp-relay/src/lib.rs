@@ -23,6 +23,7 @@
 //! - [`server`]: listeners, access ranges, the connection loop.
 //! - [`clock`]: UTC timestamps for headers and the spool.
 //! - [`delivery`]: the queue: routes, MX, SMTP client, retries, bounces.
+//! - [`dkim`]: DKIM keys (keygen, published-record check) and signing at delivery.
 //! - [`control`]: operator commands on the queue of a running relay.
 //! - [`metrics`]: counters and the Prometheus endpoint.
 //! - [`refusal`]: refusal reasons (metric labels) and message outcomes.
