@@ -15,6 +15,7 @@ use common::nsd::Nsd;
 use common::{Client, PASSWORD, TempDir, TestServer, config_text, delivery_section};
 use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
 use smtp_relay::config::Role;
+use smtp_relay::dkim::keys::Algorithm;
 
 const BIN: &str = env!("CARGO_BIN_EXE_smtp-relay");
 const WAIT: Duration = Duration::from_secs(20);
@@ -249,6 +250,7 @@ fn trusted_networks_are_signed_and_other_from_domains_are_not() {
         delivery_section(&[("remote.test", hop.addr, "none")], "")
     );
     let server = TestServer::start_with("dkim-trusted", &config);
+    let signed_before = smtp_relay::metrics::dkim_signed_count(Algorithm::Ed25519);
     let mut c = Client::connect(server.addr(Role::Mta));
     c.ehlo();
     // A subdomain is signed with its parent's key (DMARC relaxed alignment).
@@ -268,6 +270,7 @@ fn trusted_networks_are_signed_and_other_from_domains_are_not() {
     assert!(String::from_utf8_lossy(&m.data).contains("d=example.net"));
     let o = by_subject(&got, "dkim-other-domain");
     assert!(!String::from_utf8_lossy(&o.data).contains("DKIM-Signature"));
+    assert!(smtp_relay::metrics::dkim_signed_count(Algorithm::Ed25519) > signed_before);
 }
 
 #[test]
@@ -285,6 +288,40 @@ fn keygen_writes_a_private_key_and_check_compares_the_published_records() {
         assert_eq!(mode & 0o777, 0o600, "{}", key.display());
         let pem = std::fs::read_to_string(key).expect("read key");
         assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"), "{pem}");
+    }
+    // Handed to the relay's user (here nobody): chown needs root.
+    if common::root_tests_enabled("keygen --owner", "chown of the key file") {
+        let owned = dir.path().join("owned.key");
+        let out = Command::new(BIN)
+            .args([
+                "dkim",
+                "keygen",
+                "--domain",
+                "example.org",
+                "--selector",
+                "o",
+            ])
+            .args(["--owner", "nobody", "--key-file"])
+            .arg(&owned)
+            .output()
+            .expect("run keygen");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let nobody = Command::new("id")
+            .args(["-u", "nobody"])
+            .output()
+            .expect("id");
+        let uid: u32 = String::from_utf8_lossy(&nobody.stdout)
+            .trim()
+            .parse()
+            .expect("uid");
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&owned).expect("key")),
+            uid
+        );
     }
     // An existing key is never overwritten.
     let again = Command::new(BIN)
