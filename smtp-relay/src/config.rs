@@ -18,6 +18,7 @@ use crate::address;
 
 pub mod bans;
 pub mod directory;
+pub mod dkim;
 pub mod dns;
 pub mod duration;
 pub mod locate;
@@ -28,6 +29,7 @@ pub mod sender_auth;
 
 pub use bans::BansConfig;
 pub use directory::DirectoryConfig;
+pub use dkim::{DkimConfig, DkimKeyConfig};
 pub use dns::DnsConfig;
 pub use recipients::RecipientsConfig;
 pub use screen::ScreenConfig;
@@ -122,6 +124,8 @@ struct RawConfig {
     sender_auth: Option<sender_auth::RawSenderAuth>,
     /// The company directory (LDAP / Active Directory); off when absent.
     directory: Option<directory::RawDirectory>,
+    /// DKIM signing keys; nothing is signed when absent.
+    dkim: Option<dkim::RawDkim>,
 }
 
 /// The documented defaults (README, configuration reference), in one place.
@@ -157,6 +161,7 @@ impl Default for RawConfig {
             screen: None,
             sender_auth: None,
             directory: None,
+            dkim: None,
         }
     }
 }
@@ -453,6 +458,8 @@ pub struct Config {
     pub sender_auth: Option<SenderAuthConfig>,
     /// `None`: no `[directory]` table; only `[[user]]` tables log in.
     pub directory: Option<DirectoryConfig>,
+    /// `None`: no `[dkim]` table; outbound mail is not signed.
+    pub dkim: Option<DkimConfig>,
 }
 
 impl Config {
@@ -720,6 +727,10 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         .sender_auth
         .map(|s| sender_auth::validate(s, &hostname, dns.is_some(), &root.key("sender_auth")))
         .transpose()?;
+    let dkim = raw
+        .dkim
+        .map(|d| dkim::validate(d, &base, &root.key("dkim")))
+        .transpose()?;
 
     Ok(Config {
         path: path.to_owned(),
@@ -745,6 +756,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, Invalid> {
         screen,
         sender_auth,
         directory,
+        dkim,
     })
 }
 
@@ -1002,6 +1014,42 @@ senders = ["alice@Example.org"]
         // IPv4-mapped IPv6 peers match IPv4 ranges.
         assert!(c.listeners[2].admits("::ffff:127.0.0.1".parse().expect("ip")));
         assert!(!c.listeners[1].admits("127.0.0.1".parse().expect("ip")));
+    }
+
+    #[test]
+    fn dkim_keys_are_validated() {
+        let key = |d: &str, s: &str| {
+            format!(
+                "[[dkim.key]]\ndomain = \"{d}\"\nselector = \"{s}\"\nprivate_key = \"dkim/{s}.key\"\n"
+            )
+        };
+        let c = parse(&format!(
+            "{}\n{}{}",
+            good(),
+            key("Example.ORG", "ed1"),
+            key("example.org", "rsa1")
+        ))
+        .expect("valid");
+        let dkim = c.dkim.expect("[dkim]");
+        assert_eq!(dkim.keys.len(), 2);
+        assert_eq!(dkim.keys[0].domain, "example.org");
+        assert_eq!(
+            dkim.keys[0].private_key,
+            Path::new("/etc/smtp-relay/dkim/ed1.key")
+        );
+        assert!(parse(&good()).expect("valid").dkim.is_none());
+        for (text, want) in [
+            (
+                key("example.org", "a").repeat(2),
+                "already has a key with this selector",
+            ),
+            (key("not a domain", "a"), "not a domain"),
+            (key("example.org", "bad selector"), "not a selector"),
+            ("[dkim]\n".to_owned(), "no [[dkim.key]]"),
+        ] {
+            let e = err(&format!("{}\n{text}", good()));
+            assert!(e.contains(want), "{e}");
+        }
     }
 
     #[test]

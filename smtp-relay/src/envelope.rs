@@ -315,12 +315,20 @@ pub struct Envelope {
     /// Set on bounces we generate, so that the queue can tell them apart.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub is_bounce: bool,
+    /// The client was in `trusted_networks` (with `user`: a submission, so DKIM signs it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trusted: bool,
 }
 
 impl Envelope {
     /// Whether the sender is the null reverse-path `<>`.
     pub fn null_sender(&self) -> bool {
         self.sender.is_empty()
+    }
+
+    /// Whether the client authenticated or was in `trusted_networks`: mail we may sign.
+    pub fn submitted(&self) -> bool {
+        self.user.is_some() || self.trusted
     }
 
     /// Whether some recipient still waits for delivery.
@@ -456,6 +464,7 @@ pub mod v1 {
                 attempts: self.attempts,
                 next_attempt: self.next_attempt,
                 is_bounce: self.is_bounce,
+                trusted: false,
             }
         }
     }

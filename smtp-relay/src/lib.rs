@@ -23,6 +23,7 @@
 //! - [`server`]: listeners, access ranges, the connection loop.
 //! - [`clock`]: UTC timestamps for headers and the spool.
 //! - [`delivery`]: the queue: routes, MX, SMTP client, retries, bounces.
+//! - [`dkim`]: DKIM keys (keygen, published-record check) and signing at delivery.
 //! - [`control`]: operator commands on the queue of a running relay.
 //! - [`metrics`]: counters and the Prometheus endpoint.
 //! - [`refusal`]: refusal reasons (metric labels) and message outcomes.
@@ -50,6 +51,7 @@ pub mod data;
 pub mod delivery;
 pub mod directory;
 pub mod disconnect;
+pub mod dkim;
 pub mod dns;
 pub mod envelope;
 pub mod message_sink;
@@ -79,6 +81,8 @@ pub struct Prepared {
     pub users: Arc<auth::Users>,
     /// The company directory (`[directory]`), not yet connected.
     pub directory: Option<directory::Shared>,
+    /// The `[dkim]` keys, read; `None` without the table.
+    pub dkim: Option<Arc<dkim::Signer>>,
 }
 
 /// Loads and validates the config, the TLS certificate and key and the user
@@ -101,7 +105,14 @@ pub fn prepare(config_path: &Path) -> anyhow::Result<Prepared> {
         )?)),
         None => None,
     };
+    let dkim = match &config.dkim {
+        Some(d) => Some(Arc::new(dkim::Signer::from_config(d).map_err(|e| {
+            config.error_at(config::KeyPath::root().key("dkim").key("key"), &e)
+        })?)),
+        None => None,
+    };
     Ok(Prepared {
+        dkim,
         config,
         tls,
         users: Arc::new(users),

@@ -69,6 +69,11 @@ enum Command {
         #[command(subcommand)]
         action: DirectoryAction,
     },
+    /// DKIM keys: generate one and print its DNS record, or check the published records.
+    Dkim {
+        #[command(subcommand)]
+        action: DkimAction,
+    },
     /// Print an argon2id hash for a `[[user]]` password_hash entry.
     ///
     /// Prompts twice without echo, or reads one line from standard input
@@ -104,6 +109,37 @@ enum DirectoryAction {
         /// A login name to look up (sAMAccountName, userPrincipalName, uid, ...).
         #[arg(long, value_name = "NAME")]
         user: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DkimAction {
+    /// Generate a private key (PEM, mode 0600, never over an existing file) and print the TXT
+    /// record to publish at SELECTOR._domainkey.DOMAIN, in zone-file syntax.
+    Keygen {
+        /// The signing domain (d=); mail whose From: is in it gets signed.
+        #[arg(long)]
+        domain: String,
+        /// The selector (s=), e.g. "ed2026" or "rsa2026".
+        #[arg(long)]
+        selector: String,
+        /// ed25519 (RFC 8463) or rsa (2048 bits); configure one of each for dual signatures.
+        #[arg(long, value_enum, default_value = "ed25519")]
+        algorithm: smtp_relay::dkim::keys::Algorithm,
+        /// Where to write the key [default: DOMAIN.SELECTOR.key in the current directory].
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
+        /// Make this user (the relay's, e.g. smtp-relay) own the key file; needs root.
+        #[arg(long, value_name = "USER")]
+        owner: Option<String>,
+    },
+    /// Look up each [[dkim.key]]'s record through the config's nameservers ([dns], else
+    /// [delivery] nameservers) and say whether it matches the key file. Exits non-zero when any
+    /// key is missing, differs, or cannot be checked.
+    Check {
+        /// The relay's TOML config file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
     },
 }
 
@@ -240,6 +276,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
             print!("{text}");
             Ok(())
         }
+        Command::Dkim { action } => dkim(action),
         Command::HashPassword { stdin } => {
             let password = read_password(stdin)?;
             println!("{}", smtp_relay::password::hash_password(&password)?);
@@ -257,6 +294,74 @@ fn execute(command: Command) -> anyhow::Result<()> {
                 let server = Server::bind(prepared)?;
                 server.run(shutdown).await
             })
+        }
+    }
+}
+
+fn dkim(action: DkimAction) -> anyhow::Result<()> {
+    use smtp_relay::dkim::{check, keyfile, keys};
+    match action {
+        DkimAction::Keygen {
+            domain,
+            selector,
+            algorithm,
+            key_file,
+            owner,
+        } => {
+            anyhow::ensure!(
+                smtp_relay::address::is_host_name(&domain),
+                "--domain {domain:?} is not a domain"
+            );
+            anyhow::ensure!(
+                smtp_relay::config::dkim::is_selector(&selector),
+                "--selector {selector:?} is not a selector (DNS labels)"
+            );
+            let domain = domain.to_ascii_lowercase();
+            let path =
+                key_file.unwrap_or_else(|| PathBuf::from(format!("{domain}.{selector}.key")));
+            let pem = keys::generate(algorithm)?;
+            let record = keys::PrivateKey::from_pem(pem.as_bytes())?.record()?;
+            keyfile::write(&path, &pem, owner.as_deref())?;
+            eprintln!("wrote {} ({})", path.display(), algorithm.as_str());
+            println!("{}", keys::zone_line(&selector, &domain, &record));
+            Ok(())
+        }
+        DkimAction::Check { config } => {
+            let config = smtp_relay::config::Config::load(&config)?;
+            let Some(dkim) = &config.dkim else {
+                anyhow::bail!("{}: no [dkim] table", config.path.display());
+            };
+            let resolver = match (&config.dns, &config.delivery) {
+                (Some(dns), _) => smtp_relay::dns::from_config(dns)?,
+                (None, Some(d)) if !d.nameservers.is_empty() => smtp_relay::dns::resolver(
+                    &d.nameservers,
+                    std::time::Duration::from_secs(2),
+                    2,
+                    0,
+                )?,
+                _ => anyhow::bail!(
+                    "{}: no nameservers: add a [dns] table",
+                    config.path.display()
+                ),
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let mut failed = 0;
+            for key in &dkim.keys {
+                let status = runtime.block_on(check::check_key(&resolver, key));
+                println!("{}", check::describe(key, &status));
+                if !status.ok() {
+                    failed += 1;
+                }
+            }
+            anyhow::ensure!(
+                failed == 0,
+                "{failed} of {} DKIM key(s) not published as configured",
+                dkim.keys.len()
+            );
+            Ok(())
         }
     }
 }

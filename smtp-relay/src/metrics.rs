@@ -148,6 +148,18 @@ pub fn check_count(check: Check, result: CheckResult) -> u64 {
 }
 
 /// The exposition text (Prometheus text format 0.0.4).
+/// DKIM signatures made at delivery, by algorithm (ed25519, rsa), and signing failures.
+static DKIM_SIGNED: [Counter; 2] = [const { Counter::new() }; 2];
+pub static DKIM_SIGN_FAILED: Counter = Counter::new();
+
+pub fn dkim_signed(algorithm: crate::dkim::keys::Algorithm) {
+    DKIM_SIGNED[algorithm as usize].inc();
+}
+
+pub fn dkim_signed_count(algorithm: crate::dkim::keys::Algorithm) -> u64 {
+    DKIM_SIGNED[algorithm as usize].get()
+}
+
 pub fn render(now: u64) -> String {
     expose::render(Snapshot { now })
 }
@@ -272,6 +284,23 @@ impl Collector for Snapshot {
                         recipient_cache_count(hit),
                     )
                 }),
+        )?;
+        expose::counter_family(
+            e,
+            "smtp_relay_dkim_signatures",
+            "DKIM signatures added at delivery, by algorithm.",
+            [
+                crate::dkim::keys::Algorithm::Ed25519,
+                crate::dkim::keys::Algorithm::Rsa,
+            ]
+            .into_iter()
+            .map(|a| ([("algorithm", a.as_str())], dkim_signed_count(a))),
+        )?;
+        expose::counter(
+            e,
+            "smtp_relay_dkim_sign_failures",
+            "Messages sent unsigned because signing failed.",
+            DKIM_SIGN_FAILED.get(),
         )?;
         let depth = QUEUE_DEPTH.get();
         let oldest = OLDEST_RECEIVED_AT.get();

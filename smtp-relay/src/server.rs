@@ -140,6 +140,7 @@ impl Server {
                     d.clone(),
                     &config.hostname,
                     &config.local_domains,
+                    prepared.dkim.clone(),
                 )
                 .with_context(|| format!("{}: [delivery]", config.path.display()))?;
                 let control = crate::control::bind(&config.spool_dir)?;

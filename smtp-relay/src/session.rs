@@ -658,6 +658,7 @@ impl Session {
             attempts: 0,
             next_attempt: 0,
             is_bounce: false,
+            trusted: self.trusted,
         };
         Action::Data(
             Reply::bare(354, vec!["End data with <CR><LF>.<CR><LF>".to_owned()]),

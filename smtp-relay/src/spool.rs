@@ -470,6 +470,7 @@ mod tests {
             attempts: 0,
             next_attempt: 0,
             is_bounce: false,
+            trusted: false,
         }
     }
 

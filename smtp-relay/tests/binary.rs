@@ -144,8 +144,19 @@ fn example_config_passes_check() {
         "interfaces = [\"eth0\"]\nprotected_ports = [25]\n\n[[allow]]\ncidr = \"198.51.100.0/24\"\ncomment = \"partner\"\n",
     )
     .expect("gk");
+    // The example's DKIM keys, made as `smtp-relay dkim keygen` makes them.
+    std::fs::create_dir_all(root.join("dkim")).expect("mkdir");
+    for (selector, algorithm) in [
+        ("ed2026", smtp_relay::dkim::keys::Algorithm::Ed25519),
+        ("rsa2026", smtp_relay::dkim::keys::Algorithm::Rsa),
+    ] {
+        let pem = smtp_relay::dkim::keys::generate(algorithm).expect("keygen");
+        let path = root.join(format!("dkim/example.org.{selector}.key"));
+        smtp_relay::dkim::keyfile::write(&path, &pem, None).expect("write key");
+    }
     let root_s = root.display().to_string();
     let replacements = [
+        ("/etc/smtp-relay/dkim/", format!("{root_s}/dkim/")),
         ("/etc/smtp-relay/tls/", format!("{root_s}/tls/")),
         (
             "/etc/gatekeeper/gatekeeper.toml",
@@ -184,6 +195,13 @@ fn example_config_passes_check() {
         .as_ref()
         .expect("the example has [screen]");
     assert_eq!((screen.threshold, screen.dnsbl.len()), (3, 1));
+    let dkim = prepared
+        .config
+        .dkim
+        .as_ref()
+        .expect("the example has [dkim]");
+    assert_eq!(dkim.keys.len(), 2);
+    assert!(prepared.dkim.is_some());
     // And the check is real: without the certificate it fails.
     std::fs::remove_file(root.join("tls/fullchain.pem")).expect("rm");
     let (ok, out) = check(&config);

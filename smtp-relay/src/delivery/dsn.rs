@@ -91,6 +91,7 @@ pub fn bounce(
         attempts: 0,
         next_attempt: 0,
         is_bounce: true,
+        trusted: false,
     };
     Some((bounce_env, report))
 }
@@ -231,6 +232,7 @@ mod tests {
             attempts: 1,
             next_attempt: 0,
             is_bounce: false,
+            trusted: false,
         }
     }
 

@@ -39,6 +39,8 @@ struct Inner {
     config: DeliveryConfig,
     hostname: String,
     local_domains: Vec<String>,
+    /// Signs submitted mail (`[dkim]`); `None` signs nothing.
+    dkim: Option<Arc<crate::dkim::Signer>>,
     state: Mutex<State>,
     wake: Notify,
     slots: Arc<Semaphore>,
@@ -82,6 +84,7 @@ impl Queue {
         config: DeliveryConfig,
         hostname: &str,
         local_domains: &[String],
+        dkim: Option<Arc<crate::dkim::Signer>>,
     ) -> anyhow::Result<Queue> {
         let dns = Arc::new(Dns::new(&config.nameservers)?);
         let tls = super::tls::clients(config.ca_file.as_deref())?;
@@ -126,6 +129,7 @@ impl Queue {
                 config,
                 hostname: hostname.to_owned(),
                 local_domains: local_domains.to_vec(),
+                dkim,
                 state: Mutex::new(state),
                 wake: Notify::new(),
                 slots,
@@ -304,7 +308,8 @@ impl Queue {
                 metrics::BOUNCED.inc();
             }
         } else {
-            self.deliver_pending(&mut env, &message).await;
+            let outgoing = self.signed(&env, &message);
+            self.deliver_pending(&mut env, &outgoing).await;
         }
         env.attempts += 1;
         let removal_asked = lock(&inner.state).remove.remove(id);
@@ -362,6 +367,35 @@ impl Queue {
             }
         }
         self.finish(id, None);
+    }
+
+    /// The message as it goes out: with our DKIM signatures on top when the client
+    /// authenticated or was trusted and its `From:` domain has keys (see `crate::dkim`).
+    /// Bounces quote the message as stored.
+    fn signed(&self, env: &Envelope, message: &Arc<Vec<u8>>) -> Arc<Vec<u8>> {
+        let Some(signer) = &self.inner.dkim else {
+            return message.clone();
+        };
+        if !env.submitted() || env.is_bounce {
+            return message.clone();
+        }
+        match signer.sign(message) {
+            Ok(Some(signed)) => {
+                info!(event = "dkim_signed", queue_id = %env.id, domain = %signed.domain,
+                    keys = %signed.keys.join(","), "signed");
+                let mut out = Vec::with_capacity(signed.fields.len() + message.len());
+                out.extend_from_slice(signed.fields.as_bytes());
+                out.extend_from_slice(message);
+                Arc::new(out)
+            }
+            Ok(None) => message.clone(),
+            Err(e) => {
+                crate::metrics::DKIM_SIGN_FAILED.inc();
+                warn!(event = "dkim_sign_failed", queue_id = %env.id, error = %format!("{e:#}"),
+                    "sent unsigned");
+                message.clone()
+            }
+        }
     }
 
     /// Groups the pending recipients by next hop, hands each group to the
