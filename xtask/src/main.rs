@@ -7,6 +7,7 @@ mod demo;
 mod fuzz;
 mod kernels;
 mod package;
+mod package_check;
 mod report;
 mod setup;
 mod shell;

@@ -38,6 +38,10 @@ pub struct Args {
     /// Where the .deb files go.
     #[arg(long, default_value = "target/debian")]
     pub out: PathBuf,
+    /// Then install them into a throwaway Debian root (debootstrap minbase, cached under
+    /// target/), run `check` on the shipped configs there and purge them (root).
+    #[arg(long)]
+    pub check_install: bool,
 }
 
 /// The version of both packages: the workspace's, Debian revision 1.
@@ -163,10 +167,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let arch = shell::output(Command::new("dpkg").arg("--print-architecture"))
         .map(|a| a.trim().to_owned())
         .context("`dpkg --print-architecture` failed: building .deb files needs dpkg")?;
+    let mut debs = Vec::new();
     for spec in [&GATEKEEPER, &SMTP_RELAY] {
         let binary = root.join("target").join(profile).join(spec.name);
         let deb = build(spec, &binary, &root.join("examples"), &out, &arch)?;
         println!("{}", deb.display());
+        debs.push(deb);
+    }
+    if args.check_install {
+        crate::package_check::run(&debs)?;
     }
     Ok(())
 }
