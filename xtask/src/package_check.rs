@@ -33,6 +33,7 @@ pub fn run(debs: &[PathBuf]) -> anyhow::Result<()> {
     if !cache.join("usr/bin/dpkg").exists() {
         make_cache(&cache)?;
     }
+    lintian(debs)?;
     let sandbox = root.join("target/package-root");
     if sandbox.exists() {
         fs::remove_dir_all(&sandbox).with_context(|| format!("removing {}", sandbox.display()))?;
@@ -127,6 +128,29 @@ pub fn run(debs: &[PathBuf]) -> anyhow::Result<()> {
     );
     fs::remove_dir_all(&sandbox)?;
     step("package: installed, checked and purged cleanly in a throwaway root");
+    Ok(())
+}
+
+/// lintian (Debian's package checker) must report nothing but the overrides the packages ship.
+fn lintian(debs: &[PathBuf]) -> anyhow::Result<()> {
+    if !shell::succeeds(Command::new("lintian").arg("--version")) {
+        step("package: installing lintian");
+        shell::run(Command::new("apt-get").args([
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "lintian",
+        ]))?;
+    }
+    step("package: lintian");
+    let out = Command::new("lintian")
+        .args(["--fail-on", "warning"])
+        .args(debs)
+        .output()
+        .context("running lintian")?;
+    let report = String::from_utf8_lossy(&out.stdout);
+    print!("{report}");
+    ensure!(out.status.success(), "lintian found problems:\n{report}");
     Ok(())
 }
 
