@@ -7,6 +7,7 @@
 //! - [`lock`]: advisory `flock` locks on lock files and directories.
 //! - [`lock_holder`]: which process holds a lock file, to name it when it is held too long.
 //! - [`logging`]: the tracing subscriber both daemons log through.
+//! - [`notify`]: readiness and reload notifications to systemd (`Type=notify`).
 //! - [`cli_docs`]: shell completions and man pages from a clap definition.
 //! - [`metrics`]: Prometheus exposition and the `GET /metrics` HTTP endpoint.
 //! - [`cidr`]: CIDR-or-address parsing with the allowlist's rules.
@@ -25,5 +26,6 @@ pub mod lock;
 pub mod lock_holder;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod settle;
 pub mod stamp;

@@ -42,6 +42,10 @@ pub enum Command {
     /// deleted and re-created gets the filter again at once (the loss is logged at ERROR), and
     /// SIGHUP retries every configured interface without it. An interface that already runs an
     /// XDP program is refused, naming that program.
+    ///
+    /// Under systemd (Type=notify, $NOTIFY_SOCKET) it reports READY=1 only once every configured
+    /// interface is attached with the maps filled, RELOADING=1 then READY=1 around each config
+    /// reload, and a STATUS= line saying what it enforces.
     Run {
         #[command(flatten)]
         config: ConfigArg,

@@ -369,7 +369,8 @@ pub struct DeliveryConfig {
     /// Port used for MX hosts: 25; other values are for tests and labs.
     pub mx_port: u16,
     pub mx_tls: TlsMode,
-    /// CA certificates for `tls = "required"`; default the system bundle.
+    /// CA certificates for `tls = "required"`, replacing the platform's trust
+    /// store (see `delivery::tls::roots`).
     pub ca_file: Option<PathBuf>,
     pub connections_per_destination: usize,
     pub max_deliveries: usize,

@@ -32,6 +32,11 @@ enum Command {
     ///
     /// Logs go to stderr (RUST_LOG selects levels, default "info"); audit
     /// events use the target "audit". On a bad config nothing listens.
+    /// Under systemd (Type=notify, $NOTIFY_SOCKET) it reports READY=1 once
+    /// every listener accepts, RELOADING=1 then READY=1 around SIGHUP.
+    /// Next hops with tls = "required" are verified against [delivery]
+    /// ca_file, else the system trust store (SSL_CERT_FILE/SSL_CERT_DIR
+    /// honoured).
     Run {
         /// The relay's TOML config file.
         #[arg(short, long, value_name = "FILE")]

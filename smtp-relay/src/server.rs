@@ -224,11 +224,12 @@ impl Server {
     /// sessions go with 421 and waits (bounded) for the others.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
+        let status = listening_status(&self.local_addrs());
         let mut helpers = JoinSet::new();
         if let Some(l) = self.metrics {
             helpers.spawn(crate::metrics::serve(l));
         }
-        helpers.spawn(reload_on_sighup(self.shared.clone()));
+        helpers.spawn(reload_on_sighup(self.shared.clone(), status.clone()));
         if let Some(client) = self.ban_client {
             helpers.spawn(client.run());
         }
@@ -248,11 +249,16 @@ impl Server {
                 stop_rx.clone(),
             ));
         }
+        // Every listener was bound and listening since `bind` (the kernel queues connections
+        // from then on) and has its accept loop now; the spool, control socket and metrics
+        // endpoint too. systemd (Type=notify) reports the unit started only now.
+        gatekeeper_support::notify::ready(&status);
         shutdown.await;
         info!(
             event = "shutdown",
             "stopping: no new connections, finishing sessions"
         );
+        gatekeeper_support::notify::stopping("stopping: finishing sessions");
         let _ = stop_tx.send(true);
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while tasks.join_next().await.is_some() {}
@@ -298,7 +304,7 @@ fn sender_auth(config: &crate::config::Config) -> anyhow::Result<Option<Arc<Send
 /// SIGHUP (`systemctl reload`): check the certificate and key now rather
 /// than at the next handshake, so a deploy hook sees the outcome in the log.
 /// Without this handler SIGHUP would end the process.
-async fn reload_on_sighup(shared: Arc<Shared>) {
+async fn reload_on_sighup(shared: Arc<Shared>, status: String) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(hup) => hup,
@@ -308,13 +314,24 @@ async fn reload_on_sighup(shared: Arc<Shared>) {
         }
     };
     while hup.recv().await.is_some() {
+        gatekeeper_support::notify::reloading("SIGHUP: checking the certificate and key");
         let _ = shared.tls.acceptor();
         info!(
             event = "reload",
             "SIGHUP: certificate and key checked (gatekeeper allowlists are followed anyway); \
              other settings take effect on restart"
         );
+        gatekeeper_support::notify::ready(&status);
     }
+}
+
+/// `STATUS=` for systemd: where the relay listens, and as what.
+fn listening_status(listening: &[(SocketAddr, Role)]) -> String {
+    let all: Vec<String> = listening
+        .iter()
+        .map(|(address, role)| format!("{address} ({})", role.as_str()))
+        .collect();
+    format!("serving on {}", all.join(", "))
 }
 
 async fn stopped(rx: &mut watch::Receiver<bool>) {

@@ -736,3 +736,80 @@ fn opportunistic_tls_encrypts_when_offered() {
     assert_eq!(split_received(&plain[0].data).1, MESSAGE);
     wait_until("an empty queue", WAIT, || spool_empty(&server));
 }
+
+/// The relay binary (a child process: the trust store comes from its
+/// environment, which a test must not change in its own process) relaying
+/// through a smarthost with `tls = "required"` and no `ca_file`; the message
+/// is submitted, and its queue id returned.
+fn relay_via_required_tls(
+    setup: &Setup,
+    hop: &NextHop,
+    env: &[(&str, &std::path::Path)],
+) -> (common::process::Relay, String) {
+    let tail = format!(
+        "{}\n[delivery.smarthost]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"required\"\n",
+        delivery(&[], ""),
+        hop.addr.port()
+    );
+    setup.rewrite(&config_with("", &tail));
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_smtp-relay"));
+    command
+        .args(["run", "--config"])
+        .arg(&setup.config)
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let relay = common::process::Relay::spawn(command, 6);
+    let mut c = Client::connect_tls(relay.addr("submissions", true), &setup.ca());
+    c.ehlo();
+    c.auth_plain("alice", PASSWORD).expect(235, "2.7.0");
+    let id = queue_id(&c.send_mail("alice@example.org", &["friend@other.example"], MESSAGE));
+    c.cmd("QUIT");
+    (relay, id)
+}
+
+/// No `ca_file`: the platform's trust store, which honours `SSL_CERT_FILE`.
+/// The test CA given only there verifies the smarthost; without it (the
+/// host's own store, which does not know the test CA) the same delivery is
+/// deferred and nothing reaches the hop.
+#[test]
+fn the_system_trust_store_honours_ssl_cert_file() {
+    let setup = Setup::new("trust-store", "");
+    let hop = NextHop::start(
+        "127.0.0.1:0",
+        Script {
+            tls: Some(tls_config(setup.dir.path())),
+            ..Script::default()
+        },
+    );
+    let (relay, id) = relay_via_required_tls(&setup, &hop, &[]);
+    wait_until("a failed attempt to the unverifiable hop", WAIT, || {
+        setup
+            .spool()
+            .read_envelope(&id)
+            .map(|e| e.attempts >= 1)
+            .unwrap_or(false)
+    });
+    let env = setup.spool().read_envelope(&id).expect("still queued");
+    let reply = env.recipients[0].last_reply().unwrap_or_default();
+    assert!(reply.contains("TLS handshake failed"), "{reply}");
+    assert!(hop.messages().is_empty(), "delivered to an unverified hop");
+    drop(relay);
+
+    let setup = Setup::new("trust-store-env", "");
+    let hop = NextHop::start(
+        "127.0.0.1:0",
+        Script {
+            tls: Some(tls_config(setup.dir.path())),
+            ..Script::default()
+        },
+    );
+    let ca = setup.ca();
+    let (_relay, _) = relay_via_required_tls(&setup, &hop, &[("SSL_CERT_FILE", &ca)]);
+    let got = hop.wait_for(1, WAIT);
+    assert!(got[0].tls, "delivered without TLS");
+    let (_, body) = split_received(&got[0].data);
+    assert_eq!(body, MESSAGE);
+}

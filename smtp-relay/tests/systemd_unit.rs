@@ -101,6 +101,8 @@ fn unit_and_example_config_agree() {
         std::fs::read_to_string(examples().join("smtp-relay.toml")).expect("example config");
     let example: toml::Table = example_text.parse().expect("example config is TOML");
 
+    // Started means listening (READY=1), and after the filter's READY=1.
+    assert_eq!(unit.one("Type"), "notify");
     // A fixed system user (see the unit's comment on DynamicUser).
     assert_eq!(unit.one("User"), "smtp-relay");
     assert_eq!(unit.one("Group"), "smtp-relay");
@@ -173,6 +175,8 @@ fn unit_and_example_config_agree() {
     assert!(unit.words("After").contains(&"gatekeeper.service"));
     assert!(unit.words("Wants").contains(&"gatekeeper.service"));
     assert!(gatekeeper.words("Before").contains(&"smtp-relay.service"));
+    // The ordering waits for the filter only if the gatekeeper reports readiness.
+    assert_eq!(gatekeeper.one("Type"), "notify");
 }
 
 /// Where the relay's 127.0.0.1:25 lives.
@@ -442,4 +446,117 @@ fn the_units_capability_is_enough_and_needed_to_serve_port_25_unprivileged() {
 
 fn pid_t(pid: u32) -> libc::pid_t {
     libc::pid_t::try_from(pid).expect("pid fits pid_t")
+}
+
+/// systemd's notification socket as the test's own Unix datagram socket.
+struct NotifySocket(std::os::unix::net::UnixDatagram);
+
+impl NotifySocket {
+    /// The next notification with the line `line`, skipping others; panics after `timeout`.
+    fn wait_for(&self, line: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            self.0
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .expect("read timeout");
+            let Ok(n) = self.0.recv(&mut buf) else { break };
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if message.lines().any(|l| l == line) {
+                return message;
+            }
+            seen.push(message);
+        }
+        panic!("no {line} within {timeout:?}; received {seen:?}");
+    }
+}
+
+#[test]
+fn ready_is_sent_once_every_listener_answers_and_reloads_are_bracketed() {
+    let setup = common::Setup::new("notify", &common::config_text("", 10_000));
+    let socket_path = setup.dir.path().join("notify.sock");
+    let notify = NotifySocket(
+        std::os::unix::net::UnixDatagram::bind(&socket_path).expect("bind the notify socket"),
+    );
+    let mut command = Command::new(BIN);
+    command
+        .args(["run", "--config"])
+        .arg(&setup.config)
+        .env("NOTIFY_SOCKET", &socket_path);
+    let relay = Relay::spawn(command, 0);
+
+    let ready = notify.wait_for("READY=1", Duration::from_secs(20));
+    // STATUS= names every listener with the port it got (the config asks for port 0).
+    let status = ready
+        .lines()
+        .find_map(|l| l.strip_prefix("STATUS=serving on "))
+        .unwrap_or_else(|| panic!("no STATUS= with the listeners: {ready:?}"));
+    let listeners: Vec<(SocketAddr, &str)> = status
+        .split(", ")
+        .map(|l| {
+            let (addr, role) = l.split_once(' ').expect("ADDRESS (ROLE)");
+            (
+                addr.parse().expect("listener address"),
+                role.trim_matches(['(', ')']),
+            )
+        })
+        .collect();
+    assert_eq!(listeners.len(), 6, "{status}");
+    // Each answers at once: none is still being set up when READY=1 arrives.
+    for (addr, role) in &listeners {
+        let tcp = TcpStream::connect_timeout(addr, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("{role} listener {addr} after READY=1: {e}"));
+        if *role != "submissions" {
+            // Implicit TLS speaks only after a handshake; the others greet.
+            tcp.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let mut greeting = [0u8; 4];
+            (&tcp).read_exact(&mut greeting).expect("greeting");
+            assert_eq!(&greeting, b"220 ", "{role} listener {addr}");
+        }
+    }
+
+    // `systemctl reload` (SIGHUP): RELOADING=1 with the time systemd ≥ 253 matches, then READY=1.
+    let pid = libc::pid_t::try_from(relay.child.id()).expect("pid");
+    // SAFETY: signalling the child this test started, by its PID.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let reloading = notify.wait_for("RELOADING=1", Duration::from_secs(10));
+    assert!(
+        reloading.lines().any(|l| l.starts_with("MONOTONIC_USEC=")),
+        "{reloading:?}"
+    );
+    let ready = notify.wait_for("READY=1", Duration::from_secs(10));
+    assert!(ready.contains("STATUS=serving on "), "{ready:?}");
+}
+
+#[test]
+fn systemd_analyze_verifies_the_relay_unit() {
+    let unit = Unit::read("smtp-relay.service");
+    assert_eq!(unit.one("Type"), "notify");
+    let Ok(probe) = Command::new("systemd-analyze").arg("--version").output() else {
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            panic!("systemd-analyze is missing (Debian: the systemd package)");
+        }
+        eprintln!("SKIP systemd_analyze_verifies_the_relay_unit: no systemd-analyze");
+        return;
+    };
+    assert!(probe.status.success());
+    // The unit with its binary path pointed at this build: nothing is installed on the host.
+    let dir = TempDir::new("verify");
+    let text = std::fs::read_to_string(examples().join("smtp-relay.service")).expect("unit");
+    let path = dir.path().join("smtp-relay.service");
+    std::fs::write(&path, text.replace("/usr/local/sbin/smtp-relay", BIN)).expect("write unit");
+    // --man=no: smtp-relay(1) is installed by the package, not on this host.
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .expect("run systemd-analyze verify");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify {}: {stderr}",
+        path.display()
+    );
 }

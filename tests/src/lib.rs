@@ -9,6 +9,7 @@ pub mod frames;
 pub mod generate;
 pub mod gk;
 pub mod netns;
+pub mod notify;
 pub mod process;
 #[cfg(feature = "program")]
 pub mod program;

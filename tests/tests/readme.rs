@@ -158,6 +158,7 @@ const XTASK: &[(&str, Coverage)] = &[
     ("build", Coverage::Parsed),
     ("bench", Coverage::Parsed),
     ("kernels", Coverage::Parsed),
+    ("package", Coverage::Parsed),
 ];
 
 /// Uppercase placeholders lines of ours may use, and what the sandbox puts in their place.

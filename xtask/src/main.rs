@@ -6,6 +6,8 @@ mod build;
 mod demo;
 mod fuzz;
 mod kernels;
+mod package;
+mod package_check;
 mod report;
 mod setup;
 mod shell;
@@ -40,6 +42,9 @@ enum Command {
     Kernels(kernels::Args),
     /// Fuzz the SMTP relay's parsers for a bounded time (stable Rust, in-process).
     Fuzz(fuzz::Args),
+    /// Build Debian packages of both daemons (binaries, units, conffiles, man pages,
+    /// completions, maintainer scripts) into target/debian/.
+    Package(package::Args),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +57,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(&args),
         Command::Kernels(args) => kernels::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),
+        Command::Package(args) => package::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -48,6 +48,7 @@ use gatekeeper::{
     metrics, stats, sync,
 };
 use gatekeeper_support::{
+    notify,
     settle::{Look, Settle},
     stamp::FileStamp,
 };
@@ -418,6 +419,11 @@ impl Daemon {
         let mut sweep = tokio::time::interval(bans::SWEEP_INTERVAL);
         let mut link_watch = LinkWatch::open()?;
         self.publish_counts();
+        // The one place the daemon is fully in force: `start` filled the maps and attached every
+        // configured interface (a failed attach ends the start), the ban socket and metrics
+        // endpoint listen. systemd (Type=notify) starts the units ordered after this one, the
+        // relay on port 25 among them, only now.
+        notify::ready(&self.status_line());
         let mut report = tokio::time::interval(SUPPRESSED_REPORT_INTERVAL);
         let mut poll = tokio::time::interval(CONFIG_POLL_INTERVAL);
         let mut feed_poll = tokio::time::interval(feeds::POLL_INTERVAL);
@@ -426,8 +432,8 @@ impl Daemon {
         let mut suppressed_reported = 0u64;
         loop {
             tokio::select! {
-                _ = interrupt.recv() => { info!(signal = "SIGINT", "stopping"); return Ok(()); }
-                _ = terminate.recv() => { info!(signal = "SIGTERM", "stopping"); return Ok(()); }
+                _ = interrupt.recv() => { self.stopping("SIGINT"); return Ok(()); }
+                _ = terminate.recv() => { self.stopping("SIGTERM"); return Ok(()); }
                 _ = hangup.recv() => {
                     self.check_interfaces(true);
                     self.request_reload(&mut reloads, Trigger::Signal);
@@ -450,6 +456,10 @@ impl Daemon {
                     }
                     if let Some(next) = reloads.next.take() {
                         self.request_reload(&mut reloads, next);
+                    }
+                    if reloads.running.is_none() {
+                        // Back in force, with the new config or (refused) the previous one.
+                        notify::ready(&self.status_line());
                     }
                 }
                 changed = link_watch.changed() => {
@@ -523,6 +533,11 @@ impl Daemon {
             },
             feeds: self.feeds.clone(),
         };
+        if !matches!(trigger, Trigger::Feeds) {
+            // A feed change is routine and quick; a config reload is what `systemctl reload`
+            // asked for (ExecReload sends SIGHUP) and what its caller waits to see finished.
+            notify::reloading(&format!("reloading the config ({})", trigger.name()));
+        }
         reloads.running = Some((
             trigger,
             tokio::task::spawn_blocking(move || reload::run(job)),
@@ -673,6 +688,38 @@ impl Daemon {
             "config reloaded"
         );
         self.config = new;
+    }
+
+    /// What `systemctl status` shows: what the filter enforces, and where.
+    fn status_line(&self) -> String {
+        let config = &self.config;
+        let mode = match config.mode {
+            gatekeeper_common::Mode::Enforce => "enforcing",
+            gatekeeper_common::Mode::Monitor => "monitor mode (counting, dropping nothing)",
+        };
+        let mut line = format!(
+            "{mode} on {}: ports {} allowlist-only ({} allowed networks)",
+            self.filter.attached().join(","),
+            join_ports(&config.protected_ports),
+            config.allow.len(),
+        );
+        if !config.open_ports.is_empty() {
+            line.push_str(&format!(
+                ", ports {} open to all but denied/banned/over-rate",
+                join_ports(&config.open_ports)
+            ));
+        }
+        let (feed_entries, _) = self.feeds.counts();
+        line.push_str(&format!(
+            ", {} denied networks (+{feed_entries} from feeds)",
+            config.deny.len()
+        ));
+        line
+    }
+
+    fn stopping(&self, signal: &str) {
+        info!(signal, "stopping");
+        notify::stopping(&format!("stopping ({signal})"));
     }
 
     /// Keeps the filter on every configured interface (see [`links`]).
