@@ -25,3 +25,4 @@ pub mod stats;
 pub mod summary;
 pub mod sync;
 pub mod verifier;
+pub mod xdp_attach;

@@ -151,6 +151,13 @@ const TOOLS: &[(&str, &[&str], &str, &str)] = &[
         "smtplib, an independent SMTP client for the tests and the demo",
     ),
     (
+        // xdp-loader has no version flag and every help exits non-zero: ask the shell.
+        "sh",
+        &["-c", "command -v xdp-loader && command -v xdp-filter"],
+        "xdp-tools",
+        "xdp-loader and xdp-filter (libxdp's dispatcher) for the test of sharing an interface",
+    ),
+    (
         "qemu-system-x86_64",
         &["--version"],
         "qemu-system-x86",

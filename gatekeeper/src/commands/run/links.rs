@@ -15,7 +15,7 @@ use gatekeeper::{
     config::Config,
     filter::{self, Filter},
     netlink::{self, XdpState},
-    occupant,
+    occupant, xdp_attach,
 };
 use tracing::{error, info, warn};
 
@@ -276,6 +276,13 @@ fn attach(
         Some(slot) => slot,
         None => filter.maps().slot_for(ifindex)?,
     };
+    let (attach, why) = xdp_attach::resolve(config.xdp_attach, Some(ifindex));
+    if attach == xdp_attach::Attach::Dispatcher {
+        anyhow::bail!(
+            "cannot attach to {iface} through libxdp's dispatcher (xdp_attach = \"{}\", {why}): this build does not implement joining the dispatcher yet; set xdp_attach = \"exclusive\"",
+            config.xdp_attach
+        );
+    }
     if let Some(mode) = filter.adopt(iface, slot)? {
         let wanted = config.xdp_mode.to_string();
         if wanted != "auto" && wanted != mode.to_string() {
