@@ -94,7 +94,8 @@ impl LibxdpLock {
         if let Err(err) = std::fs::DirBuilder::new().mode_0700().create(&dir)
             && err.kind() != std::io::ErrorKind::AlreadyExists
         {
-            return Err(err).with_context(|| format!("creating libxdp's directory {}", dir.display()));
+            return Err(err)
+                .with_context(|| format!("creating libxdp's directory {}", dir.display()));
         }
         let file = File::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
         // SAFETY: flock on an fd we own.
@@ -144,7 +145,9 @@ impl Current {
 pub fn component_ids(ifindex: u32, prog_id: u32) -> Vec<u32> {
     let dir = dispatch_dir(ifindex, prog_id);
     (0..MAX_COMPONENTS)
-        .map_while(|slot| aya::programs::ProgramInfo::from_pin(dir.join(format!("prog{slot}-prog"))).ok())
+        .map_while(|slot| {
+            aya::programs::ProgramInfo::from_pin(dir.join(format!("prog{slot}-prog"))).ok()
+        })
         .map(|info| info.id())
         .collect()
 }
@@ -159,7 +162,9 @@ pub fn has_component(iface: &str, name: &str) -> bool {
     };
     let dir = dispatch_dir(ifindex, state.prog_id);
     (0..MAX_COMPONENTS)
-        .map_while(|slot| aya::programs::ProgramInfo::from_pin(dir.join(format!("prog{slot}-prog"))).ok())
+        .map_while(|slot| {
+            aya::programs::ProgramInfo::from_pin(dir.join(format!("prog{slot}-prog"))).ok()
+        })
         .any(|info| info.name_as_str() == Some(name))
 }
 
@@ -200,7 +205,10 @@ pub fn current(ifindex: u32) -> anyhow::Result<Option<Current>> {
         .context("reading the dispatcher's maps")?
         .unwrap_or_default();
     let [map_id] = map_ids[..] else {
-        bail!("libxdp's dispatcher should have one map (its conf), it has {}", map_ids.len());
+        bail!(
+            "libxdp's dispatcher should have one map (its conf), it has {}",
+            map_ids.len()
+        );
     };
     let map = MapData::from_id(map_id).context("opening the dispatcher's conf")?;
     let conf: Array<MapData, DispatcherConfig> = Array::try_from(Map::Array(map))
@@ -261,8 +269,13 @@ pub fn install(
     }
     if components.is_empty() {
         if let Some(old) = old {
-            netlink::set_xdp(ifindex, None, flags_for(mode), Some(old.program.as_fd().as_raw_fd()))
-                .context("taking libxdp's dispatcher off the interface")?;
+            netlink::set_xdp(
+                ifindex,
+                None,
+                flags_for(mode),
+                Some(old.program.as_fd().as_raw_fd()),
+            )
+            .context("taking libxdp's dispatcher off the interface")?;
             remove_dir(&old.dir, old.slots);
         }
         return Ok(None);
@@ -347,7 +360,12 @@ pub fn install(
     if let Some(old) = old {
         remove_dir(&old.dir, old.slots);
     }
-    info!(ifindex, dispatcher = new_id, components = components.len(), "libxdp's dispatcher installed");
+    info!(
+        ifindex,
+        dispatcher = new_id,
+        components = components.len(),
+        "libxdp's dispatcher installed"
+    );
     Ok(Some(new_id))
 }
 

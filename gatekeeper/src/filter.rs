@@ -19,7 +19,9 @@ use gatekeeper_common::{
 };
 use tracing::{error, info, warn};
 
-use crate::{compat, config::XdpMode, dispatcher, maps::FilterMaps, netlink, rules::Rules, verifier};
+use crate::{
+    compat, config::XdpMode, dispatcher, maps::FilterMaps, netlink, rules::Rules, verifier,
+};
 
 /// Pinned XDP links are named `link-<interface>` in the pin directory.
 pub const LINK_PIN_PREFIX: &str = "link-";
@@ -499,7 +501,9 @@ impl Filter {
         ifindex: u32,
         mode: XdpMode,
     ) -> anyhow::Result<AttachedMode> {
-        let priority = self.dispatcher_priority.unwrap_or(dispatcher::DEFAULT_PRIORITY);
+        let priority = self
+            .dispatcher_priority
+            .unwrap_or(dispatcher::DEFAULT_PRIORITY);
         let _lock = dispatcher::LibxdpLock::acquire()?;
         let mut current = dispatcher::current(ifindex)
             .with_context(|| format!("cannot join libxdp's dispatcher on {iface}"))?;
@@ -555,18 +559,26 @@ impl Filter {
             info!(iface, "left libxdp's dispatcher");
         }
         let links = std::mem::take(&mut self.links);
-        let program = self.program_mut()?;
-        for (iface, link) in links {
-            program
-                .detach(link)
-                .with_context(|| format!("detaching from {iface} failed"))?;
-            info!(iface, "detached");
+        // A dispatcher component has no XDP program of its own to ask.
+        if !links.is_empty() {
+            self.detach_links(links)?;
         }
         if let Some(dir) = self.pin_dir.clone() {
             for iface in std::mem::take(&mut self.pinned_links) {
                 detach_pinned(&dir, &iface)?;
                 info!(iface, "detached");
             }
+        }
+        Ok(())
+    }
+
+    fn detach_links(&mut self, links: Vec<(String, XdpLinkId)>) -> anyhow::Result<()> {
+        let program = self.program_mut()?;
+        for (iface, link) in links {
+            program
+                .detach(link)
+                .with_context(|| format!("detaching from {iface} failed"))?;
+            info!(iface, "detached");
         }
         Ok(())
     }

@@ -161,13 +161,16 @@ pub fn set_xdp(
     if received < 0 {
         return Err(io::Error::last_os_error()).context("receiving the RTM_SETLINK answer");
     }
-    let answer = buf.get(..usize::try_from(received).unwrap_or(0)).unwrap_or(&[]);
+    let answer = buf
+        .get(..usize::try_from(received).unwrap_or(0))
+        .unwrap_or(&[]);
     if u16_at(answer, 4) != Some(NLMSG_ERROR) {
         bail!("unexpected answer to RTM_SETLINK");
     }
     let errno = u32_at(answer, NLMSG_HDR).map_or(0, |e| e as i32);
     if errno != 0 {
-        return Err(io::Error::from_raw_os_error(-errno)).context("the kernel refused the XDP change");
+        return Err(io::Error::from_raw_os_error(-errno))
+            .context("the kernel refused the XDP change");
     }
     Ok(())
 }

@@ -184,22 +184,33 @@ impl Interfaces {
         };
         let next = match now {
             Observed::Missing | Observed::Unknown(_) => unfiltered(reported),
-            Observed::Present { ifindex, xdp: Some(_) } if ours => State::Filtered { ifindex },
-            Observed::Present { ifindex, xdp: Some(_) } if joinable => {
-                match attach(filter, iface, config, slot) {
-                    Ok(ifindex) => {
-                        info!(iface, ifindex, "joined libxdp's dispatcher: {iface} is filtered");
-                        State::Filtered { ifindex }
-                    }
-                    Err(err) => {
-                        let text = format!("{err:#}");
-                        if reported.as_deref() != Some(text.as_str()) {
-                            error!(iface, ifindex, "the filter is NOT on {iface}, joining libxdp's dispatcher failed: {text}");
-                        }
-                        unfiltered(Some(text))
-                    }
+            Observed::Present {
+                ifindex,
+                xdp: Some(_),
+            } if ours => State::Filtered { ifindex },
+            Observed::Present {
+                ifindex,
+                xdp: Some(_),
+            } if joinable => match attach(filter, iface, config, slot) {
+                Ok(ifindex) => {
+                    info!(
+                        iface,
+                        ifindex, "joined libxdp's dispatcher: {iface} is filtered"
+                    );
+                    State::Filtered { ifindex }
                 }
-            }
+                Err(err) => {
+                    let text = format!("{err:#}");
+                    if reported.as_deref() != Some(text.as_str()) {
+                        error!(
+                            iface,
+                            ifindex,
+                            "the filter is NOT on {iface}, joining libxdp's dispatcher failed: {text}"
+                        );
+                    }
+                    unfiltered(Some(text))
+                }
+            },
             Observed::Present {
                 ifindex,
                 xdp: Some(_),
