@@ -68,7 +68,7 @@ pub type Joining<'a> = (&'a mut Extension, &'a str, u32);
 
 /// A slot of the dispatcher being built.
 enum Slot<'a> {
-    Other(Component),
+    Other(Box<Component>),
     /// This process's program: loaded (verified) against its first dispatcher, linked to
     /// later ones.
     Ours(&'a mut Extension, &'a str, u32),
@@ -260,7 +260,10 @@ pub fn install(
     others: Vec<Component>,
     ours: Option<Joining<'_>>,
 ) -> anyhow::Result<Option<u32>> {
-    let mut components: Vec<Slot<'_>> = others.into_iter().map(Slot::Other).collect();
+    let mut components: Vec<Slot<'_>> = others
+        .into_iter()
+        .map(|c| Slot::Other(Box::new(c)))
+        .collect();
     if let Some((program, name, prio)) = ours {
         components.push(Slot::Ours(program, name, prio));
     }
@@ -330,7 +333,7 @@ pub fn install(
             program.attach_to_program(&dispatcher_fd, &func)
         }
         .with_context(|| format!("linking {name} into dispatcher slot {func}"))?;
-        let link: FdLink = program.take_link(link)?.try_into()?;
+        let link: FdLink = program.take_link(link)?.into();
         links.push(link);
     }
     let flags = flags_for(old.map_or(mode, |o| o.mode));
