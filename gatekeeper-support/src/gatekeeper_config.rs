@@ -104,6 +104,32 @@ impl fmt::Display for XdpMode {
     }
 }
 
+/// Whether the program has the interface to itself or shares it through libxdp's dispatcher.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpAttach {
+    /// The program is the interface's only XDP program (attached through a pinned BPF link);
+    /// another program there is refused, naming it.
+    #[default]
+    Exclusive,
+    /// The program runs as one component of libxdp's dispatcher (`xdp-loader`, `xdp-filter`,
+    /// bpfman), beside other programs.
+    Dispatcher,
+    /// `dispatcher` where libxdp's dispatcher already runs on the interface or xdp-tools'
+    /// dispatcher object is installed, `exclusive` otherwise.
+    Auto,
+}
+
+impl fmt::Display for XdpAttach {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            XdpAttach::Exclusive => "exclusive",
+            XdpAttach::Dispatcher => "dispatcher",
+            XdpAttach::Auto => "auto",
+        })
+    }
+}
+
 /// Drop what the allowlist refuses, or only count it: the program's own enum.
 pub use gatekeeper_common::Mode;
 
@@ -139,6 +165,7 @@ pub use crate::allowlist::{AllowEntry, Allowlist};
 pub struct Config {
     pub interfaces: Vec<String>,
     pub xdp_mode: XdpMode,
+    pub xdp_attach: XdpAttach,
     pub mode: Mode,
     pub protected_ports: Vec<u16>,
     pub pin_dir: PathBuf,
@@ -198,6 +225,8 @@ struct RawConfig {
     interfaces: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     xdp_mode: XdpMode,
+    #[serde(default)]
+    xdp_attach: XdpAttach,
     #[serde(default)]
     mode: Mode,
     #[serde(default)]
@@ -428,6 +457,7 @@ impl Config {
         Ok(Config {
             interfaces,
             xdp_mode: raw.xdp_mode,
+            xdp_attach: raw.xdp_attach,
             mode: raw.mode,
             protected_ports,
             pin_dir,
@@ -820,6 +850,7 @@ mod tests {
 # DMZ mail host
 interfaces = ["eth0", "eth1"]
 xdp_mode = "auto"
+xdp_attach = "dispatcher"
 protected_ports = [25, 587]
 
 [[allow]]
@@ -836,6 +867,7 @@ cidr = "203.0.113.7"
         .expect("valid config");
         assert_eq!(config.interfaces, ["eth0", "eth1"]);
         assert_eq!(config.xdp_mode, XdpMode::Auto);
+        assert_eq!(config.xdp_attach, XdpAttach::Dispatcher);
         assert_eq!(config.protected_ports, [25, 587]);
         assert_eq!(config.allow.len(), 3);
         assert_eq!(
@@ -857,6 +889,7 @@ cidr = "203.0.113.7"
     fn defaults_are_native_enforce_port_25_and_pinned() {
         let config = parse("interfaces = [\"eth0\"]\n").expect("valid config");
         assert_eq!(config.xdp_mode, XdpMode::Native);
+        assert_eq!(config.xdp_attach, XdpAttach::Exclusive);
         assert_eq!(config.mode, Mode::Enforce);
         assert_eq!(config.protected_ports, [25]);
         assert_eq!(config.pin_dir, Path::new(DEFAULT_PIN_DIR));
@@ -1067,6 +1100,9 @@ cidr = "203.0.113.7"
     fn bad_mode_and_duplicate_entries_are_refused() {
         let e = error("interfaces = [\"eth0\"]\nxdp_mode = \"turbo\"\n");
         assert!(e.starts_with("gk.toml:2:12: "), "{e}");
+        let e = error("interfaces = [\"eth0\"]\nxdp_attach = \"shared\"\n");
+        assert!(e.starts_with("gk.toml:2:14: "), "{e}");
+        assert!(e.contains("exclusive") && e.contains("dispatcher"), "{e}");
         let e = error(
             "interfaces = [\"eth0\"]\n[[allow]]\ncidr = \"192.0.2.0/24\"\n[[allow]]\ncidr = \"192.0.2.0/24\"\n",
         );

@@ -8,7 +8,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, RingBuf},
     programs::{
-        Xdp, XdpMode as AyaXdpMode,
+        Extension, Xdp, XdpMode as AyaXdpMode,
         links::{FdLink, PinnedLink},
         xdp::{XdpLink, XdpLinkId},
     },
@@ -19,7 +19,9 @@ use gatekeeper_common::{
 };
 use tracing::{error, info, warn};
 
-use crate::{compat, config::XdpMode, maps::FilterMaps, netlink, rules::Rules, verifier};
+use crate::{
+    compat, config::XdpMode, dispatcher, maps::FilterMaps, netlink, rules::Rules, verifier,
+};
 
 /// Pinned XDP links are named `link-<interface>` in the pin directory.
 pub const LINK_PIN_PREFIX: &str = "link-";
@@ -43,6 +45,11 @@ pub struct Filter {
     pinned_links: Vec<String>,
     pin_dir: Option<PathBuf>,
     loaded_siblings: Vec<String>,
+    /// The program is a libxdp dispatcher component (`xdp_attach = "dispatcher"`): loaded as an
+    /// `Extension` when it joins its first dispatcher, with this run priority.
+    dispatcher_priority: Option<u32>,
+    /// Interfaces whose dispatcher this filter joined.
+    dispatched: Vec<String>,
 }
 
 /// How the program ended up attached to one interface.
@@ -89,6 +96,9 @@ pub struct LoadOptions<'a> {
     pub rate_limit_sources: u32,
     /// Leading bits of an IPv6 source that key its ban (`ban_ipv6_prefix`).
     pub ban_ipv6_prefix: u8,
+    /// Load the program as a component of libxdp's dispatcher with this run priority
+    /// (`xdp_attach = "dispatcher"`): it is verified when it joins its first dispatcher.
+    pub dispatcher_priority: Option<u32>,
 }
 
 impl Default for LoadOptions<'_> {
@@ -103,6 +113,7 @@ impl Default for LoadOptions<'_> {
             max_bans: DEFAULT_MAX_BANS,
             rate_limit_sources: DEFAULT_RATE_LIMIT_SOURCES,
             ban_ipv6_prefix: 64,
+            dispatcher_priority: None,
         }
     }
 }
@@ -189,14 +200,19 @@ impl Filter {
             }
             loader.map_pin_path(name, path.as_path());
         }
+        if options.dispatcher_priority.is_some() {
+            loader.extension(PROGRAM_NAME);
+        }
         let mut ebpf = loader
             .load(options.object)
             .context("loading the eBPF object failed")?;
-        let program = xdp_program(&mut ebpf, PROGRAM_NAME)?;
-        let log_dir = options
-            .verifier_log_dir
-            .map_or_else(verifier::default_log_dir, Path::to_path_buf);
-        verifier::load_xdp(program, PROGRAM_NAME, &log_dir)?;
+        if options.dispatcher_priority.is_none() {
+            let program = xdp_program(&mut ebpf, PROGRAM_NAME)?;
+            let log_dir = options
+                .verifier_log_dir
+                .map_or_else(verifier::default_log_dir, Path::to_path_buf);
+            verifier::load_xdp(program, PROGRAM_NAME, &log_dir)?;
+        }
         let mut maps = FilterMaps::take_from(&mut ebpf)?;
         maps.prefer_ipv4_lookup(options.ipv4_lookup);
         let rules = Rules::take_from(&mut ebpf, options.ban_ipv6_prefix)?;
@@ -214,6 +230,8 @@ impl Filter {
             pinned_links: Vec::new(),
             pin_dir: options.pin_dir.map(Path::to_path_buf),
             loaded_siblings: Vec::new(),
+            dispatcher_priority: options.dispatcher_priority,
+            dispatched: Vec::new(),
         })
     }
 
@@ -341,6 +359,10 @@ impl Filter {
         slot: u32,
     ) -> anyhow::Result<AttachedMode> {
         let ifindex = ifindex(iface)?;
+        if self.dispatcher_priority.is_some() {
+            self.maps.assign_slot(ifindex, slot)?;
+            return self.join_dispatcher(iface, ifindex, mode);
+        }
         // Another program there makes every mode fail: name it instead of trying.
         if let Some(occupant) = crate::occupant::find(iface, ifindex, self.pin_dir.as_deref()) {
             anyhow::bail!("cannot attach to {iface}: {occupant}");
@@ -460,15 +482,86 @@ impl Filter {
         Ok(Some(state.mode))
     }
 
+    /// The program as a dispatcher component.
+    fn extension_mut(&mut self) -> anyhow::Result<&mut Extension> {
+        self.ebpf
+            .program_mut(PROGRAM_NAME)
+            .with_context(|| format!("the eBPF object has no {PROGRAM_NAME} program"))?
+            .try_into()
+            .with_context(|| format!("{PROGRAM_NAME} is not loaded as an extension"))
+    }
+
+    /// Joins libxdp's dispatcher on `iface` (starting one if the interface is free): a new
+    /// dispatcher holding the other components and this program replaces the old one at once.
+    /// A gatekeeper component already there (an earlier daemon's) is replaced by this program
+    /// in the same step: adoption without a gap.
+    fn join_dispatcher(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+        mode: XdpMode,
+    ) -> anyhow::Result<AttachedMode> {
+        let priority = self
+            .dispatcher_priority
+            .unwrap_or(dispatcher::DEFAULT_PRIORITY);
+        let _lock = dispatcher::LibxdpLock::acquire()?;
+        let mut current = dispatcher::current(ifindex)
+            .with_context(|| format!("cannot join libxdp's dispatcher on {iface}"))?;
+        let others = current
+            .as_mut()
+            .map(|c| c.take_components_except(PROGRAM_NAME))
+            .unwrap_or_default();
+        let wanted = match mode {
+            XdpMode::Skb => netlink::XdpAttachment::Skb,
+            _ => netlink::XdpAttachment::Native,
+        };
+        let ours = self.extension_mut()?;
+        dispatcher::install(
+            ifindex,
+            wanted,
+            current.as_ref(),
+            others,
+            Some((ours, PROGRAM_NAME, priority)),
+        )
+        .with_context(|| format!("joining libxdp's dispatcher on {iface} failed"))?;
+        if !self.dispatched.iter().any(|i| i == iface) {
+            self.dispatched.push(iface.to_string());
+        }
+        let attached = match current.map_or(wanted, |c| c.mode) {
+            netlink::XdpAttachment::Skb => AttachedMode::Skb,
+            _ => AttachedMode::Native,
+        };
+        info!(iface, ifindex, mode = %attached, priority, "attached as a component of libxdp's dispatcher");
+        Ok(attached)
+    }
+
+    /// Whether this filter runs on `ifindex`, whose XDP program is `iface_prog`: that program
+    /// itself, or libxdp's dispatcher with this program among its components.
+    pub fn is_on(&mut self, ifindex: u32, iface_prog: u32) -> bool {
+        let Ok(ours) = self.program_id() else {
+            return false;
+        };
+        if self.dispatcher_priority.is_none() {
+            return ours == iface_prog;
+        }
+        dispatcher::component_ids(ifindex, iface_prog).contains(&ours)
+    }
+
+    /// Whether the program runs as a libxdp dispatcher component.
+    pub fn is_component(&self) -> bool {
+        self.dispatcher_priority.is_some()
+    }
+
     /// Detaches the program from every interface this filter attached to or adopted.
     pub fn detach_all(&mut self) -> anyhow::Result<()> {
+        for iface in std::mem::take(&mut self.dispatched) {
+            dispatcher::leave(&iface, PROGRAM_NAME)?;
+            info!(iface, "left libxdp's dispatcher");
+        }
         let links = std::mem::take(&mut self.links);
-        let program = self.program_mut()?;
-        for (iface, link) in links {
-            program
-                .detach(link)
-                .with_context(|| format!("detaching from {iface} failed"))?;
-            info!(iface, "detached");
+        // A dispatcher component has no XDP program of its own to ask.
+        if !links.is_empty() {
+            self.detach_links(links)?;
         }
         if let Some(dir) = self.pin_dir.clone() {
             for iface in std::mem::take(&mut self.pinned_links) {
@@ -479,8 +572,23 @@ impl Filter {
         Ok(())
     }
 
+    fn detach_links(&mut self, links: Vec<(String, XdpLinkId)>) -> anyhow::Result<()> {
+        let program = self.program_mut()?;
+        for (iface, link) in links {
+            program
+                .detach(link)
+                .with_context(|| format!("detaching from {iface} failed"))?;
+            info!(iface, "detached");
+        }
+        Ok(())
+    }
+
     /// Detaches the program from `iface` (only a link this filter pinned or adopted).
     pub fn detach(&mut self, iface: &str) -> anyhow::Result<()> {
+        if let Some(at) = self.dispatched.iter().position(|i| i == iface) {
+            self.dispatched.remove(at);
+            dispatcher::leave(iface, PROGRAM_NAME)?;
+        }
         if let Some(at) = self.links.iter().position(|(i, _)| i == iface) {
             let (_, link) = self.links.remove(at);
             self.program_mut()?
@@ -501,6 +609,7 @@ impl Filter {
     /// off: the kernel already detached it, so this only drops the pin and the bookkeeping.
     pub fn forget_link(&mut self, iface: &str) -> anyhow::Result<()> {
         self.links.retain(|(i, _)| i != iface);
+        self.dispatched.retain(|i| i != iface);
         if let Some(at) = self.pinned_links.iter().position(|i| i == iface) {
             self.pinned_links.remove(at);
             if let Some(dir) = &self.pin_dir {
@@ -512,6 +621,10 @@ impl Filter {
 
     /// The kernel's id of the loaded program (what `ip link` shows on an attached interface).
     pub fn program_id(&mut self) -> anyhow::Result<u32> {
+        if self.dispatcher_priority.is_some() {
+            // Before it joins a dispatcher the component is not loaded: no id yet.
+            return Ok(self.extension_mut()?.info().map_or(0, |i| i.id()));
+        }
         Ok(self
             .program_mut()?
             .info()
@@ -525,6 +638,7 @@ impl Filter {
             .iter()
             .map(|(i, _)| i.clone())
             .chain(self.pinned_links.iter().cloned())
+            .chain(self.dispatched.iter().cloned())
             .collect()
     }
 

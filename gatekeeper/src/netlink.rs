@@ -87,6 +87,94 @@ pub fn xdp_state(ifindex: u32) -> anyhow::Result<Option<XdpState>> {
     parse_answer(buf.get(..received).unwrap_or(&[]))
 }
 
+/// `XDP_FLAGS_UPDATE_IF_NOEXIST`: fail if a program is attached already.
+pub const XDP_FLAGS_UPDATE_IF_NOEXIST: u32 = 1;
+/// `XDP_FLAGS_SKB_MODE`: generic XDP.
+pub const XDP_FLAGS_SKB_MODE: u32 = 2;
+/// `XDP_FLAGS_DRV_MODE`: native XDP.
+pub const XDP_FLAGS_DRV_MODE: u32 = 4;
+/// `XDP_FLAGS_REPLACE`: replace only the program named by `IFLA_XDP_EXPECTED_FD`.
+pub const XDP_FLAGS_REPLACE: u32 = 16;
+const RTM_SETLINK: u16 = 19;
+const NLM_F_ACK: u16 = 4;
+const NLA_F_NESTED: u16 = 0x8000;
+const IFLA_XDP_FD: u16 = 1;
+const IFLA_XDP_FLAGS: u16 = 3;
+const IFLA_XDP_EXPECTED_FD: u16 = 8;
+
+/// Attaches program `fd` (or, with `None`, takes the program off) to `ifindex` through netlink,
+/// as libxdp does for its dispatcher: with `expected`, atomically in place of that program
+/// (`XDP_FLAGS_REPLACE`), else only if the interface runs none.
+pub fn set_xdp(
+    ifindex: u32,
+    fd: Option<i32>,
+    mode_flags: u32,
+    expected: Option<i32>,
+) -> anyhow::Result<()> {
+    let socket = open_socket().context("opening an rtnetlink socket")?;
+    let index = i32::try_from(ifindex).context("ifindex out of range")?;
+    let mut flags = mode_flags;
+    let mut nested = Vec::new();
+    let mut attr = |kind: u16, value: [u8; 4]| {
+        nested.extend_from_slice(&8u16.to_ne_bytes());
+        nested.extend_from_slice(&kind.to_ne_bytes());
+        nested.extend_from_slice(&value);
+    };
+    attr(IFLA_XDP_FD, fd.unwrap_or(-1).to_ne_bytes());
+    match expected {
+        Some(old) => {
+            flags |= XDP_FLAGS_REPLACE;
+            attr(IFLA_XDP_EXPECTED_FD, old.to_ne_bytes());
+        }
+        None => flags |= XDP_FLAGS_UPDATE_IF_NOEXIST,
+    }
+    attr(IFLA_XDP_FLAGS, flags.to_ne_bytes());
+    let xdp_len = 4 + nested.len();
+    let total = NLMSG_HDR + IFINFOMSG + xdp_len;
+    let mut request = Vec::with_capacity(total);
+    request.extend_from_slice(&u32::try_from(total).unwrap_or(0).to_ne_bytes());
+    request.extend_from_slice(&RTM_SETLINK.to_ne_bytes());
+    request.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+    request.extend_from_slice(&1u32.to_ne_bytes());
+    request.extend_from_slice(&0u32.to_ne_bytes());
+    request.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
+    request.extend_from_slice(&index.to_ne_bytes());
+    request.extend_from_slice(&[0u8; 8]);
+    request.extend_from_slice(&u16::try_from(xdp_len).unwrap_or(0).to_ne_bytes());
+    request.extend_from_slice(&(IFLA_XDP | NLA_F_NESTED).to_ne_bytes());
+    request.extend_from_slice(&nested);
+    // SAFETY: sending a fully initialised buffer on a socket we own.
+    let sent = unsafe {
+        libc::send(
+            socket.as_raw_fd(),
+            request.as_ptr().cast(),
+            request.len(),
+            0,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error()).context("sending RTM_SETLINK");
+    }
+    let mut buf = vec![0u8; 8192];
+    // SAFETY: receiving into a buffer of the given length.
+    let received = unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if received < 0 {
+        return Err(io::Error::last_os_error()).context("receiving the RTM_SETLINK answer");
+    }
+    let answer = buf
+        .get(..usize::try_from(received).unwrap_or(0))
+        .unwrap_or(&[]);
+    if u16_at(answer, 4) != Some(NLMSG_ERROR) {
+        bail!("unexpected answer to RTM_SETLINK");
+    }
+    let errno = u32_at(answer, NLMSG_HDR).map_or(0, |e| e as i32);
+    if errno != 0 {
+        return Err(io::Error::from_raw_os_error(-errno))
+            .context("the kernel refused the XDP change");
+    }
+    Ok(())
+}
+
 fn open_socket() -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the fd is owned right away.
     let fd = unsafe {

@@ -28,6 +28,8 @@ pub struct Occupant {
     pub pinned_in: Option<PathBuf>,
     /// Whether a gatekeeper daemon holds that pin directory's lock.
     pub daemon_running: bool,
+    /// That program is libxdp's dispatcher: the gatekeeper can join it instead.
+    pub dispatcher: Option<crate::xdp_attach::RunningDispatcher>,
 }
 
 /// The XDP program on `iface` (`ifindex`), if there is one; `pin_dir` is this daemon's own pin
@@ -44,12 +46,14 @@ pub fn find(iface: &str, ifindex: u32, pin_dir: Option<&Path>) -> Option<Occupan
     let daemon_running = pinned_in
         .as_deref()
         .is_some_and(|dir| matches!(lock::try_lock_pin_dir(dir), Ok(None)));
+    let dispatcher = crate::xdp_attach::running_dispatcher(ifindex, &state);
     Some(Occupant {
         iface: iface.to_string(),
         state,
         name,
         pinned_in,
         daemon_running,
+        dispatcher,
     })
 }
 
@@ -114,9 +118,16 @@ impl std::fmt::Display for Occupant {
             }
             None => write!(f, ", not pinned by any gatekeeper")?,
         }
+        if let Some(dispatcher) = &self.dispatcher {
+            return write!(
+                f,
+                ". It is libxdp's dispatcher (xdp-loader, xdp-filter, bpfman; components pinned in {}), which shares the interface: set xdp_attach = \"dispatcher\" (or \"auto\") to run the gatekeeper as one of its programs; `xdp-loader status {iface}` lists them",
+                dispatcher.pin_dir.display()
+            );
+        }
         write!(
             f,
-            ". An interface runs one XDP program at a time in any xdp_mode, so another mode does not help: take that program off first. `ip -d link show dev {iface}` and `bpftool net show dev {iface}` show it"
+            ". An interface runs one XDP program at a time in any xdp_mode, so another mode does not help: take that program off first, or load it through libxdp's dispatcher (`xdp-loader load`) and set xdp_attach = \"dispatcher\" to run both. `ip -d link show dev {iface}` and `bpftool net show dev {iface}` show it"
         )
     }
 }

@@ -14,7 +14,7 @@ pub const NIGHTLY: &str = "nightly";
 
 pub fn run() -> anyhow::Result<()> {
     step(
-        "setup: checking the toolchain (nightly + rust-src, LLVM 22, bpf-linker 0.13, iproute2, openssl, python3, nsd, slapd, and qemu, busybox-static, cpio, xz for the kernel matrix)",
+        "setup: checking the toolchain (nightly + rust-src, LLVM 22, bpf-linker 0.13, iproute2, openssl, python3, nsd, slapd, xdp-tools, and qemu, busybox-static, cpio, xz for the kernel matrix)",
     );
     ensure_nightly()?;
     ensure_rust_src()?;
@@ -149,6 +149,13 @@ const TOOLS: &[(&str, &[&str], &str, &str)] = &[
         &["-V"],
         "python3",
         "smtplib, an independent SMTP client for the tests and the demo",
+    ),
+    (
+        // xdp-loader has no version flag and every help exits non-zero: ask the shell.
+        "sh",
+        &["-c", "command -v xdp-loader && command -v xdp-filter"],
+        "xdp-tools",
+        "xdp-loader and xdp-filter (libxdp's dispatcher) for the test of sharing an interface",
     ),
     (
         "qemu-system-x86_64",

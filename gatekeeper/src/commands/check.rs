@@ -12,15 +12,23 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
         .filter(|e| e.net.addr().is_ipv4())
         .count();
     println!(
-        "{}: ok: interfaces {}, xdp_mode {}, mode {}, protected ports {}, allowlist {} IPv4 + {} IPv6 entries",
+        "{}: ok: interfaces {}, xdp_mode {}, xdp_attach {}, mode {}, protected ports {}, allowlist {} IPv4 + {} IPv6 entries",
         path.display(),
         config.interfaces.join(","),
         config.xdp_mode,
+        config.xdp_attach,
         config.mode,
         join_ports(&config.protected_ports),
         v4,
         config.allow.len() - v4
     );
+    for iface in &config.interfaces {
+        let (attach, why) = gatekeeper::xdp_attach::resolve(
+            config.xdp_attach,
+            gatekeeper::filter::ifindex(iface).ok(),
+        );
+        println!("  {iface}: xdp_attach {attach} ({why})");
+    }
     for line in explain(&config) {
         println!("  {line}");
     }

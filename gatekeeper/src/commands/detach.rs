@@ -5,7 +5,8 @@
 use std::path::Path;
 
 use anyhow::{anyhow, bail};
-use gatekeeper::{bpffs, config::Config, filter, lock};
+use gatekeeper::{bpffs, config::Config, dispatcher, filter, lock};
+use gatekeeper_common::PROGRAM_NAME;
 
 pub fn detach(path: &Path, ifaces: &[String]) -> anyhow::Result<()> {
     let config = Config::load(path)?;
@@ -27,7 +28,15 @@ pub fn detach(path: &Path, ifaces: &[String]) -> anyhow::Result<()> {
             dir.display()
         )
     })?;
-    let pinned = filter::pinned_link_ifaces(dir)?;
+    // Exclusive attachments are pinned links; dispatcher components live in libxdp's pins.
+    let mut pinned = filter::pinned_link_ifaces(dir)?;
+    let components: Vec<String> = config
+        .interfaces
+        .iter()
+        .filter(|i| dispatcher::has_component(i, PROGRAM_NAME))
+        .cloned()
+        .collect();
+    pinned.extend(components.iter().cloned());
     let targets: Vec<String> = if ifaces.is_empty() {
         pinned.clone()
     } else {
@@ -47,10 +56,17 @@ pub fn detach(path: &Path, ifaces: &[String]) -> anyhow::Result<()> {
         ifaces.to_vec()
     };
     for iface in &targets {
+        if components.contains(iface) {
+            dispatcher::leave(iface, PROGRAM_NAME)?;
+        }
         filter::detach_pinned(dir, iface)?;
         println!("detached from {iface}");
     }
-    if filter::pinned_link_ifaces(dir)?.is_empty() {
+    let still_component = config
+        .interfaces
+        .iter()
+        .any(|i| dispatcher::has_component(i, PROGRAM_NAME));
+    if filter::pinned_link_ifaces(dir)?.is_empty() && !still_component {
         filter::remove_pins(dir)?;
         println!("removed the pinned state in {}", dir.display());
     }

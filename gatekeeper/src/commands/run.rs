@@ -240,8 +240,21 @@ fn load_options(config: &Config, blocks: u32) -> LoadOptions<'_> {
         max_bans: config.max_bans,
         rate_limit_sources: config.rate_limit_sources,
         ban_ipv6_prefix: config.ban_ipv6_prefix,
+        dispatcher_priority: joins_dispatcher(config)
+            .then_some(gatekeeper::dispatcher::DEFAULT_PRIORITY),
         ..LoadOptions::default()
     }
+}
+
+/// Whether the program runs as a libxdp dispatcher component: `xdp_attach` as resolved for the
+/// first interface (one program serves every interface, as one kind or the other).
+fn joins_dispatcher(config: &Config) -> bool {
+    use gatekeeper::xdp_attach::{Attach, resolve};
+    let first = config
+        .interfaces
+        .first()
+        .and_then(|i| gatekeeper::filter::ifindex(i).ok());
+    resolve(config.xdp_attach, first).0 == Attach::Dispatcher
 }
 
 /// Replaces the (pinned) IPv4 tables when they do not fit the config at start: tables for

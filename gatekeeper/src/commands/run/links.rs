@@ -71,6 +71,15 @@ impl Interfaces {
         })
     }
 
+    /// Whether the filter runs on `ifindex`, whose XDP program is `prog_id`.
+    fn runs_on(&self, filter: &mut Filter, ifindex: u32, prog_id: u32) -> bool {
+        if filter.is_component() {
+            filter.is_on(ifindex, prog_id)
+        } else {
+            prog_id == self.program_id
+        }
+    }
+
     /// Adopts the pinned link of `iface` or attaches anew (start-up, and interfaces a reload
     /// added); a failure leaves it unfiltered and is the caller's to report.
     /// After the program was replaced along with its IPv4 tables (same links, new program).
@@ -160,12 +169,48 @@ impl Interfaces {
             lost_at,
             reported,
         };
+        // A dispatcher component counts as on the interface when it is among the dispatcher's
+        // components; a dispatcher without it is joined like a free interface.
+        let (ours, joinable) = match &now {
+            Observed::Present {
+                ifindex,
+                xdp: Some(xdp),
+            } => (
+                self.runs_on(filter, *ifindex, xdp.prog_id),
+                filter.is_component()
+                    && gatekeeper::xdp_attach::running_dispatcher(*ifindex, xdp).is_some(),
+            ),
+            _ => (false, false),
+        };
         let next = match now {
             Observed::Missing | Observed::Unknown(_) => unfiltered(reported),
             Observed::Present {
                 ifindex,
-                xdp: Some(xdp),
-            } if xdp.prog_id == self.program_id => State::Filtered { ifindex },
+                xdp: Some(_),
+            } if ours => State::Filtered { ifindex },
+            Observed::Present {
+                ifindex,
+                xdp: Some(_),
+            } if joinable => match attach(filter, iface, config, slot) {
+                Ok(ifindex) => {
+                    info!(
+                        iface,
+                        ifindex, "joined libxdp's dispatcher: {iface} is filtered"
+                    );
+                    State::Filtered { ifindex }
+                }
+                Err(err) => {
+                    let text = format!("{err:#}");
+                    if reported.as_deref() != Some(text.as_str()) {
+                        error!(
+                            iface,
+                            ifindex,
+                            "the filter is NOT on {iface}, joining libxdp's dispatcher failed: {text}"
+                        );
+                    }
+                    unfiltered(Some(text))
+                }
+            },
             Observed::Present {
                 ifindex,
                 xdp: Some(_),
@@ -221,7 +266,7 @@ impl Interfaces {
             Observed::Present {
                 ifindex: i,
                 xdp: Some(xdp),
-            } if *i == ifindex && xdp.prog_id == self.program_id => return None,
+            } if *i == ifindex && self.runs_on(filter, ifindex, xdp.prog_id) => return None,
             Observed::Unknown(_) => return None,
             Observed::Present {
                 ifindex: i,
