@@ -10,6 +10,10 @@ pub struct Args {
     /// Skip the demo run at the end.
     #[arg(long)]
     pub no_demo: bool,
+    /// Skip the package check (build the .debs, install them into a throwaway Debian root,
+    /// run `check` there, purge).
+    #[arg(long)]
+    pub no_package: bool,
     /// Skip the kernel matrix (Debian's kernels under qemu).
     #[arg(long, conflicts_with = "kernels")]
     pub no_matrix: bool,
@@ -106,6 +110,19 @@ fn run_suites(tally: &mut TestTally, args: &Args) -> anyhow::Result<()> {
         println!("    SKIP kernel matrix: --no-matrix");
     } else {
         crate::kernels::run_matrix(&args.matrix, false, tally)?;
+    }
+    if args.no_package {
+        println!("    SKIP package check: --no-package");
+    } else if shell::is_root() {
+        step("package: the .debs installed into a throwaway Debian root, checked, purged");
+        // The dev-profile binaries are built already; the layout and scripts are what is checked.
+        crate::package::run(&crate::package::Args {
+            debug: true,
+            out: "target/debian".into(),
+            check_install: true,
+        })?;
+    } else {
+        println!("    SKIP package check: needs root (dpkg in a chroot)");
     }
     if args.no_demo {
         return Ok(());
