@@ -34,6 +34,10 @@ use base64ct::Encoding as _;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
+/// The tests' Debian package check, which the NSD and slapd fixtures use.
+#[path = "../tests/common/debian.rs"]
+mod debian;
+
 /// The tests' NSD fixture (real authoritative DNS on loopback).
 #[path = "../tests/common/nsd.rs"]
 #[allow(dead_code)]

@@ -44,6 +44,28 @@ pub struct Verdict {
     pub dmarc: Option<CheckResult>,
 }
 
+/// The results field and the verdict before DKIM, ARC and DMARC: SPF's result (if it ran) in
+/// both, the action still "accept".
+fn begin<'a>(
+    authserv_id: &'a str,
+    spf: Option<(&SpfOutput, &SpfIdentity)>,
+) -> (ResultsBuilder<'a>, Verdict) {
+    let mut ar = ResultsBuilder::new(authserv_id);
+    let mut verdict = Verdict {
+        header: String::new(),
+        action: DmarcAction::Accept,
+        spf: None,
+        dkim: None,
+        arc: None,
+        dmarc: None,
+    };
+    if let Some((output, who)) = spf {
+        ar.spf(output, who);
+        verdict.spf = Some(CheckResult::of_spf(output.result()));
+    }
+    (ar, verdict)
+}
+
 fn timed_out() -> Error {
     Error::Dns(DnsError::Resolver("check timed out".to_owned()))
 }
@@ -71,19 +93,7 @@ impl SenderAuth {
     ) -> Verdict {
         let config = &self.config;
         let deadline = config.check_timeout;
-        let mut ar = ResultsBuilder::new(&config.authserv_id);
-        let mut verdict = Verdict {
-            header: String::new(),
-            action: DmarcAction::Accept,
-            spf: None,
-            dkim: None,
-            arc: None,
-            dmarc: None,
-        };
-        if let Some((output, who)) = spf {
-            ar.spf(output, who);
-            verdict.spf = Some(CheckResult::of_spf(output.result()));
-        }
+        let (mut ar, mut verdict) = begin(&config.authserv_id, spf);
         let Some(parsed) = AuthenticatedMessage::parse(msg) else {
             // No header block to read: nothing can be verified, and nothing refused.
             if self.dkim_on() {
@@ -157,19 +167,7 @@ impl SenderAuth {
     /// The field when the message is not verified (too large to hold, or only SPF is on):
     /// SPF as found, DKIM and DMARC, if on, as not run.
     pub fn without_message(&self, spf: Option<(&SpfOutput, &SpfIdentity)>) -> Verdict {
-        let mut ar = ResultsBuilder::new(&self.config.authserv_id);
-        let mut verdict = Verdict {
-            header: String::new(),
-            action: DmarcAction::Accept,
-            spf: None,
-            dkim: None,
-            arc: None,
-            dmarc: None,
-        };
-        if let Some((output, who)) = spf {
-            ar.spf(output, who);
-            verdict.spf = Some(CheckResult::of_spf(output.result()));
-        }
+        let (mut ar, mut verdict) = begin(&self.config.authserv_id, spf);
         if self.dkim_on() {
             ar.not_verified("dkim", "not verified: message too large");
             verdict.dkim = Some(CheckResult::None);

@@ -7,6 +7,7 @@
 
 pub mod aiosmtpd;
 pub mod ban_socket;
+pub mod debian;
 pub mod dkimpy;
 pub mod dns;
 pub mod logs;

@@ -4,7 +4,6 @@
 //! PID on drop. [`SilentDns`] is the other failure: a server that never answers.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,21 +14,7 @@ const NSD: &str = "/usr/sbin/nsd";
 
 /// Makes sure NSD is installed (`cargo xtask setup` installs it; apt-get as a fallback).
 pub fn ensure_installed() {
-    if Path::new(NSD).exists() {
-        return;
-    }
-    let ok = Command::new("apt-get")
-        .args(["install", "-y", "-q", "nsd"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        ok && Path::new(NSD).exists(),
-        "NSD is missing: run `cargo xtask setup` (Debian package nsd)"
-    );
+    super::debian::ensure_package("nsd", &[NSD]);
 }
 
 pub struct Nsd {

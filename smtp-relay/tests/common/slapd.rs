@@ -23,21 +23,7 @@ pub const RELAY_GROUP: &str = "cn=relay,ou=groups,dc=example,dc=org";
 
 /// Makes sure slapd is installed (`cargo xtask setup` installs it; apt-get as a fallback).
 pub fn ensure_installed() {
-    if Path::new(SLAPD).exists() && Path::new(SLAPADD).exists() {
-        return;
-    }
-    let ok = Command::new("apt-get")
-        .args(["install", "-y", "-q", "slapd"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        ok && Path::new(SLAPD).exists(),
-        "slapd is missing: run `cargo xtask setup` (Debian package slapd)"
-    );
+    super::debian::ensure_package("slapd", &[SLAPD, SLAPADD]);
 }
 
 /// AD's attributes and an auxiliary class carrying them (OIDs under a private test arc).
