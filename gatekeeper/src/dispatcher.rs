@@ -37,6 +37,9 @@ const RETVAL_BIT: u32 = 1 << 31;
 pub const DEFAULT_PRIORITY: u32 = 50;
 /// XDP_PASS continues to the next program; every other action ends the chain.
 pub const CHAIN_ON_PASS: u32 = 1 << 2;
+/// The trivial XDP program xdp-tools' dispatcher object carries for libxdp's own compatibility
+/// check: loaded as an `freplace` program into a slot, it shows whether the kernel allows them.
+const PROBE_PROGRAM: &str = "xdp_pass";
 
 /// `struct xdp_dispatcher_config` of xdp-tools' `prog_dispatcher.h`, version 2.
 #[repr(C)]
@@ -53,6 +56,60 @@ pub struct DispatcherConfig {
 
 // SAFETY: repr(C), only integers, no padding (4 u8 then u32 arrays).
 unsafe impl Pod for DispatcherConfig {}
+
+/// Why this kernel cannot run libxdp's dispatcher, or `None` when it can: found once per process
+/// by loading xdp-tools' dispatcher and its `xdp_pass` as an `freplace` (`BPF_PROG_TYPE_EXT`)
+/// program into slot `prog0`, as libxdp checks before it uses a dispatcher. Nothing is attached.
+/// Some hardened kernels (lockdown, a BPF LSM policy) refuse every extension with `EPERM`.
+pub fn freplace_refusal() -> Option<&'static str> {
+    FREPLACE_PROBE
+        .get_or_init(|| probe_freplace().err().map(|err| format!("{err:#}")))
+        .as_deref()
+}
+
+/// [`freplace_refusal`] if this process asked already (`auto` asks only when it would join a
+/// dispatcher); `None` when it did not ask or the kernel allows extensions.
+pub fn asked_and_refused() -> Option<&'static str> {
+    FREPLACE_PROBE.get().and_then(|r| r.as_deref())
+}
+
+static FREPLACE_PROBE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+fn probe_freplace() -> anyhow::Result<()> {
+    let object = xdp_attach::dispatcher_object().with_context(|| {
+        format!(
+            "xdp-tools' {} is not installed",
+            xdp_attach::DISPATCHER_OBJECT
+        )
+    })?;
+    let conf = DispatcherConfig {
+        magic: MAGIC,
+        dispatcher_version: VERSION,
+        num_progs_enabled: 1,
+        ..DispatcherConfig::default()
+    };
+    let mut ebpf = EbpfLoader::new()
+        .override_global("conf", &conf, true)
+        .extension(PROBE_PROGRAM)
+        .load_file(&object)
+        .with_context(|| format!("loading {}", object.display()))?;
+    let dispatcher: &mut Xdp = ebpf
+        .program_mut(DISPATCHER_PROG_NAME)
+        .with_context(|| format!("{} has no {DISPATCHER_PROG_NAME}", object.display()))?
+        .try_into()
+        .context("the dispatcher is not an XDP program")?;
+    dispatcher.load().context("loading libxdp's dispatcher")?;
+    let target = dispatcher.fd()?.try_clone()?;
+    let probe: &mut Extension = ebpf
+        .program_mut(PROBE_PROGRAM)
+        .with_context(|| format!("{} has no {PROBE_PROGRAM}", object.display()))?
+        .try_into()
+        .context("the probe is not an extension")?;
+    probe.load(target, "prog0").context(
+        "the kernel refuses freplace (BPF_PROG_TYPE_EXT) programs, which libxdp's dispatcher runs its components as",
+    )?;
+    Ok(())
+}
 
 /// One program in a dispatcher slot.
 pub struct Component {

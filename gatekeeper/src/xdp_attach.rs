@@ -113,49 +113,60 @@ pub fn dispatcher_object() -> Option<PathBuf> {
 /// program shares it through libxdp: joining is the only way on) or, on a free interface, when
 /// xdp-tools' dispatcher object is installed (the admin has the tools to add programs beside
 /// the gatekeeper later); otherwise `exclusive`. An interface running some other program that
-/// is not a dispatcher stays `exclusive`: it cannot be shared and is refused naming it.
+/// is not a dispatcher stays `exclusive`: it cannot be shared and is refused naming it. Where
+/// the kernel refuses the dispatcher's `freplace` components, `auto` is `exclusive` too, as
+/// libxdp falls back to its single-program mode.
 pub fn resolve(wanted: XdpAttach, ifindex: Option<u32>) -> (Attach, String) {
     match wanted {
         XdpAttach::Exclusive => (Attach::Exclusive, "configured".into()),
         XdpAttach::Dispatcher => (Attach::Dispatcher, "configured".into()),
-        XdpAttach::Auto => {
-            let state = ifindex.and_then(|i| xdp_state(i).ok().flatten().map(|s| (i, s)));
-            if let Some((index, state)) = &state
-                && let Some(running) = running_dispatcher(*index, state)
-            {
-                return (
-                    Attach::Dispatcher,
-                    format!(
-                        "auto: libxdp's dispatcher (program id {}) already runs there",
-                        running.prog_id
-                    ),
-                );
-            }
-            if let Some((_, state)) = state {
-                return (
+        XdpAttach::Auto => match resolve_auto(ifindex) {
+            (Attach::Dispatcher, why) => match crate::dispatcher::freplace_refusal() {
+                Some(refusal) => (
                     Attach::Exclusive,
-                    format!(
-                        "auto: XDP program id {} runs there and is not libxdp's dispatcher",
-                        state.prog_id
-                    ),
-                );
-            }
-            match dispatcher_object() {
-                Some(object) => (
-                    Attach::Dispatcher,
-                    format!(
-                        "auto: xdp-tools' dispatcher {} is installed",
-                        object.display()
-                    ),
+                    format!("auto: {why}, but libxdp's dispatcher cannot run here: {refusal}"),
                 ),
-                None => (
-                    Attach::Exclusive,
-                    format!(
-                        "auto: no libxdp dispatcher there and no {DISPATCHER_OBJECT} installed (package xdp-tools/libxdp1)"
-                    ),
-                ),
-            }
-        }
+                None => (Attach::Dispatcher, format!("auto: {why}")),
+            },
+            (Attach::Exclusive, why) => (Attach::Exclusive, format!("auto: {why}")),
+        },
+    }
+}
+
+/// `auto` before the kernel is asked whether it runs extensions.
+fn resolve_auto(ifindex: Option<u32>) -> (Attach, String) {
+    let state = ifindex.and_then(|i| xdp_state(i).ok().flatten().map(|s| (i, s)));
+    if let Some((index, state)) = &state
+        && let Some(running) = running_dispatcher(*index, state)
+    {
+        return (
+            Attach::Dispatcher,
+            format!(
+                "libxdp's dispatcher (program id {}) already runs there",
+                running.prog_id
+            ),
+        );
+    }
+    if let Some((_, state)) = state {
+        return (
+            Attach::Exclusive,
+            format!(
+                "XDP program id {} runs there and is not libxdp's dispatcher",
+                state.prog_id
+            ),
+        );
+    }
+    match dispatcher_object() {
+        Some(object) => (
+            Attach::Dispatcher,
+            format!("xdp-tools' dispatcher {} is installed", object.display()),
+        ),
+        None => (
+            Attach::Exclusive,
+            format!(
+                "no libxdp dispatcher there and no {DISPATCHER_OBJECT} installed (package xdp-tools/libxdp1)"
+            ),
+        ),
     }
 }
 
@@ -173,11 +184,12 @@ mod tests {
     fn auto_follows_the_installed_object_on_a_free_interface() {
         // Loopback runs no XDP program in the test's namespace.
         let (attach, why) = resolve(XdpAttach::Auto, Some(1));
-        let expected = if dispatcher_object().is_some() {
-            Attach::Dispatcher
-        } else {
-            Attach::Exclusive
-        };
+        let expected =
+            if dispatcher_object().is_some() && crate::dispatcher::freplace_refusal().is_none() {
+                Attach::Dispatcher
+            } else {
+                Attach::Exclusive
+            };
         assert_eq!(attach, expected, "{why}");
         assert!(why.starts_with("auto: "), "{why}");
     }

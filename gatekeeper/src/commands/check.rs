@@ -29,6 +29,13 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
         );
         println!("  {iface}: xdp_attach {attach} ({why})");
     }
+    if config.xdp_attach == gatekeeper::config::XdpAttach::Dispatcher
+        && let Some(refusal) = gatekeeper::dispatcher::freplace_refusal()
+    {
+        println!(
+            "  warning: xdp_attach = \"dispatcher\" will not start here: {refusal} (\"auto\" falls back to exclusive)"
+        );
+    }
     for line in explain(&config) {
         println!("  {line}");
     }

@@ -35,7 +35,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 use aya::maps::{MapData, RingBuf};
 use gatekeeper::{
     bpffs, capabilities,
@@ -80,6 +80,7 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
     let stamp = FileStamp::of(path);
     let config = load(path, &ifaces)?;
     capabilities::ensure_can_load()?;
+    announce_attach(&config)?;
     bpffs::ensure_pin_dir(&config.pin_dir)?;
     // Signal handlers go in first: a SIGHUP (`systemctl reload`) during start-up must not kill the
     // daemon with its default action; it is handled as a reload once the daemon serves.
@@ -244,6 +245,38 @@ fn load_options(config: &Config, blocks: u32) -> LoadOptions<'_> {
             .then_some(gatekeeper::dispatcher::DEFAULT_PRIORITY),
         ..LoadOptions::default()
     }
+}
+
+/// Says once how the program attaches and why; refuses `xdp_attach = "dispatcher"` on a kernel
+/// that refuses the dispatcher's components, before anything is loaded.
+fn announce_attach(config: &Config) -> anyhow::Result<()> {
+    use gatekeeper::{
+        config::XdpAttach,
+        dispatcher::{asked_and_refused, freplace_refusal},
+        xdp_attach::{Attach, resolve},
+    };
+    let first = config
+        .interfaces
+        .first()
+        .and_then(|i| gatekeeper::filter::ifindex(i).ok());
+    let (attach, why) = resolve(config.xdp_attach, first);
+    match config.xdp_attach {
+        XdpAttach::Dispatcher => {
+            if let Some(refusal) = freplace_refusal() {
+                bail!(
+                    "xdp_attach = \"dispatcher\" cannot work on this kernel: {refusal}. Set xdp_attach = \"exclusive\" (or \"auto\", which falls back to it) to take the interface for the gatekeeper alone"
+                );
+            }
+        }
+        // The probe ran: auto wanted the dispatcher and the kernel refused it.
+        XdpAttach::Auto if attach == Attach::Exclusive && asked_and_refused().is_some() => {
+            warn!(%attach, reason = %why, "xdp_attach = auto: FALLING BACK to exclusive, as libxdp does on this kernel");
+            return Ok(());
+        }
+        _ => {}
+    }
+    info!(%attach, reason = %why, "xdp_attach");
+    Ok(())
 }
 
 /// Whether the program runs as a libxdp dispatcher component: `xdp_attach` as resolved for the

@@ -18,6 +18,7 @@ use super::{
     init::init_script,
     modules::{MODULES, Modules},
     suites::Suite,
+    xdp_tools::XdpTools,
 };
 use crate::shell::{self, output};
 
@@ -29,6 +30,8 @@ pub struct Contents<'a> {
     pub suites: &'a [(Suite, PathBuf)],
     /// The daemon binary the end-to-end tests spawn (`GATEKEEPER_BIN` in the guest).
     pub gatekeeper: &'a Path,
+    /// xdp-tools for the dispatcher test.
+    pub xdp_tools: &'a XdpTools,
 }
 
 /// Builds the common layer from a staging tree at `staging` (left in place for inspection).
@@ -46,6 +49,13 @@ pub fn build_common(contents: &Contents<'_>, staging: &Path, out: &Path) -> anyh
         install(&busybox, &staging.join("bin/busybox"))?,
         install(&ip, &staging.join("bin/ip"))?,
     ];
+    for tool in &contents.xdp_tools.tools {
+        let name = tool.file_name().context("a tool without a file name")?;
+        executables.push(install(tool, &staging.join("bin").join(name))?);
+    }
+    for object in &contents.xdp_tools.objects {
+        install_at_same_path(object, staging)?;
+    }
     install_applets(&busybox, staging)?;
 
     let bin = staging.join(GUEST_BIN.trim_start_matches('/'));
@@ -150,13 +160,18 @@ fn install_libraries(executables: &[PathBuf], staging: &Path) -> anyhow::Result<
         }
     }
     for library in &libraries {
-        let dest = staging.join(library.strip_prefix("/").unwrap_or(library));
-        if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent)?;
-        }
-        install(library, &dest)?;
+        install_at_same_path(library, staging)?;
     }
     Ok(())
+}
+
+/// Copies a host file to the same path in the staging tree.
+fn install_at_same_path(source: &Path, staging: &Path) -> anyhow::Result<PathBuf> {
+    let dest = staging.join(source.strip_prefix("/").unwrap_or(source));
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    install(source, &dest)
 }
 
 /// The absolute paths in `ldd` output: `libc.so.6 => /lib/.../libc.so.6 (0x…)` and the loader's

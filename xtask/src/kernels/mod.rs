@@ -11,6 +11,7 @@ mod initramfs;
 mod modules;
 mod sources;
 mod suites;
+mod xdp_tools;
 
 use std::{
     fs,
@@ -77,6 +78,10 @@ pub struct Selection {
     /// Seconds a guest may run (boot and tests) before it is killed and its kernel fails.
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     pub kernel_timeout: u64,
+    /// Suites each guest runs, comma-separated test target names, e.g. `xdp_dispatcher_e2e`
+    /// (default: all of them).
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub suites: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -113,12 +118,13 @@ pub fn run_matrix(selection: &Selection, keep: bool, tally: &mut TestTally) -> a
     let cache = cache_dir();
     let fetched = fetch_all(&kernels, &cache)?;
 
-    let suites = suites::test_binaries()?;
+    let suites = suites::test_binaries(&selection.suites)?;
     let gatekeeper = suites::gatekeeper_binary()?;
+    let xdp_tools = xdp_tools::find()?;
     let staging = cache.join("initramfs");
     let common = cache.join("common.cpio.gz");
     step(&format!(
-        "kernels: building the guest's initramfs (busybox, ip, {} test binaries, gatekeeper) in {}",
+        "kernels: building the guest's initramfs (busybox, ip, xdp-tools, {} test binaries, gatekeeper) in {}",
         suites.len(),
         staging.display()
     ));
@@ -126,6 +132,7 @@ pub fn run_matrix(selection: &Selection, keep: bool, tally: &mut TestTally) -> a
         &initramfs::Contents {
             suites: &suites,
             gatekeeper: &gatekeeper,
+            xdp_tools: &xdp_tools,
         },
         &staging,
         &common,
