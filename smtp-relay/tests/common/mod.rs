@@ -10,6 +10,7 @@ pub mod ban_socket;
 pub mod debian;
 pub mod dkimpy;
 pub mod dns;
+pub mod https_policy;
 pub mod logs;
 pub mod nexthop;
 pub mod nsd;
