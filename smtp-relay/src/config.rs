@@ -1204,7 +1204,39 @@ tls = "none"
         assert_eq!(d.smarthost.as_ref().map(|h| h.port), Some(587));
         assert_eq!(d.retry_initial, Duration::from_millis(500));
         assert_eq!(d.max_queue_lifetime, Duration::from_secs(432_000));
+        assert_eq!(
+            d.mx_tls,
+            TlsMode::MtaSts,
+            "MX delivery follows MTA-STS by default"
+        );
+        assert_eq!(d.mta_sts_port, 443);
+        let policy_modes = text
+            .replacen("tls = \"none\"", "tls = \"dane\"", 1)
+            .replacen(
+                "mx_port = 2525",
+                "mx_port = 2525\nmx_tls = \"mta-sts\"\nmta_sts_port = 8443",
+                1,
+            );
+        let d = parse(&policy_modes)
+            .expect("valid")
+            .delivery
+            .expect("delivery");
+        assert_eq!(
+            (d.routes[0].1.tls, d.mx_tls, d.mta_sts_port),
+            (TlsMode::Dane, TlsMode::MtaSts, 8443)
+        );
         for (from, to, needle) in [
+            (
+                "tls = \"required\"",
+                "tls = \"mta-sts\"",
+                "not to a smarthost",
+            ),
+            ("mx_port = 2525", "mta_sts_port = 0", "mta_sts_port"),
+            (
+                "mx_port = 2525",
+                "mta_sts_fetch_timeout_secs = 0",
+                "mta_sts_fetch_timeout_secs",
+            ),
             ("tls = \"none\"", "tls = \"sometimes\"", "sometimes"),
             ("port = 10025", "port = 0", "port"),
             (

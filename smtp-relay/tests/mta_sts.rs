@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::https_policy::PolicyServer;
+use common::https_policy::{PolicyServer, response};
 use common::nexthop::{NextHop, Script};
 use common::nsd::Nsd;
 use common::{Client, PASSWORD, Setup, TestServer, config_with, logs, queue_id};
@@ -91,8 +91,12 @@ impl Pki {
     }
 }
 
-fn policy(mode: &str, mx: &str) -> String {
+fn policy_text(mode: &str, mx: &str) -> String {
     format!("version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: 86400\r\n")
+}
+
+fn policy(mode: &str, mx: &str) -> String {
+    common::https_policy::policy_response(&policy_text(mode, mx))
 }
 
 /// A zone publishing an MTA-STS policy id and its policy host.
@@ -138,10 +142,19 @@ fn mta_sts_enforce_testing_cache_and_overrides() {
     let bad_mx = NextHop::start(&format!("127.0.0.4:{port}"), tls(&bad));
     let routed = NextHop::start("127.0.0.5:0", Script::default());
     let local = NextHop::start("127.0.0.1:0", Script::default());
-    let names: Vec<String> = ["enforce", "bad-enforce", "bad-testing", "routed", "down"]
-        .iter()
-        .map(|d| format!("mta-sts.{d}.example"))
-        .collect();
+    let names: Vec<String> = [
+        "enforce",
+        "bad-enforce",
+        "bad-testing",
+        "routed",
+        "down",
+        "redirect",
+        "html",
+        "huge",
+    ]
+    .iter()
+    .map(|d| format!("mta-sts.{d}.example"))
+    .collect();
     let policies = PolicyServer::start(
         "127.0.0.1:0",
         pki.server(&names.iter().map(String::as_str).collect::<Vec<_>>()),
@@ -151,6 +164,27 @@ fn mta_sts_enforce_testing_cache_and_overrides() {
             (names[2].clone(), policy("testing", "*.bad-testing.example")),
             (names[3].clone(), policy("enforce", "mx.routed.example")),
             (names[4].clone(), policy("enforce", "*.down.example")),
+            // Fetches that break the limits: each is no policy.
+            (
+                names[5].clone(),
+                response("301 Moved Permanently", "text/plain", ""),
+            ),
+            (
+                names[6].clone(),
+                response(
+                    "200 OK",
+                    "text/html",
+                    &policy_text("enforce", "*.html.example"),
+                ),
+            ),
+            (
+                names[7].clone(),
+                response(
+                    "200 OK",
+                    "text/plain",
+                    &(policy_text("enforce", "*.huge.example") + &"x: y\r\n".repeat(20_000)),
+                ),
+            ),
         ]),
     );
     let zones = [
@@ -177,6 +211,18 @@ fn mta_sts_enforce_testing_cache_and_overrides() {
         (
             "down.example",
             zone(&[(10, "mx", "127.0.0.4")], "127.0.0.6"),
+        ),
+        (
+            "redirect.example",
+            zone(&[(10, "mx", "127.0.0.4")], "127.0.0.1"),
+        ),
+        (
+            "html.example",
+            zone(&[(10, "mx", "127.0.0.4")], "127.0.0.1"),
+        ),
+        (
+            "huge.example",
+            zone(&[(10, "mx", "127.0.0.4")], "127.0.0.1"),
         ),
     ];
     let zones: Vec<(&str, &str)> = zones.iter().map(|(o, z)| (*o, z.as_str())).collect();
@@ -236,10 +282,35 @@ fn mta_sts_enforce_testing_cache_and_overrides() {
     let testing = submit(&server, "dave@bad-testing.example");
     let down = submit(&server, "erin@down.example");
     let overridden = submit(&server, "frank@routed.example");
+    for domain in ["redirect", "html", "huge"] {
+        submit(&server, &format!("x@{domain}.example"));
+    }
     wait_until("testing and no-policy deliveries to the bad MX", || {
-        delivered_to(&bad_mx, "dave@bad-testing.example").is_some()
-            && delivered_to(&bad_mx, "erin@down.example").is_some()
+        [
+            "dave@bad-testing.example",
+            "erin@down.example",
+            "x@redirect.example",
+            "x@html.example",
+            "x@huge.example",
+        ]
+        .iter()
+        .all(|r| delivered_to(&bad_mx, r).is_some())
     });
+    for (domain, error) in [
+        ("down.example", "connect to 127.0.0.6"),
+        (
+            "redirect.example",
+            "HTTP status 301 (redirects are not followed)",
+        ),
+        (
+            "html.example",
+            "Content-Type \"text/html\" is not text/plain",
+        ),
+        ("huge.example", "policy larger than 65536 octets"),
+    ] {
+        let lines = logs::lines_with(&["policy fetch failed", domain, error]);
+        assert_eq!(lines.len(), 1, "{domain}: {error}");
+    }
     assert!(delivered_to(&bad_mx, "dave@bad-testing.example").is_some_and(|m| m.tls));
     let plain = routed.wait_for(1, WAIT);
     assert_eq!(plain[0].rcpts, ["frank@routed.example"]);
@@ -318,7 +389,7 @@ fn mta_sts_enforce_testing_cache_and_overrides() {
     );
     // One fetch per domain, retries served from the cache; routed.example's `tls = "none"`
     // route never asked for its policy.
-    assert_eq!(fetched, 3, "policies fetched");
+    assert_eq!(fetched, 6, "policies fetched");
 }
 
 fn unix_now() -> u64 {

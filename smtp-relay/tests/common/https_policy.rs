@@ -1,6 +1,7 @@
 //! An HTTPS server for MTA-STS policies (blocking, rustls, one thread per connection), written
 //! for the tests and independent of the relay's client: it answers
-//! `GET /.well-known/mta-sts.txt` with the policy of the `Host:` it is asked for, and counts
+//! `GET /.well-known/mta-sts.txt` with the response given for the `Host:` it is asked for
+//! (see [`policy_response`]; any other response to test the fetch's limits), and counts
 //! requests. Stopped on drop.
 
 use std::collections::HashMap;
@@ -17,7 +18,7 @@ pub struct PolicyServer {
 }
 
 impl PolicyServer {
-    /// Serves `policies` (host name `mta-sts.<domain>` → policy text) with `tls`.
+    /// Serves `responses` (host name `mta-sts.<domain>` → whole HTTP response) with `tls`.
     pub fn start(
         bind: &str,
         tls: Arc<rustls::ServerConfig>,
@@ -54,6 +55,20 @@ impl PolicyServer {
     }
 }
 
+/// `200 OK`, `Content-Type: text/plain` with `body`.
+pub fn policy_response(body: &str) -> String {
+    response("200 OK", "text/plain", body)
+}
+
+pub fn response(status: &str, content_type: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Location: https://mta-sts.enforce.example/.well-known/mta-sts.txt\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
 fn serve(
     tcp: TcpStream,
     tls: Arc<rustls::ServerConfig>,
@@ -80,10 +95,7 @@ fn serve(
     count.fetch_add(1, Ordering::SeqCst);
     let found = request_line.starts_with("GET /.well-known/mta-sts.txt ");
     let response = match policies.get(&host) {
-        Some(body) if found => format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        ),
+        Some(response) if found => response.clone(),
         _ => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into(),
     };
     let stream = stream.get_mut();
