@@ -290,6 +290,8 @@ impl Pool {
         let plan = self.settings.policies.plan(hop).await;
         let mut last = Outcome::deferred(None, Some([4, 4, 1]), "no next hop reachable".into());
         for target in &targets {
+            // DANE (RFC 7672) goes first, here: a host with validated TLSA records is
+            // `Applied::Dane`; the others follow `plan` (see `Plan::host`).
             let (applied, wire, testing) = match plan.host(&target.name) {
                 HostPlan::Skip { applied, reason } => {
                     let mx = &target.name;

@@ -137,9 +137,11 @@ impl Plan {
             TlsMode::Opportunistic => {
                 return fixed(Applied::Opportunistic, TlsMode::Opportunistic);
             }
-            // DANE's seam: with `tls = "dane"`, a host with usable (DNSSEC-validated) TLSA
-            // records is `Applied::Dane` and is decided here, before MTA-STS. Without such
-            // records, MTA-STS and then opportunistic TLS apply.
+            // DANE's seam: with `tls = "dane"`, the pool asks DANE first (`delivery::dane`,
+            // `Dane::for_host`); a host whose answer is `DaneTls::Authenticated` or
+            // `EncryptOnly` is `Applied::Dane` (wire `Required` with DANE's client configs)
+            // and never gets here. `DaneTls::Off` (no validated TLSA records) lands here:
+            // MTA-STS, then opportunistic TLS.
             TlsMode::Dane | TlsMode::MtaSts => {}
         }
         let Some(sts) = &self.sts else {
