@@ -47,22 +47,9 @@ struct Pki {
 
 impl Pki {
     fn new(dir: &std::path::Path) -> Pki {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-        let key = KeyPair::generate().expect("ca key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "MTA-STS test CA");
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let cert = params.self_signed(&key).expect("ca cert");
+        let (cert, issuer) = common::test_ca("MTA-STS test CA");
         std::fs::write(dir.join("sts-ca.pem"), cert.pem()).expect("write ca");
-        Pki {
-            issuer: rcgen::Issuer::new(params, key),
-        }
+        Pki { issuer }
     }
 
     fn server(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
@@ -75,18 +62,9 @@ impl Pki {
         params.use_authority_key_identifier_extension = true;
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         let cert = params.signed_by(&key, &self.issuer).expect("leaf");
-        Arc::new(
-            rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            )
-            .expect("server config"),
+        common::nexthop::server_config(
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
         )
     }
 }
@@ -187,45 +165,26 @@ fn mta_sts_enforce_testing_cache_and_overrides() {
             ),
         ]),
     );
-    let zones = [
-        (
-            "enforce.example",
-            zone(
-                &[(10, "mx1", "127.0.0.2"), (20, "mx2", "127.0.0.3")],
-                "127.0.0.1",
-            ),
-        ),
-        (
-            "bad-enforce.example",
-            zone(&[(10, "mx", "127.0.0.4")], "127.0.0.1"),
-        ),
-        (
-            "bad-testing.example",
-            zone(&[(10, "mx", "127.0.0.4")], "127.0.0.1"),
-        ),
-        (
-            "routed.example",
-            zone(&[(10, "mx", "127.0.0.4")], "127.0.0.1"),
-        ),
+    let both = [(10, "mx1", "127.0.0.2"), (20, "mx2", "127.0.0.3")];
+    let bad_only = [(10, "mx", "127.0.0.4")];
+    let zones: Vec<(String, String)> = [
+        ("enforce", &both[..], "127.0.0.1"),
+        ("bad-enforce", &bad_only, "127.0.0.1"),
+        ("bad-testing", &bad_only, "127.0.0.1"),
+        ("routed", &bad_only, "127.0.0.1"),
         // Its policy host has no server: nothing listens there.
-        (
-            "down.example",
-            zone(&[(10, "mx", "127.0.0.4")], "127.0.0.6"),
-        ),
-        (
-            "redirect.example",
-            zone(&[(10, "mx", "127.0.0.4")], "127.0.0.1"),
-        ),
-        (
-            "html.example",
-            zone(&[(10, "mx", "127.0.0.4")], "127.0.0.1"),
-        ),
-        (
-            "huge.example",
-            zone(&[(10, "mx", "127.0.0.4")], "127.0.0.1"),
-        ),
-    ];
-    let zones: Vec<(&str, &str)> = zones.iter().map(|(o, z)| (*o, z.as_str())).collect();
+        ("down", &bad_only, "127.0.0.6"),
+        ("redirect", &bad_only, "127.0.0.1"),
+        ("html", &bad_only, "127.0.0.1"),
+        ("huge", &bad_only, "127.0.0.1"),
+    ]
+    .iter()
+    .map(|(d, mx, policy_host)| (format!("{d}.example"), zone(mx, policy_host)))
+    .collect();
+    let zones: Vec<(&str, &str)> = zones
+        .iter()
+        .map(|(o, z)| (o.as_str(), z.as_str()))
+        .collect();
     let nsd = Nsd::start(&zones);
     let policy_port = policies.addr.port();
     let config = |lifetime: &str| {
