@@ -79,8 +79,11 @@ fn policy(mode: &str, mx: &str) -> String {
 
 /// A zone publishing an MTA-STS policy id and its policy host.
 fn zone(mx: &[(u16, &str, &str)], policy_host: &str) -> String {
-    let mut z =
-        format!("_mta-sts IN TXT \"v=STSv1; id=20261129T1;\"\nmta-sts IN A {policy_host}\n");
+    zone_with_id(mx, policy_host, "20261129T1")
+}
+
+fn zone_with_id(mx: &[(u16, &str, &str)], policy_host: &str, id: &str) -> String {
+    let mut z = format!("_mta-sts IN TXT \"v=STSv1; id={id};\"\nmta-sts IN A {policy_host}\n");
     for (pref, name, ip) in mx {
         z.push_str(&format!("@ IN MX {pref} {name}\n{name} IN A {ip}\n"));
     }
@@ -103,7 +106,7 @@ fn audit(id: &str, needles: &[&str]) -> usize {
 /// mode delivers to that same MX; a policy host that is down (nothing cached) is no policy; a
 /// route with `tls = "none"` ignores the policy. Then, the policy server gone, a restarted
 /// relay still enforces the cached policy, and the deferred message bounces at its queue
-/// lifetime with a DSN naming the policy.
+/// lifetime with a DSN naming the policy. Last, a new policy id makes it fetch the new policy.
 #[test]
 fn mta_sts_enforce_testing_cache_and_overrides() {
     let setup = Setup::new("mta-sts", "");
@@ -187,7 +190,7 @@ fn mta_sts_enforce_testing_cache_and_overrides() {
         .collect();
     let nsd = Nsd::start(&zones);
     let policy_port = policies.addr.port();
-    let config = |lifetime: &str| {
+    let config = |nameserver: std::net::SocketAddr, policy_port: u16, lifetime: &str| {
         config_with(
             "",
             &common::delivery_section(
@@ -199,12 +202,12 @@ fn mta_sts_enforce_testing_cache_and_overrides() {
                     "nameservers = [\"{}\"]\nmx_port = {port}\nmx_tls = \"mta-sts\"\n\
                      ca_file = \"sts-ca.pem\"\nmta_sts_port = {}\n\
                      mta_sts_fetch_timeout_secs = 3\n{lifetime}",
-                    nsd.addr, policy_port
+                    nameserver, policy_port
                 ),
             ),
         )
     };
-    setup.rewrite(&config(""));
+    setup.rewrite(&config(nsd.addr, policy_port, ""));
     let server = TestServer::start_in(setup);
 
     let enforced = submit(&server, "bob@enforce.example");
@@ -322,7 +325,11 @@ fn mta_sts_enforce_testing_cache_and_overrides() {
     wait_until("the deferred message to be 2 s old", || {
         unix_now() >= env.received_at + 2
     });
-    let server = server.restart(&config("max_queue_lifetime_secs = 2"));
+    let server = server.restart(&config(
+        nsd.addr,
+        policy_port,
+        "max_queue_lifetime_secs = 2",
+    ));
     let again = submit(&server, "grace@enforce.example");
     wait_until("the second enforce delivery", || {
         delivered_to(&mx2, "grace@enforce.example").is_some()
@@ -349,6 +356,26 @@ fn mta_sts_enforce_testing_cache_and_overrides() {
     // One fetch per domain, retries served from the cache; routed.example's `tls = "none"`
     // route never asked for its policy.
     assert_eq!(fetched, 6, "policies fetched");
+
+    // A new id in the TXT record: the cached policy is refreshed, and the new one (mx1 only)
+    // followed. New ports for the DNS and policy servers, so the relay restarts.
+    let policies = PolicyServer::start(
+        "127.0.0.1:0",
+        pki.server(&["mta-sts.enforce.example"]),
+        HashMap::from([(
+            "mta-sts.enforce.example".to_owned(),
+            policy("enforce", "mx1.enforce.example"),
+        )]),
+    );
+    let zone = zone_with_id(&both, "127.0.0.1", "20261129T2");
+    let nsd = Nsd::start(&[("enforce.example", &zone)]);
+    let server = server.restart(&config(nsd.addr, policies.addr.port(), ""));
+    submit(&server, "heidi@enforce.example");
+    let got = mx1.wait_for(1, WAIT);
+    assert_eq!(got[0].rcpts, ["heidi@enforce.example"]);
+    assert_eq!(policies.requests(), 1);
+    let cached = std::fs::read_to_string(cache.join("enforce.example.json")).expect("cache");
+    assert!(cached.contains("20261129T2"), "{cached}");
 }
 
 fn unix_now() -> u64 {
