@@ -203,11 +203,26 @@ pub enum TlsMode {
     Required,
     /// Never STARTTLS.
     None,
+    /// The recipient domain's MTA-STS policy (RFC 8461): in `enforce` mode only the MX hosts
+    /// it names, over TLS verified for the MX name, else deferred; `testing` and no policy
+    /// are opportunistic. See `delivery::tls_policy`.
+    #[serde(rename = "mta-sts")]
+    #[strum(serialize = "mta-sts")]
+    MtaSts,
+    /// DANE (RFC 7672) for MX hosts with DNSSEC-validated TLSA records; the other hosts as
+    /// `mta-sts`.
+    Dane,
 }
 
 impl TlsMode {
     pub fn as_str(self) -> &'static str {
         self.into()
+    }
+
+    /// Whether the mode consults the recipient domain's published policies, which then decide
+    /// the STARTTLS behaviour (`delivery::tls_policy`).
+    pub fn is_policy(self) -> bool {
+        matches!(self, TlsMode::MtaSts | TlsMode::Dane)
     }
 }
 
@@ -221,6 +236,9 @@ struct RawDelivery {
     mx_port: u16,
     mx_tls: TlsMode,
     ca_file: Option<PathBuf>,
+    mta_sts_port: u16,
+    #[serde(deserialize_with = "duration::secs")]
+    mta_sts_fetch_timeout_secs: Duration,
     connections_per_destination: usize,
     max_deliveries: usize,
     #[serde(deserialize_with = "duration::secs")]
@@ -245,8 +263,10 @@ impl Default for RawDelivery {
             routes: Vec::new(),
             nameservers: Vec::new(),
             mx_port: SMTP_PORT,
-            mx_tls: TlsMode::default(),
+            mx_tls: TlsMode::MtaSts,
             ca_file: None,
+            mta_sts_port: 443,
+            mta_sts_fetch_timeout_secs: Duration::from_secs(10),
             connections_per_destination: 4,
             max_deliveries: 20,
             retry_initial_secs: Duration::from_secs(60),
@@ -370,8 +390,11 @@ pub struct DeliveryConfig {
     pub mx_port: u16,
     pub mx_tls: TlsMode,
     /// CA certificates for `tls = "required"`, replacing the platform's trust
-    /// store (see `delivery::tls::roots`).
+    /// store (see `delivery::tls::roots`); MTA-STS policy fetches use the same.
     pub ca_file: Option<PathBuf>,
+    /// The HTTPS port of `mta-sts.<domain>`: 443; other values are for tests and labs.
+    pub mta_sts_port: u16,
+    pub mta_sts_fetch_timeout: Duration,
     pub connections_per_destination: usize,
     pub max_deliveries: usize,
     pub retry_initial: Duration,
@@ -866,10 +889,28 @@ fn validate_delivery(
         routes.push((domain, validate_hop(raw_hop, base, &route)?));
     }
     let smarthost = match raw.smarthost {
-        Some(h) => Some(validate_hop(h, base, &at.key("smarthost"))?),
+        Some(h) => {
+            // One smarthost carries every domain's mail: no recipient domain's policy fits it.
+            ensure(
+                h.tls != TlsMode::MtaSts,
+                &at.key("smarthost").key("tls"),
+                "tls = \"mta-sts\" applies to MX hosts and per-domain routes, not to a \
+                 smarthost (use \"required\" with a certificate for its name)",
+            )?;
+            Some(validate_hop(h, base, &at.key("smarthost"))?)
+        }
         None => None,
     };
     ensure(raw.mx_port != 0, &at.key("mx_port"), "must not be 0")?;
+    ensure(
+        raw.mta_sts_port != 0,
+        &at.key("mta_sts_port"),
+        "must not be 0",
+    )?;
+    let mta_sts_fetch_timeout = positive(
+        raw.mta_sts_fetch_timeout_secs,
+        &at.key("mta_sts_fetch_timeout_secs"),
+    )?;
     positive(
         raw.connections_per_destination,
         &at.key("connections_per_destination"),
@@ -909,6 +950,8 @@ fn validate_delivery(
         mx_port: raw.mx_port,
         mx_tls: raw.mx_tls,
         ca_file,
+        mta_sts_port: raw.mta_sts_port,
+        mta_sts_fetch_timeout,
         connections_per_destination: raw.connections_per_destination,
         max_deliveries: raw.max_deliveries,
         retry_initial,
@@ -1161,7 +1204,39 @@ tls = "none"
         assert_eq!(d.smarthost.as_ref().map(|h| h.port), Some(587));
         assert_eq!(d.retry_initial, Duration::from_millis(500));
         assert_eq!(d.max_queue_lifetime, Duration::from_secs(432_000));
+        assert_eq!(
+            d.mx_tls,
+            TlsMode::MtaSts,
+            "MX delivery follows MTA-STS by default"
+        );
+        assert_eq!(d.mta_sts_port, 443);
+        let policy_modes = text
+            .replacen("tls = \"none\"", "tls = \"dane\"", 1)
+            .replacen(
+                "mx_port = 2525",
+                "mx_port = 2525\nmx_tls = \"mta-sts\"\nmta_sts_port = 8443",
+                1,
+            );
+        let d = parse(&policy_modes)
+            .expect("valid")
+            .delivery
+            .expect("delivery");
+        assert_eq!(
+            (d.routes[0].1.tls, d.mx_tls, d.mta_sts_port),
+            (TlsMode::Dane, TlsMode::MtaSts, 8443)
+        );
         for (from, to, needle) in [
+            (
+                "tls = \"required\"",
+                "tls = \"mta-sts\"",
+                "not to a smarthost",
+            ),
+            ("mx_port = 2525", "mta_sts_port = 0", "mta_sts_port"),
+            (
+                "mx_port = 2525",
+                "mta_sts_fetch_timeout_secs = 0",
+                "mta_sts_fetch_timeout_secs",
+            ),
             ("tls = \"none\"", "tls = \"sometimes\"", "sometimes"),
             ("port = 10025", "port = 0", "port"),
             (

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 
 use crate::bans::{BanResult, Trigger};
 use crate::check::{Check, CheckResult};
+use crate::delivery::tls_policy::{Applied, TlsResult};
 use crate::disconnect::Disconnect;
 use crate::recipients::RecipientResult;
 use crate::refusal::Refusal;
@@ -160,6 +161,23 @@ pub fn dkim_signed_count(algorithm: crate::dkim::keys::Algorithm) -> u64 {
     DKIM_SIGNED[algorithm as usize].get()
 }
 
+/// Delivery attempts by TLS policy applied and how their TLS ended (`delivery::tls_policy`).
+static DELIVERY_TLS: [[Counter; TlsResult::COUNT]; Applied::LABELS.len()] =
+    [const { [const { Counter::new() }; TlsResult::COUNT] }; Applied::LABELS.len()];
+
+pub fn delivery_tls(policy: &str, result: TlsResult) {
+    if let Some(i) = Applied::LABELS.iter().position(|l| *l == policy) {
+        DELIVERY_TLS[i][result as usize].inc();
+    }
+}
+
+pub fn delivery_tls_count(policy: &str, result: TlsResult) -> u64 {
+    Applied::LABELS
+        .iter()
+        .position(|l| *l == policy)
+        .map_or(0, |i| DELIVERY_TLS[i][result as usize].get())
+}
+
 pub fn render(now: u64) -> String {
     expose::render(Snapshot { now })
 }
@@ -296,6 +314,21 @@ impl Collector for Snapshot {
             .into_iter()
             .map(|a| ([("algorithm", a.as_str())], dkim_signed_count(a))),
         )?;
+        expose::counter_family(
+            e,
+            "smtp_relay_delivery_tls",
+            "Delivery attempts by TLS policy applied (dane, mta_sts_enforce, mta_sts_testing, \
+             opportunistic, required, none) and result (verified, encrypted, plaintext, failed, \
+             mx_mismatch).",
+            Applied::LABELS.into_iter().flat_map(|p| {
+                TlsResult::iter().map(move |r| {
+                    (
+                        [("policy", p), ("result", r.as_str())],
+                        delivery_tls_count(p, r),
+                    )
+                })
+            }),
+        )?;
         expose::counter(
             e,
             "smtp_relay_dkim_sign_failures",
@@ -359,6 +392,7 @@ mod tests {
             "smtp_relay_checks_total{check=\"helo\",result=\"ours\"} ",
             "smtp_relay_checks_total{check=\"pre_greet\",result=\"talker\"} ",
             "smtp_relay_oldest_message_age_seconds ",
+            "smtp_relay_delivery_tls_total{policy=\"mta_sts_enforce\",result=\"mx_mismatch\"} ",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }

@@ -126,6 +126,8 @@ pub struct SmtpClient {
     ext: Extensions,
     reply_timeout: Duration,
     tls: bool,
+    /// The negotiated TLS version, e.g. `TLSv1_3`.
+    tls_version: Option<&'static str>,
 }
 
 impl SmtpClient {
@@ -147,6 +149,7 @@ impl SmtpClient {
             ext: Extensions::default(),
             reply_timeout: opts.reply_timeout,
             tls: false,
+            tls_version: None,
         };
         let greeting = c.read_reply("greeting", opts.reply_timeout).await?;
         if greeting.code != 220 {
@@ -158,7 +161,9 @@ impl SmtpClient {
         c.hello(opts.helo).await?;
         match opts.tls {
             TlsMode::None => {}
-            TlsMode::Opportunistic if !c.ext.starttls => {}
+            // Policy modes are resolved by `delivery::tls_policy` before connecting; given
+            // here unresolved (recipient probes), they are opportunistic.
+            TlsMode::Opportunistic | TlsMode::MtaSts | TlsMode::Dane if !c.ext.starttls => {}
             TlsMode::Required if !c.ext.starttls => {
                 return Err(ClientError::TlsRequired("STARTTLS not offered".into()));
             }
@@ -176,6 +181,10 @@ impl SmtpClient {
 
     pub fn is_tls(&self) -> bool {
         self.tls
+    }
+
+    pub fn tls_version(&self) -> Option<&'static str> {
+        self.tls_version
     }
 
     async fn hello(&mut self, helo: &str) -> Result<(), ClientError> {
@@ -238,6 +247,7 @@ impl SmtpClient {
             .await
             .map_err(|_| ClientError::Timeout("TLS handshake"))?
             .map_err(ClientError::TlsHandshake)?;
+        self.tls_version = tls.get_ref().1.protocol_version().and_then(|v| v.as_str());
         self.stream = Stream::Tls(Box::new(tls));
         self.tls = true;
         self.hello(opts.helo).await
@@ -515,6 +525,7 @@ mod tests {
             ext: Extensions::default(),
             reply_timeout: Duration::from_secs(5),
             tls: false,
+            tls_version: None,
         };
         let r = c
             .read_reply("test", Duration::from_secs(5))

@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::client::{ClientError, ConnectOptions, SmtpClient, TlsClients};
 use super::dns::{Dns, DnsError};
 use super::route::{self, NextHop};
+use super::tls_policy::{self, Applied, HostPlan, Policies, TlsResult};
 use crate::config::TlsMode;
 use crate::envelope::{Answer, EnhancedCode, HostResponse, LocalFinding, RcptStatus};
 
@@ -68,6 +69,8 @@ impl Outcome {
 /// A message for one destination: the recipients (indices into the
 /// envelope) still to deliver there.
 pub struct Job {
+    /// For the TLS audit line.
+    pub queue_id: String,
     pub sender: String,
     pub recipients: Vec<String>,
     pub eight_bit: bool,
@@ -90,6 +93,17 @@ pub struct Settings {
     pub reply_timeout: Duration,
     pub idle: Duration,
     pub tls: TlsClients,
+    /// MTA-STS (and DANE): which TLS each MX host gets.
+    pub policies: Policies,
+}
+
+/// An open connection and what its TLS was, for the audit line of each job it carries.
+struct Connected {
+    client: SmtpClient,
+    mx: String,
+    applied: Applied,
+    result: TlsResult,
+    detail: String,
 }
 
 #[derive(Default)]
@@ -158,7 +172,7 @@ impl Pool {
     }
 
     async fn worker(self: Arc<Self>, dest: Arc<Destination>) {
-        let mut conn: Option<SmtpClient> = None;
+        let mut conn: Option<Connected> = None;
         loop {
             let job = {
                 lock(&dest.counts).idle += 1;
@@ -188,7 +202,7 @@ impl Pool {
                     Some(job) => job,
                     None => {
                         if let Some(c) = conn.take() {
-                            c.quit().await;
+                            c.client.quit().await;
                         }
                         return;
                     }
@@ -199,14 +213,14 @@ impl Pool {
         }
     }
 
-    async fn run_job(&self, hop: &NextHop, conn: &mut Option<SmtpClient>, job: &Job) -> JobResult {
+    async fn run_job(&self, hop: &NextHop, conn: &mut Option<Connected>, job: &Job) -> JobResult {
         if let Some(c) = conn.as_mut()
-            && c.rset().await.is_err()
+            && c.client.rset().await.is_err()
         {
             *conn = None;
         }
         if conn.is_none() {
-            match self.connect(hop).await {
+            match self.connect(hop, &job.queue_id).await {
                 Ok(c) => *conn = Some(c),
                 Err(outcome) => {
                     return JobResult {
@@ -215,7 +229,7 @@ impl Pool {
                 }
             }
         }
-        let Some(c) = conn.as_mut() else {
+        let Some(connected) = conn.as_mut() else {
             return JobResult {
                 outcomes: vec![
                     Outcome::deferred(None, None, "no connection".into());
@@ -223,7 +237,17 @@ impl Pool {
                 ],
             };
         };
+        let c = &mut connected.client;
         let peer = c.peer();
+        tls_policy::audit(
+            &job.queue_id,
+            &connected.mx,
+            Some(peer),
+            connected.applied,
+            c.tls_version(),
+            connected.result,
+            &connected.detail,
+        );
         let recipients: Vec<&str> = job.recipients.iter().map(String::as_str).collect();
         match c
             .send(&job.sender, &recipients, job.eight_bit, &job.message)
@@ -248,9 +272,9 @@ impl Pool {
         }
     }
 
-    /// Tries the hop's addresses in order; the first that greets us wins.
-    /// On failure, the outcome every recipient gets.
-    async fn connect(&self, hop: &NextHop) -> Result<SmtpClient, Outcome> {
+    /// Tries the hop's addresses in order, as its TLS policy allows; the first that greets us
+    /// wins. On failure, the outcome every recipient gets.
+    async fn connect(&self, hop: &NextHop, queue_id: &str) -> Result<Connected, Outcome> {
         let targets = match route::resolve(&self.dns, &hop.targets).await {
             Ok(t) => t,
             Err(DnsError::Permanent(e)) => {
@@ -263,9 +287,35 @@ impl Pool {
                 return Err(Outcome::deferred(None, Some([4, 4, 3]), e.to_string()));
             }
         };
+        let plan = self.settings.policies.plan(hop).await;
         let mut last = Outcome::deferred(None, Some([4, 4, 1]), "no next hop reachable".into());
         for target in &targets {
-            let mut tls = hop.tls;
+            // DANE (RFC 7672) goes first, here: a host with validated TLSA records is
+            // `Applied::Dane`; the others follow `plan` (see `Plan::host`).
+            let (applied, wire, testing) = match plan.host(&target.name) {
+                HostPlan::Skip { applied, reason } => {
+                    let mx = &target.name;
+                    tls_policy::audit(
+                        queue_id,
+                        mx,
+                        Some(target.addr),
+                        applied,
+                        None,
+                        TlsResult::MxMismatch,
+                        &reason,
+                    );
+                    // RFC 3463 X.7.5: a security requirement (here: of the policy) not met.
+                    last = Outcome::deferred(None, Some([4, 7, 5]), reason);
+                    continue;
+                }
+                HostPlan::Connect {
+                    applied,
+                    wire,
+                    testing,
+                } => (applied, wire, testing),
+            };
+            let mut tls = wire;
+            let mut detail = String::new();
             loop {
                 let opts = ConnectOptions {
                     helo: &self.settings.helo,
@@ -277,7 +327,31 @@ impl Pool {
                     tls_configs: &self.settings.tls,
                 };
                 match SmtpClient::connect(target.addr, &opts).await {
-                    Ok(c) => return Ok(c),
+                    Ok(client) => {
+                        let result = match (client.is_tls(), tls) {
+                            (false, _) => TlsResult::Plaintext,
+                            (true, TlsMode::Required) => TlsResult::Verified,
+                            (true, _) => TlsResult::Encrypted,
+                        };
+                        return Ok(Connected {
+                            client,
+                            mx: target.name.clone(),
+                            applied,
+                            result,
+                            detail,
+                        });
+                    }
+                    // MTA-STS testing: report what enforce would refuse, then deliver anyway.
+                    Err(e @ (ClientError::TlsHandshake(_) | ClientError::TlsRequired(_)))
+                        if testing && tls == TlsMode::Required =>
+                    {
+                        let policy = plan.mta_sts().map(ToString::to_string).unwrap_or_default();
+                        warn!(event = "mta_sts_testing", queue_id, mx = %target.name,
+                            next_hop = %target.addr, policy, error = %e,
+                            "TLS would fail under enforce (testing mode: delivered anyway)");
+                        detail = format!("would fail under enforce: {e}");
+                        tls = TlsMode::Opportunistic;
+                    }
                     // Opportunistic TLS that fails: this host in plaintext.
                     Err(ClientError::TlsHandshake(e)) if tls == TlsMode::Opportunistic => {
                         debug!(event = "tls_fallback", next_hop = %target.addr, error = %e);
@@ -285,9 +359,30 @@ impl Pool {
                     }
                     Err(e) => {
                         debug!(event = "connect_failed", next_hop = %target.addr, error = %e);
+                        let tls_failure = matches!(
+                            e,
+                            ClientError::TlsHandshake(_) | ClientError::TlsRequired(_)
+                        );
+                        let (text, enhanced) = match (tls_failure, plan.mta_sts()) {
+                            (true, Some(sts)) if matches!(applied, Applied::MtaSts { .. }) => {
+                                (format!("{sts}: MX host {}: {e}", target.name), [4, 7, 5])
+                            }
+                            _ => (e.to_string(), [4, 4, 1]),
+                        };
+                        if tls_failure {
+                            tls_policy::audit(
+                                queue_id,
+                                &target.name,
+                                Some(target.addr),
+                                applied,
+                                None,
+                                TlsResult::Failed,
+                                &text,
+                            );
+                        }
                         // A 5xx greeting from one MX is no reason to give up
                         // on the others; only the last word counts.
-                        last = Outcome::deferred(Some(target.addr), Some([4, 4, 1]), e.to_string());
+                        last = Outcome::deferred(Some(target.addr), Some(enhanced), text);
                         break;
                     }
                 }

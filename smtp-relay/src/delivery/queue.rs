@@ -14,8 +14,10 @@ use tracing::{error, info, warn};
 
 use super::dns::Dns;
 use super::dsn;
+use super::mta_sts::{MtaSts, cache::Cache, fetch::Fetcher};
 use super::pool::{Job, Outcome, Pool, Settings};
 use super::route::Router;
+use super::tls_policy::Policies;
 use crate::config::DeliveryConfig;
 use crate::envelope::{Answer, BodyType, EnhancedCode, LocalFinding};
 use crate::metrics;
@@ -88,6 +90,9 @@ impl Queue {
     ) -> anyhow::Result<Queue> {
         let dns = Arc::new(Dns::new(&config.nameservers)?);
         let tls = super::tls::clients(config.ca_file.as_deref())?;
+        let policies = Policies {
+            mta_sts: mta_sts(&config, spool.dir(), &dns, &tls)?,
+        };
         let pool = Pool::new(
             Settings {
                 helo: hostname.to_owned(),
@@ -96,6 +101,7 @@ impl Queue {
                 reply_timeout: config.reply_timeout,
                 idle: config.connection_idle,
                 tls,
+                policies,
             },
             dns,
         );
@@ -419,6 +425,7 @@ impl Queue {
             inner.pool.submit(
                 &hop,
                 Job {
+                    queue_id: env.id.clone(),
                     sender: env.sender.clone(),
                     recipients: indices
                         .iter()
@@ -501,6 +508,43 @@ impl Queue {
     }
 }
 
+/// The MTA-STS policy source when a route or `mx_tls` may consult it: lookups through the
+/// delivery nameservers, fetches verified against the same trust anchors as next hops, the
+/// cache under `<spool_dir>/mta-sts`.
+fn mta_sts(
+    config: &DeliveryConfig,
+    spool_dir: &std::path::Path,
+    dns: &Arc<Dns>,
+    tls: &super::client::TlsClients,
+) -> anyhow::Result<Option<Arc<MtaSts>>> {
+    let used = config.mx_tls.is_policy() || config.routes.iter().any(|(_, h)| h.tls.is_policy());
+    if !used {
+        return Ok(None);
+    }
+    let resolver = if config.nameservers.is_empty() {
+        None
+    } else {
+        Some(crate::dns::resolver(
+            &config.nameservers,
+            Duration::from_secs(5),
+            2,
+            1024,
+        )?)
+    };
+    let fetcher = Fetcher {
+        tls: tls.verified.clone(),
+        port: config.mta_sts_port,
+        timeout: config.mta_sts_fetch_timeout,
+    };
+    let cache = Cache::open(spool_dir.join("mta-sts"))?;
+    Ok(Some(Arc::new(MtaSts::new(
+        resolver,
+        dns.clone(),
+        fetcher,
+        cache,
+    ))))
+}
+
 /// The `outcome` of a delivery log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
 #[strum(serialize_all = "lowercase")]
@@ -546,6 +590,8 @@ mod tests {
             mx_port: 25,
             mx_tls: crate::config::TlsMode::None,
             ca_file: None,
+            mta_sts_port: 443,
+            mta_sts_fetch_timeout: Duration::from_secs(1),
             connections_per_destination: 1,
             max_deliveries: 1,
             retry_initial: Duration::from_secs(60),

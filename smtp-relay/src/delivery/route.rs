@@ -23,6 +23,9 @@ pub struct NextHop {
     pub targets: Targets,
     pub tls: TlsMode,
     pub auth: Option<(String, String)>,
+    /// The recipient domain whose published TLS policies (MTA-STS) apply: the MX domain, or a
+    /// route's domain; `None` for the smarthost and address literals.
+    pub policy_domain: Option<String>,
 }
 
 /// One address to try, with the name to check its certificate against.
@@ -44,14 +47,18 @@ pub fn domain_of(address: &str) -> &str {
     address.rsplit_once('@').map_or("", |(_, d)| d)
 }
 
-fn hop(h: &HopConfig) -> NextHop {
+/// A configured hop; `domain` is the route's (`None`: the smarthost).
+fn hop(h: &HopConfig, domain: Option<&str>) -> NextHop {
+    // Policy modes depend on the recipient domain, so its routes do not share connections.
+    let policy_domain = domain.filter(|_| h.tls.is_policy()).map(str::to_owned);
     NextHop {
         key: format!(
-            "{}:{}/{}/{}",
+            "{}:{}/{}/{}/{}",
             h.host,
             h.port,
             h.tls.as_str(),
-            h.auth.as_ref().map_or("", |(u, _)| u.as_str())
+            h.auth.as_ref().map_or("", |(u, _)| u.as_str()),
+            policy_domain.as_deref().unwrap_or("")
         ),
         targets: Targets::Host {
             host: h.host.clone(),
@@ -59,6 +66,7 @@ fn hop(h: &HopConfig) -> NextHop {
         },
         tls: h.tls,
         auth: h.auth.clone(),
+        policy_domain,
     }
 }
 
@@ -85,11 +93,11 @@ impl Router {
     /// The next hop for a recipient address.
     pub fn route(&self, address: &str) -> NextHop {
         let domain = domain_of(address).to_ascii_lowercase();
-        if let Some((_, h)) = self.routes.iter().find(|(d, _)| *d == domain) {
-            return hop(h);
+        if let Some((d, h)) = self.routes.iter().find(|(d, _)| *d == domain) {
+            return hop(h, Some(d));
         }
         if let Some(h) = &self.smarthost {
-            return hop(h);
+            return hop(h, None);
         }
         if let Some(ip) = address_literal(&domain) {
             return NextHop {
@@ -100,16 +108,18 @@ impl Router {
                 },
                 tls: self.mx_tls,
                 auth: None,
+                policy_domain: None,
             };
         }
         NextHop {
             key: format!("mx:{domain}"),
             targets: Targets::Mx {
-                domain,
+                domain: domain.clone(),
                 port: self.mx_port,
             },
             tls: self.mx_tls,
             auth: None,
+            policy_domain: Some(domain),
         }
     }
 }
@@ -169,6 +179,8 @@ mod tests {
             mx_port: 25,
             mx_tls: TlsMode::Opportunistic,
             ca_file: None,
+            mta_sts_port: 443,
+            mta_sts_fetch_timeout: Duration::from_secs(1),
             connections_per_destination: 1,
             max_deliveries: 1,
             retry_initial: Duration::from_secs(1),

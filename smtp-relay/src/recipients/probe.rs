@@ -240,7 +240,12 @@ impl Prober {
                 };
                 match SmtpClient::connect(target.addr, &opts).await {
                     Ok(c) => return Ok(c),
-                    Err(ClientError::TlsHandshake(e)) if tls == TlsMode::Opportunistic => {
+                    Err(ClientError::TlsHandshake(e))
+                        if matches!(
+                            tls,
+                            TlsMode::Opportunistic | TlsMode::MtaSts | TlsMode::Dane
+                        ) =>
+                    {
                         debug!(event = "probe_tls_fallback", next_hop = %target.addr, error = %e);
                         tls = TlsMode::None;
                     }

@@ -10,6 +10,7 @@ pub mod ban_socket;
 pub mod debian;
 pub mod dkimpy;
 pub mod dns;
+pub mod https_policy;
 pub mod logs;
 pub mod nexthop;
 pub mod nsd;
@@ -62,24 +63,27 @@ impl Drop for TempDir {
 
 /// Writes `ca.pem`, `cert.pem` and `key.pem` into `dir`: a test CA and a
 /// leaf for localhost, 127.0.0.1 and ::1 signed by it.
-pub fn write_certs(dir: &Path) {
+/// A self-signed test CA named `name`: its certificate, and the issuer that signs leaves.
+pub fn test_ca(name: &str) -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
     use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     };
     let ca_key = KeyPair::generate().expect("ca key");
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "smtp-relay test CA");
+    ca_params.distinguished_name.push(DnType::CommonName, name);
     ca_params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
     let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
-    let issuer = Issuer::new(ca_params, ca_key);
+    (ca_cert, Issuer::new(ca_params, ca_key))
+}
+
+pub fn write_certs(dir: &Path) {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose};
+    let (ca_cert, issuer) = test_ca("smtp-relay test CA");
     let leaf_key = KeyPair::generate().expect("leaf key");
     let mut leaf_params = CertificateParams::new(vec![
         "localhost".to_owned(),

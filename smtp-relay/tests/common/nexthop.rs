@@ -69,6 +69,14 @@ pub fn tls_config(dir: &std::path::Path) -> Arc<rustls::ServerConfig> {
         .collect::<Result<_, _>>()
         .expect("certs");
     let key = PrivateKeyDer::from_pem_file(dir.join("key.pem")).expect("key");
+    server_config(certs, key)
+}
+
+/// A rustls server config (ring) presenting `certs`.
+pub fn server_config(
+    certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> Arc<rustls::ServerConfig> {
     Arc::new(
         rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
