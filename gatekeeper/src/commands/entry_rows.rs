@@ -15,10 +15,16 @@ use ipnet::IpNet;
 pub struct Row<'a> {
     pub net: IpNet,
     pub comment: Option<&'a str>,
+    /// Where the entry comes from: [`FILE`], or a DNS-derived entry's source
+    /// (`spf:partner.example`); `None` for a live entry nothing wanted.
+    pub source: Option<&'a str>,
     pub in_config: bool,
     /// `None` when the filter is not loaded; `Some(None)` when loaded but the entry is not live.
     pub hits: Option<Option<u64>>,
 }
+
+/// The source of the config file's own entries.
+pub const FILE: &str = "file";
 
 /// The live entries of a list (`None`: the filter is not loaded), sorted by network.
 pub struct Live(Option<Vec<(IpNet, u64)>>);
@@ -51,15 +57,31 @@ impl Live {
         wanted: &'a [IpNet],
         live_nets: &'a [IpNet],
     ) -> impl Iterator<Item = Row<'a>> + 'a {
-        let in_file = entries.map(|(net, comment)| Row {
+        self.rows_from(
+            entries.map(|(net, comment)| (net, comment, FILE)),
+            wanted,
+            live_nets,
+        )
+    }
+
+    /// [`Live::rows`] of entries from several sources: `(network, comment, source)`.
+    pub fn rows_from<'a>(
+        &'a self,
+        entries: impl Iterator<Item = (IpNet, Option<&'a str>, &'a str)> + 'a,
+        wanted: &'a [IpNet],
+        live_nets: &'a [IpNet],
+    ) -> impl Iterator<Item = Row<'a>> + 'a {
+        let in_file = entries.map(|(net, comment, source)| Row {
             net,
             comment,
+            source: Some(source),
             in_config: true,
             hits: self.hits_of(net),
         });
         let live_only = sorted_difference(live_nets, wanted).map(|net| Row {
             net,
             comment: None,
+            source: None,
             in_config: false,
             hits: self.hits_of(net),
         });
@@ -92,6 +114,7 @@ pub fn write_json<'a>(out: &mut impl Write, rows: impl Iterator<Item = Row<'a>>)
             &serde_json::json!({
                 "cidr": row.net.to_string(),
                 "comment": row.comment,
+                "source": row.source,
                 "in_config": row.in_config,
                 "live": row.hits.map(|h| h.is_some()),
                 "hits": row.hits.flatten(),
@@ -108,7 +131,11 @@ pub fn write_table<'a>(
     rows: impl Iterator<Item = Row<'a>>,
     live_only: &str,
 ) -> io::Result<()> {
-    writeln!(out, "{:<44} {:>12}  COMMENT", "CIDR", "HITS")?;
+    writeln!(
+        out,
+        "{:<44} {:>12}  {:<24} COMMENT",
+        "CIDR", "HITS", "SOURCE"
+    )?;
     for row in rows {
         let hits = match row.hits {
             Some(Some(n)) => n.to_string(),
@@ -120,7 +147,12 @@ pub fn write_table<'a>(
         } else {
             live_only
         };
-        writeln!(out, "{:<44} {hits:>12}  {comment}", row.net.to_string())?;
+        let source = row.source.unwrap_or("-");
+        writeln!(
+            out,
+            "{:<44} {hits:>12}  {source:<24} {comment}",
+            row.net.to_string()
+        )?;
     }
     Ok(())
 }

@@ -23,6 +23,7 @@
 
 mod ban_socket;
 mod bans;
+mod derived;
 mod feeds;
 mod ipv4_tables;
 mod links;
@@ -61,6 +62,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use self::{
+    derived::DerivedLink,
     feeds::{FeedSet, FeedWatch},
     links::Interfaces,
     reload::Outcome,
@@ -116,6 +118,9 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
     });
     let mut filter = filter?;
     let wanted = wanted.map_err(|_| anyhow!("sorting the allowlist failed"))?;
+    // The DNS-derived entries: persisted, then resolved once (bounded) before the fill.
+    let derived = DerivedLink::start(&config, &runtime);
+    let wanted = derived::with_derived(wanted, &derived.wanted);
     let counts = SharedCounts::default();
     // Before attaching: after a reboot the maps are new, and the file has the bans.
     bans::restore(&mut filter, &config, &counts);
@@ -151,6 +156,7 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
         ban_limits: None,
         feeds: FeedSet::default(),
         feed_watch: FeedWatch::new(&FeedSet::default()),
+        derived,
     };
     daemon.set_feeds(feeds);
     let result = runtime.block_on(daemon.serve(signals, events));
@@ -373,6 +379,8 @@ struct Daemon {
     /// `[[deny]]` entries), and the watch on their files.
     feeds: FeedSet,
     feed_watch: FeedWatch,
+    /// The DNS-derived allow entries: the follower task and the sets it sent.
+    derived: DerivedLink,
 }
 
 /// What asked for a reload.
@@ -384,6 +392,8 @@ enum Trigger {
     FileChanged(FileStamp),
     /// A deny feed changed and settled (or vanished).
     Feeds,
+    /// The DNS-derived allow entries' networks changed.
+    Derived,
 }
 
 impl Trigger {
@@ -392,6 +402,7 @@ impl Trigger {
             Trigger::Signal => "SIGHUP",
             Trigger::FileChanged(_) => "config file changed",
             Trigger::Feeds => "deny feed changed",
+            Trigger::Derived => "derived allow entries changed",
         }
     }
 }
@@ -429,6 +440,7 @@ impl Daemon {
             scrape::serve(addr, self.config.pin_dir.clone(), Arc::clone(&self.counts))?;
         }
         self.ban_limits = bans::start_socket(&self.config, &self.counts)?;
+        self.derived.spawn();
         let mut sweep = tokio::time::interval(bans::SWEEP_INTERVAL);
         let mut link_watch = LinkWatch::open()?;
         self.publish_counts();
@@ -455,6 +467,10 @@ impl Daemon {
                     if let Look::Settled(stamp) = self.settle.look(FileStamp::of(&self.path)) {
                         self.request_reload(&mut reloads, Trigger::FileChanged(stamp));
                     }
+                }
+                nets = self.derived.recv() => {
+                    self.derived.wanted = nets;
+                    self.request_reload(&mut reloads, Trigger::Derived);
                 }
                 _ = feed_poll.tick(), if reloads.running.is_none() && !self.feed_watch.is_empty() => {
                     if self.feed_watch.changed() {
@@ -543,10 +559,15 @@ impl Daemon {
                     paths: self.config.deny_feeds.clone(),
                     entries: self.config.deny.sorted_nets(),
                 },
+                Trigger::Derived => {
+                    let (add, remove) = self.derived.change(&self.config);
+                    reload::Kind::Derived { add, remove }
+                }
             },
             feeds: self.feeds.clone(),
+            derived: Arc::clone(&self.derived.wanted),
         };
-        if !matches!(trigger, Trigger::Feeds) {
+        if !matches!(trigger, Trigger::Feeds | Trigger::Derived) {
             // A feed change is routine and quick; a config reload is what `systemctl reload`
             // asked for (ExecReload sends SIGHUP) and what its caller waits to see finished.
             notify::reloading(&format!("reloading the config ({})", trigger.name()));
@@ -604,9 +625,29 @@ impl Daemon {
                     "syncing the reloaded deny feeds failed, the deny list is as before: {err:#}"
                 );
             }
+            Ok(Outcome::Derived {
+                derived,
+                added,
+                removed,
+            }) => {
+                info!(
+                    added,
+                    removed,
+                    networks = derived.len(),
+                    "derived allow entries applied to the filter"
+                );
+                self.derived.applied = derived;
+            }
+            Ok(Outcome::DerivedFailed(err)) => {
+                error!(
+                    "applying the derived allow entries to the filter failed, it keeps the previous ones (retried at the next change or reload): {err:#}"
+                );
+            }
             Ok(Outcome::Applied(applied)) => {
                 self.settle.applied(Some(applied.stamp));
+                self.derived.applied = Arc::clone(&applied.derived);
                 self.apply_interfaces(*applied, trigger);
+                self.derived.config_applied(&self.config);
                 self.counts_mut(|c| c.reloads += 1);
             }
             Ok(Outcome::Changed) => {
@@ -716,6 +757,13 @@ impl Daemon {
             join_ports(&config.protected_ports),
             config.allow.len(),
         );
+        if !config.derived.is_empty() {
+            line.push_str(&format!(
+                ", +{} networks from {} DNS-derived entries",
+                self.derived.applied.len(),
+                config.derived.len()
+            ));
+        }
         if !config.open_ports.is_empty() {
             line.push_str(&format!(
                 ", ports {} open to all but denied/banned/over-rate",
