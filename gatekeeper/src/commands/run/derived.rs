@@ -59,10 +59,10 @@ impl DerivedLink {
             derived::resolver_for(&settings)
         };
         if let Some(dns) = resolver.as_ref().filter(|_| !refresher.is_empty()) {
-            let round = runtime.block_on(tokio::time::timeout(
-                FIRST_ROUND,
-                refresher.refresh_due(dns),
-            ));
+            // The timer is made inside the runtime (it needs its time driver).
+            let round = runtime.block_on(async {
+                tokio::time::timeout(FIRST_ROUND, refresher.refresh_due(dns)).await
+            });
             if round.is_err() {
                 info!(
                     "the first DNS round for the derived allow entries takes longer than {FIRST_ROUND:?}: starting with the persisted sets"
