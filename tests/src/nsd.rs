@@ -221,10 +221,10 @@ impl Nsd {
         let alive = move || Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid);
         match &self.netns {
             None => wait_answer(addr, &zone, serial, alive),
-            Some(name) => crate::netns::run_in(name, move || {
-                wait_answer(addr, &zone, serial, alive)
-            })
-            .unwrap_or(false),
+            Some(name) => {
+                crate::netns::run_in(name, move || wait_answer(addr, &zone, serial, alive))
+                    .unwrap_or(false)
+            }
         }
     }
 
@@ -259,7 +259,10 @@ impl Nsd {
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(true)
 }
 

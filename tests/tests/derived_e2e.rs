@@ -75,7 +75,10 @@ fn spf_derived_entries_follow_dns_and_survive_its_failures() {
     }
     let mut nsd = Nsd::start_in(
         host.host(),
-        &[("partner.example", &partner_zone(&spf_with(VIA_INCLUDE), REDIRECT))],
+        &[(
+            "partner.example",
+            &partner_zone(&spf_with(VIA_INCLUDE), REDIRECT),
+        )],
         &["broken.example"],
     );
     let state = host.dir.path().join("derived-allow.json");

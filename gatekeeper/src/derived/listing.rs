@@ -138,7 +138,11 @@ impl Derived {
 }
 
 fn describe(source: &str, state: &SourceState, now: u64) -> String {
-    let mut line = format!("{source}: {} networks", state.networks.len());
+    let count = state.networks.len();
+    let mut line = format!(
+        "{source}: {count} network{}",
+        if count == 1 { "" } else { "s" }
+    );
     if state.resolved_at == 0 {
         line.push_str(", never resolved");
     } else {
