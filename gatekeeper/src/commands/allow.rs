@@ -245,12 +245,12 @@ pub fn list(path: &Path, json: bool) -> anyhow::Result<()> {
     let derived = gatekeeper::derived::listing::Derived::read(&config);
     let wanted = derived.with(config.allow.sorted_nets());
     let live_nets = live.nets();
-    let rows = live.rows_from(
-        config
-            .allow
-            .iter()
-            .map(|entry| (entry.net, entry.comment, entry_rows::FILE))
-            .chain(derived.rows()),
+    let rows = live.rows(
+        entry_rows::tagged(
+            config.allow.iter().map(|entry| (entry.net, entry.comment)),
+            gatekeeper::derived::SOURCE_FILE,
+        )
+        .chain(derived.rows()),
         &wanted,
         &live_nets,
     );

@@ -15,16 +15,13 @@ use ipnet::IpNet;
 pub struct Row<'a> {
     pub net: IpNet,
     pub comment: Option<&'a str>,
-    /// Where the entry comes from: [`FILE`], or a DNS-derived entry's source
-    /// (`spf:partner.example`); `None` for a live entry nothing wanted.
-    pub source: Option<&'a str>,
+    /// Where the entry comes from: `file`, a DNS-derived entry's source (`spf:partner.example`,
+    /// `mx:NAME`, `a:NAME`); `-` for a live entry nothing wanted.
+    pub source: &'a str,
     pub in_config: bool,
     /// `None` when the filter is not loaded; `Some(None)` when loaded but the entry is not live.
     pub hits: Option<Option<u64>>,
 }
-
-/// The source of the config file's own entries.
-pub const FILE: &str = "file";
 
 /// The live entries of a list (`None`: the filter is not loaded), sorted by network.
 pub struct Live(Option<Vec<(IpNet, u64)>>);
@@ -53,20 +50,6 @@ impl Live {
     /// (sorted: what the daemon would keep live).
     pub fn rows<'a>(
         &'a self,
-        entries: impl Iterator<Item = (IpNet, Option<&'a str>)> + 'a,
-        wanted: &'a [IpNet],
-        live_nets: &'a [IpNet],
-    ) -> impl Iterator<Item = Row<'a>> + 'a {
-        self.rows_from(
-            entries.map(|(net, comment)| (net, comment, FILE)),
-            wanted,
-            live_nets,
-        )
-    }
-
-    /// [`Live::rows`] of entries from several sources: `(network, comment, source)`.
-    pub fn rows_from<'a>(
-        &'a self,
         entries: impl Iterator<Item = (IpNet, Option<&'a str>, &'a str)> + 'a,
         wanted: &'a [IpNet],
         live_nets: &'a [IpNet],
@@ -74,14 +57,14 @@ impl Live {
         let in_file = entries.map(|(net, comment, source)| Row {
             net,
             comment,
-            source: Some(source),
+            source,
             in_config: true,
             hits: self.hits_of(net),
         });
         let live_only = sorted_difference(live_nets, wanted).map(|net| Row {
             net,
             comment: None,
-            source: None,
+            source: "-",
             in_config: false,
             hits: self.hits_of(net),
         });
@@ -92,6 +75,14 @@ impl Live {
     pub fn nets(&self) -> Vec<IpNet> {
         self.0.iter().flatten().map(|(net, _)| *net).collect()
     }
+}
+
+/// `entries` with their source.
+pub fn tagged<'a>(
+    entries: impl Iterator<Item = (IpNet, Option<&'a str>)> + 'a,
+    source: &'a str,
+) -> impl Iterator<Item = (IpNet, Option<&'a str>, &'a str)> + 'a {
+    entries.map(move |(net, comment)| (net, comment, source))
 }
 
 /// The start of a list's JSON object, up to the opening bracket of its `entries` array.
@@ -147,11 +138,11 @@ pub fn write_table<'a>(
         } else {
             live_only
         };
-        let source = row.source.unwrap_or("-");
         writeln!(
             out,
-            "{:<44} {hits:>12}  {source:<24} {comment}",
-            row.net.to_string()
+            "{:<44} {hits:>12}  {:<24} {comment}",
+            row.net.to_string(),
+            row.source
         )?;
     }
     Ok(())
