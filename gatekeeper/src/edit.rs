@@ -466,7 +466,8 @@ cidr = \"203.0.113.25\" # backup MX\n";
         assert!(streamed_remove.contains("spf = \"partner.example\""));
         assert!(!streamed_remove.contains("198.51.100.0/24"));
         // A table with both a cidr and spf is the full parser's to refuse.
-        let both = "interfaces = [\"eth0\"]\n[[allow]]\nspf = \"p.example\"\ncidr = \"192.0.2.1\"\n";
+        let both =
+            "interfaces = [\"eth0\"]\n[[allow]]\nspf = \"p.example\"\ncidr = \"192.0.2.1\"\n";
         assert_eq!(streamed(both, add), None);
     }
 

@@ -441,6 +441,7 @@ impl Daemon {
         }
         self.ban_limits = bans::start_socket(&self.config, &self.counts)?;
         self.derived.spawn();
+        self.refresh_ban_limits();
         let mut sweep = tokio::time::interval(bans::SWEEP_INTERVAL);
         let mut link_watch = LinkWatch::open()?;
         self.publish_counts();
@@ -637,6 +638,7 @@ impl Daemon {
                     "derived allow entries applied to the filter"
                 );
                 self.derived.applied = derived;
+                self.refresh_ban_limits();
             }
             Ok(Outcome::DerivedFailed(err)) => {
                 error!(
@@ -648,6 +650,7 @@ impl Daemon {
                 self.derived.applied = Arc::clone(&applied.derived);
                 self.apply_interfaces(*applied, trigger);
                 self.derived.config_applied(&self.config);
+                self.refresh_ban_limits();
                 self.counts_mut(|c| c.reloads += 1);
             }
             Ok(Outcome::Changed) => {
@@ -776,6 +779,20 @@ impl Daemon {
             config.deny.len()
         ));
         line
+    }
+
+    /// The ban socket's limits with the derived networks in force: a partner a DNS-derived
+    /// entry admits is allowlisted, so never banned through the socket either.
+    fn refresh_ban_limits(&self) {
+        if let Some(limits) = &self.ban_limits
+            && let Ok(mut shared) = limits.write()
+        {
+            let mut new = bans::limits(&self.config);
+            if let Some(fresh) = Arc::get_mut(&mut new) {
+                fresh.allow.extend(self.derived.applied.iter().copied());
+            }
+            *shared = new;
+        }
     }
 
     fn stopping(&self, signal: &str) {
