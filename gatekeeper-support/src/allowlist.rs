@@ -11,7 +11,10 @@
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::cidr::{CidrError, parse_cidr};
+use crate::{
+    cidr::{CidrError, parse_cidr},
+    derived::DnsKind,
+};
 
 /// The allowlist in file order: each entry's network, and the comments of those that have one.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -176,6 +179,18 @@ pub(crate) struct ScannedAllow {
     pub cidr_at: Vec<u32>,
     /// The first entry whose `cidr` is not a network: `(offset, error)`.
     pub first_invalid: Option<(usize, CidrError)>,
+    /// The tables with `spf`, `mx` or `a` instead of `cidr` (names not checked yet).
+    pub derived: Vec<ScannedDerived>,
+}
+
+/// A `[[allow]]` table naming a DNS name (`spf = "partner.example"`), as scanned.
+#[derive(Debug)]
+pub(crate) struct ScannedDerived {
+    pub kind: DnsKind,
+    pub name: String,
+    pub comment: Option<String>,
+    /// Byte offset of the name's value, for messages.
+    pub at: usize,
 }
 
 /// Why the scanner handed the file to the TOML parser.
@@ -219,6 +234,13 @@ pub(crate) fn scan_allow_section(section: &str, base: usize) -> Result<ScannedAl
                 let slot = match key {
                     Key::Cidr => &mut table.cidr,
                     Key::Comment => &mut table.comment,
+                    Key::Dns(kind) => {
+                        if table.dns.is_some() {
+                            return Err(Unusual);
+                        }
+                        table.dns = Some(kind);
+                        &mut table.name
+                    }
                 };
                 if slot.is_some() {
                     // A key given twice: the TOML parser words that error.
@@ -239,10 +261,26 @@ pub(crate) fn scan_allow_section(section: &str, base: usize) -> Result<ScannedAl
 struct Table<'a> {
     cidr: Option<(&'a str, usize)>,
     comment: Option<(&'a str, usize)>,
+    /// `spf`, `mx` or `a`, and its value in `name`.
+    dns: Option<DnsKind>,
+    name: Option<(&'a str, usize)>,
 }
 
 impl Table<'_> {
     fn finish(self, scanned: &mut ScannedAllow) -> Result<(), Unusual> {
+        if let (Some(kind), Some((name, at))) = (self.dns, self.name) {
+            // A table with a cidr too: the TOML path words that error.
+            if self.cidr.is_some() {
+                return Err(Unusual);
+            }
+            scanned.derived.push(ScannedDerived {
+                kind,
+                name: name.to_string(),
+                comment: self.comment.map(|(text, _)| text.to_string()),
+                at,
+            });
+            return Ok(());
+        }
         // Without a cidr the TOML parser's "missing field" message is the right one.
         let (cidr, at) = self.cidr.ok_or(Unusual)?;
         let net = match parse_cidr(cidr) {
@@ -267,6 +305,8 @@ impl Table<'_> {
 pub(crate) enum Key {
     Cidr,
     Comment,
+    /// `spf`, `mx` or `a`: a DNS-derived entry (`[[allow]]` only).
+    Dns(DnsKind),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -343,6 +383,12 @@ fn classify_any(line: &str) -> Result<Line<'_>, Unusual> {
         (Key::Cidr, r)
     } else if let Some(r) = rest.strip_prefix("comment") {
         (Key::Comment, r)
+    } else if let Some((kind, r)) = DnsKind::ALL
+        .into_iter()
+        .find_map(|kind| Some((kind, rest.strip_prefix(kind.key())?)))
+        .filter(|(_, r)| r.starts_with([' ', '\t', '=']))
+    {
+        (Key::Dns(kind), r)
     } else {
         return Err(Unusual);
     };

@@ -215,6 +215,15 @@ pub fn splice_in(
                         }
                         table.comment_seen = true;
                     }
+                    crate::allowlist::Key::Dns(_) => {
+                        // A DNS-derived entry (`spf = "..."`): never the edited network, copied
+                        // as it is. Only `[[allow]]` has them; with a cidr too, the full parse
+                        // words the error.
+                        if tables.name != "allow" || table.cidr.is_some() {
+                            return Ok(Spliced::Unusual);
+                        }
+                        table.cidr = Some(None);
+                    }
                 }
                 table.body.push_str(line);
             }

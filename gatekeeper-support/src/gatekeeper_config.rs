@@ -10,14 +10,16 @@ use std::{
     ops::Range,
     path::{Path, PathBuf},
     str::FromStr as _,
+    time::Duration,
 };
 
 use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::allowlist::{self, ScannedAllow};
+use crate::allowlist::{self, ScannedAllow, ScannedDerived};
 pub use crate::cidr::{CidrError, parse_cidr};
+use crate::derived::{self, DerivedEntry, DerivedSource, DnsKind, DnsSettings};
 
 /// Where the daemon and the CLI look for the config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gatekeeper/gatekeeper.toml";
@@ -197,7 +199,13 @@ pub struct Config {
     pub ban_ipv6_prefix: u8,
     /// `[[deny]]` entries: dropped on every judged port, whatever the allowlist says.
     pub deny: Allowlist,
+    /// The `[[allow]]` entries with a `cidr`.
     pub allow: Allowlist,
+    /// The `[[allow]]` entries with `spf`, `mx` or `a`: networks the daemon resolves (see
+    /// [`crate::derived`]), in file order.
+    pub derived: Vec<DerivedEntry>,
+    /// `[dns]`: how the derived entries are resolved and where their state is kept.
+    pub dns: DnsSettings,
 }
 
 /// A config that could not be read or is invalid, with the position of the offending value.
@@ -273,9 +281,44 @@ struct RawConfig {
     ban_ipv6_prefix: Option<Spanned<u32>>,
     #[serde(default)]
     deny: Vec<RawAllow>,
+    #[serde(default)]
+    dns: Option<RawDns>,
     /// Empty when the `[[allow]]` tables were read by the allowlist scanner.
     #[serde(default)]
-    allow: Option<Vec<RawAllow>>,
+    allow: Option<Vec<RawAllowEntry>>,
+}
+
+/// An `[[allow]]` table: a `cidr`, or a DNS name to follow (`spf`, `mx`, `a`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAllowEntry {
+    #[serde(default)]
+    cidr: Option<Spanned<String>>,
+    #[serde(default)]
+    spf: Option<Spanned<String>>,
+    #[serde(default)]
+    mx: Option<Spanned<String>>,
+    #[serde(default)]
+    a: Option<Spanned<String>>,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    #[serde(default)]
+    nameservers: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    timeout_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    attempts: Option<Spanned<u32>>,
+    #[serde(default)]
+    min_refresh_secs: Option<Spanned<u64>>,
+    #[serde(default)]
+    max_refresh_secs: Option<Spanned<u64>>,
+    #[serde(default)]
+    state: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize)]
@@ -313,7 +356,7 @@ impl Config {
     /// at every load, `gatekeeper check` and `gatekeeper allow` print them.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        if self.allow.is_empty() && self.has_allowlist_port() {
+        if self.allow.is_empty() && self.derived.is_empty() && self.has_allowlist_port() {
             warnings.push(self.empty_warning());
         }
         for entry in self.allow.iter().filter(|e| e.net.prefix_len() == 0) {
@@ -386,7 +429,8 @@ impl Config {
             Some((raw, tail)) => (raw, tail),
             None => {
                 let mut raw: RawConfig = toml::from_str(text).map_err(toml_error)?;
-                let scanned = from_raw_allow(raw.allow.take().unwrap_or_default());
+                let scanned = from_raw_allow(raw.allow.take().unwrap_or_default())
+                    .map_err(|(s, m)| at(s, m))?;
                 (raw, scanned)
             }
         };
@@ -407,6 +451,8 @@ impl Config {
                 format!("allow entry \"{net}\" is listed twice"),
             ));
         }
+        let derived = derived_entries(scanned.derived).map_err(|(s, m)| at(s, m))?;
+        let dns = dns_settings(raw.dns.as_ref(), !derived.is_empty()).map_err(|(s, m)| at(s, m))?;
         let bans = ban_control(&raw).map_err(|(s, m)| at(s, m))?;
         let deny_feeds = raw
             .deny_feeds
@@ -477,8 +523,110 @@ impl Config {
             ban_ipv6_prefix: open.ban_ipv6_prefix,
             deny,
             allow,
+            derived,
+            dns,
         })
     }
+}
+
+/// The derived entries, names checked; a source given twice is an error at its second name.
+fn derived_entries(scanned: Vec<ScannedDerived>) -> Result<Vec<DerivedEntry>, SpannedError> {
+    let mut entries: Vec<DerivedEntry> = Vec::with_capacity(scanned.len());
+    for entry in scanned {
+        let span = entry.at..entry.at;
+        let name = derived::normalize_name(&entry.name)
+            .map_err(|e| (span.clone(), format!("allow entry {e}")))?;
+        let source = DerivedSource {
+            kind: entry.kind,
+            name,
+        };
+        if entries.iter().any(|e| e.source == source) {
+            return Err((span, format!("allow entry {source} is listed twice")));
+        }
+        entries.push(DerivedEntry {
+            source,
+            comment: entry.comment,
+        });
+    }
+    Ok(entries)
+}
+
+/// `[dns]`, validated; nameservers are required when the config has derived entries.
+fn dns_settings(raw: Option<&RawDns>, needed: bool) -> Result<DnsSettings, SpannedError> {
+    let mut dns = DnsSettings::default();
+    let Some(raw) = raw else {
+        if needed {
+            return Err((
+                0..0,
+                "the [[allow]] entries with spf, mx or a need a [dns] table with nameservers (the daemon never asks the system resolver)".into(),
+            ));
+        }
+        return Ok(dns);
+    };
+    let listed = raw
+        .nameservers
+        .as_ref()
+        .map_or(&[][..], |l| l.get_ref().as_slice());
+    for ns in listed {
+        let addr = SocketAddr::from_str(ns.get_ref().trim()).map_err(|_| {
+            (
+                ns.span(),
+                format!(
+                    "nameserver \"{}\" is not an address and port (e.g. \"127.0.0.1:53\")",
+                    ns.get_ref()
+                ),
+            )
+        })?;
+        dns.nameservers.push(addr);
+    }
+    if needed && dns.nameservers.is_empty() {
+        return Err((
+            raw.nameservers.as_ref().map_or(0..0, Spanned::span),
+            "[dns] nameservers is empty: the [[allow]] entries with spf, mx or a need at least one (the daemon never asks the system resolver)".into(),
+        ));
+    }
+    let positive = |value: &Option<Spanned<u64>>, name: &str, default: u64| match value {
+        Some(v) if *v.get_ref() == 0 => Err((v.span(), format!("[dns] {name} must be at least 1"))),
+        Some(v) => Ok(*v.get_ref()),
+        None => Ok(default),
+    };
+    dns.timeout = Duration::from_millis(positive(
+        &raw.timeout_ms,
+        "timeout_ms",
+        derived::DEFAULT_TIMEOUT_MS,
+    )?);
+    if let Some(attempts) = &raw.attempts {
+        if !(1..=10).contains(attempts.get_ref()) {
+            return Err((
+                attempts.span(),
+                "[dns] attempts is out of range (1-10)".into(),
+            ));
+        }
+        dns.attempts = *attempts.get_ref() as usize;
+    }
+    let min = positive(
+        &raw.min_refresh_secs,
+        "min_refresh_secs",
+        derived::DEFAULT_MIN_REFRESH_SECS,
+    )?;
+    let max = positive(
+        &raw.max_refresh_secs,
+        "max_refresh_secs",
+        derived::DEFAULT_MAX_REFRESH_SECS.max(min),
+    )?;
+    if max < min {
+        let span = raw.max_refresh_secs.as_ref().map_or(0..0, Spanned::span);
+        return Err((
+            span,
+            format!("[dns] max_refresh_secs {max} is below min_refresh_secs {min}"),
+        ));
+    }
+    dns.min_refresh = Duration::from_secs(min);
+    dns.max_refresh = Duration::from_secs(max);
+    if let Some(state) = &raw.state {
+        dns.state = absolute("[dns] state", state)?;
+    }
+    Ok(dns)
 }
 
 /// The judged ports and which of them are open: `protected_ports` (all "allowlist") and the
@@ -684,12 +832,52 @@ fn ban_control(raw: &RawConfig) -> Result<BanControl, SpannedError> {
     })
 }
 
-/// The entries the TOML parser read, as the scanner would have returned them.
-fn from_raw_allow(raw: Vec<RawAllow>) -> ScannedAllow {
+/// The entries the TOML parser read, as the scanner would have returned them. A table needs
+/// exactly one of `cidr`, `spf`, `mx` and `a`.
+fn from_raw_allow(raw: Vec<RawAllowEntry>) -> Result<ScannedAllow, SpannedError> {
     let mut scanned = ScannedAllow::default();
     for entry in raw {
-        let at = entry.cidr.span().start;
-        let net = match parse_cidr(entry.cidr.get_ref()) {
+        let names = [
+            (DnsKind::Spf, &entry.spf),
+            (DnsKind::Mx, &entry.mx),
+            (DnsKind::A, &entry.a),
+        ];
+        let mut given = names
+            .iter()
+            .filter_map(|(kind, v)| Some((*kind, (*v).as_ref()?)));
+        let dns = given.next();
+        if let Some((_, second)) = given.next() {
+            return Err((
+                second.span(),
+                "an [[allow]] table takes one of cidr, spf, mx and a".into(),
+            ));
+        }
+        let cidr = match (entry.cidr, dns) {
+            (Some(cidr), None) => cidr,
+            (None, Some((kind, name))) => {
+                scanned.derived.push(ScannedDerived {
+                    kind,
+                    name: name.get_ref().clone(),
+                    comment: entry.comment,
+                    at: name.span().start,
+                });
+                continue;
+            }
+            (Some(_), Some((_, name))) => {
+                return Err((
+                    name.span(),
+                    "an [[allow]] table takes one of cidr, spf, mx and a".into(),
+                ));
+            }
+            (None, None) => {
+                return Err((
+                    0..0,
+                    "an [[allow]] table needs cidr (a network) or spf, mx or a (a DNS name to follow)".into(),
+                ));
+            }
+        };
+        let at = cidr.span().start;
+        let net = match parse_cidr(cidr.get_ref()) {
             Ok(net) => net,
             Err(err) => {
                 if scanned.first_invalid.is_none() {
@@ -701,7 +889,7 @@ fn from_raw_allow(raw: Vec<RawAllow>) -> ScannedAllow {
         scanned.list.push(net, entry.comment.as_deref());
         scanned.cidr_at.push(u32::try_from(at).unwrap_or(u32::MAX));
     }
-    scanned
+    Ok(scanned)
 }
 
 /// Config text must be UTF-8: where the first byte that is not sits, for FILE:LINE:COLUMN.
@@ -1034,6 +1222,79 @@ cidr = "203.0.113.7"
                 .iter()
                 .any(|w| w.contains("syn_rate is set"))
         );
+    }
+
+    #[test]
+    fn derived_entries_need_dns_and_are_read_by_both_paths() {
+        let text = "interfaces = [\"eth0\"]\n[dns]\nnameservers = [\"127.0.0.1:5353\"]\nmin_refresh_secs = 2\n\n[[allow]]\ncidr = \"192.0.2.0/24\"\n\n[[allow]]\nspf = \"Partner.Example.\"\ncomment = \"partner\"\n\n[[allow]]\nmx = \"partner.example\"\n\n[[allow]]\na = \"host.partner.example\"\n";
+        let config = parse(text).expect("valid");
+        assert_eq!(config.allow.len(), 1);
+        let sources: Vec<String> = config
+            .derived
+            .iter()
+            .map(|e| e.source.to_string())
+            .collect();
+        assert_eq!(
+            sources,
+            [
+                "spf:partner.example",
+                "mx:partner.example",
+                "a:host.partner.example"
+            ]
+        );
+        assert_eq!(config.derived[0].comment.as_deref(), Some("partner"));
+        assert_eq!(config.dns.nameservers, ["127.0.0.1:5353".parse().unwrap()]);
+        assert_eq!(config.dns.min_refresh, Duration::from_secs(2));
+        assert_eq!(config.dns.state, Path::new(derived::DEFAULT_STATE));
+        // The TOML parser's path (an odd line makes the scanner hand the file over) reads the same.
+        let odd = format!("{text}[[allow]]\ncidr = \"198.51.100.0/24\" # x\n\"comment\" = \"y\"\n");
+        let same = parse(&odd).expect("valid");
+        assert_eq!(same.derived, config.derived);
+        assert_eq!(same.allow.len(), 2);
+        // Only derived entries: the list is not "empty".
+        let config = parse("interfaces = [\"eth0\"]\n[dns]\nnameservers = [\"127.0.0.1:53\"]\n[[allow]]\nspf = \"p.example\"\n").expect("valid");
+        assert!(config.warnings().is_empty(), "{:?}", config.warnings());
+
+        let e = error("interfaces = [\"eth0\"]\n[[allow]]\nspf = \"p.example\"\n");
+        assert!(e.contains("need a [dns] table with nameservers"), "{e}");
+        let e = error(
+            "interfaces = [\"eth0\"]\n[dns]\nnameservers = []\n[[allow]]\nspf = \"p.example\"\n",
+        );
+        assert!(
+            e.starts_with("gk.toml:3:15: [dns] nameservers is empty"),
+            "{e}"
+        );
+        let e = error(
+            "interfaces = [\"eth0\"]\n[dns]\nnameservers = [\"127.0.0.1:53\"]\n[[allow]]\nspf = \"p example\"\n",
+        );
+        assert!(
+            e.starts_with("gk.toml:5:7: allow entry \"p example\" is not a DNS name"),
+            "{e}"
+        );
+        let e = error(
+            "interfaces = [\"eth0\"]\n[dns]\nnameservers = [\"127.0.0.1:53\"]\n[[allow]]\nspf = \"p.example\"\ncidr = \"192.0.2.1\"\n",
+        );
+        assert!(e.contains("takes one of cidr, spf, mx and a"), "{e}");
+        let e = error(
+            "interfaces = [\"eth0\"]\n[dns]\nnameservers = [\"127.0.0.1:53\"]\n[[allow]]\nspf = \"p.example\"\n[[allow]]\nspf = \"P.example\"\n",
+        );
+        assert!(
+            e.starts_with("gk.toml:7:7: allow entry spf:p.example is listed twice"),
+            "{e}"
+        );
+        let e = error("interfaces = [\"eth0\"]\n[dns]\nnameservers = [\"localhost\"]\n");
+        assert!(
+            e.contains("nameserver \"localhost\" is not an address and port"),
+            "{e}"
+        );
+        let e =
+            error("interfaces = [\"eth0\"]\n[dns]\nmin_refresh_secs = 60\nmax_refresh_secs = 10\n");
+        assert!(
+            e.contains("max_refresh_secs 10 is below min_refresh_secs 60"),
+            "{e}"
+        );
+        let e = error("interfaces = [\"eth0\"]\n[[deny]]\nspf = \"p.example\"\n");
+        assert!(e.contains("unknown field `spf`"), "{e}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod allowlist_edit;
 pub mod atomic;
 pub mod cidr;
 pub mod cli_docs;
+pub mod derived;
 pub mod gatekeeper_config;
 pub mod lock;
 pub mod lock_holder;

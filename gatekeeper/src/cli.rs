@@ -46,6 +46,13 @@ pub enum Command {
     /// Under systemd (Type=notify, $NOTIFY_SOCKET) it reports READY=1 only once every configured
     /// interface is attached with the maps filled, RELOADING=1 then READY=1 around each config
     /// reload, and a STATUS= line saying what it enforces.
+    ///
+    /// DNS-derived entries (`[[allow]] spf|mx|a = "NAME"`) are resolved through the `[dns]`
+    /// nameservers only (never the system resolver): once before the filter enforces (at most
+    /// 5 s; without DNS the sets persisted in `[dns] state` are enforced), then again at the
+    /// records' TTL, bounded by `min_refresh_secs` and `max_refresh_secs`. A failure (SERVFAIL, a
+    /// timeout, an SPF loop, more than 10 lookups) keeps the last good set and is logged with the
+    /// reason; every change is logged as the networks added and removed, with the name.
     Run {
         #[command(flatten)]
         config: ConfigArg,
@@ -104,7 +111,8 @@ pub enum Command {
         action: BanAction,
     },
     /// Show interfaces, attachment mode, policy, entry counts, and whether the live maps match
-    /// the config file.
+    /// the config file (and the DNS-derived entries: each source with its networks, the age of
+    /// its last good resolution and its last error).
     ///
     /// Exit status, for monitoring: 0 when the filter is loaded, attached to every configured
     /// interface and in sync with the file; 2 when it is loaded but differs (an entry, the mode or
@@ -152,7 +160,10 @@ pub enum AllowAction {
         #[arg(value_name = "CIDR")]
         cidr: String,
     },
-    /// List the entries with their hit counters (live, when the filter is loaded).
+    /// List the entries with their hit counters (live, when the filter is loaded) and source:
+    /// `file` for the config's `cidr` entries, `spf:NAME`, `mx:NAME` or `a:NAME` for each network
+    /// a DNS-derived entry admits (as the daemon last resolved it), then the derived sources'
+    /// age and last error.
     List {
         #[command(flatten)]
         config: ConfigArg,

@@ -446,6 +446,32 @@ cidr = \"203.0.113.25\" # backup MX\n";
     }
 
     #[test]
+    fn dns_derived_entries_are_copied_by_both_editors() {
+        let text = "interfaces = [\"eth0\"]\n[dns]\nnameservers = [\"127.0.0.1:53\"]\n\n[[allow]]\nspf = \"partner.example\"\ncomment = \"p\"\n\n[[allow]]\ncidr = \"198.51.100.0/24\"\n";
+        let add = Edit::Add {
+            net: net("192.0.2.0/24"),
+            comment: None,
+        };
+        let streamed_add = streamed(text, add).expect("the scanner reads spf entries");
+        let mut d = doc(text);
+        d.add(net("192.0.2.0/24"), None).expect("add");
+        assert_eq!(streamed_add, d.text());
+        let config = Config::parse(&streamed_add, Path::new("gk.toml")).expect("valid");
+        assert_eq!(config.derived.len(), 1);
+        assert_eq!(config.allow.len(), 2);
+        let remove = Edit::Remove {
+            net: net("198.51.100.0/24"),
+        };
+        let streamed_remove = streamed(text, remove).expect("streamed");
+        assert!(streamed_remove.contains("spf = \"partner.example\""));
+        assert!(!streamed_remove.contains("198.51.100.0/24"));
+        // A table with both a cidr and spf is the full parser's to refuse.
+        let both =
+            "interfaces = [\"eth0\"]\n[[allow]]\nspf = \"p.example\"\ncidr = \"192.0.2.1\"\n";
+        assert_eq!(streamed(both, add), None);
+    }
+
+    #[test]
     fn streamed_edits_write_what_the_document_editor_writes() {
         let layouts = [
             EXAMPLE.to_string(),

@@ -8,6 +8,7 @@ pub mod capabilities;
 pub mod compat;
 pub mod config;
 pub mod deny_feed;
+pub mod derived;
 pub mod dir24;
 pub mod dispatcher;
 pub mod edit;

@@ -34,14 +34,9 @@ use base64ct::Encoding as _;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-/// The tests' Debian package check, which the NSD and slapd fixtures use.
-#[path = "../tests/common/debian.rs"]
-mod debian;
-
-/// The tests' NSD fixture (real authoritative DNS on loopback).
-#[path = "../tests/common/nsd.rs"]
-#[allow(dead_code)]
-mod nsd;
+// The tests' Debian package check (the slapd fixture uses it) and NSD fixture (real
+// authoritative DNS on loopback), shared with the gatekeeper's tests.
+use gatekeeper_tests::{debian, nsd};
 
 /// The tests' slapd fixture (it needs `TempDir` and `write_certs` from here), for the
 /// directory phase.
@@ -52,7 +47,7 @@ mod slapd;
 #[path = "support/bench_directory.rs"]
 mod directory;
 
-/// The temp directory `nsd.rs` expects from its parent (as in the tests).
+/// The temp directory `slapd.rs` expects from its parent (as in the tests).
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {

@@ -10,7 +10,10 @@
 //! previous list in force — a half-written or broken file must not lock every
 //! partner out — and is logged once per change. A gatekeeper config that makes
 //! the listener's port `open` admits everyone: the XDP filter already sheds the
-//! denied, banned and rate-limited sources there.
+//! denied, banned and rate-limited sources there. A gatekeeper config with
+//! DNS-derived entries (`spf`, `mx`, `a`) adds the networks the gatekeeper daemon
+//! resolved for them, read from its state file, which is followed the same way:
+//! one source of truth for the filter and the relay.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -19,7 +22,7 @@ use gatekeeper_support::stamp::FileStamp;
 use ipnet::IpNet;
 use tracing::{info, warn};
 
-use crate::config::{ListenerConfig, load_gatekeeper_allow};
+use crate::config::{ListenerConfig, load_gatekeeper_admission};
 
 /// One listener's admitted ranges, refreshed from the gatekeeper files.
 /// Owned by the listener's accept loop, so it needs no lock.
@@ -29,6 +32,9 @@ pub struct Admission {
     fixed: Vec<IpNet>,
     files: Vec<PathBuf>,
     stamps: Vec<Option<FileStamp>>,
+    /// The gatekeeper's derived-allow state files the configs named at the last read.
+    states: Vec<PathBuf>,
+    state_stamps: Vec<Option<FileStamp>>,
     ranges: Vec<IpNet>,
 }
 
@@ -46,12 +52,23 @@ impl Admission {
                 .iter()
                 .map(|f| FileStamp::of(f))
                 .collect(),
+            states: Vec::new(),
+            state_stamps: Vec::new(),
             ranges: config.allow.clone(),
         };
-        if let Ok(ranges) = admission.read_all() {
+        if let Ok((ranges, states)) = admission.read_all() {
             admission.ranges = ranges;
+            admission.follow_states(states);
         }
         admission
+    }
+
+    /// Follows the state files `states` from now on (stamped now if they are new).
+    fn follow_states(&mut self, states: Vec<PathBuf>) {
+        if states != self.states {
+            self.state_stamps = states.iter().map(|f| FileStamp::of(f)).collect();
+            self.states = states;
+        }
     }
 
     /// Whether `peer` may talk to this listener, after picking up any change
@@ -73,12 +90,16 @@ impl Admission {
             return;
         }
         let now: Vec<Option<FileStamp>> = self.files.iter().map(|f| FileStamp::of(f)).collect();
-        if now == self.stamps {
+        let states_now: Vec<Option<FileStamp>> =
+            self.states.iter().map(|f| FileStamp::of(f)).collect();
+        if now == self.stamps && states_now == self.state_stamps {
             return;
         }
         self.stamps = now;
+        self.state_stamps = states_now;
         match self.read_all() {
-            Ok(ranges) => {
+            Ok((ranges, states)) => {
+                self.follow_states(states);
                 if ranges != self.ranges {
                     info!(event = "allowlist_reloaded", listener = %self.listener,
                         ranges = ranges.len(), previous = self.ranges.len(),
@@ -98,12 +119,16 @@ impl Admission {
         }
     }
 
-    fn read_all(&self) -> anyhow::Result<Vec<IpNet>> {
+    /// The ranges of every file, and the derived-allow state files they name.
+    fn read_all(&self) -> anyhow::Result<(Vec<IpNet>, Vec<PathBuf>)> {
         let mut ranges = self.fixed.clone();
+        let mut states = Vec::new();
         for file in &self.files {
-            ranges.extend(load_gatekeeper_allow(file, self.listener.port())?);
+            let (nets, state) = load_gatekeeper_admission(file, self.listener.port())?;
+            ranges.extend(nets);
+            states.extend(state);
         }
-        Ok(ranges)
+        Ok((ranges, states))
     }
 }
 
@@ -112,6 +137,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::config::load_gatekeeper_allow;
 
     /// A directory of its own per test, removed afterwards.
     struct Scratch(PathBuf);
@@ -184,6 +210,60 @@ mod tests {
         write_atomically(dir.path(), &open587);
         assert!(!a.admits(ip("203.0.113.9")));
         assert!(a.admits(ip("198.51.100.9")));
+    }
+
+    /// The gatekeeper daemon's state file with `source` resolved to `nets`.
+    fn write_state(path: &Path, sources: &[(&str, &[&str])]) {
+        use gatekeeper_support::derived::{DerivedState, STATE_VERSION, SourceState};
+        let state = DerivedState {
+            version: STATE_VERSION,
+            sources: sources
+                .iter()
+                .map(|(source, nets)| SourceState {
+                    source: source.to_string(),
+                    networks: nets.iter().map(|n| n.parse().expect("net")).collect(),
+                    resolved_at: 1,
+                    ttl_secs: 300,
+                    checked_at: 1,
+                    error: None,
+                    warnings: vec![],
+                })
+                .collect(),
+        };
+        state.store(path).expect("store");
+    }
+
+    #[test]
+    fn derived_entries_follow_the_gatekeepers_state_file() {
+        let dir = Scratch::new();
+        let state = dir.path().join("derived.json");
+        let config = format!(
+            "interfaces = [\"eth0\"]\n[dns]\nnameservers = [\"127.0.0.1:53\"]\nstate = \"{}\"\n[[allow]]\nspf = \"partner.example\"\n",
+            state.display()
+        );
+        write_atomically(dir.path(), &config);
+        let mut a = Admission::new(&listener(dir.path(), &[]));
+        assert!(!a.admits(ip("198.51.100.7")), "nothing resolved yet");
+        write_state(
+            &state,
+            &[
+                ("spf:partner.example", &["198.51.100.0/24"]),
+                ("a:old.example", &["203.0.113.1/32"]),
+            ],
+        );
+        assert!(a.admits(ip("198.51.100.7")), "the daemon's set");
+        assert!(
+            !a.admits(ip("203.0.113.1")),
+            "a source the config no longer names admits nothing"
+        );
+        write_state(&state, &[("spf:partner.example", &["192.0.2.0/24"])]);
+        assert!(!a.admits(ip("198.51.100.7")));
+        assert!(a.admits(ip("192.0.2.9")));
+        std::fs::write(&state, "{").expect("break the state file");
+        assert!(
+            a.admits(ip("192.0.2.9")),
+            "an unreadable state keeps the ranges"
+        );
     }
 
     #[test]

@@ -980,14 +980,37 @@ fn addresses_clash(a: SocketAddr, b: SocketAddr) -> bool {
 /// the config makes that port `open` (its XDP filter then admits every source it has not denied,
 /// banned or rate-limited, and the relay must not refuse what the filter lets through).
 pub fn load_gatekeeper_allow(path: &Path, port: u16) -> anyhow::Result<Vec<IpNet>> {
+    Ok(load_gatekeeper_admission(path, port)?.0)
+}
+
+/// [`load_gatekeeper_allow`], and the gatekeeper's derived-allow state file when the config has
+/// DNS-derived entries (`spf`, `mx`, `a`): their networks are the ones the gatekeeper daemon
+/// resolved and wrote there, so the relay admits exactly what the filter admits, and follows
+/// that file's changes too.
+pub fn load_gatekeeper_admission(
+    path: &Path,
+    port: u16,
+) -> anyhow::Result<(Vec<IpNet>, Option<PathBuf>)> {
     let gk = gatekeeper_config::Config::load(path).context("invalid gatekeeper config")?;
     if gk.open_ports.contains(&port) {
-        return Ok(vec![
-            IpNet::V4(ipnet::Ipv4Net::default()),
-            IpNet::V6(ipnet::Ipv6Net::default()),
-        ]);
+        return Ok((
+            vec![
+                IpNet::V4(ipnet::Ipv4Net::default()),
+                IpNet::V6(ipnet::Ipv6Net::default()),
+            ],
+            None,
+        ));
     }
-    Ok(gk.allow.nets().to_vec())
+    let mut nets = gk.allow.nets().to_vec();
+    if gk.derived.is_empty() {
+        return Ok((nets, None));
+    }
+    let sources: Vec<_> = gk.derived.iter().map(|e| e.source.clone()).collect();
+    nets.extend(
+        gatekeeper_support::derived::derived_networks(&gk.dns.state, &sources)
+            .context("the gatekeeper's derived allow entries")?,
+    );
+    Ok((nets, Some(gk.dns.state)))
 }
 
 #[cfg(test)]

@@ -4,12 +4,14 @@
 
 pub mod addresses;
 pub mod cleanup;
+pub mod debian;
 pub mod dirs;
 pub mod frames;
 pub mod generate;
 pub mod gk;
 pub mod netns;
 pub mod notify;
+pub mod nsd;
 pub mod process;
 #[cfg(feature = "program")]
 pub mod program;

@@ -41,6 +41,21 @@ impl Netns {
     }
 }
 
+/// [`Netns::run`] in the namespace named `name` (one a [`Netns`] elsewhere owns).
+pub fn run_in<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    let path = format!("/run/netns/{name}");
+    let handle = thread::spawn(move || -> anyhow::Result<T> {
+        enter(&path)?;
+        Ok(f())
+    });
+    handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread in namespace panicked"))?
+}
+
 impl Netns {
     pub fn new(name: &str) -> anyhow::Result<Netns> {
         // A namespace left by a killed earlier run with the same name would make `add` fail.
@@ -88,14 +103,7 @@ impl Netns {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> anyhow::Result<T> {
-        let path = format!("/run/netns/{}", self.name);
-        let handle = thread::spawn(move || -> anyhow::Result<T> {
-            enter(&path)?;
-            Ok(f())
-        });
-        handle
-            .join()
-            .map_err(|_| anyhow::anyhow!("thread in namespace panicked"))?
+        run_in(&self.name, f)
     }
 
     /// Spawns a long-lived thread inside the namespace.

@@ -196,10 +196,12 @@ pub fn remove(path: &Path, cidr: &str) -> anyhow::Result<()> {
     let (new_file, config, warnings) = prepare(&real, path, Edit::Remove { net })?;
     bpffs::require_pins_visible(&config.pin_dir)?;
     let mut live = FilterMaps::open_if_pinned(&config.pin_dir)?;
+    // A network a DNS-derived entry admits too stays in the filter (the daemon keeps it there).
+    let derived = gatekeeper::derived::listing::Derived::source_of(&config, net);
     let restore = new_file
         .commit(&real)
         .with_context(|| format!("{} not changed; nothing removed", path.display()))?;
-    if let Some(maps) = live.as_mut()
+    if let Some(maps) = live.as_mut().filter(|_| derived.is_none())
         && let Err(err) = maps.remove(net)
     {
         restore.restore(&real).with_context(|| {
@@ -208,6 +210,13 @@ pub fn remove(path: &Path, cidr: &str) -> anyhow::Result<()> {
         return Err(err.context(format!("{} restored; nothing removed", path.display())));
     }
     super::print_each(&warnings);
+    if let Some(source) = derived {
+        println!(
+            "removed {net} from {}; the live filter keeps it: the derived entry {source} admits it too",
+            path.display()
+        );
+        return Ok(());
+    }
     match live {
         Some(_) => println!(
             "removed {net} from {} and from the live filter",
@@ -232,10 +241,16 @@ pub fn list(path: &Path, json: bool) -> anyhow::Result<()> {
             .transpose()?
             .map(|entries| entries.into_iter().map(|e| (e.net, e.hits)).collect()),
     );
-    let wanted = config.allow.sorted_nets();
+    // The DNS-derived entries' networks, from the daemon's state file.
+    let derived = gatekeeper::derived::listing::Derived::read(&config);
+    let wanted = derived.with(config.allow.sorted_nets());
     let live_nets = live.nets();
     let rows = live.rows(
-        config.allow.iter().map(|entry| (entry.net, entry.comment)),
+        entry_rows::tagged(
+            config.allow.iter().map(|entry| (entry.net, entry.comment)),
+            gatekeeper::derived::SOURCE_FILE,
+        )
+        .chain(derived.rows()),
         &wanted,
         &live_nets,
     );
@@ -247,6 +262,7 @@ pub fn list(path: &Path, json: bool) -> anyhow::Result<()> {
         return Ok(out.flush()?);
     }
     entry_rows::write_table(&mut out, rows, "(live only: not in the config file)")?;
+    derived.write_notes(&mut out)?;
     if !live.is_loaded() {
         writeln!(out, "(the filter is not loaded: no live hit counters)")?;
     }

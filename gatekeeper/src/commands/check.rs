@@ -39,6 +39,27 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
     for line in explain(&config) {
         println!("  {line}");
     }
+    if !config.derived.is_empty() {
+        let sources: Vec<String> = config
+            .derived
+            .iter()
+            .map(|e| e.source.to_string())
+            .collect();
+        let nameservers: Vec<String> = config
+            .dns
+            .nameservers
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        println!(
+            "  derived allow entries: {} (the daemon resolves them through {}, refreshed at their TTL within {}-{} s; last good sets kept in {})",
+            sources.join(", "),
+            nameservers.join(", "),
+            config.dns.min_refresh.as_secs(),
+            config.dns.max_refresh.as_secs(),
+            config.dns.state.display()
+        );
+    }
     super::print_warnings(&config);
     Ok(())
 }

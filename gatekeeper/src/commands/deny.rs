@@ -264,7 +264,10 @@ pub fn list(path: &Path, json: bool) -> anyhow::Result<()> {
     let wanted = gatekeeper::sync::wanted_deny(&config.deny.sorted_nets(), &feed_nets);
     let live_nets = live.nets();
     let rows = live.rows(
-        config.deny.iter().map(|entry| (entry.net, entry.comment)),
+        entry_rows::tagged(
+            config.deny.iter().map(|entry| (entry.net, entry.comment)),
+            gatekeeper::derived::SOURCE_FILE,
+        ),
         &wanted,
         &live_nets,
     );

@@ -23,6 +23,7 @@
 
 mod ban_socket;
 mod bans;
+mod derived;
 mod feeds;
 mod ipv4_tables;
 mod links;
@@ -61,6 +62,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use self::{
+    derived::DerivedLink,
     feeds::{FeedSet, FeedWatch},
     links::Interfaces,
     reload::Outcome,
@@ -117,6 +119,9 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
     });
     let mut filter = filter?;
     let wanted = wanted.map_err(|_| anyhow!("sorting the allowlist failed"))?;
+    // The DNS-derived entries: persisted, then resolved once (bounded) before the fill.
+    let derived = DerivedLink::start(&config, &runtime);
+    let wanted = derived::with_derived(wanted, &derived.wanted);
     let counts = SharedCounts::default();
     // Before attaching: after a reboot the maps are new, and the file has the bans.
     bans::restore(&mut filter, &config, &counts);
@@ -152,6 +157,7 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
         ban_limits: None,
         feeds: FeedSet::default(),
         feed_watch: FeedWatch::new(&FeedSet::default()),
+        derived,
     };
     daemon.set_feeds(feeds);
     let result = runtime.block_on(daemon.serve(signals, events));
@@ -406,6 +412,8 @@ struct Daemon {
     /// `[[deny]]` entries), and the watch on their files.
     feeds: FeedSet,
     feed_watch: FeedWatch,
+    /// The DNS-derived allow entries: the follower task and the sets it sent.
+    derived: DerivedLink,
 }
 
 /// What asked for a reload.
@@ -417,6 +425,8 @@ enum Trigger {
     FileChanged(FileStamp),
     /// A deny feed changed and settled (or vanished).
     Feeds,
+    /// The DNS-derived allow entries' networks changed.
+    Derived,
 }
 
 impl Trigger {
@@ -425,6 +435,7 @@ impl Trigger {
             Trigger::Signal => "SIGHUP",
             Trigger::FileChanged(_) => "config file changed",
             Trigger::Feeds => "deny feed changed",
+            Trigger::Derived => "derived allow entries changed",
         }
     }
 }
@@ -462,6 +473,8 @@ impl Daemon {
             scrape::serve(addr, self.config.pin_dir.clone(), Arc::clone(&self.counts))?;
         }
         self.ban_limits = bans::start_socket(&self.config, &self.counts)?;
+        self.derived.spawn();
+        self.refresh_ban_limits();
         let mut sweep = tokio::time::interval(bans::SWEEP_INTERVAL);
         let mut link_watch = LinkWatch::open()?;
         self.publish_counts();
@@ -488,6 +501,10 @@ impl Daemon {
                     if let Look::Settled(stamp) = self.settle.look(FileStamp::of(&self.path)) {
                         self.request_reload(&mut reloads, Trigger::FileChanged(stamp));
                     }
+                }
+                nets = self.derived.recv() => {
+                    self.derived.wanted = nets;
+                    self.request_reload(&mut reloads, Trigger::Derived);
                 }
                 _ = feed_poll.tick(), if reloads.running.is_none() && !self.feed_watch.is_empty() => {
                     if self.feed_watch.changed() {
@@ -576,10 +593,15 @@ impl Daemon {
                     paths: self.config.deny_feeds.clone(),
                     entries: self.config.deny.sorted_nets(),
                 },
+                Trigger::Derived => {
+                    let (add, remove) = self.derived.change(&self.config);
+                    reload::Kind::Derived { add, remove }
+                }
             },
             feeds: self.feeds.clone(),
+            derived: Arc::clone(&self.derived.wanted),
         };
-        if !matches!(trigger, Trigger::Feeds) {
+        if !matches!(trigger, Trigger::Feeds | Trigger::Derived) {
             // A feed change is routine and quick; a config reload is what `systemctl reload`
             // asked for (ExecReload sends SIGHUP) and what its caller waits to see finished.
             notify::reloading(&format!("reloading the config ({})", trigger.name()));
@@ -637,9 +659,31 @@ impl Daemon {
                     "syncing the reloaded deny feeds failed, the deny list is as before: {err:#}"
                 );
             }
+            Ok(Outcome::Derived {
+                derived,
+                added,
+                removed,
+            }) => {
+                info!(
+                    added,
+                    removed,
+                    networks = derived.len(),
+                    "derived allow entries applied to the filter"
+                );
+                self.derived.applied = derived;
+                self.refresh_ban_limits();
+            }
+            Ok(Outcome::DerivedFailed(err)) => {
+                error!(
+                    "applying the derived allow entries to the filter failed, it keeps the previous ones (retried at the next change or reload): {err:#}"
+                );
+            }
             Ok(Outcome::Applied(applied)) => {
                 self.settle.applied(Some(applied.stamp));
+                self.derived.applied = Arc::clone(&applied.derived);
                 self.apply_interfaces(*applied, trigger);
+                self.derived.config_applied(&self.config);
+                self.refresh_ban_limits();
                 self.counts_mut(|c| c.reloads += 1);
             }
             Ok(Outcome::Changed) => {
@@ -749,6 +793,13 @@ impl Daemon {
             join_ports(&config.protected_ports),
             config.allow.len(),
         );
+        if !config.derived.is_empty() {
+            line.push_str(&format!(
+                ", +{} networks from {} DNS-derived entries",
+                self.derived.applied.len(),
+                config.derived.len()
+            ));
+        }
         if !config.open_ports.is_empty() {
             line.push_str(&format!(
                 ", ports {} open to all but denied/banned/over-rate",
@@ -761,6 +812,20 @@ impl Daemon {
             config.deny.len()
         ));
         line
+    }
+
+    /// The ban socket's limits with the derived networks in force: a partner a DNS-derived
+    /// entry admits is allowlisted, so never banned through the socket either.
+    fn refresh_ban_limits(&self) {
+        if let Some(limits) = &self.ban_limits
+            && let Ok(mut shared) = limits.write()
+        {
+            let mut new = bans::limits(&self.config);
+            if let Some(fresh) = Arc::get_mut(&mut new) {
+                fresh.allow.extend(self.derived.applied.iter().copied());
+            }
+            *shared = new;
+        }
     }
 
     fn stopping(&self, signal: &str) {

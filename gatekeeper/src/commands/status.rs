@@ -73,6 +73,13 @@ pub fn status(path: &Path, json_out: bool) -> anyhow::Result<Health> {
             .map_err(|_| anyhow::anyhow!("sorting the allowlist failed"))?;
         Ok((wanted, live))
     })?;
+    // The DNS-derived entries are wanted too: their networks as the daemon's state file has them.
+    let derived = gatekeeper::derived::listing::Derived::read(&config);
+    let wanted = if derived.is_empty() {
+        wanted
+    } else {
+        derived.with(wanted)
+    };
 
     let mut names: Vec<String> = config.interfaces.clone();
     for iface in filter::pinned_link_ifaces(dir)? {
@@ -131,6 +138,7 @@ pub fn status(path: &Path, json_out: bool) -> anyhow::Result<Health> {
         "in_sync": in_sync,
         "difference": difference,
         "deny": deny,
+        "derived": derived.json(),
     });
     if json_out {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -287,6 +295,10 @@ fn render(report: &Value, config: &Config, live_policy: Option<&Policy>) -> Stri
             report["live_entries"]["ipv6"]
         )),
         None => out.push_str("live:     the filter is not loaded\n"),
+    }
+    // DNS-derived entries: each source, its networks, age and last error.
+    for line in gatekeeper::derived::listing::Derived::read(config).summary() {
+        out.push_str(&format!("derived:  {line}\n"));
     }
     let deny = &report["deny"];
     out.push_str(&format!(

@@ -5,6 +5,7 @@
 
 use std::{
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -41,6 +42,8 @@ pub(super) struct Job {
     pub kind: Kind,
     /// The deny feeds in force: loaded again where their files changed.
     pub feeds: FeedSet,
+    /// The DNS-derived networks (sorted): a config reload keeps them in the allowlist.
+    pub derived: Arc<Vec<IpNet>>,
 }
 
 /// What a job reloads.
@@ -54,6 +57,9 @@ pub(super) enum Kind {
         paths: Vec<PathBuf>,
         entries: Vec<IpNet>,
     },
+    /// The DNS-derived networks changed: these go in, then these come out (the loop left out
+    /// those the config's own entries list).
+    Derived { add: Vec<IpNet>, remove: Vec<IpNet> },
 }
 
 /// A config applied to the maps; the loop attaches and detaches interfaces after it.
@@ -63,6 +69,8 @@ pub(super) struct Applied {
     pub feeds: FeedSet,
     pub stamp: FileStamp,
     pub took: Duration,
+    /// The derived networks this reload kept in the maps.
+    pub derived: Arc<Vec<IpNet>>,
 }
 
 /// A config the pinned IPv4 tables cannot hold: another `ipv4_lookup`, or more DIR-24-8 blocks
@@ -85,6 +93,14 @@ pub(super) enum Outcome {
     Feeds(FeedSet, DenySyncReport),
     /// Syncing the reloaded feeds failed: the deny list is as before.
     FeedsFailed(anyhow::Error),
+    /// The derived networks `derived` are in the maps (a [`Kind::Derived`] job).
+    Derived {
+        derived: Arc<Vec<IpNet>>,
+        added: usize,
+        removed: usize,
+    },
+    /// Applying the derived networks failed.
+    DerivedFailed(anyhow::Error),
 }
 
 /// Runs on a blocking thread.
@@ -94,6 +110,16 @@ pub(super) fn run(job: Job) -> Outcome {
     let expected = match &job.kind {
         Kind::Config { expected } => *expected,
         Kind::Feeds { paths, entries } => return sync_feeds(&job, paths, entries),
+        Kind::Derived { add, remove } => {
+            return match super::derived::apply(&job.pin_dir, add, remove) {
+                Ok((added, removed)) => Outcome::Derived {
+                    derived: Arc::clone(&job.derived),
+                    added,
+                    removed,
+                },
+                Err(err) => Outcome::DerivedFailed(err),
+            };
+        }
     };
     let Some(stamp) = expected.or_else(|| FileStamp::of(&job.path)) else {
         return Outcome::Refused(anyhow::anyhow!("cannot read {}", job.path.display()), None);
@@ -115,6 +141,7 @@ pub(super) fn run(job: Job) -> Outcome {
             feeds,
             stamp,
             took: started.elapsed(),
+            derived: Arc::clone(&job.derived),
         })),
         Ok(Step::Refit(refit)) => Outcome::Refit(Box::new(refit)),
         Err(err) => Outcome::Refused(err, Some(stamp)),
@@ -168,7 +195,8 @@ fn apply(job: &Job, text: &str) -> anyhow::Result<Step> {
     let mut deny = DenyMaps::open_pinned(&job.pin_dir)
         .context("opening the pinned deny list for the reload")?;
     let feeds = job.feeds.refreshed(&config.deny_feeds);
-    let report = match sync::apply(&mut maps, &mut deny, &config, &feeds.union) {
+    let wanted = super::derived::with_derived(config.allow.sorted_nets(), &job.derived);
+    let report = match sync::apply_sorted(&mut maps, &mut deny, &config, &feeds.union, &wanted) {
         Err(err) if err.downcast_ref::<dir24::OutOfBlocks>().is_some() => {
             return match ipv4_tables::grown_pool(&maps, &config)? {
                 Some(blocks) => Ok(Step::Refit(Refit { config, blocks })),
