@@ -118,7 +118,8 @@ pub enum XdpAttach {
     /// bpfman), beside other programs.
     Dispatcher,
     /// `dispatcher` where libxdp's dispatcher already runs on the interface or xdp-tools'
-    /// dispatcher object is installed, `exclusive` otherwise.
+    /// dispatcher object is installed, `exclusive` otherwise, and also where the kernel refuses
+    /// the dispatcher's freplace components.
     Auto,
 }
 

@@ -12,11 +12,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
 use aya::{
     EbpfLoader, Pod,
     maps::{Array, Map, MapData},
-    programs::{Extension, ProgramFd, Xdp, links::FdLink, loaded_programs},
+    programs::{Extension, ProgramError, ProgramFd, Xdp, links::FdLink, loaded_programs},
 };
 use tracing::info;
 
@@ -88,27 +88,22 @@ fn probe_freplace() -> anyhow::Result<()> {
         num_progs_enabled: 1,
         ..DispatcherConfig::default()
     };
-    let mut ebpf = EbpfLoader::new()
-        .override_global("conf", &conf, true)
-        .extension(PROBE_PROGRAM)
-        .load_file(&object)
-        .with_context(|| format!("loading {}", object.display()))?;
-    let dispatcher: &mut Xdp = ebpf
-        .program_mut(DISPATCHER_PROG_NAME)
-        .with_context(|| format!("{} has no {DISPATCHER_PROG_NAME}", object.display()))?
-        .try_into()
-        .context("the dispatcher is not an XDP program")?;
-    dispatcher.load().context("loading libxdp's dispatcher")?;
-    let target = dispatcher.fd()?.try_clone()?;
+    let (mut ebpf, target, _) = load_dispatcher(&object, &conf, Some(PROBE_PROGRAM))?;
     let probe: &mut Extension = ebpf
         .program_mut(PROBE_PROGRAM)
         .with_context(|| format!("{} has no {PROBE_PROGRAM}", object.display()))?
         .try_into()
         .context("the probe is not an extension")?;
-    probe.load(target, "prog0").context(
-        "the kernel refuses freplace (BPF_PROG_TYPE_EXT) programs, which libxdp's dispatcher runs its components as",
-    )?;
-    Ok(())
+    probe.load(target, "prog0").map_err(|err| {
+        // The kernel's answer alone: a refused load has no verifier log worth showing.
+        let answer = match err {
+            ProgramError::LoadError { io_error, .. } => format!("BPF_PROG_LOAD: {io_error}"),
+            other => format!("{other:#}"),
+        };
+        anyhow!(
+            "the kernel refuses freplace (BPF_PROG_TYPE_EXT) programs, which libxdp's dispatcher runs its components as ({answer})"
+        )
+    })
 }
 
 /// One program in a dispatcher slot.
@@ -362,18 +357,7 @@ pub fn install(
             xdp_attach::DISPATCHER_OBJECT
         )
     })?;
-    let mut ebpf = EbpfLoader::new()
-        .override_global("conf", &conf, true)
-        .load_file(&object)
-        .with_context(|| format!("loading {}", object.display()))?;
-    let dispatcher: &mut Xdp = ebpf
-        .program_mut(DISPATCHER_PROG_NAME)
-        .with_context(|| format!("{} has no {DISPATCHER_PROG_NAME}", object.display()))?
-        .try_into()
-        .context("the dispatcher is not an XDP program")?;
-    dispatcher.load().context("loading libxdp's dispatcher")?;
-    let dispatcher_fd = dispatcher.fd()?.try_clone()?;
-    let new_id = dispatcher.info()?.id();
+    let (_dispatcher, dispatcher_fd, new_id) = load_dispatcher(&object, &conf, None)?;
     let mut links = Vec::new();
     for (slot, c) in components.iter_mut().enumerate() {
         let func = format!("prog{slot}");
@@ -427,6 +411,33 @@ pub fn install(
         "libxdp's dispatcher installed"
     );
     Ok(Some(new_id))
+}
+
+/// Loads (verifies) the dispatcher of xdp-tools' `object` with `conf`; `extension` names another
+/// program of the object to be loaded as an extension later. The object stays loaded with the
+/// returned `Ebpf`; the fd and the program id are the dispatcher's.
+fn load_dispatcher(
+    object: &Path,
+    conf: &DispatcherConfig,
+    extension: Option<&str>,
+) -> anyhow::Result<(aya::Ebpf, ProgramFd, u32)> {
+    let mut loader = EbpfLoader::new();
+    loader.override_global("conf", conf, true);
+    if let Some(name) = extension {
+        loader.extension(name);
+    }
+    let mut ebpf = loader
+        .load_file(object)
+        .with_context(|| format!("loading {}", object.display()))?;
+    let dispatcher: &mut Xdp = ebpf
+        .program_mut(DISPATCHER_PROG_NAME)
+        .with_context(|| format!("{} has no {DISPATCHER_PROG_NAME}", object.display()))?
+        .try_into()
+        .context("the dispatcher is not an XDP program")?;
+    dispatcher.load().context("loading libxdp's dispatcher")?;
+    let fd = dispatcher.fd()?.try_clone()?;
+    let id = dispatcher.info()?.id();
+    Ok((ebpf, fd, id))
 }
 
 fn flags_for(mode: XdpAttachment) -> u32 {

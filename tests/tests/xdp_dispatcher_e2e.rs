@@ -230,6 +230,20 @@ impl Shared {
         );
     }
 
+    /// The gatekeeper left, xdp-filter stays: the stranger is answered, the UDP port dropped.
+    fn assert_only_xdp_filter_left(&self) {
+        let status = self.status();
+        assert!(
+            status.contains("xdpfilt") && !status.contains("gatekeeper"),
+            "{status}"
+        );
+        assert!(
+            self.smtp_from(IpAddr::V4(LINK_STRANGER_V4), TIMEOUT)
+                .is_banner()
+        );
+        assert!(!self.udp_arrives(DROPPED_UDP));
+    }
+
     fn udp_arrives(&self, port: u16) -> bool {
         udp_arrives(self.host(), self.bed.client(), port)
     }
@@ -321,17 +335,7 @@ fn gatekeeper_and_xdp_filter_share_an_interface_through_libxdps_dispatcher() {
     shared.assert_gatekeeper_enforces();
     assert!(!shared.udp_arrives(DROPPED_UDP));
     stop_cleanly(&mut daemon);
-    let status = shared.status();
-    assert!(
-        status.contains("xdpfilt") && !status.contains("gatekeeper"),
-        "{status}"
-    );
-    assert!(
-        shared
-            .smtp_from(IpAddr::V4(LINK_STRANGER_V4), TIMEOUT)
-            .is_banner()
-    );
-    assert!(!shared.udp_arrives(DROPPED_UDP));
+    shared.assert_only_xdp_filter_left();
 }
 
 #[test]
@@ -371,17 +375,7 @@ fn a_restarted_daemon_takes_over_its_component_and_detach_takes_it_out() {
         out.contains(&format!("detached from {}", shared.iface)),
         "{out}"
     );
-    let status = shared.status();
-    assert!(
-        !status.contains("gatekeeper") && status.contains("xdpfilt"),
-        "{status}"
-    );
-    assert!(
-        shared
-            .smtp_from(IpAddr::V4(LINK_STRANGER_V4), TIMEOUT)
-            .is_banner()
-    );
-    assert!(!shared.udp_arrives(DROPPED_UDP));
+    shared.assert_only_xdp_filter_left();
     assert!(
         !bed.pins.path().join("GK_POLICY").exists(),
         "detach leaves no pinned maps"
