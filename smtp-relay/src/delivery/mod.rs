@@ -4,11 +4,13 @@
 //! - [`pool`]: bounded, reused connections per destination.
 //! - [`client`]: the SMTP client (STARTTLS, AUTH, transactions).
 //! - [`route`]: routes, smarthost, MX.
+//! - [`dane`]: DANE (RFC 7672) for MX hosts: TLSA lookups and the certificate check.
 //! - [`dns`]: MX and address lookups through the configured nameservers.
 //! - [`dsn`]: RFC 3464 bounces.
 //! - [`tls`]: TLS client configs (verifying, opportunistic).
 
 pub mod client;
+pub mod dane;
 pub mod dns;
 pub mod dsn;
 pub mod pool;

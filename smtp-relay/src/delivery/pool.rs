@@ -90,6 +90,8 @@ pub struct Settings {
     pub reply_timeout: Duration,
     pub idle: Duration,
     pub tls: TlsClients,
+    /// TLSA lookups for MX hosts; `None` without nameservers.
+    pub dane: Option<super::dane::Dane>,
 }
 
 #[derive(Default)]
@@ -265,7 +267,16 @@ impl Pool {
         };
         let mut last = Outcome::deferred(None, Some([4, 4, 1]), "no next hop reachable".into());
         for target in &targets {
-            let mut tls = hop.tls;
+            let (mut tls, tls_configs) = match self.dane(hop, target).await {
+                Ok(dane) => dane,
+                Err(e) => {
+                    debug!(event = "dane_lookup_failed", next_hop = %target.addr, error = %e);
+                    last = Outcome::deferred(Some(target.addr), Some([4, 4, 3]), e.to_string());
+                    continue;
+                }
+            };
+            let dane = tls_configs.is_some();
+            let tls_configs = tls_configs.as_ref().unwrap_or(&self.settings.tls);
             loop {
                 let opts = ConnectOptions {
                     helo: &self.settings.helo,
@@ -274,10 +285,20 @@ impl Pool {
                     auth: hop.auth.as_ref(),
                     connect_timeout: self.settings.connect_timeout,
                     reply_timeout: self.settings.reply_timeout,
-                    tls_configs: &self.settings.tls,
+                    tls_configs,
                 };
                 match SmtpClient::connect(target.addr, &opts).await {
                     Ok(c) => return Ok(c),
+                    // DANE: TLS with a matching certificate or nothing (RFC 7672 2.2).
+                    Err(e) if dane => {
+                        debug!(event = "dane_failed", next_hop = %target.addr, error = %e);
+                        last = Outcome::deferred(
+                            Some(target.addr),
+                            Some([4, 7, 5]),
+                            format!("DANE: {e}"),
+                        );
+                        break;
+                    }
                     // Opportunistic TLS that fails: this host in plaintext.
                     Err(ClientError::TlsHandshake(e)) if tls == TlsMode::Opportunistic => {
                         debug!(event = "tls_fallback", next_hop = %target.addr, error = %e);
@@ -294,6 +315,41 @@ impl Pool {
             }
         }
         Err(last)
+    }
+}
+
+impl Pool {
+    /// DANE for an MX host: `Required` TLS with the DANE client configs when its TLSA records
+    /// are DNSSEC-validated, else the hop's own mode (`None`: the pool's configs). Routes and
+    /// the smarthost are configured hops, not MX hosts: no TLSA lookup; nor with `tls = "none"`.
+    async fn dane(
+        &self,
+        hop: &NextHop,
+        target: &route::Target,
+    ) -> Result<(TlsMode, Option<TlsClients>), super::dane::LookupFailed> {
+        use super::dane::DaneTls;
+        let (Some(dane), route::Targets::Mx { .. }) = (&self.settings.dane, &hop.targets) else {
+            return Ok((hop.tls, None));
+        };
+        if hop.tls == TlsMode::None {
+            return Ok((hop.tls, None));
+        }
+        let base = &self.settings.tls;
+        let verified = match dane
+            .for_host(&target.name, target.addr.port(), &base.verified)
+            .await?
+        {
+            DaneTls::Off => return Ok((hop.tls, None)),
+            DaneTls::Authenticated(config) => config,
+            DaneTls::EncryptOnly => base.unverified.clone(),
+        };
+        Ok((
+            TlsMode::Required,
+            Some(TlsClients {
+                verified,
+                unverified: base.unverified.clone(),
+            }),
+        ))
     }
 }
 

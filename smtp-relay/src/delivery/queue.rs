@@ -96,6 +96,7 @@ impl Queue {
                 reply_timeout: config.reply_timeout,
                 idle: config.connection_idle,
                 tls,
+                dane: super::dane::Dane::new(&config.nameservers)?,
             },
             dns,
         );

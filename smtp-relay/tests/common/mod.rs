@@ -15,6 +15,7 @@ pub mod nexthop;
 pub mod nsd;
 pub mod process;
 pub mod slapd;
+pub mod unbound;
 
 use std::io::{BufRead as _, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -24,7 +24,7 @@ pub struct Nsd {
 }
 
 /// A port free on 127.0.0.1 for both UDP and TCP at the time of asking.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     for _ in 0..20 {
         let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind udp");
         let port = udp.local_addr().expect("addr").port();
@@ -37,15 +37,15 @@ fn free_port() -> u16 {
 
 /// A zone file: SOA and NS, then `records` (zone-file lines, names relative to the origin or
 /// absolute with a final dot).
-fn zone_text(origin: &str, records: &str) -> String {
+pub fn zone_text(origin: &str, records: &str) -> String {
     format!(
         "$ORIGIN {origin}.\n$TTL 60\n@ IN SOA ns.{origin}. hostmaster.{origin}. 1 3600 600 86400 60\n\
          @ IN NS ns.{origin}.\nns IN A 127.0.0.1\n{records}\n"
     )
 }
 
-/// A minimal DNS query for `name`'s SOA, to learn when NSD answers.
-fn soa_query(name: &str) -> Vec<u8> {
+/// A minimal DNS query for `name`'s SOA, to learn when a server answers.
+pub fn soa_query(name: &str) -> Vec<u8> {
     let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
     for label in name.split('.').filter(|l| !l.is_empty()) {
         q.push(label.len() as u8);
@@ -58,6 +58,15 @@ fn soa_query(name: &str) -> Vec<u8> {
 impl Nsd {
     /// Serves `zones` as (origin, records) pairs. Panics (with NSD's log) if it does not answer.
     pub fn start(zones: &[(&str, &str)]) -> Nsd {
+        let files: Vec<(&str, String)> = zones
+            .iter()
+            .map(|(origin, records)| (*origin, zone_text(origin, records)))
+            .collect();
+        Self::serve(&files)
+    }
+
+    /// Serves whole zone files (e.g. signed ones) as (origin, text) pairs.
+    pub fn serve(zones: &[(&str, String)]) -> Nsd {
         ensure_installed();
         let mut dir = TempDir::new("nsd");
         let d = dir.path().display().to_string();
@@ -70,10 +79,9 @@ impl Nsd {
                  logfile: \"{d}/nsd.log\"\n  server-count: 1\n  verbosity: 1\n\
                  remote-control:\n  control-enable: no\n"
             );
-            for (origin, records) in zones {
+            for (origin, text) in zones {
                 let file = format!("{origin}.zone");
-                std::fs::write(dir.path().join(&file), zone_text(origin, records))
-                    .expect("write zone");
+                std::fs::write(dir.path().join(&file), text).expect("write zone");
                 conf.push_str(&format!("zone:\n  name: {origin}\n  zonefile: {file}\n"));
             }
             let conf_path = dir.path().join("nsd.conf");
@@ -93,7 +101,7 @@ impl Nsd {
                 dir,
             };
             let probe = zones.first().map(|z| z.0).unwrap_or("invalid");
-            if nsd.wait_ready(probe) {
+            if wait_answering(&mut nsd.child, nsd.addr, probe) {
                 return nsd;
             }
             let log = std::fs::read_to_string(nsd.dir.path().join("nsd.log")).unwrap_or_default();
@@ -106,30 +114,6 @@ impl Nsd {
         panic!("NSD did not start after 5 attempts");
     }
 
-    /// Waits (up to 10 s) until a SOA query for `zone` gets an answer.
-    fn wait_ready(&mut self, zone: &str) -> bool {
-        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-        socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .expect("timeout");
-        let query = soa_query(zone);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut buf = [0u8; 512];
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return false;
-            }
-            let _ = socket.send_to(&query, self.addr);
-            if let Ok((n, _)) = socket.recv_from(&mut buf)
-                && n >= 12
-                && buf[..2] == query[..2]
-            {
-                return true;
-            }
-        }
-        false
-    }
-
     /// The `[dns]` table pointing at this server, with a short timeout.
     pub fn dns_section(&self) -> String {
         format!(
@@ -137,6 +121,31 @@ impl Nsd {
             self.addr
         )
     }
+}
+
+/// Waits (up to 10 s) until a SOA query for `zone` to the server at `addr` (the process
+/// `child`) gets an answer; `false` when it exits or stays silent.
+pub fn wait_answering(child: &mut Child, addr: SocketAddr, zone: &str) -> bool {
+    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let query = soa_query(zone);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 512];
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        let _ = socket.send_to(&query, addr);
+        if let Ok((n, _)) = socket.recv_from(&mut buf)
+            && n >= 12
+            && buf[..2] == query[..2]
+        {
+            return true;
+        }
+    }
+    false
 }
 
 impl Drop for Nsd {
