@@ -86,15 +86,7 @@ impl Nsd {
             }
             let conf_path = dir.path().join("nsd.conf");
             std::fs::write(&conf_path, conf).expect("write nsd.conf");
-            let child = Command::new(NSD)
-                .arg("-d")
-                .arg("-c")
-                .arg(&conf_path)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start nsd");
+            let child = spawn_foreground(NSD, &conf_path);
             let mut nsd = Nsd {
                 addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
                 child,
@@ -121,6 +113,20 @@ impl Nsd {
             self.addr
         )
     }
+}
+
+/// Runs `program -d -c conf`: in the foreground (the test's child, killed by PID), quiet (it
+/// logs to the file its config names). NSD and unbound take the same flags.
+pub fn spawn_foreground(program: &str, conf: &std::path::Path) -> Child {
+    Command::new(program)
+        .arg("-d")
+        .arg("-c")
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {program}: {e}"))
 }
 
 /// Waits (up to 10 s) until a SOA query for `zone` to the server at `addr` (the process

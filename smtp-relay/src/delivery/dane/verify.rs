@@ -16,11 +16,12 @@ use std::sync::Arc;
 use hickory_resolver::proto::rr::rdata::tlsa::{Matching, Selector};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, OtherError};
 
 use super::lookup::{TlsaRecord, Usage};
+use crate::delivery::tls::EncryptOnly;
 
 /// Why no record matched; the deferral names it.
 #[derive(Debug, thiserror::Error)]
@@ -80,11 +81,16 @@ pub fn client_config(
 pub struct DaneVerifier {
     records: Vec<TlsaRecord>,
     provider: Arc<CryptoProvider>,
+    signatures: EncryptOnly,
 }
 
 impl DaneVerifier {
     pub fn new(records: Vec<TlsaRecord>, provider: Arc<CryptoProvider>) -> DaneVerifier {
-        DaneVerifier { records, provider }
+        DaneVerifier {
+            records,
+            signatures: EncryptOnly(provider.clone()),
+            provider,
+        }
     }
 
     /// DANE-TA: the path from `end_entity` to an anchor in the chain that `record` matches.
@@ -146,18 +152,14 @@ impl ServerCertVerifier for DaneVerifier {
         }))
     }
 
+    // The handshake signatures: checked as for opportunistic TLS.
     fn verify_tls12_signature(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -166,18 +168,11 @@ impl ServerCertVerifier for DaneVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.supported_verify_schemes()
     }
 }
 
