@@ -290,7 +290,9 @@ impl Pool {
                 match SmtpClient::connect(target.addr, &opts).await {
                     Ok(c) => return Ok(c),
                     // DANE: TLS with a matching certificate or nothing (RFC 7672 2.2).
-                    Err(e) if dane => {
+                    Err(e @ (ClientError::TlsHandshake(_) | ClientError::TlsRequired(_)))
+                        if dane =>
+                    {
                         debug!(event = "dane_failed", next_hop = %target.addr, error = %e);
                         last = Outcome::deferred(
                             Some(target.addr),
@@ -316,9 +318,7 @@ impl Pool {
         }
         Err(last)
     }
-}
 
-impl Pool {
     /// DANE for an MX host: `Required` TLS with the DANE client configs when its TLSA records
     /// are DNSSEC-validated, else the hop's own mode (`None`: the pool's configs). Routes and
     /// the smarthost are configured hops, not MX hosts: no TLSA lookup; nor with `tls = "none"`.
