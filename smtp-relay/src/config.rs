@@ -209,8 +209,9 @@ pub enum TlsMode {
     #[serde(rename = "mta-sts")]
     #[strum(serialize = "mta-sts")]
     MtaSts,
-    /// DANE (RFC 7672) for MX hosts with DNSSEC-validated TLSA records; the other hosts as
-    /// `mta-sts`.
+    /// DANE (RFC 7672) for hosts with DNSSEC-validated TLSA records (mandatory TLS, the
+    /// certificate checked against the records); the other hosts as `mta-sts`. The default
+    /// of `mx_tls`.
     Dane,
 }
 
@@ -263,7 +264,7 @@ impl Default for RawDelivery {
             routes: Vec::new(),
             nameservers: Vec::new(),
             mx_port: SMTP_PORT,
-            mx_tls: TlsMode::MtaSts,
+            mx_tls: TlsMode::Dane,
             ca_file: None,
             mta_sts_port: 443,
             mta_sts_fetch_timeout_secs: Duration::from_secs(10),
@@ -1229,8 +1230,8 @@ tls = "none"
         assert_eq!(d.max_queue_lifetime, Duration::from_secs(432_000));
         assert_eq!(
             d.mx_tls,
-            TlsMode::MtaSts,
-            "MX delivery follows MTA-STS by default"
+            TlsMode::Dane,
+            "MX delivery follows DANE, then MTA-STS, by default"
         );
         assert_eq!(d.mta_sts_port, 443);
         let policy_modes = text

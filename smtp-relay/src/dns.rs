@@ -3,26 +3,21 @@
 //! (SPF, DKIM, DMARC, DNSBL) share this builder so they behave alike.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::{NameServerPool, PoolContext, TlsConfig, TokioResolver};
 
 use crate::config::DnsConfig;
 
-/// A resolver asking `nameservers` in order.
-pub fn resolver(
-    nameservers: &[SocketAddr],
-    timeout: Duration,
-    attempts: usize,
-    cache_size: u64,
-) -> anyhow::Result<TokioResolver> {
-    anyhow::ensure!(!nameservers.is_empty(), "no nameservers configured");
-    let servers = nameservers
+/// The `nameservers`, each over UDP with TCP fallback.
+fn name_servers(nameservers: &[SocketAddr]) -> Vec<NameServerConfig> {
+    nameservers
         .iter()
         .map(|ns| {
             let mut udp = ConnectionConfig::udp();
@@ -33,20 +28,54 @@ pub fn resolver(
             c.connections = vec![udp, tcp];
             c
         })
-        .collect();
+        .collect()
+}
+
+fn options(timeout: Duration, attempts: usize, cache_size: u64) -> ResolverOpts {
     let mut opts = ResolverOpts::default();
     opts.use_hosts_file = ResolveHosts::Never;
     opts.timeout = timeout;
     opts.attempts = attempts;
     opts.ndots = 0;
     opts.cache_size = cache_size;
+    opts
+}
+
+/// A resolver asking `nameservers` in order.
+pub fn resolver(
+    nameservers: &[SocketAddr],
+    timeout: Duration,
+    attempts: usize,
+    cache_size: u64,
+) -> anyhow::Result<TokioResolver> {
+    anyhow::ensure!(!nameservers.is_empty(), "no nameservers configured");
     TokioResolver::builder_with_config(
-        ResolverConfig::from_name_servers(servers),
+        ResolverConfig::from_name_servers(name_servers(nameservers)),
         TokioRuntimeProvider::default(),
     )
-    .with_options(opts)
+    .with_options(options(timeout, attempts, cache_size))
     .build()
     .context("DNS resolver")
+}
+
+/// The same `nameservers` without the resolver's cache, for queries whose whole response
+/// matters: DANE's TLSA lookups read the AD bit of the header, which hickory's
+/// resolver neither asks for (it sets no DO bit unless it validates itself) nor keeps.
+pub fn message_pool(
+    nameservers: &[SocketAddr],
+    timeout: Duration,
+    attempts: usize,
+) -> anyhow::Result<NameServerPool<TokioRuntimeProvider>> {
+    anyhow::ensure!(!nameservers.is_empty(), "no nameservers configured");
+    let context = PoolContext::new(
+        options(timeout, attempts, 0),
+        TlsConfig::new().context("DNS transport")?,
+    );
+    Ok(NameServerPool::from_config(
+        name_servers(nameservers),
+        Arc::new(context),
+        TokioRuntimeProvider::default(),
+    ))
 }
 
 /// The resolver of `[dns]`.

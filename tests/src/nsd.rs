@@ -35,7 +35,7 @@ pub struct Nsd {
 }
 
 /// A port free on 127.0.0.1 for both UDP and TCP at the time of asking.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     for _ in 0..20 {
         let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind udp");
         let port = udp.local_addr().expect("addr").port();
@@ -48,7 +48,7 @@ fn free_port() -> u16 {
 
 /// A zone file: SOA (with `serial`) and NS, then `records` (zone-file lines, names relative to
 /// the origin or absolute with a final dot).
-fn zone_text(origin: &str, serial: u32, records: &str) -> String {
+pub fn zone_text(origin: &str, serial: u32, records: &str) -> String {
     format!(
         "$ORIGIN {origin}.\n$TTL 60\n@ IN SOA ns.{origin}. hostmaster.{origin}. {serial} 3600 600 86400 60\n\
          @ IN NS ns.{origin}.\nns IN A 127.0.0.1\n{records}\n"
@@ -95,8 +95,8 @@ fn soa_serial(msg: &[u8]) -> Option<u32> {
 }
 
 /// Asks `addr` for `zone`'s SOA until it answers (with `serial`, if given) or 10 s pass; `alive`
-/// says whether the server still runs.
-fn wait_answer(
+/// says whether the server still runs (also used for the tests' other DNS servers).
+pub fn wait_answer(
     addr: SocketAddr,
     zone: &str,
     serial: Option<u32>,
@@ -130,16 +130,30 @@ impl Nsd {
     /// Serves `zones` as (origin, records) pairs on 127.0.0.1 of this namespace. Panics (with
     /// NSD's log) if it does not answer.
     pub fn start(zones: &[(&str, &str)]) -> Nsd {
+        let files: Vec<(&str, String)> = zones
+            .iter()
+            .map(|(origin, records)| (*origin, zone_text(origin, 1, records)))
+            .collect();
+        Nsd::launch(None, &files, &[])
+    }
+
+    /// Serves whole zone files (e.g. signed ones) as (origin, text) pairs.
+    pub fn serve(zones: &[(&str, String)]) -> Nsd {
         Nsd::launch(None, zones, &[])
     }
 
     /// Serves `zones` on 127.0.0.1:53 inside `netns`, and `servfail` as zones without data
     /// (every question there gets SERVFAIL).
     pub fn start_in(netns: &Netns, zones: &[(&str, &str)], servfail: &[&str]) -> Nsd {
-        Nsd::launch(Some(netns), zones, servfail)
+        let files: Vec<(&str, String)> = zones
+            .iter()
+            .map(|(origin, records)| (*origin, zone_text(origin, 1, records)))
+            .collect();
+        Nsd::launch(Some(netns), &files, servfail)
     }
 
-    fn launch(netns: Option<&Netns>, zones: &[(&str, &str)], servfail: &[&str]) -> Nsd {
+    /// Starts NSD with `zones` as (origin, zone file text) pairs.
+    fn launch(netns: Option<&Netns>, zones: &[(&str, String)], servfail: &[&str]) -> Nsd {
         ensure_installed();
         for attempt in 0..5 {
             let dir = tempfile::Builder::new()
@@ -157,10 +171,9 @@ impl Nsd {
                  remote-control:\n  control-enable: no\n"
             );
             let mut serials = HashMap::new();
-            for (origin, records) in zones {
+            for (origin, text) in zones {
                 let file = format!("{origin}.zone");
-                std::fs::write(dir.path().join(&file), zone_text(origin, 1, records))
-                    .expect("write zone");
+                std::fs::write(dir.path().join(&file), text).expect("write zone");
                 conf.push_str(&format!("zone:\n  name: {origin}\n  zonefile: {file}\n"));
                 serials.insert(origin.to_string(), 1);
             }

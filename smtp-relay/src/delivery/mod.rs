@@ -4,6 +4,7 @@
 //! - [`pool`]: bounded, reused connections per destination.
 //! - [`client`]: the SMTP client (STARTTLS, AUTH, transactions).
 //! - [`route`]: routes, smarthost, MX.
+//! - [`dane`]: DANE (RFC 7672) for MX hosts: TLSA lookups and the certificate check.
 //! - [`dns`]: MX and address lookups through the configured nameservers.
 //! - [`dsn`]: RFC 3464 bounces.
 //! - [`tls`]: TLS client configs (verifying, opportunistic).
@@ -12,6 +13,7 @@
 //! - [`mta_sts`]: MTA-STS policies (RFC 8461): lookup, fetch, cache.
 
 pub mod client;
+pub mod dane;
 pub mod dns;
 pub mod dsn;
 pub mod mta_sts;

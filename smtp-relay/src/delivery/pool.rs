@@ -93,8 +93,15 @@ pub struct Settings {
     pub reply_timeout: Duration,
     pub idle: Duration,
     pub tls: TlsClients,
-    /// MTA-STS (and DANE): which TLS each MX host gets.
+    /// DANE and MTA-STS: which TLS each MX host gets.
     pub policies: Policies,
+}
+
+/// DANE's client configs for one host; `authenticated`: the certificate is checked (a usable
+/// TLSA record), else TLS is only mandatory (RFC 7672 2.2: records, none usable).
+struct DaneClients {
+    clients: TlsClients,
+    authenticated: bool,
 }
 
 /// An open connection and what its TLS was, for the audit line of each job it carries.
@@ -290,10 +297,28 @@ impl Pool {
         let plan = self.settings.policies.plan(hop).await;
         let mut last = Outcome::deferred(None, Some([4, 4, 1]), "no next hop reachable".into());
         for target in &targets {
-            // DANE (RFC 7672) goes first, here: a host with validated TLSA records is
-            // `Applied::Dane`; the others follow `plan` (see `Plan::host`).
-            let (applied, wire, testing) = match plan.host(&target.name) {
-                HostPlan::Skip { applied, reason } => {
+            // DANE (RFC 7672) goes first: a host with validated TLSA records gets mandatory TLS
+            // with DANE's certificate check; the others follow `plan` (see `Plan::host`).
+            let dane = match self.dane(hop, target).await {
+                Ok(dane) => dane,
+                Err(e) => {
+                    let text = e.to_string();
+                    tls_policy::audit(
+                        queue_id,
+                        &target.name,
+                        Some(target.addr),
+                        Applied::Dane,
+                        None,
+                        TlsResult::Failed,
+                        &text,
+                    );
+                    last = Outcome::deferred(Some(target.addr), Some([4, 4, 3]), text);
+                    continue;
+                }
+            };
+            let (applied, wire, testing) = match (&dane, plan.host(&target.name)) {
+                (Some(_), _) => (Applied::Dane, TlsMode::Required, false),
+                (None, HostPlan::Skip { applied, reason }) => {
                     let mx = &target.name;
                     tls_policy::audit(
                         queue_id,
@@ -308,12 +333,17 @@ impl Pool {
                     last = Outcome::deferred(None, Some([4, 7, 5]), reason);
                     continue;
                 }
-                HostPlan::Connect {
-                    applied,
-                    wire,
-                    testing,
-                } => (applied, wire, testing),
+                (
+                    None,
+                    HostPlan::Connect {
+                        applied,
+                        wire,
+                        testing,
+                    },
+                ) => (applied, wire, testing),
             };
+            let verified = dane.as_ref().is_none_or(|d| d.authenticated);
+            let tls_configs = dane.as_ref().map_or(&self.settings.tls, |d| &d.clients);
             let mut tls = wire;
             let mut detail = String::new();
             loop {
@@ -324,13 +354,13 @@ impl Pool {
                     auth: hop.auth.as_ref(),
                     connect_timeout: self.settings.connect_timeout,
                     reply_timeout: self.settings.reply_timeout,
-                    tls_configs: &self.settings.tls,
+                    tls_configs,
                 };
                 match SmtpClient::connect(target.addr, &opts).await {
                     Ok(client) => {
                         let result = match (client.is_tls(), tls) {
                             (false, _) => TlsResult::Plaintext,
-                            (true, TlsMode::Required) => TlsResult::Verified,
+                            (true, TlsMode::Required) if verified => TlsResult::Verified,
                             (true, _) => TlsResult::Encrypted,
                         };
                         return Ok(Connected {
@@ -340,6 +370,23 @@ impl Pool {
                             result,
                             detail,
                         });
+                    }
+                    // DANE: TLS with a matching certificate or nothing (RFC 7672 2.2).
+                    Err(e @ (ClientError::TlsHandshake(_) | ClientError::TlsRequired(_)))
+                        if applied == Applied::Dane =>
+                    {
+                        let text = format!("DANE: MX host {}: {e}", target.name);
+                        tls_policy::audit(
+                            queue_id,
+                            &target.name,
+                            Some(target.addr),
+                            applied,
+                            None,
+                            TlsResult::Failed,
+                            &text,
+                        );
+                        last = Outcome::deferred(Some(target.addr), Some([4, 7, 5]), text);
+                        break;
                     }
                     // MTA-STS testing: report what enforce would refuse, then deliver anyway.
                     Err(e @ (ClientError::TlsHandshake(_) | ClientError::TlsRequired(_)))
@@ -389,6 +436,39 @@ impl Pool {
             }
         }
         Err(last)
+    }
+
+    /// DANE for a host when the hop's mode asks for it (`tls = "dane"`): the client configs
+    /// that check its certificate against its DNSSEC-validated TLSA records, or `None` (no
+    /// usable answer: the other policies decide).
+    async fn dane(
+        &self,
+        hop: &NextHop,
+        target: &route::Target,
+    ) -> Result<Option<DaneClients>, super::dane::LookupFailed> {
+        use super::dane::DaneTls;
+        let Some(dane) = self.settings.policies.dane.as_ref() else {
+            return Ok(None);
+        };
+        if hop.tls != TlsMode::Dane {
+            return Ok(None);
+        }
+        let base = &self.settings.tls;
+        let (verified, authenticated) = match dane
+            .for_host(&target.name, target.addr.port(), &base.verified)
+            .await?
+        {
+            DaneTls::Off => return Ok(None),
+            DaneTls::Authenticated(config) => (config, true),
+            DaneTls::EncryptOnly => (base.unverified.clone(), false),
+        };
+        Ok(Some(DaneClients {
+            clients: TlsClients {
+                verified,
+                unverified: base.unverified.clone(),
+            },
+            authenticated,
+        }))
     }
 }
 

@@ -91,6 +91,7 @@ impl Queue {
         let dns = Arc::new(Dns::new(&config.nameservers)?);
         let tls = super::tls::clients(config.ca_file.as_deref())?;
         let policies = Policies {
+            dane: super::dane::Dane::new(&config.nameservers)?,
             mta_sts: mta_sts(&config, spool.dir(), &dns, &tls)?,
         };
         let pool = Pool::new(

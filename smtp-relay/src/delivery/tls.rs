@@ -85,9 +85,9 @@ pub fn clients(ca_file: Option<&Path>) -> anyhow::Result<TlsClients> {
 }
 
 /// Accepts any certificate (opportunistic TLS) but verifies that the peer
-/// holds its key.
+/// holds its key (DANE's verifier uses it for that part too).
 #[derive(Debug)]
-struct EncryptOnly(Arc<CryptoProvider>);
+pub(super) struct EncryptOnly(pub(super) Arc<CryptoProvider>);
 
 impl ServerCertVerifier for EncryptOnly {
     fn verify_server_cert(

@@ -99,8 +99,10 @@ pub struct Plan {
     sts: Option<Applicable>,
 }
 
-/// The policy sources: MTA-STS (with its cache); DANE joins here.
+/// The policy sources: DANE's TLSA lookups (`None` without nameservers) and MTA-STS (with its
+/// cache).
 pub struct Policies {
+    pub dane: Option<super::dane::Dane>,
     pub mta_sts: Option<Arc<MtaSts>>,
 }
 

@@ -14,6 +14,7 @@ pub mod logs;
 pub mod nexthop;
 pub mod process;
 pub mod slapd;
+pub mod unbound;
 
 // NSD and the Debian package check are shared with the gatekeeper's tests.
 #[allow(unused_imports)] // not every test binary uses both

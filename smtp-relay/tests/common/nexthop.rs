@@ -51,6 +51,8 @@ struct Shared {
     data_ends: AtomicUsize,
     /// Every RCPT address, in order (probes included).
     rcpts_seen: Mutex<Vec<String>>,
+    /// Every MAIL FROM address, in order.
+    mails_seen: Mutex<Vec<String>>,
     stop: AtomicBool,
 }
 
@@ -100,6 +102,7 @@ impl NextHop {
             connects: Mutex::new(Vec::new()),
             data_ends: AtomicUsize::new(0),
             rcpts_seen: Mutex::new(Vec::new()),
+            mails_seen: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
         });
         let s = shared.clone();
@@ -142,6 +145,11 @@ impl NextHop {
     /// Every RCPT address the hop was sent, in order.
     pub fn rcpts_seen(&self) -> Vec<String> {
         self.shared.rcpts_seen.lock().expect("lock").clone()
+    }
+
+    /// Every MAIL FROM address the hop was sent, in order.
+    pub fn mails_seen(&self) -> Vec<String> {
+        self.shared.mails_seen.lock().expect("lock").clone()
     }
 
     pub fn data_ends(&self) -> usize {
@@ -254,6 +262,7 @@ fn session(tcp: TcpStream, s: &Shared, n: usize) -> std::io::Result<()> {
                 _ => say(&mut r, "535 5.7.8 bad credentials")?,
             }
         } else if upper.starts_with("MAIL FROM:") {
+            s.mails_seen.lock().expect("lock").push(angle(&line));
             if want_auth.is_some() && auth.is_none() {
                 say(&mut r, "530 5.7.0 authentication required")?;
                 continue;
