@@ -214,6 +214,15 @@ const TOOLS: &[(&str, &[&str], &str, &str)] = &[
     ),
 ];
 
+/// Packages installed only for the servers the tests run as their own children: their system
+/// services, which Debian starts and enables on install, are not wanted on a build machine.
+const TEST_ONLY_SERVICES: &[(&str, &[&str])] = &[
+    ("nsd", &["nsd"]),
+    ("unbound", &["unbound", "unbound-resolvconf"]),
+    ("slapd", &["slapd"]),
+    ("etcd-server", &["etcd"]),
+];
+
 fn ensure_tools(apt: &mut Apt) -> anyhow::Result<()> {
     for (tool, version_args, package, why) in TOOLS {
         if succeeds(Command::new(tool).args(*version_args)) {
@@ -221,9 +230,51 @@ fn ensure_tools(apt: &mut Apt) -> anyhow::Result<()> {
             continue;
         }
         step(&format!("setup: installing {package} ({why})"));
-        apt.install(&[package])?;
+        match TEST_ONLY_SERVICES.iter().find(|(p, _)| p == package) {
+            Some((_, units)) => install_without_service(apt, package, units)?,
+            None => apt.install(&[package])?,
+        }
     }
     Ok(())
+}
+
+/// Installs `package` without starting its system service (a temporary `policy-rc.d` that
+/// refuses every start, unless the host has its own), then disables `units` where systemd
+/// runs: the tests start the server themselves, on loopback ports of their own.
+fn install_without_service(apt: &mut Apt, package: &str, units: &[&str]) -> anyhow::Result<()> {
+    const POLICY: &str = "/usr/sbin/policy-rc.d";
+    let guard = !std::path::Path::new(POLICY).exists() && shell::is_root();
+    if guard {
+        write_executable(
+            POLICY,
+            "#!/bin/sh\n# cargo xtask setup: no service starts during this install\nexit 101\n",
+        )?;
+    }
+    let installed = apt.install(&[package]);
+    if guard {
+        std::fs::remove_file(POLICY).with_context(|| format!("removing {POLICY}"))?;
+    }
+    installed?;
+    if std::path::Path::new("/run/systemd/system").exists() {
+        println!(
+            "    {package}: disabling its system service ({}): the tests run their own",
+            units.join(", ")
+        );
+        // A unit the package version does not ship is no error.
+        let _ = shell::run(
+            Command::new("systemctl")
+                .args(["disable", "--quiet"])
+                .args(units),
+        );
+    }
+    Ok(())
+}
+
+fn write_executable(path: &str, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text).with_context(|| format!("writing {path}"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("making {path} executable"))
 }
 
 /// Debian package installs; `apt-get update` runs at most once per setup.
