@@ -198,6 +198,8 @@ pub struct Config {
     /// `[[deny]]` entries: dropped on every judged port, whatever the allowlist says.
     pub deny: Allowlist,
     pub allow: Allowlist,
+    /// `[fleet]`: the etcd cluster this host shares allow entries, deny entries and bans with.
+    pub fleet: Option<crate::fleet_config::FleetConfig>,
 }
 
 /// A config that could not be read or is invalid, with the position of the offending value.
@@ -276,6 +278,8 @@ struct RawConfig {
     /// Empty when the `[[allow]]` tables were read by the allowlist scanner.
     #[serde(default)]
     allow: Option<Vec<RawAllow>>,
+    #[serde(default)]
+    fleet: Option<crate::fleet_config::RawFleet>,
 }
 
 #[derive(Deserialize)]
@@ -408,6 +412,12 @@ impl Config {
             ));
         }
         let bans = ban_control(&raw).map_err(|(s, m)| at(s, m))?;
+        let fleet = raw
+            .fleet
+            .as_ref()
+            .map(crate::fleet_config::RawFleet::validate)
+            .transpose()
+            .map_err(|(s, m)| at(s, m))?;
         let deny_feeds = raw
             .deny_feeds
             .iter()
@@ -477,6 +487,7 @@ impl Config {
             ban_ipv6_prefix: open.ban_ipv6_prefix,
             deny,
             allow,
+            fleet,
         })
     }
 }
