@@ -143,16 +143,24 @@ pub enum AllowAction {
         cidr: String,
         /// Who the entry is for; stored next to it in the config file.
         #[arg(long, value_name = "TEXT")]
-        comment: Option<String>,
+        comment: Option<String>,        /// Fleet-wide: the entry goes to etcd (`[fleet]`), and every host's daemon applies it;
+        /// the config file is not changed.
+        #[arg(long)]
+        fleet: bool,
     },
     /// Remove a network from the allowlist.
     Remove {
         #[command(flatten)]
         config: ConfigArg,
         #[arg(value_name = "CIDR")]
-        cidr: String,
+        cidr: String,        /// Fleet-wide: the entry goes to etcd (`[fleet]`), and every host's daemon applies it;
+        /// the config file is not changed.
+        #[arg(long)]
+        fleet: bool,
     },
-    /// List the entries with their hit counters (live, when the filter is loaded).
+    /// List the entries with their hit counters (live, when the filter is loaded) and where each
+    /// comes from (SOURCE: `file`, or `fleet` for the fleet's entries as this host last applied
+    /// them).
     List {
         #[command(flatten)]
         config: ConfigArg,
@@ -173,14 +181,20 @@ pub enum DenyAction {
         cidr: String,
         /// Why; stored next to it in the config file.
         #[arg(long, value_name = "TEXT")]
-        comment: Option<String>,
+        comment: Option<String>,        /// Fleet-wide: the entry goes to etcd (`[fleet]`), and every host's daemon applies it;
+        /// the config file is not changed.
+        #[arg(long)]
+        fleet: bool,
     },
     /// Remove a network from the deny list.
     Remove {
         #[command(flatten)]
         config: ConfigArg,
         #[arg(value_name = "CIDR")]
-        cidr: String,
+        cidr: String,        /// Fleet-wide: the entry goes to etcd (`[fleet]`), and every host's daemon applies it;
+        /// the config file is not changed.
+        #[arg(long)]
+        fleet: bool,
     },
     /// List the `[[deny]]` entries with their hit counters (live, when the filter is loaded), and
     /// the deny feeds.

@@ -232,10 +232,16 @@ pub fn list(path: &Path, json: bool) -> anyhow::Result<()> {
             .transpose()?
             .map(|entries| entries.into_iter().map(|e| (e.net, e.hits)).collect()),
     );
-    let wanted = config.allow.sorted_nets();
+    let fleet = super::fleet::rows(&gatekeeper::fleet::saved(&config).allow, config.allow.nets());
+    let file_nets = config.allow.sorted_nets();
+    let wanted = gatekeeper::fleet::merge_sorted(&file_nets, &fleet.nets);
     let live_nets = live.nets();
     let rows = live.rows(
-        config.allow.iter().map(|entry| (entry.net, entry.comment)),
+        entry_rows::tagged(
+            config.allow.iter().map(|entry| (entry.net, entry.comment)),
+            gatekeeper::fleet::SOURCE_FILE,
+        )
+        .chain(fleet.iter()),
         &wanted,
         &live_nets,
     );

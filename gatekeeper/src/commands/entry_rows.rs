@@ -15,6 +15,8 @@ use ipnet::IpNet;
 pub struct Row<'a> {
     pub net: IpNet,
     pub comment: Option<&'a str>,
+    /// Where the entry comes from: `file`, `fleet` (see [`gatekeeper::fleet::SOURCE_FILE`]).
+    pub source: &'a str,
     pub in_config: bool,
     /// `None` when the filter is not loaded; `Some(None)` when loaded but the entry is not live.
     pub hits: Option<Option<u64>>,
@@ -47,19 +49,21 @@ impl Live {
     /// (sorted: what the daemon would keep live).
     pub fn rows<'a>(
         &'a self,
-        entries: impl Iterator<Item = (IpNet, Option<&'a str>)> + 'a,
+        entries: impl Iterator<Item = (IpNet, Option<&'a str>, &'a str)> + 'a,
         wanted: &'a [IpNet],
         live_nets: &'a [IpNet],
     ) -> impl Iterator<Item = Row<'a>> + 'a {
-        let in_file = entries.map(|(net, comment)| Row {
+        let in_file = entries.map(|(net, comment, source)| Row {
             net,
             comment,
+            source,
             in_config: true,
             hits: self.hits_of(net),
         });
         let live_only = sorted_difference(live_nets, wanted).map(|net| Row {
             net,
             comment: None,
+            source: "-",
             in_config: false,
             hits: self.hits_of(net),
         });
@@ -70,6 +74,14 @@ impl Live {
     pub fn nets(&self) -> Vec<IpNet> {
         self.0.iter().flatten().map(|(net, _)| *net).collect()
     }
+}
+
+/// `entries` with their source.
+pub fn tagged<'a>(
+    entries: impl Iterator<Item = (IpNet, Option<&'a str>)> + 'a,
+    source: &'a str,
+) -> impl Iterator<Item = (IpNet, Option<&'a str>, &'a str)> + 'a {
+    entries.map(move |(net, comment)| (net, comment, source))
 }
 
 /// The start of a list's JSON object, up to the opening bracket of its `entries` array.
@@ -92,6 +104,7 @@ pub fn write_json<'a>(out: &mut impl Write, rows: impl Iterator<Item = Row<'a>>)
             &serde_json::json!({
                 "cidr": row.net.to_string(),
                 "comment": row.comment,
+                "source": row.source,
                 "in_config": row.in_config,
                 "live": row.hits.map(|h| h.is_some()),
                 "hits": row.hits.flatten(),
@@ -108,7 +121,7 @@ pub fn write_table<'a>(
     rows: impl Iterator<Item = Row<'a>>,
     live_only: &str,
 ) -> io::Result<()> {
-    writeln!(out, "{:<44} {:>12}  COMMENT", "CIDR", "HITS")?;
+    writeln!(out, "{:<44} {:>12}  {:<24} COMMENT", "CIDR", "HITS", "SOURCE")?;
     for row in rows {
         let hits = match row.hits {
             Some(Some(n)) => n.to_string(),
@@ -120,7 +133,12 @@ pub fn write_table<'a>(
         } else {
             live_only
         };
-        writeln!(out, "{:<44} {hits:>12}  {comment}", row.net.to_string())?;
+        writeln!(
+            out,
+            "{:<44} {hits:>12}  {:<24} {comment}",
+            row.net.to_string(),
+            row.source
+        )?;
     }
     Ok(())
 }

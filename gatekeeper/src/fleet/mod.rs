@@ -21,6 +21,7 @@ pub mod etcd;
 pub mod follow;
 
 use std::{
+    borrow::Cow,
     collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
@@ -317,17 +318,18 @@ pub struct Extra {
     pub deny: Vec<IpNet>,
 }
 
-/// The sorted union of two sorted lists.
-pub fn merge_sorted(a: &[IpNet], b: &[IpNet]) -> Vec<IpNet> {
+/// The sorted union of two sorted lists (`a` itself when `b` is empty: no copy of a million
+/// file entries for a fleet of none).
+pub fn merge_sorted<'a>(a: &'a [IpNet], b: &[IpNet]) -> Cow<'a, [IpNet]> {
     if b.is_empty() {
-        return a.to_vec();
+        return Cow::Borrowed(a);
     }
     let mut out = Vec::with_capacity(a.len() + b.len());
     out.extend_from_slice(a);
     out.extend_from_slice(b);
     gatekeeper_support::allowlist::sort_nets(&mut out);
     out.dedup();
-    out
+    Cow::Owned(out)
 }
 
 /// The fleet state file of `config`: `[fleet] state`, else `fleet.json` beside `ban_state`.
@@ -336,6 +338,16 @@ pub fn state_path(config: &Config, fleet: &FleetConfig) -> PathBuf {
         .state
         .clone()
         .unwrap_or_else(|| config.bans.state.with_file_name("fleet.json"))
+}
+
+/// The fleet state this host saved (empty without `[fleet]`, or when unreadable): what
+/// `allow list`, `deny list` and `status` show beside the file's entries.
+pub fn saved(config: &Config) -> FleetState {
+    config
+        .fleet
+        .as_ref()
+        .and_then(|fleet| FleetState::load(&state_path(config, fleet)).ok())
+        .unwrap_or_default()
 }
 
 /// This host's name in the fleet: `[fleet] host`, else the system's host name.
@@ -418,7 +430,7 @@ mod tests {
             FleetState::default()
         );
         assert_eq!(
-            merge_sorted(&[net("192.0.2.0/24")], &[net("10.0.0.0/8"), net("192.0.2.0/24")]),
+            *merge_sorted(&[net("192.0.2.0/24")], &[net("10.0.0.0/8"), net("192.0.2.0/24")]),
             [net("10.0.0.0/8"), net("192.0.2.0/24")]
         );
     }

@@ -80,7 +80,7 @@ impl StoreAt {
         }
     }
 
-    fn open(&self) -> anyhow::Result<BanStore<BanMaps>> {
+    pub(super) fn open(&self) -> anyhow::Result<BanStore<BanMaps>> {
         let maps = BanMaps::open_pinned(&self.pin_dir, self.v6_prefix)?;
         BanStore::lock(&self.state, Some(maps), self.max_bans)
     }
@@ -113,9 +113,11 @@ pub(super) fn limits(config: &Config) -> Arc<Limits> {
 }
 
 /// Binds and serves the ban socket when the config names one; the limits to update at reloads.
+/// A ban the socket makes is also published to the fleet when `publish` is given.
 pub(super) fn start_socket(
     config: &Config,
     counts: &SharedCounts,
+    publish: Option<tokio::sync::mpsc::UnboundedSender<gatekeeper::fleet::follow::LocalBan>>,
 ) -> anyhow::Result<Option<Arc<RwLock<Arc<Limits>>>>> {
     let Some(path) = config.bans.socket.clone() else {
         return Ok(None);
@@ -128,12 +130,21 @@ pub(super) fn start_socket(
         rate: Arc::new(Mutex::new(RateLimit::new(config.bans.requests_per_minute))),
         counts: Arc::clone(counts),
         apply: Arc::new(move |checked, by| {
-            at.open()?.add(NewBan {
+            let added = at.open()?.add(NewBan {
                 source: checked.source,
                 duration: Duration::from_secs(checked.for_secs),
-                reason: checked.reason,
-                by,
-            })
+                reason: checked.reason.clone(),
+                by: by.clone(),
+            })?;
+            if let Some(publish) = &publish {
+                let _ = publish.send(gatekeeper::fleet::follow::LocalBan {
+                    source: added.source,
+                    until_unix: added.until_unix,
+                    reason: checked.reason,
+                    by,
+                });
+            }
+            Ok(added)
         }),
     };
     info!(

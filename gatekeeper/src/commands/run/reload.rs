@@ -5,13 +5,16 @@
 
 use std::{
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
 use gatekeeper::{
     config::Config,
-    dir24, lock,
+    dir24,
+    fleet::{Extra, merge_sorted},
+    lock,
     maps::FilterMaps,
     rules::{DenyMaps, DenySyncReport},
     sync::{self, SyncReport},
@@ -41,6 +44,8 @@ pub(super) struct Job {
     pub kind: Kind,
     /// The deny feeds in force: loaded again where their files changed.
     pub feeds: FeedSet,
+    /// The fleet's networks the maps hold: merged into every sync, so it keeps them.
+    pub extra: Arc<Extra>,
 }
 
 /// What a job reloads.
@@ -54,6 +59,8 @@ pub(super) enum Kind {
         paths: Vec<PathBuf>,
         entries: Vec<IpNet>,
     },
+    /// The fleet's allow and deny networks changed (see [`super::fleet`]).
+    Fleet(super::fleet::Job),
 }
 
 /// A config applied to the maps; the loop attaches and detaches interfaces after it.
@@ -85,15 +92,21 @@ pub(super) enum Outcome {
     Feeds(FeedSet, DenySyncReport),
     /// Syncing the reloaded feeds failed: the deny list is as before.
     FeedsFailed(anyhow::Error),
+    /// A [`Kind::Fleet`] job's outcome.
+    Fleet(anyhow::Result<super::fleet::Done>),
 }
 
 /// Runs on a blocking thread.
 pub(super) fn run(job: Job) -> Outcome {
     let started = Instant::now();
     let _edit = edit_lock(&job.path);
-    let expected = match &job.kind {
-        Kind::Config { expected } => *expected,
-        Kind::Feeds { paths, entries } => return sync_feeds(&job, paths, entries),
+    let expected = match job.kind {
+        Kind::Config { expected } => expected,
+        Kind::Feeds {
+            ref paths,
+            ref entries,
+        } => return sync_feeds(&job, paths, entries),
+        Kind::Fleet(fleet) => return Outcome::Fleet(super::fleet::run(fleet)),
     };
     let Some(stamp) = expected.or_else(|| FileStamp::of(&job.path)) else {
         return Outcome::Refused(anyhow::anyhow!("cannot read {}", job.path.display()), None);
@@ -128,7 +141,9 @@ fn sync_feeds(job: &Job, paths: &[PathBuf], entries: &[IpNet]) -> Outcome {
     let feeds = job.feeds.refreshed(paths);
     let synced = DenyMaps::open_pinned(&job.pin_dir)
         .context("opening the pinned deny list")
-        .and_then(|mut deny| sync::apply_deny(&mut deny, entries, &feeds.union));
+        .and_then(|mut deny| {
+            sync::apply_deny(&mut deny, entries, &merge_sorted(&feeds.union, &job.extra.deny))
+        });
     match synced {
         Ok(report) => Outcome::Feeds(feeds, report),
         Err(err) => Outcome::FeedsFailed(err),
@@ -168,7 +183,10 @@ fn apply(job: &Job, text: &str) -> anyhow::Result<Step> {
     let mut deny = DenyMaps::open_pinned(&job.pin_dir)
         .context("opening the pinned deny list for the reload")?;
     let feeds = job.feeds.refreshed(&config.deny_feeds);
-    let report = match sync::apply(&mut maps, &mut deny, &config, &feeds.union) {
+    let file_nets = config.allow.sorted_nets();
+    let wanted = merge_sorted(&file_nets, &job.extra.allow);
+    let deny_nets = merge_sorted(&feeds.union, &job.extra.deny);
+    let report = match sync::apply_sorted(&mut maps, &mut deny, &config, &deny_nets, &wanted) {
         Err(err) if err.downcast_ref::<dir24::OutOfBlocks>().is_some() => {
             return match ipv4_tables::grown_pool(&maps, &config)? {
                 Some(blocks) => Ok(Step::Refit(Refit { config, blocks })),
