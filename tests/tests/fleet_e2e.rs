@@ -173,7 +173,7 @@ fn bans_and_entries_go_fleet_wide_and_survive_etcd_outages() {
     cluster.kill_member(0);
     let answer = ask(&a.socket(), &format!("{{\"ban\": \"{STRANGER}\", \"for_secs\": 300, \"reason\": \"spam\"}}"));
     assert_eq!(answer["ok"], true, "{answer}");
-    within("with a member down, the ban reaches B", Duration::from_secs(5), &[&a, &b], || b.drops(STRANGER, 25));
+    within("with a member down, the ban reaches B", Duration::from_secs(10), &[&a, &b], || b.drops(STRANGER, 25));
 
     // All members killed: both hosts keep enforcing, B also across a daemon restart.
     cluster.kill_member(1);

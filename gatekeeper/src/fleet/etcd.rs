@@ -32,8 +32,9 @@ use gatekeeper_support::fleet_config::FleetConfig;
 
 /// How long connecting to one member may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long one unary request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one unary request may take on one member before the next is tried (a member that
+/// lost its leader holds a request until a new one is elected).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The revision asked for is gone (compacted): read everything again.
 #[derive(Debug, thiserror::Error)]
