@@ -93,7 +93,10 @@ impl RawFleet {
                 .strip_prefix("https://")
                 .or_else(|| text.strip_prefix("http://"));
             let valid = rest.is_some_and(|r| {
-                !r.is_empty() && !r.contains('/') && r.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+                !r.is_empty()
+                    && !r.contains('/')
+                    && r.rsplit_once(':')
+                        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
             });
             if !valid {
                 return Err((
@@ -160,7 +163,10 @@ impl RawFleet {
         }
         let host = match &self.host {
             Some(h) if h.get_ref().trim().is_empty() || h.get_ref().contains('/') => {
-                return Err((h.span(), "fleet.host must be a non-empty name without '/'".into()));
+                return Err((
+                    h.span(),
+                    "fleet.host must be a non-empty name without '/'".into(),
+                ));
             }
             Some(h) => Some(h.get_ref().trim().to_string()),
             None => None,

@@ -143,7 +143,8 @@ pub enum AllowAction {
         cidr: String,
         /// Who the entry is for; stored next to it in the config file.
         #[arg(long, value_name = "TEXT")]
-        comment: Option<String>,        /// Fleet-wide: the entry goes to etcd (`[fleet]`), and every host's daemon applies it;
+        comment: Option<String>,
+        /// Fleet-wide: the entry goes to etcd (`[fleet]`), and every host's daemon applies it;
         /// the config file is not changed.
         #[arg(long)]
         fleet: bool,
@@ -153,7 +154,8 @@ pub enum AllowAction {
         #[command(flatten)]
         config: ConfigArg,
         #[arg(value_name = "CIDR")]
-        cidr: String,        /// Fleet-wide: the entry goes to etcd (`[fleet]`), and every host's daemon applies it;
+        cidr: String,
+        /// Fleet-wide: the entry goes to etcd (`[fleet]`), and every host's daemon applies it;
         /// the config file is not changed.
         #[arg(long)]
         fleet: bool,
@@ -181,7 +183,8 @@ pub enum DenyAction {
         cidr: String,
         /// Why; stored next to it in the config file.
         #[arg(long, value_name = "TEXT")]
-        comment: Option<String>,        /// Fleet-wide: the entry goes to etcd (`[fleet]`), and every host's daemon applies it;
+        comment: Option<String>,
+        /// Fleet-wide: the entry goes to etcd (`[fleet]`), and every host's daemon applies it;
         /// the config file is not changed.
         #[arg(long)]
         fleet: bool,
@@ -191,7 +194,8 @@ pub enum DenyAction {
         #[command(flatten)]
         config: ConfigArg,
         #[arg(value_name = "CIDR")]
-        cidr: String,        /// Fleet-wide: the entry goes to etcd (`[fleet]`), and every host's daemon applies it;
+        cidr: String,
+        /// Fleet-wide: the entry goes to etcd (`[fleet]`), and every host's daemon applies it;
         /// the config file is not changed.
         #[arg(long)]
         fleet: bool,

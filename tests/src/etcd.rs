@@ -76,16 +76,38 @@ fn issue(dir: &Path, name: &str, subject: &str, ext: &str) -> anyhow::Result<()>
     openssl(
         dir,
         &[
-            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
-            &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", subject,
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            subject,
         ],
     )?;
     std::fs::write(dir.join(format!("{name}.ext")), ext)?;
     openssl(
         dir,
         &[
-            "x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-out", &format!("{name}.crt"), "-extfile",
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &format!("{name}.crt"),
+            "-extfile",
             &format!("{name}.ext"),
         ],
     )
@@ -116,12 +138,36 @@ impl Cluster {
             let outer = unique_name(&format!("{tag}E"));
             let inner = unique_name(&format!("{tag}H"));
             ip(&[
-                "link", "add", &outer, "netns", ns.name(), "type", "veth", "peer", "name", &inner,
-                "netns", host.name(),
+                "link",
+                "add",
+                &outer,
+                "netns",
+                ns.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &inner,
+                "netns",
+                host.name(),
             ])?;
-            ns.exec(&["ip", "addr", "add", &format!("{}/24", link_addr(h)), "dev", &outer])?;
+            ns.exec(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/24", link_addr(h)),
+                "dev",
+                &outer,
+            ])?;
             ns.exec(&["ip", "link", "set", &outer, "up"])?;
-            host.exec(&["ip", "addr", "add", &format!("198.18.{}.2/24", h + 1), "dev", &inner])?;
+            host.exec(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("198.18.{}.2/24", h + 1),
+                "dev",
+                &inner,
+            ])?;
             host.exec(&["ip", "link", "set", &inner, "up"])?;
             links.push(outer);
         }
@@ -129,8 +175,21 @@ impl Cluster {
         openssl(
             certs,
             &[
-                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=gatekeeper test CA",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=gatekeeper test CA",
             ],
         )?;
         let mut sans = vec!["IP:127.0.0.1".to_string()];
@@ -192,17 +251,38 @@ impl Cluster {
         listen.extend(
             (0..self.links.len()).map(|h| format!("https://{}:{}", link_addr(h), client_port(m))),
         );
-        let (member_crt, member_key, ca) =
-            (self.cert("member.crt"), self.cert("member.key"), self.cert("ca.crt"));
+        let (member_crt, member_key, ca) = (
+            self.cert("member.crt"),
+            self.cert("member.key"),
+            self.cert("ca.crt"),
+        );
         let mut cmd = self.ns.nsenter();
         cmd.arg(ETCD)
             .args(["--name", &name, "--data-dir"])
             .arg(self.dir.path().join(format!("{name}.etcd")))
             .args(["--listen-client-urls", &listen.join(",")])
-            .args(["--advertise-client-urls", &format!("https://127.0.0.1:{}", client_port(m))])
-            .args(["--listen-peer-urls", &peer(m), "--initial-advertise-peer-urls", &peer(m)])
-            .args(["--initial-cluster", &initial.join(","), "--initial-cluster-token", "gk-test"])
-            .args(["--initial-cluster-state", "new", "--client-cert-auth", "--peer-client-cert-auth"])
+            .args([
+                "--advertise-client-urls",
+                &format!("https://127.0.0.1:{}", client_port(m)),
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer(m),
+                "--initial-advertise-peer-urls",
+                &peer(m),
+            ])
+            .args([
+                "--initial-cluster",
+                &initial.join(","),
+                "--initial-cluster-token",
+                "gk-test",
+            ])
+            .args([
+                "--initial-cluster-state",
+                "new",
+                "--client-cert-auth",
+                "--peer-client-cert-auth",
+            ])
             .arg("--cert-file")
             .arg(&member_crt)
             .arg("--key-file")
@@ -280,9 +360,19 @@ impl Cluster {
                         .members
                         .iter()
                         .flatten()
-                        .map(|m| m.log().lines().rev().take(15).collect::<Vec<_>>().join("\n"))
+                        .map(|m| {
+                            m.log()
+                                .lines()
+                                .rev()
+                                .take(15)
+                                .collect::<Vec<_>>()
+                                .join("\n")
+                        })
                         .collect();
-                    bail!("the cluster did not become healthy: {err:#}\n{}", logs.join("\n---\n"));
+                    bail!(
+                        "the cluster did not become healthy: {err:#}\n{}",
+                        logs.join("\n---\n")
+                    );
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(200)),
             }

@@ -44,8 +44,12 @@ struct Host {
 impl Host {
     fn new(tag: &str) -> Host {
         let mail = MailHost::new(tag);
-        let submission = BannerServer::start(mail.host(), "0.0.0.0:587".parse().expect("addr"), "submission")
-            .expect("banner server on 587");
+        let submission = BannerServer::start(
+            mail.host(),
+            "0.0.0.0:587".parse().expect("addr"),
+            "submission",
+        )
+        .expect("banner server on 587");
         Host {
             mail,
             _submission: submission,
@@ -90,7 +94,8 @@ impl Host {
     }
 
     fn admits(&self, source: Ipv4Addr, port: u16) -> bool {
-        self.connect(source, port, Duration::from_millis(1500)).is_banner()
+        self.connect(source, port, Duration::from_millis(1500))
+            .is_banner()
     }
 
     fn drops(&self, source: Ipv4Addr, port: u16) -> bool {
@@ -101,14 +106,21 @@ impl Host {
 /// One request on a ban socket, as the relay sends it; the answer.
 fn ask(socket: &Path, request: &str) -> serde_json::Value {
     let mut stream = UnixStream::connect(socket).expect("connect to the ban socket");
-    stream.write_all(format!("{request}\n").as_bytes()).expect("send");
+    stream
+        .write_all(format!("{request}\n").as_bytes())
+        .expect("send");
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line).expect("answer");
     serde_json::from_str(&line).unwrap_or_else(|e| panic!("answer {line:?}: {e}"))
 }
 
 /// Polls `check` until it holds; how long that took, or a panic naming `what`.
-fn within(what: &str, timeout: Duration, hosts: &[&Host], mut check: impl FnMut() -> bool) -> Duration {
+fn within(
+    what: &str,
+    timeout: Duration,
+    hosts: &[&Host],
+    mut check: impl FnMut() -> bool,
+) -> Duration {
     let start = Instant::now();
     loop {
         if check() {
@@ -139,48 +151,111 @@ fn bans_and_entries_go_fleet_wide_and_survive_etcd_outages() {
         return;
     }
     let (mut cluster, a, mut b) = two_hosts("fl");
-    assert!(a.admits(STRANGER, 25) && b.admits(STRANGER, 25), "port 25 is open before any ban");
-    assert!(a.drops(PARTNER, 587) && b.drops(PARTNER, 587), "587 admits only allowlisted peers");
+    assert!(
+        a.admits(STRANGER, 25) && b.admits(STRANGER, 25),
+        "port 25 is open before any ban"
+    );
+    assert!(
+        a.drops(PARTNER, 587) && b.drops(PARTNER, 587),
+        "587 admits only allowlisted peers"
+    );
 
     // A ban the relay asks for on A drops the stranger on B within a second.
-    let answer = ask(&a.socket(), &format!("{{\"ban\": \"{STRANGER}\", \"for_secs\": 4, \"reason\": \"auth-failures\"}}"));
+    let answer = ask(
+        &a.socket(),
+        &format!("{{\"ban\": \"{STRANGER}\", \"for_secs\": 4, \"reason\": \"auth-failures\"}}"),
+    );
     assert_eq!(answer["ok"], true, "{answer}");
     assert!(a.drops(STRANGER, 25), "banned on A at once");
-    let took = within("the ban reaches B", Duration::from_secs(1), &[&a, &b], || b.drops(STRANGER, 25));
+    let took = within(
+        "the ban reaches B",
+        Duration::from_secs(1),
+        &[&a, &b],
+        || b.drops(STRANGER, 25),
+    );
     eprintln!("ban on A -> drop on B: {took:?}");
     let listed: serde_json::Value =
         serde_json::from_str(&b.mail.cli_ok(&["ban", "list", "--json"])).expect("json");
     assert!(listed.to_string().contains("fleet host=mx-a"), "{listed}");
 
     // The lease ends with the ban: admitted again on both.
-    within("the lease's end admits the stranger on A", Duration::from_secs(8), &[&a, &b], || a.admits(STRANGER, 25));
-    within("the lease's end admits the stranger on B", Duration::from_secs(3), &[&a, &b], || b.admits(STRANGER, 25));
+    within(
+        "the lease's end admits the stranger on A",
+        Duration::from_secs(8),
+        &[&a, &b],
+        || a.admits(STRANGER, 25),
+    );
+    within(
+        "the lease's end admits the stranger on B",
+        Duration::from_secs(3),
+        &[&a, &b],
+        || b.admits(STRANGER, 25),
+    );
 
     // A fleet allow entry added on B admits the partner on A.
-    let out = b.mail.cli_ok(&["allow", "add", "--fleet", &format!("{PARTNER}/32"), "--comment", "partner relay"]);
+    let out = b.mail.cli_ok(&[
+        "allow",
+        "add",
+        "--fleet",
+        &format!("{PARTNER}/32"),
+        "--comment",
+        "partner relay",
+    ]);
     assert!(out.contains("fleet allowlist"), "{out}");
-    within("the fleet allow entry admits the partner on A", Duration::from_secs(3), &[&a, &b], || a.admits(PARTNER, 587));
-    within("and on B", Duration::from_secs(3), &[&a, &b], || b.admits(PARTNER, 587));
+    within(
+        "the fleet allow entry admits the partner on A",
+        Duration::from_secs(3),
+        &[&a, &b],
+        || a.admits(PARTNER, 587),
+    );
+    within("and on B", Duration::from_secs(3), &[&a, &b], || {
+        b.admits(PARTNER, 587)
+    });
     let list = a.mail.cli_ok(&["allow", "list"]);
     assert!(
-        list.lines().any(|l| l.contains(&format!("{PARTNER}/32")) && l.contains("fleet") && l.contains("partner relay")),
+        list.lines().any(|l| l.contains(&format!("{PARTNER}/32"))
+            && l.contains("fleet")
+            && l.contains("partner relay")),
         "{list}"
     );
     let status = a.mail.cli(&["status"]);
-    assert!(status.status.success(), "status counts fleet entries as wanted:\n{}", String::from_utf8_lossy(&status.stdout));
+    assert!(
+        status.status.success(),
+        "status counts fleet entries as wanted:\n{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
 
     // One member killed: a ban still reaches B.
     cluster.kill_member(0);
-    let answer = ask(&a.socket(), &format!("{{\"ban\": \"{STRANGER}\", \"for_secs\": 300, \"reason\": \"spam\"}}"));
+    let answer = ask(
+        &a.socket(),
+        &format!("{{\"ban\": \"{STRANGER}\", \"for_secs\": 300, \"reason\": \"spam\"}}"),
+    );
     assert_eq!(answer["ok"], true, "{answer}");
-    within("with a member down, the ban reaches B", Duration::from_secs(10), &[&a, &b], || b.drops(STRANGER, 25));
+    within(
+        "with a member down, the ban reaches B",
+        Duration::from_secs(10),
+        &[&a, &b],
+        || b.drops(STRANGER, 25),
+    );
 
     // All members killed: both hosts keep enforcing, B also across a daemon restart.
     cluster.kill_member(1);
     cluster.kill_member(2);
-    within("A logs the outage", Duration::from_secs(10), &[&a, &b], || a.log().contains("etcd is unreachable"));
-    assert!(a.drops(STRANGER, 25) && b.drops(STRANGER, 25), "bans stay in force");
-    assert!(a.admits(PARTNER, 587) && b.admits(PARTNER, 587), "fleet allow entries stay in force");
+    within(
+        "A logs the outage",
+        Duration::from_secs(10),
+        &[&a, &b],
+        || a.log().contains("etcd is unreachable"),
+    );
+    assert!(
+        a.drops(STRANGER, 25) && b.drops(STRANGER, 25),
+        "bans stay in force"
+    );
+    assert!(
+        a.admits(PARTNER, 587) && b.admits(PARTNER, 587),
+        "fleet allow entries stay in force"
+    );
     let mut old = b.daemon.take().expect("daemon");
     gatekeeper_tests::gk::stop_cleanly(&mut old);
     let mut restarted = b.mail.start_daemon("gatekeeper-run-2");
@@ -188,7 +263,10 @@ fn bans_and_entries_go_fleet_wide_and_survive_etcd_outages() {
         .wait_for_log("the saved fleet state is in force", Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("{e:#}"));
     b.daemon = Some(restarted);
-    assert!(b.admits(PARTNER, 587), "a restart without etcd enforces the saved fleet state");
+    assert!(
+        b.admits(PARTNER, 587),
+        "a restart without etcd enforces the saved fleet state"
+    );
     assert!(b.drops(STRANGER, 25), "and the bans");
 
     // Members back, but out of the hosts' reach: the entry is removed and the history compacted.
@@ -196,20 +274,43 @@ fn bans_and_entries_go_fleet_wide_and_survive_etcd_outages() {
     for m in 0..3 {
         cluster.start_member(m).expect("restart member");
     }
-    cluster.wait_healthy(Duration::from_secs(20)).expect("cluster back");
-    let removed = cluster.ctl(&["del", &format!("{PREFIX}allow/{PARTNER}/32")]).expect("etcdctl del");
+    cluster
+        .wait_healthy(Duration::from_secs(20))
+        .expect("cluster back");
+    let removed = cluster
+        .ctl(&["del", &format!("{PREFIX}allow/{PARTNER}/32")])
+        .expect("etcdctl del");
     assert_eq!(removed.trim(), "1");
     let revision = cluster.revision().expect("revision");
-    cluster.ctl(&["compact", &revision.to_string()]).expect("etcdctl compact");
+    cluster
+        .ctl(&["compact", &revision.to_string()])
+        .expect("etcdctl compact");
     cluster.set_links(true);
-    within("A converges: the removed entry is removed", Duration::from_secs(10), &[&a, &b], || a.drops(PARTNER, 587));
-    within("B converges too", Duration::from_secs(10), &[&a, &b], || b.drops(PARTNER, 587));
+    within(
+        "A converges: the removed entry is removed",
+        Duration::from_secs(10),
+        &[&a, &b],
+        || a.drops(PARTNER, 587),
+    );
+    within(
+        "B converges too",
+        Duration::from_secs(10),
+        &[&a, &b],
+        || b.drops(PARTNER, 587),
+    );
     for host in [&a, &b] {
         let log = host.log();
         assert!(log.contains("etcd answers again"), "{log}");
     }
-    assert!(a.log().contains("full read"), "A resynchronised by a full read:\n{}", a.log());
-    assert!(a.drops(STRANGER, 25) && b.drops(STRANGER, 25), "the 300 s ban is still in force");
+    assert!(
+        a.log().contains("full read"),
+        "A resynchronised by a full read:\n{}",
+        a.log()
+    );
+    assert!(
+        a.drops(STRANGER, 25) && b.drops(STRANGER, 25),
+        "the 300 s ban is still in force"
+    );
 }
 
 /// The benchmark: a burst of 1,000 bans asked on A's ban socket; for each, the time from the
@@ -223,8 +324,13 @@ fn fleet_ban_propagation_burst() {
     const BANS: u32 = 1000;
     let (_cluster, a, b) = two_hosts("fb");
     let pins = b.mail.pins.path().to_path_buf();
-    let sources: Vec<Ipv4Addr> = (0..BANS).map(|i| Ipv4Addr::from(0xcb00_7100 + 0x1_0000 + i)).collect();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::<IpAddr, Instant>::new()));
+    let sources: Vec<Ipv4Addr> = (0..BANS)
+        .map(|i| Ipv4Addr::from(0xcb00_7100 + 0x1_0000 + i))
+        .collect();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
+        IpAddr,
+        Instant,
+    >::new()));
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = {
         let (seen, done) = (seen.clone(), done.clone());
@@ -233,7 +339,10 @@ fn fleet_ban_propagation_burst() {
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 let now = Instant::now();
                 for ban in maps.list().expect("list") {
-                    seen.lock().expect("lock").entry(ban.source.addr()).or_insert(now);
+                    seen.lock()
+                        .expect("lock")
+                        .entry(ban.source.addr())
+                        .or_insert(now);
                 }
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -245,24 +354,42 @@ fn fleet_ban_propagation_burst() {
     for source in &sources {
         let at = Instant::now();
         stream
-            .write_all(format!("{{\"ban\": \"{source}\", \"for_secs\": 600, \"reason\": \"bench\"}}\n").as_bytes())
+            .write_all(
+                format!("{{\"ban\": \"{source}\", \"for_secs\": 600, \"reason\": \"bench\"}}\n")
+                    .as_bytes(),
+            )
             .expect("send");
         let mut line = String::new();
         reader.read_line(&mut line).expect("answer");
         assert!(line.contains("\"ok\":true"), "{line}");
         asked.push((IpAddr::V4(*source), at));
     }
-    let burst = asked.last().map(|(_, t)| t.duration_since(asked[0].1)).unwrap_or_default();
-    within("every ban reaches B", Duration::from_secs(60), &[&a, &b], || seen.lock().expect("lock").len() >= BANS as usize);
+    let burst = asked
+        .last()
+        .map(|(_, t)| t.duration_since(asked[0].1))
+        .unwrap_or_default();
+    within(
+        "every ban reaches B",
+        Duration::from_secs(60),
+        &[&a, &b],
+        || seen.lock().expect("lock").len() >= BANS as usize,
+    );
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     watcher.join().expect("watcher");
     let seen = seen.lock().expect("lock");
     let mut delays: Vec<Duration> = asked
         .iter()
-        .map(|(source, at)| seen.get(source).map_or(Duration::MAX, |t| t.saturating_duration_since(*at)))
+        .map(|(source, at)| {
+            seen.get(source)
+                .map_or(Duration::MAX, |t| t.saturating_duration_since(*at))
+        })
         .collect();
     delays.sort();
-    let pick = |q: f64| delays[((delays.len() as f64 * q).ceil() as usize).saturating_sub(1).min(delays.len() - 1)];
+    let pick = |q: f64| {
+        delays[((delays.len() as f64 * q).ceil() as usize)
+            .saturating_sub(1)
+            .min(delays.len() - 1)]
+    };
     println!(
         "fleet ban propagation, {BANS} bans asked on A in {:.0} ms: median {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         burst.as_secs_f64() * 1e3,

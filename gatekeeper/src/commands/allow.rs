@@ -232,7 +232,10 @@ pub fn list(path: &Path, json: bool) -> anyhow::Result<()> {
             .transpose()?
             .map(|entries| entries.into_iter().map(|e| (e.net, e.hits)).collect()),
     );
-    let fleet = super::fleet::rows(&gatekeeper::fleet::saved(&config).allow, config.allow.nets());
+    let fleet = super::fleet::rows(
+        &gatekeeper::fleet::saved(&config).allow,
+        config.allow.nets(),
+    );
     let file_nets = config.allow.sorted_nets();
     let wanted = gatekeeper::fleet::merge_sorted(&file_nets, &fleet.nets);
     let live_nets = live.nets();

@@ -121,7 +121,11 @@ pub fn write_table<'a>(
     rows: impl Iterator<Item = Row<'a>>,
     live_only: &str,
 ) -> io::Result<()> {
-    writeln!(out, "{:<44} {:>12}  {:<24} COMMENT", "CIDR", "HITS", "SOURCE")?;
+    writeln!(
+        out,
+        "{:<44} {:>12}  {:<24} COMMENT",
+        "CIDR", "HITS", "SOURCE"
+    )?;
     for row in rows {
         let hits = match row.hits {
             Some(Some(n)) => n.to_string(),

@@ -47,7 +47,9 @@ pub(super) fn rows(entries: &BTreeMap<IpNet, Entry>, in_file: &[IpNet]) -> Rows 
         rows.nets.push(*net);
         rows.comments.push(match entry.author.as_str() {
             "" => entry.comment.clone(),
-            author => format!("{} (by {author})", entry.comment).trim_start().to_string(),
+            author => format!("{} (by {author})", entry.comment)
+                .trim_start()
+                .to_string(),
         });
     }
     rows
@@ -154,9 +156,9 @@ pub fn remove(path: &Path, kind: Kind, cidr: &str) -> anyhow::Result<()> {
     let net = parse_cidr(cidr).map_err(|e| anyhow!("invalid entry: {e}"))?;
     let (client, prefix) = client(&config, path)?;
     let key = key(&prefix, kind, net);
-    let deleted = runtime()?.block_on(client.delete(&key)).with_context(|| {
-        format!("deleting {key} from etcd ({})", client.endpoints())
-    })?;
+    let deleted = runtime()?
+        .block_on(client.delete(&key))
+        .with_context(|| format!("deleting {key} from etcd ({})", client.endpoints()))?;
     if !deleted {
         bail!("{net} is not in the {} (key {key})", list_name(kind));
     }

@@ -442,8 +442,7 @@ impl Daemon {
             scrape::serve(addr, self.config.pin_dir.clone(), Arc::clone(&self.counts))?;
         }
         self.fleet.start(&self.config)?;
-        self.ban_limits =
-            bans::start_socket(&self.config, &self.counts, self.fleet.publisher())?;
+        self.ban_limits = bans::start_socket(&self.config, &self.counts, self.fleet.publisher())?;
         let mut sweep = tokio::time::interval(bans::SWEEP_INTERVAL);
         let mut link_watch = LinkWatch::open()?;
         self.publish_counts();

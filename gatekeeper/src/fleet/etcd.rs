@@ -129,7 +129,10 @@ fn tls_config(fleet: &FleetConfig) -> anyhow::Result<rustls::ClientConfig> {
                 let _ = roots.add(cert);
             }
             if roots.is_empty() {
-                bail!("fleet.ca_file {} holds no usable certificate", file.display());
+                bail!(
+                    "fleet.ca_file {} holds no usable certificate",
+                    file.display()
+                );
             }
         }
         None => {
@@ -233,11 +236,10 @@ impl Client {
                 .ok_or_else(|| anyhow!("no TLS config"))?;
             let name = ServerName::try_from(endpoint.host.clone())
                 .with_context(|| format!("{}: server name", endpoint.name()))?;
-            let stream =
-                tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
-                    .await
-                    .map_err(|_| anyhow!("{}: TLS handshake timed out", endpoint.name()))?
-                    .with_context(|| format!("{}: TLS handshake", endpoint.name()))?;
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
+                .await
+                .map_err(|_| anyhow!("{}: TLS handshake timed out", endpoint.name()))?
+                .with_context(|| format!("{}: TLS handshake", endpoint.name()))?;
             let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                 .await
                 .with_context(|| format!("{}: HTTP", endpoint.name()))?;
@@ -257,10 +259,19 @@ impl Client {
         Ok(send)
     }
 
-    fn request(&self, at: usize, path: &str, body: &Value, token: Option<&str>) -> Request<Full<Bytes>> {
+    fn request(
+        &self,
+        at: usize,
+        path: &str,
+        body: &Value,
+        token: Option<&str>,
+    ) -> Request<Full<Bytes>> {
         let endpoint = &self.inner.endpoints[at];
         let mut builder = Request::post(path)
-            .header(hyper::header::HOST, format!("{}:{}", endpoint.host, endpoint.port))
+            .header(
+                hyper::header::HOST,
+                format!("{}:{}", endpoint.host, endpoint.port),
+            )
             .header(hyper::header::CONTENT_TYPE, "application/json");
         if let Some(token) = token {
             builder = builder.header(hyper::header::AUTHORIZATION, token);
@@ -511,7 +522,10 @@ impl Client {
                     return Err(err);
                 }
                 Ok(Err(err)) => {
-                    last_err = Some(anyhow!("{}/v3/watch: {err}", self.inner.endpoints[at].name()));
+                    last_err = Some(anyhow!(
+                        "{}/v3/watch: {err}",
+                        self.inner.endpoints[at].name()
+                    ));
                 }
                 Err(_) => {
                     last_err = Some(anyhow!(
@@ -555,7 +569,8 @@ impl Watch {
                 return Ok(Some(value));
             }
             // Whole JSON documents from the front of the buffer.
-            let mut stream = serde_json::Deserializer::from_slice(&self.buffer).into_iter::<Value>();
+            let mut stream =
+                serde_json::Deserializer::from_slice(&self.buffer).into_iter::<Value>();
             let mut used = 0;
             loop {
                 match stream.next() {
@@ -608,7 +623,8 @@ impl Watch {
         };
         for event in result["events"].as_array().into_iter().flatten() {
             let kv = &event["kv"];
-            let key = String::from_utf8_lossy(&unb64(kv["key"].as_str().unwrap_or(""))).into_owned();
+            let key =
+                String::from_utf8_lossy(&unb64(kv["key"].as_str().unwrap_or(""))).into_owned();
             if event["type"].as_str() == Some("DELETE") {
                 batch.events.push(Event::Delete {
                     key,
@@ -630,16 +646,14 @@ fn check_result<'a>(message: &'a Value, member: &str, asked: i64) -> anyhow::Res
     let result = &message["result"];
     let compacted = num(&result["compact_revision"]);
     if compacted > 0 {
-        return Err(Compacted {
-            asked,
-            compacted,
-        }
-        .into());
+        return Err(Compacted { asked, compacted }.into());
     }
     if result["canceled"].as_bool() == Some(true) {
         bail!(
             "{member}: the watch was canceled: {}",
-            result["cancel_reason"].as_str().unwrap_or("no reason given")
+            result["cancel_reason"]
+                .as_str()
+                .unwrap_or("no reason given")
         );
     }
     Ok(result)
@@ -745,7 +759,16 @@ mod tests {
 
     #[test]
     fn base64_round_trips() {
-        for text in ["", "f", "fo", "foo", "foob", "fooba", "foobar", "/gatekeeper/bans/203.0.113.9/32"] {
+        for text in [
+            "",
+            "f",
+            "fo",
+            "foo",
+            "foob",
+            "fooba",
+            "foobar",
+            "/gatekeeper/bans/203.0.113.9/32",
+        ] {
             assert_eq!(unb64(&b64(text.as_bytes())), text.as_bytes(), "{text}");
         }
         assert_eq!(b64(b"foo"), "Zm9v");

@@ -107,15 +107,27 @@ impl Follower {
         let watch = if self.state.revision == 0 {
             full_read = Some("no fleet state yet");
             match self.read_all().await {
-                Ok(()) => self.client.watch(&self.prefix, self.state.revision + 1).await,
+                Ok(()) => {
+                    self.client
+                        .watch(&self.prefix, self.state.revision + 1)
+                        .await
+                }
                 Err(err) => return Ended::Unreachable(err),
             }
         } else {
-            match self.client.watch(&self.prefix, self.state.revision + 1).await {
+            match self
+                .client
+                .watch(&self.prefix, self.state.revision + 1)
+                .await
+            {
                 Err(err) if err.downcast_ref::<Compacted>().is_some() => {
                     full_read = Some("the revision it had was compacted");
                     match self.read_all().await {
-                        Ok(()) => self.client.watch(&self.prefix, self.state.revision + 1).await,
+                        Ok(()) => {
+                            self.client
+                                .watch(&self.prefix, self.state.revision + 1)
+                                .await
+                        }
                         Err(err) => return Ended::Unreachable(err),
                     }
                 }
@@ -153,7 +165,9 @@ impl Follower {
         loop {
             let batch = match watch.next().await {
                 Ok(Some(batch)) => batch,
-                Ok(None) => return Ended::Broke(anyhow::anyhow!("{}: the stream ended", watch.member())),
+                Ok(None) => {
+                    return Ended::Broke(anyhow::anyhow!("{}: the stream ended", watch.member()));
+                }
                 Err(err) if err.downcast_ref::<Compacted>().is_some() => {
                     // Resumed past what the member kept: the next session reads everything.
                     self.state.revision = 0;
@@ -216,8 +230,16 @@ impl Follower {
             if put + removed > 0 {
                 let apply = Arc::clone(&self.apply_bans);
                 match tokio::task::spawn_blocking(move || apply(changes)).await {
-                    Ok(Ok(())) => info!(banned = put, lifted = removed, revision = new.revision, how, "fleet: bans applied"),
-                    Ok(Err(err)) => error!("fleet: applying {put} bans and lifting {removed} failed: {err:#}"),
+                    Ok(Ok(())) => info!(
+                        banned = put,
+                        lifted = removed,
+                        revision = new.revision,
+                        how,
+                        "fleet: bans applied"
+                    ),
+                    Ok(Err(err)) => {
+                        error!("fleet: applying {put} bans and lifting {removed} failed: {err:#}")
+                    }
                     Err(err) => error!("fleet: the ban thread failed: {err}"),
                 }
             }

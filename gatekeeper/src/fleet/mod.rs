@@ -158,9 +158,20 @@ impl Diff {
     }
 }
 
-fn diff_keys<V: PartialEq>(old: &BTreeMap<IpNet, V>, new: &BTreeMap<IpNet, V>) -> (Vec<IpNet>, Vec<IpNet>) {
-    let added = new.keys().filter(|n| !old.contains_key(n)).copied().collect();
-    let removed = old.keys().filter(|n| !new.contains_key(n)).copied().collect();
+fn diff_keys<V: PartialEq>(
+    old: &BTreeMap<IpNet, V>,
+    new: &BTreeMap<IpNet, V>,
+) -> (Vec<IpNet>, Vec<IpNet>) {
+    let added = new
+        .keys()
+        .filter(|n| !old.contains_key(n))
+        .copied()
+        .collect();
+    let removed = old
+        .keys()
+        .filter(|n| !new.contains_key(n))
+        .copied()
+        .collect();
     (added, removed)
 }
 
@@ -172,7 +183,9 @@ impl FleetState {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(FleetState::default());
             }
-            Err(err) => return Err(err).with_context(|| format!("{}: cannot read", path.display())),
+            Err(err) => {
+                return Err(err).with_context(|| format!("{}: cannot read", path.display()));
+            }
         };
         let file: File = serde_json::from_slice(&bytes)
             .with_context(|| format!("{}: not a fleet state file", path.display()))?;
@@ -281,7 +294,11 @@ impl FleetState {
         let bans_put = new
             .bans
             .iter()
-            .filter(|(net, ban)| self.bans.get(net).is_none_or(|old| old.until_unix != ban.until_unix))
+            .filter(|(net, ban)| {
+                self.bans
+                    .get(net)
+                    .is_none_or(|old| old.until_unix != ban.until_unix)
+            })
             .map(|(net, ban)| (*net, ban.clone()))
             .collect();
         let bans_removed = self
@@ -407,15 +424,24 @@ mod tests {
         let old = FleetState::from_kvs(
             "/gk/",
             &[
-                kv("/gk/allow/192.0.2.0/24", r#"{"comment":"partner","author":"root@a"}"#),
-                kv("/gk/bans/203.0.113.9/32", r#"{"until_unix":100,"host":"a"}"#),
+                kv(
+                    "/gk/allow/192.0.2.0/24",
+                    r#"{"comment":"partner","author":"root@a"}"#,
+                ),
+                kv(
+                    "/gk/bans/203.0.113.9/32",
+                    r#"{"until_unix":100,"host":"a"}"#,
+                ),
                 kv("/gk/deny/198.18.0.0/15", "{}"),
             ],
             7,
         );
         let mut new = old.clone();
         new.delete("/gk/", "/gk/allow/192.0.2.0/24");
-        assert!(new.put("/gk/", &kv("/gk/bans/203.0.113.10/32", r#"{"until_unix":50}"#)));
+        assert!(new.put(
+            "/gk/",
+            &kv("/gk/bans/203.0.113.10/32", r#"{"until_unix":50}"#)
+        ));
         assert!(!new.put("/gk/", &kv("/gk/bans/203.0.113.11/32", "garbage")));
         let diff = old.diff(&new);
         assert_eq!(diff.allow_removed, [net("192.0.2.0/24")]);
@@ -430,7 +456,10 @@ mod tests {
             FleetState::default()
         );
         assert_eq!(
-            *merge_sorted(&[net("192.0.2.0/24")], &[net("10.0.0.0/8"), net("192.0.2.0/24")]),
+            *merge_sorted(
+                &[net("192.0.2.0/24")],
+                &[net("10.0.0.0/8"), net("192.0.2.0/24")]
+            ),
             [net("10.0.0.0/8"), net("192.0.2.0/24")]
         );
     }

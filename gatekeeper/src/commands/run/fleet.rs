@@ -144,17 +144,14 @@ pub(super) struct Job {
 impl Job {
     /// The job that takes the maps from `applied` to `target`; a network leaving the fleet stays
     /// when the file (or a deny feed) still has it.
-    pub fn new(
-        config: &Config,
-        feed_nets: &[IpNet],
-        applied: &Extra,
-        target: Arc<Extra>,
-    ) -> Job {
+    pub fn new(config: &Config, feed_nets: &[IpNet], applied: &Extra, target: Arc<Extra>) -> Job {
         let allow_removed: Vec<IpNet> = sorted_difference(&applied.allow, &target.allow)
             .filter(|net| !config.allow.nets().contains(net))
             .collect();
         let deny_removed: Vec<IpNet> = sorted_difference(&applied.deny, &target.deny)
-            .filter(|net| !config.deny.nets().contains(net) && feed_nets.binary_search(net).is_err())
+            .filter(|net| {
+                !config.deny.nets().contains(net) && feed_nets.binary_search(net).is_err()
+            })
             .collect();
         Job {
             pin_dir: config.pin_dir.clone(),
@@ -178,8 +175,8 @@ pub(super) struct Done {
 pub(super) fn run(job: Job) -> anyhow::Result<Done> {
     let mut maps =
         FilterMaps::open_pinned(&job.pin_dir).context("opening the pinned maps for the fleet")?;
-    let mut deny =
-        DenyMaps::open_pinned(&job.pin_dir).context("opening the pinned deny list for the fleet")?;
+    let mut deny = DenyMaps::open_pinned(&job.pin_dir)
+        .context("opening the pinned deny list for the fleet")?;
     let mut done = Done {
         target: job.target,
         allow: (0, 0),
@@ -238,12 +235,18 @@ fn apply_bans(at: &StoreAt, never_ban: &[IpNet], changes: BanChanges) -> anyhow:
         })
         .collect();
     if skipped > 0 {
-        warn!(skipped, "fleet: bans of sources in never_ban were not applied here");
+        warn!(
+            skipped,
+            "fleet: bans of sources in never_ban were not applied here"
+        );
     }
     if !new.is_empty() {
         let (_, full) = store.add_all(new)?;
         if full > 0 {
-            error!(refused = full, "fleet: the ban table is full (max_bans): fleet bans were not applied");
+            error!(
+                refused = full,
+                "fleet: the ban table is full (max_bans): fleet bans were not applied"
+            );
         }
     }
     if !changes.removed.is_empty() {
@@ -251,4 +254,3 @@ fn apply_bans(at: &StoreAt, never_ban: &[IpNet], changes: BanChanges) -> anyhow:
     }
     Ok(())
 }
-

@@ -142,7 +142,11 @@ fn sync_feeds(job: &Job, paths: &[PathBuf], entries: &[IpNet]) -> Outcome {
     let synced = DenyMaps::open_pinned(&job.pin_dir)
         .context("opening the pinned deny list")
         .and_then(|mut deny| {
-            sync::apply_deny(&mut deny, entries, &merge_sorted(&feeds.union, &job.extra.deny))
+            sync::apply_deny(
+                &mut deny,
+                entries,
+                &merge_sorted(&feeds.union, &job.extra.deny),
+            )
         });
     match synced {
         Ok(report) => Outcome::Feeds(feeds, report),
