@@ -272,11 +272,21 @@ mod tests {
                     config,
                     cidr,
                     comment,
+                    fleet,
                 },
         } = cli.command
         else {
             panic!("not allow add");
         };
+        assert!(!fleet);
+        assert!(matches!(
+            parse(&["allow", "add", "--fleet", "192.0.2.0/24"])
+                .expect("parses")
+                .command,
+            Command::Allow {
+                action: AllowAction::Add { fleet: true, .. }
+            }
+        ));
         assert_eq!(cidr, "192.0.2.0/24");
         assert_eq!(comment.as_deref(), Some("partner relay"));
         assert_eq!(config.config, PathBuf::from("/tmp/gk.toml"));
