@@ -1,8 +1,9 @@
 //! A three-member etcd cluster for the fleet tests (issue 23): the `etcd` binary from Debian's
 //! `etcd-server`, in a namespace of its own (the "etcd host"), members peering over its loopback
 //! on distinct ports, TLS everywhere with a test CA (made with `openssl`), client certificates
-//! required. Each DMZ host joins it by a veth of its own (`198.18.N.0/24`, RFC 2544's test
-//! range): the members listen for clients on loopback and on those links. Data directories and
+//! required. Each DMZ host joins it by a veth of its own, a /28 of 198.51.100.0/24 (a
+//! documentation range the hosts' own links do not use): the members listen for clients on
+//! loopback and on those links. Data directories and
 //! certificates live in a [`TempDir`]; every member is a [`Daemon`], killed on drop (also when a
 //! test fails), and the namespace goes with the guard.
 
@@ -50,9 +51,15 @@ fn client_port(m: usize) -> u16 {
     2379 + 10 * m as u16
 }
 
-/// The etcd side of host `h`'s link.
+/// The etcd side of host `h`'s link (198.51.100.16h+1/28; the host's side is the next one).
 pub fn link_addr(h: usize) -> String {
-    format!("198.18.{}.1", h + 1)
+    link_side(h, 1)
+}
+
+/// Address `i` of host `h`'s link, a /28 of 198.51.100.0/24.
+fn link_side(h: usize, i: usize) -> String {
+    assert!(h < 16, "198.51.100.0/24 holds 16 links");
+    format!("198.51.100.{}", 16 * h + i)
 }
 
 fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
@@ -155,7 +162,7 @@ impl Cluster {
                 "ip",
                 "addr",
                 "add",
-                &format!("{}/24", link_addr(h)),
+                &format!("{}/28", link_addr(h)),
                 "dev",
                 &outer,
             ])?;
@@ -164,7 +171,7 @@ impl Cluster {
                 "ip",
                 "addr",
                 "add",
-                &format!("198.18.{}.2/24", h + 1),
+                &format!("{}/28", link_side(h, 2)),
                 "dev",
                 &inner,
             ])?;
@@ -377,6 +384,24 @@ impl Cluster {
                 Err(_) => std::thread::sleep(Duration::from_millis(200)),
             }
         }
+    }
+
+    /// The member that leads the cluster now.
+    pub fn leader(&self) -> anyhow::Result<usize> {
+        let out = self.ctl(&["endpoint", "status", "-w", "json"])?;
+        let all: Vec<serde_json::Value> = serde_json::from_str(&out)?;
+        for member in &all {
+            let status = &member["Status"];
+            if status["leader"] == status["header"]["member_id"] {
+                let endpoint = member["Endpoint"].as_str().unwrap_or_default();
+                if let Some(m) =
+                    (0..MEMBERS).find(|m| endpoint.ends_with(&format!(":{}", client_port(*m))))
+                {
+                    return Ok(m);
+                }
+            }
+        }
+        bail!("no member leads: {out}")
     }
 
     /// The store's current revision.

@@ -442,7 +442,12 @@ impl Daemon {
             scrape::serve(addr, self.config.pin_dir.clone(), Arc::clone(&self.counts))?;
         }
         self.fleet.start(&self.config)?;
-        self.ban_limits = bans::start_socket(&self.config, &self.counts, self.fleet.publisher())?;
+        self.ban_limits = bans::start_socket(
+            &self.config,
+            &self.fleet.allow_nets(),
+            &self.counts,
+            self.fleet.publisher(),
+        )?;
         let mut sweep = tokio::time::interval(bans::SWEEP_INTERVAL);
         let mut link_watch = LinkWatch::open()?;
         self.publish_counts();
@@ -490,7 +495,10 @@ impl Daemon {
                     }
                     self.request_fleet(&mut reloads);
                 }
-                () = self.fleet.changed() => self.request_fleet(&mut reloads),
+                () = self.fleet.changed() => {
+                    self.refresh_ban_limits();
+                    self.request_fleet(&mut reloads);
+                }
                 changed = link_watch.changed() => {
                     changed.context("reading link events")?;
                     self.check_interfaces(false);
@@ -537,6 +545,15 @@ impl Daemon {
                     }
                 }
             }
+        }
+    }
+
+    /// The ban socket refuses the fleet's allow networks as they are now, with the file's.
+    fn refresh_ban_limits(&self) {
+        if let Some(limits) = &self.ban_limits
+            && let Ok(mut shared) = limits.write()
+        {
+            *shared = bans::limits(&self.config, &self.fleet.allow_nets());
         }
     }
 
@@ -647,6 +664,7 @@ impl Daemon {
                     "fleet entries applied"
                 );
                 self.fleet.applied = done.target;
+                self.refresh_ban_limits();
             }
             Ok(Outcome::Fleet(Err(err))) => {
                 error!("applying the fleet's allow and deny entries failed (tried again): {err:#}");
@@ -730,7 +748,7 @@ impl Daemon {
         if let Some(limits) = &self.ban_limits
             && let Ok(mut shared) = limits.write()
         {
-            *shared = bans::limits(&new);
+            *shared = bans::limits(&new, &self.fleet.allow_nets());
         }
         if new.bans.socket != self.config.bans.socket
             || new.bans.socket_group != self.config.bans.socket_group

@@ -32,9 +32,16 @@ use gatekeeper_support::fleet_config::FleetConfig;
 
 /// How long connecting to one member may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long one unary request may take on one member before the next is tried (a member that
-/// lost its leader holds a request until a new one is elected).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one member may take to answer a request before the next member is asked. A write
+/// that reaches a follower just after the leader died is forwarded to the dead leader and lost:
+/// etcd answers "request timed out" only after its own request timeout (5 s + 2 election
+/// timeouts), long after another member could have taken the write. A healthy member commits in
+/// milliseconds (etcd warns from 100 ms on), so a second is ample; asking again is safe (a put
+/// of the same value again changes nothing; a lease granted twice leaves one unused lease, which
+/// ends with its TTL).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long reading an answer's body may take once it started (a full read of a large prefix).
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The revision asked for is gone (compacted): read everything again.
 #[derive(Debug, thiserror::Error)]
@@ -341,16 +348,23 @@ impl Client {
                 continue;
             };
             let request = self.request(at, path, body, token);
-            let sent = tokio::time::timeout(REQUEST_TIMEOUT, async {
-                send.ready().await?;
-                let response = send.send_request(request).await?;
+            let sent = async {
+                let response = tokio::time::timeout(ANSWER_TIMEOUT, async {
+                    send.ready().await?;
+                    send.send_request(request).await
+                })
+                .await
+                .map_err(|_| anyhow!("no answer within {ANSWER_TIMEOUT:?}"))??;
                 let status = response.status();
-                let bytes = response.into_body().collect().await?.to_bytes();
-                Ok::<_, hyper::Error>((status, bytes))
-            })
+                let bytes = tokio::time::timeout(BODY_TIMEOUT, response.into_body().collect())
+                    .await
+                    .map_err(|_| anyhow!("the answer took longer than {BODY_TIMEOUT:?}"))??
+                    .to_bytes();
+                anyhow::Ok((status, bytes))
+            }
             .await;
             match sent {
-                Ok(Ok((status, bytes))) => {
+                Ok((status, bytes)) => {
                     self.inner.current.store(at, Ordering::Relaxed);
                     let value: Value = serde_json::from_slice(&bytes).map_err(|_| {
                         anyhow!(
@@ -364,16 +378,10 @@ impl Client {
                     }
                     return Ok(value);
                 }
-                Ok(Err(err)) => {
+                Err(err) => {
+                    // The connection may still carry the lost request's answer: a new one.
                     *conn = None;
                     last_err = Some(anyhow!("{}{path}: {err}", self.inner.endpoints[at].name()));
-                }
-                Err(_) => {
-                    *conn = None;
-                    last_err = Some(anyhow!(
-                        "{}{path}: no answer within {REQUEST_TIMEOUT:?}",
-                        self.inner.endpoints[at].name()
-                    ));
                 }
             }
         }
@@ -486,7 +494,7 @@ impl Client {
                 }
             };
             let request = self.request(at, "/v3/watch", &body, token.as_deref());
-            let response = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            let response = tokio::time::timeout(ANSWER_TIMEOUT, async {
                 send.ready().await?;
                 send.send_request(request).await
             })
@@ -503,7 +511,16 @@ impl Client {
                         _send: send,
                     };
                     // The first message says whether the watch was created.
-                    watch.created().await?;
+                    match tokio::time::timeout(ANSWER_TIMEOUT, watch.created()).await {
+                        Ok(created) => created?,
+                        Err(_) => {
+                            last_err = Some(anyhow!(
+                                "{}/v3/watch: not created within {ANSWER_TIMEOUT:?}",
+                                self.inner.endpoints[at].name()
+                            ));
+                            continue;
+                        }
+                    }
                     return Ok(watch);
                 }
                 Ok(Ok(response)) => {
@@ -529,7 +546,7 @@ impl Client {
                 }
                 Err(_) => {
                     last_err = Some(anyhow!(
-                        "{}/v3/watch: no answer within {REQUEST_TIMEOUT:?}",
+                        "{}/v3/watch: no answer within {ANSWER_TIMEOUT:?}",
                         self.inner.endpoints[at].name()
                     ));
                 }

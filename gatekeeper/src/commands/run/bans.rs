@@ -19,6 +19,7 @@ use gatekeeper::{
     filter::Filter,
     rules::BanMaps,
 };
+use ipnet::IpNet;
 use tracing::{error, info, warn};
 
 use super::{
@@ -102,13 +103,14 @@ pub(super) async fn sweep(at: StoreAt, counts: SharedCounts) {
     }
 }
 
-/// The request limits of `config`.
-pub(super) fn limits(config: &Config) -> Arc<Limits> {
+/// The request limits of `config`; `fleet_allow` (the fleet's allow networks) are refused like
+/// the file's: a partner allowed fleet-wide is never banned by a relay's request.
+pub(super) fn limits(config: &Config, fleet_allow: &[IpNet]) -> Arc<Limits> {
     Arc::new(Limits {
         max_secs: config.bans.max_secs,
         v6_prefix: bans::v6_prefix(config),
         never_ban: config.bans.never_ban.clone(),
-        allow: config.allow.nets().to_vec(),
+        allow: gatekeeper::fleet::merge_sorted(config.allow.nets(), fleet_allow).into_owned(),
     })
 }
 
@@ -116,6 +118,7 @@ pub(super) fn limits(config: &Config) -> Arc<Limits> {
 /// A ban the socket makes is also published to the fleet when `publish` is given.
 pub(super) fn start_socket(
     config: &Config,
+    fleet_allow: &[IpNet],
     counts: &SharedCounts,
     publish: Option<tokio::sync::mpsc::UnboundedSender<gatekeeper::fleet::follow::LocalBan>>,
 ) -> anyhow::Result<Option<Arc<RwLock<Arc<Limits>>>>> {
@@ -123,7 +126,7 @@ pub(super) fn start_socket(
         return Ok(None);
     };
     let listener = ban_socket::bind(&path, config.bans.socket_group.as_deref())?;
-    let shared = Arc::new(RwLock::new(limits(config)));
+    let shared = Arc::new(RwLock::new(limits(config, fleet_allow)));
     let at = StoreAt::of(config);
     let service = BanService {
         limits: Arc::clone(&shared),

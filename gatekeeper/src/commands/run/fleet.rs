@@ -124,6 +124,18 @@ impl Fleet {
         }
     }
 
+    /// The fleet's allow networks the ban socket refuses to ban: those in the maps and the
+    /// follower's newest (an entry just added is refused before its job ran).
+    pub fn allow_nets(&self) -> Vec<IpNet> {
+        match &self.latest {
+            Some(latest) => {
+                gatekeeper::fleet::merge_sorted(&self.applied.allow, &latest.borrow().allow)
+                    .into_owned()
+            }
+            None => self.applied.allow.clone(),
+        }
+    }
+
     /// The networks the maps should hold, when they differ from what they hold.
     pub fn pending(&self) -> Option<Arc<Extra>> {
         let latest = Arc::clone(&*self.latest.as_ref()?.borrow());
