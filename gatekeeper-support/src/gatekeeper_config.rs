@@ -207,6 +207,8 @@ pub struct Config {
     pub derived: Vec<DerivedEntry>,
     /// `[dns]`: how the derived entries are resolved and where their state is kept.
     pub dns: DnsSettings,
+    /// `[fleet]`: the etcd cluster this host shares allow entries, deny entries and bans with.
+    pub fleet: Option<crate::fleet_config::FleetConfig>,
 }
 
 /// A config that could not be read or is invalid, with the position of the offending value.
@@ -287,6 +289,8 @@ struct RawConfig {
     /// Empty when the `[[allow]]` tables were read by the allowlist scanner.
     #[serde(default)]
     allow: Option<Vec<RawAllowEntry>>,
+    #[serde(default)]
+    fleet: Option<crate::fleet_config::RawFleet>,
 }
 
 /// An `[[allow]]` table: a `cidr`, or a DNS name to follow (`spf`, `mx`, `a`).
@@ -455,6 +459,12 @@ impl Config {
         let derived = derived_entries(scanned.derived).map_err(|(s, m)| at(s, m))?;
         let dns = dns_settings(raw.dns.as_ref(), !derived.is_empty()).map_err(|(s, m)| at(s, m))?;
         let bans = ban_control(&raw).map_err(|(s, m)| at(s, m))?;
+        let fleet = raw
+            .fleet
+            .as_ref()
+            .map(crate::fleet_config::RawFleet::validate)
+            .transpose()
+            .map_err(|(s, m)| at(s, m))?;
         let deny_feeds = raw
             .deny_feeds
             .iter()
@@ -526,6 +536,7 @@ impl Config {
             allow,
             derived,
             dns,
+            fleet,
         })
     }
 }

@@ -13,6 +13,7 @@
 //! - [`cidr`]: CIDR-or-address parsing with the allowlist's rules.
 //! - [`allowlist`]: the allowlist held compactly, and its scanner for `[[allow]]` tables.
 //! - [`allowlist_edit`]: one entry added or removed, streamed line by line through that scanner.
+//! - [`fleet_config`]: the `[fleet]` table (the etcd cluster MX hosts share entries and bans through).
 //! - [`gatekeeper_config`]: the `gatekeeper.toml` schema, read by the gatekeeper and by the
 //!   relay's `allow_gatekeeper`.
 
@@ -22,6 +23,7 @@ pub mod atomic;
 pub mod cidr;
 pub mod cli_docs;
 pub mod derived;
+pub mod fleet_config;
 pub mod gatekeeper_config;
 pub mod lock;
 pub mod lock_holder;

@@ -152,6 +152,10 @@ pub enum AllowAction {
         /// Who the entry is for; stored next to it in the config file.
         #[arg(long, value_name = "TEXT")]
         comment: Option<String>,
+        /// Fleet-wide: the entry goes to etcd (`[fleet]`), and every host's daemon applies it;
+        /// the config file is not changed.
+        #[arg(long)]
+        fleet: bool,
     },
     /// Remove a network from the allowlist.
     Remove {
@@ -159,11 +163,15 @@ pub enum AllowAction {
         config: ConfigArg,
         #[arg(value_name = "CIDR")]
         cidr: String,
+        /// Fleet-wide: the entry goes to etcd (`[fleet]`), and every host's daemon applies it;
+        /// the config file is not changed.
+        #[arg(long)]
+        fleet: bool,
     },
     /// List the entries with their hit counters (live, when the filter is loaded) and source:
     /// `file` for the config's `cidr` entries, `spf:NAME`, `mx:NAME` or `a:NAME` for each network
-    /// a DNS-derived entry admits (as the daemon last resolved it), then the derived sources'
-    /// age and last error.
+    /// a DNS-derived entry admits (as the daemon last resolved it), `fleet` for the fleet's
+    /// entries (as this host last applied them); then the derived sources' age and last error.
     List {
         #[command(flatten)]
         config: ConfigArg,
@@ -185,6 +193,10 @@ pub enum DenyAction {
         /// Why; stored next to it in the config file.
         #[arg(long, value_name = "TEXT")]
         comment: Option<String>,
+        /// Fleet-wide: the entry goes to etcd (`[fleet]`), and every host's daemon applies it;
+        /// the config file is not changed.
+        #[arg(long)]
+        fleet: bool,
     },
     /// Remove a network from the deny list.
     Remove {
@@ -192,6 +204,10 @@ pub enum DenyAction {
         config: ConfigArg,
         #[arg(value_name = "CIDR")]
         cidr: String,
+        /// Fleet-wide: the entry goes to etcd (`[fleet]`), and every host's daemon applies it;
+        /// the config file is not changed.
+        #[arg(long)]
+        fleet: bool,
     },
     /// List the `[[deny]]` entries with their hit counters (live, when the filter is loaded), and
     /// the deny feeds.
@@ -265,11 +281,21 @@ mod tests {
                     config,
                     cidr,
                     comment,
+                    fleet,
                 },
         } = cli.command
         else {
             panic!("not allow add");
         };
+        assert!(!fleet);
+        assert!(matches!(
+            parse(&["allow", "add", "--fleet", "192.0.2.0/24"])
+                .expect("parses")
+                .command,
+            Command::Allow {
+                action: AllowAction::Add { fleet: true, .. }
+            }
+        ));
         assert_eq!(cidr, "192.0.2.0/24");
         assert_eq!(comment.as_deref(), Some("partner relay"));
         assert_eq!(config.config, PathBuf::from("/tmp/gk.toml"));

@@ -14,6 +14,7 @@ pub mod dispatcher;
 pub mod edit;
 pub mod events;
 pub mod filter;
+pub mod fleet;
 pub mod link_watch;
 pub mod lock;
 pub mod maps;

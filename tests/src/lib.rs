@@ -6,6 +6,7 @@ pub mod addresses;
 pub mod cleanup;
 pub mod debian;
 pub mod dirs;
+pub mod etcd;
 pub mod frames;
 pub mod generate;
 pub mod gk;

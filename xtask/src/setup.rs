@@ -14,7 +14,7 @@ pub const NIGHTLY: &str = "nightly";
 
 pub fn run() -> anyhow::Result<()> {
     step(
-        "setup: checking the toolchain (nightly + rust-src, LLVM 22, bpf-linker 0.13, iproute2, openssl, python3, nsd, unbound, ldnsutils, slapd, xdp-tools, and qemu, busybox-static, cpio, xz for the kernel matrix)",
+        "setup: checking the toolchain (nightly + rust-src, LLVM 22, bpf-linker 0.13, iproute2, openssl, python3, nsd, unbound, ldnsutils, slapd, etcd, xdp-tools, and qemu, busybox-static, cpio, xz for the kernel matrix)",
     );
     ensure_nightly()?;
     ensure_rust_src()?;
@@ -205,6 +205,18 @@ const TOOLS: &[(&str, &[&str], &str, &str)] = &[
         &["-v"],
         "ldnsutils",
         "ldns-keygen and ldns-signzone sign the DANE tests' zone",
+    ),
+    (
+        "/usr/bin/etcd",
+        &["--version"],
+        "etcd-server",
+        "a three-member etcd cluster in a namespace for the fleet tests (issue 23)",
+    ),
+    (
+        "/usr/bin/etcdctl",
+        &["version"],
+        "etcd-client",
+        "etcdctl: the fleet tests' cluster checks, removals and compaction",
     ),
     (
         "/usr/sbin/slapd",

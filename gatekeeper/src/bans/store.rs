@@ -332,6 +332,89 @@ impl<M: BanTable> BanStore<M> {
         }
         Ok((put, refused))
     }
+
+    /// Adds many bans with one read and one write of the state file (the fleet's bursts): each
+    /// as [`BanStore::add`] would, keeping the later deadline. Returns how many were put, and how
+    /// many the full maps refused. The maps keep what went in if the file write fails.
+    pub fn add_all(&mut self, bans: Vec<NewBan>) -> anyhow::Result<(usize, usize)> {
+        let now = Now::read();
+        let mut records = state::load(&self.state, now.unix)?;
+        let mut at: std::collections::HashMap<IpNet, usize> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.source, i))
+            .collect();
+        let (mut put, mut full) = (0, 0);
+        for ban in bans {
+            let mut until = now.unix.saturating_add(ban.duration.as_secs());
+            let in_file = at.get(&ban.source).copied();
+            if let Some(i) = in_file {
+                until = until.max(records[i].until_unix);
+            }
+            if let Some(maps) = self.maps.as_mut() {
+                if let Some(live) = maps
+                    .get(ban.source)?
+                    .filter(|l| l.deadline_ns > now.monotonic_ns)
+                {
+                    until = until.max(now.until_unix(live.deadline_ns));
+                }
+                match maps.put(ban.source, now.deadline_ns(until)) {
+                    Ok(()) => {}
+                    Err(PutError::Full { .. }) => {
+                        full += 1;
+                        continue;
+                    }
+                    Err(PutError::Other(err)) => return Err(err),
+                }
+            }
+            match in_file {
+                Some(i) => records[i].until_unix = until,
+                None => {
+                    at.insert(ban.source, records.len());
+                    records.push(BanRecord {
+                        source: ban.source,
+                        until_unix: until,
+                        reason: ban.reason,
+                        added_unix: now.unix,
+                        by: ban.by,
+                    });
+                }
+            }
+            put += 1;
+        }
+        state::save(&self.state, &records)?;
+        Ok((put, full))
+    }
+
+    /// Lifts the bans of `sources` whose record `lift` accepts (the file's and the live entry),
+    /// with one read and one write of the file; how many went.
+    pub fn remove_where(
+        &mut self,
+        sources: &[IpNet],
+        lift: impl Fn(&BanRecord) -> bool,
+    ) -> anyhow::Result<usize> {
+        let now = Now::read();
+        let mut records = state::load(&self.state, now.unix)?;
+        let wanted: std::collections::HashSet<IpNet> = sources.iter().copied().collect();
+        let mut lifted = Vec::new();
+        records.retain(|r| {
+            let go = wanted.contains(&r.source) && lift(r);
+            if go {
+                lifted.push(r.source);
+            }
+            !go
+        });
+        if lifted.is_empty() {
+            return Ok(0);
+        }
+        state::save(&self.state, &records)?;
+        if let Some(maps) = self.maps.as_mut() {
+            for source in &lifted {
+                maps.delete(*source)?;
+            }
+        }
+        Ok(lifted.len())
+    }
 }
 
 /// The pinned (or the daemon's own) ban maps.

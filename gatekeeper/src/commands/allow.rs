@@ -241,16 +241,25 @@ pub fn list(path: &Path, json: bool) -> anyhow::Result<()> {
             .transpose()?
             .map(|entries| entries.into_iter().map(|e| (e.net, e.hits)).collect()),
     );
-    // The DNS-derived entries' networks, from the daemon's state file.
+    // The DNS-derived entries' networks, from the daemon's state file, and the fleet's, as
+    // this host last applied them.
     let derived = gatekeeper::derived::listing::Derived::read(&config);
-    let wanted = derived.with(config.allow.sorted_nets());
+    let fleet = super::fleet::rows(
+        &gatekeeper::fleet::saved(&config).allow,
+        config.allow.nets(),
+    );
+    let file_nets = config.allow.sorted_nets();
+    let wanted =
+        derived.with(gatekeeper::fleet::merge_sorted(&file_nets, &fleet.nets).into_owned());
+
     let live_nets = live.nets();
     let rows = live.rows(
         entry_rows::tagged(
             config.allow.iter().map(|entry| (entry.net, entry.comment)),
-            gatekeeper::derived::SOURCE_FILE,
+            gatekeeper::fleet::SOURCE_FILE,
         )
-        .chain(derived.rows()),
+        .chain(derived.rows())
+        .chain(fleet.iter()),
         &wanted,
         &live_nets,
     );

@@ -261,13 +261,16 @@ pub fn list(path: &Path, json: bool) -> anyhow::Result<()> {
         None
     });
     let (feeds, feed_nets) = read_feeds(&config);
+    let fleet = super::fleet::rows(&gatekeeper::fleet::saved(&config).deny, config.deny.nets());
+    let feed_nets = gatekeeper::fleet::merge_sorted(&feed_nets, &fleet.nets);
     let wanted = gatekeeper::sync::wanted_deny(&config.deny.sorted_nets(), &feed_nets);
     let live_nets = live.nets();
     let rows = live.rows(
         entry_rows::tagged(
             config.deny.iter().map(|entry| (entry.net, entry.comment)),
-            gatekeeper::derived::SOURCE_FILE,
-        ),
+            gatekeeper::fleet::SOURCE_FILE,
+        )
+        .chain(fleet.iter()),
         &wanted,
         &live_nets,
     );

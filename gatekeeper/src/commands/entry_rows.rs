@@ -16,7 +16,7 @@ pub struct Row<'a> {
     pub net: IpNet,
     pub comment: Option<&'a str>,
     /// Where the entry comes from: `file`, a DNS-derived entry's source (`spf:partner.example`,
-    /// `mx:NAME`, `a:NAME`); `-` for a live entry nothing wanted.
+    /// `mx:NAME`, `a:NAME`), `fleet`; `-` for a live entry nothing wanted.
     pub source: &'a str,
     pub in_config: bool,
     /// `None` when the filter is not loaded; `Some(None)` when loaded but the entry is not live.

@@ -6,6 +6,7 @@ mod check;
 mod deny;
 mod detach;
 mod entry_rows;
+mod fleet;
 mod run;
 mod stats;
 mod status;
@@ -13,6 +14,7 @@ mod status;
 use std::process::ExitCode;
 
 use clap::CommandFactory as _;
+use gatekeeper::fleet::Kind;
 use gatekeeper_support::cli_docs;
 
 use crate::cli::{AllowAction, BanAction, Cli, Command, DenyAction};
@@ -38,8 +40,24 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 config,
                 cidr,
                 comment,
+                fleet: true,
+            } => fleet::add(&config.config, Kind::Allow, &cidr, comment.as_deref()),
+            AllowAction::Add {
+                config,
+                cidr,
+                comment,
+                fleet: false,
             } => allow::add(&config.config, &cidr, comment.as_deref()),
-            AllowAction::Remove { config, cidr } => allow::remove(&config.config, &cidr),
+            AllowAction::Remove {
+                config,
+                cidr,
+                fleet: true,
+            } => fleet::remove(&config.config, Kind::Allow, &cidr),
+            AllowAction::Remove {
+                config,
+                cidr,
+                fleet: false,
+            } => allow::remove(&config.config, &cidr),
             AllowAction::List { config, json } => allow::list(&config.config, json),
         },
         Command::Ban { action } => match action {
@@ -57,8 +75,24 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 config,
                 cidr,
                 comment,
+                fleet: true,
+            } => fleet::add(&config.config, Kind::Deny, &cidr, comment.as_deref()),
+            DenyAction::Add {
+                config,
+                cidr,
+                comment,
+                fleet: false,
             } => deny::add(&config.config, &cidr, comment.as_deref()),
-            DenyAction::Remove { config, cidr } => deny::remove(&config.config, &cidr),
+            DenyAction::Remove {
+                config,
+                cidr,
+                fleet: true,
+            } => fleet::remove(&config.config, Kind::Deny, &cidr),
+            DenyAction::Remove {
+                config,
+                cidr,
+                fleet: false,
+            } => deny::remove(&config.config, &cidr),
             DenyAction::List { config, json } => deny::list(&config.config, json),
         },
         Command::Detach { config, ifaces } => detach::detach(&config.config, &ifaces),

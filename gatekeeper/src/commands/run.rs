@@ -25,6 +25,7 @@ mod ban_socket;
 mod bans;
 mod derived;
 mod feeds;
+mod fleet;
 mod ipv4_tables;
 mod links;
 mod reload;
@@ -126,7 +127,9 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
     // Before attaching: after a reboot the maps are new, and the file has the bans.
     bans::restore(&mut filter, &config, &counts);
     let feeds = FeedSet::load(&config.deny_feeds);
-    let started = start(&mut filter, path, &config, &feeds, &wanted);
+    // The fleet's last saved state is enforced from the start, etcd or not.
+    let fleet = fleet::Fleet::load(&config);
+    let started = start(&mut filter, path, &config, &feeds, &wanted, &fleet.applied);
     // Not kept for the daemon's life: a million networks are 24 MB.
     drop(wanted);
     let interfaces = match started {
@@ -158,6 +161,7 @@ pub fn run(path: &Path, ifaces: Vec<String>) -> anyhow::Result<()> {
         feeds: FeedSet::default(),
         feed_watch: FeedWatch::new(&FeedSet::default()),
         derived,
+        fleet,
     };
     daemon.set_feeds(feeds);
     let result = runtime.block_on(daemon.serve(signals, events));
@@ -187,8 +191,11 @@ fn start(
     config: &Config,
     feeds: &FeedSet,
     wanted: &[IpNet],
+    extra: &gatekeeper::fleet::Extra,
 ) -> Result<Interfaces, (anyhow::Error, bool)> {
-    fill(filter, path, config, feeds, wanted).map_err(|e| (e, false))?;
+    let wanted = gatekeeper::fleet::merge_sorted(wanted, &extra.allow);
+    let deny_nets = gatekeeper::fleet::merge_sorted(&feeds.union, &extra.deny);
+    fill(filter, path, config, feeds, &deny_nets, &wanted).map_err(|e| (e, false))?;
     // After the fill, which may have replaced the program along with its tables.
     let mut interfaces = Interfaces::new(filter).map_err(|e| (e, false))?;
     attach_all(filter, &mut interfaces, config).map_err(|e| (e, true))?;
@@ -202,6 +209,7 @@ fn fill(
     path: &Path,
     config: &Config,
     feeds: &FeedSet,
+    deny_nets: &[IpNet],
     wanted: &[IpNet],
 ) -> anyhow::Result<()> {
     let _edit = reload::edit_lock(path);
@@ -218,7 +226,7 @@ fn fill(
             "the pinned ban tables were made for another max_bans; they keep their size until `gatekeeper detach` removes them"
         );
     }
-    let report = apply_growing(filter, config, &feeds.union, wanted)?;
+    let report = apply_growing(filter, config, deny_nets, wanted)?;
     // The windows of the tables the fill mapped stay in the maps, not in this process.
     filter.maps().release_tables();
     info!(
@@ -414,6 +422,8 @@ struct Daemon {
     feed_watch: FeedWatch,
     /// The DNS-derived allow entries: the follower task and the sets it sent.
     derived: DerivedLink,
+    /// `[fleet]`: the fleet's networks in the maps, and the follower's newest.
+    fleet: fleet::Fleet,
 }
 
 /// What asked for a reload.
@@ -427,6 +437,8 @@ enum Trigger {
     Feeds,
     /// The DNS-derived allow entries' networks changed.
     Derived,
+    /// The fleet's allow or deny networks changed.
+    Fleet,
 }
 
 impl Trigger {
@@ -436,6 +448,7 @@ impl Trigger {
             Trigger::FileChanged(_) => "config file changed",
             Trigger::Feeds => "deny feed changed",
             Trigger::Derived => "derived allow entries changed",
+            Trigger::Fleet => "fleet changed",
         }
     }
 }
@@ -472,9 +485,15 @@ impl Daemon {
         if let Some(addr) = self.config.metrics_listen {
             scrape::serve(addr, self.config.pin_dir.clone(), Arc::clone(&self.counts))?;
         }
-        self.ban_limits = bans::start_socket(&self.config, &self.counts)?;
+        self.fleet.start(&self.config)?;
         self.derived.spawn();
-        self.refresh_ban_limits();
+        self.ban_limits = bans::start_socket(
+            &self.config,
+            &self.exempt_from_bans(),
+            &self.counts,
+            self.fleet.publisher(),
+        )?;
+
         let mut sweep = tokio::time::interval(bans::SWEEP_INTERVAL);
         let mut link_watch = LinkWatch::open()?;
         self.publish_counts();
@@ -524,12 +543,21 @@ impl Daemon {
                         // Back in force, with the new config or (refused) the previous one.
                         notify::ready(&self.status_line());
                     }
+                    self.request_fleet(&mut reloads);
+                }
+                () = self.fleet.changed() => {
+                    self.refresh_ban_limits();
+                    self.request_fleet(&mut reloads);
                 }
                 changed = link_watch.changed() => {
                     changed.context("reading link events")?;
                     self.check_interfaces(false);
                 }
-                _ = check.tick() => self.check_interfaces(false),
+                _ = check.tick() => {
+                    self.check_interfaces(false);
+                    // A fleet job that failed is tried again.
+                    self.request_fleet(&mut reloads);
+                }
                 _ = sweep.tick() => {
                     tokio::spawn(bans::sweep(
                         bans::StoreAt::of(&self.config),
@@ -570,6 +598,30 @@ impl Daemon {
         }
     }
 
+    /// The ban socket refuses the fleet's allow networks as they are now, with the file's.
+    fn refresh_ban_limits(&self) {
+        if let Some(limits) = &self.ban_limits
+            && let Ok(mut shared) = limits.write()
+        {
+            *shared = bans::limits(&self.config, &self.exempt_from_bans());
+        }
+    }
+
+    /// The admitted networks beside the file's that a ban request may never cover: the fleet's
+    /// allow entries and the DNS-derived networks (sorted).
+    fn exempt_from_bans(&self) -> Vec<IpNet> {
+        gatekeeper::fleet::merge_sorted(&self.fleet.allow_nets(), &self.derived.applied)
+            .into_owned()
+    }
+
+    /// Applies the fleet's newest networks to the maps when nothing else runs (a reload or
+    /// feed sync running now merges the networks last applied; this job follows it).
+    fn request_fleet(&mut self, reloads: &mut Reloads) {
+        if reloads.running.is_none() && self.fleet.pending().is_some() {
+            self.request_reload(reloads, Trigger::Fleet);
+        }
+    }
+
     /// Starts a reload on a blocking thread, or queues it behind the one running (a SIGHUP
     /// outranks a file change: it reads whatever is there).
     fn request_reload(&mut self, reloads: &mut Reloads, trigger: Trigger) {
@@ -594,14 +646,28 @@ impl Daemon {
                     entries: self.config.deny.sorted_nets(),
                 },
                 Trigger::Derived => {
-                    let (add, remove) = self.derived.change(&self.config);
+                    let (add, remove) =
+                        self.derived.change(&self.config, &self.fleet.applied.allow);
                     reload::Kind::Derived { add, remove }
+                }
+                Trigger::Fleet => {
+                    let Some(target) = self.fleet.pending() else {
+                        return;
+                    };
+                    reload::Kind::Fleet(fleet::Job::new(
+                        &self.config,
+                        &self.feeds.union,
+                        &self.derived.applied,
+                        &self.fleet.applied,
+                        target,
+                    ))
                 }
             },
             feeds: self.feeds.clone(),
             derived: Arc::clone(&self.derived.wanted),
+            extra: Arc::clone(&self.fleet.applied),
         };
-        if !matches!(trigger, Trigger::Feeds | Trigger::Derived) {
+        if !matches!(trigger, Trigger::Feeds | Trigger::Derived | Trigger::Fleet) {
             // A feed change is routine and quick; a config reload is what `systemctl reload`
             // asked for (ExecReload sends SIGHUP) and what its caller waits to see finished.
             notify::reloading(&format!("reloading the config ({})", trigger.name()));
@@ -650,6 +716,22 @@ impl Daemon {
                     "deny feeds reloaded"
                 );
                 self.set_feeds(feeds);
+            }
+            Ok(Outcome::Fleet(Ok(done))) => {
+                info!(
+                    allow_added = done.allow.0,
+                    allow_removed = done.allow.1,
+                    deny_added = done.deny.0,
+                    deny_removed = done.deny.1,
+                    fleet_allow = done.target.allow.len(),
+                    fleet_deny = done.target.deny.len(),
+                    "fleet entries applied"
+                );
+                self.fleet.applied = done.target;
+                self.refresh_ban_limits();
+            }
+            Ok(Outcome::Fleet(Err(err))) => {
+                error!("applying the fleet's allow and deny entries failed (tried again): {err:#}");
             }
             Ok(Outcome::FeedsFailed(err)) => {
                 // Not retried until a feed changes again: the next change or reload syncs all.
@@ -752,7 +834,7 @@ impl Daemon {
         if let Some(limits) = &self.ban_limits
             && let Ok(mut shared) = limits.write()
         {
-            *shared = bans::limits(&new);
+            *shared = bans::limits(&new, &self.fleet.allow_nets());
         }
         if new.bans.socket != self.config.bans.socket
             || new.bans.socket_group != self.config.bans.socket_group
@@ -816,17 +898,6 @@ impl Daemon {
 
     /// The ban socket's limits with the derived networks in force: a partner a DNS-derived
     /// entry admits is allowlisted, so never banned through the socket either.
-    fn refresh_ban_limits(&self) {
-        if let Some(limits) = &self.ban_limits
-            && let Ok(mut shared) = limits.write()
-        {
-            let mut new = bans::limits(&self.config);
-            if let Some(fresh) = Arc::get_mut(&mut new) {
-                fresh.allow.extend(self.derived.applied.iter().copied());
-            }
-            *shared = new;
-        }
-    }
 
     fn stopping(&self, signal: &str) {
         info!(signal, "stopping");

@@ -71,6 +71,9 @@ pub fn status(path: &Path, json_out: bool) -> anyhow::Result<Health> {
         let wanted = sorting
             .join()
             .map_err(|_| anyhow::anyhow!("sorting the allowlist failed"))?;
+        // The fleet's entries (as this host last saved them) are wanted too.
+        let fleet = gatekeeper::fleet::saved(&config).extra();
+        let wanted = gatekeeper::fleet::merge_sorted(&wanted, &fleet.allow).into_owned();
         Ok((wanted, live))
     })?;
     // The DNS-derived entries are wanted too: their networks as the daemon's state file has them.
@@ -156,6 +159,8 @@ pub fn status(path: &Path, json_out: bool) -> anyhow::Result<Health> {
 /// change).
 fn deny_report(config: &Config, loaded: bool) -> Value {
     let (feeds, feed_nets) = super::deny::read_feeds(config);
+    let fleet = gatekeeper::fleet::saved(config).extra();
+    let feed_nets = gatekeeper::fleet::merge_sorted(&feed_nets, &fleet.deny);
     let wanted = sync::wanted_deny(&config.deny.sorted_nets(), &feed_nets);
     let live = loaded
         .then(|| DenyMaps::open_pinned(&config.pin_dir).and_then(|d| d.nets()))

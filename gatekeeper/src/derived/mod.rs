@@ -22,11 +22,6 @@ use tracing::{error, warn};
 
 use self::{dns::Resolver, refresh::Refresher};
 
-/// The source `allow list` shows for the config file's own entries; a derived entry's networks
-/// show theirs (`spf:partner.example`, `mx:NAME`, `a:NAME`), and the fleet's (issue 23, part 2)
-/// `fleet`.
-pub const SOURCE_FILE: &str = "file";
-
 /// What the daemon's config says about the derived entries.
 pub type Sources = (DnsSettings, Vec<DerivedSource>);
 

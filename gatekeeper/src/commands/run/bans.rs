@@ -19,6 +19,7 @@ use gatekeeper::{
     filter::Filter,
     rules::BanMaps,
 };
+use ipnet::IpNet;
 use tracing::{error, info, warn};
 
 use super::{
@@ -80,7 +81,7 @@ impl StoreAt {
         }
     }
 
-    fn open(&self) -> anyhow::Result<BanStore<BanMaps>> {
+    pub(super) fn open(&self) -> anyhow::Result<BanStore<BanMaps>> {
         let maps = BanMaps::open_pinned(&self.pin_dir, self.v6_prefix)?;
         BanStore::lock(&self.state, Some(maps), self.max_bans)
     }
@@ -102,38 +103,51 @@ pub(super) async fn sweep(at: StoreAt, counts: SharedCounts) {
     }
 }
 
-/// The request limits of `config`.
-pub(super) fn limits(config: &Config) -> Arc<Limits> {
+/// The request limits of `config`; `fleet_allow` (the fleet's allow networks) are refused like
+/// the file's: a partner allowed fleet-wide is never banned by a relay's request.
+pub(super) fn limits(config: &Config, fleet_allow: &[IpNet]) -> Arc<Limits> {
     Arc::new(Limits {
         max_secs: config.bans.max_secs,
         v6_prefix: bans::v6_prefix(config),
         never_ban: config.bans.never_ban.clone(),
-        allow: config.allow.nets().to_vec(),
+        allow: gatekeeper::fleet::merge_sorted(config.allow.nets(), fleet_allow).into_owned(),
     })
 }
 
 /// Binds and serves the ban socket when the config names one; the limits to update at reloads.
+/// A ban the socket makes is also published to the fleet when `publish` is given.
 pub(super) fn start_socket(
     config: &Config,
+    fleet_allow: &[IpNet],
     counts: &SharedCounts,
+    publish: Option<tokio::sync::mpsc::UnboundedSender<gatekeeper::fleet::follow::LocalBan>>,
 ) -> anyhow::Result<Option<Arc<RwLock<Arc<Limits>>>>> {
     let Some(path) = config.bans.socket.clone() else {
         return Ok(None);
     };
     let listener = ban_socket::bind(&path, config.bans.socket_group.as_deref())?;
-    let shared = Arc::new(RwLock::new(limits(config)));
+    let shared = Arc::new(RwLock::new(limits(config, fleet_allow)));
     let at = StoreAt::of(config);
     let service = BanService {
         limits: Arc::clone(&shared),
         rate: Arc::new(Mutex::new(RateLimit::new(config.bans.requests_per_minute))),
         counts: Arc::clone(counts),
         apply: Arc::new(move |checked, by| {
-            at.open()?.add(NewBan {
+            let added = at.open()?.add(NewBan {
                 source: checked.source,
                 duration: Duration::from_secs(checked.for_secs),
-                reason: checked.reason,
-                by,
-            })
+                reason: checked.reason.clone(),
+                by: by.clone(),
+            })?;
+            if let Some(publish) = &publish {
+                let _ = publish.send(gatekeeper::fleet::follow::LocalBan {
+                    source: added.source,
+                    until_unix: added.until_unix,
+                    reason: checked.reason,
+                    by,
+                });
+            }
+            Ok(added)
         }),
     };
     info!(

@@ -120,10 +120,13 @@ impl DerivedLink {
     }
 
     /// The change that brings the maps from [`Self::applied`] to [`Self::wanted`]: networks to
-    /// add, and networks to take out (those the config's own entries do not list).
-    pub fn change(&self, config: &Config) -> (Vec<IpNet>, Vec<IpNet>) {
+    /// add, and networks to take out (those neither the config's own entries nor `kept`, the
+    /// fleet's allow entries (sorted), list).
+    pub fn change(&self, config: &Config, kept: &[IpNet]) -> (Vec<IpNet>, Vec<IpNet>) {
         let add = sorted_difference(&self.wanted, &self.applied).collect();
-        let mut remove: Vec<IpNet> = sorted_difference(&self.applied, &self.wanted).collect();
+        let mut remove: Vec<IpNet> = sorted_difference(&self.applied, &self.wanted)
+            .filter(|net| kept.binary_search(net).is_err())
+            .collect();
         if !remove.is_empty() {
             let listed: std::collections::HashSet<IpNet> = config
                 .allow

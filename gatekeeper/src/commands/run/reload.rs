@@ -12,7 +12,9 @@ use std::{
 use anyhow::Context as _;
 use gatekeeper::{
     config::Config,
-    dir24, lock,
+    dir24,
+    fleet::{Extra, merge_sorted},
+    lock,
     maps::FilterMaps,
     rules::{DenyMaps, DenySyncReport},
     sync::{self, SyncReport},
@@ -44,6 +46,8 @@ pub(super) struct Job {
     pub feeds: FeedSet,
     /// The DNS-derived networks (sorted): a config reload keeps them in the allowlist.
     pub derived: Arc<Vec<IpNet>>,
+    /// The fleet's networks the maps hold: merged into every sync, so it keeps them.
+    pub extra: Arc<Extra>,
 }
 
 /// What a job reloads.
@@ -60,6 +64,8 @@ pub(super) enum Kind {
     /// The DNS-derived networks changed: these go in, then these come out (the loop left out
     /// those the config's own entries list).
     Derived { add: Vec<IpNet>, remove: Vec<IpNet> },
+    /// The fleet's allow and deny networks changed (see [`super::fleet`]).
+    Fleet(super::fleet::Job),
 }
 
 /// A config applied to the maps; the loop attaches and detaches interfaces after it.
@@ -101,16 +107,24 @@ pub(super) enum Outcome {
     },
     /// Applying the derived networks failed.
     DerivedFailed(anyhow::Error),
+    /// A [`Kind::Fleet`] job's outcome.
+    Fleet(anyhow::Result<super::fleet::Done>),
 }
 
 /// Runs on a blocking thread.
 pub(super) fn run(job: Job) -> Outcome {
     let started = Instant::now();
     let _edit = edit_lock(&job.path);
-    let expected = match &job.kind {
-        Kind::Config { expected } => *expected,
-        Kind::Feeds { paths, entries } => return sync_feeds(&job, paths, entries),
-        Kind::Derived { add, remove } => {
+    let expected = match job.kind {
+        Kind::Config { expected } => expected,
+        Kind::Feeds {
+            ref paths,
+            ref entries,
+        } => return sync_feeds(&job, paths, entries),
+        Kind::Derived {
+            ref add,
+            ref remove,
+        } => {
             return match super::derived::apply(&job.pin_dir, add, remove) {
                 Ok((added, removed)) => Outcome::Derived {
                     derived: Arc::clone(&job.derived),
@@ -120,6 +134,7 @@ pub(super) fn run(job: Job) -> Outcome {
                 Err(err) => Outcome::DerivedFailed(err),
             };
         }
+        Kind::Fleet(fleet) => return Outcome::Fleet(super::fleet::run(fleet)),
     };
     let Some(stamp) = expected.or_else(|| FileStamp::of(&job.path)) else {
         return Outcome::Refused(anyhow::anyhow!("cannot read {}", job.path.display()), None);
@@ -155,7 +170,13 @@ fn sync_feeds(job: &Job, paths: &[PathBuf], entries: &[IpNet]) -> Outcome {
     let feeds = job.feeds.refreshed(paths);
     let synced = DenyMaps::open_pinned(&job.pin_dir)
         .context("opening the pinned deny list")
-        .and_then(|mut deny| sync::apply_deny(&mut deny, entries, &feeds.union));
+        .and_then(|mut deny| {
+            sync::apply_deny(
+                &mut deny,
+                entries,
+                &merge_sorted(&feeds.union, &job.extra.deny),
+            )
+        });
     match synced {
         Ok(report) => Outcome::Feeds(feeds, report),
         Err(err) => Outcome::FeedsFailed(err),
@@ -195,8 +216,10 @@ fn apply(job: &Job, text: &str) -> anyhow::Result<Step> {
     let mut deny = DenyMaps::open_pinned(&job.pin_dir)
         .context("opening the pinned deny list for the reload")?;
     let feeds = job.feeds.refreshed(&config.deny_feeds);
-    let wanted = super::derived::with_derived(config.allow.sorted_nets(), &job.derived);
-    let report = match sync::apply_sorted(&mut maps, &mut deny, &config, &feeds.union, &wanted) {
+    let with_derived = super::derived::with_derived(config.allow.sorted_nets(), &job.derived);
+    let wanted = merge_sorted(&with_derived, &job.extra.allow);
+    let deny_nets = merge_sorted(&feeds.union, &job.extra.deny);
+    let report = match sync::apply_sorted(&mut maps, &mut deny, &config, &deny_nets, &wanted) {
         Err(err) if err.downcast_ref::<dir24::OutOfBlocks>().is_some() => {
             return match ipv4_tables::grown_pool(&maps, &config)? {
                 Some(blocks) => Ok(Step::Refit(Refit { config, blocks })),
