@@ -122,6 +122,20 @@ struct Inner {
     conn: Mutex<Option<(usize, SendRequest<Full<Bytes>>)>>,
 }
 
+/// An HTTP/1.1 connection over `stream`, driven by a task of its own.
+async fn http1<S>(stream: S, endpoint: &Endpoint) -> anyhow::Result<SendRequest<Full<Bytes>>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .with_context(|| format!("{}: HTTP", endpoint.name()))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(send)
+}
+
 /// The rustls client config of `fleet`: its CA (else the system's trust store) and client
 /// certificate.
 fn tls_config(fleet: &FleetConfig) -> anyhow::Result<rustls::ClientConfig> {
@@ -247,21 +261,9 @@ impl Client {
                 .await
                 .map_err(|_| anyhow!("{}: TLS handshake timed out", endpoint.name()))?
                 .with_context(|| format!("{}: TLS handshake", endpoint.name()))?;
-            let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .with_context(|| format!("{}: HTTP", endpoint.name()))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            send
+            http1(stream, endpoint).await?
         } else {
-            let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-                .await
-                .with_context(|| format!("{}: HTTP", endpoint.name()))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            send
+            http1(tcp, endpoint).await?
         };
         Ok(send)
     }
