@@ -598,7 +598,8 @@ impl Daemon {
         }
     }
 
-    /// The ban socket refuses the fleet's allow networks as they are now, with the file's.
+    /// The ban socket refuses the file's allow networks, the fleet's as they are now and the
+    /// DNS-derived ones.
     fn refresh_ban_limits(&self) {
         if let Some(limits) = &self.ban_limits
             && let Ok(mut shared) = limits.write()
@@ -608,7 +609,8 @@ impl Daemon {
     }
 
     /// The admitted networks beside the file's that a ban request may never cover: the fleet's
-    /// allow entries and the DNS-derived networks (sorted).
+    /// allow entries and the DNS-derived networks (sorted). A partner either admits is
+    /// allowlisted, so never banned through the socket.
     fn exempt_from_bans(&self) -> Vec<IpNet> {
         gatekeeper::fleet::merge_sorted(&self.fleet.allow_nets(), &self.derived.applied)
             .into_owned()
@@ -895,9 +897,6 @@ impl Daemon {
         ));
         line
     }
-
-    /// The ban socket's limits with the derived networks in force: a partner a DNS-derived
-    /// entry admits is allowlisted, so never banned through the socket either.
 
     fn stopping(&self, signal: &str) {
         info!(signal, "stopping");
