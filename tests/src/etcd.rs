@@ -9,7 +9,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -28,22 +28,8 @@ const MEMBERS: usize = 3;
 /// Makes sure Debian's `etcd-server` and `etcd-client` are installed (`cargo xtask setup`
 /// installs them; a run without setup falls back to `apt-get install` once).
 pub fn ensure_installed() {
-    for (package, file) in [("etcd-server", ETCD), ("etcd-client", ETCDCTL)] {
-        if Path::new(file).exists() {
-            continue;
-        }
-        let ok = Command::new("apt-get")
-            .args(["install", "-y", "-q", package])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            ok && Path::new(file).exists(),
-            "{package} is missing: run `cargo xtask setup` (Debian package {package})"
-        );
-    }
+    crate::debian::ensure_package("etcd-server", &[ETCD]);
+    crate::debian::ensure_package("etcd-client", &[ETCDCTL]);
 }
 
 /// The client port of member `m` (the peer port is the next one).
