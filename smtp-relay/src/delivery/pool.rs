@@ -371,23 +371,6 @@ impl Pool {
                             detail,
                         });
                     }
-                    // DANE: TLS with a matching certificate or nothing (RFC 7672 2.2).
-                    Err(e @ (ClientError::TlsHandshake(_) | ClientError::TlsRequired(_)))
-                        if applied == Applied::Dane =>
-                    {
-                        let text = format!("DANE: MX host {}: {e}", target.name);
-                        tls_policy::audit(
-                            queue_id,
-                            &target.name,
-                            Some(target.addr),
-                            applied,
-                            None,
-                            TlsResult::Failed,
-                            &text,
-                        );
-                        last = Outcome::deferred(Some(target.addr), Some([4, 7, 5]), text);
-                        break;
-                    }
                     // MTA-STS testing: report what enforce would refuse, then deliver anyway.
                     Err(e @ (ClientError::TlsHandshake(_) | ClientError::TlsRequired(_)))
                         if testing && tls == TlsMode::Required =>
@@ -410,7 +393,12 @@ impl Pool {
                             e,
                             ClientError::TlsHandshake(_) | ClientError::TlsRequired(_)
                         );
+                        // DANE: TLS with a matching certificate or nothing (RFC 7672 2.2), so
+                        // never the plaintext fallback above (its wire mode is `Required`).
                         let (text, enhanced) = match (tls_failure, plan.mta_sts()) {
+                            (true, _) if applied == Applied::Dane => {
+                                (format!("DANE: MX host {}: {e}", target.name), [4, 7, 5])
+                            }
                             (true, Some(sts)) if matches!(applied, Applied::MtaSts { .. }) => {
                                 (format!("{sts}: MX host {}: {e}", target.name), [4, 7, 5])
                             }
