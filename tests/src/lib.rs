@@ -3,6 +3,7 @@
 //! guard is dropped, also when a test fails.
 
 pub mod addresses;
+pub mod ban_socket;
 pub mod cleanup;
 pub mod debian;
 pub mod dirs;

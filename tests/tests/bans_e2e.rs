@@ -4,16 +4,14 @@
 //! ban socket refuses allowlisted and `never_ban` sources and users outside its group.
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
     net::IpAddr,
-    os::unix::net::UnixStream,
-    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
 
 use gatekeeper_tests::{
     addresses::{LINK_PARTNER_V4 as PARTNER_V4, LINK_STRANGER_V4 as STRANGER_V4},
+    ban_socket::ask,
     gk::{MailHost, stop_cleanly},
     kernel_tests_enabled,
     tcp::Outcome,
@@ -40,17 +38,6 @@ fn setup(tag: &str, never_ban: &str, extra: &str) -> MailHost {
 
 fn partner(host: &MailHost, timeout: Duration) -> Outcome {
     host.connect(IpAddr::V4(PARTNER_V4), timeout)
-}
-
-/// One request on the ban socket; the answer line as JSON.
-fn ask(socket: &Path, request: &str) -> serde_json::Value {
-    let mut stream = UnixStream::connect(socket).expect("connect to the ban socket");
-    stream
-        .write_all(format!("{request}\n").as_bytes())
-        .expect("send");
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).expect("answer");
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("answer {line:?}: {e}"))
 }
 
 #[test]

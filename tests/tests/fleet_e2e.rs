@@ -16,12 +16,12 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::unix::net::UnixStream,
-    path::Path,
     time::{Duration, Instant},
 };
 
 use gatekeeper_tests::{
     addresses::{HOST_V4, LINK_PARTNER_V4 as PARTNER, LINK_STRANGER_V4 as STRANGER},
+    ban_socket::ask,
     etcd::Cluster,
     gk::MailHost,
     kernel_tests_enabled,
@@ -101,17 +101,6 @@ impl Host {
     fn drops(&self, source: Ipv4Addr, port: u16) -> bool {
         self.connect(source, port, PROBE) == Outcome::TimedOut
     }
-}
-
-/// One request on a ban socket, as the relay sends it; the answer.
-fn ask(socket: &Path, request: &str) -> serde_json::Value {
-    let mut stream = UnixStream::connect(socket).expect("connect to the ban socket");
-    stream
-        .write_all(format!("{request}\n").as_bytes())
-        .expect("send");
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).expect("answer");
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("answer {line:?}: {e}"))
 }
 
 /// Polls `check` until it holds; how long that took, or a panic naming `what`.
