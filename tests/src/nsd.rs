@@ -34,6 +34,19 @@ pub struct Nsd {
     serials: HashMap<String, u32>,
 }
 
+/// Runs `cmd -d -c conf`: in the foreground (the test's child, killed by PID), quiet (it logs
+/// to the file its config names). NSD and unbound (the DANE tests' resolver) take the same flags.
+pub fn spawn_foreground(mut cmd: Command, conf: &Path) -> Child {
+    cmd.arg("-d")
+        .arg("-c")
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"))
+}
+
 /// A port free on 127.0.0.1 for both UDP and TCP at the time of asking.
 pub fn free_port() -> u16 {
     for _ in 0..20 {
@@ -185,7 +198,7 @@ impl Nsd {
             }
             let conf_path = dir.path().join("nsd.conf");
             std::fs::write(&conf_path, conf).expect("write nsd.conf");
-            let mut cmd = match netns {
+            let cmd = match netns {
                 Some(ns) => {
                     let mut cmd = ns.nsenter();
                     cmd.arg(NSD);
@@ -193,15 +206,7 @@ impl Nsd {
                 }
                 None => Command::new(NSD),
             };
-            let child = cmd
-                .arg("-d")
-                .arg("-c")
-                .arg(&conf_path)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start nsd");
+            let child = spawn_foreground(cmd, &conf_path);
             let mut nsd = Nsd {
                 addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
                 child,

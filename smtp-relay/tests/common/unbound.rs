@@ -7,11 +7,11 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::TempDir;
-use super::nsd::{free_port, wait_answer, zone_text};
+use super::nsd::{free_port, spawn_foreground, wait_answer, zone_text};
 
 const UNBOUND: &str = "/usr/sbin/unbound";
 const KEYGEN: &str = "/usr/bin/ldns-keygen";
@@ -108,16 +108,7 @@ impl Unbound {
             conf.push_str("remote-control:\n  control-enable: no\n");
             let conf_path = dir.path().join("unbound.conf");
             std::fs::write(&conf_path, conf).expect("write unbound.conf");
-            // In the foreground (the test's child, killed by PID), quiet: it logs to its file.
-            let mut child = Command::new(UNBOUND)
-                .arg("-d")
-                .arg("-c")
-                .arg(&conf_path)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start unbound");
+            let mut child = spawn_foreground(Command::new(UNBOUND), &conf_path);
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
             let zone = zones.first().copied().unwrap_or("invalid");
             if wait_answer(addr, zone, None, || matches!(child.try_wait(), Ok(None))) {
