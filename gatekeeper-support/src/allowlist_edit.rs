@@ -111,31 +111,12 @@ pub fn splice_in(
     head_ok: impl FnOnce(&str) -> bool,
 ) -> io::Result<Spliced> {
     let mut lines = LineReader::new(&mut input);
-    // The settings: everything before the first header of the edited tables.
-    let mut head = String::new();
-    let first_header = loop {
-        let Some(line) = lines.next_line()? else {
-            // No such tables: the full-document path adds the first one.
-            return Ok(Spliced::Unusual);
-        };
-        let trimmed = line.trim_start_matches([' ', '\t']);
-        if trimmed.starts_with("[[") && classify_in(line, tables.name) == Ok(Line::Header) {
-            break line.to_string();
+    let (head, first_header) = match read_head(&mut lines, tables)? {
+        Head::Entries { head, first_header } => (head, first_header),
+        Head::Unusual => return Ok(Spliced::Unusual),
+        Head::OtherTable { head, header } => {
+            return first_entry_before(header, lines, out, tables, edit, head, head_ok);
         }
-        if trimmed.starts_with(tables.name)
-            && (tables.name == "allow"
-                || trimmed[tables.name.len()..]
-                    .trim_start_matches([' ', '\t'])
-                    .starts_with('='))
-        {
-            // A key of that name of its own: not the layout this edit handles.
-            return Ok(Spliced::Unusual);
-        }
-        if tables.copy_tail && trimmed.starts_with('[') {
-            // Another table begins and none of ours came first: the first entry goes here.
-            return first_entry_before(line.to_string(), lines, out, tables, edit, head, head_ok);
-        }
-        head.push_str(line);
     };
     if !head_ok(&head) {
         return Ok(Spliced::Unusual);
@@ -259,6 +240,51 @@ pub fn splice_in(
     Ok(Spliced::Done { head, entries })
 }
 
+/// What comes before the edited tables.
+pub(crate) enum Head {
+    /// The settings (`head`), then the first of the tables' headers.
+    Entries { head: String, first_header: String },
+    /// None of the tables, but another table (`header`) after the settings, where the caller
+    /// lets the rest of the file be copied ([`Tables::copy_tail`]).
+    OtherTable { head: String, header: String },
+    /// No such tables, or a key of their name: the full-document path handles it.
+    Unusual,
+}
+
+/// Reads the settings: everything before the first header of the edited tables.
+pub(crate) fn read_head<R: Read>(
+    lines: &mut LineReader<'_, R>,
+    tables: Tables,
+) -> io::Result<Head> {
+    let mut head = String::new();
+    loop {
+        let Some(line) = lines.next_line()? else {
+            // No such tables: the full-document path adds the first one.
+            return Ok(Head::Unusual);
+        };
+        let trimmed = line.trim_start_matches([' ', '\t']);
+        if trimmed.starts_with("[[") && classify_in(line, tables.name) == Ok(Line::Header) {
+            let first_header = line.to_string();
+            return Ok(Head::Entries { head, first_header });
+        }
+        if trimmed.starts_with(tables.name)
+            && (tables.name == "allow"
+                || trimmed[tables.name.len()..]
+                    .trim_start_matches([' ', '\t'])
+                    .starts_with('='))
+        {
+            // A key of that name of its own: not the layout this edit handles.
+            return Ok(Head::Unusual);
+        }
+        if tables.copy_tail && trimmed.starts_with('[') {
+            // Another table begins and none of ours came first: the first entry goes here.
+            let header = line.to_string();
+            return Ok(Head::OtherTable { head, header });
+        }
+        head.push_str(line);
+    }
+}
+
 /// The first entry of `tables`, added before `header` (the first line of another table) with
 /// the rest of the file copied after it.
 fn first_entry_before<R: Read>(
@@ -295,7 +321,12 @@ fn first_entry_before<R: Read>(
 }
 
 /// The lines of a new entry with the file's line ends, if the scanner reads them back.
-fn checked_entry(tables: Tables, net: IpNet, comment: Option<&str>, crlf: bool) -> Option<String> {
+pub(crate) fn checked_entry(
+    tables: Tables,
+    net: IpNet,
+    comment: Option<&str>,
+    crlf: bool,
+) -> Option<String> {
     let mut entry = new_entry(net, comment);
     if !entry_reads_back(&entry, net, comment) {
         return None;
@@ -350,17 +381,17 @@ impl State<'_> {
 }
 
 /// What the edited network's `cidr` value can look like, for a cheap test before parsing.
-struct Target {
+pub(crate) struct Target {
     /// The network address, when IPv4: an IPv4 value names the same network only if its
     /// address part is this text (the parser takes no leading zeros and no host bits).
-    v4_addr: Option<String>,
+    pub(crate) v4_addr: Option<String>,
 }
 
 /// Whether the `cidr` value `value` may name the edited network: IPv6 values are always parsed
 /// (they have many spellings), IPv4 ones only when their address is the target's. Skipping the
 /// parse of the other million is what keeps an edit a pass over the lines; a value that does not
 /// parse is left for `gatekeeper check`, the daemon's reload and `gatekeeper status` to report.
-fn could_be(value: &str, target: &Target) -> bool {
+pub(crate) fn could_be(value: &str, target: &Target) -> bool {
     // Bytes, not chars: this runs for every entry of the file.
     let value = value.trim().as_bytes();
     if value.contains(&b':') {
@@ -412,7 +443,7 @@ fn trailing_blank_start(text: &str) -> usize {
 /// The lines of a file, read in large chunks: `BufRead::read_line` per line (a copy, a UTF-8
 /// check and a guard each) was a third of an edit's time at a million entries. Each chunk's
 /// complete lines are checked as UTF-8 at once.
-struct LineReader<'r, R> {
+pub(crate) struct LineReader<'r, R> {
     input: &'r mut R,
     /// Complete lines (and, at the end, a last line without a newline); read from `pos`.
     text: String,
@@ -425,7 +456,7 @@ struct LineReader<'r, R> {
 const CHUNK: usize = 1 << 16;
 
 impl<'r, R: Read> LineReader<'r, R> {
-    fn new(input: &'r mut R) -> Self {
+    pub(crate) fn new(input: &'r mut R) -> Self {
         LineReader {
             input,
             text: String::new(),
@@ -445,7 +476,7 @@ impl<'r, R: Read> LineReader<'r, R> {
 
     /// The next line with its ending (the last one may have none); `None` at the end. Invalid
     /// UTF-8 is an `InvalidData` error (the caller's full parse words it).
-    fn next_line(&mut self) -> io::Result<Option<&str>> {
+    pub(crate) fn next_line(&mut self) -> io::Result<Option<&str>> {
         loop {
             if self.pos < self.text.len() {
                 let start = self.pos;

@@ -18,6 +18,7 @@
 //!   relay's `allow_gatekeeper`.
 
 pub mod allowlist;
+pub mod allowlist_append;
 pub mod allowlist_edit;
 pub mod atomic;
 pub mod cidr;

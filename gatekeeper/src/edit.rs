@@ -17,6 +17,8 @@ use gatekeeper_support::{
 
 use crate::config::{Config, parse_cidr};
 
+pub mod append;
+
 /// What the operator calls the entries of the array of tables `table`.
 fn list_name(table: &str) -> &'static str {
     if table == "deny" {

@@ -47,6 +47,8 @@ pub(super) enum NewFile {
     Staged { staged: Staged, old: std::fs::File },
     /// Edited as a whole document (files the line scanner does not read).
     Text { new: String, old: String },
+    /// An added entry written at the end of the file in place.
+    Append(edit::append::Append),
 }
 
 impl NewFile {
@@ -60,6 +62,7 @@ impl NewFile {
                 edit::write_atomic(real, &new)?;
                 Restore::Text(old)
             }
+            NewFile::Append(append) => Restore::CutBack(append.commit(real)?),
         })
     }
 }
@@ -68,6 +71,7 @@ impl NewFile {
 pub(super) enum Restore {
     File(std::fs::File),
     Text(String),
+    CutBack(edit::append::CutBack),
 }
 
 impl Restore {
@@ -75,6 +79,7 @@ impl Restore {
         match self {
             Restore::File(mut old) => edit::restore(real, &mut old),
             Restore::Text(old) => edit::write_atomic(real, &old),
+            Restore::CutBack(cut) => cut.restore(real),
         }
     }
 }
@@ -87,6 +92,16 @@ fn prepare(
     path: &Path,
     change: Edit<'_>,
 ) -> anyhow::Result<(NewFile, Config, Vec<String>)> {
+    if let Edit::Add { net, comment } = change {
+        match edit::append::plan(real, path, net, comment)? {
+            edit::append::Planned::Ready { append, config } => {
+                let warnings = config.warnings_after_edit(1, Some(net));
+                return Ok((NewFile::Append(append), *config, warnings));
+            }
+            edit::append::Planned::Duplicate => return Err(duplicate(net, path)),
+            edit::append::Planned::Stream => {}
+        }
+    }
     match edit::stream(real, path, change)? {
         Streamed::Ready {
             staged,
@@ -105,12 +120,7 @@ fn prepare(
         }
         Streamed::Duplicate => {
             if let Edit::Add { net, .. } = change {
-                return Err(EditError::Duplicate {
-                    net,
-                    path: path.to_path_buf(),
-                    table: "allow",
-                }
-                .into());
+                return Err(duplicate(net, path));
             }
         }
         Streamed::Missing => {
@@ -144,13 +154,23 @@ fn prepare(
     ))
 }
 
+fn duplicate(net: IpNet, path: &Path) -> anyhow::Error {
+    EditError::Duplicate {
+        net,
+        path: path.to_path_buf(),
+        table: "allow",
+    }
+    .into()
+}
+
 fn parse_net(cidr: &str) -> anyhow::Result<IpNet> {
     parse_cidr(cidr).map_err(|e| anyhow!("invalid allowlist entry: {e}"))
 }
 
-/// Edits one entry: the file is streamed, not parsed whole, and the live maps see one insert or
-/// removal (no read of the whole live state), so an edit costs the same at 10 and at a million
-/// entries (a pass over the file's lines).
+/// Edits one entry: an added IPv4 entry is appended to the file in place (see
+/// [`edit::append`]), other edits stream the file, neither parses it whole, and the live maps see
+/// one insert or removal (no read of the whole live state), so an edit costs the same at 10 and
+/// at a million entries (at most a pass over the file's lines).
 pub fn add(path: &Path, cidr: &str, comment: Option<&str>) -> anyhow::Result<()> {
     let net = parse_net(cidr)?;
     let real = edit::resolve(path)?;
