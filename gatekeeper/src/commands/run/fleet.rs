@@ -153,6 +153,24 @@ pub(super) struct Job {
     pub deny_removed: Vec<IpNet>,
 }
 
+/// The networks of `leaving` that neither the file's list (`file`, in file order) nor `sorted`
+/// (another source in the maps) still has. The file's list is sorted once, and only when
+/// something leaves: a million-entry list is not scanned once per leaving network.
+fn kept_out(leaving: impl Iterator<Item = IpNet>, file: &[IpNet], sorted: &[IpNet]) -> Vec<IpNet> {
+    let leaving: Vec<IpNet> = leaving
+        .filter(|net| sorted.binary_search(net).is_err())
+        .collect();
+    if leaving.is_empty() {
+        return leaving;
+    }
+    let mut file = file.to_vec();
+    gatekeeper_support::allowlist::sort_nets(&mut file);
+    leaving
+        .into_iter()
+        .filter(|net| file.binary_search(net).is_err())
+        .collect()
+}
+
 impl Job {
     /// The job that takes the maps from `applied` to `target`; a network leaving the fleet stays
     /// when the file (or a deny feed) still has it.
@@ -164,14 +182,16 @@ impl Job {
         applied: &Extra,
         target: Arc<Extra>,
     ) -> Job {
-        let allow_removed: Vec<IpNet> = sorted_difference(&applied.allow, &target.allow)
-            .filter(|net| !config.allow.nets().contains(net) && derived.binary_search(net).is_err())
-            .collect();
-        let deny_removed: Vec<IpNet> = sorted_difference(&applied.deny, &target.deny)
-            .filter(|net| {
-                !config.deny.nets().contains(net) && feed_nets.binary_search(net).is_err()
-            })
-            .collect();
+        let allow_removed = kept_out(
+            sorted_difference(&applied.allow, &target.allow),
+            config.allow.nets(),
+            derived,
+        );
+        let deny_removed = kept_out(
+            sorted_difference(&applied.deny, &target.deny),
+            config.deny.nets(),
+            feed_nets,
+        );
         Job {
             pin_dir: config.pin_dir.clone(),
             allow_added: sorted_difference(&target.allow, &applied.allow).collect(),
@@ -272,4 +292,33 @@ fn apply_bans(at: &StoreAt, never_ban: &[IpNet], changes: BanChanges) -> anyhow:
         store.remove_where(&changes.removed, |record| record.by.starts_with("fleet "))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|s| s.parse().expect("net")).collect()
+    }
+
+    #[test]
+    fn a_network_leaving_the_fleet_stays_when_the_file_or_another_source_has_it() {
+        // The file's list in file order (unsorted), the other source sorted.
+        let file = nets(&["203.0.113.0/24", "2001:db8::/48", "192.0.2.0/28"]);
+        let derived = nets(&["198.51.100.7/32"]);
+        let leaving = nets(&[
+            "192.0.2.0/28",
+            "192.0.2.0/29",
+            "198.51.100.7/32",
+            "203.0.113.0/24",
+            "2001:db8::/48",
+            "2001:db8::/64",
+        ]);
+        assert_eq!(
+            kept_out(leaving.into_iter(), &file, &derived),
+            nets(&["192.0.2.0/29", "2001:db8::/64"])
+        );
+        assert!(kept_out(std::iter::empty(), &file, &derived).is_empty());
+    }
 }
