@@ -169,6 +169,17 @@ impl Interfaces {
             lost_at,
             reported,
         };
+        // Why the filter is not on the interface, at ERROR once per distinct reason (the
+        // watcher looks again at every change of the interface).
+        let not_on = |ifindex: u32, why: String, detail: &str| {
+            if reported.as_deref() != Some(why.as_str()) {
+                error!(
+                    iface,
+                    ifindex, "the filter is NOT on {iface}{detail}: {why}"
+                );
+            }
+            unfiltered(Some(why))
+        };
         // A dispatcher component counts as on the interface when it is among the dispatcher's
         // components; a dispatcher without it is joined like a free interface.
         let (ours, joinable) = match &now {
@@ -199,17 +210,11 @@ impl Interfaces {
                     );
                     State::Filtered { ifindex }
                 }
-                Err(err) => {
-                    let text = format!("{err:#}");
-                    if reported.as_deref() != Some(text.as_str()) {
-                        error!(
-                            iface,
-                            ifindex,
-                            "the filter is NOT on {iface}, joining libxdp's dispatcher failed: {text}"
-                        );
-                    }
-                    unfiltered(Some(text))
-                }
+                Err(err) => not_on(
+                    ifindex,
+                    format!("{err:#}"),
+                    ", joining libxdp's dispatcher failed",
+                ),
             },
             Observed::Present {
                 ifindex,
@@ -219,10 +224,7 @@ impl Interfaces {
                     || format!("{iface} runs another XDP program"),
                     |o| o.to_string(),
                 );
-                if reported.as_deref() != Some(text.as_str()) {
-                    error!(iface, ifindex, "the filter is NOT on {iface}: {text}");
-                }
-                unfiltered(Some(text))
+                not_on(ifindex, text, "")
             }
             Observed::Present { ifindex, xdp: None } => match attach(filter, iface, config, slot) {
                 Ok(ifindex) => {
@@ -237,17 +239,11 @@ impl Interfaces {
                     }
                     State::Filtered { ifindex }
                 }
-                Err(err) => {
-                    let text = format!("{err:#}");
-                    if reported.as_deref() != Some(text.as_str()) {
-                        error!(
-                            iface,
-                            ifindex,
-                            "the filter is NOT on {iface}, attaching failed (retried when the interface changes, and on SIGHUP): {text}"
-                        );
-                    }
-                    unfiltered(Some(text))
-                }
+                Err(err) => not_on(
+                    ifindex,
+                    format!("{err:#}"),
+                    ", attaching failed (retried when the interface changes, and on SIGHUP)",
+                ),
             },
         };
         self.states.insert(iface.to_string(), next);
