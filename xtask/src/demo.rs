@@ -175,30 +175,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "demo 2/{STEPS}: the mail host's configuration: a TLS certificate made on the spot, a user for the partner, the allowlist"
     ));
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    shell::run(
-        Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-            ])
-            .args([
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=mx.example.org",
-                "-keyout",
-            ])
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .stderr(std::process::Stdio::null()),
-    )
-    .context("making the demo certificate with openssl")?;
+    shell::self_signed_cert(&key, &cert).context("making the demo certificate with openssl")?;
     let hash = hash_password(&relay, PASSWORD)?;
     let gk_config = dir.path().join("gatekeeper.toml");
     let (ban_socket, ban_state) = (dir.path().join("ban.sock"), dir.path().join("bans.json"));

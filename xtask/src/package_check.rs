@@ -250,28 +250,7 @@ fn expect_stat(sandbox: &Path, path: &str, want: &str) -> anyhow::Result<()> {
 }
 
 fn self_signed(dir: &Path) -> anyhow::Result<()> {
-    shell::run(
-        Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-            ])
-            .args([
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=mx.example.org",
-                "-keyout",
-            ])
-            .arg(dir.join("privkey.pem"))
-            .arg("-out")
-            .arg(dir.join("fullchain.pem")),
-    )
+    shell::self_signed_cert(&dir.join("privkey.pem"), &dir.join("fullchain.pem"))
 }
 
 /// Every path in the tree, relative with a leading `/`, not crossing into other filesystems.

@@ -101,6 +101,19 @@ pub fn run_tests(cmd: &mut Command, tally: &mut TestTally) -> anyhow::Result<()>
 }
 
 /// Runs `cmd` quietly and returns whether it succeeded (false if it cannot start).
+/// A throwaway P-256 certificate for `mx.example.org`, valid two days, made with openssl
+/// (quietly): the demo's and the package check's TLS.
+pub fn self_signed_cert(key: &Path, cert: &Path) -> anyhow::Result<()> {
+    run(Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=mx.example.org", "-keyout"])
+        .arg(key)
+        .arg("-out")
+        .arg(cert)
+        .stderr(std::process::Stdio::null()))
+}
+
 pub fn succeeds(cmd: &mut Command) -> bool {
     cmd.stdout(Stdio::null())
         .stderr(Stdio::null())
