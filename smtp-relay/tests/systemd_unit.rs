@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::process::Relay;
 use common::{Client, TempDir, queue_id};
+use gatekeeper_tests::notify::NotifySocket;
 
 const BIN: &str = env!("CARGO_BIN_EXE_smtp-relay");
 
@@ -448,37 +449,11 @@ fn pid_t(pid: u32) -> libc::pid_t {
     libc::pid_t::try_from(pid).expect("pid fits pid_t")
 }
 
-/// systemd's notification socket as the test's own Unix datagram socket.
-struct NotifySocket(std::os::unix::net::UnixDatagram);
-
-impl NotifySocket {
-    /// The next notification with the line `line`, skipping others; panics after `timeout`.
-    fn wait_for(&self, line: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        let mut buf = [0u8; 4096];
-        let mut seen = Vec::new();
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            self.0
-                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                .expect("read timeout");
-            let Ok(n) = self.0.recv(&mut buf) else { break };
-            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
-            if message.lines().any(|l| l == line) {
-                return message;
-            }
-            seen.push(message);
-        }
-        panic!("no {line} within {timeout:?}; received {seen:?}");
-    }
-}
-
 #[test]
 fn ready_is_sent_once_every_listener_answers_and_reloads_are_bracketed() {
     let setup = common::Setup::new("notify", &common::config_text("", 10_000));
     let socket_path = setup.dir.path().join("notify.sock");
-    let notify = NotifySocket(
-        std::os::unix::net::UnixDatagram::bind(&socket_path).expect("bind the notify socket"),
-    );
+    let notify = NotifySocket::bind(&socket_path).expect("bind the notify socket");
     let mut command = Command::new(BIN);
     command
         .args(["run", "--config"])
@@ -486,7 +461,9 @@ fn ready_is_sent_once_every_listener_answers_and_reloads_are_bracketed() {
         .env("NOTIFY_SOCKET", &socket_path);
     let relay = Relay::spawn(command, 0);
 
-    let ready = notify.wait_for("READY=1", Duration::from_secs(20));
+    let ready = notify
+        .wait_for("READY=1", Duration::from_secs(20))
+        .unwrap_or_else(|seen| panic!("no READY=1 within 20 s; received {seen:?}"));
     // STATUS= names every listener with the port it got (the config asks for port 0).
     let status = ready
         .lines()
@@ -521,12 +498,16 @@ fn ready_is_sent_once_every_listener_answers_and_reloads_are_bracketed() {
     let pid = libc::pid_t::try_from(relay.child.id()).expect("pid");
     // SAFETY: signalling the child this test started, by its PID.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
-    let reloading = notify.wait_for("RELOADING=1", Duration::from_secs(10));
+    let reloading = notify
+        .wait_for("RELOADING=1", Duration::from_secs(10))
+        .unwrap_or_else(|seen| panic!("no RELOADING=1 within 10 s; received {seen:?}"));
     assert!(
         reloading.lines().any(|l| l.starts_with("MONOTONIC_USEC=")),
         "{reloading:?}"
     );
-    let ready = notify.wait_for("READY=1", Duration::from_secs(10));
+    let ready = notify
+        .wait_for("READY=1", Duration::from_secs(10))
+        .unwrap_or_else(|seen| panic!("no READY=1 within 10 s; received {seen:?}"));
     assert!(ready.contains("STATUS=serving on "), "{ready:?}");
 }
 
@@ -534,29 +515,10 @@ fn ready_is_sent_once_every_listener_answers_and_reloads_are_bracketed() {
 fn systemd_analyze_verifies_the_relay_unit() {
     let unit = Unit::read("smtp-relay.service");
     assert_eq!(unit.one("Type"), "notify");
-    let Ok(probe) = Command::new("systemd-analyze").arg("--version").output() else {
-        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-            panic!("systemd-analyze is missing (Debian: the systemd package)");
-        }
-        eprintln!("SKIP systemd_analyze_verifies_the_relay_unit: no systemd-analyze");
-        return;
-    };
-    assert!(probe.status.success());
     // The unit with its binary path pointed at this build: nothing is installed on the host.
     let dir = TempDir::new("verify");
     let text = std::fs::read_to_string(examples().join("smtp-relay.service")).expect("unit");
     let path = dir.path().join("smtp-relay.service");
     std::fs::write(&path, text.replace("/usr/local/sbin/smtp-relay", BIN)).expect("write unit");
-    // --man=no: smtp-relay(1) is installed by the package, not on this host.
-    let out = Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(&path)
-        .output()
-        .expect("run systemd-analyze verify");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stderr.trim().is_empty(),
-        "systemd-analyze verify {}: {stderr}",
-        path.display()
-    );
+    gatekeeper_tests::notify::verify_unit("systemd_analyze_verifies_the_relay_unit", &path);
 }

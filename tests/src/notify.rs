@@ -71,6 +71,35 @@ impl NotifySocket {
     }
 }
 
+/// Runs `systemd-analyze verify` on the unit file `unit` and fails the test `test` on any
+/// complaint. Without systemd-analyze the test prints SKIP, or fails under CI (Debian's systemd
+/// package has it).
+pub fn verify_unit(test: &str, unit: &Path) {
+    let Ok(probe) = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+    else {
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            panic!("systemd-analyze is missing (Debian: the systemd package)");
+        }
+        eprintln!("SKIP {test}: no systemd-analyze");
+        return;
+    };
+    assert!(probe.status.success());
+    // --man=no: Documentation= names pages this host need not have.
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(unit)
+        .output()
+        .expect("run systemd-analyze verify");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify {}: {stderr}",
+        unit.display()
+    );
+}
+
 /// The `STATUS=` line of a notification.
 pub fn status(message: &str) -> Option<&str> {
     message.lines().find_map(|l| l.strip_prefix("STATUS="))
