@@ -228,7 +228,9 @@ fn apply(job: &Job, text: &str) -> anyhow::Result<Step> {
         }
         other => other?,
     };
-    let before = (config.allow.len() + report.removed.len()).saturating_sub(report.added.len());
+    // What the maps held: the file's, the derived and the fleet's networks (`wanted`, merged),
+    // not the file's alone.
+    let before = (wanted.len() + report.removed.len()).saturating_sub(report.added.len());
     if is_mass_removal(before, report.removed.len()) {
         warn!(
             removed = report.removed.len(),
