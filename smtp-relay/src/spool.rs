@@ -170,6 +170,16 @@ pub fn is_valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
+/// Creates `dir` (and its parents) if needed. Mail is private: directories
+/// 0700, files 0600 (new ones only; an existing directory keeps the mode the
+/// admin gave it).
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
@@ -178,12 +188,7 @@ impl Spool {
     /// Creates the directories if needed and removes stale temp files.
     pub fn open(dir: &Path) -> anyhow::Result<Spool> {
         let tmp = dir.join("tmp");
-        // Mail is private: directories 0700, files 0600 (new ones only; an
-        // existing directory keeps the mode the admin gave it).
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&tmp)
+        create_private_dir(&tmp)
             .with_context(|| format!("creating spool directory {}", tmp.display()))?;
         for entry in fs::read_dir(&tmp).with_context(|| format!("reading {}", tmp.display()))? {
             let path = entry?.path();

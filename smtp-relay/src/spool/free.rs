@@ -12,7 +12,7 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -30,10 +30,7 @@ impl Free {
     /// Creates `free/` (0700) if needed and takes what it holds into the pool.
     pub fn open(spool_dir: &Path) -> io::Result<Free> {
         let dir = spool_dir.join("free");
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)?;
+        super::create_private_dir(&dir)?;
         let mut names = Vec::new();
         for entry in fs::read_dir(&dir)? {
             let entry = entry?;
