@@ -15,6 +15,8 @@
 //! of waiting messages durable at once (group commit: one `syncfs`, the
 //! renames, message before envelope, one directory fsync). Only then do
 //! their clients get `250`, so a `250` survives a crash or power loss.
+//! - `free/`: the files of delivered messages, kept for new messages to be
+//!   written into (see [`free`]).
 
 use std::fs;
 use std::io::{self, Write as _};
@@ -29,12 +31,17 @@ use tokio::io::AsyncWriteExt as _;
 
 pub use crate::envelope::{ENVELOPE_VERSION, Envelope, RcptStatus, Recipient};
 
+mod free;
+use free::Free;
+
 /// A spool directory.
 #[derive(Debug, Clone)]
 pub struct Spool {
     dir: PathBuf,
     /// Group commit; `None` for read-only handles ([`Spool::at`]).
     committer: Option<std::sync::Arc<Committer>>,
+    /// Spent files to write new messages into; `None` for read-only handles.
+    free: Option<std::sync::Arc<Free>>,
 }
 
 /// One message waiting for the group commit.
@@ -63,7 +70,7 @@ impl std::fmt::Debug for Committer {
 const MAX_BATCH: usize = 256;
 
 impl Committer {
-    fn start(dir: PathBuf) -> io::Result<Committer> {
+    fn start(dir: PathBuf, free: std::sync::Arc<Free>) -> io::Result<Committer> {
         let (tx, rx) = std::sync::mpsc::channel::<CommitRequest>();
         std::thread::Builder::new()
             .name("spool-commit".into())
@@ -76,7 +83,7 @@ impl Committer {
                             Err(_) => break,
                         }
                     }
-                    let result = commit_batch(&dir, &batch);
+                    let result = commit_batch(&dir, &free, &batch);
                     for r in batch {
                         let answer = match &result {
                             Ok(()) => Ok(()),
@@ -105,16 +112,12 @@ fn syncfs(dir: &Path) -> io::Result<()> {
     }
 }
 
-fn commit_batch(dir: &Path, batch: &[CommitRequest]) -> io::Result<()> {
+fn commit_batch(dir: &Path, free: &Free, batch: &[CommitRequest]) -> io::Result<()> {
     let result = (|| {
         for r in batch {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .mode(0o600)
-                .open(dir.join("tmp").join(format!("{}.env", r.id)))?;
+            let mut f = free.create(&dir.join("tmp").join(format!("{}.env", r.id)))?;
             f.write_all(&r.env_json)?;
+            f.set_len(r.env_json.len() as u64)?;
         }
         syncfs(dir)?;
         for r in batch {
@@ -167,6 +170,16 @@ pub fn is_valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
+/// Creates `dir` (and its parents) if needed. Mail is private: directories
+/// 0700, files 0600 (new ones only; an existing directory keeps the mode the
+/// admin gave it).
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
@@ -175,12 +188,7 @@ impl Spool {
     /// Creates the directories if needed and removes stale temp files.
     pub fn open(dir: &Path) -> anyhow::Result<Spool> {
         let tmp = dir.join("tmp");
-        // Mail is private: directories 0700, files 0600 (new ones only; an
-        // existing directory keeps the mode the admin gave it).
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&tmp)
+        create_private_dir(&tmp)
             .with_context(|| format!("creating spool directory {}", tmp.display()))?;
         for entry in fs::read_dir(&tmp).with_context(|| format!("reading {}", tmp.display()))? {
             let path = entry?.path();
@@ -188,11 +196,15 @@ impl Spool {
                 .with_context(|| format!("removing stale spool file {}", path.display()))?;
         }
         sync_dir(dir).with_context(|| format!("syncing {}", dir.display()))?;
-        let committer = Committer::start(dir.to_owned())
+        let free = std::sync::Arc::new(
+            Free::open(dir).with_context(|| format!("opening {}/free", dir.display()))?,
+        );
+        let committer = Committer::start(dir.to_owned(), free.clone())
             .with_context(|| format!("starting the commit thread for {}", dir.display()))?;
         Ok(Spool {
             dir: dir.to_owned(),
             committer: Some(std::sync::Arc::new(committer)),
+            free: Some(free),
         })
     }
 
@@ -202,6 +214,7 @@ impl Spool {
         Spool {
             dir: dir.to_owned(),
             committer: None,
+            free: None,
         }
     }
 
@@ -213,13 +226,24 @@ impl Spool {
     pub async fn begin(&self) -> io::Result<SpoolWriter> {
         let id = new_id();
         let tmp_eml = self.dir.join("tmp").join(format!("{id}.eml"));
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .mode(0o600)
-            .open(&tmp_eml)
-            .await?;
+        let file = match self.free.clone() {
+            Some(free) => {
+                let path = tmp_eml.clone();
+                let file = tokio::task::spawn_blocking(move || free.create(&path))
+                    .await
+                    .map_err(io::Error::other)??;
+                tokio::fs::File::from_std(file)
+            }
+            None => {
+                tokio::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .mode(0o600)
+                    .open(&tmp_eml)
+                    .await?
+            }
+        };
         Ok(SpoolWriter {
             id,
             dir: self.dir.clone(),
@@ -290,19 +314,22 @@ impl Spool {
 
     /// Takes a message out of the queue: envelope first (so it is no
     /// longer queued), then the message file, then fsync of the directory.
+    /// The files go to `free/` for reuse (unlinked by read-only handles).
     pub fn remove(&self, id: &str) -> io::Result<()> {
         if !is_valid_id(id) {
             return Err(io::Error::other(format!("invalid queue id {id:?}")));
         }
-        match fs::remove_file(self.dir.join(format!("{id}.env"))) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        match fs::remove_file(self.dir.join(format!("{id}.eml"))) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+        for name in [format!("{id}.env"), format!("{id}.eml")] {
+            let path = self.dir.join(name);
+            let removed = match &self.free {
+                Some(free) => free.keep(&path),
+                None => fs::remove_file(&path),
+            };
+            match removed {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
         sync_dir(&self.dir)
     }
@@ -365,6 +392,8 @@ impl SpoolWriter {
     /// `env.size` and `env.id` are filled in here.
     pub async fn commit(mut self, mut env: Envelope) -> io::Result<()> {
         self.file.flush().await?;
+        // A reused spool file may be longer than this message.
+        self.file.get_ref().set_len(self.size).await?;
         env.id = self.id.clone();
         env.size = self.size;
         if let Some(committer) = self.committer.clone() {
@@ -509,6 +538,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn removed_files_are_reused_cut_to_the_new_length() {
+        let tmp = TempDir::new("reuse");
+        let spool = Spool::open(&tmp.0).expect("open");
+        let long = spool
+            .enqueue(envelope(), &b"Subject: long\r\n\r\n".repeat(500))
+            .await
+            .expect("enqueue");
+        spool.remove(&long).expect("remove");
+        let free = spool.free.as_ref().expect("free");
+        assert_eq!(free.len(), 2);
+        assert!(!tmp.0.join(format!("{long}.env")).exists());
+        // Both spent files are written into again: the message and its envelope.
+        let short = spool
+            .enqueue(envelope(), b"Subject: x\r\n\r\nhi\r\n")
+            .await
+            .expect("enqueue");
+        assert_eq!(free.len(), 0);
+        let (env, bytes) = spool.read(&short).expect("read");
+        assert_eq!(bytes, b"Subject: x\r\n\r\nhi\r\n");
+        assert_eq!(env.id, short);
+        // A restart takes the spent files it finds into the pool.
+        spool.remove(&short).expect("remove");
+        drop(spool);
+        let again = Spool::open(&tmp.0).expect("reopen");
+        assert_eq!(again.free.as_ref().expect("free").len(), 2);
+        assert!(again.queued_ids().expect("list").is_empty());
+    }
+
+    #[tokio::test]
     async fn write_commit_read_roundtrip() {
         let tmp = TempDir::new("rt");
         let spool = Spool::open(&tmp.0).expect("open");
@@ -547,7 +605,8 @@ mod tests {
                 .next()
                 .is_none()
         );
-        assert_eq!(fs::read_dir(&tmp.0).expect("dir").count(), 1);
+        // tmp/ and free/ only.
+        assert_eq!(fs::read_dir(&tmp.0).expect("dir").count(), 2);
     }
 
     #[tokio::test]

@@ -315,7 +315,7 @@ impl Queue {
                 metrics::BOUNCED.inc();
             }
         } else {
-            let outgoing = self.signed(&env, &message);
+            let outgoing = self.signed(&env, &message).await;
             self.deliver_pending(&mut env, &outgoing).await;
         }
         env.attempts += 1;
@@ -378,15 +378,21 @@ impl Queue {
 
     /// The message as it goes out: with our DKIM signatures on top when the client
     /// authenticated or was trusted and its `From:` domain has keys (see `crate::dkim`).
-    /// Bounces quote the message as stored.
-    fn signed(&self, env: &Envelope, message: &Arc<Vec<u8>>) -> Arc<Vec<u8>> {
+    /// Bounces quote the message as stored. The signature is CPU work (RSA-2048: most of a
+    /// millisecond), so it runs on a blocking thread: on the async workers it would hold up
+    /// every session and delivery sharing the worker.
+    async fn signed(&self, env: &Envelope, message: &Arc<Vec<u8>>) -> Arc<Vec<u8>> {
         let Some(signer) = &self.inner.dkim else {
             return message.clone();
         };
         if !env.submitted() || env.is_bounce {
             return message.clone();
         }
-        match signer.sign(message) {
+        let (signer, bytes) = (signer.clone(), message.clone());
+        let signature = tokio::task::spawn_blocking(move || signer.sign(&bytes))
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("signing task: {e}")));
+        match signature {
             Ok(Some(signed)) => {
                 info!(event = "dkim_signed", queue_id = %env.id, domain = %signed.domain,
                     keys = %signed.keys.join(","), "signed");
