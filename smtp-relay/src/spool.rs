@@ -549,6 +549,14 @@ mod tests {
         let free = spool.free.as_ref().expect("free");
         assert_eq!(free.len(), 2);
         assert!(!tmp.0.join(format!("{long}.env")).exists());
+        // The delivered message does not stay readable in the pool.
+        let sizes = |dir: &Path| -> Vec<u64> {
+            fs::read_dir(dir)
+                .expect("free/")
+                .map(|e| e.expect("entry").metadata().expect("metadata").len())
+                .collect()
+        };
+        assert_eq!(sizes(&tmp.0.join("free")), vec![0, 0]);
         // Both spent files are written into again: the message and its envelope.
         let short = spool
             .enqueue(envelope(), b"Subject: x\r\n\r\nhi\r\n")
@@ -561,8 +569,11 @@ mod tests {
         // A restart takes the spent files it finds into the pool.
         spool.remove(&short).expect("remove");
         drop(spool);
+        // A crash between a move into the pool and its emptying: emptied at start.
+        fs::write(tmp.0.join("free").join(new_id()), b"Subject: left over\r\n").expect("plant");
         let again = Spool::open(&tmp.0).expect("reopen");
-        assert_eq!(again.free.as_ref().expect("free").len(), 2);
+        assert_eq!(again.free.as_ref().expect("free").len(), 3);
+        assert_eq!(sizes(&tmp.0.join("free")), vec![0, 0, 0]);
         assert!(again.queued_ids().expect("list").is_empty());
     }
 

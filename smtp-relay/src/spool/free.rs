@@ -7,8 +7,10 @@
 //! waits for it. Reused files allocate no inode, and on any filesystem save the inode and
 //! bitmap updates of a create and an unlink.
 //!
-//! Files in `free/` are garbage: a crash may leave any number there, and they are reused (or
-//! removed when over [`MAX_FREE`]) like the others.
+//! A spent file is emptied as it enters the pool, so a delivered message is no more readable
+//! from `free/` than from an unlinked file (its blocks are released as an unlink would). Files
+//! in `free/` are garbage: a crash may leave any number there, and they are emptied at start
+//! and reused (or removed when over [`MAX_FREE`]) like the others.
 
 use std::fs;
 use std::io;
@@ -26,6 +28,16 @@ pub struct Free {
     names: Mutex<Vec<String>>,
 }
 
+/// Cuts the spent file at `path` to nothing (a delivered message's content must not outlive its
+/// delivery); not synced: after a crash `Free::open` empties it again.
+fn empty(path: &Path) -> io::Result<()> {
+    fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?
+        .set_len(0)
+}
+
 impl Free {
     /// Creates `free/` (0700) if needed and takes what it holds into the pool.
     pub fn open(spool_dir: &Path) -> io::Result<Free> {
@@ -37,6 +49,8 @@ impl Free {
             let name = entry.file_name();
             match name.to_str() {
                 Some(n) if super::is_valid_id(n) && names.len() < MAX_FREE => {
+                    // A crash between the move and the emptying in `keep`.
+                    empty(&entry.path())?;
                     names.push(n.to_owned());
                 }
                 _ => fs::remove_file(entry.path())?,
@@ -61,7 +75,11 @@ impl Free {
             fs::remove_file(path)
         } else {
             let name = super::new_id();
-            fs::rename(path, self.dir.join(&name)).map(|()| self.names().push(name))
+            let kept = self.dir.join(&name);
+            // Moved first, emptied after: the spool never holds an emptied envelope.
+            fs::rename(path, &kept)
+                .and_then(|()| empty(&kept))
+                .map(|()| self.names().push(name))
         };
         match result {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
