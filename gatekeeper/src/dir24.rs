@@ -955,17 +955,21 @@ mod tests {
                 .position(|(n, _)| *n == net)
                 .expect("listed");
             let (_, id) = self.ids.swap_remove(at);
-            let replacement = self
-                .ids
-                .iter()
-                .filter(|(n, _)| n.contains(&net))
-                .max_by_key(|(n, _)| n.prefix_len())
-                .map_or(NONE, |(_, id)| id + 1);
+            let replacement = self.longest(|n| n.contains(&net));
             self.dir24.remove(net, id, replacement);
             self.dir24.free_id(id);
         }
 
-        /// `id + 1` of the entry `addr` should resolve to, or NONE.
+        /// `id + 1` of the longest entry `covers` accepts, or NONE.
+        fn longest(&self, covers: impl Fn(&Ipv4Net) -> bool) -> u32 {
+            self.ids
+                .iter()
+                .filter(|(n, _)| covers(n))
+                .max_by_key(|(n, _)| n.prefix_len())
+                .map_or(NONE, |(_, id)| id + 1)
+        }
+
+        /// `id + 1` of entry `s`, or NONE.
         fn value(&self, s: &str) -> u32 {
             self.ids
                 .iter()
@@ -978,12 +982,7 @@ mod tests {
             let base = u32::from(net(s).network()) & !0xff;
             for addr in base..=base + 0xff {
                 let ip = Ipv4Addr::from(addr);
-                let want = self
-                    .ids
-                    .iter()
-                    .filter(|(n, _)| n.contains(&ip))
-                    .max_by_key(|(n, _)| n.prefix_len())
-                    .map_or(NONE, |(_, id)| id + 1);
+                let want = self.longest(|n| n.contains(&ip));
                 assert_eq!(self.dir24.lookup(addr), want, "{step}: {ip}");
             }
         }
