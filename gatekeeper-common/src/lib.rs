@@ -84,7 +84,7 @@ pub mod dir24 {
     /// Entries of the first level: 2^24.
     pub const TBL24_ENTRIES: u32 = 1 << 24;
     /// Second-level blocks allocated by default (each 256 entries, 1 KiB): one is needed per /24
-    /// that holds prefixes longer than /24.
+    /// that holds prefixes longer than /24, unless its only entry is one /32 ([`single`]).
     pub const DEFAULT_LONG_BLOCKS: u32 = 1 << 14;
     /// Set in a first-level entry whose low bits are a block index (and in a [`single`] entry).
     pub const LONG_FLAG: u32 = 1 << 31;
