@@ -76,16 +76,57 @@ pub const BAN_BUCKETS_GLOBAL: &str = "GK_BAN_BUCKETS";
 pub const ALLOWLIST_CAPACITY: u32 = 1 << 20;
 
 /// The DIR-24-8 IPv4 lookup: a flat table indexed by the top 24 bits of the address, whose
-/// entries either name the allowlist entry covering the whole /24 or point to a block of 256
-/// entries for /24s that hold longer prefixes. Two array reads per lookup, whatever the list size.
+/// entries either name the allowlist entry covering the whole /24, or name the one host of a /24
+/// that holds a single /32 and nothing else ([`dir24::single`]), or point to a block of 256
+/// entries for the other /24s that hold longer prefixes. At most two array reads per lookup,
+/// whatever the list size.
 pub mod dir24 {
     /// Entries of the first level: 2^24.
     pub const TBL24_ENTRIES: u32 = 1 << 24;
     /// Second-level blocks allocated by default (each 256 entries, 1 KiB): one is needed per /24
-    /// that holds prefixes longer than /24.
+    /// that holds prefixes longer than /24, unless its only entry is one /32 ([`single`]).
     pub const DEFAULT_LONG_BLOCKS: u32 = 1 << 14;
-    /// Set in a first-level entry whose low bits are a block index.
+    /// Set in a first-level entry whose low bits are a block index (and in a [`single`] entry).
     pub const LONG_FLAG: u32 = 1 << 31;
+    /// Set in a first-level entry for a /24 whose only covering entry is one /32 (nothing
+    /// shorter covers the rest of the /24): the entry holds the host's last octet and the
+    /// entry's `id + 1` itself, so such a /24 needs no second-level block (a list of a million
+    /// hosts, each in its own /24, would otherwise take a million 1 KiB blocks). See [`single`].
+    pub const SINGLE_FLAG: u32 = 1 << 30;
+    /// In a [`single`] entry: where the host's last octet starts (8 bits).
+    pub const SINGLE_OCTET_SHIFT: u32 = 22;
+    /// Always set in a [`single`] entry: a program that knows only [`LONG_FLAG`] reads the low 24
+    /// bits as a block index past any pool (`MAX_DIR24_BLOCKS` is 2^20) and denies the /24,
+    /// rather than reading someone else's block.
+    pub const SINGLE_GUARD: u32 = 1 << 21;
+    /// In a [`single`] entry: the host's `id + 1`.
+    pub const SINGLE_VALUE_MASK: u32 = SINGLE_GUARD - 1;
+
+    // Every id + 1 fits below the guard bit, and the octet above it, under the flags.
+    const _: () = assert!(super::ALLOWLIST_CAPACITY <= SINGLE_VALUE_MASK);
+    const _: () = assert!(SINGLE_GUARD < 1 << SINGLE_OCTET_SHIFT);
+    const _: () = assert!(0xff << SINGLE_OCTET_SHIFT < SINGLE_FLAG);
+
+    /// The first-level entry of a /24 that holds only the host `.octet`, resolving to `value`
+    /// (`id + 1`); every other address of the /24 resolves to [`NONE`]:
+    /// `LONG_FLAG | SINGLE_FLAG | octet << 22 | SINGLE_GUARD | value`.
+    pub const fn single(octet: u8, value: u32) -> u32 {
+        LONG_FLAG
+            | SINGLE_FLAG
+            | (octet as u32) << SINGLE_OCTET_SHIFT
+            | SINGLE_GUARD
+            | (value & SINGLE_VALUE_MASK)
+    }
+
+    /// What a [`single`] entry resolves address `addr` to (`addr`'s /24 is the entry's).
+    #[inline(always)]
+    pub const fn single_lookup(entry: u32, addr: u32) -> u32 {
+        if (entry >> SINGLE_OCTET_SHIFT) & 0xff == addr & 0xff {
+            entry & SINGLE_VALUE_MASK
+        } else {
+            NONE
+        }
+    }
     /// `0` means "no entry covers this address"; otherwise `id + 1`.
     pub const NONE: u32 = 0;
     /// In an `ENTRY` value: where the prefix length + 1 starts.

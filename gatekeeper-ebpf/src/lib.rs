@@ -597,15 +597,19 @@ fn v4_may_be_listed(addr: u32) -> bool {
     (*word >> ((addr >> 16) & 63)) & 1 != 0
 }
 
-/// DIR-24-8: the /24's entry, then for /24s holding longer prefixes the address's entry in its
-/// block. Two inlined array reads whatever the list size.
+/// DIR-24-8: the /24's entry; for a /24 holding a single host, that host's entry if the address
+/// is the host; for other /24s holding longer prefixes the address's entry in its block. At most
+/// two inlined array reads whatever the list size.
 #[inline(always)]
 fn dir24_allowed(addr: u32) -> bool {
     let Some(first) = table_entry(&DIR24, addr >> 8) else {
         return false;
     };
     let mut entry = first;
-    if entry & dir24::LONG_FLAG != 0 {
+    // Checked first: a single-host entry also carries LONG_FLAG (see `dir24::SINGLE_GUARD`).
+    if entry & dir24::SINGLE_FLAG != 0 {
+        entry = dir24::single_lookup(entry, addr);
+    } else if entry & dir24::LONG_FLAG != 0 {
         let index = ((entry & !dir24::LONG_FLAG) << 8) | (addr & 0xff);
         let Some(second) = table_entry(&DIR24_LONG, index) else {
             return false;

@@ -5,9 +5,18 @@
 //! whole, ordered so that no address is ever without the entry that should cover it: adding a
 //! prefix only overwrites what a shorter (or no) prefix claimed; removing one hands its addresses
 //! to its longest remaining ancestor; a new second-level block is filled before the first level
-//! points to it; a block emptied back to one value is unhooked and reused only after a grace
-//! period (a program run that read the old pointer may still be reading it; runs last
-//! nanoseconds, the grace period is a second).
+//! points to it; a block emptied back to one value (or to one /32 over nothing) is unhooked and
+//! reused only after a grace period (a program run that read the old pointer may still be reading
+//! it; runs last nanoseconds, the grace period is a second).
+//!
+//! A first-level entry is one of three things ([`First`]): the value of the whole /24 (`id + 1`
+//! of the longest prefix of /24 or shorter covering it, or NONE); a single host
+//! ([`gatekeeper_common::dir24::single`]: the /24 holds exactly one /32 and nothing covers the
+//! rest of it, so its last octet and `id + 1` fit in the entry and no block is needed); or a
+//! block of 256 values. Transitions, each a single store: NONE → single (a /32 added to an empty
+//! /24); single → block (anything else added to that /24: the block is filled with the host and
+//! NONE, then hooked); single → NONE (the host removed); block → single (a remove leaves one /32
+//! over NONE: the block is retired as when it collapses to one value).
 
 use std::{
     collections::VecDeque,
@@ -21,7 +30,10 @@ use anyhow::{Context as _, bail};
 use aya::maps::MapData;
 use gatekeeper_common::{
     ALLOWLIST_CAPACITY,
-    dir24::{ENTRY_HITS_MASK, ENTRY_LEN_SHIFT, LONG_FLAG, NONE, TBL24_ENTRIES},
+    dir24::{
+        ENTRY_HITS_MASK, ENTRY_LEN_SHIFT, LONG_FLAG, NONE, SINGLE_FLAG, SINGLE_OCTET_SHIFT,
+        SINGLE_VALUE_MASK, TBL24_ENTRIES, single,
+    },
 };
 use ipnet::Ipv4Net;
 
@@ -285,6 +297,35 @@ pub struct OutOfBlocks {
     pub blocks: usize,
 }
 
+// A single-host entry must read as a block index past any pool to a program that predates it.
+const _: () = assert!(MAX_DIR24_BLOCKS < gatekeeper_common::dir24::SINGLE_GUARD);
+
+/// What a first-level entry says about its /24.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum First {
+    /// Every address resolves to this (`id + 1`, or NONE).
+    Whole(u32),
+    /// Host `.octet` resolves to `value` (`id + 1`), every other address to NONE.
+    Single { octet: u8, value: u32 },
+    /// Each address resolves to its value in this second-level block.
+    Block(u32),
+}
+
+impl First {
+    fn of(entry: u32) -> First {
+        if entry & SINGLE_FLAG != 0 {
+            First::Single {
+                octet: ((entry >> SINGLE_OCTET_SHIFT) & 0xff) as u8,
+                value: entry & SINGLE_VALUE_MASK,
+            }
+        } else if entry & LONG_FLAG != 0 {
+            First::Block(entry & !LONG_FLAG)
+        } else {
+            First::Whole(entry)
+        }
+    }
+}
+
 /// Copies the values of the mmapable array `old` into `new`, up to the smaller of the two.
 pub fn copy_values(old: &MapData, new: &MapData, name: &str) -> anyhow::Result<()> {
     let old = Mapped::<u64>::new(old, name)?;
@@ -298,25 +339,50 @@ pub fn copy_values(old: &MapData, new: &MapData, name: &str) -> anyhow::Result<(
     Ok(())
 }
 
-/// Second-level blocks a list of networks needs: one per /24 that holds a prefix longer than /24.
+/// Second-level blocks a list of networks needs: one per /24 that holds a prefix longer than /24,
+/// except a /24 whose only entry is one /32 that nothing shorter covers (a single-host entry).
+/// A network listed twice counts once (a reload sizes the pool from the config and the live
+/// entries together).
 pub fn blocks_needed<'a>(nets: impl IntoIterator<Item = &'a ipnet::IpNet>) -> u32 {
-    // One bit per /24 (2 MiB, whose pages are only touched where entries are): a pass, no sort
-    // (the daemon sizes its tables from this before it loads a million-entry list).
-    let mut seen = vec![0u64; (TBL24_ENTRIES as usize).div_ceil(64)];
-    let mut count = 0u32;
+    // One bit per /24 covered by a prefix of /24 or shorter (2 MiB, whose pages are only touched
+    // where such prefixes are), and the longer prefixes as `network << 8 | len`, sorted: 8 bytes
+    // per entry and one sort, before the daemon loads a million-entry list.
+    let mut covered = vec![0u64; (TBL24_ENTRIES as usize).div_ceil(64)];
+    let mut long = Vec::new();
     for net in nets {
-        if let ipnet::IpNet::V4(v4) = net
-            && v4.prefix_len() > 24
-        {
-            let slot = (u32::from(v4.network()) >> 8) as usize;
-            let (word, bit) = (slot / 64, 1u64 << (slot % 64));
-            if seen[word] & bit == 0 {
-                seen[word] |= bit;
-                count = count.saturating_add(1);
+        if let ipnet::IpNet::V4(v4) = net {
+            let start = u32::from(v4.network());
+            let len = v4.prefix_len();
+            if len > 24 {
+                long.push(u64::from(start) << 8 | u64::from(len));
+            } else {
+                mark_slots(&mut covered, start >> 8, 1 << (24 - len));
             }
         }
     }
+    long.sort_unstable();
+    long.dedup();
+    let mut count = 0u32;
+    // `key >> 16` is the /24 (`network >> 8`).
+    for group in long.chunk_by(|a, b| a >> 16 == b >> 16) {
+        let slot = (group[0] >> 16) as usize;
+        let is_covered = covered[slot / 64] & 1 << (slot % 64) != 0;
+        let single_host = group.len() == 1 && group[0] & 0xff == 32 && !is_covered;
+        if !single_host {
+            count = count.saturating_add(1);
+        }
+    }
     count
+}
+
+/// Sets bits `first..first + count` (a power of two, `first` a multiple of it).
+fn mark_slots(bits: &mut [u64], first: u32, count: u32) {
+    let (first, count) = (first as usize, count as usize);
+    if count >= 64 {
+        bits[first / 64..(first + count) / 64].fill(u64::MAX);
+    } else {
+        bits[first / 64] |= ((1u64 << count) - 1) << (first % 64);
+    }
 }
 
 /// The pool to create for a list that needs `needed` blocks: a sixteenth more and 256 blocks of
@@ -385,6 +451,16 @@ impl Dir24 {
         self.long.len / 256
     }
 
+    /// Second-level blocks hooked in (the bitmap's count; retired blocks are not); `None`
+    /// without the registry.
+    pub fn blocks_in_use(&self) -> Option<usize> {
+        self.registry.then(|| {
+            (0..self.blocks().div_ceil(64))
+                .map(|word| self.entries.load(2 * IDS + word).count_ones() as usize)
+                .sum()
+        })
+    }
+
     /// Whether the entry table records each id's network (see [`Dir24`]).
     pub fn has_registry(&self) -> bool {
         self.registry
@@ -426,9 +502,10 @@ impl Dir24 {
             }
         }
         for slot in 0..self.tbl24.len {
-            let value = self.tbl24.load(slot);
-            if value & LONG_FLAG != 0 && ((value & !LONG_FLAG) as usize) < self.blocks() {
-                self.mark_block(value & !LONG_FLAG, true);
+            if let First::Block(block) = First::of(self.tbl24.load(slot))
+                && (block as usize) < self.blocks()
+            {
+                self.mark_block(block, true);
             }
         }
     }
@@ -496,7 +573,8 @@ impl Dir24 {
         value == NONE || self.prefix_len(value - 1).is_none_or(|held| held <= len)
     }
 
-    /// Makes every address of `net` resolve to entry `id` unless a longer prefix holds it.
+    /// Makes every address of `net` resolve to entry `id` unless a longer prefix holds it. Fails
+    /// with [`OutOfBlocks`] before changing anything when the pool lacks a block it needs.
     pub fn add(&mut self, net: Ipv4Net, id: u32) -> anyhow::Result<()> {
         let value = id + 1;
         let len = net.prefix_len();
@@ -504,33 +582,58 @@ impl Dir24 {
         if len <= 24 {
             let first = start >> 8;
             let count = 1u32 << (24 - len);
+            // Each single-host /24 under the prefix becomes a block (the host keeps its address,
+            // the prefix takes the rest): all the blocks are had before anything changes.
+            let singles = (first..first + count)
+                .filter(|&slot| {
+                    matches!(
+                        First::of(self.tbl24.load(slot as usize)),
+                        First::Single { .. }
+                    )
+                })
+                .count();
+            let mut spare = self.take_blocks(singles, net)?;
             for slot in first..first + count {
-                let current = self.tbl24.load(slot as usize);
-                if current & LONG_FLAG != 0 {
-                    self.fill_block(current & !LONG_FLAG, 0, 256, |d, old| {
+                let slot = slot as usize;
+                let mut current = First::of(self.tbl24.load(slot));
+                if let First::Single { octet, value: host } = current
+                    && let Some(block) = spare.pop()
+                {
+                    self.hook_single_as_block(slot, block, octet, host);
+                    current = First::Block(block);
+                }
+                match current {
+                    First::Block(block) => self.fill_block(block, 0, 256, |d, old| {
                         d.yields_to(old, len).then_some(value)
-                    });
-                } else if self.yields_to(current, len) {
-                    self.tbl24.store(slot as usize, value);
+                    }),
+                    First::Whole(old) if self.yields_to(old, len) => self.tbl24.store(slot, value),
+                    First::Whole(_) | First::Single { .. } => {}
                 }
             }
             return Ok(());
         }
         let slot = (start >> 8) as usize;
-        let current = self.tbl24.load(slot);
-        let block = if current & LONG_FLAG != 0 {
-            current & !LONG_FLAG
-        } else {
-            // A new block inherits the /24's value for all its addresses, then is hooked in.
-            let block = self.take_block().ok_or(OutOfBlocks {
-                net,
-                blocks: self.blocks(),
-            })?;
-            self.fill_block(block, 0, 256, |_, _| Some(current));
-            self.tbl24.store(slot, LONG_FLAG | block);
-            block
-        };
         let offset = (start & 0xff) as usize;
+        let block = match First::of(self.tbl24.load(slot)) {
+            First::Block(block) => block,
+            // A host alone in its /24: no block.
+            First::Whole(NONE) if len == 32 => {
+                self.tbl24.store(slot, single(offset as u8, value));
+                return Ok(());
+            }
+            First::Single { octet, value: host } => {
+                let block = self.take_blocks(1, net)?[0];
+                self.hook_single_as_block(slot, block, octet, host);
+                block
+            }
+            First::Whole(current) => {
+                // A new block inherits the /24's value for all its addresses, then is hooked in.
+                let block = self.take_blocks(1, net)?[0];
+                self.fill_block(block, 0, 256, |_, _| Some(current));
+                self.tbl24.store(slot, LONG_FLAG | block);
+                block
+            }
+        };
         let count = 1usize << (32 - len);
         self.fill_block(block, offset, count, |d, old| {
             d.yields_to(old, len).then_some(value)
@@ -550,17 +653,42 @@ impl Dir24 {
             (start >> 8, 1, (start & 0xff) as usize, 1usize << (32 - len))
         };
         for slot in first..first + count {
-            let current = self.tbl24.load(slot as usize);
-            if current & LONG_FLAG != 0 {
-                let block = current & !LONG_FLAG;
-                self.fill_block(block, offset, in_block, |_, old| {
-                    (old == value).then_some(replacement)
-                });
-                self.collapse(slot as usize, block);
-            } else if current == value {
-                self.tbl24.store(slot as usize, replacement);
+            let slot = slot as usize;
+            match First::of(self.tbl24.load(slot)) {
+                First::Block(block) => {
+                    self.fill_block(block, offset, in_block, |_, old| {
+                        (old == value).then_some(replacement)
+                    });
+                    self.collapse(slot, block);
+                }
+                // The host goes to its replacement, the rest of the /24 stays NONE (nothing
+                // covers it, or this would not be a single-host entry): NONE in practice.
+                First::Single { octet, value: host } if host == value => {
+                    let entry = if replacement == NONE {
+                        NONE
+                    } else {
+                        single(octet, replacement)
+                    };
+                    self.tbl24.store(slot, entry);
+                }
+                First::Whole(current) if current == value => self.tbl24.store(slot, replacement),
+                First::Whole(_) | First::Single { .. } => {}
             }
         }
+    }
+
+    /// Points the /24 `slot`, a single-host entry, at `block` filled with the same: the host's
+    /// value at `octet`, NONE elsewhere (written whole: a reused block holds old values).
+    fn hook_single_as_block(&self, slot: usize, block: u32, octet: u8, host: u32) {
+        self.long.with_run(block as usize * 256, 256, |cells| {
+            for (i, cell) in cells.iter().enumerate() {
+                let want = if i == usize::from(octet) { host } else { NONE };
+                if cell.load(Ordering::Acquire) != want {
+                    cell.store(want, Ordering::Release);
+                }
+            }
+        });
+        self.tbl24.store(slot, LONG_FLAG | block);
     }
 
     /// Rewrites entries `offset..offset + count` of `block` where `f` returns a new value.
@@ -586,21 +714,69 @@ impl Dir24 {
     }
 
     /// If every address of `block` resolves the same way, points the /24 at that value directly
-    /// and retires the block.
+    /// and retires the block; the same if only one address resolves to anything and that is a
+    /// /32's (a single-host entry).
     fn collapse(&mut self, slot: usize, block: u32) {
-        let uniform = self.long.with_run(block as usize * 256, 256, |cells| {
+        let shape = self.long.with_run(block as usize * 256, 256, |cells| {
             let first = cells[0].load(Ordering::Acquire);
-            cells
+            if cells
                 .iter()
                 .all(|cell| cell.load(Ordering::Acquire) == first)
-                .then_some(first)
+            {
+                return Some(First::Whole(first));
+            }
+            let mut held = cells
+                .iter()
+                .enumerate()
+                .map(|(i, cell)| (i, cell.load(Ordering::Acquire)))
+                .filter(|&(_, value)| value != NONE);
+            match (held.next(), held.next()) {
+                (Some((octet, value)), None) => Some(First::Single {
+                    octet: u8::try_from(octet).ok()?,
+                    value,
+                }),
+                _ => None,
+            }
         });
-        if let Some(first) = uniform {
-            self.tbl24.store(slot, first);
-            // Free for other processes from now on (they start later than the grace period);
-            // this process keeps it aside until the grace period is over.
-            self.mark_block(block, false);
-            self.retired.push_back((block, Instant::now()));
+        let entry = match shape {
+            Some(First::Whole(value)) => value,
+            Some(First::Single { octet, value }) if self.prefix_len(value - 1) == Some(32) => {
+                single(octet, value)
+            }
+            _ => return,
+        };
+        self.tbl24.store(slot, entry);
+        // Free for other processes from now on (they start later than the grace period); this
+        // process keeps it aside until the grace period is over.
+        self.mark_block(block, false);
+        self.retired.push_back((block, Instant::now()));
+    }
+
+    /// `count` free blocks for an add of `net`, or none at all and [`OutOfBlocks`].
+    fn take_blocks(&mut self, count: usize, net: Ipv4Net) -> Result<Vec<u32>, OutOfBlocks> {
+        let mut taken = Vec::with_capacity(count);
+        while taken.len() < count {
+            match self.take_block() {
+                Some(block) => taken.push(block),
+                None => {
+                    for block in taken {
+                        self.give_back(block);
+                    }
+                    return Err(OutOfBlocks {
+                        net,
+                        blocks: self.blocks(),
+                    });
+                }
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Returns a block [`Dir24::take_block`] gave and nothing hooked in.
+    fn give_back(&mut self, block: u32) {
+        self.mark_block(block, false);
+        if let Some(free) = &mut self.free_blocks {
+            free.push(block);
         }
     }
 
@@ -668,9 +844,8 @@ impl Dir24 {
         let blocks = self.blocks();
         let mut used = vec![false; blocks];
         for slot in 0..self.tbl24.len {
-            let value = self.tbl24.load(slot);
-            if value & LONG_FLAG != 0
-                && let Some(u) = used.get_mut((value & !LONG_FLAG) as usize)
+            if let First::Block(block) = First::of(self.tbl24.load(slot))
+                && let Some(u) = used.get_mut(block as usize)
             {
                 *u = true;
             }
@@ -690,14 +865,295 @@ impl Dir24 {
 
     /// The table value for `addr`, as the program computes it (for tests).
     pub fn lookup(&self, addr: u32) -> u32 {
-        let first = self.tbl24.load((addr >> 8) as usize);
-        if first & LONG_FLAG == 0 {
-            return first;
-        }
-        let index = ((first & !LONG_FLAG) as usize) * 256 + (addr & 0xff) as usize;
+        let block = match First::of(self.tbl24.load((addr >> 8) as usize)) {
+            First::Whole(value) => return value,
+            First::Single { octet, value } => {
+                return if addr & 0xff == u32::from(octet) {
+                    value
+                } else {
+                    NONE
+                };
+            }
+            First::Block(block) => block,
+        };
+        let index = block as usize * 256 + (addr & 0xff) as usize;
         if index >= self.long.len {
             return NONE;
         }
         self.long.load(index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of `bytes` zero bytes in memory, mapped as a map's values would be.
+    fn memfd<T>(name: &std::ffi::CStr, bytes: usize) -> Mapped<T> {
+        use std::os::fd::{FromRawFd as _, OwnedFd};
+        // SAFETY: a fresh memfd, owned from here on.
+        let fd = unsafe {
+            let fd = libc::memfd_create(name.as_ptr(), 0);
+            assert!(fd >= 0, "memfd_create");
+            assert_eq!(libc::ftruncate(fd, bytes as libc::off_t), 0, "ftruncate");
+            OwnedFd::from_raw_fd(fd)
+        };
+        Mapped::from_fd(fd, bytes)
+    }
+
+    impl Dir24 {
+        /// Tables of `blocks` blocks in plain memory (what the kernel's maps would hold, without
+        /// the program), with the registry.
+        fn anonymous(blocks: u32) -> Dir24 {
+            Dir24 {
+                tbl24: memfd(c"tbl24", TBL24_ENTRIES as usize * 4),
+                long: memfd(c"long", blocks as usize * 1024),
+                entries: memfd(c"entries", entry_map_len(blocks) as usize * 8),
+                registry: true,
+                free_blocks: None,
+                next_block_word: 0,
+                next_id: 0,
+                retired: VecDeque::new(),
+            }
+        }
+
+        fn first(&self, net: Ipv4Net) -> First {
+            First::of(self.tbl24.load((u32::from(net.network()) >> 8) as usize))
+        }
+    }
+
+    /// The entries added so far, to add and remove by network as `FilterMaps` does.
+    struct Tables {
+        dir24: Dir24,
+        ids: Vec<(Ipv4Net, u32)>,
+    }
+
+    impl Tables {
+        fn new(blocks: u32) -> Tables {
+            Tables {
+                dir24: Dir24::anonymous(blocks),
+                ids: Vec::new(),
+            }
+        }
+
+        fn add(&mut self, s: &str) -> anyhow::Result<()> {
+            let net = net(s);
+            let id = self.dir24.alloc_id(net).expect("id");
+            if let Err(err) = self.dir24.add(net, id) {
+                self.dir24.free_id(id);
+                return Err(err);
+            }
+            self.ids.push((net, id));
+            Ok(())
+        }
+
+        fn remove(&mut self, s: &str) {
+            let net = net(s);
+            let at = self
+                .ids
+                .iter()
+                .position(|(n, _)| *n == net)
+                .expect("listed");
+            let (_, id) = self.ids.swap_remove(at);
+            let replacement = self.longest(|n| n.contains(&net));
+            self.dir24.remove(net, id, replacement);
+            self.dir24.free_id(id);
+        }
+
+        /// `id + 1` of the longest entry `covers` accepts, or NONE.
+        fn longest(&self, covers: impl Fn(&Ipv4Net) -> bool) -> u32 {
+            self.ids
+                .iter()
+                .filter(|(n, _)| covers(n))
+                .max_by_key(|(n, _)| n.prefix_len())
+                .map_or(NONE, |(_, id)| id + 1)
+        }
+
+        /// `id + 1` of entry `s`, or NONE.
+        fn value(&self, s: &str) -> u32 {
+            self.ids
+                .iter()
+                .find(|(n, _)| *n == net(s))
+                .map_or(NONE, |(_, id)| id + 1)
+        }
+
+        /// Every address of the /24 of `s` resolves to its longest entry.
+        fn assert_exact(&self, s: &str, step: &str) {
+            let base = u32::from(net(s).network()) & !0xff;
+            for addr in base..=base + 0xff {
+                let ip = Ipv4Addr::from(addr);
+                let want = self.longest(|n| n.contains(&ip));
+                assert_eq!(self.dir24.lookup(addr), want, "{step}: {ip}");
+            }
+        }
+    }
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().expect("net")
+    }
+
+    #[test]
+    fn a_host_alone_in_its_24_needs_no_block_and_goes_back_to_none() {
+        let mut t = Tables::new(4);
+        t.add("198.51.100.7/32").expect("add");
+        let value = t.value("198.51.100.7/32");
+        assert_eq!(
+            t.dir24.first(net("198.51.100.0/24")),
+            First::Single { octet: 7, value }
+        );
+        assert_eq!(t.dir24.blocks_in_use(), Some(0));
+        t.assert_exact("198.51.100.0/24", "one host");
+        t.remove("198.51.100.7/32");
+        assert_eq!(t.dir24.first(net("198.51.100.0/24")), First::Whole(NONE));
+        t.assert_exact("198.51.100.0/24", "removed");
+    }
+
+    /// single → block (a second host, a /28 beside the host, a /29 over it) → single when the
+    /// other goes.
+    #[test]
+    fn a_second_long_prefix_makes_a_block_that_falls_back_to_single() {
+        for other in ["198.51.100.200/32", "198.51.100.16/28", "198.51.100.0/29"] {
+            second_long_prefix(other);
+        }
+    }
+
+    fn second_long_prefix(other: &str) {
+        let mut t = Tables::new(4);
+        t.add("198.51.100.7/32").expect("add");
+        t.add(other).expect("add the second");
+        assert!(matches!(
+            t.dir24.first(net("198.51.100.0/24")),
+            First::Block(_)
+        ));
+        assert_eq!(t.dir24.blocks_in_use(), Some(1));
+        t.assert_exact("198.51.100.0/24", "host and another");
+        t.remove(other);
+        let value = t.value("198.51.100.7/32");
+        assert_eq!(
+            t.dir24.first(net("198.51.100.0/24")),
+            First::Single { octet: 7, value }
+        );
+        assert_eq!(t.dir24.blocks_in_use(), Some(0), "the block is free again");
+        t.assert_exact("198.51.100.0/24", "back to the host");
+        // The retired block waits out its grace period; another block serves the next one.
+        t.add(other).expect("add again");
+        t.assert_exact("198.51.100.0/24", "again");
+    }
+
+    /// A shorter prefix over single hosts takes a block per /24 for the rest of it, and leaves
+    /// them single again when it goes.
+    #[test]
+    fn a_shorter_prefix_over_single_hosts_gives_them_blocks() {
+        let mut t = Tables::new(4);
+        t.add("198.51.100.7/32").expect("add");
+        t.add("198.51.101.9/32").expect("add");
+        t.add("198.51.0.0/16").expect("add the /16");
+        assert_eq!(t.dir24.blocks_in_use(), Some(2));
+        for s in ["198.51.100.0/24", "198.51.101.0/24", "198.51.102.0/24"] {
+            t.assert_exact(s, "under the /16");
+        }
+        assert_eq!(
+            t.dir24.first(net("198.51.102.0/24")),
+            First::Whole(t.value("198.51.0.0/16"))
+        );
+        t.remove("198.51.0.0/16");
+        assert!(matches!(
+            t.dir24.first(net("198.51.100.0/24")),
+            First::Single { octet: 7, .. }
+        ));
+        assert_eq!(t.dir24.blocks_in_use(), Some(0));
+        t.assert_exact("198.51.101.0/24", "the /16 removed");
+        // Host removed under the /16: the /24 goes back to the /16 whole.
+        t.add("198.51.0.0/16").expect("add the /16 again");
+        t.remove("198.51.100.7/32");
+        assert_eq!(
+            t.dir24.first(net("198.51.100.0/24")),
+            First::Whole(t.value("198.51.0.0/16"))
+        );
+        t.assert_exact("198.51.100.0/24", "host removed under the /16");
+    }
+
+    /// A /32 added to a /24 a shorter prefix covers gets a block (the rest is the prefix's).
+    #[test]
+    fn a_host_under_a_shorter_prefix_takes_a_block() {
+        let mut t = Tables::new(4);
+        t.add("198.51.100.0/24").expect("add");
+        t.add("198.51.100.7/32").expect("add");
+        assert!(matches!(
+            t.dir24.first(net("198.51.100.0/24")),
+            First::Block(_)
+        ));
+        t.assert_exact("198.51.100.0/24", "host under its /24");
+        t.remove("198.51.100.0/24");
+        assert!(matches!(
+            t.dir24.first(net("198.51.100.0/24")),
+            First::Single { octet: 7, .. }
+        ));
+        t.assert_exact("198.51.100.0/24", "the /24 removed");
+    }
+
+    /// Too few blocks for every single host a shorter prefix covers: the add fails and nothing
+    /// changed, not one /24 half converted.
+    #[test]
+    fn an_add_short_of_blocks_changes_nothing() {
+        let mut t = Tables::new(1);
+        t.add("198.51.100.7/32").expect("add");
+        t.add("198.51.101.9/32").expect("add");
+        let err = t
+            .add("198.51.0.0/16")
+            .expect_err("two blocks needed, one in the pool");
+        assert!(err.downcast_ref::<OutOfBlocks>().is_some(), "{err:#}");
+        assert_eq!(t.dir24.blocks_in_use(), Some(0));
+        for s in ["198.51.100.0/24", "198.51.101.0/24", "198.51.102.0/24"] {
+            t.assert_exact(s, "after the failed add");
+        }
+        t.add("198.51.101.0/24")
+            .expect("one block is enough for a /24");
+        t.assert_exact("198.51.101.0/24", "the /24 over a host");
+    }
+
+    #[test]
+    fn blocks_needed_counts_no_block_for_a_host_alone_in_its_24() {
+        let count = |nets: &[&str]| {
+            let nets: Vec<ipnet::IpNet> = nets.iter().map(|s| s.parse().expect("net")).collect();
+            blocks_needed(&nets)
+        };
+        assert_eq!(count(&["198.51.100.7/32", "203.0.113.9/32"]), 0);
+        assert_eq!(
+            count(&["198.51.100.7/32", "198.51.100.7/32"]),
+            0,
+            "listed twice"
+        );
+        assert_eq!(count(&["198.51.100.7/32", "198.51.100.8/32"]), 1);
+        assert_eq!(count(&["198.51.100.0/25"]), 1);
+        assert_eq!(count(&["198.51.100.7/32", "198.51.0.0/16"]), 1, "covered");
+        assert_eq!(count(&["198.51.100.7/32", "198.51.100.0/24"]), 1, "covered");
+        assert_eq!(count(&["198.51.100.7/32", "0.0.0.0/0"]), 1, "covered");
+        assert_eq!(count(&["198.51.100.7/32", "198.51.101.0/24"]), 0, "beside");
+        assert_eq!(
+            count(&["198.51.100.7/32", "198.51.100.0/22", "2001:db8::1/128"]),
+            1
+        );
+        assert_eq!(count(&["198.51.100.7/32", "198.51.96.0/22"]), 0, "beside");
+    }
+
+    /// A program that knows only blocks reads a single-host entry as a block past any pool (and
+    /// denies) instead of reading another /24's block.
+    #[test]
+    fn an_older_program_reads_a_single_host_entry_as_no_block() {
+        for octet in [0u8, 1, 0x80, 0xff] {
+            for value in [1, 2, 0xff_ffff & SINGLE_VALUE_MASK, ALLOWLIST_CAPACITY] {
+                let entry = single(octet, value);
+                assert_ne!(entry & LONG_FLAG, 0);
+                // The old program: `((entry & !LONG_FLAG) << 8) | (addr & 0xff)`, in u32.
+                let index = (entry & !LONG_FLAG) << 8;
+                assert!(u64::from(index) >= u64::from(MAX_DIR24_BLOCKS) * 256);
+                assert_eq!(
+                    First::of(entry),
+                    First::Single { octet, value },
+                    "round trip"
+                );
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! and peak RSS of `status`, `allow list --json` and `allow add` against it.
 //!
 //! Shapes: *clustered* (/32s, 64 to a /24, so few DIR-24-8 blocks) and *spread* (every /32 in a
-//! random /24 of its own: one long block each, the DIR-24-8 worst case). The daemon attaches to a
+//! random /24 of its own: the DIR-24-8 worst case while each took a block; now none). The daemon attaches to a
 //! veth in namespaces this benchmark creates; the testbed (namespaces, temp dir, pins, daemon) is
 //! removed when it drops, also on failure or Ctrl-C.
 

@@ -898,8 +898,9 @@ fn the_systemd_units_capabilities_are_enough() {
     assert!(!setup.pins.path().exists(), "{}", daemon.log());
 }
 
-/// `count` /32s, each in a /24 of its own (random, outside the documentation ranges: they only
-/// fill the tables, no packet comes from them), as config lines.
+/// `count` /31s, each in a /24 of its own (random, outside the documentation ranges: they only
+/// fill the tables, no packet comes from them), as config lines. Each takes a DIR-24-8 block (a
+/// lone /32 would not: its /24's first-level entry holds it).
 fn spread_entries(count: usize, seed: u64) -> Vec<String> {
     let mut rng = gatekeeper_tests::generate::Rng::new(seed);
     let mut slots = std::collections::BTreeSet::new();
@@ -911,8 +912,8 @@ fn spread_entries(count: usize, seed: u64) -> Vec<String> {
     slots
         .into_iter()
         .map(|slot| {
-            let addr = std::net::Ipv4Addr::from((slot << 8) | (rng.next_u64() as u32 & 0xff));
-            format!("{addr}/32")
+            let addr = std::net::Ipv4Addr::from((slot << 8) | (rng.next_u64() as u32 & 0xfe));
+            format!("{addr}/31")
         })
         .collect()
 }

@@ -4,7 +4,10 @@
 //! and the IPv4 summary in front of them must equal its recomputation from the list. The block pool
 //! starts small and is grown (new tables filled and swapped in, as the daemon's reload does)
 //! whenever an add runs out of blocks, so the verdicts and the summary are also checked across
-//! replaced tables. Then the summary's verdicts through the program itself, and its filling beside
+//! replaced tables. Hosts are added alone in their /24 (a single-host first-level entry, no
+//! block), beside another host (single → block, and back to single when one goes) and under a
+//! new shorter prefix (single → block): after every round the pool holds exactly the blocks the
+//! list needs. Then the summary's verdicts through the program itself, and its filling beside
 //! pins that had none.
 
 use std::net::Ipv4Addr;
@@ -67,6 +70,19 @@ fn add(filter: &mut Filter, entries: &mut Vec<Ipv4Net>, net: Ipv4Net, grown: &mu
     entries.push(net);
 }
 
+/// Whether `host` is the only entry in its /24 and nothing shorter covers the /24.
+fn alone_in_24(entries: &[Ipv4Net], host: Ipv4Net) -> bool {
+    let slot = u32::from(host.network()) >> 8;
+    entries.iter().all(|n| {
+        *n == host
+            || if n.prefix_len() > 24 {
+                u32::from(n.network()) >> 8 != slot
+            } else {
+                !n.contains(&host.network())
+            }
+    })
+}
+
 /// The longest entry containing `addr`.
 fn longest(entries: &[Ipv4Net], addr: Ipv4Addr) -> Option<Ipv4Net> {
     entries
@@ -98,6 +114,8 @@ fn dir24_names_the_longest_matching_entry_through_random_edits(#[case] lookup: I
     let fine = lookup != Ipv4Lookup::Trie;
     let mut entries: Vec<Ipv4Net> = Vec::new();
     let mut grown = 0;
+    // Adds that turned a single-host /24 into a block: beside the host, and over it.
+    let (mut beside, mut over) = (0, 0);
     let as_v4 = |n: IpNet| match n {
         IpNet::V4(n) => n,
         IpNet::V6(_) => unreachable!("random_v4_net returns IPv4"),
@@ -123,6 +141,34 @@ fn dir24_names_the_longest_matching_entry_through_random_edits(#[case] lookup: I
                 if !entries.contains(&new) {
                     add(&mut filter, &mut entries, new, &mut grown);
                 }
+            } else if choice < 6 {
+                // A host alone in a new /24, or beside a host alone in its /24, or a shorter
+                // prefix over such a host.
+                let lone: Vec<Ipv4Net> = entries
+                    .iter()
+                    .filter(|h| h.prefix_len() == 32 && alone_in_24(&entries, **h))
+                    .copied()
+                    .collect();
+                let net = if lone.is_empty() || rng.chance(30) {
+                    Ipv4Net::new(Ipv4Addr::from(rng.next_u64() as u32), 32).expect("net")
+                } else {
+                    let host = *rng.pick(&lone);
+                    let slash24 = Ipv4Net::new(host.network(), 24).expect("net").trunc();
+                    if choice == 4 {
+                        beside += 1;
+                        let len = 25 + rng.below(8) as u8;
+                        Ipv4Net::new(random_in_v4(&mut rng, slash24), len)
+                            .expect("net")
+                            .trunc()
+                    } else {
+                        over += 1;
+                        let len = 8 + rng.below(17) as u8;
+                        Ipv4Net::new(host.network(), len).expect("net").trunc()
+                    }
+                };
+                if !entries.contains(&net) {
+                    add(&mut filter, &mut entries, net, &mut grown);
+                }
             } else {
                 let existing: Vec<IpNet> = entries.iter().map(|n| IpNet::V4(*n)).collect();
                 // /0 now and then, and mostly short prefixes early so later ones nest in them.
@@ -139,6 +185,13 @@ fn dir24_names_the_longest_matching_entry_through_random_edits(#[case] lookup: I
             assert!(!fine, "loaded with DIR-24-8");
             continue;
         };
+        // Single hosts take no block; every other /24 with longer prefixes exactly one.
+        let all: Vec<IpNet> = entries.iter().map(|n| IpNet::V4(*n)).collect();
+        assert_eq!(
+            dir24.blocks_in_use(),
+            Some(dir24::blocks_needed(&all) as usize),
+            "round {round}: blocks hooked in"
+        );
         // Probes: random addresses, and the edges of every entry and just outside them.
         let mut probes: Vec<Ipv4Addr> = (0..5_000)
             .map(|_| Ipv4Addr::from(rng.next_u64() as u32))
@@ -166,6 +219,10 @@ fn dir24_names_the_longest_matching_entry_through_random_edits(#[case] lookup: I
         }
     }
     assert!(!fine || grown >= 3, "the pool grew only {grown} times");
+    assert!(
+        beside >= 5 && over >= 5,
+        "single hosts got a neighbour {beside} times and a prefix over them {over} times"
+    );
     eprintln!(
         "the block pool grew {grown} times, to {} blocks",
         filter.maps().ipv4_blocks()
@@ -330,6 +387,69 @@ fn summary_denies_sources_nobody_listed_and_keeps_bits_others_need(#[case] looku
         &mut filter,
         &[("198.51.100.200", XDP_DROP, false)],
         "empty again",
+    );
+}
+
+/// The program's verdicts for single-host /24s (the host's entry in the first level, no block):
+/// the host passes, its neighbours in the /24 do not; a second host (a block) and a prefix over
+/// the host (a block) change nothing for it, and removing them brings the single entry back.
+#[test]
+fn the_program_resolves_a_host_alone_in_its_24_without_a_block() {
+    if !kernel_tests_enabled("the_program_resolves_a_host_alone_in_its_24_without_a_block") {
+        return;
+    }
+    let options = LoadOptions {
+        ipv4_lookup: Ipv4Lookup::Dir24,
+        ..LoadOptions::default()
+    };
+    let mut filter = loaded(&options, Mode::Enforce, &[25]);
+    let edit = |filter: &mut Filter, add: bool, s: &str| {
+        let n = IpNet::V4(net(s));
+        if add {
+            filter.maps().insert(n).expect("insert");
+        } else {
+            assert!(filter.maps().remove(n).expect("remove"));
+        }
+    };
+    let blocks = |filter: &mut Filter| filter.maps().dir24().and_then(|d| d.blocks_in_use());
+    edit(&mut filter, true, "198.51.100.7/32");
+    assert_eq!(blocks(&mut filter), Some(0), "a host alone takes no block");
+    let alone = [
+        ("198.51.100.7", XDP_PASS, true),
+        ("198.51.100.6", XDP_DROP, true),
+        ("198.51.100.8", XDP_DROP, true),
+        ("198.51.100.135", XDP_DROP, true),
+    ];
+    expect(&mut filter, &alone, "the host alone");
+    edit(&mut filter, true, "198.51.100.200/32");
+    assert_eq!(blocks(&mut filter), Some(1));
+    expect(
+        &mut filter,
+        &[
+            ("198.51.100.7", XDP_PASS, true),
+            ("198.51.100.200", XDP_PASS, true),
+            ("198.51.100.8", XDP_DROP, true),
+        ],
+        "two hosts",
+    );
+    edit(&mut filter, false, "198.51.100.200/32");
+    edit(&mut filter, true, "198.51.0.0/16");
+    expect(
+        &mut filter,
+        &[
+            ("198.51.100.7", XDP_PASS, true),
+            ("198.51.100.8", XDP_PASS, true),
+        ],
+        "a /16 over the host",
+    );
+    edit(&mut filter, false, "198.51.0.0/16");
+    assert_eq!(blocks(&mut filter), Some(0), "single again");
+    expect(&mut filter, &alone, "the host alone again");
+    edit(&mut filter, false, "198.51.100.7/32");
+    expect(
+        &mut filter,
+        &[("198.51.100.7", XDP_DROP, false)],
+        "the host removed",
     );
 }
 

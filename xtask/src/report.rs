@@ -654,7 +654,7 @@ fn control_section(md: &mut String, control: Option<&Value>) {
          leaves out the 1,000,000 rows, which take about a minute; `none` all of them). \
          The release `gatekeeper` binary with IPv4 allowlists of /32s in two shapes: *clustered* \
          (64 entries to a /24, so few DIR-24-8 blocks) and *spread* (every entry in a random /24 \
-         of its own: one second-level block each, the worst case). Default settings \
+         of its own: the DIR-24-8 worst case before a lone /32 needed no block). Default settings \
          (`ipv4_lookup = \"auto\"`). The daemon attaches to a veth in namespaces the benchmark \
          creates. *start*: from spawning `gatekeeper run` to its \"enforcing\" line; daemon RSS \
          then, peak (VmHWM) and current (VmRSS); `allow add` of a new entry while the daemon \
