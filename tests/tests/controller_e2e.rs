@@ -984,6 +984,44 @@ fn a_reload_that_outgrows_the_block_pool_grows_it_without_a_gap() {
 }
 
 #[test]
+fn an_allow_add_that_needs_more_blocks_than_the_pool_has_is_applied_by_the_reload() {
+    if !kernel_tests_enabled(
+        "an_allow_add_that_needs_more_blocks_than_the_pool_has_is_applied_by_the_reload",
+    ) {
+        return;
+    }
+    // 17,000 hosts, each alone in its /24: they need no block, so `auto` makes the smallest
+    // pool (16,384 blocks); a /8 over them needs a block for every one, more than the pool has.
+    let hosts: Vec<String> = (0..17_000u32)
+        .map(|i| format!("{}/32", std::net::Ipv4Addr::from(0x0a00_0001 + (i << 8))))
+        .collect();
+    let setup = Setup::new("gab", "");
+    setup.write_config(&setup.commented_config("", &hosts));
+    let mut daemon = setup.start_daemon("gatekeeper-run");
+    assert!(setup.connect(PARTNER_V4, TIMEOUT).is_banner());
+    let out = setup.cli_ok(&["allow", "add", "10.0.0.0/8"]);
+    assert!(out.contains("not yet live"), "{out}\n{}", daemon.log());
+    assert!(setup.read_config().contains("cidr = \"10.0.0.0/8\""));
+    // The daemon notices the file, grows the pool, and then the live filter matches it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while setup.status()["in_sync"] != true {
+        assert!(
+            Instant::now() < deadline,
+            "never in sync:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        daemon.log().contains("growing the pool"),
+        "{}",
+        daemon.log()
+    );
+    assert!(setup.connect(PARTNER_V4, TIMEOUT).is_banner());
+    stop_cleanly(&mut daemon);
+}
+
+#[test]
 fn a_failed_start_leaves_no_pins() {
     if !kernel_tests_enabled("a_failed_start_leaves_no_pins") {
         return;

@@ -181,11 +181,19 @@ pub fn add(path: &Path, cidr: &str, comment: Option<&str>) -> anyhow::Result<()>
     warnings.extend(super::deny::shadowing_allow(&config, net));
     let mut live = FilterMaps::open_if_pinned(&config.pin_dir)?;
     let mut inserted = false;
+    // The live DIR-24-8 tables may lack the blocks a short prefix over single hosts needs: the
+    // file still takes the entry, and the daemon's reload grows the pool and applies it.
+    let mut needs_pool = None;
     if let Some(maps) = live.as_mut()
         && !maps.contains(net)?
     {
-        maps.insert(net)?;
-        inserted = true;
+        match maps.insert(net) {
+            Ok(()) => inserted = true,
+            Err(err) => match err.downcast_ref::<gatekeeper::dir24::OutOfBlocks>() {
+                Some(short) => needs_pool = Some(short.blocks),
+                None => return Err(err),
+            },
+        }
     }
     if let Err(err) = new_file.commit(&real) {
         if inserted && let Some(maps) = live.as_mut() {
@@ -199,6 +207,14 @@ pub fn add(path: &Path, cidr: &str, comment: Option<&str>) -> anyhow::Result<()>
         )));
     }
     super::print_each(&warnings);
+    if let Some(blocks) = needs_pool {
+        println!(
+            "added {net} to {}; not yet live: the live DIR-24-8 tables need more than their {blocks} second-level blocks for it, and the pool grows when the file is loaded ({})",
+            path.display(),
+            super::deny::applies(&config)
+        );
+        return Ok(());
+    }
     match live {
         Some(_) => println!("added {net} to {} and to the live filter", path.display()),
         None => println!(

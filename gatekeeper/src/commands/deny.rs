@@ -87,7 +87,7 @@ fn prepare(real: &Path, path: &Path, change: Edit<'_>) -> anyhow::Result<(NewFil
 }
 
 /// "applies when …": what happens next to a file-only change.
-fn applies(config: &Config) -> &'static str {
+pub(super) fn applies(config: &Config) -> &'static str {
     if FilterMaps::is_pinned(&config.pin_dir) {
         "the running daemon applies it when it reloads the file (within a second); a stopped one at `gatekeeper run`"
     } else {
