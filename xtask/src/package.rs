@@ -94,8 +94,8 @@ if [ "$1" = configure ] && [ -d /run/systemd/system ]; then
     systemctl --system daemon-reload >/dev/null || true
     # An upgrade: the running daemon hands its pinned filter to the new program at once (no
     # gap), so the new CLI never edits tables the old program reads differently.
-    if [ -n "$2" ]; then
-        systemctl --system try-restart gatekeeper.service >/dev/null || true
+    if [ -n "$2" ] && command -v deb-systemd-invoke >/dev/null; then
+        deb-systemd-invoke try-restart gatekeeper.service >/dev/null || true
     fi
 fi
 exit 0
