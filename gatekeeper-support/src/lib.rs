@@ -24,6 +24,7 @@ pub mod atomic;
 pub mod cidr;
 pub mod cli_docs;
 pub mod derived;
+pub mod dns;
 pub mod fleet_config;
 pub mod gatekeeper_config;
 pub mod lock;

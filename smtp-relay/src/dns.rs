@@ -7,29 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use hickory_resolver::config::{
-    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
-};
+use gatekeeper_support::dns::name_servers;
+use hickory_resolver::config::{ResolveHosts, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::{NameServerPool, PoolContext, TlsConfig, TokioResolver};
 
 use crate::config::DnsConfig;
-
-/// The `nameservers`, each over UDP with TCP fallback.
-fn name_servers(nameservers: &[SocketAddr]) -> Vec<NameServerConfig> {
-    nameservers
-        .iter()
-        .map(|ns| {
-            let mut udp = ConnectionConfig::udp();
-            udp.port = ns.port();
-            let mut tcp = ConnectionConfig::tcp();
-            tcp.port = ns.port();
-            let mut c = NameServerConfig::udp_and_tcp(ns.ip());
-            c.connections = vec![udp, tcp];
-            c
-        })
-        .collect()
-}
 
 fn options(timeout: Duration, attempts: usize, cache_size: u64) -> ResolverOpts {
     let mut opts = ResolverOpts::default();

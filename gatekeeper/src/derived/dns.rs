@@ -3,12 +3,12 @@
 //! same way: only the nameservers the config names, UDP with TCP fallback, no hosts file, no
 //! search domains, no cache), and the walker's unit tests answer from a table.
 
-use std::{future::Future, net::IpAddr, net::SocketAddr};
+use std::{future::Future, net::IpAddr};
 
 use anyhow::Context as _;
 use hickory_resolver::{
     TokioResolver,
-    config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts},
+    config::{ResolveHosts, ResolverConfig, ResolverOpts},
     net::runtime::TokioRuntimeProvider,
     proto::rr::{RData, RecordType},
 };
@@ -82,19 +82,7 @@ impl Resolver {
             !settings.nameservers.is_empty(),
             "[dns] names no nameservers"
         );
-        let servers = settings
-            .nameservers
-            .iter()
-            .map(|ns: &SocketAddr| {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = ns.port();
-                let mut tcp = ConnectionConfig::tcp();
-                tcp.port = ns.port();
-                let mut c = NameServerConfig::udp_and_tcp(ns.ip());
-                c.connections = vec![udp, tcp];
-                c
-            })
-            .collect();
+        let servers = gatekeeper_support::dns::name_servers(&settings.nameservers);
         let mut opts = ResolverOpts::default();
         opts.use_hosts_file = ResolveHosts::Never;
         opts.timeout = settings.timeout;
